@@ -1,0 +1,2026 @@
+"""
+title: Multi-Model Conversation
+author: Multi-Model Conversation authors
+author_url: https://github.com/multi-model-conversation/multi-model-conversation
+description: Several models talk with each other in one chat, each under its own heading, with
+    personas, an optional manager model, reasoning blocks and tools. Streams through a coalescing
+    emitter so long conversations cost the server and the browser a bounded amount per second.
+version: 1.0.0
+license: MIT
+required_open_webui_version: 0.12.4
+requirements:
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import re
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+log = logging.getLogger(__name__)
+
+# ============================================================================
+# Configuration: valves, the validated conversation config, and where it comes from
+# ============================================================================
+
+# The same marks, in the same order, as "Multi Model Conversations v2", so its transcripts
+# split back into turns and a participant keeps its colour after an upgrade.
+COLOUR_MARKS = ("🔴", "🔵", "🟢", "🟡", "🟣", "🟠", "🟤", "⚫", "⚪")
+MAX_PARTICIPANTS = 5
+MAX_ALIAS_CHARS = 64
+CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
+RECONFIGURE_COMMAND = "/reconfigure"
+
+DEFAULT_SHARED_INSTRUCTION = (
+    "You are {alias}, one participant in a group conversation with {others}. "
+    "Reply only as {alias}, in your own voice, and never start your reply with your own "
+    "name or anyone else's."
+)
+DEFAULT_MANAGER_SYSTEM = (
+    "You are a group chat manager. You decide who speaks next in a conversation between "
+    "several participants. Pick the participant whose reply would move the conversation "
+    "forward most, and avoid picking the same participant twice in a row."
+)
+DEFAULT_MANAGER_PROMPT = (
+    "Conversation so far:\n{history}\n\nThe last speaker was '{last_speaker}'. Who should "
+    "speak next? Choose exactly one of: {participant_list}\n\n"
+    "Answer with the name only, nothing else."
+)
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; its message is shown in the chat as is."""
+
+
+class ParticipantConfig(BaseModel):
+    model: str
+    alias: str = ""
+    system_message: str = ""
+
+    @field_validator("model")
+    @classmethod
+    def _model_given(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("a participant has no model")
+        return value
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_one_line(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if len(value) > MAX_ALIAS_CHARS:
+            raise ValueError(f"an alias is longer than {MAX_ALIAS_CHARS} characters")
+        return value
+
+
+class ConversationConfig(BaseModel):
+    """What a conversation runs with; the shape is v2's overlay answer, so old answers load."""
+
+    rounds: int = Field(ge=1)
+    use_manager: bool = False
+    manager_model: str = ""
+    participants: list[ParticipantConfig] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
+
+    @field_validator("manager_model")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return (value or "").strip()
+
+
+def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
+    """Validate a config from any source (dict or JSON text) into one clear ConfigError."""
+    if isinstance(raw, str | bytes):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"The configuration is not valid JSON ({exc.msg}).") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError("The configuration must be an object with participants and rounds.")
+    if isinstance(raw.get("participants"), list):
+        # The overlay and v2 leave empty rows for unused participant slots.
+        raw = {**raw, "participants": [p for p in raw["participants"] if _row_has_model(p)]}
+    try:
+        config = ConversationConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc)) from exc
+    if config.rounds > max_rounds:
+        raise ConfigError(f"Rounds must be between 1 and {max_rounds}; got {config.rounds}.")
+    return config
+
+
+def _row_has_model(row: Any) -> bool:
+    return not isinstance(row, dict) or bool(str(row.get("model") or "").strip())
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "too_short" and where == "participants":
+            problems.append("choose at least one participant")
+        elif err["type"] == "too_long" and where == "participants":
+            problems.append(f"at most {MAX_PARTICIPANTS} participants can take part")
+        elif where == "rounds" and err["type"] in ("greater_than_equal", "missing"):
+            problems.append("rounds must be at least 1")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+    return "The configuration is invalid: " + "; ".join(problems) + "."
+
+
+def config_from_user_valves(valves: Any) -> dict[str, Any]:
+    """Read v2's user-valve names into the overlay-answer shape."""
+    count = int(getattr(valves, "NUM_PARTICIPANTS", 0) or 0)
+    participants = []
+    for i in range(1, min(count, MAX_PARTICIPANTS) + 1):
+        participants.append(
+            {
+                "model": getattr(valves, f"Participant{i}Model", "") or "",
+                "alias": getattr(valves, f"Participant{i}Alias", "") or "",
+                "system_message": getattr(valves, f"Participant{i}SystemMessage", "") or "",
+            }
+        )
+    return {
+        "rounds": getattr(valves, "ROUNDS_PER_CONVERSATION", 1),
+        "use_manager": bool(getattr(valves, "UseGroupChatManager", False)),
+        "manager_model": getattr(valves, "ManagerModel", "") or "",
+        "participants": participants,
+    }
+
+
+@dataclass(frozen=True)
+class Participant:
+    """A configured participant with its unique alias and fixed colour mark."""
+
+    index: int
+    model_id: str
+    alias: str
+    persona: str
+    mark: str
+
+
+def make_participants(config: ConversationConfig, names: dict[str, str]) -> list[Participant]:
+    """Give every participant a unique alias (model name by default) and its colour mark."""
+    result: list[Participant] = []
+    taken: set[str] = set()
+    for i, row in enumerate(config.participants):
+        base = row.alias or names.get(row.model, row.model)
+        base = " ".join(base.split())[:MAX_ALIAS_CHARS] or row.model
+        alias, n = base, 2
+        while normalize_name(alias) in taken:
+            alias, n = f"{base} {n}", n + 1
+        taken.add(normalize_name(alias))
+        result.append(Participant(i, row.model, alias, row.system_message, mark_for(i)))
+    return result
+
+
+def mark_for(index: int) -> str:
+    return COLOUR_MARKS[index % len(COLOUR_MARKS)]
+
+
+def normalize_name(text: str) -> str:
+    """Case-, accent- and punctuation-insensitive form used to match names."""
+    text = unicodedata.normalize("NFKD", text.casefold())
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return " ".join(re.sub(r"[^\w]+", " ", text).split())
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """Substitute only the named {placeholders}; other braces (JSON, code) stay as written."""
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+# ============================================================================
+# Stream decoding: SSE bytes -> OpenAI chunk frames -> content / reasoning / tool-call events
+# ============================================================================
+
+
+class SSEDecoder:
+    """Incremental server-sent-events parser: feed() any split of the stream, get data payloads.
+
+    Follows the WHATWG event-stream rules that matter here: lines end in CR, LF or CRLF; a
+    blank line dispatches the event; `data:` lines join with LF; lines starting with `:` are
+    comments; one space after the colon is dropped. Only the unfinished line is buffered.
+    """
+
+    def __init__(self) -> None:
+        self._partial = ""
+        self._data: list[str] = []
+        self._pending_cr = False
+
+    def feed(self, chunk: bytes | str) -> list[str]:
+        text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else chunk
+        if self._pending_cr and text.startswith("\n"):
+            text = text[1:]  # the LF of a CRLF split across two chunks
+        self._pending_cr = text.endswith("\r")
+        lines = (self._partial + text).splitlines(keepends=True)
+        self._partial = ""
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            self._partial = lines.pop()
+        events: list[str] = []
+        for line in lines:
+            self._line(line.rstrip("\r\n"), events)
+        return events
+
+    def flush(self) -> list[str]:
+        """End of stream: a last event without its blank line still counts."""
+        events: list[str] = []
+        if self._partial:
+            self._line(self._partial, events)
+            self._partial = ""
+        self._line("", events)
+        return events
+
+    def _line(self, line: str, events: list[str]) -> None:
+        if not line:
+            if self._data:
+                events.append("\n".join(self._data))
+                self._data = []
+            return
+        if line.startswith(":"):
+            return
+        name, _, value = line.partition(":")
+        if name == "data":
+            self._data.append(value[1:] if value.startswith(" ") else value)
+
+
+@dataclass
+class StreamEvent:
+    """One decoded piece of a model's reply."""
+
+    kind: str  # "content" | "reasoning" | "tool_call" | "error" | "done"
+    text: str = ""
+    index: int = 0
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+
+
+def decode_frame(payload: str) -> list[StreamEvent]:
+    """Turn one SSE data payload (an OpenAI chat.completion.chunk) into events."""
+    if payload.strip() == "[DONE]":
+        return [StreamEvent("done")]
+    try:
+        frame = json.loads(payload)
+    except json.JSONDecodeError:
+        log.debug("skipping a stream frame that is not JSON: %.80r", payload)
+        return []
+    if not isinstance(frame, dict):
+        return []
+    if frame.get("error"):
+        return [StreamEvent("error", text=describe_error(frame["error"]))]
+    choices = frame.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return []
+    delta = choices[0].get("delta") or choices[0].get("message") or {}
+    if not isinstance(delta, dict):
+        return []
+    events: list[StreamEvent] = []
+    for key in REASONING_KEYS:
+        value = delta.get(key)
+        if isinstance(value, str) and value:
+            events.append(StreamEvent("reasoning", value))
+            break
+    content = delta.get("content")
+    if isinstance(content, str) and content:
+        events.append(StreamEvent("content", content))
+    for call in delta.get("tool_calls") or []:
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") or {}
+        events.append(
+            StreamEvent(
+                "tool_call",
+                index=call.get("index", 0) if isinstance(call.get("index"), int) else 0,
+                call_id=call.get("id") or "",
+                name=function.get("name") or "",
+                arguments=function.get("arguments") or "",
+            )
+        )
+    return events
+
+
+def describe_error(error: Any) -> str:
+    if isinstance(error, dict):
+        for key in ("message", "detail", "error"):
+            if error.get(key):
+                return describe_error(error[key])
+        return json.dumps(error)[:300]
+    return str(error)[:300]
+
+
+THINK_TAGS = (
+    ("<think>", "</think>"),
+    ("<thinking>", "</thinking>"),
+    ("<reasoning>", "</reasoning>"),
+    ("<reason>", "</reason>"),
+    ("<thought>", "</thought>"),
+    ("|begin_of_thought|", "|end_of_thought|"),
+)
+_LONGEST_TAG = max(len(t) for pair in THINK_TAGS for t in pair)
+
+
+class ThinkTagSplitter:
+    """Splits streamed content at inline <think>-style tags, even when a tag is cut in two.
+
+    Holds back at most one possible partial tag, so each call costs O(len(chunk)).
+    """
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._close: str | None = None  # the close tag we wait for while inside a block
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        text = self._held + text
+        self._held = ""
+        out: list[tuple[str, str]] = []
+        while text:
+            lower = text.lower()
+            if self._close is None:
+                hit = min(
+                    ((lower.find(o), o, c) for o, c in THINK_TAGS if o in lower),
+                    default=None,
+                )
+                if hit is None:
+                    keep = _partial_tag_suffix(lower, [o for o, _ in THINK_TAGS])
+                    self._emit(out, "content", text[: len(text) - keep])
+                    self._held = text[len(text) - keep :]
+                    return out
+                pos, opening, closing = hit
+                self._emit(out, "content", text[:pos])
+                self._close = closing
+                text = text[pos + len(opening) :]
+            else:
+                pos = lower.find(self._close)
+                if pos < 0:
+                    keep = _partial_tag_suffix(lower, [self._close])
+                    self._emit(out, "reasoning", text[: len(text) - keep])
+                    self._held = text[len(text) - keep :]
+                    return out
+                self._emit(out, "reasoning", text[:pos])
+                out.append(("reasoning_end", ""))
+                text = text[pos + len(self._close) :]
+                self._close = None
+        return out
+
+    def flush(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        self._emit(out, "content" if self._close is None else "reasoning", self._held)
+        self._held = ""
+        return out
+
+    @staticmethod
+    def _emit(out: list[tuple[str, str]], kind: str, text: str) -> None:
+        if text:
+            out.append((kind, text))
+
+
+def _partial_tag_suffix(lower: str, tags: list[str]) -> int:
+    """Length of the longest end of `lower` that could be the start of one of `tags`."""
+    tail = lower[-_LONGEST_TAG:]
+    for size in range(min(len(tail), _LONGEST_TAG - 1), 0, -1):
+        end = tail[-size:]
+        if any(tag.startswith(end) for tag in tags):
+            return size
+    return 0
+
+
+@dataclass
+class ToolCall:
+    """A tool call assembled from streamed deltas (accumulated by index)."""
+
+    index: int
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+    def as_message_part(self) -> dict[str, Any]:
+        return {
+            "id": self.call_id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments or "{}"},
+        }
+
+
+class ToolCallAccumulator:
+    """Joins tool-call deltas by their index, the way OpenAI-compatible servers split them."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, ToolCall] = {}
+
+    def add(self, event: StreamEvent) -> None:
+        call = self._calls.setdefault(event.index, ToolCall(event.index))
+        if event.call_id:
+            call.call_id = event.call_id
+        if event.name:
+            call.name = call.name + event.name if call.name != event.name else call.name
+        call.arguments += event.arguments
+
+    def calls(self) -> list[ToolCall]:
+        result = [self._calls[i] for i in sorted(self._calls)]
+        for n, call in enumerate(result):
+            call.call_id = call.call_id or f"call_{n}"
+        return result
+
+
+# ============================================================================
+# Transcript: committed parts plus one live tail, rendered on demand
+# ============================================================================
+
+
+def attr(value: Any) -> str:
+    """Escape a value for a double-quoted HTML attribute (JSON-encoded when not a string)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return html.escape(text, quote=True)
+
+
+def heading(participant: Participant, first: bool) -> str:
+    """`### <mark> <alias>`; the alias is HTML-escaped so it renders as text, never markup."""
+    prefix = "" if first else "\n\n"
+    return f"{prefix}### {participant.mark} {html.escape(participant.alias, quote=False)}\n\n"
+
+
+def quote_lines(text: str, at_line_start: bool) -> str:
+    """Prefix each line with '> ' so reasoning renders as a quote inside its block."""
+    body = text.replace("\n", "\n> ")
+    return ("> " + body) if at_line_start else body
+
+
+def reasoning_block(body: str, done: bool, seconds: int) -> str:
+    if not done:
+        return f'<details type="reasoning" done="false">\n<summary>Thinking…</summary>\n{body}\n</details>\n'
+    summary = "Thought for less than a second" if seconds < 1 else f"Thought for {seconds} seconds"
+    return (
+        f'<details type="reasoning" done="true" duration="{seconds}">\n'
+        f"<summary>{summary}</summary>\n{body}\n</details>\n"
+    )
+
+
+def tool_block(call: ToolCall, result: str | None, files: list | None, embeds: list | None) -> str:
+    head = (
+        f'<details type="tool_calls" done="{"false" if result is None else "true"}" '
+        f'id="{attr(call.call_id)}" name="{attr(call.name)}" arguments="{attr(call.arguments)}"'
+    )
+    if result is None:
+        return f"{head}>\n<summary>Executing...</summary>\n</details>\n"
+    return (
+        f'{head} result="{attr(json.dumps(result, ensure_ascii=False))}" '
+        f'files="{attr(files) if files else ""}" embeds="{attr(embeds) if embeds else ""}">\n'
+        f"<summary>Tool Executed</summary>\n</details>\n"
+    )
+
+
+class Transcript:
+    """The whole assistant message: committed text plus one live tail (content, reasoning or tools).
+
+    Appending a chunk is O(len(chunk)); render() joins once per frame, not once per chunk.
+    """
+
+    def __init__(self, clock: Callable[[], float], prefix: str = "") -> None:
+        self._clock = clock
+        self._committed: list[str] = [prefix] if prefix else []
+        self._committed_text: str | None = None
+        self._live_content: list[str] = []
+        self._reasoning: list[str] | None = None
+        self._reasoning_started = 0.0
+        self._reasoning_at_line_start = True
+        self._running_tools: str = ""
+        self.version = 0
+
+    # -- writing ---------------------------------------------------------------------------
+    def start_turn(self, participant: Participant) -> None:
+        self.close_live()
+        self._commit(heading(participant, first=not self._has_text()))
+
+    def add_content(self, text: str) -> None:
+        if self._reasoning is not None:
+            self.end_reasoning()
+        self._live_content.append(text)
+        self.version += 1
+
+    def add_reasoning(self, text: str) -> None:
+        if self._reasoning is None:
+            self._commit_live_content()
+            self._reasoning = []
+            self._reasoning_started = self._clock()
+            self._reasoning_at_line_start = True
+        self._reasoning.append(quote_lines(text, self._reasoning_at_line_start))
+        self._reasoning_at_line_start = text.endswith("\n")
+        self.version += 1
+
+    def end_reasoning(self) -> None:
+        if self._reasoning is None:
+            return
+        seconds = int(self._clock() - self._reasoning_started)
+        body = "".join(self._reasoning)
+        self._reasoning = None
+        if body.strip("> \n"):
+            self._commit(reasoning_block(body, done=True, seconds=seconds))
+        self.version += 1
+
+    def show_running_tools(self, calls: list[ToolCall]) -> None:
+        self.close_live()
+        self._running_tools = "".join(tool_block(c, None, None, None) for c in calls)
+        self.version += 1
+
+    def finish_tool(self, block: str) -> None:
+        """Commit a finished tool block; the running blocks are dropped once all have finished."""
+        self._commit(block)
+
+    def clear_running_tools(self) -> None:
+        self._running_tools = ""
+        self.version += 1
+
+    def add_notice(self, text: str) -> None:
+        self.close_live()
+        sep = "" if not self._has_text() or self.render().endswith("\n\n") else "\n\n"
+        self._commit(f"{sep}{text}\n\n")
+
+    def close_live(self) -> None:
+        self.end_reasoning()
+        self._commit_live_content()
+        if self._running_tools:
+            self.clear_running_tools()
+
+    # -- reading ---------------------------------------------------------------------------
+    def render(self) -> str:
+        if self._committed_text is None:
+            self._committed_text = "".join(self._committed)
+            self._committed = [self._committed_text] if self._committed_text else []
+        tail = "".join(self._live_content)
+        if self._reasoning is not None:
+            tail += reasoning_block("".join(self._reasoning), done=False, seconds=0)
+        return self._committed_text + tail + self._running_tools
+
+    def _has_text(self) -> bool:
+        return bool(self._committed or self._live_content)
+
+    def _commit_live_content(self) -> None:
+        if self._live_content:
+            text = "".join(self._live_content)
+            self._live_content = []
+            self._commit(text if text.endswith("\n") else text + "\n")
+
+    def _commit(self, text: str) -> None:
+        self._committed.append(text)
+        self._committed_text = None
+        self.version += 1
+
+
+# ============================================================================
+# Emitter: coalesces transcript updates into at most one `replace` per frame
+# ============================================================================
+
+
+class Clock:
+    """Monotonic time and sleep; tests substitute a fake one to control time."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+EmitFn = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any:
+    """Await with a deadline kept by `clock` (a fake one in tests); TimeoutError past it."""
+    task = asyncio.ensure_future(awaitable)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise TimeoutError
+    return task.result()
+
+
+class CoalescingEmitter:
+    """Sends the latest transcript as `replace` events: leading and trailing edge, one in flight.
+
+    The token loop calls `update()`, which only marks the state dirty. One sender task emits
+    at most one event per `interval` seconds; identical payloads are never sent twice. With
+    interval 0 coalescing is off: `update()` awaits one event per call (the naive way).
+    Other events (status, files) go through `post()`, in order, by the same sender.
+    """
+
+    def __init__(
+        self,
+        send: EmitFn | None,
+        render: Callable[[], str],
+        interval: float,
+        clock: Clock,
+    ) -> None:
+        self._send = send
+        self._render = render
+        self._interval = max(0.0, interval)
+        self._clock = clock
+        self._dirty = False
+        self._queue: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._flushing = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._last_payload: str | None = None
+        self._last_sent_at = float("-inf")
+        self._failures = 0
+        self.sent_events = 0
+        self.last_sent: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._send is not None
+
+    async def update(self) -> None:
+        """Record that the transcript changed; never waits for the socket when coalescing."""
+        if self._send is None:
+            return
+        if self._interval == 0:
+            await self._send_content()
+            return
+        self._dirty = True
+        self._kick()
+
+    def post(self, event: dict[str, Any]) -> None:
+        """Queue a non-content event (status, files) behind whatever is in flight."""
+        if self._send is None:
+            return
+        self._queue.append(event)
+        self._kick()
+
+    async def flush(self) -> None:
+        """Return once the latest state (and every queued event) has been sent."""
+        if self._send is None:
+            return
+        self._flushing.set()
+        if self._task is not None and not self._task.done():
+            self._wake.set()
+            await asyncio.shield(self._task)
+        self._task = None
+        await self._drain_queue()
+        await self._send_content()
+        self._flushing.clear()
+
+    def close(self) -> None:
+        """Stop the sender without sending (used when a flush is impossible)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    # -- sender ----------------------------------------------------------------------------
+    def _kick(self) -> None:
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._drain_queue()
+            if self._dirty:
+                wait = self._last_sent_at + self._interval - self._clock.now()
+                if wait > 0:
+                    await self._sleep_unless_flushed(wait)
+                await self._drain_queue()
+                self._dirty = False
+                await self._send_content()
+            if self._flushing.is_set() and not self._dirty and not self._queue:
+                return
+
+    async def _sleep_unless_flushed(self, seconds: float) -> None:
+        if self._flushing.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        flushed = asyncio.ensure_future(self._flushing.wait())
+        try:
+            await asyncio.wait({sleeper, flushed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            flushed.cancel()
+
+    async def _drain_queue(self) -> None:
+        while self._queue:
+            await self._deliver(self._queue.pop(0))
+
+    async def _send_content(self) -> None:
+        payload = self._render()
+        if payload == self._last_payload:
+            return
+        self._last_payload = payload
+        self._last_sent_at = self._clock.now()
+        if await self._deliver({"type": "replace", "data": {"content": payload}}):
+            self.last_sent = payload
+
+    async def _deliver(self, event: dict[str, Any]) -> bool:
+        try:
+            await self._send(event)  # type: ignore[misc]
+            self.sent_events += 1
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("could not deliver an event to the browser (%s); continuing", exc)
+            else:
+                log.debug("event delivery failed again: %s", exc)
+            return False
+
+
+# ============================================================================
+# Host gateway: every call into open_webui, imported lazily, in one place
+# ============================================================================
+
+
+class ModelCallError(RuntimeError):
+    """A participant's model call failed; the message is shown in its turn."""
+
+
+class HostGateway:
+    """The only code that touches open_webui. Tests replace it with a fake host."""
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+    # -- users, models, access ---------------------------------------------------------------
+    async def get_user(self, user_id: str) -> Any:
+        from open_webui.models.users import Users
+
+        return await Users.get_user_by_id(user_id)
+
+    def runtime_models(self) -> dict[str, dict]:
+        """The host's runtime model list (what the model picker shows)."""
+        models = getattr(getattr(getattr(self.request, "app", None), "state", None), "MODELS", {})
+        return dict(models.items()) if models else {}
+
+    async def get_model_record(self, model_id: str) -> Any:
+        from open_webui.models.models import Models
+
+        return await Models.get_model_by_id(model_id)
+
+    async def check_access(self, user: Any, model: dict, record: Any) -> bool:
+        """Open WebUI's own rule: admins may use every model, users what they were granted."""
+        if getattr(user, "role", "user") != "user":
+            return True
+        from open_webui.utils.models import check_model_access
+
+        try:
+            await check_model_access(user, model, model_info=record)
+        except Exception:  # the host signals a refusal by raising
+            return False
+        return True
+
+    # -- per-chat storage ------------------------------------------------------------------
+    async def load_chat_config(self, chat_id: str) -> Any:
+        from open_webui.internal.db import get_async_db_context
+        from open_webui.models.chats import Chat
+        from sqlalchemy import select
+
+        async with get_async_db_context() as db:
+            row = (await db.execute(select(Chat.meta).filter_by(id=chat_id))).one_or_none()
+        return ((row[0] if row else None) or {}).get(CONFIG_META_KEY)
+
+    async def save_chat_config(self, chat_id: str, config: dict) -> None:
+        """Store in chat.meta: the browser's saves of the chat JSON never touch that column."""
+        from open_webui.internal.db import get_async_db_context
+        from open_webui.models.chats import Chat
+        from sqlalchemy import select, update
+
+        async with get_async_db_context() as db:
+            row = (await db.execute(select(Chat.meta).filter_by(id=chat_id))).one_or_none()
+            if row is None:
+                return
+            meta = {**(row[0] or {}), CONFIG_META_KEY: config}
+            await db.execute(update(Chat).filter_by(id=chat_id).values(meta=meta))
+            await db.commit()
+
+    # -- tools -----------------------------------------------------------------------------
+    async def load_tools(
+        self,
+        user: Any,
+        model: dict,
+        tool_ids: list[str],
+        features: dict,
+        terminal_id: str | None,
+        extra_params: dict,
+    ) -> dict[str, dict]:
+        from open_webui.utils.tools import get_builtin_tools, get_terminal_tools, get_tools
+
+        params = {**extra_params, "__model__": model}
+        tools: dict[str, dict] = {}
+        if tool_ids:
+            tools.update(await get_tools(self.request, tool_ids, user, params))
+        if terminal_id:
+            found = await get_terminal_tools(self.request, terminal_id, user, params)
+            tools.update(found[0] if isinstance(found, tuple) else found or {})
+        builtin = await get_builtin_tools(self.request, params, features=features, model=model)
+        for name, tool in builtin.items():
+            tools.setdefault(name, tool)
+        return {name: tool for name, tool in tools.items() if callable(tool.get("callable"))}
+
+    async def process_tool_result(
+        self, name: str, result: Any, tool_type: str, metadata: dict, user: Any
+    ) -> tuple[str, list, list]:
+        from open_webui.utils.middleware import process_tool_result
+
+        text, files, embeds = await process_tool_result(
+            self.request, name, result, tool_type, False, metadata, user
+        )
+        return ("" if text is None else str(text)), list(files or []), list(embeds or [])
+
+    # -- completions -------------------------------------------------------------------------
+    async def stream_chat(self, form: dict, user: Any) -> AsyncIterator[bytes | str]:
+        """Yield the SSE body of a streamed completion; raise ModelCallError on an error reply."""
+        response = await self._completion({**form, "stream": True}, user)
+        iterator = getattr(response, "body_iterator", None)
+        if iterator is None:
+            raise ModelCallError(_error_text(response))
+        async for chunk in iterator:
+            yield chunk
+
+    async def complete(self, form: dict, user: Any) -> str:
+        response = await self._completion({**form, "stream": False}, user)
+        if isinstance(response, dict) and not response.get("error"):
+            choices = response.get("choices") or [{}]
+            message = (choices[0] or {}).get("message") or {}
+            return str(message.get("content") or "")
+        raise ModelCallError(_error_text(response))
+
+    async def _completion(self, form: dict, user: Any) -> Any:
+        from open_webui.utils.chat import generate_chat_completion
+
+        try:
+            # Access was checked for every model at setup (HostGateway.check_access), so the
+            # host's per-call check and the filters are skipped; our system prompt is complete.
+            return await generate_chat_completion(
+                self.request, form, user, bypass_filter=True, bypass_system_prompt=True
+            )
+        except ModelCallError:
+            raise
+        except Exception as exc:
+            detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+            raise ModelCallError(str(detail)) from exc
+
+
+def _error_text(response: Any) -> str:
+    """Best description of an error reply: JSON body, plain text, or the status code."""
+    if isinstance(response, dict):
+        return describe_error(response.get("error") or response)
+    body = getattr(response, "body", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(body, bytes | bytearray):
+        try:
+            return describe_error(json.loads(body))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return body.decode("utf-8", "replace")[:300] or f"HTTP {status}"
+    return f"unexpected reply from the model (HTTP {status})" if status else "empty reply"
+
+
+# ============================================================================
+# Setup: each unique model resolved once per run (record, access, prompt, tools)
+# ============================================================================
+
+
+@dataclass
+class ModelProfile:
+    """Everything the turn loop needs about one model, resolved once per run."""
+
+    model_id: str
+    name: str
+    model: dict
+    system_prompt: str = ""
+    native_tools: bool = True
+    tools: dict[str, dict] = field(default_factory=dict)
+    tool_specs: list[dict] = field(default_factory=list)
+    user_picked_tools: bool = False
+    owned_by: str = ""
+
+
+@dataclass
+class RequestContext:
+    """What this request carries that setup and tools need (never stored on the Pipe)."""
+
+    user: Any
+    metadata: dict
+    tool_ids: list[str]
+    features: dict
+    terminal_id: str | None
+    extra_params: dict
+
+
+async def resolve_profiles(
+    gateway: HostGateway, ctx: RequestContext, model_ids: Iterable[str], with_tools: bool
+) -> dict[str, ModelProfile]:
+    """Resolve every unique model concurrently; raise ConfigError naming each refused one."""
+    unique = list(dict.fromkeys(model_ids))
+    runtime = gateway.runtime_models()
+    missing = [m for m in unique if m not in runtime]
+    if missing:
+        raise ConfigError(
+            "Unknown model: "
+            + ", ".join(f"'{m}'" for m in missing)
+            + ". Pick models from the list."
+        )
+    results = await asyncio.gather(
+        *(_resolve_one(gateway, ctx, runtime[m], with_tools) for m in unique)
+    )
+    refused: list[str] = []
+    profiles: dict[str, ModelProfile] = {}
+    for model_id, profile in zip(unique, results, strict=True):
+        if profile is None:
+            refused.append(model_id)
+        else:
+            profiles[model_id] = profile
+    if refused:
+        raise ConfigError(
+            "You do not have access to "
+            + ", ".join(f"'{m}'" for m in refused)
+            + ". Ask an admin for access or pick another model."
+        )
+    return profiles
+
+
+async def _resolve_one(
+    gateway: HostGateway, ctx: RequestContext, model: dict, with_tools: bool
+) -> ModelProfile | None:
+    model_id = model["id"]
+    record = await gateway.get_model_record(model_id)
+    if not await gateway.check_access(ctx.user, model, record):
+        return None
+    params = _as_dict(getattr(record, "params", None))
+    meta = _as_dict(getattr(record, "meta", None))
+    info_meta = (model.get("info") or {}).get("meta") or {}
+    profile = ModelProfile(
+        model_id=model_id,
+        name=str(model.get("name") or model_id),
+        model=model,
+        system_prompt=str(params.get("system") or ""),
+        native_tools=(params.get("function_calling") or "native") != "legacy",
+        owned_by=str(model.get("owned_by") or ""),
+    )
+    if not with_tools:
+        return profile
+    tool_ids = list(dict.fromkeys([*ctx.tool_ids, *(meta.get("toolIds") or [])]))
+    profile.user_picked_tools = bool(tool_ids)
+    if not profile.native_tools:
+        return profile
+    features = dict(ctx.features)
+    for feature in meta.get("defaultFeatureIds") or info_meta.get("defaultFeatureIds") or []:
+        features.setdefault(feature, True)
+    try:
+        profile.tools = await gateway.load_tools(
+            ctx.user, model, tool_ids, features, ctx.terminal_id, ctx.extra_params
+        )
+    except Exception as exc:
+        log.warning("could not load tools for %s: %s", model_id, exc)
+        profile.tools = {}
+    profile.tool_specs = [
+        {"type": "function", "function": tool["spec"]}
+        for tool in profile.tools.values()
+        if isinstance(tool.get("spec"), dict)
+    ]
+    return profile
+
+
+def _as_dict(value: Any) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else {}
+
+
+# ============================================================================
+# History: earlier assistant messages split back into speaker turns
+# ============================================================================
+
+_MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
+HEADING_RE = re.compile(rf"^### (?:{_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
+BLOCK_RE = re.compile(r"<details\b[^>]*>.*?</details>\s*", re.DOTALL | re.IGNORECASE)
+THINK_RE = re.compile(
+    r"<(think|thinking|reasoning|reason|thought)>.*?</\1>\s*|\|begin_of_thought\|.*?\|end_of_thought\|\s*",
+    re.DOTALL | re.IGNORECASE,
+)
+NOTICE_PREFIX = "*⚠️ "
+NOTICE_RE = re.compile(r"^\*(?:⚠️|🛠️) .*\*$\n?", re.MULTILINE)
+
+
+@dataclass
+class Turn:
+    """One utterance: a speaker's alias (None for the human user) and what they said."""
+
+    speaker: str | None
+    content: Any  # str, or the human's list of content parts (text and images)
+
+
+def clean_turn_text(text: str) -> str:
+    """What a turn said, without reasoning, tool blocks or our notices."""
+    text = BLOCK_RE.sub("", text)
+    text = THINK_RE.sub("", text)
+    text = NOTICE_RE.sub("", text)
+    return text.strip()
+
+
+def split_turns(content: str) -> list[Turn]:
+    """Split an assistant message at its `### <mark> <alias>` headings (ours and v2's)."""
+    turns: list[Turn] = []
+    matches = list(HEADING_RE.finditer(content))
+    lead = clean_turn_text(content[: matches[0].start()] if matches else content)
+    if lead:
+        turns.append(Turn("", lead))  # an unattributed reply (another model, before us)
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
+        text = clean_turn_text(content[match.end() : end])
+        if text:
+            turns.append(Turn(html.unescape(match.group(1)), text))
+    return turns
+
+
+def history_turns(messages: list[dict]) -> list[Turn]:
+    """The chat so far as turns: human messages as they are, assistant ones split by speaker."""
+    turns: list[Turn] = []
+    for message in messages:
+        role, content = message.get("role"), message.get("content")
+        if role == "user":
+            turns.append(Turn(None, content if content is not None else ""))
+        elif role == "assistant" and isinstance(content, str):
+            turns.extend(split_turns(content))
+    return turns
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict)
+        ).strip()
+    return str(content or "")
+
+
+def _as_parts(content: Any) -> list[dict]:
+    return content if isinstance(content, list) else [{"type": "text", "text": str(content)}]
+
+
+def _labelled(name: str, content: Any) -> Any:
+    if isinstance(content, list):
+        return [{"type": "text", "text": f"{name}:"}, *content]
+    return f"{name}: {content}"
+
+
+def _merge(a: Any, b: Any) -> Any:
+    if isinstance(a, str) and isinstance(b, str):
+        return f"{a}\n\n{b}"
+    return [*_as_parts(a), *_as_parts(b)]
+
+
+def messages_for(alias: str, turns: list[Turn], user_name: str) -> list[dict]:
+    """A participant's view: its own turns as assistant, everyone else's as labelled user turns.
+
+    Consecutive same-role messages are merged so roles alternate, and it always ends on a user
+    message so the model answers rather than continues its own text.
+    """
+    own = normalize_name(alias)
+    out: list[dict] = []
+    for turn in turns:
+        if turn.speaker is None:
+            role, content = "user", turn.content
+            if out and out[-1]["role"] == "user":
+                content = _labelled(user_name, content)
+        elif normalize_name(turn.speaker) == own:
+            role, content = "assistant", _text_of(turn.content)
+        else:
+            label = turn.speaker or "Earlier reply"
+            role, content = "user", f"{label}: {_text_of(turn.content)}"
+        if out and out[-1]["role"] == role:
+            out[-1]["content"] = _merge(out[-1]["content"], content)
+        else:
+            out.append({"role": role, "content": content})
+    if not out or out[-1]["role"] != "user":
+        out.append({"role": "user", "content": f"(Continue the conversation as {alias}.)"})
+    return out
+
+
+def history_digest(turns: list[Turn], user_name: str, limit: int) -> str:
+    """The conversation as `name: text` lines for the manager, the newest `limit` characters."""
+    lines = [
+        f"{user_name if t.speaker is None else (t.speaker or 'Earlier reply')}: {_text_of(t.content)}"
+        for t in turns
+    ]
+    text = "\n".join(lines)
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+# ============================================================================
+# Speaker selection: round robin, or a manager model's pick matched tolerantly
+# ============================================================================
+
+
+def match_alias(answer: str, aliases: list[str]) -> int | None:
+    """Index of the alias the answer names: exact (normalized) first, else the earliest mention."""
+    said = normalize_name(answer)
+    if not said:
+        return None
+    names = [normalize_name(a) for a in aliases]
+    for i, name in enumerate(names):
+        if name and name == said:
+            return i
+    best: tuple[int, int, int] | None = None  # (position, -length, index)
+    padded = f" {said} "
+    for i, name in enumerate(names):
+        if not name:
+            continue
+        pos = padded.find(f" {name} ")
+        if pos >= 0 and (best is None or (pos, -len(name)) < best[:2]):
+            best = (pos, -len(name), i)
+    return None if best is None else best[2]
+
+
+def next_in_order(last: int | None, count: int) -> int:
+    return 0 if last is None else (last + 1) % count
+
+
+# ============================================================================
+# Turn execution: stream a participant, run its tools, recover from its failures
+# ============================================================================
+
+
+@dataclass
+class Settings:
+    """The valve values one run uses, read once at its start."""
+
+    emit_interval: float = 1 / 30
+    max_tool_rounds: int = 5
+    max_tool_corrections: int = 2
+    tool_timeout: float = 120.0
+    turn_timeout: float = 300.0
+    manager_timeout: float = 30.0
+    manager_history_chars: int = 8000
+    shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
+    manager_system: str = DEFAULT_MANAGER_SYSTEM
+    manager_prompt: str = DEFAULT_MANAGER_PROMPT
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StreamResult:
+    content: str = ""
+    calls: list[ToolCall] = field(default_factory=list)
+    error: str | None = None
+    shown: bool = False  # anything (content or reasoning) reached the transcript
+
+
+class Run:
+    """One request's conversation: all of its state lives here, never on the shared Pipe."""
+
+    def __init__(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        settings: Settings,
+        transcript: Transcript,
+        emitter: CoalescingEmitter,
+        user_name: str,
+        clock: Clock,
+    ) -> None:
+        self.clock = clock
+        self.gateway = gateway
+        self.ctx = ctx
+        self.settings = settings
+        self.transcript = transcript
+        self.emitter = emitter
+        self.user_name = user_name
+        self.turns: list[Turn] = []
+        self._tool_notice_shown: set[str] = set()
+
+    # -- the conversation ------------------------------------------------------------------
+    async def converse(
+        self,
+        config: ConversationConfig,
+        participants: list[Participant],
+        profiles: dict[str, ModelProfile],
+        manager: ModelProfile | None,
+    ) -> None:
+        aliases = [p.alias for p in participants]
+        last: int | None = None
+        for turn_no in range(config.rounds * len(participants)):
+            if manager is None:
+                index = turn_no % len(participants)
+            else:
+                index = await self.pick_speaker(manager, participants, last)
+            await self.run_turn(
+                participants[index], profiles[participants[index].model_id], aliases
+            )
+            last = index
+
+    async def pick_speaker(
+        self, manager: ModelProfile, participants: list[Participant], last: int | None
+    ) -> int:
+        """Ask the manager; an invalid, repeated or failed pick falls back to the next in order."""
+        aliases = [p.alias for p in participants]
+        fallback = next_in_order(last, len(participants))
+        if len(participants) == 1:
+            return 0
+        last_alias = "None" if last is None else aliases[last]
+        prompt = fill_template(
+            self.settings.manager_prompt,
+            {
+                "history": history_digest(
+                    self.turns, self.user_name, self.settings.manager_history_chars
+                ),
+                "last_speaker": last_alias,
+                "participant_list": ", ".join(aliases),
+            },
+        )
+        form = {
+            "model": manager.model_id,
+            "messages": [
+                {"role": "system", "content": self.settings.manager_system},
+                {"role": "user", "content": prompt},
+            ],
+        }
+        try:
+            answer = await within(
+                self.clock,
+                self.settings.manager_timeout,
+                self.gateway.complete(form, self.ctx.user),
+            )
+        except (ModelCallError, TimeoutError) as exc:
+            reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
+            self._status(f"Manager {reason}; {aliases[fallback]} speaks next (round robin).")
+            return fallback
+        picked = match_alias(answer, aliases)
+        if picked is None or picked == last:
+            why = "picked the same speaker twice" if picked == last else "named no participant"
+            shown = " ".join(answer.split())[:60]
+            self._status(
+                f"Manager {why} ('{shown}'); {aliases[fallback]} speaks next (round robin)."
+            )
+            return fallback
+        self._status(f"Manager picked {aliases[picked]}.", done=False)
+        return picked
+
+    def _status(self, text: str, done: bool = True) -> None:
+        log.debug("status: %s", text)
+        self.emitter.post({"type": "status", "data": {"description": text, "done": done}})
+
+    # -- one turn ----------------------------------------------------------------------------
+    async def run_turn(self, p: Participant, profile: ModelProfile, aliases: list[str]) -> None:
+        log.debug("turn: %s (%s)", p.alias, p.model_id)
+        self.transcript.start_turn(p)
+        if profile.user_picked_tools and not profile.native_tools:
+            if p.alias not in self._tool_notice_shown:
+                self._tool_notice_shown.add(p.alias)
+                self.transcript.add_notice(
+                    f"*🛠️ Tools are unavailable for {html.escape(p.alias, quote=False)}: its model "
+                    "does not use native function calling.*"
+                )
+        await self.emitter.update()
+        messages = [
+            {"role": "system", "content": self.system_prompt(p, profile, aliases)},
+            *messages_for(p.alias, self.turns, self.user_name),
+        ]
+        said = await self.reply_with_tools(p, profile, messages)
+        self.transcript.close_live()
+        await self.emitter.update()
+        if said:
+            self.turns.append(Turn(p.alias, said))
+
+    def system_prompt(self, p: Participant, profile: ModelProfile, aliases: list[str]) -> str:
+        others = ", ".join(a for a in aliases if a != p.alias) or "the user"
+        shared = self.settings.shared_instruction
+        if "{alias}" not in shared:
+            shared = f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
+        shared = fill_template(shared, {"alias": p.alias, "others": others})
+        parts = [profile.system_prompt.strip(), p.persona.strip(), shared.strip()]
+        return "\n\n".join(part for part in parts if part)
+
+    async def reply_with_tools(
+        self, p: Participant, profile: ModelProfile, messages: list[dict]
+    ) -> str:
+        """Stream, run tool calls, stream again (bounded); returns what the participant said."""
+        said: list[str] = []
+        tool_rounds = corrections = 0
+        while True:
+            offer = bool(profile.tool_specs) and tool_rounds < self.settings.max_tool_rounds
+            offer = offer and corrections <= self.settings.max_tool_corrections
+            result = await self.stream_once(profile, messages, offer)
+            if result.content:
+                said.append(result.content)
+            if result.error is not None or not (result.content or result.calls):
+                if not result.shown and not result.calls:
+                    recovered = await self.retry_plain(p, profile, messages, result.error)
+                    said.append(recovered)
+                else:
+                    self._failure_line(p, result.error or "the reply ended early")
+                return "\n\n".join(s for s in said if s)
+            if not result.calls:
+                return "\n\n".join(said)
+            bad = {c.index: why for c in result.calls if (why := self._malformed(profile, c))}
+            if bad and corrections < self.settings.max_tool_corrections:
+                corrections += 1
+                log.debug("malformed tool call from %s, asking again: %s", p.alias, bad)
+                messages += self._tool_messages(
+                    result, {i: self._correction(profile, w) for i, w in bad.items()}
+                )
+                continue
+            tool_rounds += 1
+            outputs = await self.run_tools(profile, result.calls, bad)
+            messages += self._tool_messages(result, outputs)
+
+    async def stream_once(
+        self, profile: ModelProfile, messages: list[dict], offer_tools: bool
+    ) -> StreamResult:
+        form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
+        form.update(self._sampling(profile))
+        if offer_tools:
+            form["tools"] = profile.tool_specs
+        result = StreamResult()
+        decoder, splitter, calls = SSEDecoder(), ThinkTagSplitter(), ToolCallAccumulator()
+        content: list[str] = []
+        try:
+            async with asyncio.timeout(self.settings.turn_timeout):
+                async for chunk in self.gateway.stream_chat(form, self.ctx.user):
+                    for payload in decoder.feed(chunk):
+                        self._apply(decode_frame(payload), splitter, calls, content, result)
+                    await self.emitter.update()
+                for payload in decoder.flush():
+                    self._apply(decode_frame(payload), splitter, calls, content, result)
+        except ModelCallError as exc:
+            result.error = str(exc)
+        except TimeoutError:
+            result.error = f"no complete reply within {self.settings.turn_timeout:g} s"
+        for kind, text in splitter.flush():
+            self._show(kind, text, content, result)
+        self.transcript.end_reasoning()
+        result.content = "".join(content).strip()
+        result.calls = calls.calls() if result.error is None else []
+        return result
+
+    def _apply(
+        self,
+        events: list[StreamEvent],
+        splitter: ThinkTagSplitter,
+        calls: ToolCallAccumulator,
+        content: list[str],
+        result: StreamResult,
+    ) -> None:
+        for event in events:
+            if event.kind == "content":
+                for kind, text in splitter.feed(event.text):
+                    self._show(kind, text, content, result)
+            elif event.kind == "reasoning":
+                self._show("reasoning", event.text, content, result)
+            elif event.kind == "tool_call":
+                calls.add(event)
+            elif event.kind == "error":
+                result.error = event.text
+
+    def _show(self, kind: str, text: str, content: list[str], result: StreamResult) -> None:
+        if kind == "content":
+            if not content and not text.strip():
+                return  # leading whitespace of a reply stays out of the transcript
+            content.append(text)
+            self.transcript.add_content(text)
+        elif kind == "reasoning":
+            self.transcript.add_reasoning(text)
+        elif kind == "reasoning_end":
+            self.transcript.end_reasoning()
+        result.shown = result.shown or kind != "reasoning_end"
+
+    async def retry_plain(
+        self, p: Participant, profile: ModelProfile, messages: list[dict], error: str | None
+    ) -> str:
+        """One non-streamed retry for a reply that failed or came back empty."""
+        log.debug("retrying %s without streaming (%s)", p.alias, error or "empty reply")
+        form = {"model": profile.model_id, "messages": list(messages), **self._sampling(profile)}
+        try:
+            async with asyncio.timeout(self.settings.turn_timeout):
+                text = await self.gateway.complete(form, self.ctx.user)
+        except (ModelCallError, TimeoutError) as exc:
+            self._failure_line(p, str(exc) or error or "no reply")
+            return ""
+        content: list[str] = []
+        splitter, scratch = ThinkTagSplitter(), StreamResult()
+        for kind, piece in [*splitter.feed(text), *splitter.flush()]:
+            self._show(kind, piece, content, scratch)
+        self.transcript.end_reasoning()
+        said = "".join(content).strip()
+        if not said:
+            self._failure_line(p, error or "the model returned an empty reply")
+        return said
+
+    def _failure_line(self, p: Participant, reason: str) -> None:
+        alias = html.escape(p.alias, quote=False)
+        reason = " ".join(html.escape(reason, quote=False).split())[:300]
+        self.transcript.add_notice(f"{NOTICE_PREFIX}{alias} could not answer: {reason}*")
+
+    def _sampling(self, profile: ModelProfile) -> dict[str, Any]:
+        sampling = dict(self.settings.sampling)
+        if profile.owned_by != "ollama":
+            sampling.pop("top_k", None)  # OpenAI-style APIs reject top_k
+        return sampling
+
+    # -- tools -------------------------------------------------------------------------------
+    @staticmethod
+    def _malformed(profile: ModelProfile, call: ToolCall) -> str | None:
+        if call.name not in profile.tools:
+            return f"there is no tool named '{call.name}'"
+        try:
+            args = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError as exc:
+            return f"the arguments are not valid JSON ({exc.msg})"
+        if not isinstance(args, dict):
+            return "the arguments must be a JSON object"
+        return None
+
+    @staticmethod
+    def _correction(profile: ModelProfile, why: str) -> str:
+        names = ", ".join(sorted(profile.tools)) or "none"
+        return (
+            f"Error: that tool call was not run because {why}. Available tools: {names}. "
+            "Call a tool again with a valid name and JSON object arguments, or answer without it."
+        )
+
+    @staticmethod
+    def _tool_messages(result: StreamResult, outputs: dict[int, str]) -> list[dict]:
+        return [
+            {
+                "role": "assistant",
+                "content": result.content,
+                "tool_calls": [c.as_message_part() for c in result.calls],
+            },
+            *(
+                {"role": "tool", "tool_call_id": c.call_id, "content": outputs.get(c.index, "")}
+                for c in result.calls
+            ),
+        ]
+
+    async def run_tools(
+        self, profile: ModelProfile, calls: list[ToolCall], bad: dict[int, str]
+    ) -> dict[int, str]:
+        """Run the calls one by one, each shown as executing, then done with its result."""
+        self.transcript.show_running_tools(calls)
+        await self.emitter.update()
+        outputs: dict[int, str] = {}
+        for call in calls:
+            if call.index in bad:
+                text, files, embeds = f"Error: {bad[call.index]}", [], []
+            else:
+                text, files, embeds = await self.run_tool(profile, call)
+            outputs[call.index] = text
+            self.transcript.finish_tool(tool_block(call, text, files, embeds))
+            await self.emitter.update()
+        self.transcript.clear_running_tools()
+        await self.emitter.update()
+        return outputs
+
+    async def run_tool(self, profile: ModelProfile, call: ToolCall) -> tuple[str, list, list]:
+        tool = profile.tools[call.name]
+        args = json.loads(call.arguments or "{}")
+        if tool.get("type") != "mcp":
+            allowed = ((tool.get("spec") or {}).get("parameters") or {}).get("properties")
+            if isinstance(allowed, dict):
+                args = {k: v for k, v in args.items() if k in allowed}
+        try:
+            result = tool["callable"](**args)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                result = await within(self.clock, self.settings.tool_timeout, result)
+        except TimeoutError:
+            result = f"Error: the tool did not finish within {self.settings.tool_timeout:g} s."
+        except Exception as exc:  # a tool's own failure is the model's to read, not a crash
+            log.debug("tool %s raised: %s", call.name, exc)
+            result = {"error": str(exc)}
+        try:
+            return await self.gateway.process_tool_result(
+                call.name, result, str(tool.get("type") or ""), self.ctx.metadata, self.ctx.user
+            )
+        except Exception as exc:
+            log.warning("could not process the result of tool %s: %s", call.name, exc)
+            return str(result), [], []
+
+
+# ============================================================================
+# Configuration overlay: a dialog opened in the user's browser through __event_call__
+# ============================================================================
+
+OVERLAY_JS = r"""
+const DEFAULTS = __DEFAULTS__;
+const OWN_PREFIX = __OWN_PREFIX__;
+const TIMEOUT_MS = __TIMEOUT_MS__;
+const MAX_ROUNDS = __MAX_ROUNDS__;
+let models = [];
+try {
+  const res = await fetch('/api/models', {
+    headers: { Authorization: 'Bearer ' + localStorage.token },
+  });
+  const body = await res.json();
+  models = (body.data || body || []).filter(
+    (m) => m && m.id && !m.id.startsWith(OWN_PREFIX) && !(m.pipe && m.pipe.type === 'filter')
+  );
+} catch (e) {
+  console.error('multi-model conversation: could not list models', e);
+}
+return await new Promise((resolve) => {
+  const el = (tag, props = {}, children = []) => {
+    const node = document.createElement(tag);
+    Object.assign(node, props);
+    for (const child of children) node.append(child);
+    return node;
+  };
+  const field = 'width:100%;padding:6px 8px;margin:2px 0 8px;border-radius:8px;' +
+    'border:1px solid #8886;background:transparent;color:inherit;font:inherit;';
+  const modelSelect = (value) => {
+    const select = el('select', { style: field });
+    select.append(el('option', { value: '', textContent: 'Choose a model…' }));
+    for (const m of models) {
+      select.append(el('option', { value: m.id, textContent: m.name || m.id, selected: m.id === value }));
+    }
+    return select;
+  };
+  const overlay = el('div', { id: 'mmc-config-overlay' });
+  overlay.style.cssText = 'position:fixed;inset:0;z-index:99999;display:flex;align-items:center;' +
+    'justify-content:center;background:#0008;backdrop-filter:blur(3px);';
+  const card = el('div');
+  card.style.cssText = 'max-height:90vh;overflow:auto;width:min(640px,94vw);padding:20px;' +
+    'border-radius:16px;background:#fff;color:#111;box-shadow:0 10px 40px #0006;font-size:14px;';
+  if (document.documentElement.classList.contains('dark')) {
+    card.style.background = '#1c1c1e';
+    card.style.color = '#eee';
+  }
+  const rounds = el('input', { type: 'number', min: 1, max: MAX_ROUNDS, value: DEFAULTS.rounds, style: field, name: 'rounds' });
+  const count = el('input', { type: 'number', min: 1, max: 5, value: Math.max(1, DEFAULTS.participants.length || 2), style: field, name: 'count' });
+  const useManager = el('input', { type: 'checkbox', checked: !!DEFAULTS.use_manager, name: 'use_manager' });
+  const managerModel = modelSelect(DEFAULTS.manager_model);
+  managerModel.name = 'manager_model';
+  const managerRow = el('div', {}, [el('label', { textContent: 'Manager model (empty: the first participant\'s)' }), managerModel]);
+  const rows = el('div');
+  const rowInputs = [];
+  const drawRows = () => {
+    const n = Math.min(5, Math.max(1, parseInt(count.value, 10) || 1));
+    while (rowInputs.length < n) {
+      const d = DEFAULTS.participants[rowInputs.length] || {};
+      const model = modelSelect(d.model || '');
+      model.name = 'model';
+      const alias = el('input', { value: d.alias || '', placeholder: 'Alias (default: the model name)', style: field, name: 'alias' });
+      const persona = el('textarea', { value: d.system_message || '', placeholder: 'Persona / system message', rows: 2, style: field, name: 'system_message' });
+      const box = el('fieldset', {}, [el('legend', { textContent: 'Participant ' + (rowInputs.length + 1) }), model, alias, persona]);
+      box.style.cssText = 'border:1px solid #8884;border-radius:10px;padding:8px 10px;margin:6px 0;';
+      rowInputs.push({ box, model, alias, persona });
+    }
+    rows.replaceChildren(...rowInputs.slice(0, n).map((r) => r.box));
+  };
+  count.addEventListener('input', drawRows);
+  drawRows();
+  managerRow.style.display = useManager.checked ? '' : 'none';
+  useManager.addEventListener('change', () => { managerRow.style.display = useManager.checked ? '' : 'none'; });
+  let timer = null;
+  const finish = (answer) => {
+    clearTimeout(timer);
+    overlay.remove();
+    resolve(answer);
+  };
+  const start = el('button', { textContent: 'Start conversation', type: 'button', id: 'mmc-start' });
+  const skip = el('button', { textContent: 'Use defaults', type: 'button', id: 'mmc-skip' });
+  for (const b of [start, skip]) b.style.cssText = 'padding:8px 14px;border-radius:10px;border:1px solid #8886;margin-left:8px;cursor:pointer;background:transparent;color:inherit;';
+  start.style.background = '#2563eb';
+  start.style.color = '#fff';
+  start.addEventListener('click', () => {
+    const n = Math.min(5, Math.max(1, parseInt(count.value, 10) || 1));
+    finish({
+      rounds: parseInt(rounds.value, 10) || 1,
+      use_manager: useManager.checked,
+      manager_model: useManager.checked ? managerModel.value : '',
+      participants: rowInputs.slice(0, n).map((r) => ({
+        model: r.model.value, alias: r.alias.value.trim(), system_message: r.persona.value,
+      })),
+    });
+  });
+  skip.addEventListener('click', () => finish(null));
+  card.append(
+    el('h2', { textContent: 'Multi-Model Conversation' }),
+    el('p', { textContent: 'Choose who takes part. This chat remembers the choice.' }),
+    el('label', { textContent: 'Rounds' }), rounds,
+    el('label', { textContent: 'Participants (1-5)' }), count,
+    rows,
+    el('label', {}, [useManager, ' Let a manager model pick who speaks next']),
+    managerRow,
+    el('div', { style: 'text-align:right;margin-top:12px;' }, [skip, start]),
+  );
+  overlay.append(card);
+  document.body.append(overlay);
+  timer = setTimeout(() => finish(null), TIMEOUT_MS);
+});
+"""
+
+
+def overlay_script(defaults: dict, own_prefix: str, timeout_s: float, max_rounds: int) -> str:
+    """The overlay's code with its inputs as JSON literals (never spliced in as raw text)."""
+
+    def literal(value: Any) -> str:
+        return json.dumps(value).replace("</", "<\\/")
+
+    return (
+        OVERLAY_JS.replace("__DEFAULTS__", literal(defaults))
+        .replace("__OWN_PREFIX__", literal(own_prefix))
+        .replace("__TIMEOUT_MS__", str(int(timeout_s * 1000)))
+        .replace("__MAX_ROUNDS__", str(int(max_rounds)))
+    )
+
+
+# ============================================================================
+# Pipe: the entry point Open WebUI calls
+# ============================================================================
+
+
+class Pipe:
+    """Open WebUI entry point. Shared by every request: it holds only valves and factories."""
+
+    class Valves(BaseModel):
+        EMIT_INTERVAL: float = Field(
+            default=1 / 30,
+            ge=0,
+            le=5,
+            description="Seconds between two content updates sent to the browser; each one "
+            "rewrites the whole chat in the database. 0 sends every chunk (no coalescing).",
+        )
+        MAX_ROUNDS: int = Field(
+            default=20, ge=1, le=1000, description="Highest number of rounds a user may ask for."
+        )
+        CONFIG_OVERLAY: bool = Field(
+            default=True,
+            description="Open a configuration dialog in the browser for a chat that has none.",
+        )
+        OVERLAY_TIMEOUT: float = Field(
+            default=180,
+            ge=5,
+            description="Seconds to wait for the dialog before falling back to the user valves.",
+        )
+        MAX_TOOL_ROUNDS: int = Field(
+            default=5, ge=0, le=50, description="Tool-call rounds per turn before a final answer."
+        )
+        MAX_TOOL_CORRECTIONS: int = Field(
+            default=2,
+            ge=0,
+            le=10,
+            description="Silent retries per turn when a model makes a malformed tool call.",
+        )
+        TOOL_TIMEOUT: float = Field(
+            default=120, gt=0, description="Seconds a single tool call may run."
+        )
+        TURN_TIMEOUT: float = Field(
+            default=300, gt=0, description="Seconds one model reply may take."
+        )
+        MANAGER_TIMEOUT: float = Field(
+            default=30, gt=0, description="Seconds the manager may take to pick a speaker."
+        )
+        MANAGER_HISTORY_CHARS: int = Field(
+            default=8000, ge=200, description="Newest characters of the chat shown to the manager."
+        )
+        PIPE_NAME: str = Field(
+            default="Multi-Model Conversation", description="Name shown in the model picker."
+        )
+
+    class UserValves(BaseModel):
+        # The names are those of "Multi Model Conversations v2", so saved settings carry over.
+        NUM_PARTICIPANTS: int = Field(
+            default=2, ge=1, le=5, description="How many participants (1-5) take part."
+        )
+        ROUNDS_PER_CONVERSATION: int = Field(
+            default=3, ge=1, description="Rounds: every participant speaks once per round."
+        )
+        Participant1Model: str = Field(default="", description="Model id of participant 1.")
+        Participant1Alias: str = Field(default="", description="Name of participant 1.")
+        Participant1SystemMessage: str = Field(default="", description="Persona of participant 1.")
+        Participant2Model: str = Field(default="", description="Model id of participant 2.")
+        Participant2Alias: str = Field(default="", description="Name of participant 2.")
+        Participant2SystemMessage: str = Field(default="", description="Persona of participant 2.")
+        Participant3Model: str = Field(default="", description="Model id of participant 3.")
+        Participant3Alias: str = Field(default="", description="Name of participant 3.")
+        Participant3SystemMessage: str = Field(default="", description="Persona of participant 3.")
+        Participant4Model: str = Field(default="", description="Model id of participant 4.")
+        Participant4Alias: str = Field(default="", description="Name of participant 4.")
+        Participant4SystemMessage: str = Field(default="", description="Persona of participant 4.")
+        Participant5Model: str = Field(default="", description="Model id of participant 5.")
+        Participant5Alias: str = Field(default="", description="Name of participant 5.")
+        Participant5SystemMessage: str = Field(default="", description="Persona of participant 5.")
+        AllParticipantsApendedMessage: str = Field(
+            default=DEFAULT_SHARED_INSTRUCTION,
+            description="Instruction added to every participant's system prompt. {alias} and "
+            "{others} are filled in; without {alias} the alias is appended (as v2 did).",
+        )
+        UseGroupChatManager: bool = Field(
+            default=False, description="Let a manager model pick who speaks next."
+        )
+        ManagerModel: str = Field(
+            default="", description="Manager model id (empty: the first participant's model)."
+        )
+        ManagerSystemMessage: str = Field(
+            default=DEFAULT_MANAGER_SYSTEM, description="System message of the manager."
+        )
+        ManagerSelectionPrompt: str = Field(
+            default=DEFAULT_MANAGER_PROMPT,
+            description="Manager prompt; {history}, {last_speaker} and {participant_list} are "
+            "filled in.",
+        )
+        Temperature: float = Field(default=1.0, description="Sampling temperature.")
+        Top_k: int = Field(default=50, description="Top-k (sent to Ollama models only).")
+        Top_p: float = Field(default=0.8, description="Top-p (nucleus) sampling.")
+
+    # Replaceable by tests: how to reach the host, and what time is.
+    gateway_factory: Callable[[Any], HostGateway] = HostGateway
+    clock: Clock = Clock()
+
+    def __init__(self) -> None:
+        self.type = "manifold"
+        self.valves = self.Valves()
+
+    def pipes(self) -> list[dict[str, str]]:
+        # v2's pipe id, so chats that used it keep their model after an upgrade.
+        return [{"id": "Conversation-pipe", "name": self.valves.PIPE_NAME}]
+
+    async def pipe(
+        self,
+        body: dict,
+        __user__: dict | None = None,
+        __request__: Any = None,
+        __event_emitter__: EmitFn | None = None,
+        __event_call__: Callable[[dict], Awaitable[Any]] | None = None,
+        __metadata__: dict | None = None,
+        __task__: Any = None,
+        __files__: list | None = None,
+        __chat_id__: str | None = None,
+        __message_id__: str | None = None,
+        __session_id__: str | None = None,
+        __oauth_token__: Any = None,
+    ) -> str:
+        user_info = __user__ or {}
+        metadata = __metadata__ or {}
+        gateway = self.gateway_factory(__request__)
+        user_valves = user_info.get("valves") or self.UserValves()
+        user = await gateway.get_user(user_info.get("id", ""))
+        if user is None:
+            return "Your user account could not be found."
+        ctx = RequestContext(
+            user=user,
+            metadata=metadata,
+            tool_ids=list(metadata.get("tool_ids") or []),
+            features=dict(metadata.get("features") or {}),
+            terminal_id=metadata.get("terminal_id"),
+            extra_params={
+                "__user__": user_info,
+                "__request__": __request__,
+                "__metadata__": metadata,
+                "__event_call__": __event_call__,
+                "__event_emitter__": _tool_event_filter(__event_emitter__),
+                "__chat_id__": metadata.get("chat_id"),
+                "__message_id__": metadata.get("message_id"),
+                "__session_id__": metadata.get("session_id"),
+                "__files__": metadata.get("files") or __files__ or [],
+                "__messages__": body.get("messages") or [],
+                "__oauth_token__": __oauth_token__,
+            },
+        )
+        own_prefix = str(body.get("model") or "").split(".", 1)[0] + "."
+        if __task__:
+            return await self._background_task(gateway, ctx, body, user_valves, own_prefix)
+        return await self._conversation(
+            gateway,
+            ctx,
+            body,
+            user_info,
+            user_valves,
+            own_prefix,
+            __event_emitter__,
+            __event_call__,
+        )
+
+    # -- a conversation ----------------------------------------------------------------------
+    async def _conversation(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_info: dict,
+        user_valves: Any,
+        own_prefix: str,
+        emit: EmitFn | None,
+        event_call: Callable[[dict], Awaitable[Any]] | None,
+    ) -> str:
+        valves = self.valves
+        clock = self.clock
+        transcript = Transcript(clock.now)
+        emitter = CoalescingEmitter(emit, transcript.render, valves.EMIT_INTERVAL, clock)
+        settings = _settings(valves, user_valves)
+        run = Run(
+            gateway, ctx, settings, transcript, emitter, user_info.get("name") or "User", clock
+        )
+        started = clock.now()
+        try:
+            try:
+                config = await self._choose_config(
+                    gateway, ctx, body, user_valves, own_prefix, event_call, emitter
+                )
+                names = {m: d.get("name") or m for m, d in gateway.runtime_models().items()}
+                participants = make_participants(config, names)
+                manager_id = config.manager_model or participants[0].model_id
+                wanted = [p.model_id for p in participants] + (
+                    [manager_id] if config.use_manager else []
+                )
+                _refuse_self(wanted, own_prefix)
+                profiles = await resolve_profiles(gateway, ctx, wanted, with_tools=True)
+            except ConfigError as exc:
+                transcript.add_notice(f"{NOTICE_PREFIX}{html.escape(str(exc), quote=False)}*")
+                return await _finish(emitter, transcript)
+            log.info(
+                "conversation start: %d participants, %d rounds, manager=%s",
+                len(participants),
+                config.rounds,
+                config.use_manager,
+            )
+            run.turns = history_turns(body.get("messages") or [])
+            manager = profiles[manager_id] if config.use_manager else None
+            await run.converse(config, participants, profiles, manager)
+            log.info(
+                "conversation end: %d turns in %.1f s, %d events",
+                len(run.turns),
+                clock.now() - started,
+                emitter.sent_events,
+            )
+        except asyncio.CancelledError:
+            log.debug("conversation stopped by the user")
+            transcript.close_live()
+            await asyncio.shield(_finish(emitter, transcript))
+            raise
+        except Exception as exc:
+            log.exception("conversation failed")
+            transcript.add_notice(
+                f"{NOTICE_PREFIX}The conversation stopped: {html.escape(str(exc), quote=False)}*"
+            )
+        return await _finish(emitter, transcript)
+
+    async def _choose_config(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_valves: Any,
+        own_prefix: str,
+        event_call: Callable[[dict], Awaitable[Any]] | None,
+        emitter: CoalescingEmitter,
+    ) -> ConversationConfig:
+        """Saved for this chat, else the overlay's answer, else the user valves; then remembered."""
+        max_rounds = self.valves.MAX_ROUNDS
+        chat_id = str(ctx.metadata.get("chat_id") or "")
+        saved_chat = bool(chat_id) and not chat_id.startswith(("local:", "channel:"))
+        reconfigure = _last_user_text(body).strip().lower() == RECONFIGURE_COMMAND
+        if saved_chat and not reconfigure:
+            saved = await gateway.load_chat_config(chat_id)
+            if saved:
+                try:
+                    return parse_config(saved, max_rounds)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        f"{exc} (saved for this chat; send {RECONFIGURE_COMMAND} to choose again)"
+                    ) from exc
+        defaults = config_from_user_valves(user_valves)
+        answer = None
+        if event_call is not None and self.valves.CONFIG_OVERLAY:
+            emitter.post(
+                {"type": "status", "data": {"description": "Waiting for the setup…", "done": False}}
+            )
+            script = overlay_script(
+                defaults, own_prefix, self.valves.OVERLAY_TIMEOUT, self.valves.MAX_ROUNDS
+            )
+            try:
+                # The dialog closes itself at OVERLAY_TIMEOUT; the slack covers a slow network.
+                answer = await within(
+                    self.clock,
+                    self.valves.OVERLAY_TIMEOUT + 5,
+                    event_call({"type": "execute", "data": {"code": script}}),
+                )
+            except TimeoutError:
+                log.debug("configuration overlay timed out; using the user valves")
+            except Exception as exc:
+                log.warning("configuration overlay failed (%s); using the user valves", exc)
+            if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
+                answer = None  # the host's answer for a closed tab or an error
+            emitter.post({"type": "status", "data": {"description": "", "done": True}})
+        config = parse_config(answer if answer not in (None, "") else defaults, max_rounds)
+        if saved_chat:
+            try:
+                await gateway.save_chat_config(chat_id, config.model_dump())
+            except Exception as exc:
+                log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
+        return config
+
+    # -- title, tags, follow-ups -------------------------------------------------------------
+    async def _background_task(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_valves: Any,
+        own_prefix: str,
+    ) -> str:
+        """Answer the host's background task with one plain completion from the first model."""
+        chat_id = str(ctx.metadata.get("chat_id") or "")
+        raw = None
+        if chat_id and not chat_id.startswith(("local:", "channel:")):
+            raw = await gateway.load_chat_config(chat_id)
+        try:
+            config = parse_config(
+                raw or config_from_user_valves(user_valves), self.valves.MAX_ROUNDS
+            )
+            model_id = config.participants[0].model
+            _refuse_self([model_id], own_prefix)
+            await resolve_profiles(gateway, ctx, [model_id], with_tools=False)
+        except ConfigError as exc:
+            log.debug("background task skipped: %s", exc)
+            return ""
+        form = {"model": model_id, "messages": body.get("messages") or []}
+        try:
+            text = await gateway.complete(form, ctx.user)
+        except ModelCallError as exc:
+            log.warning("background task failed on %s: %s", model_id, exc)
+            return ""
+        return clean_turn_text(text)
+
+
+def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
+    def get(name: str, default: Any) -> Any:
+        value = getattr(user_valves, name, None)
+        return default if value in (None, "") else value
+
+    return Settings(
+        emit_interval=valves.EMIT_INTERVAL,
+        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
+        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
+        tool_timeout=valves.TOOL_TIMEOUT,
+        turn_timeout=valves.TURN_TIMEOUT,
+        manager_timeout=valves.MANAGER_TIMEOUT,
+        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
+        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
+        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
+        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
+        sampling={
+            "temperature": get("Temperature", 1.0),
+            "top_p": get("Top_p", 0.8),
+            "top_k": get("Top_k", 50),
+        },
+    )
+
+
+def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
+    own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
+    if own:
+        raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
+
+
+def _last_user_text(body: dict) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
+    """Tools may report status or files, but content events would fight our transcript."""
+    if emit is None:
+        return None
+
+    async def forward(event: dict) -> Any:
+        if isinstance(event, dict) and event.get("type") in ("message", "replace", "chat:message"):
+            log.debug("dropped a %s event from a tool", event.get("type"))
+            return None
+        return await emit(event)
+
+    return forward
+
+
+async def _finish(emitter: CoalescingEmitter, transcript: Transcript) -> str:
+    """Flush the final state; return it so the host shows and saves it even if events were lost."""
+    transcript.close_live()
+    await emitter.flush()
+    return transcript.render()
