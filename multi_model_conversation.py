@@ -1839,7 +1839,7 @@ class Pipe:
         started = clock.now()
         try:
             try:
-                config = await self._choose_config(
+                config, saved = await self._choose_config(
                     gateway, ctx, body, user_valves, own_prefix, event_call, emitter
                 )
                 names = {m: d.get("name") or m for m, d in gateway.runtime_models().items()}
@@ -1848,8 +1848,15 @@ class Pipe:
                 wanted = [p.model_id for p in participants] + (
                     [manager_id] if config.use_manager else []
                 )
-                _refuse_self(wanted, own_prefix)
-                profiles = await resolve_profiles(gateway, ctx, wanted, with_tools=True)
+                try:
+                    _refuse_self(wanted, own_prefix)
+                    profiles = await resolve_profiles(gateway, ctx, wanted, with_tools=True)
+                except ConfigError as exc:
+                    if saved:
+                        raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
+                    raise
+                if not saved:
+                    await _remember(gateway, ctx, config)
             except ConfigError as exc:
                 transcript.add_notice(f"{NOTICE_PREFIX}{html.escape(str(exc), quote=False)}*")
                 return await _finish(emitter, transcript)
@@ -1889,21 +1896,22 @@ class Pipe:
         own_prefix: str,
         event_call: Callable[[dict], Awaitable[Any]] | None,
         emitter: CoalescingEmitter,
-    ) -> ConversationConfig:
-        """Saved for this chat, else the overlay's answer, else the user valves; then remembered."""
+    ) -> tuple[ConversationConfig, bool]:
+        """Saved for this chat, else the overlay's answer, else the user valves.
+
+        Returns the config and whether it was the saved one (a new one is remembered later,
+        once every model in it has passed setup).
+        """
         max_rounds = self.valves.MAX_ROUNDS
-        chat_id = str(ctx.metadata.get("chat_id") or "")
-        saved_chat = bool(chat_id) and not chat_id.startswith(("local:", "channel:"))
+        chat_id = _saved_chat_id(ctx)
         reconfigure = _last_user_text(body).strip().lower() == RECONFIGURE_COMMAND
-        if saved_chat and not reconfigure:
+        if chat_id and not reconfigure:
             saved = await gateway.load_chat_config(chat_id)
             if saved:
                 try:
-                    return parse_config(saved, max_rounds)
+                    return parse_config(saved, max_rounds), True
                 except ConfigError as exc:
-                    raise ConfigError(
-                        f"{exc} (saved for this chat; send {RECONFIGURE_COMMAND} to choose again)"
-                    ) from exc
+                    raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
         defaults = config_from_user_valves(user_valves)
         answer = None
         if event_call is not None and self.valves.CONFIG_OVERLAY:
@@ -1927,13 +1935,7 @@ class Pipe:
             if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
                 answer = None  # the host's answer for a closed tab or an error
             emitter.post({"type": "status", "data": {"description": "", "done": True}})
-        config = parse_config(answer if answer not in (None, "") else defaults, max_rounds)
-        if saved_chat:
-            try:
-                await gateway.save_chat_config(chat_id, config.model_dump())
-            except Exception as exc:
-                log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
-        return config
+        return parse_config(answer if answer not in (None, "") else defaults, max_rounds), False
 
     # -- title, tags, follow-ups -------------------------------------------------------------
     async def _background_task(
@@ -1945,10 +1947,8 @@ class Pipe:
         own_prefix: str,
     ) -> str:
         """Answer the host's background task with one plain completion from the first model."""
-        chat_id = str(ctx.metadata.get("chat_id") or "")
-        raw = None
-        if chat_id and not chat_id.startswith(("local:", "channel:")):
-            raw = await gateway.load_chat_config(chat_id)
+        chat_id = _saved_chat_id(ctx)
+        raw = await gateway.load_chat_config(chat_id) if chat_id else None
         try:
             config = parse_config(
                 raw or config_from_user_valves(user_valves), self.valves.MAX_ROUNDS
@@ -1990,6 +1990,27 @@ def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
             "top_k": get("Top_k", 50),
         },
     )
+
+
+_RECONFIGURE_HINT = (
+    f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
+)
+
+
+def _saved_chat_id(ctx: RequestContext) -> str | None:
+    """The chat id when the chat is stored on the server (not a temporary or channel chat)."""
+    chat_id = str(ctx.metadata.get("chat_id") or "")
+    return chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
+
+
+async def _remember(gateway: HostGateway, ctx: RequestContext, config: ConversationConfig) -> None:
+    chat_id = _saved_chat_id(ctx)
+    if chat_id is None:
+        return
+    try:
+        await gateway.save_chat_config(chat_id, config.model_dump())
+    except Exception as exc:
+        log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
 
 
 def _refuse_self(model_ids: list[str], own_prefix: str) -> None:

@@ -1,0 +1,222 @@
+"""The hot path: coalescing, never blocking the stream, setup once, isolation, quiet logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import multi_model_conversation as mmc
+from tests.fakes import FakeClock, PipeHarness, RecordingEmitter, Script, chunk, config, reply
+
+
+def long_reply(n: int, word: str = "tok") -> list[str]:
+    return [chunk(content=f"{word}{i} ") for i in range(n)] + ["data: [DONE]\n\n"]
+
+
+async def test_2000_chunks_in_a_second_make_at_most_31_events_and_the_last_is_returned():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(streams=[long_reply(2000)], chunk_delay=0.9 / 2000)
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    contents = emitter.contents()
+    assert h.clock.now() < 1.0
+    assert 2 <= len(contents) <= 31
+    assert contents[-1] == result
+    assert "tok1999" in result
+    assert len(contents) == len(set(contents)), "an identical payload was sent twice"
+    assert emitter.max_in_flight == 1
+
+
+async def test_first_change_is_sent_at_once_and_events_are_one_frame_apart():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(streams=[long_reply(600)], chunk_delay=0.002)
+    emitter = RecordingEmitter(h.clock)
+
+    await h.run(emitter=emitter)
+
+    times = emitter.content_times()
+    first_token_at = 0.002  # the fake stream advances time before each chunk
+    assert times[0] <= first_token_at, "the leading edge must not wait for a frame"
+    first_visible = next(t for t, c in zip(times, emitter.contents(), strict=True) if "tok0" in c)
+    # Fake time only moves in 2 ms chunk steps, so allow one step past the frame.
+    assert first_visible <= first_token_at + 1 / 30 + 0.002
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps[:-1]) >= 1 / 30 - 1e-9  # the final flush may follow sooner
+    per_second = max(sum(1 for t in times if s <= t < s + 1) for s in times)
+    assert per_second <= 31
+
+
+async def test_a_slow_socket_does_not_slow_the_stream():
+    """50 ms per event: the 1000-chunk stream is still consumed in 1 s of fake time."""
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(streams=[long_reply(1000)], chunk_delay=0.001)
+    emitter = RecordingEmitter(h.clock, delay=0.05)
+    stream_done_at: list[float] = []
+    original = h.host.stream_chat
+
+    async def timed(form, user):
+        async for piece in original(form, user):
+            yield piece
+        stream_done_at.append(h.clock.now())
+
+    h.host.stream_chat = timed
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    while not run.done():
+        await asyncio.sleep(0)
+        if stream_done_at:
+            h.clock.advance(0.01)  # let the last slow events finish after the stream
+    result = await run
+
+    frames = 1001  # 1000 tokens and [DONE]
+    assert stream_done_at[0] <= frames * 0.001 + 1e-9
+    assert emitter.max_in_flight == 1
+    assert emitter.contents()[-1] == result
+    assert len(emitter.contents()) <= 1.0 / 0.05 + 2
+
+
+async def test_interval_zero_sends_one_event_per_chunk():
+    h = PipeHarness(interval=0)
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(streams=[long_reply(50)])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert len(emitter.contents()) >= 50
+    assert emitter.contents()[-1] == result
+
+
+async def test_a_failing_socket_still_returns_the_whole_transcript(caplog):
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=2)
+    emitter = RecordingEmitter(h.clock, fail=True)
+
+    with caplog.at_level(logging.DEBUG, logger=mmc.__name__):
+        result = await h.run(emitter=emitter)
+
+    assert result.count("### ") == 4
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, "a broken socket is reported once, not per event"
+
+
+async def test_stop_flushes_what_was_shown_and_sends_nothing_after():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    h.host.scripts["m1"] = Script(streams=[long_reply(10_000)], chunk_delay=0.001)
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    for _ in range(300):
+        await asyncio.sleep(0)
+    run.cancel()
+    try:
+        await run
+        raise AssertionError("the cancellation must propagate to the host")
+    except asyncio.CancelledError:
+        pass
+    sent = len(emitter.events)
+    final = emitter.contents()[-1]
+    for _ in range(50):
+        h.clock.advance(0.1)
+        await asyncio.sleep(0)
+
+    assert len(emitter.events) == sent, "an event arrived after the stop"
+    assert "tok" in final and "### 🔵 M2" not in final
+    assert len(h.host.requests) == 1, "no participant may be called after the stop"
+
+
+async def test_each_unique_model_is_resolved_once_per_run():
+    """3 participants on 2 models, 4 rounds: 2 record lookups, 2 access checks, 2 tool loads."""
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = {
+        "rounds": 4,
+        "participants": [
+            {"model": "m1", "alias": "A"},
+            {"model": "m2", "alias": "B"},
+            {"model": "m1", "alias": "C"},
+        ],
+    }
+    h.host.tools = {"clock": {"spec": {"name": "clock", "parameters": {}}, "callable": _now}}
+
+    await h.run(emitter=RecordingEmitter(h.clock))
+
+    assert len(h.host.requests) == 12
+    assert h.host.calls["get_model_record"] == 2
+    assert h.host.calls["check_access"] == 2
+    assert h.host.calls["load_tools"] == 2
+    assert h.host.calls["get_user"] == 1
+
+
+async def _now() -> str:
+    return "noon"
+
+
+async def test_two_concurrent_conversations_on_one_pipe_see_only_their_own_bytes():
+    h = PipeHarness(models={"a": "Alpha", "b": "Beta"})
+    h.host.chat_configs["chat-a"] = config("a", rounds=3)
+    h.host.chat_configs["chat-b"] = config("b", rounds=3)
+    h.host.scripts["a"] = Script(streams=[long_reply(300, "alpha")] * 3, chunk_delay=0.001)
+    h.host.scripts["b"] = Script(streams=[long_reply(300, "beta")] * 3, chunk_delay=0.001)
+    emit_a, emit_b = RecordingEmitter(h.clock), RecordingEmitter(h.clock)
+    pipe_state = dict(vars(h.pipe))
+
+    result_a, result_b = await asyncio.gather(
+        h.run("hi a", chat_id="chat-a", emitter=emit_a),
+        h.run("hi b", chat_id="chat-b", emitter=emit_b),
+    )
+
+    assert "alpha" in result_a and "beta" not in result_a
+    assert "beta" in result_b and "alpha" not in result_b
+    assert all("beta" not in c and "### 🔴 B" not in c for c in emit_a.contents())
+    assert all("alpha" not in c and "### 🔴 A" not in c for c in emit_b.contents())
+    assert emit_a.contents()[-1] == result_a and emit_b.contents()[-1] == result_b
+    assert vars(h.pipe) == pipe_state, "a run stored something on the shared Pipe"
+
+
+async def test_a_run_logs_at_most_two_info_lines_and_nothing_per_chunk(caplog):
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=3)
+    h.host.scripts["m1"] = Script(streams=[long_reply(500)] * 3)
+
+    with caplog.at_level(logging.DEBUG, logger=mmc.__name__):
+        await h.run(emitter=RecordingEmitter(h.clock))
+
+    ours = [r for r in caplog.records if r.name == mmc.__name__]
+    assert len([r for r in ours if r.levelno == logging.INFO]) <= 2
+    assert not [r for r in ours if r.levelno >= logging.WARNING]
+    assert len(ours) < 50, "hot-path detail must not be logged per chunk"
+    assert not mmc.log.handlers and mmc.log.level == logging.NOTSET
+
+
+async def test_emitter_leading_trailing_and_dedup_directly():
+    clock = FakeClock()
+    state = {"text": ""}
+    sent = RecordingEmitter(clock)
+    emitter = mmc.CoalescingEmitter(sent, lambda: state["text"], 0.1, clock)
+
+    state["text"] = "a"
+    await emitter.update()
+    await asyncio.sleep(0)
+    for letter in "bcdef":
+        state["text"] += letter
+        await emitter.update()
+        await asyncio.sleep(0)
+    clock.advance(0.05)
+    await asyncio.sleep(0)
+    assert sent.contents() == ["a"], "a second event inside the frame"
+    clock.advance(0.05)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert sent.contents() == ["a", "abcdef"]
+    await emitter.update()  # unchanged state
+    await emitter.flush()
+    assert sent.contents() == ["a", "abcdef"], "an identical payload was sent"
+
+
+async def test_reply_helper_streams_reasoning_before_content():
+    chunks = reply("x y", reasoning="r")
+    assert "reasoning_content" in chunks[0] and '"content": "x "' in chunks[1]

@@ -1,0 +1,668 @@
+"""What a user can do, driven through the whole Pipe on a fake host (issue items 1-11)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import multi_model_conversation as mmc
+from tests.fakes import (
+    PipeHarness,
+    RecordingEmitter,
+    Script,
+    chunk,
+    config,
+    make_record,
+    reply,
+    tool_call_chunks,
+)
+
+
+def speakers(transcript: str) -> list[str]:
+    return re.findall(r"^### \S+ (.+)$", transcript, re.MULTILINE)
+
+
+def streamed(h: PipeHarness) -> list[dict]:
+    return [r for r in h.host.requests if r["stream"]]
+
+
+# -- 1. participants and their system prompts ---------------------------------------------------
+
+
+async def test_system_prompt_is_model_prompt_then_persona_then_shared_instruction():
+    h = PipeHarness()
+    h.host.records["m1"] = make_record(system="MODEL PROMPT of m1")
+    h.host.chat_configs["chat-1"] = {
+        "rounds": 1,
+        "participants": [
+            {"model": "m1", "alias": "Ada", "system_message": "PERSONA: a pirate {not_a_field}"},
+            {"model": "m2", "alias": "", "system_message": ""},
+        ],
+    }
+
+    result = await h.run()
+
+    system = streamed(h)[0]["messages"][0]
+    assert system["role"] == "system"
+    text = system["content"]
+    assert text.index("MODEL PROMPT") < text.index("PERSONA") < text.index("You are Ada")
+    assert "{not_a_field}" in text, "a persona is not a template"
+    assert "Model Two" in text, "the others are named"
+    assert speakers(result) == ["Ada", "Model Two"], "the alias defaults to the model's name"
+
+
+async def test_a_v2_shared_instruction_without_placeholder_gets_the_alias_appended():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    valves = h.pipe.UserValves(AllParticipantsApendedMessage="Your acted response as")
+
+    await h.run(user_valves=valves)
+
+    assert streamed(h)[0]["messages"][0]["content"].endswith("Your acted response as M1")
+
+
+# -- 2. configuration: saved, overlay, valves; validated; remembered ----------------------------
+
+
+class Overlay:
+    """Answers __event_call__ like the browser's dialog does."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls: list[dict] = []
+
+    async def __call__(self, event: dict):
+        self.calls.append(event)
+        return self.answer
+
+
+async def test_overlay_answer_is_used_remembered_and_not_asked_again():
+    h = PipeHarness()
+    overlay = Overlay(config("m2", "m1", rounds=2))
+
+    first = await h.run(event_call=overlay)
+    second = await h.run("and now?", event_call=overlay)
+
+    assert len(overlay.calls) == 1
+    assert (
+        overlay.calls[0]["type"] == "execute"
+        and "Start conversation" in (overlay.calls[0]["data"]["code"])
+    )
+    assert speakers(first) == ["M2", "M1", "M2", "M1"]
+    assert speakers(second) == ["M2", "M1", "M2", "M1"]
+    assert h.host.chat_configs["chat-1"]["participants"][0]["model"] == "m2"
+
+
+async def test_saved_config_wins_over_overlay_and_valves():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m2")
+    overlay = Overlay(config("m1"))
+    valves = h.pipe.UserValves(NUM_PARTICIPANTS=1, Participant1Model="m1")
+
+    result = await h.run(event_call=overlay, user_valves=valves)
+
+    assert overlay.calls == []
+    assert speakers(result) == ["M2"]
+
+
+async def test_use_defaults_falls_back_to_user_valves_and_is_remembered():
+    h = PipeHarness()
+    overlay = Overlay(None)  # the dialog's "Use defaults"
+    valves = h.pipe.UserValves(
+        NUM_PARTICIPANTS=2,
+        ROUNDS_PER_CONVERSATION=1,
+        Participant1Model="m1",
+        Participant1Alias="Uno",
+        Participant2Model="m2",
+        Participant2Alias="Dos",
+    )
+
+    result = await h.run(event_call=overlay, user_valves=valves)
+    await h.run("again", event_call=overlay, user_valves=valves)
+
+    assert speakers(result) == ["Uno", "Dos"]
+    assert len(overlay.calls) == 1
+    assert [p["alias"] for p in h.host.chat_configs["chat-1"]["participants"]] == ["Uno", "Dos"]
+
+
+async def test_an_unanswered_overlay_times_out_to_the_valves():
+    h = PipeHarness()
+    h.pipe.valves.OVERLAY_TIMEOUT = 60
+    never = asyncio.get_running_loop().create_future()
+
+    async def hanging(event):
+        return await never
+
+    valves = h.pipe.UserValves(
+        NUM_PARTICIPANTS=1, ROUNDS_PER_CONVERSATION=1, Participant1Model="m1", Participant1Alias="V"
+    )
+    run = asyncio.ensure_future(h.run(event_call=hanging, user_valves=valves))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not run.done()
+    h.clock.advance(64.9)
+    await asyncio.sleep(0)
+    assert not run.done(), "gave up before the overlay's timeout"
+    h.clock.advance(0.2)
+
+    result = await asyncio.wait_for(run, 5)
+
+    assert speakers(result) == ["V"]
+
+
+async def test_without_a_browser_the_valves_are_used():
+    h = PipeHarness()
+    valves = h.pipe.UserValves(
+        NUM_PARTICIPANTS=1, ROUNDS_PER_CONVERSATION=1, Participant1Model="m2"
+    )
+
+    result = await h.run(event_call=None, emitter=None, user_valves=valves)
+
+    assert speakers(result) == ["Model Two"]
+
+
+async def _config_error(answer) -> tuple[str, PipeHarness, RecordingEmitter]:
+    h = PipeHarness()
+    emitter = RecordingEmitter(h.clock)
+    result = await h.run(event_call=Overlay(answer), emitter=emitter)
+    return result, h, emitter
+
+
+async def test_each_bad_configuration_gives_one_clear_message_and_nothing_runs():
+    cases = {
+        "unknown model": (config("nope"), "Unknown model: 'nope'"),
+        "empty list": ({"rounds": 1, "participants": []}, "at least one participant"),
+        "rounds 0": (config("m1", rounds=0), "rounds must be at least 1"),
+        "rounds too many": (config("m1", rounds=21), "between 1 and 20"),
+        "malformed JSON": ('{"rounds": 1, "participants": [', "not valid JSON"),
+        "six participants": (config(*["m1"] * 6), "at most 5"),
+    }
+    for name, (answer, expected) in cases.items():
+        result, h, emitter = await _config_error(answer)
+        assert expected in result, name
+        assert result.count("⚠️") == 1, name
+        assert h.host.requests == [], f"{name}: a model was called"
+        assert "chat-1" not in h.host.chat_configs, f"{name}: a bad config was remembered"
+        assert emitter.contents()[-1] == result
+
+
+async def test_a_broken_saved_config_says_how_to_choose_again():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("gone")
+    result = await h.run()
+    assert "Unknown model: 'gone'" in result and "/reconfigure" in result
+
+    overlay = Overlay(config("m1"))
+    result = await h.run("/reconfigure", event_call=overlay)
+    assert len(overlay.calls) == 1 and speakers(result) == ["M1"]
+
+
+async def test_the_pipe_cannot_be_its_own_participant():
+    result, h, _ = await _config_error(config("mmc.Conversation-pipe"))
+    assert "cannot take part" in result and h.host.requests == []
+
+
+# -- 3. rounds ----------------------------------------------------------------------------------
+
+
+async def test_round_robin_every_participant_once_per_round_in_order():
+    h = PipeHarness(models={"a": "A", "b": "B", "c": "C"})
+    h.host.chat_configs["chat-1"] = config("a", "b", "c", rounds=3)
+
+    result = await h.run()
+
+    assert speakers(result) == ["A", "B", "C"] * 3
+    assert [r["model"] for r in streamed(h)] == ["a", "b", "c"] * 3
+
+
+# -- 4. manager mode ----------------------------------------------------------------------------
+
+
+async def test_manager_picks_tolerantly_and_falls_back_on_garbage_and_repeats():
+    h = PipeHarness(models={"a": "A", "b": "B", "c": "C", "boss": "Boss"})
+    h.host.chat_configs["chat-1"] = config(
+        "a", "b", "c", rounds=2, use_manager=True, manager_model="boss"
+    )
+    h.host.scripts["boss"] = Script(
+        completions=[
+            "I think **c!** should speak.",  # -> C
+            "the weather is nice",  # garbage -> next after C = A
+            "A",  # repeat of A -> B
+            "  b.  ",  # repeat of B -> C
+            "Let A answer that",  # -> A
+            "C",  # -> C
+        ]
+    )
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert speakers(result) == ["C", "A", "B", "C", "A", "C"]
+    fallbacks = [s for s in emitter.statuses() if "round robin" in s]
+    assert len(fallbacks) == 3
+    assert "named no participant" in fallbacks[0] and "A speaks next" in fallbacks[0]
+    assert "same speaker twice" in fallbacks[1] and "B speaks next" in fallbacks[1]
+    manager_calls = [r for r in h.host.requests if not r["stream"]]
+    assert len(manager_calls) == 6 and {r["model"] for r in manager_calls} == {"boss"}
+
+
+async def test_manager_defaults_to_first_participant_and_fills_its_prompt():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m2", "m1", rounds=1, use_manager=True)
+    h.host.scripts["m2"] = Script(completions=["M1", "M2"])
+    valves = h.pipe.UserValves(
+        ManagerSystemMessage="BOSS RULES",
+        ManagerSelectionPrompt="H={history} L={last_speaker} P={participant_list} {x}",
+    )
+
+    result = await h.run("Topic: tea", user_valves=valves)
+
+    manager_calls = [r for r in h.host.requests if not r["stream"]]
+    assert manager_calls[0]["model"] == "m2"
+    assert manager_calls[0]["messages"][0] == {"role": "system", "content": "BOSS RULES"}
+    prompt = manager_calls[0]["messages"][1]["content"]
+    assert prompt.startswith("H=Ann: Topic: tea L=None P=M2, M1 {x}")
+    assert "L=M1" in manager_calls[1]["messages"][1]["content"]
+    assert speakers(result) == ["M1", "M2"]
+
+
+async def test_a_failing_manager_falls_back_to_round_robin():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", use_manager=True)
+    h.host.scripts["m1"] = Script(completions=[mmc.ModelCallError("boom"), "M1"])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert speakers(result) == ["M1", "M2"]
+    assert any("Manager failed (boom)" in s for s in emitter.statuses())
+
+
+# -- 5. rendering -------------------------------------------------------------------------------
+
+
+async def test_reasoning_from_every_delta_key_and_inline_tags_closes_with_its_duration():
+    h = PipeHarness(models={"a": "A", "b": "B", "c": "C", "d": "D"})
+    h.host.chat_configs["chat-1"] = config("a", "b", "c", "d")
+    for model, key in (("a", "reasoning_content"), ("b", "reasoning"), ("c", "thinking")):
+        h.host.scripts[model] = Script(
+            streams=[[chunk(**{key: f"pondering {model}"}), chunk(content=f"answer {model}")]],
+            chunk_delay=1.5,
+        )
+    h.host.scripts["d"] = Script(
+        streams=[
+            [chunk(content="<thi"), chunk(content="nk>inner d"), chunk(content="</think>answer d")]
+        ],
+        chunk_delay=1.5,
+    )
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    blocks = re.findall(r'<details type="reasoning" done="(\w+)" duration="(\d+)">', result)
+    assert blocks == [("true", "1")] * 4
+    for model in "abcd":
+        assert re.search(rf"Thought for .*\n> (pondering|inner) {model}\n</details>", result)
+        assert f"answer {model}" in result
+    assert "<think>" not in result and "</think>" not in result
+
+
+async def test_tool_calls_show_executing_then_done_with_their_result():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    gate = asyncio.Event()
+
+    async def lookup(city: str) -> str:
+        await gate.wait()
+        return f'sunny in {city} "quoted" <b>'
+
+    h.host.tools = {
+        "lookup": {
+            "spec": {"name": "lookup", "parameters": {"properties": {"city": {}}}},
+            "callable": lookup,
+        }
+    }
+    h.host.scripts["m1"] = Script(
+        streams=[tool_call_chunks("lookup", '{"city": "Oslo"}'), reply("It is sunny.")]
+    )
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    h.clock.advance(1)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    executing = emitter.contents()[-1]
+    gate.set()
+    result = await run
+
+    assert '<details type="tool_calls" done="false"' in executing
+    assert "Executing..." in executing
+    assert "<b>" not in result.split("It is sunny.")[0].replace("<br", "")
+    done = re.search(r'<details type="tool_calls" done="true" ([^>]*)>', result)
+    assert done, result
+    attrs = dict(re.findall(r'(\w+)="([^"]*)"', done.group(1)))
+    import html as _html
+
+    assert json.loads(_html.unescape(attrs["arguments"])) == {"city": "Oslo"}
+    assert json.loads(_html.unescape(attrs["result"])) == 'sunny in Oslo "quoted" <b>'
+    assert result.index("Tool Executed") < result.index("It is sunny.")
+    follow_up = streamed(h)[1]["messages"]
+    assert follow_up[-2]["tool_calls"][0]["function"]["name"] == "lookup"
+    assert follow_up[-1] == {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": 'sunny in Oslo "quoted" <b>',
+    }
+
+
+async def test_aliases_are_escaped_in_headings_and_attributes():
+    h = PipeHarness()
+    evil = '"><img src=x onerror=alert(1)>'
+    h.host.chat_configs["chat-1"] = {"rounds": 1, "participants": [{"model": "m1", "alias": evil}]}
+
+    result = await h.run()
+
+    assert "<img" not in result
+    assert speakers(result) == [
+        "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;".replace("&quot;", '"')
+    ]
+
+
+# -- 6. history ---------------------------------------------------------------------------------
+
+
+async def test_next_message_sees_earlier_turns_split_by_speaker_and_cleaned():
+    h = PipeHarness(models={"a": "A", "b": "B"})
+    h.host.chat_configs["chat-1"] = config("a", "b")
+    earlier = (
+        "### 🔴 A\n\n"
+        '<details type="reasoning" done="true" duration="2">\n<summary>x</summary>\n'
+        "> secret thoughts\n</details>\nA says hello\n\n"
+        "### 🔵 B\n\n"
+        '<details type="tool_calls" done="true" id="c" name="t" arguments="{}" result="1">\n'
+        "<summary>Tool Executed</summary>\n</details>\nB answers <think>hidden</think>kindly\n"
+    )
+    history = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": earlier},
+    ]
+
+    await h.run("second question", history=history)
+
+    a_view = streamed(h)[0]["messages"][1:]
+    assert a_view == [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "A says hello"},
+        {"role": "user", "content": "B: B answers kindly\n\nAnn: second question"},
+    ]
+    b_view = streamed(h)[1]["messages"][1:]
+    assert [m["role"] for m in b_view] == ["user", "assistant", "user"]
+    assert b_view[0]["content"] == "first question\n\nA: A says hello"
+    assert b_view[1]["content"] == "B answers kindly"
+    assert b_view[2]["content"].startswith("second question\n\nA: a reply")
+    for request in streamed(h):
+        text = json.dumps(request["messages"])
+        assert "secret thoughts" not in text and "hidden" not in text and "<details" not in text
+
+
+# -- 7. tools -----------------------------------------------------------------------------------
+
+
+def _echo_tools(h: PipeHarness) -> None:
+    async def echo(text: str = "") -> dict:
+        return {"echo": text, "files": [{"type": "image", "url": "/f/1.png"}]}
+
+    h.host.tools = {
+        "echo": {
+            "spec": {"name": "echo", "parameters": {"properties": {"text": {}}}},
+            "callable": echo,
+        }
+    }
+
+
+async def test_tools_are_offered_only_to_native_models_and_others_get_one_notice():
+    h = PipeHarness()
+    _echo_tools(h)
+    h.host.records["m2"] = make_record(function_calling="legacy")
+    h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=2)
+
+    result = await h.run(metadata={"tool_ids": ["echo_tool"]})
+
+    by_model = {r["model"]: r for r in streamed(h)}
+    assert by_model["m1"]["tools"][0]["function"]["name"] == "echo"
+    assert "tools" not in by_model["m2"]
+    assert result.count("Tools are unavailable for M2") == 1
+    assert "unavailable for M1" not in result
+
+
+async def test_no_notice_when_the_user_picked_no_tools():
+    h = PipeHarness()
+    h.host.records["m2"] = make_record(function_calling="legacy")
+    h.host.chat_configs["chat-1"] = config("m2")
+    result = await h.run()
+    assert "unavailable" not in result
+
+
+async def test_tool_rounds_are_bounded_and_files_show_once():
+    h = PipeHarness()
+    _echo_tools(h)
+    h.pipe.valves.MAX_TOOL_ROUNDS = 2
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(
+        streams=[
+            tool_call_chunks("echo", '{"text": "one"}'),
+            tool_call_chunks("echo", '{"text": "two"}', call_id="call_2"),
+            reply("done now"),
+        ]
+    )
+
+    result = await h.run()
+
+    calls = streamed(h)
+    assert len(calls) == 3
+    assert "tools" in calls[0] and "tools" in calls[1] and "tools" not in calls[2]
+    assert result.count('done="true" id="call_') == 2
+    assert result.count("/f/1.png") == 2, "each call's file shows once, in its own block"
+    assert result.endswith("done now\n")
+
+
+async def test_malformed_calls_get_a_silent_bounded_correction():
+    h = PipeHarness()
+    _echo_tools(h)
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(
+        streams=[
+            tool_call_chunks("ecko", '{"text": "x"}'),  # unknown name
+            tool_call_chunks("echo", "__import__('os').system('x')"),  # not JSON
+            tool_call_chunks("echo", '{"text": "ok"}'),
+            reply("fine"),
+        ]
+    )
+
+    result = await h.run()
+
+    calls = streamed(h)
+    assert len(calls) == 4
+    corrections = [calls[1]["messages"][-1]["content"], calls[2]["messages"][-1]["content"]]
+    assert "no tool named 'ecko'" in corrections[0] and "Available tools: echo" in corrections[0]
+    assert "not valid JSON" in corrections[1]
+    assert "ecko" not in result and "__import__" not in result, "corrections are silent"
+    assert result.count('type="tool_calls" done="true"') == 1
+
+
+async def test_corrections_run_out_and_the_bad_call_is_answered_with_an_error():
+    h = PipeHarness()
+    _echo_tools(h)
+    h.pipe.valves.MAX_TOOL_CORRECTIONS = 1
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(
+        streams=[tool_call_chunks("nope", "{}"), tool_call_chunks("nope", "{}"), reply("ok")]
+    )
+
+    result = await h.run()
+
+    assert len(streamed(h)) == 3
+    assert "there is no tool named" in streamed(h)[2]["messages"][-1]["content"]
+    assert result.count('name="nope"') == 1 and result.endswith("ok\n")
+
+
+# -- 8. background tasks ------------------------------------------------------------------------
+
+
+async def test_title_generation_is_one_plain_completion_from_the_first_participant():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m2", "m1")
+    h.host.scripts["m2"] = Script(completions=["<think>hmm</think>A Fine Title"])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run("make a title", task="title_generation", emitter=emitter)
+
+    assert result == "A Fine Title"
+    assert [(r["model"], r["stream"]) for r in h.host.requests] == [("m2", False)]
+    assert emitter.events == []
+
+
+# -- 9. failures --------------------------------------------------------------------------------
+
+
+async def test_a_failing_participant_gets_one_plain_retry_then_a_clear_line_and_others_go_on():
+    h = PipeHarness(models={"a": "A", "b": "B", "c": "C"})
+    h.host.chat_configs["chat-1"] = config("a", "b", "c")
+    h.host.scripts["a"] = Script(
+        streams=[mmc.ModelCallError("HTTP 500 upstream")], completions=["recovered a"]
+    )
+    h.host.scripts["b"] = Script(
+        streams=[["data: [DONE]\n\n"]], completions=[mmc.ModelCallError("still down")]
+    )
+
+    result = await h.run()
+
+    assert speakers(result) == ["A", "B", "C"]
+    assert "recovered a" in result
+    assert "*⚠️ B could not answer: still down*" in result
+    assert "c reply" in result
+    assert [(r["model"], r["stream"]) for r in h.host.requests] == [
+        ("a", True),
+        ("a", False),
+        ("b", True),
+        ("b", False),
+        ("c", True),
+    ]
+
+
+async def test_a_reply_cut_midway_keeps_what_arrived_and_adds_an_error_line():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    h.host.scripts["m1"] = Script(
+        streams=[[chunk(content="partial words "), mmc.ModelCallError("connection lost")]]
+    )
+
+    result = await h.run()
+
+    assert "partial words" in result and "M1 could not answer: connection lost" in result
+    assert speakers(result) == ["M1", "M2"]
+    assert [r["stream"] for r in h.host.requests] == [True, True], "no retry after partial text"
+
+
+# -- 10. access ---------------------------------------------------------------------------------
+
+
+async def test_a_refused_model_gives_a_clear_message_and_no_model_is_called():
+    h = PipeHarness()
+    h.host.denied = {"m2"}
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+
+    result = await h.run()
+
+    assert "You do not have access to 'm2'" in result
+    assert h.host.requests == []
+
+
+async def test_a_refused_manager_model_is_refused_too():
+    h = PipeHarness(models={"m1": "M1", "boss": "Boss"})
+    h.host.denied = {"boss"}
+    h.host.chat_configs["chat-1"] = config("m1", use_manager=True, manager_model="boss")
+    result = await h.run()
+    assert "'boss'" in result and h.host.requests == []
+
+
+# -- 11. upgrade from Multi Model Conversations v2 ----------------------------------------------
+
+
+V2_SAVED_USER_VALVES = {
+    "NUM_PARTICIPANTS": 2,
+    "ROUNDS_PER_CONVERSATION": 1,
+    "Participant1Model": "m1",
+    "Participant1Alias": "Alice",
+    "Participant1SystemMessage": "You are Alice.",
+    "Participant2Model": "m2",
+    "Participant2Alias": "Bob",
+    "Participant2SystemMessage": "You are Bob.",
+    "Participant3Model": "",
+    "Participant3Alias": "",
+    "Participant3SystemMessage": "",
+    "AllParticipantsApendedMessage": "Respond only as your character, Your acted response as",
+    "UseGroupChatManager": False,
+    "ManagerModel": "",
+    "ManagerSystemMessage": "You are a group chat manager.",
+    "ManagerSelectionPrompt": "History {history}; choose from {participant_list}",
+    "Temperature": 0.7,
+    "Top_k": 40,
+    "Top_p": 0.9,
+}
+
+
+async def test_v2_saved_user_valves_load_and_run():
+    h = PipeHarness()
+    valves = h.pipe.UserValves(**V2_SAVED_USER_VALVES)
+
+    result = await h.run(user_valves=valves, event_call=None)
+
+    assert speakers(result) == ["Alice", "Bob"]
+    first = streamed(h)[0]
+    assert first["temperature"] == 0.7 and first["top_p"] == 0.9 and "top_k" not in first
+    assert "You are Alice." in first["messages"][0]["content"]
+    assert first["messages"][0]["content"].endswith("Your acted response as Alice")
+
+
+async def test_v2_pipe_id_and_overlay_answer_shape_are_kept():
+    h = PipeHarness()
+    assert h.pipe.type == "manifold"
+    assert h.pipe.pipes()[0]["id"] == "Conversation-pipe"
+    v2_answer = {
+        "rounds": 1,
+        "use_manager": False,
+        "manager_model": "",
+        "participants": [
+            {"model": "m1", "alias": "Alice", "system_message": "x"},
+            {"model": "", "alias": "", "system_message": ""},
+        ],
+    }
+    result = await h.run(event_call=Overlay(v2_answer))
+    assert speakers(result) == ["Alice"]
+
+
+async def test_v2_transcripts_split_into_turns():
+    h = PipeHarness(models={"m1": "Alice", "m2": "Bob"})
+    h.host.chat_configs["chat-1"] = {
+        "rounds": 1,
+        "participants": [{"model": "m1", "alias": "Alice"}, {"model": "m2", "alias": "Bob"}],
+    }
+    v2_message = (
+        '\n\n### 🔴 Alice\n\n<details type="reasoning" done="true" duration="3">\n'
+        "<summary>Thought for 3 seconds</summary>\n> plan\n</details>\n\nHello from Alice"
+        "\n\n### 🔵 Bob\n\n<think>mull</think>Hi Alice, Bob here"
+    )
+    await h.run(
+        "continue",
+        history=[
+            {"role": "user", "content": "start"},
+            {"role": "assistant", "content": v2_message},
+        ],
+    )
+
+    alice_view = streamed(h)[0]["messages"][1:]
+    assert alice_view[1] == {"role": "assistant", "content": "Hello from Alice"}
+    assert alice_view[2]["content"].startswith("Bob: Hi Alice, Bob here")
