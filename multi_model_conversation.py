@@ -1212,6 +1212,7 @@ class Run:
         self.emitter = emitter
         self.user_name = user_name
         self.turns: list[Turn] = []
+        self.chat_system = ""  # the chat's own system prompt, if the user set one
         self._tool_notice_shown: set[str] = set()
 
     # -- the conversation ------------------------------------------------------------------
@@ -1313,7 +1314,8 @@ class Run:
         if "{alias}" not in shared:
             shared = f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
         shared = fill_template(shared, {"alias": p.alias, "others": others})
-        parts = [profile.system_prompt.strip(), p.persona.strip(), shared.strip()]
+        parts = [profile.system_prompt, self.chat_system, p.persona, shared]
+        parts = [part.strip() for part in parts]
         return "\n\n".join(part for part in parts if part)
 
     async def reply_with_tools(
@@ -1866,7 +1868,11 @@ class Pipe:
                 config.rounds,
                 config.use_manager,
             )
-            run.turns = history_turns(body.get("messages") or [])
+            messages = body.get("messages") or []
+            run.turns = history_turns(messages)
+            run.chat_system = "\n\n".join(
+                _text_of(m.get("content")) for m in messages if m.get("role") == "system"
+            )
             manager = profiles[manager_id] if config.use_manager else None
             await run.converse(config, participants, profiles, manager)
             log.info(

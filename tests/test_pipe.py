@@ -41,12 +41,14 @@ async def test_system_prompt_is_model_prompt_then_persona_then_shared_instructio
         ],
     }
 
-    result = await h.run()
+    result = await h.run(history=[{"role": "system", "content": "CHAT PROMPT"}])
 
     system = streamed(h)[0]["messages"][0]
     assert system["role"] == "system"
     text = system["content"]
-    assert text.index("MODEL PROMPT") < text.index("PERSONA") < text.index("You are Ada")
+    order = [text.index(s) for s in ("MODEL PROMPT", "CHAT PROMPT", "PERSONA", "You are Ada")]
+    assert order == sorted(order)
+    assert [m["role"] for m in streamed(h)[0]["messages"]] == ["system", "user"]
     assert "{not_a_field}" in text, "a persona is not a template"
     assert "Model Two" in text, "the others are named"
     assert speakers(result) == ["Ada", "Model Two"], "the alias defaults to the model's name"
