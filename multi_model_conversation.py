@@ -108,7 +108,7 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
         raise ConfigError("The configuration must be an object with participants and rounds.")
     if isinstance(raw.get("participants"), list):
         # The overlay and v2 leave empty rows for unused participant slots.
-        raw = {**raw, "participants": [p for p in raw["participants"] if _row_has_model(p)]}
+        raw = {**raw, "participants": [p for p in raw["participants"] if not _empty_row(p)]}
     try:
         config = ConversationConfig.model_validate(raw)
     except ValidationError as exc:
@@ -118,8 +118,8 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
     return config
 
 
-def _row_has_model(row: Any) -> bool:
-    return not isinstance(row, dict) or bool(str(row.get("model") or "").strip())
+def _empty_row(row: Any) -> bool:
+    return isinstance(row, dict) and not any(str(v or "").strip() for v in row.values())
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
@@ -197,14 +197,15 @@ def normalize_name(text: str) -> str:
 
 def fill_template(template: str, values: dict[str, str]) -> str:
     """Substitute only the named {placeholders}; other braces (JSON, code) stay as written."""
-    for key, value in values.items():
-        template = template.replace("{" + key + "}", value)
-    return template
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 # ============================================================================
 # Stream decoding: SSE bytes -> OpenAI chunk frames -> content / reasoning / tool-call events
 # ============================================================================
+
+
+_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
 class SSEDecoder:
@@ -222,10 +223,13 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes | str) -> list[str]:
         text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else chunk
+        if not text:
+            return []
         if self._pending_cr and text.startswith("\n"):
             text = text[1:]  # the LF of a CRLF split across two chunks
         self._pending_cr = text.endswith("\r")
-        lines = (self._partial + text).splitlines(keepends=True)
+        # Only CR and LF end lines (str.splitlines would also break at U+2028 inside JSON).
+        lines = _LINE_RE.findall(self._partial + text)
         self._partial = ""
         if lines and not lines[-1].endswith(("\n", "\r")):
             self._partial = lines.pop()
@@ -277,7 +281,7 @@ def decode_frame(payload: str) -> list[StreamEvent]:
         return [StreamEvent("done")]
     try:
         frame = json.loads(payload)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or JSON too deep or too large to read
         log.debug("skipping a stream frame that is not JSON: %.80r", payload)
         return []
     if not isinstance(frame, dict):
@@ -299,20 +303,29 @@ def decode_frame(payload: str) -> list[StreamEvent]:
     content = delta.get("content")
     if isinstance(content, str) and content:
         events.append(StreamEvent("content", content))
-    for call in delta.get("tool_calls") or []:
+    calls = delta.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
         if not isinstance(call, dict):
             continue
-        function = call.get("function") or {}
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        index = call.get("index")
         events.append(
             StreamEvent(
                 "tool_call",
-                index=call.get("index", 0) if isinstance(call.get("index"), int) else 0,
-                call_id=call.get("id") or "",
-                name=function.get("name") or "",
-                arguments=function.get("arguments") or "",
+                index=index if isinstance(index, int) and not isinstance(index, bool) else 0,
+                call_id=_as_text(call.get("id")),
+                name=_as_text(function.get("name")),
+                arguments=_as_text(function.get("arguments")),
             )
         )
     return events
+
+
+def _as_text(value: Any) -> str:
+    """A delta field as text: some servers send arguments as an object, ids as numbers."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def describe_error(error: Any) -> str:
@@ -333,6 +346,7 @@ THINK_TAGS = (
     ("|begin_of_thought|", "|end_of_thought|"),
 )
 _LONGEST_TAG = max(len(t) for pair in THINK_TAGS for t in pair)
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 class ThinkTagSplitter:
@@ -350,7 +364,7 @@ class ThinkTagSplitter:
         self._held = ""
         out: list[tuple[str, str]] = []
         while text:
-            lower = text.lower()
+            lower = text.translate(_ASCII_LOWER)  # same length as text, unlike str.lower()
             if self._close is None:
                 hit = min(
                     ((lower.find(o), o, c) for o, c in THINK_TAGS if o in lower),
@@ -433,8 +447,15 @@ class ToolCallAccumulator:
 
     def calls(self) -> list[ToolCall]:
         result = [self._calls[i] for i in sorted(self._calls)]
-        for n, call in enumerate(result):
-            call.call_id = call.call_id or f"call_{n}"
+        taken = {call.call_id for call in result if call.call_id}
+        n = 0
+        for call in result:
+            while not call.call_id:
+                candidate = f"call_{n}"
+                n += 1
+                if candidate not in taken:
+                    call.call_id = candidate
+                    taken.add(candidate)
         return result
 
 
@@ -456,8 +477,11 @@ def heading(participant: Participant, first: bool) -> str:
 
 
 def quote_lines(text: str, at_line_start: bool) -> str:
-    """Prefix each line with '> ' so reasoning renders as a quote inside its block."""
-    body = text.replace("\n", "\n> ")
+    """Prefix each line with '> ' so reasoning renders as a quote inside its block.
+
+    A literal `</details` in the reasoning is escaped so it cannot close the block early.
+    """
+    body = text.replace("</details", "&lt;/details").replace("\n", "\n> ")
     return ("> " + body) if at_line_start else body
 
 
@@ -520,7 +544,8 @@ class Transcript:
             self._reasoning_started = self._clock()
             self._reasoning_at_line_start = True
         self._reasoning.append(quote_lines(text, self._reasoning_at_line_start))
-        self._reasoning_at_line_start = text.endswith("\n")
+        # quote_lines already prefixed the line after each newline; only the first needs it.
+        self._reasoning_at_line_start = self._reasoning_at_line_start and not text
         self.version += 1
 
     def end_reasoning(self) -> None:
