@@ -1,0 +1,1 @@
+"""Tests that boot a real Open WebUI (marked `integration`)."""

@@ -1,0 +1,68 @@
+"""Fixtures for tests against a real Open WebUI: one scripted backend and one server per session.
+
+Fixtures: `scripted_backend` (session), `backend` (the same, reset for each test), `owui`
+(session: the server plus its admin), `admin_socket` (a connected socket.io client per test).
+Every test in this directory is marked `integration`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tests.backend import BackendThread, ModelScript
+from tests.integration.owui import OpenWebUIServer, Owui, SocketClient
+
+HERE = Path(__file__).parent
+# Backend models every test can use; a test may script more (then call owui.models()).
+BACKEND_MODELS = ("model-a", "model-b", "model-c", "model-d", "model-e", "manager")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks every test under tests/integration as `integration`."""
+    for item in items:
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def scripted_backend() -> Iterator[BackendThread]:
+    backend = BackendThread(scripts={m: ModelScript() for m in BACKEND_MODELS})
+    backend.start()
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture
+def backend(scripted_backend: BackendThread) -> BackendThread:
+    """The session's backend with scripts, counters and recorded requests reset."""
+    scripted_backend.reset()
+    return scripted_backend
+
+
+@pytest.fixture(scope="session")
+def owui(
+    scripted_backend: BackendThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Owui]:
+    """Boots Open WebUI against the backend, signs up the admin; stopped at session end."""
+    server = OpenWebUIServer(scripted_backend.url, tmp_path_factory.mktemp("open-webui"))
+    server.start()
+    try:
+        instance = Owui(server, scripted_backend)
+        instance.signup_admin_sync()
+        yield instance
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def admin_socket(owui: Owui) -> AsyncIterator[SocketClient]:
+    """The admin's browser tab: connected and joined, disconnected after the test."""
+    if not owui.server.running:  # a test that restarted the server and failed midway
+        owui.server.start()
+    client = await owui.connect()
+    yield client
+    await client.disconnect()
