@@ -1,0 +1,323 @@
+"""The hot path in a real Open WebUI: the same workload with coalescing on, off, and natively.
+
+Boots Open WebUI 0.12.4 on loopback against the scripted backend, installs the pipe, and runs
+one conversation per mode, measured side by side in one run:
+  on      the pipe as shipped (EMIT_INTERVAL 1/30 s)
+  off     the pipe with EMIT_INTERVAL 0: one `replace` per streamed chunk (the naive way)
+  native  a plain model streaming the same tokens through Open WebUI's own path (the floor)
+With --long-chat the same modes run again in a chat with 50 earlier messages of ~2,000 chars.
+
+Run: scripts/bench [--participants 3 --rounds 3 --tokens 500 --delay 0.005 --reasoning 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from tests.backend import BackendThread, ModelScript
+from tests.integration.owui import OpenWebUIServer, Owui, run_chat
+
+ROOT = Path(__file__).resolve().parents[1]
+FUNCTION_ID = "mmc"
+PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
+CONTENT_TYPES = {"replace", "message", "chat:completion", "response:completion"}
+
+
+@dataclass
+class Measure:
+    mode: str
+    chat: str
+    events: int = 0
+    max_events_1s: int = 0
+    min_events_1s: int = 0
+    event_bytes: int = 0
+    cpu_s: float = 0.0
+    disk_write_bytes: int = 0
+    first_token_to_visible_ms: float = 0.0
+    last_token_to_last_event_ms: float = 0.0
+    wall_s: float = 0.0
+    backend_s: float = 0.0
+    saved_equals_delivered: bool = False
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (t, cumulative bytes)
+
+    @property
+    def added_pct(self) -> float:
+        return 100 * (self.wall_s - self.backend_s) / self.backend_s if self.backend_s else 0.0
+
+
+class ServerMeter:
+    """CPU seconds and bytes written by the server process tree between start() and stop()."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def _procs(self) -> list[psutil.Process]:
+        return [self.root, *self.root.children(recursive=True)]
+
+    def sample(self) -> tuple[float, int]:
+        cpu = disk = 0
+        for proc in self._procs():
+            try:
+                times = proc.cpu_times()
+                cpu += times.user + times.system
+                disk += proc.io_counters().write_bytes
+            except psutil.Error:
+                pass
+        return cpu, disk
+
+
+def windows(times: list[float], start: float, end: float) -> tuple[int, int]:
+    """Largest and smallest number of events in any 1 s window inside [start, end]."""
+    if not times:
+        return 0, 0
+    most = max(sum(1 for u in times if t <= u < t + 1) for t in times)
+    if end - start < 1:
+        return most, len(times)
+    least = min(
+        sum(1 for u in times if s <= u < s + 1)
+        for s in [start + 0.25 * i for i in range(int((end - start - 1) / 0.25) + 1)]
+    )
+    return most, least
+
+
+def long_history(n: int, chars: int) -> list[dict]:
+    words = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod " * 60)[:chars]
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"[{i}] {words}"}
+        for i in range(n)
+    ]
+
+
+async def one_run(owui: Owui, backend: BackendThread, mode: str, args, history) -> Measure:
+    chat = "long" if history else "fresh"
+    participants = [f"model-{c}" for c in "abcde"[: args.participants]]
+    script = ModelScript(tokens=args.tokens, delay=args.delay, reasoning_tokens=args.reasoning)
+    for model in participants:
+        backend.set_script(model, script)
+    turns = args.participants * args.rounds
+    backend.set_script(
+        "native",
+        ModelScript(
+            tokens=args.tokens * turns, delay=args.delay, reasoning_tokens=args.reasoning * turns
+        ),
+    )
+    if mode != "native":
+        await owui.set_function_valves(
+            FUNCTION_ID, {"EMIT_INTERVAL": 0.0 if mode == "off" else args.interval}
+        )
+    before = len(backend.requests)
+    client = await owui.connect()
+    client.answer(
+        "execute",
+        {
+            "rounds": args.rounds,
+            "participants": [
+                {"model": m, "alias": m[-1].upper(), "system_message": f"You are {m}."}
+                for m in participants
+            ],
+        },
+    )
+    meter = ServerMeter(owui.server._proc.pid)
+    cpu0, disk0 = meter.sample()
+    model = "native" if mode == "native" else PIPE_MODEL
+    result = await run_chat(
+        client, owui.admin_token, model, "Begin.", previous_messages=history, timeout=900
+    )
+    cpu1, disk1 = meter.sample()
+    await client.disconnect()
+    requests = [r for r in backend.requests[before:] if r.stream and r.first_token_at]
+    content = [e for e in result.events if e.type in CONTENT_TYPES]
+    times = [e.t for e in content]
+    first_token = min(r.first_token_at for r in requests)
+    last_token = max(r.last_token_at for r in requests)
+    m = Measure(mode, chat)
+    m.events = len(content)
+    m.max_events_1s, m.min_events_1s = windows(times, first_token, last_token)
+    sizes = [len(json.dumps(e.data)) for e in content]
+    m.event_bytes = sum(sizes)
+    running = 0
+    for e, size in zip(content, sizes, strict=True):
+        running += size
+        m.timeline.append((e.t - result.sent_at, running))
+    m.cpu_s = cpu1 - cpu0
+    m.disk_write_bytes = disk1 - disk0
+    after_first = [t for t in times if t >= first_token]
+    m.first_token_to_visible_ms = (
+        1000 * (min(after_first) - first_token) if after_first else float("nan")
+    )
+    m.last_token_to_last_event_ms = 1000 * (max(times) - last_token) if times else float("nan")
+    m.wall_s = (result.finished_at or time.monotonic()) - result.sent_at
+    m.backend_s = sum((r.finished_at or r.last_token_at) - r.received_at for r in requests)
+    m.saved_equals_delivered = bool(result.saved) and result.saved == result.delivered
+    return m
+
+
+def table(rows: list[Measure]) -> str:
+    by = {(r.mode, r.chat): r for r in rows}
+    fields = [
+        ("content events", lambda r: r.events, "{:.0f}"),
+        ("max events in 1 s", lambda r: r.max_events_1s, "{:.0f}"),
+        ("min events in 1 s (while streaming)", lambda r: r.min_events_1s, "{:.0f}"),
+        ("content event bytes", lambda r: r.event_bytes / 1e6, "{:.2f} MB"),
+        ("server CPU", lambda r: r.cpu_s, "{:.2f} s"),
+        ("server bytes written", lambda r: r.disk_write_bytes / 1e6, "{:.1f} MB"),
+        ("first token -> visible", lambda r: r.first_token_to_visible_ms, "{:.0f} ms"),
+        ("last token -> last event", lambda r: r.last_token_to_last_event_ms, "{:.0f} ms"),
+        ("wall time", lambda r: r.wall_s, "{:.2f} s"),
+        ("backend streaming time", lambda r: r.backend_s, "{:.2f} s"),
+        ("added by the pipe", lambda r: r.added_pct, "{:+.1f} %"),
+        ("saved == delivered", lambda r: r.saved_equals_delivered, "{}"),
+    ]
+    out = []
+    for chat in dict.fromkeys(r.chat for r in rows):
+        on, off, native = by.get(("on", chat)), by.get(("off", chat)), by.get(("native", chat))
+        out.append(f"\n== {chat} chat ==")
+        out.append(f"{'':38}{'on':>12}{'off':>12}{'native':>12}{'on/off':>9}{'on/native':>11}")
+        for name, get, fmt in fields:
+            cells = [fmt.format(get(r)) if r else "-" for r in (on, off, native)]
+            ratios = []
+            for other in (off, native):
+                a, b = (get(on), get(other)) if on and other else (None, None)
+                ok = isinstance(a, int | float) and not isinstance(a, bool) and b
+                ratios.append(f"{a / b:.2f}" if ok else "-")
+            out.append(
+                f"{name:38}{cells[0]:>12}{cells[1]:>12}{cells[2]:>12}{ratios[0]:>9}{ratios[1]:>11}"
+            )
+    fresh, long = by.get(("on", "fresh")), by.get(("on", "long"))
+    if fresh and long:
+        out.append("\n== coalescing on: long chat / fresh chat ==")
+        out.append(
+            f"server CPU {long.cpu_s / fresh.cpu_s:.2f}x, bytes written "
+            f"{long.disk_write_bytes / max(1, fresh.disk_write_bytes):.2f}x, "
+            f"screen updates >= {long.min_events_1s}/s while streaming"
+        )
+    return "\n".join(out)
+
+
+def plot(rows: list[Measure], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_bytes, ax_events) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in rows:
+        label = f"{r.mode} ({r.chat})"
+        ts = [t for t, _ in r.timeline]
+        ax_bytes.plot(ts, [b / 1e6 for _, b in r.timeline], label=label)
+        ax_events.plot(ts, range(1, len(ts) + 1), label=label)
+    ax_bytes.set(
+        xlabel="seconds since the message was sent",
+        ylabel="content event MB",
+        title="Cumulative content bytes sent to the browser",
+    )
+    ax_events.set(
+        xlabel="seconds since the message was sent",
+        ylabel="content events",
+        title="Cumulative content events",
+    )
+    for ax in (ax_bytes, ax_events):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def bench(args) -> list[Measure]:
+    backend = BackendThread(
+        scripts={
+            m: ModelScript()
+            for m in ["model-a", "model-b", "model-c", "model-d", "model-e", "native"]
+        }
+    )
+    backend.start()
+    workdir = Path(tempfile.mkdtemp(prefix="mmc-bench-"))
+    server = OpenWebUIServer(backend.url, workdir)
+    print(f"booting Open WebUI (log: {server.log_path}) ...", flush=True)
+    server.start()
+    rows: list[Measure] = []
+    try:
+        owui = Owui(server, backend)
+        owui.signup_admin_sync()
+        await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
+        await owui.set_model_params("native", meta={"capabilities": {"builtin_tools": False}})
+        for model in ("model-a", "model-b", "model-c", "model-d", "model-e"):
+            await owui.set_model_params(model, meta={"capabilities": {"builtin_tools": False}})
+        histories = [None] + ([long_history(50, 2000)] if args.long_chat else [])
+        # Warm-up: first requests pay for imports and caches in the server.
+        await one_run(owui, backend, "native", _small(args), None)
+        await one_run(owui, backend, "on", _small(args), None)
+        for history in histories:
+            for mode in args.modes.split(","):
+                print(f"running {mode} ({'long' if history else 'fresh'}) ...", flush=True)
+                rows.append(await one_run(owui, backend, mode, args, history))
+    finally:
+        server.stop()
+        backend.stop()
+    return rows
+
+
+def _small(args):
+    return argparse.Namespace(**{**vars(args), "tokens": 20, "rounds": 1, "reasoning": 2})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--participants", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=500, help="tokens per reply")
+    parser.add_argument("--delay", type=float, default=0.005, help="seconds between tokens")
+    parser.add_argument("--reasoning", type=int, default=50, help="reasoning tokens per reply")
+    parser.add_argument("--interval", type=float, default=1 / 30, help="EMIT_INTERVAL when on")
+    parser.add_argument(
+        "--long-chat",
+        action="store_true",
+        help="also run in a chat with 50 earlier messages of ~2,000 chars",
+    )
+    parser.add_argument("--modes", default="on,off,native")
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "bench.png"))
+    parser.add_argument("--json", default="", help="also write the figures to this file")
+    args = parser.parse_args()
+    started = time.time()
+    rows = asyncio.run(bench(args))
+    workload = (
+        f"{args.participants} participants x {args.rounds} rounds x {args.tokens} tokens, "
+        f"{args.delay * 1000:g} ms/token, {args.reasoning} reasoning tokens per reply"
+    )
+    print(f"\nworkload: {workload}")
+    print(table(rows))
+    print(
+        f"\n(bench took {time.time() - started:.0f} s; median wall "
+        f"{statistics.median(r.wall_s for r in rows):.1f} s)"
+    )
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(rows, Path(args.plot), workload)
+        print(f"plot: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {k: v for k, v in vars(r).items() if k != "timeline"}
+                    | {"added_pct": r.added_pct}
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
