@@ -644,9 +644,14 @@ class CoalescingEmitter:
     """Sends the latest transcript as `replace` events: leading and trailing edge, one in flight.
 
     The token loop calls `update()`, which only marks the state dirty. One sender task emits
-    at most one event per `interval` seconds; identical payloads are never sent twice. With
-    interval 0 coalescing is off: `update()` awaits one event per call (the naive way).
-    Other events (status, files) go through `post()`, in order, by the same sender.
+    at most one event per frame; identical payloads are never sent twice. With interval 0
+    coalescing is off: `update()` awaits one event per call (the naive way). Other events
+    (status, files) go through `post()`, in order, by the same sender.
+
+    Each event makes the host rewrite the whole chat, so the frame stretches with the chat:
+    it is the longer of `interval` and the time the `budget` (bytes of chat rewritten per
+    second) allows for `host_bytes` (the rest of the chat) plus the message, up to
+    `max_interval` so the screen still updates a few times a second.
     """
 
     def __init__(
@@ -655,10 +660,17 @@ class CoalescingEmitter:
         render: Callable[[], str],
         interval: float,
         clock: Clock,
+        host_bytes: int = 0,
+        budget: float = 0.0,
+        max_interval: float = 0.18,
     ) -> None:
         self._send = send
         self._render = render
         self._interval = max(0.0, interval)
+        self._frame = self._interval
+        self._host_bytes = host_bytes
+        self._budget = budget
+        self._max_interval = max(self._interval, max_interval)
         self._clock = clock
         self._dirty = False
         self._queue: list[dict[str, Any]] = []
@@ -723,7 +735,7 @@ class CoalescingEmitter:
             self._wake.clear()
             await self._drain_queue()
             if self._dirty:
-                wait = self._last_sent_at + self._interval - self._clock.now()
+                wait = self._last_sent_at + self._frame - self._clock.now()
                 if wait > 0:
                     await self._sleep_unless_flushed(wait)
                 await self._drain_queue()
@@ -753,6 +765,10 @@ class CoalescingEmitter:
             return
         self._last_payload = payload
         self._last_sent_at = self._clock.now()
+        if self._budget > 0 and self._interval > 0:
+            # The host stores the message twice (chat JSON and message row) on every event.
+            rewrite = self._host_bytes + 2 * len(payload)
+            self._frame = min(self._max_interval, max(self._interval, rewrite / self._budget))
         if await self._deliver({"type": "replace", "data": {"content": payload}}):
             self.last_sent = payload
 
@@ -1692,6 +1708,19 @@ class Pipe:
             description="Seconds between two content updates sent to the browser; each one "
             "rewrites the whole chat in the database. 0 sends every chunk (no coalescing).",
         )
+        EMIT_BUDGET_KB: float = Field(
+            default=1024,
+            ge=0,
+            description="KB of chat the host may rewrite per second for this conversation. "
+            "In long chats updates come less often (but at least every MAX_EMIT_INTERVAL). "
+            "0 keeps EMIT_INTERVAL whatever the chat's size.",
+        )
+        MAX_EMIT_INTERVAL: float = Field(
+            default=0.18,
+            ge=0,
+            le=5,
+            description="Longest gap between two content updates, however long the chat.",
+        )
         MAX_ROUNDS: int = Field(
             default=20, ge=1, le=1000, description="Highest number of rounds a user may ask for."
         )
@@ -1858,7 +1887,15 @@ class Pipe:
         valves = self.valves
         clock = self.clock
         transcript = Transcript(clock.now)
-        emitter = CoalescingEmitter(emit, transcript.render, valves.EMIT_INTERVAL, clock)
+        emitter = CoalescingEmitter(
+            emit,
+            transcript.render,
+            valves.EMIT_INTERVAL,
+            clock,
+            host_bytes=_chat_bytes(body),
+            budget=valves.EMIT_BUDGET_KB * 1024,
+            max_interval=valves.MAX_EMIT_INTERVAL,
+        )
         settings = _settings(valves, user_valves)
         run = Run(
             gateway, ctx, settings, transcript, emitter, user_info.get("name") or "User", clock
@@ -2048,6 +2085,13 @@ def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
     own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
     if own:
         raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
+
+
+def _chat_bytes(body: dict) -> int:
+    """Rough size of what the host rewrites besides our message: the chat's earlier messages,
+    which it keeps twice (the history tree and the message list)."""
+    messages = body.get("messages") or []
+    return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
 
 
 def _last_user_text(body: dict) -> str:

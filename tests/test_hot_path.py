@@ -220,3 +220,36 @@ async def test_emitter_leading_trailing_and_dedup_directly():
 async def test_reply_helper_streams_reasoning_before_content():
     chunks = reply("x y", reasoning="r")
     assert "reasoning_content" in chunks[0] and '"content": "x "' in chunks[1]
+
+
+def _long_history(n: int = 50, chars: int = 2000) -> list[dict]:
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": "x" * chars} for i in range(n)
+    ]
+
+
+async def _gaps_for(history: list[dict], budget_kb: float) -> list[float]:
+    h = PipeHarness()
+    h.pipe.valves.EMIT_BUDGET_KB = budget_kb
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(streams=[long_reply(2000)], chunk_delay=0.001)
+    emitter = RecordingEmitter(h.clock)
+    await h.run(emitter=emitter, history=history)
+    times = emitter.content_times()
+    return [b - a for a, b in zip(times, times[1:-1], strict=False)]
+
+
+async def test_a_long_chat_gets_fewer_updates_but_at_least_five_a_second():
+    """50 earlier messages of 2,000 chars: the host rewrites ~200 KB per event."""
+    fresh = await _gaps_for([], budget_kb=1024)
+    long = await _gaps_for(_long_history(), budget_kb=1024)
+
+    assert max(fresh[:10]) <= 1 / 30 + 0.002, "a fresh chat keeps the full frame rate"
+    assert min(long) >= 0.18 - 1e-9, "a long chat must be rewritten less often"
+    assert max(long) <= 0.18 + 0.002, "but the screen still updates more than 5 times a second"
+    assert len(long) < len(fresh) / 3
+
+
+async def test_budget_zero_keeps_the_frame_interval_in_a_long_chat():
+    gaps = await _gaps_for(_long_history(), budget_kb=0)
+    assert max(gaps) <= 1 / 30 + 0.002
