@@ -631,13 +631,15 @@ async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any
     timer = asyncio.ensure_future(clock.sleep(seconds))
     try:
         await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    except BaseException:  # our caller was cancelled (Stop): cancel the work too
+        task.cancel()
         timer.cancel()
-        if not task.done():
-            task.cancel()
-    if task.cancelled():
-        raise TimeoutError
-    return task.result()
+        raise
+    timer.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise TimeoutError
 
 
 class CoalescingEmitter:
@@ -1215,6 +1217,7 @@ class Settings:
     max_tool_rounds: int = 5
     max_tool_corrections: int = 2
     tool_timeout: float = 120.0
+    tool_result_max_chars: int = 100_000
     turn_timeout: float = 300.0
     manager_timeout: float = 30.0
     manager_history_chars: int = 8000
@@ -1402,9 +1405,13 @@ class Run:
         result = StreamResult()
         decoder, splitter, calls = SSEDecoder(), ThinkTagSplitter(), ToolCallAccumulator()
         content: list[str] = []
+        silence = self.settings.turn_timeout
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.settings.turn_timeout):
+            # A model may stream for as long as it likes, but not go silent for `silence` s.
+            async with asyncio.timeout(silence) as deadline:
                 async for chunk in self.gateway.stream_chat(form, self.ctx.user):
+                    deadline.reschedule(loop.time() + silence)
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
@@ -1413,7 +1420,7 @@ class Run:
         except ModelCallError as exc:
             result.error = str(exc)
         except TimeoutError:
-            result.error = f"no complete reply within {self.settings.turn_timeout:g} s"
+            result.error = f"the model sent nothing for {silence:g} s"
         for kind, text in splitter.flush():
             self._show(kind, text, content, result)
         self.transcript.end_reasoning()
@@ -1532,8 +1539,11 @@ class Run:
                 text, files, embeds = f"Error: {bad[call.index]}", [], []
             else:
                 text, files, embeds = await self.run_tool(profile, call)
-            outputs[call.index] = text
-            self.transcript.finish_tool(tool_block(call, text, files, embeds))
+            limit = self.settings.tool_result_max_chars
+            outputs[call.index] = _clip(text, limit)
+            # The block is re-sent in every frame that follows: show less than the model gets.
+            shown = _clip(text, limit // 5)
+            self.transcript.finish_tool(tool_block(call, shown, files, embeds))
             await self.emitter.update()
         self.transcript.clear_running_tools()
         await self.emitter.update()
@@ -1746,7 +1756,16 @@ class Pipe:
             default=120, gt=0, description="Seconds a single tool call may run."
         )
         TURN_TIMEOUT: float = Field(
-            default=300, gt=0, description="Seconds one model reply may take."
+            default=300,
+            gt=0,
+            description="Seconds a participant's model may stay silent (no chunk) before its "
+            "turn ends with an error; also the limit for a non-streamed retry.",
+        )
+        TOOL_RESULT_MAX_CHARS: int = Field(
+            default=100_000,
+            ge=1000,
+            description="Longest tool result given back to the model; the block in the chat "
+            "shows at most a fifth of it.",
         )
         MANAGER_TIMEOUT: float = Field(
             default=30, gt=0, description="Seconds the manager may take to pick a speaker."
@@ -2036,6 +2055,12 @@ class Pipe:
         return clean_turn_text(text)
 
 
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
+
+
 def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
     def get(name: str, default: Any) -> Any:
         value = getattr(user_valves, name, None)
@@ -2046,6 +2071,7 @@ def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
         max_tool_rounds=valves.MAX_TOOL_ROUNDS,
         max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
         tool_timeout=valves.TOOL_TIMEOUT,
+        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
         turn_timeout=valves.TURN_TIMEOUT,
         manager_timeout=valves.MANAGER_TIMEOUT,
         manager_history_chars=valves.MANAGER_HISTORY_CHARS,

@@ -668,3 +668,142 @@ async def test_v2_transcripts_split_into_turns():
     alice_view = streamed(h)[0]["messages"][1:]
     assert alice_view[1] == {"role": "assistant", "content": "Hello from Alice"}
     assert alice_view[2]["content"].startswith("Bob: Hi Alice, Bob here")
+
+
+# -- timeouts and oversized results -------------------------------------------------------------
+
+
+async def test_a_stalled_model_ends_its_turn_and_the_next_one_speaks():
+    h = PipeHarness()
+    h.pipe.valves.TURN_TIMEOUT = 0.2  # real seconds of silence
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    stall = asyncio.Event()  # never set
+
+    original = h.host.stream_chat
+
+    async def stalling(form, user):
+        if form["model"] == "m1":
+            yield chunk(content="I was saying ")
+            await stall.wait()
+        else:
+            async for piece in original(form, user):
+                yield piece
+
+    h.host.stream_chat = stalling
+
+    result = await asyncio.wait_for(h.run(), 5)
+
+    assert "I was saying" in result
+    assert "M1 could not answer: the model sent nothing for 0.2 s" in result
+    assert speakers(result) == ["M1", "M2"] and "m2 reply" in result
+
+
+async def test_a_slow_but_steady_model_is_not_cut_off():
+    h = PipeHarness()
+    h.pipe.valves.TURN_TIMEOUT = 0.2
+    h.host.chat_configs["chat-1"] = config("m1")
+
+    async def steady(form, user):
+        for i in range(8):
+            await asyncio.sleep(0.05)  # 0.4 s in all, never 0.2 s silent
+            yield chunk(content=f"w{i} ")
+
+    h.host.stream_chat = steady
+    result = await asyncio.wait_for(h.run(), 5)
+    assert "w7" in result and "could not answer" not in result
+
+
+async def test_a_hanging_tool_times_out_and_a_huge_result_is_clipped():
+    h = PipeHarness()
+    h.pipe.valves.TOOL_TIMEOUT = 30
+    h.host.chat_configs["chat-1"] = config("m1")
+    never = asyncio.Event()
+
+    async def hang() -> str:
+        await never.wait()
+        return "never"
+
+    async def huge() -> str:
+        return "x" * 1_000_000
+
+    h.host.tools = {
+        "hang": {"spec": {"name": "hang", "parameters": {}}, "callable": hang},
+        "huge": {"spec": {"name": "huge", "parameters": {}}, "callable": huge},
+    }
+    h.host.scripts["m1"] = Script(
+        streams=[
+            tool_call_chunks("hang", "{}"),
+            tool_call_chunks("huge", "{}", call_id="call_2"),
+            reply("done"),
+        ]
+    )
+    run = asyncio.ensure_future(h.run())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    h.clock.advance(31)
+    result = await asyncio.wait_for(run, 5)
+
+    calls = streamed(h)
+    assert "did not finish within 30 s" in calls[1]["messages"][-1]["content"]
+    to_model = calls[2]["messages"][-1]["content"]
+    assert len(to_model) < 101_000 and "more characters cut" in to_model
+    assert len(result) < 40_000, "the block in the chat shows a clipped result"
+    assert result.endswith("done\n")
+
+
+async def test_a_manager_that_times_out_hands_the_turn_to_round_robin():
+    h = PipeHarness()
+    h.pipe.valves.MANAGER_TIMEOUT = 10
+    h.host.chat_configs["chat-1"] = config("m1", "m2", use_manager=True)
+    original = h.host.complete
+    never = asyncio.Event()
+
+    async def slow_manager(form, user):
+        if form["messages"][0]["content"].startswith("You are a group chat manager"):
+            await never.wait()
+        return await original(form, user)
+
+    h.host.complete = slow_manager
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    for _ in range(3):
+        for _ in range(50):
+            await asyncio.sleep(0)
+        h.clock.advance(10.5)
+    result = await asyncio.wait_for(run, 5)
+
+    assert speakers(result) == ["M1", "M2"]
+    assert sum("Manager took too long" in s for s in emitter.statuses()) == 2
+
+
+async def test_stop_during_a_tool_call_cancels_the_tool_and_keeps_the_transcript():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    h.host.tools = {"slow": {"spec": {"name": "slow", "parameters": {}}, "callable": slow}}
+    h.host.scripts["m1"] = Script(
+        streams=[[chunk(content="Let me check. ")] + tool_call_chunks("slow", "{}")]
+    )
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    await asyncio.wait_for(started.wait(), 5)
+    run.cancel()
+    try:
+        await run
+        raise AssertionError("the cancellation must reach the host")
+    except asyncio.CancelledError:
+        pass
+
+    assert cancelled.is_set(), "the tool kept running after Stop"
+    assert "Let me check." in emitter.contents()[-1]
+    assert 'done="false"' not in emitter.contents()[-1], "no block left executing forever"
