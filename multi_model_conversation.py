@@ -576,6 +576,15 @@ class Transcript:
         sep = "" if not self._has_text() or self.render().endswith("\n\n") else "\n\n"
         self._commit(f"{sep}{text}\n\n")
 
+    def finish(self) -> None:
+        """Close everything; no trailing whitespace (the host strips it when it saves)."""
+        self.close_live()
+        text = self.render()
+        if text != text.rstrip():
+            self._committed = [text.rstrip()]
+            self._committed_text = None
+            self.version += 1
+
     def close_live(self) -> None:
         self.end_reasoning()
         self._commit_live_content()
@@ -718,6 +727,11 @@ class CoalescingEmitter:
         await self._drain_queue()
         await self._send_content()
         self._flushing.clear()
+
+    async def hand_over(self) -> None:
+        """Empty the tab's copy of the message (not the stored one) for the host's final delta."""
+        if self._send is not None and self._last_payload:
+            await self._deliver({"type": "chat:message", "data": {"content": ""}})
 
     def close(self) -> None:
         """Stop the sender without sending (used when a flush is impossible)."""
@@ -1942,7 +1956,7 @@ class Pipe:
                     await _remember(gateway, ctx, config)
             except ConfigError as exc:
                 transcript.add_notice(f"{NOTICE_PREFIX}{html.escape(str(exc), quote=False)}*")
-                return await _finish(emitter, transcript)
+                return await _finish(emitter, transcript, handing_over=True)
             log.info(
                 "conversation start: %d participants, %d rounds, manager=%s",
                 len(participants),
@@ -1965,14 +1979,14 @@ class Pipe:
         except asyncio.CancelledError:
             log.debug("conversation stopped by the user")
             transcript.close_live()
-            await asyncio.shield(_finish(emitter, transcript))
+            await asyncio.shield(_finish(emitter, transcript, handing_over=False))
             raise
         except Exception as exc:
             log.exception("conversation failed")
             transcript.add_notice(
                 f"{NOTICE_PREFIX}The conversation stopped: {html.escape(str(exc), quote=False)}*"
             )
-        return await _finish(emitter, transcript)
+        return await _finish(emitter, transcript, handing_over=True)
 
     async def _choose_config(
         self,
@@ -2141,8 +2155,17 @@ def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
     return forward
 
 
-async def _finish(emitter: CoalescingEmitter, transcript: Transcript) -> str:
-    """Flush the final state; return it so the host shows and saves it even if events were lost."""
-    transcript.close_live()
+async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
+    """Flush the final state (saved by the host with it); return it for the host to save again.
+
+    The host turns the returned text into one delta that the open tab appends to what our
+    events showed, so before returning we empty the tab's copy with `chat:message`, which the
+    host does not store: the tab shows the text once and the database never holds less than
+    the whole transcript. On Stop no delta follows, so the tab keeps what it shows.
+    """
+    transcript.finish()
     await emitter.flush()
-    return transcript.render()
+    final = transcript.render()
+    if handing_over:
+        await emitter.hand_over()
+    return final

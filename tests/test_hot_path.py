@@ -253,3 +253,28 @@ async def test_a_long_chat_gets_fewer_updates_but_at_least_five_a_second():
 async def test_budget_zero_keeps_the_frame_interval_in_a_long_chat():
     gaps = await _gaps_for(_long_history(), budget_kb=0)
     assert max(gaps) <= 1 / 30 + 0.002
+
+
+async def test_the_tab_copy_is_emptied_for_the_hosts_final_delta_but_not_on_stop():
+    """The host appends the returned text to what the tab shows; the store keeps it whole."""
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    kinds = [e["type"] for _, e in emitter.events]
+    assert kinds[-2:] == ["replace", "chat:message"]
+    assert emitter.events[-1][1]["data"] == {"content": ""}
+    assert emitter.contents()[-1] == result, "the stored copy (replace) is the whole transcript"
+
+    h2 = PipeHarness()
+    h2.host.chat_configs["chat-1"] = config("m1")
+    h2.host.scripts["m1"] = Script(streams=[long_reply(10_000)], chunk_delay=0.001)
+    stopped = RecordingEmitter(h2.clock)
+    run = asyncio.ensure_future(h2.run(emitter=stopped))
+    for _ in range(200):
+        await asyncio.sleep(0)
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    assert [e["type"] for _, e in stopped.events][-1] == "replace"

@@ -467,7 +467,7 @@ async def test_tool_rounds_are_bounded_and_files_show_once():
     assert "tools" in calls[0] and "tools" in calls[1] and "tools" not in calls[2]
     assert result.count('done="true" id="call_') == 2
     assert result.count("/f/1.png") == 2, "each call's file shows once, in its own block"
-    assert result.endswith("done now\n")
+    assert result.endswith("done now")
 
 
 async def test_malformed_calls_get_a_silent_bounded_correction():
@@ -507,7 +507,7 @@ async def test_corrections_run_out_and_the_bad_call_is_answered_with_an_error():
 
     assert len(streamed(h)) == 3
     assert "there is no tool named" in streamed(h)[2]["messages"][-1]["content"]
-    assert result.count('name="nope"') == 1 and result.endswith("ok\n")
+    assert result.count('name="nope"') == 1 and result.endswith("ok")
 
 
 # -- 8. background tasks ------------------------------------------------------------------------
@@ -748,7 +748,7 @@ async def test_a_hanging_tool_times_out_and_a_huge_result_is_clipped():
     to_model = calls[2]["messages"][-1]["content"]
     assert len(to_model) < 101_000 and "more characters cut" in to_model
     assert len(result) < 40_000, "the block in the chat shows a clipped result"
-    assert result.endswith("done\n")
+    assert result.endswith("done")
 
 
 async def test_a_manager_that_times_out_hands_the_turn_to_round_robin():
