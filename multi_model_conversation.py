@@ -470,10 +470,26 @@ def attr(value: Any) -> str:
     return html.escape(text, quote=True)
 
 
+# Open WebUI shows inline HTML in markdown as text and does not decode entities, so names
+# and messages are escaped for markdown, with backslashes. `[` and `(` stay bare: `\[` and
+# `\(` open KaTeX maths there; escaping `]` and `)` is enough to stop a link.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\])<>#+!|~&$:])")
+_MD_ESCAPED = re.compile(r"\\([\\`*_{}\])<>#+!|~&$:])")
+
+
+def md_text(text: str) -> str:
+    """Text that markdown renders literally: no emphasis, link, maths, heading or tag."""
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def md_unescape(text: str) -> str:
+    return _MD_ESCAPED.sub(r"\1", text)
+
+
 def heading(participant: Participant, first: bool) -> str:
-    """`### <mark> <alias>`; the alias is HTML-escaped so it renders as text, never markup."""
+    """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup."""
     prefix = "" if first else "\n\n"
-    return f"{prefix}### {participant.mark} {html.escape(participant.alias, quote=False)}\n\n"
+    return f"{prefix}### {participant.mark} {md_text(participant.alias)}\n\n"
 
 
 def quote_lines(text: str, at_line_start: bool) -> str:
@@ -1110,7 +1126,7 @@ def split_turns(content: str) -> list[Turn]:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = clean_turn_text(content[match.end() : end])
         if text:
-            turns.append(Turn(html.unescape(match.group(1)), text))
+            turns.append(Turn(md_unescape(match.group(1)), text))
     return turns
 
 
@@ -1352,7 +1368,7 @@ class Run:
             if p.alias not in self._tool_notice_shown:
                 self._tool_notice_shown.add(p.alias)
                 self.transcript.add_notice(
-                    f"*🛠️ Tools are unavailable for {html.escape(p.alias, quote=False)}: its model "
+                    f"*🛠️ Tools are unavailable for {md_text(p.alias)}: its model "
                     "does not use native function calling.*"
                 )
         await self.emitter.update()
@@ -1496,8 +1512,8 @@ class Run:
         return said
 
     def _failure_line(self, p: Participant, reason: str) -> None:
-        alias = html.escape(p.alias, quote=False)
-        reason = " ".join(html.escape(reason, quote=False).split())[:300]
+        alias = md_text(p.alias)
+        reason = md_text(" ".join(reason.split())[:300])
         self.transcript.add_notice(f"{NOTICE_PREFIX}{alias} could not answer: {reason}*")
 
     def _sampling(self, profile: ModelProfile) -> dict[str, Any]:
@@ -1955,7 +1971,7 @@ class Pipe:
                 if not saved:
                     await _remember(gateway, ctx, config)
             except ConfigError as exc:
-                transcript.add_notice(f"{NOTICE_PREFIX}{html.escape(str(exc), quote=False)}*")
+                transcript.add_notice(f"{NOTICE_PREFIX}{md_text(str(exc))}*")
                 return await _finish(emitter, transcript, handing_over=True)
             log.info(
                 "conversation start: %d participants, %d rounds, manager=%s",
@@ -1983,9 +1999,7 @@ class Pipe:
             raise
         except Exception as exc:
             log.exception("conversation failed")
-            transcript.add_notice(
-                f"{NOTICE_PREFIX}The conversation stopped: {html.escape(str(exc), quote=False)}*"
-            )
+            transcript.add_notice(f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*")
         return await _finish(emitter, transcript, handing_over=True)
 
     async def _choose_config(

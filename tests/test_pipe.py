@@ -182,7 +182,7 @@ async def test_each_bad_configuration_gives_one_clear_message_and_nothing_runs()
     }
     for name, (answer, expected) in cases.items():
         result, h, emitter = await _config_error(answer)
-        assert expected in result, name
+        assert expected in mmc.md_unescape(result), name
         assert result.count("⚠️") == 1, name
         assert h.host.requests == [], f"{name}: a model was called"
         assert "chat-1" not in h.host.chat_configs, f"{name}: a bad config was remembered"
@@ -193,7 +193,7 @@ async def test_a_broken_saved_config_says_how_to_choose_again():
     h = PipeHarness()
     h.host.chat_configs["chat-1"] = config("gone")
     result = await h.run()
-    assert "Unknown model: 'gone'" in result and "/reconfigure" in result
+    assert "Unknown model: 'gone'" in mmc.md_unescape(result) and "/reconfigure" in result
 
     overlay = Overlay(config("m1"))
     result = await h.run("/reconfigure", event_call=overlay)
@@ -359,17 +359,18 @@ async def test_tool_calls_show_executing_then_done_with_their_result():
     }
 
 
-async def test_aliases_are_escaped_in_headings_and_attributes():
+async def test_aliases_show_literally_and_never_as_markup():
     h = PipeHarness()
-    evil = '"><img src=x onerror=alert(1)>'
+    evil = '"><img src=x onerror=alert(1)> *b* [x](http://y) $m$ T&J'
     h.host.chat_configs["chat-1"] = {"rounds": 1, "participants": [{"model": "m1", "alias": evil}]}
 
     result = await h.run()
 
-    assert "<img" not in result
-    assert speakers(result) == [
-        "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;".replace("&quot;", '"')
-    ]
+    head = result.split("\n", 1)[0]
+    assert not re.search(r"(?<!\\)[<>*$&]", head), "an unescaped markup character"
+    assert "&amp;" not in head and "&lt;" not in head, "entities show literally in Open WebUI"
+    assert [mmc.md_unescape(s) for s in speakers(result)] == [evil]
+    assert streamed(h)[0]["messages"][0]["content"].count(evil) >= 1, "models see the real name"
 
 
 # -- 6. history ---------------------------------------------------------------------------------

@@ -1,0 +1,317 @@
+"""The pipe in a real browser: headless Chromium drives the session's Open WebUI 0.12.4 UI.
+
+The user signs in through the form, picks the pipe in the model picker, sends a message, fills
+the pipe's setup dialog in the page and watches three scripted models talk for two rounds.
+The rendered page must show the speakers' headings in order, a collapsed reasoning block per
+turn and the whole last turn, the same after a reload. A second chat checks that an alias
+holding HTML shows as text and injects nothing. The first test saves docs/screenshot.png.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.backend import ModelScript, default_reply
+from tests.integration.owui import ADMIN_EMAIL, ADMIN_PASSWORD, Owui
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+ARTIFACTS = ROOT / "tests" / ".artifacts"
+FUNCTION_ID = "mmc"
+PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 30_000  # any single wait in the page
+REPLY_TOKENS = 24  # length of the default reply (requests the table below does not name)
+REASONING_TOKENS = 6
+TOKEN_DELAY = 0.02  # seconds per streamed token: well under a second per turn
+
+# Selectors that work on 0.12.4 (see /work/shared/OPENWEBUI_NOTES.md).
+ASSISTANT = ".chat-assistant"
+CONTENT = f"{ASSISTANT} #response-content-container"
+COPY_BUTTON = "button.copy-response-button"
+OVERLAY = "#mmc-config-overlay"
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+
+
+# What each model says in its n-th reply (any other request gets the default reply).
+REPLIES = {
+    ("model-a", 1): "Tea, clearly. Half the caffeine of coffee, so the focus lasts without "
+    "the crash, and steeping it forces a pause that most working days lack.",
+    ("model-b", 1): "In practice coffee wins the morning: it is quick to make for a whole "
+    "team, the effect is predictable, and one shared pot gets everyone going.",
+    ("model-c", 1): "You are both arguing taste as if it were data. Neither of you has "
+    "measured anything; a sleep log would settle this faster than another round.",
+    ("model-a", 2): "Fair. I will log my sleep for a week on tea and a week on coffee, and "
+    "we compare the numbers instead of our preferences.",
+    ("model-b", 2): "Agreed, and let us log the afternoon slump too: that is where I expect "
+    "tea to do better than I would like to admit.",
+    ("model-c", 2): "Good. Two weeks, one spreadsheet, no sugar in either cup. Until then "
+    "this discussion is over, and the kettle is free.",
+}
+
+
+def reply_for(record) -> str:
+    return REPLIES.get((record.model, record.n)) or default_reply(
+        record.model, record.n, REPLY_TOKENS
+    )
+
+
+async def install_pipe(owui: Owui) -> None:
+    """The pipe from the repo file, with default admin valves (earlier tests may change them)."""
+    await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
+    await owui.set_function_valves(FUNCTION_ID, {}, merge=False)
+
+
+def script_participants(backend) -> None:
+    """model-a/b/c stream a few reasoning tokens, then their reply, a token at a time."""
+    for model in ("model-a", "model-b", "model-c"):
+        backend.set_script(
+            model,
+            ModelScript(reply=reply_for, delay=TOKEN_DELAY, reasoning_tokens=REASONING_TOKENS),
+        )
+
+
+@asynccontextmanager
+async def browser_page() -> AsyncIterator[tuple[Browser, Page, list[str]]]:
+    """A fresh headless Chromium page; the list collects every JS dialog (alert) it opened."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            dialogs: list[str] = []
+
+            async def on_dialog(dialog) -> None:
+                dialogs.append(f"{dialog.type}: {dialog.message}")
+                await dialog.dismiss()
+
+            page.on("dialog", on_dialog)
+            # "What's New" opens once per account, whenever the app feels like it: close it
+            # whenever it stands in the way of an action.
+            whats_new = page.get_by_role("button", name="Okay, Let's Go!")
+
+            async def close_whats_new(button) -> None:
+                await button.click()
+
+            await page.add_locator_handler(whats_new, close_whats_new)
+            try:
+                yield browser, page, dialogs
+            except BaseException:
+                await save_failure_artifacts(page)
+                raise
+        finally:
+            await browser.close()
+
+
+async def save_failure_artifacts(page: Page) -> None:
+    """A screenshot and the HTML of a failed test's page, in tests/.artifacts/ (git-ignored)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    name = f"browser-failure-{int(time.time())}"
+    try:
+        await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), timeout=5_000)
+        (ARTIFACTS / f"{name}.html").write_text(await page.content())
+        print(f"\nbrowser artifacts: {ARTIFACTS / name}.png and .html")
+    except Exception as exc:  # the page may be gone; the original error matters more
+        print(f"\ncould not save browser artifacts: {exc}")
+
+
+async def sign_in(page: Page, owui: Owui) -> None:
+    await page.goto(f"{owui.url}/auth")
+    await page.fill("#email", ADMIN_EMAIL)
+    await page.fill("#password", ADMIN_PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator("#chat-input").wait_for()
+
+
+async def send_to_pipe(page: Page, owui: Owui, text: str) -> None:
+    """Picks the pipe in the model picker, types the message and sends it."""
+    # "Multi-Model Conversation", unless a model entry made for the pipe (a grant) renamed it.
+    name = (await owui.models())[PIPE_MODEL]["name"]
+    await page.click("#model-selector-model-button")
+    await page.click(f'#model-selector-list [role=option][data-value="{PIPE_MODEL}"]')
+    await page.locator("#model-selector-model-button").filter(has_text=name).wait_for()
+    await page.click("#chat-input")
+    await page.keyboard.type(text)
+    await page.click("#send-message-button")
+
+
+async def fill_overlay(page: Page, rounds: int, participants: list[tuple[str, str, str]]) -> None:
+    """Fills the pipe's setup dialog (model, alias, persona per participant) and starts."""
+    overlay = page.locator(OVERLAY)
+    await overlay.wait_for()
+    await overlay.locator("input[name=rounds]").fill(str(rounds))
+    await overlay.locator("input[name=count]").fill(str(len(participants)))
+    await overlay.locator("input[name=use_manager]").set_checked(False)
+    boxes = overlay.locator("fieldset")
+    await boxes.nth(len(participants) - 1).wait_for()
+    assert await boxes.count() == len(participants)
+    for i, (model, alias, persona) in enumerate(participants):
+        box = boxes.nth(i)
+        await box.locator("select[name=model]").select_option(model)
+        await box.locator("input[name=alias]").fill(alias)
+        await box.locator("textarea[name=system_message]").fill(persona)
+    await overlay.locator("#mmc-start").click()
+    await overlay.wait_for(state="detached")
+
+
+async def wait_finished(page: Page, assistant_messages: int = 1, stable_ms: int = 600) -> str:
+    """Waits for the Copy button of the last reply, then until its text stops changing."""
+    await page.locator(COPY_BUTTON).nth(assistant_messages - 1).wait_for()
+    content = page.locator(CONTENT).last
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    text = await content.inner_text()
+    while time.monotonic() < deadline:
+        await page.wait_for_timeout(stable_ms)
+        again = await content.inner_text()
+        if again == text:
+            return text
+        text = again
+    raise AssertionError(f"the reply kept changing for {TIMEOUT_MS} ms:\n{text[-500:]}")
+
+
+async def speaker_headings(page: Page) -> list[str]:
+    """The aliases of the last reply's `### <mark> <alias>` headings, as rendered."""
+    headings = await page.locator(CONTENT).last.locator("h3").all_inner_texts()
+    return [h.strip().split(" ", 1)[-1] for h in headings]
+
+
+async def check_rendered_conversation(page: Page, aliases: list[str], last_turn: str) -> None:
+    """Headings in order, one collapsed reasoning block per turn, the whole last turn."""
+    content = page.locator(CONTENT).last
+    assert await speaker_headings(page) == aliases
+    reasoning = content.locator("button[aria-expanded]", has_text=re.compile(r"Thought for"))
+    assert await reasoning.count() == len(aliases)
+    for i in range(len(aliases)):
+        assert await reasoning.nth(i).get_attribute("aria-expanded") == "false"
+    assert "think1-model-a" not in await content.inner_text()  # collapsed: reasoning hidden
+    assert not await content.locator("details").count()  # rendered, not raw HTML
+    text = await content.inner_text()
+    assert text.rstrip().endswith(last_turn), text[-300:]
+    assert "<details" not in text and "&lt;" not in text and "&gt;" not in text
+
+
+async def save_screenshot(page: Page) -> None:
+    """The whole conversation in one PNG: the viewport grows to fit the scrolled messages."""
+    extra = await page.evaluate(
+        "() => { const m = document.getElementById('messages-container');"
+        " return m ? m.scrollHeight - m.clientHeight : 0; }"
+    )
+    size = page.viewport_size or {"width": 1280, "height": 900}
+    await page.set_viewport_size(
+        {"width": size["width"], "height": min(size["height"] + max(extra, 0) + 20, 4000)}
+    )
+    await page.evaluate(
+        "() => { const m = document.getElementById('messages-container'); if (m) m.scrollTop = 0; }"
+    )
+    await page.wait_for_timeout(300)  # let the resized layout paint
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size < 500_000, SCREENSHOT.stat().st_size
+    await page.set_viewport_size(size)
+
+
+async def test_three_models_talk_in_the_browser(owui: Owui, backend) -> None:
+    started = time.monotonic()
+    script_participants(backend)
+    await install_pipe(owui)
+    participants = [
+        ("model-a", "Ada", "You are Ada, a patient mathematician."),
+        ("model-b", "Grace", "You are Grace, a pragmatic engineer."),
+        ("model-c", "Linus", "You are Linus, a blunt reviewer."),
+    ]
+    aliases = [alias for _, alias, _ in participants] * 2
+
+    async with browser_page() as (_, page, dialogs):
+        await sign_in(page, owui)
+        signed_in = time.monotonic()
+        await send_to_pipe(page, owui, "Is tea better than coffee?")
+        await fill_overlay(page, 2, participants)
+
+        # It streams: the first heading shows long before the sixth.
+        content = page.locator(CONTENT).last
+        await content.locator("h3").first.wait_for()
+        assert await content.locator("h3").count() < len(aliases)
+
+        await wait_finished(page)
+        finished = time.monotonic()
+        last = [r for r in backend.requests if r.model == "model-c" and r.stream][-1]
+        assert last.completed and last.n == 2
+        assert last.reply == REPLIES[("model-c", 2)]
+        assert [r.model for r in backend.requests if r.stream] == [
+            "model-a",
+            "model-b",
+            "model-c",
+        ] * 2
+        await check_rendered_conversation(page, aliases, last.reply)
+        chat_url = page.url
+        assert "/c/" in chat_url
+
+        # The saved chat renders the same after a reload.
+        await page.reload()
+        await wait_finished(page)
+        assert page.url == chat_url
+        await check_rendered_conversation(page, aliases, last.reply)
+
+        # Opening a reasoning block shows what that model thought.
+        first_block = content.locator("button[aria-expanded]", has_text="Thought for").first
+        await first_block.click()
+        await page.get_by_text("think1-model-a").first.wait_for()
+        assert await first_block.get_attribute("aria-expanded") == "true"
+
+        await save_screenshot(page)
+        assert dialogs == []
+    print(
+        f"\nbrowser: sign-in {signed_in - started:.1f}s, conversation "
+        f"{finished - signed_in:.1f}s, total {time.monotonic() - started:.1f}s"
+    )
+
+
+async def test_alias_with_html_shows_as_text(owui: Owui, backend) -> None:
+    script_participants(backend)
+    await install_pipe(owui)
+    evil = '"><img src=x onerror=alert(1)>'
+
+    async with browser_page() as (_, page, dialogs):
+        await sign_in(page, owui)
+        await send_to_pipe(page, owui, "Introduce yourselves.")
+        await fill_overlay(
+            page, 1, [("model-a", "Ada", "Be brief."), ("model-b", evil, "Be brief.")]
+        )
+        await wait_finished(page)
+        content = page.locator(CONTENT).last
+
+        # Nothing was injected: no image, no handler, no alert, anywhere in the page.
+        assert await page.locator("img[onerror]").count() == 0
+        assert await page.locator('img[src="x"]').count() == 0
+        assert await content.locator("img").count() == 0
+        assert dialogs == []
+        # The whole reply still rendered: both turns, the second one complete.
+        headings = await speaker_headings(page)
+        assert len(headings) == 2 and headings[0] == "Ada"
+        text = await content.inner_text()
+        assert text.rstrip().endswith(REPLIES[("model-b", 1)])
+
+        # The alias shows literally, as typed.
+        assert headings[1] == evil
