@@ -668,17 +668,18 @@ async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any
 
 
 class CoalescingEmitter:
-    """Sends the latest transcript as `replace` events: leading and trailing edge, one in flight.
+    """Sends the latest transcript, at most once a frame: leading and trailing edge, one in flight.
 
     The token loop calls `update()`, which only marks the state dirty. One sender task emits
-    at most one event per frame; identical payloads are never sent twice. With interval 0
-    coalescing is off: `update()` awaits one event per call (the naive way). Other events
-    (status, files) go through `post()`, in order, by the same sender.
+    at most one content event per `interval`; identical payloads are never sent twice. With
+    interval 0 coalescing is off: `update()` awaits one `replace` per call (the naive way).
+    Other events (status, files) go through `post()`, in order, by the same sender.
 
-    Each event makes the host rewrite the whole chat, so the frame stretches with the chat:
-    it is the longer of `interval` and the time the `budget` (bytes of chat rewritten per
-    second) allows for `host_bytes` (the rest of the chat) plus the message, up to
-    `max_interval` so the screen still updates a few times a second.
+    A frame is a `chat:message` (the tab shows it; the host only forwards it) unless a save is
+    due, then it is a `replace`, which the host also writes into the chat, rewriting the whole
+    chat each time. Saves are `save_interval` apart, stretched so that no more than `budget`
+    bytes of chat are rewritten per second (`host_bytes`, the rest of the chat, plus the
+    message), up to `max_save_interval`. The last state is always saved (`flush()`).
     """
 
     def __init__(
@@ -688,16 +689,21 @@ class CoalescingEmitter:
         interval: float,
         clock: Clock,
         host_bytes: int = 0,
+        save_interval: float = 1.0,
         budget: float = 0.0,
-        max_interval: float = 0.18,
+        max_save_interval: float = 5.0,
     ) -> None:
         self._send = send
         self._render = render
         self._interval = max(0.0, interval)
-        self._frame = self._interval
         self._host_bytes = host_bytes
+        self._save_interval = save_interval
+        self._save_gap = save_interval
         self._budget = budget
-        self._max_interval = max(self._interval, max_interval)
+        self._max_save_interval = max(save_interval, max_save_interval)
+        self._last_saved: str | None = None
+        self._last_saved_at = float("-inf")
+        self.saves = 0
         self._clock = clock
         self._dirty = False
         self._queue: list[dict[str, Any]] = []
@@ -708,7 +714,6 @@ class CoalescingEmitter:
         self._last_sent_at = float("-inf")
         self._failures = 0
         self.sent_events = 0
-        self.last_sent: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -741,12 +746,12 @@ class CoalescingEmitter:
             await asyncio.shield(self._task)
         self._task = None
         await self._drain_queue()
-        await self._send_content()
+        await self._send_content(final=True)
         self._flushing.clear()
 
     async def hand_over(self) -> None:
         """Empty the tab's copy of the message (not the stored one) for the host's final delta."""
-        if self._send is not None and self._last_payload:
+        if self._send is not None and self._last_saved:
             await self._deliver({"type": "chat:message", "data": {"content": ""}})
 
     def close(self) -> None:
@@ -767,12 +772,13 @@ class CoalescingEmitter:
             self._wake.clear()
             await self._drain_queue()
             if self._dirty:
-                wait = self._last_sent_at + self._frame - self._clock.now()
+                wait = self._last_sent_at + self._interval - self._clock.now()
                 if wait > 0:
                     await self._sleep_unless_flushed(wait)
                 await self._drain_queue()
                 self._dirty = False
-                await self._send_content()
+                # While a flush waits, this frame is the last one: it is the save.
+                await self._send_content(final=self._flushing.is_set())
             if self._flushing.is_set() and not self._dirty and not self._queue:
                 return
 
@@ -791,18 +797,28 @@ class CoalescingEmitter:
         while self._queue:
             await self._deliver(self._queue.pop(0))
 
-    async def _send_content(self) -> None:
+    async def _send_content(self, final: bool = False) -> None:
         payload = self._render()
-        if payload == self._last_payload:
+        now = self._clock.now()
+        save = self._interval == 0 or now - self._last_saved_at >= self._save_gap
+        if payload == self._last_payload and not (final and payload != self._last_saved):
             return
         self._last_payload = payload
-        self._last_sent_at = self._clock.now()
-        if self._budget > 0 and self._interval > 0:
-            # The host stores the message twice (chat JSON and message row) on every event.
-            rewrite = self._host_bytes + 2 * len(payload)
-            self._frame = min(self._max_interval, max(self._interval, rewrite / self._budget))
+        self._last_sent_at = now
+        if not (save or final):
+            await self._deliver({"type": "chat:message", "data": {"content": payload}})
+            return
+        if payload == self._last_saved:
+            return
         if await self._deliver({"type": "replace", "data": {"content": payload}}):
-            self.last_sent = payload
+            self._last_saved, self._last_saved_at = payload, now
+            self.saves += 1
+            if self._budget > 0:
+                # The host keeps the message twice (chat JSON and message row).
+                rewrite = self._host_bytes + 2 * len(payload)
+                self._save_gap = min(
+                    self._max_save_interval, max(self._save_interval, rewrite / self._budget)
+                )
 
     async def _deliver(self, event: dict[str, Any]) -> bool:
         try:
@@ -1748,18 +1764,25 @@ class Pipe:
             description="Seconds between two content updates sent to the browser; each one "
             "rewrites the whole chat in the database. 0 sends every chunk (no coalescing).",
         )
-        EMIT_BUDGET_KB: float = Field(
-            default=1024,
+        SAVE_INTERVAL: float = Field(
+            default=1.0,
             ge=0,
-            description="KB of chat the host may rewrite per second for this conversation. "
-            "In long chats updates come less often (but at least every MAX_EMIT_INTERVAL). "
-            "0 keeps EMIT_INTERVAL whatever the chat's size.",
+            le=60,
+            description="Seconds between two saves of the message into the chat while it "
+            "streams (each save rewrites the whole chat); the screen updates every "
+            "EMIT_INTERVAL in between, and the end is always saved.",
         )
-        MAX_EMIT_INTERVAL: float = Field(
-            default=0.18,
+        SAVE_BUDGET_KB: float = Field(
+            default=128,
             ge=0,
-            le=5,
-            description="Longest gap between two content updates, however long the chat.",
+            description="KB of chat the host may rewrite per second while it streams: long "
+            "chats are saved less often (at most MAX_SAVE_INTERVAL apart). 0: SAVE_INTERVAL only.",
+        )
+        MAX_SAVE_INTERVAL: float = Field(
+            default=5.0,
+            ge=0,
+            le=120,
+            description="Longest gap between two saves, however long the chat.",
         )
         MAX_ROUNDS: int = Field(
             default=20, ge=1, le=1000, description="Highest number of rounds a user may ask for."
@@ -1942,8 +1965,9 @@ class Pipe:
             valves.EMIT_INTERVAL,
             clock,
             host_bytes=_chat_bytes(body),
-            budget=valves.EMIT_BUDGET_KB * 1024,
-            max_interval=valves.MAX_EMIT_INTERVAL,
+            save_interval=valves.SAVE_INTERVAL,
+            budget=valves.SAVE_BUDGET_KB * 1024,
+            max_save_interval=valves.MAX_SAVE_INTERVAL,
         )
         settings = _settings(valves, user_valves)
         run = Run(

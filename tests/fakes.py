@@ -60,11 +60,22 @@ class RecordingEmitter:
         finally:
             self.in_flight -= 1
 
+    def _content_events(self) -> list[tuple[float, dict]]:
+        shown = [(t, e) for t, e in self.events if e["type"] in ("replace", "chat:message")]
+        if shown and shown[-1][1]["type"] == "chat:message" and not shown[-1][1]["data"]["content"]:
+            shown.pop()  # the hand-over before the host's final delta, not a frame
+        return shown
+
     def contents(self) -> list[str]:
-        return [e["data"]["content"] for _, e in self.events if e["type"] == "replace"]
+        """Every frame the tab was given (chat:message or replace)."""
+        return [e["data"]["content"] for _, e in self._content_events()]
 
     def content_times(self) -> list[float]:
-        return [t for t, e in self.events if e["type"] == "replace"]
+        return [t for t, _ in self._content_events()]
+
+    def saved(self) -> list[tuple[float, str]]:
+        """Every state the host was asked to store (replace), with its time."""
+        return [(t, e["data"]["content"]) for t, e in self.events if e["type"] == "replace"]
 
     def statuses(self) -> list[str]:
         return [e["data"]["description"] for _, e in self.events if e["type"] == "status"]

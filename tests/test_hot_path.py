@@ -26,7 +26,9 @@ async def test_2000_chunks_in_a_second_make_at_most_31_events_and_the_last_is_re
     assert 2 <= len(contents) <= 31
     assert contents[-1] == result
     assert "tok1999" in result
-    assert len(contents) == len(set(contents)), "an identical payload was sent twice"
+    assert all(a != b for a, b in zip(contents, contents[1:], strict=False)), "a repeated frame"
+    saved = [c for _, c in emitter.saved()]
+    assert saved[-1] == result and len(saved) == len(set(saved)) <= 3, "saves, not frames"
     assert emitter.max_in_flight == 1
 
 
@@ -76,7 +78,8 @@ async def test_a_slow_socket_does_not_slow_the_stream():
     assert stream_done_at[0] <= frames * 0.001 + 1e-9
     assert emitter.max_in_flight == 1
     assert emitter.contents()[-1] == result
-    assert len(emitter.contents()) <= 1.0 / 0.05 + 2
+    during = [t for t in emitter.content_times() if t <= stream_done_at[0]]
+    assert len(during) <= stream_done_at[0] / 0.05 + 1, "more than one event in flight"
 
 
 async def test_interval_zero_sends_one_event_per_chunk():
@@ -196,7 +199,10 @@ async def test_emitter_leading_trailing_and_dedup_directly():
     clock = FakeClock()
     state = {"text": ""}
     sent = RecordingEmitter(clock)
-    emitter = mmc.CoalescingEmitter(sent, lambda: state["text"], 0.1, clock)
+    emitter = mmc.CoalescingEmitter(sent, lambda: state["text"], 0.1, clock, save_interval=1.0)
+
+    def kinds() -> list[tuple[str, str]]:
+        return [(e["type"], e["data"]["content"]) for _, e in sent.events]
 
     state["text"] = "a"
     await emitter.update()
@@ -207,14 +213,39 @@ async def test_emitter_leading_trailing_and_dedup_directly():
         await asyncio.sleep(0)
     clock.advance(0.05)
     await asyncio.sleep(0)
-    assert sent.contents() == ["a"], "a second event inside the frame"
+    assert kinds() == [("replace", "a")], "the first change goes out at once, and is saved"
     clock.advance(0.05)
     for _ in range(3):
         await asyncio.sleep(0)
-    assert sent.contents() == ["a", "abcdef"]
+    assert kinds() == [("replace", "a"), ("chat:message", "abcdef")], "one frame, not saved"
     await emitter.update()  # unchanged state
     await emitter.flush()
-    assert sent.contents() == ["a", "abcdef"], "an identical payload was sent"
+    assert kinds()[-1] == ("replace", "abcdef"), "the end is always saved"
+    await emitter.update()
+    await emitter.flush()
+    assert len(kinds()) == 3, "an identical payload was sent again"
+
+
+async def test_saves_come_once_a_second_while_frames_come_every_frame():
+    clock = FakeClock()
+    state = {"text": ""}
+    sent = RecordingEmitter(clock)
+    emitter = mmc.CoalescingEmitter(sent, lambda: state["text"], 1 / 30, clock, save_interval=1.0)
+    for i in range(3000):  # 3 s of tokens
+        state["text"] += f"t{i} "
+        await emitter.update()
+        clock.advance(0.001)
+        for _ in range(4):
+            await asyncio.sleep(0)
+    await emitter.flush()
+
+    saves = [t for t, e in sent.events if e["type"] == "replace"]
+    frames = [t for t, e in sent.events if e["type"] == "chat:message"]
+    assert 3 <= len(saves) <= 5 and all(
+        b - a >= 1.0 - 1e-9 for a, b in zip(saves, saves[1:-1], strict=False)
+    )
+    assert 80 <= len(frames) + len(saves) <= 92
+    assert sent.events[-1][1] == {"type": "replace", "data": {"content": state["text"]}}
 
 
 async def test_reply_helper_streams_reasoning_before_content():
@@ -228,31 +259,34 @@ def _long_history(n: int = 50, chars: int = 2000) -> list[dict]:
     ]
 
 
-async def _gaps_for(history: list[dict], budget_kb: float) -> list[float]:
+async def _saves_for(history: list[dict], budget_kb: float) -> tuple[list[float], list[float]]:
     h = PipeHarness()
-    h.pipe.valves.EMIT_BUDGET_KB = budget_kb
+    h.pipe.valves.SAVE_BUDGET_KB = budget_kb
     h.host.chat_configs["chat-1"] = config("m1")
-    h.host.scripts["m1"] = Script(streams=[long_reply(2000)], chunk_delay=0.001)
+    h.host.scripts["m1"] = Script(streams=[long_reply(20_000)], chunk_delay=0.001)
     emitter = RecordingEmitter(h.clock)
     await h.run(emitter=emitter, history=history)
     times = emitter.content_times()
-    return [b - a for a, b in zip(times, times[1:-1], strict=False)]
+    saves = [t for t, _ in emitter.saved()]
+    gaps = lambda ts: [b - a for a, b in zip(ts, ts[1:-1], strict=False)]  # noqa: E731
+    return gaps(times), gaps(saves)
 
 
-async def test_a_long_chat_gets_fewer_updates_but_at_least_five_a_second():
-    """50 earlier messages of 2,000 chars: the host rewrites ~200 KB per event."""
-    fresh = await _gaps_for([], budget_kb=1024)
-    long = await _gaps_for(_long_history(), budget_kb=1024)
+async def test_a_long_chat_is_saved_less_often_but_shown_as_often():
+    """50 earlier messages of 2,000 chars: each save rewrites ~200 KB of chat."""
+    fresh_frames, fresh_saves = await _saves_for([], budget_kb=128)
+    long_frames, long_saves = await _saves_for(_long_history(), budget_kb=128)
 
-    assert max(fresh[:10]) <= 1 / 30 + 0.002, "a fresh chat keeps the full frame rate"
-    assert min(long) >= 0.18 - 1e-9, "a long chat must be rewritten less often"
-    assert max(long) <= 0.18 + 0.002, "but the screen still updates more than 5 times a second"
-    assert len(long) < len(fresh) / 3
+    assert max(fresh_frames) <= 1 / 30 + 0.002 and max(long_frames) <= 1 / 30 + 0.002
+    assert min(fresh_saves) >= 1.0 - 1e-9, "saves are SAVE_INTERVAL apart"
+    assert min(long_saves) >= 1.6, "a long chat's saves are stretched by the byte budget"
+    assert max(long_saves) <= 5.0 + 1 / 30 + 0.002, "but never further apart than MAX_SAVE_INTERVAL"
+    assert len(long_saves) < len(fresh_saves) / 1.5
 
 
-async def test_budget_zero_keeps_the_frame_interval_in_a_long_chat():
-    gaps = await _gaps_for(_long_history(), budget_kb=0)
-    assert max(gaps) <= 1 / 30 + 0.002
+async def test_budget_zero_saves_every_save_interval_in_a_long_chat():
+    _, saves = await _saves_for(_long_history(), budget_kb=0)
+    assert max(saves) <= 1.0 + 1 / 30 + 0.002, "a save waits at most one frame past its time"
 
 
 async def test_the_tab_copy_is_emptied_for_the_hosts_final_delta_but_not_on_stop():
