@@ -29,7 +29,9 @@ from tests.integration.owui import OpenWebUIServer, Owui, run_chat
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTION_ID = "mmc"
 PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
-CONTENT_TYPES = {"replace", "message", "chat:completion", "response:completion"}
+# Every event that sets what the message shows (the pipe's frames are chat:message, its saves
+# replace; native streaming sends response:completion deltas and a final chat:completion).
+CONTENT_TYPES = {"replace", "chat:message", "message", "chat:completion", "response:completion"}
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Measure:
     mode: str
     chat: str
     events: int = 0
+    saves: int = 0  # replace events: the ones the host writes into the chat
     max_events_1s: int = 0
     min_events_1s: int = 0
     event_bytes: int = 0
@@ -141,6 +144,7 @@ async def one_run(owui: Owui, backend: BackendThread, mode: str, args, history) 
     last_token = max(r.last_token_at for r in requests)
     m = Measure(mode, chat)
     m.events = len(content)
+    m.saves = sum(1 for e in content if e.type == "replace")
     m.max_events_1s, m.min_events_1s = windows(times, first_token, last_token)
     sizes = [len(json.dumps(e.data)) for e in content]
     m.event_bytes = sum(sizes)
@@ -165,6 +169,7 @@ def table(rows: list[Measure]) -> str:
     by = {(r.mode, r.chat): r for r in rows}
     fields = [
         ("content events", lambda r: r.events, "{:.0f}"),
+        ("  of which saves (replace)", lambda r: r.saves, "{:.0f}"),
         ("max events in 1 s", lambda r: r.max_events_1s, "{:.0f}"),
         ("min events in 1 s (while streaming)", lambda r: r.min_events_1s, "{:.0f}"),
         ("content event bytes", lambda r: r.event_bytes / 1e6, "{:.2f} MB"),
