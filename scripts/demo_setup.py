@@ -18,6 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration.owui import parse_frontmatter  # noqa: E402  (one parser for both)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Who talks in the demo: alias and persona for each of the three participants.
@@ -142,26 +145,10 @@ def point_connection(api: Api, url: str, key: str) -> str:
     return "updated"
 
 
-def frontmatter(source: str) -> dict[str, str]:
-    text = source.lstrip()
-    if not text.startswith('"""'):
-        return {}
-    result: dict[str, str] = {}
-    key = None
-    for line in text[3 : text.find('"""', 3)].splitlines():
-        if line[:1].isspace() and key:
-            result[key] = f"{result[key]} {line.strip()}".strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            key = key.strip()
-            result[key] = value.strip()
-    return result
-
-
 def install_function(api: Api, path: Path, function_id: str) -> str:
     """Creates or updates the function only when its code differs; switches it on."""
     content = path.read_text()
-    front = frontmatter(content)
+    front = parse_frontmatter(content)
     form = {
         "id": function_id,
         "name": front.get("title") or function_id,
