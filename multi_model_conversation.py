@@ -1773,7 +1773,7 @@ class Pipe:
             "EMIT_INTERVAL in between, and the end is always saved.",
         )
         SAVE_BUDGET_KB: float = Field(
-            default=128,
+            default=64,
             ge=0,
             description="KB of chat the host may rewrite per second while it streams: long "
             "chats are saved less often (at most MAX_SAVE_INTERVAL apart). 0: SAVE_INTERVAL only.",

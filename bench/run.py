@@ -145,7 +145,9 @@ async def one_run(owui: Owui, backend: BackendThread, mode: str, args, history) 
     m = Measure(mode, chat)
     m.events = len(content)
     m.saves = sum(1 for e in content if e.type == "replace")
-    m.max_events_1s, m.min_events_1s = windows(times, first_token, last_token)
+    # Per second of streaming: the host's own end-of-message events come after the last token.
+    streaming = [t for t in times if first_token <= t <= last_token + 0.05]
+    m.max_events_1s, m.min_events_1s = windows(streaming, first_token, last_token)
     sizes = [len(json.dumps(e.data)) for e in content]
     m.event_bytes = sum(sizes)
     running = 0
