@@ -405,13 +405,21 @@ class ThinkTagSplitter:
 
 
 def _partial_tag_suffix(lower: str, tags: list[str]) -> int:
-    """Length of the longest end of `lower` that could be the start of one of `tags`."""
-    tail = lower[-_LONGEST_TAG:]
-    for size in range(min(len(tail), _LONGEST_TAG - 1), 0, -1):
-        end = tail[-size:]
+    """Length of the longest end of `lower` that could be the start of one of `tags`.
+
+    Every tag starts with '<' or '|', so only ends starting there are candidates.
+    """
+    tail = lower[-(_LONGEST_TAG - 1) :]
+    start = 0
+    while True:
+        angle, bar = tail.find("<", start), tail.find("|", start)
+        pos = min(p for p in (angle, bar, len(tail)) if p >= 0)
+        if pos == len(tail):
+            return 0
+        end = tail[pos:]
         if any(tag.startswith(end) for tag in tags):
-            return size
-    return 0
+            return len(end)
+        start = pos + 1
 
 
 @dataclass
@@ -1457,7 +1465,11 @@ class Run:
             # A model may stream for as long as it likes, but not go silent for `silence` s.
             async with asyncio.timeout(silence) as deadline:
                 async for chunk in self.gateway.stream_chat(form, self.ctx.user):
-                    deadline.reschedule(loop.time() + silence)
+                    now = loop.time()
+                    # Moving the deadline costs a timer; do it once per tenth of the window,
+                    # so a model is cut off after 90-100 % of `silence` without a chunk.
+                    if deadline.when() - now < silence * 0.9:
+                        deadline.reschedule(now + silence)
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
