@@ -1989,7 +1989,7 @@ class Pipe:
         try:
             try:
                 config, saved = await self._choose_config(
-                    gateway, ctx, body, user_valves, own_prefix, event_call, emitter
+                    gateway, ctx, body, user_valves, own_prefix, event_call
                 )
                 names = {m: d.get("name") or m for m, d in gateway.runtime_models().items()}
                 participants = make_participants(config, names)
@@ -2046,7 +2046,6 @@ class Pipe:
         user_valves: Any,
         own_prefix: str,
         event_call: Callable[[dict], Awaitable[Any]] | None,
-        emitter: CoalescingEmitter,
     ) -> tuple[ConversationConfig, bool]:
         """Saved for this chat, else the overlay's answer, else the user valves.
 
@@ -2066,9 +2065,8 @@ class Pipe:
         defaults = config_from_user_valves(user_valves)
         answer = None
         if event_call is not None and self.valves.CONFIG_OVERLAY:
-            emitter.post(
-                {"type": "status", "data": {"description": "Waiting for the setup…", "done": False}}
-            )
+            # No status line around the dialog: it shows itself, and every status event
+            # makes the host rewrite the whole chat.
             script = overlay_script(
                 defaults, own_prefix, self.valves.OVERLAY_TIMEOUT, self.valves.MAX_ROUNDS
             )
@@ -2085,7 +2083,6 @@ class Pipe:
                 log.warning("configuration overlay failed (%s); using the user valves", exc)
             if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
                 answer = None  # the host's answer for a closed tab or an error
-            emitter.post({"type": "status", "data": {"description": "", "done": True}})
         return parse_config(answer if answer not in (None, "") else defaults, max_rounds), False
 
     # -- title, tags, follow-ups -------------------------------------------------------------

@@ -145,8 +145,14 @@ async def one_run(owui: Owui, backend: BackendThread, mode: str, args, history) 
     m = Measure(mode, chat)
     m.events = len(content)
     m.saves = sum(1 for e in content if e.type == "replace")
-    # Per second of streaming: the host's own end-of-message events come after the last token.
-    streaming = [t for t in times if first_token <= t <= last_token + 0.05]
+    # Per second of streaming, counting what the pipe sends (its frames and saves) or, for the
+    # native run, the host's deltas; the host's own end-of-message events are left out.
+    own = (
+        [e.t for e in content if e.type in ("replace", "chat:message") and e.data.get("content")]
+        if mode != "native"
+        else [e.t for e in content if e.type == "response:completion"]
+    )
+    streaming = [t for t in own if first_token <= t <= last_token + 0.05]
     m.max_events_1s, m.min_events_1s = windows(streaming, first_token, last_token)
     sizes = [len(json.dumps(e.data)) for e in content]
     m.event_bytes = sum(sizes)
