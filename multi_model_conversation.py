@@ -710,9 +710,10 @@ class CoalescingEmitter:
         self._budget = budget
         self._max_save_interval = max(save_interval, max_save_interval)
         self._last_saved: str | None = None
-        self._last_saved_at = float("-inf")
-        self.saves = 0
         self._clock = clock
+        # The first save is due one interval in (the first frame holds little but a heading).
+        self._last_saved_at = clock.now()
+        self.saves = 0
         self._dirty = False
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
