@@ -548,7 +548,6 @@ class Transcript:
         self._reasoning_started = 0.0
         self._reasoning_at_line_start = True
         self._running_tools: str = ""
-        self.version = 0
 
     # -- writing ---------------------------------------------------------------------------
     def start_turn(self, participant: Participant) -> None:
@@ -559,7 +558,6 @@ class Transcript:
         if self._reasoning is not None:
             self.end_reasoning()
         self._live_content.append(text)
-        self.version += 1
 
     def add_reasoning(self, text: str) -> None:
         if self._reasoning is None:
@@ -570,7 +568,6 @@ class Transcript:
         self._reasoning.append(quote_lines(text, self._reasoning_at_line_start))
         # quote_lines already prefixed the line after each newline; only the first needs it.
         self._reasoning_at_line_start = self._reasoning_at_line_start and not text
-        self.version += 1
 
     def end_reasoning(self) -> None:
         if self._reasoning is None:
@@ -580,12 +577,10 @@ class Transcript:
         self._reasoning = None
         if body.strip("> \n"):
             self._commit(reasoning_block(body, done=True, seconds=seconds))
-        self.version += 1
 
     def show_running_tools(self, calls: list[ToolCall]) -> None:
         self.close_live()
         self._running_tools = "".join(tool_block(c, None, None, None) for c in calls)
-        self.version += 1
 
     def finish_tool(self, block: str) -> None:
         """Commit a finished tool block; the running blocks are dropped once all have finished."""
@@ -593,7 +588,6 @@ class Transcript:
 
     def clear_running_tools(self) -> None:
         self._running_tools = ""
-        self.version += 1
 
     def add_notice(self, text: str) -> None:
         self.close_live()
@@ -607,7 +601,6 @@ class Transcript:
         if text != text.rstrip():
             self._committed = [text.rstrip()]
             self._committed_text = None
-            self.version += 1
 
     def close_live(self) -> None:
         self.end_reasoning()
@@ -637,7 +630,6 @@ class Transcript:
     def _commit(self, text: str) -> None:
         self._committed.append(text)
         self._committed_text = None
-        self.version += 1
 
 
 # ============================================================================
@@ -724,10 +716,6 @@ class CoalescingEmitter:
         self._failures = 0
         self.sent_events = 0
 
-    @property
-    def enabled(self) -> bool:
-        return self._send is not None
-
     async def update(self) -> None:
         """Record that the transcript changed; never waits for the socket when coalescing."""
         if self._send is None:
@@ -762,12 +750,6 @@ class CoalescingEmitter:
         """Empty the tab's copy of the message (not the stored one) for the host's final delta."""
         if self._send is not None and self._last_saved:
             await self._deliver({"type": "chat:message", "data": {"content": ""}})
-
-    def close(self) -> None:
-        """Stop the sender without sending (used when a flush is impossible)."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
 
     # -- sender ----------------------------------------------------------------------------
     def _kick(self) -> None:
@@ -1268,7 +1250,6 @@ def next_in_order(last: int | None, count: int) -> int:
 class Settings:
     """The valve values one run uses, read once at its start."""
 
-    emit_interval: float = 1 / 30
     max_tool_rounds: int = 5
     max_tool_corrections: int = 2
     tool_timeout: float = 120.0
@@ -2129,7 +2110,6 @@ def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
         return default if value in (None, "") else value
 
     return Settings(
-        emit_interval=valves.EMIT_INTERVAL,
         max_tool_rounds=valves.MAX_TOOL_ROUNDS,
         max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
         tool_timeout=valves.TOOL_TIMEOUT,
