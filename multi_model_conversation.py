@@ -1009,11 +1009,17 @@ class RequestContext:
 
 
 async def resolve_profiles(
-    gateway: HostGateway, ctx: RequestContext, model_ids: Iterable[str], with_tools: bool
+    gateway: HostGateway,
+    ctx: RequestContext,
+    runtime: dict[str, dict],
+    model_ids: Iterable[str],
+    with_tools: bool,
 ) -> dict[str, ModelProfile]:
-    """Resolve every unique model concurrently; raise ConfigError naming each refused one."""
+    """Resolve every unique model concurrently; raise ConfigError naming each refused one.
+
+    `runtime` is the host's model list, read once per run by the caller.
+    """
     unique = list(dict.fromkeys(model_ids))
-    runtime = gateway.runtime_models()
     missing = [m for m in unique if m not in runtime]
     if missing:
         raise ConfigError(
@@ -1973,7 +1979,8 @@ class Pipe:
                 config, saved = await self._choose_config(
                     gateway, ctx, body, user_valves, own_prefix, event_call
                 )
-                names = {m: d.get("name") or m for m, d in gateway.runtime_models().items()}
+                runtime = gateway.runtime_models()
+                names = {m: d.get("name") or m for m, d in runtime.items()}
                 participants = make_participants(config, names)
                 manager_id = config.manager_model or participants[0].model_id
                 wanted = [p.model_id for p in participants] + (
@@ -1981,7 +1988,9 @@ class Pipe:
                 )
                 try:
                     _refuse_self(wanted, own_prefix)
-                    profiles = await resolve_profiles(gateway, ctx, wanted, with_tools=True)
+                    profiles = await resolve_profiles(
+                        gateway, ctx, runtime, wanted, with_tools=True
+                    )
                 except ConfigError as exc:
                     if saved:
                         raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
@@ -2085,7 +2094,8 @@ class Pipe:
             )
             model_id = config.participants[0].model
             _refuse_self([model_id], own_prefix)
-            await resolve_profiles(gateway, ctx, [model_id], with_tools=False)
+            runtime = gateway.runtime_models()
+            await resolve_profiles(gateway, ctx, runtime, [model_id], with_tools=False)
         except ConfigError as exc:
             log.debug("background task skipped: %s", exc)
             return ""

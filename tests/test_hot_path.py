@@ -152,6 +152,7 @@ async def test_each_unique_model_is_resolved_once_per_run():
     assert h.host.calls["check_access"] == 2
     assert h.host.calls["load_tools"] == 2
     assert h.host.calls["get_user"] == 1
+    assert h.host.calls["runtime_models"] == 1, "the model registry is read once per run"
 
 
 async def _now() -> str:
