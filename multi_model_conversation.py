@@ -1467,12 +1467,18 @@ class Run:
             result.error = str(exc)
         except TimeoutError:
             result.error = f"the model sent nothing for {silence:g} s"
+        result.content = self._end_reply(splitter, content, result)
+        result.calls = calls.calls() if result.error is None else []
+        return result
+
+    def _end_reply(
+        self, splitter: ThinkTagSplitter, content: list[str], result: StreamResult
+    ) -> str:
+        """Show what the splitter held back, close any open reasoning; return what was said."""
         for kind, text in splitter.flush():
             self._show(kind, text, content, result)
         self.transcript.end_reasoning()
-        result.content = "".join(content).strip()
-        result.calls = calls.calls() if result.error is None else []
-        return result
+        return "".join(content).strip()
 
     def _apply(
         self,
@@ -1519,10 +1525,9 @@ class Run:
             return ""
         content: list[str] = []
         splitter, scratch = ThinkTagSplitter(), StreamResult()
-        for kind, piece in [*splitter.feed(text), *splitter.flush()]:
+        for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
-        self.transcript.end_reasoning()
-        said = "".join(content).strip()
+        said = self._end_reply(splitter, content, scratch)
         if not said:
             self._failure_line(p, error or "the model returned an empty reply")
         return said
