@@ -494,6 +494,24 @@ def md_unescape(text: str) -> str:
     return _MD_ESCAPED.sub(r"\1", text)
 
 
+# A model's line that starts like our heading or notice would split or vanish from history, so
+# one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
+_MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
+_LOOKALIKE_RE = re.compile(rf"^(?:### (?=\u200b*(?:{_MARKS}))|\*(?=\u200b*(?:⚠️|🛠️) ))", re.MULTILINE)
+_MARKED_LOOKALIKE_RE = re.compile(
+    rf"^(?:### \u200b(?=\u200b*(?:{_MARKS}))|\*\u200b(?=\u200b*(?:⚠️|🛠️) ))", re.MULTILINE
+)
+
+
+def mark_lookalikes(text: str) -> str:
+    """A model's text with its heading- and notice-like line starts made inert."""
+    return _LOOKALIKE_RE.sub(lambda m: m.group(0) + "\u200b", text)
+
+
+def unmark_lookalikes(text: str) -> str:
+    return _MARKED_LOOKALIKE_RE.sub(lambda m: m.group(0)[:-1], text)
+
+
 def heading(participant: Participant, first: bool) -> str:
     """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup."""
     prefix = "" if first else "\n\n"
@@ -623,7 +641,7 @@ class Transcript:
 
     def _commit_live_content(self) -> None:
         if self._live_content:
-            text = "".join(self._live_content)
+            text = mark_lookalikes("".join(self._live_content))
             self._live_content = []
             self._commit(text if text.endswith("\n") else text + "\n")
 
@@ -1101,9 +1119,12 @@ def _as_dict(value: Any) -> dict:
 # History: earlier assistant messages split back into speaker turns
 # ============================================================================
 
-_MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
 HEADING_RE = re.compile(rf"^### (?:{_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
-BLOCK_RE = re.compile(r"<details\b[^>]*>.*?</details>\s*", re.DOTALL | re.IGNORECASE)
+# Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
+BLOCK_RE = re.compile(
+    r'<details type="(?:reasoning|tool_calls|code_interpreter)"[^>]*>.*?</details>\s*',
+    re.DOTALL | re.IGNORECASE,
+)
 THINK_RE = re.compile(
     r"<(think|thinking|reasoning|reason|thought)>.*?</\1>\s*|\|begin_of_thought\|.*?\|end_of_thought\|\s*",
     re.DOTALL | re.IGNORECASE,
@@ -1125,12 +1146,16 @@ def clean_turn_text(text: str) -> str:
     text = BLOCK_RE.sub("", text)
     text = THINK_RE.sub("", text)
     text = NOTICE_RE.sub("", text)
-    return text.strip()
+    return unmark_lookalikes(text).strip()
 
 
 def split_turns(content: str) -> list[Turn]:
-    """Split an assistant message at its `### <mark> <alias>` headings (ours and v2's)."""
+    """Split an assistant message at its `### <mark> <alias>` headings (ours and v2's).
+
+    Blocks go first: a tool's arguments may hold a line that looks like a heading.
+    """
     turns: list[Turn] = []
+    content = BLOCK_RE.sub("", content)
     matches = list(HEADING_RE.finditer(content))
     lead = clean_turn_text(content[: matches[0].start()] if matches else content)
     if lead:
