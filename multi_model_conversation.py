@@ -264,7 +264,7 @@ class SSEDecoder:
 class StreamEvent:
     """One decoded piece of a model's reply."""
 
-    kind: str  # "content" | "reasoning" | "tool_call" | "error" | "done"
+    kind: str  # "content" | "reasoning" | "tool_call" | "error" | "done" | "malformed"
     text: str = ""
     index: int = 0
     call_id: str = ""
@@ -279,13 +279,15 @@ def decode_frame(payload: str) -> list[StreamEvent]:
     """Turn one SSE data payload (an OpenAI chat.completion.chunk) into events."""
     if payload.strip() == "[DONE]":
         return [StreamEvent("done")]
+    if not payload.strip():
+        return []  # an empty data line: a keep-alive
     try:
         frame = json.loads(payload)
     except (ValueError, RecursionError):  # not JSON, or JSON too deep or too large to read
-        log.debug("skipping a stream frame that is not JSON: %.80r", payload)
-        return []
+        frame = None
     if not isinstance(frame, dict):
-        return []
+        log.debug("skipping a stream frame that is not a JSON object: %.80r", payload)
+        return [StreamEvent("malformed")]
     if frame.get("error"):
         return [StreamEvent("error", text=describe_error(frame["error"]))]
     choices = frame.get("choices")
@@ -953,8 +955,13 @@ class HostGateway:
         iterator = getattr(response, "body_iterator", None)
         if iterator is None:
             raise ModelCallError(_error_text(response))
-        async for chunk in iterator:
-            yield chunk
+        try:
+            async for chunk in iterator:
+                yield chunk
+        except Exception as exc:  # the body broke midway (e.g. the backend dropped the socket)
+            raise ModelCallError(
+                f"the stream broke off ({str(exc) or type(exc).__name__})"
+            ) from exc
 
     async def complete(self, form: dict, user: Any) -> str:
         response = await self._completion({**form, "stream": False}, user)
@@ -1300,6 +1307,7 @@ class StreamResult:
     calls: list[ToolCall] = field(default_factory=list)
     error: str | None = None
     shown: bool = False  # anything (content or reasoning) reached the transcript
+    malformed: int = 0  # frames that were not JSON objects, skipped
 
 
 class Run:
@@ -1441,6 +1449,11 @@ class Run:
             result = await self.stream_once(profile, messages, offer)
             if result.content:
                 said.append(result.content)
+            if result.malformed:
+                self._notice(
+                    f"{md_text(p.alias)}'s reply had {result.malformed} unreadable stream "
+                    "frame(s), skipped: some of its text may be missing."
+                )
             if result.error is not None or not (result.content or result.calls):
                 if not result.shown and not result.calls:
                     recovered = await self.retry_plain(p, profile, messages, result.error)
@@ -1523,6 +1536,8 @@ class Run:
                 calls.add(event)
             elif event.kind == "error":
                 result.error = event.text
+            elif event.kind == "malformed":
+                result.malformed += 1
 
     def _show(self, kind: str, text: str, content: list[str], result: StreamResult) -> None:
         if kind == "content":
@@ -1558,9 +1573,12 @@ class Run:
         return said
 
     def _failure_line(self, p: Participant, reason: str) -> None:
-        alias = md_text(p.alias)
         reason = md_text(" ".join(reason.split())[:300])
-        self.transcript.add_notice(f"{NOTICE_PREFIX}{alias} could not answer: {reason}*")
+        self._notice(f"{md_text(p.alias)} could not answer: {reason}")
+
+    def _notice(self, markdown: str) -> None:
+        """A warning line in the transcript; history leaves it out."""
+        self.transcript.add_notice(f"{NOTICE_PREFIX}{markdown}*")
 
     def _sampling(self, profile: ModelProfile) -> dict[str, Any]:
         sampling = dict(self.settings.sampling)

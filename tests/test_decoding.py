@@ -210,13 +210,8 @@ def test_decode_done(payload):
 @pytest.mark.parametrize(
     "payload",
     [
-        "not json",
         "",
-        "{",
-        "[1, 2]",
-        '"a string"',
-        "42",
-        "null",
+        " \n",
         '{"id": "x"}',
         '{"choices": []}',
         '{"choices": "abc"}',
@@ -227,6 +222,11 @@ def test_decode_done(payload):
 )
 def test_decode_frames_without_events(payload):
     assert mmc.decode_frame(payload) == []
+
+
+@pytest.mark.parametrize("payload", ["not json", "{", "[1, 2]", '"a string"', "42", "null"])
+def test_frames_that_are_not_json_objects_are_reported_as_malformed(payload):
+    assert kinds_texts(mmc.decode_frame(payload)) == [("malformed", "")]
 
 
 @settings(max_examples=500, deadline=None)

@@ -569,6 +569,26 @@ async def test_a_reply_cut_midway_keeps_what_arrived_and_adds_an_error_line():
     assert [r["stream"] for r in h.host.requests] == [True, True], "no retry after partial text"
 
 
+async def test_unreadable_frames_are_skipped_and_counted_in_one_line():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=2)
+    garbage = ["data: {oops\n\n", "data: [1, 2]\n\n", "data: \ufffd\ufffd\n\n"]
+    h.host.scripts["m1"] = Script(
+        streams=[[chunk(content="kept "), *garbage, chunk(content="words"), "data: [DONE]\n\n"]]
+    )
+
+    result = await h.run()
+
+    assert speakers(result) == ["M1", "M2", "M1", "M2"]
+    assert "kept words" in result
+    line = "*⚠️ M1's reply had 3 unreadable stream frame(s), skipped: some of its text may"
+    assert result.count(line) == 1
+    # The second M1 turn sees its first reply without the warning.
+    second_m1 = [r for r in h.host.requests if r["model"] == "m1"][1]
+    own = [m["content"] for m in second_m1["messages"] if m["role"] == "assistant"]
+    assert own == ["kept words"]
+
+
 # -- 10. access ---------------------------------------------------------------------------------
 
 
