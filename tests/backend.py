@@ -50,6 +50,12 @@ class ModelScript:
     tool_call: ToolCallScript | None = None
     http_error: int | None = None  # answer with this status and an OpenAI-style JSON error
     cut_after: int | None = None  # drop the connection after this many content tokens
+    stall_after: int | None = None  # go silent (connection open) after this many content tokens
+    stall_seconds: float = 600.0  # how long a stall lasts before the reply carries on
+    answer_delay: float = 0.0  # seconds before any answer, streamed or not (a slow manager)
+    # Frames that are not valid chunks (not JSON, not an object, not UTF-8), one after each
+    # of the first len(...) content tokens; the reply's text still arrives whole.
+    malformed_frames: tuple[bytes, ...] = ()
     empty: bool = False  # stream (or return) no content at all
     # Non-streamed calls answer manager_rule(messages) when set (e.g. a manager picking a
     # speaker); without it they answer the normal reply text.
@@ -78,6 +84,7 @@ class RecordedRequest:
     tool_call_sent: bool = False
     completed: bool = False  # the whole answer went out
     cut: bool = False  # the connection was dropped on purpose (cut_after)
+    stalled: bool = False  # the reply went silent on purpose (stall_after)
     finished_at: float | None = None  # when handling ended, however it ended
 
     @property
@@ -268,6 +275,7 @@ class ScriptedBackend:
             return _error_response(400, "request body is not JSON")
         record, script = self._record(body)
         try:
+            await _pause(script.answer_delay)
             if script.http_error:
                 record.status = script.http_error
                 return _error_response(script.http_error, f"scripted error for {record.model}")
@@ -383,10 +391,15 @@ class ScriptedBackend:
                 if script.cut_after is not None and sent >= script.cut_after:
                     _drop_connection(request, record)
                     return response
+                if script.stall_after is not None and sent == script.stall_after:
+                    record.stalled = True
+                    await asyncio.sleep(script.stall_seconds)
                 await _pause(script.delay)
                 await send({"content": piece})
                 await token_sent()
                 record.reply += piece
+                if sent < len(script.malformed_frames):
+                    await response.write(script.malformed_frames[sent])
                 sent += 1
             if script.cut_after is not None and sent >= script.cut_after:
                 _drop_connection(request, record)

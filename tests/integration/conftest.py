@@ -1,7 +1,8 @@
 """Fixtures for tests against a real Open WebUI: one scripted backend and one server per session.
 
 Fixtures: `scripted_backend` (session), `backend` (the same, reset for each test), `owui`
-(session: the server plus its admin), `admin_socket` (a connected socket.io client per test).
+(session: the server plus its admin), `admin_socket` (a connected socket.io client per test),
+`pipe` (the function installed from this checkout; its model id).
 Every test in this directory is marked `integration`.
 """
 
@@ -17,6 +18,9 @@ from tests.backend import BackendThread, ModelScript
 from tests.integration.owui import OpenWebUIServer, Owui, SocketClient
 
 HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+FUNCTION_ID = "mmc"
+PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
 # Backend models every test can use; a test may script more (then call owui.models()).
 BACKEND_MODELS = ("model-a", "model-b", "model-c", "model-d", "model-e", "manager")
 
@@ -66,3 +70,10 @@ async def admin_socket(owui: Owui) -> AsyncIterator[SocketClient]:
     client = await owui.connect()
     yield client
     await client.disconnect()
+
+
+@pytest_asyncio.fixture
+async def pipe(owui: Owui) -> str:
+    """Installs (or updates) the pipe from this checkout; returns its model id."""
+    await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
+    return PIPE_MODEL

@@ -15,28 +15,17 @@ import re
 import textwrap
 import time
 import uuid
-from pathlib import Path
-
-import pytest_asyncio
 
 from tests.backend import ModelScript, RecordedRequest, ToolCallScript
+from tests.integration.conftest import FUNCTION_ID, PIPE_MODEL, ROOT  # noqa: F401 (re-exported)
 from tests.integration.owui import Owui, SocketClient, User, run_chat, start_chat
 
-ROOT = Path(__file__).resolve().parents[2]
-FUNCTION_ID = "mmc"
-PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
 CONFIG_KEY = "multi_model_config"
 EMIT_RATE = 30  # default EMIT_INTERVAL is 1/30 s
 
 
 def speakers(text: str) -> list[str]:
     return re.findall(r"^### \S+ (.+)$", text, re.MULTILINE)
-
-
-@pytest_asyncio.fixture
-async def pipe(owui: Owui) -> str:
-    await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
-    return PIPE_MODEL
 
 
 def overlay_answer(*models: str, rounds: int = 1, **extra) -> dict:
