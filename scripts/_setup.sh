@@ -41,3 +41,18 @@ setup_chromium() {
   apt-get update -qq
   apt-get install -y -qq chromium chromium-driver fonts-noto-color-emoji >/dev/null
 }
+
+setup_redis() {
+  # The multi-worker test (tests/integration/test_multiworker.py) starts its own redis-server.
+  if command -v redis-server >/dev/null 2>&1; then
+    return
+  fi
+  if [ "$(id -u)" != "0" ]; then
+    echo "redis-server is missing: install Debian's redis-server (as root)" >&2
+    return 1
+  fi
+  echo "== installing redis-server (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq redis-server >/dev/null
+}
