@@ -499,9 +499,9 @@ def md_unescape(text: str) -> str:
 # A model's line that starts like our heading or notice would split or vanish from history, so
 # one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
 _MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
-_LOOKALIKE_RE = re.compile(rf"^(?:### (?=\u200b*(?:{_MARKS}))|\*(?=\u200b*(?:⚠️|🛠️) ))", re.MULTILINE)
+_LOOKALIKE_RE = re.compile(rf"^(?:### (?=\u200b*(?:{_MARKS}))|\*(?=\u200b*(?:⚠️|🛠️)))", re.MULTILINE)
 _MARKED_LOOKALIKE_RE = re.compile(
-    rf"^(?:### \u200b(?=\u200b*(?:{_MARKS}))|\*\u200b(?=\u200b*(?:⚠️|🛠️) ))", re.MULTILINE
+    rf"^(?:### \u200b(?=\u200b*(?:{_MARKS}))|\*\u200b(?=\u200b*(?:⚠️|🛠️)))", re.MULTILINE
 )
 
 
@@ -1129,7 +1129,7 @@ def _as_dict(value: Any) -> dict:
 HEADING_RE = re.compile(rf"^### (?:{_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
-    r'<details type="(?:reasoning|tool_calls|code_interpreter)"[^>]*>.*?</details>\s*',
+    r'<details type="(?:reasoning|tool_calls|code_interpreter)"[^>]*>.*?</details>\n?',
     re.DOTALL | re.IGNORECASE,
 )
 THINK_RE = re.compile(

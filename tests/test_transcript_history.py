@@ -510,10 +510,10 @@ def test_history_parser_recovers_every_rendered_turn(aliases, said):
             t.finish_tool(mmc.tool_block(call, result, None, None))
             t.clear_running_tools()
             t.add_content(after)
-            # Whitespace right after a block is not kept; the text before it ends a line.
+            # The text before a block ends its line.
             if text:
                 text += "" if text.endswith("\n") else "\n"
-            text += after.lstrip()
+            text += after
         if text.strip():
             expected.append((aliases[index], text.strip()))
     t.finish()
