@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 import multi_model_conversation as mmc
 from tests.fakes import FakeClock, PipeHarness, RecordingEmitter, Script, chunk, config, reply
 
@@ -52,12 +54,13 @@ async def test_first_change_is_sent_at_once_and_events_are_one_frame_apart():
     assert per_second <= 31
 
 
-async def test_a_slow_socket_does_not_slow_the_stream():
-    """50 ms per event: the 1000-chunk stream is still consumed in 1 s of fake time."""
+@pytest.mark.parametrize("seconds_per_event", [0.05, 3.0])
+async def test_a_slow_socket_does_not_slow_the_stream(seconds_per_event):
+    """50 ms or 3 s per event: the 1000-chunk stream is still consumed in 1 s of fake time."""
     h = PipeHarness()
     h.host.chat_configs["chat-1"] = config("m1")
     h.host.scripts["m1"] = Script(streams=[long_reply(1000)], chunk_delay=0.001)
-    emitter = RecordingEmitter(h.clock, delay=0.05)
+    emitter = RecordingEmitter(h.clock, delay=seconds_per_event)
     stream_done_at: list[float] = []
     original = h.host.stream_chat
 
@@ -79,7 +82,7 @@ async def test_a_slow_socket_does_not_slow_the_stream():
     assert emitter.max_in_flight == 1
     assert emitter.contents()[-1] == result
     during = [t for t in emitter.content_times() if t <= stream_done_at[0]]
-    assert len(during) <= stream_done_at[0] / 0.05 + 1, "more than one event in flight"
+    assert len(during) <= stream_done_at[0] / seconds_per_event + 1, "more than one in flight"
 
 
 async def test_interval_zero_sends_one_event_per_chunk():
