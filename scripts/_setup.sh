@@ -28,31 +28,28 @@ setup_python() {
   echo "$want" > "$stamp"
 }
 
-setup_chromium() {
-  if command -v chromium >/dev/null 2>&1; then
+# apt_install COMMAND PACKAGE...: installs Debian packages unless COMMAND is already there.
+apt_install() {
+  local command="$1"
+  shift
+  if command -v "$command" >/dev/null 2>&1; then
     return
   fi
   if [ "$(id -u)" != "0" ]; then
-    echo "chromium is missing: install Debian's chromium and chromium-driver (as root)" >&2
+    echo "$command is missing: install Debian's $* (as root)" >&2
     return 1
   fi
-  echo "== installing chromium (apt)"
+  echo "== installing $* (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq chromium chromium-driver fonts-noto-color-emoji >/dev/null
+  apt-get install -y -qq "$@" >/dev/null
+}
+
+setup_chromium() {
+  apt_install chromium chromium chromium-driver fonts-noto-color-emoji
 }
 
 setup_redis() {
   # The multi-worker test (tests/integration/test_multiworker.py) starts its own redis-server.
-  if command -v redis-server >/dev/null 2>&1; then
-    return
-  fi
-  if [ "$(id -u)" != "0" ]; then
-    echo "redis-server is missing: install Debian's redis-server (as root)" >&2
-    return 1
-  fi
-  echo "== installing redis-server (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq redis-server >/dev/null
+  apt_install redis-server redis-server
 }
