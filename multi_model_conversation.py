@@ -984,7 +984,8 @@ class HostGateway:
             raise
         except Exception as exc:
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-            raise ModelCallError(str(detail)) from exc
+            status = getattr(exc, "status_code", None)
+            raise ModelCallError(f"HTTP {status}: {detail}" if status else str(detail)) from exc
 
 
 def _error_text(response: Any) -> str:
@@ -994,10 +995,12 @@ def _error_text(response: Any) -> str:
     body = getattr(response, "body", None)
     status = getattr(response, "status_code", None)
     if isinstance(body, bytes | bytearray):
+        prefix = f"HTTP {status}: " if isinstance(status, int) and status >= 400 else ""
         try:
-            return describe_error(json.loads(body))
+            return prefix + describe_error(json.loads(body))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return body.decode("utf-8", "replace")[:300] or f"HTTP {status}"
+            text = body.decode("utf-8", "replace")[:300]
+            return prefix + text if text else f"HTTP {status}"
     return f"unexpected reply from the model (HTTP {status})" if status else "empty reply"
 
 

@@ -569,6 +569,18 @@ async def test_a_reply_cut_midway_keeps_what_arrived_and_adds_an_error_line():
     assert [r["stream"] for r in h.host.requests] == [True, True], "no retry after partial text"
 
 
+def test_an_error_reply_names_its_http_status_and_message():
+    class Reply:  # the shape of a Starlette Response, as Open WebUI returns it
+        def __init__(self, status_code, body):
+            self.status_code, self.body = status_code, body
+
+    error = json.dumps({"error": {"message": "upstream down"}}).encode()
+    assert mmc._error_text(Reply(500, error)) == "HTTP 500: upstream down"
+    assert mmc._error_text(Reply(502, b"Bad Gateway")) == "HTTP 502: Bad Gateway"
+    assert mmc._error_text(Reply(503, b"")) == "HTTP 503"
+    assert mmc._error_text({"error": {"message": "quota"}}) == "quota"
+
+
 async def test_unreadable_frames_are_skipped_and_counted_in_one_line():
     h = PipeHarness()
     h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=2)

@@ -95,7 +95,7 @@ async def test_broken_backends_show_what_arrived_and_a_clear_line(
     assert saved == result.delivered
     turn = turns_of(saved)
     # HTTP 500: one plain retry (also 500), then one line naming the error.
-    assert turn["A"] == f"{NOTICE}A could not answer: scripted error for model-a*"
+    assert turn["A"] == f"{NOTICE}A could not answer: HTTP 500\\: scripted error for model-a*"
     assert [r.stream for r in backend.requests_for("model-a")] == [True, False]
     # A cut connection: the five words that arrived, then the line; no retry.
     assert first_line(turn["B"]) == words("model-b", 1, 5) and "w5" not in turn["B"]
