@@ -21,11 +21,10 @@ import json
 import re
 from dataclasses import dataclass
 
-import pytest_asyncio
-
 from tests.backend import ModelScript, RecordedRequest
+from tests.integration.conftest import PIPE_MODEL
 from tests.integration.owui import ChatResult, Owui, SocketClient, start_chat
-from tests.integration.test_pipe_live import FUNCTION_ID, PIPE_MODEL, ROOT, new_user, speakers
+from tests.integration.test_pipe_live import new_user, speakers
 
 USERS = 5
 CHATS_PER_USER = 4
@@ -34,12 +33,6 @@ NAMES = ("Ada", "Bo", "Cy", "Dee", "Eli", "Fay", "Gus")
 TOKENS = 60
 DELAY = 0.005
 MARKER = re.compile(r"mk\d{4}x")  # fixed width: no marker is part of another
-
-
-@pytest_asyncio.fixture
-async def pipe(owui: Owui) -> str:
-    await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
-    return PIPE_MODEL
 
 
 def marker_of(user: int, chat: int) -> str:
