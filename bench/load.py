@@ -5,11 +5,14 @@ the same workload twice, side by side in one run:
   alone   one conversation, nothing else running
   N       N conversations started together, each in its own chat and browser tab
 It reports, per conversation, the server's CPU seconds, content events and saves (`replace`)
-per second of streaming, wall time, and whether anything was lost: every conversation's saved
-message must equal what its tab was last given and hold every participant's whole reply.
+per second of streaming, the longest pause between two frames, wall time, and whether anything
+was lost: every conversation's saved message must equal what its tab was last given and hold
+every participant's whole reply. Both sides run --repeat times, alternating; the table shows
+medians. The scripted backend and the tabs run in this process (the "driver"), on the same
+machine as the server; CPU that neither used ("other processes") means the figures are skewed.
 
 Run: scripts/bench load [--conversations 10 --participants 3 --rounds 2 --tokens 300
-                         --delay 0.005 --json docs/load.json]
+                         --delay 0.005 --repeat 3 --json docs/load.json]
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Conversation:
     saves_per_s: float = 0.0
     max_events_1s: int = 0
     min_events_1s: int = 0
+    longest_pause_s: float = 0.0  # between two frames while its models streamed
     wall_s: float = 0.0  # message sent to message ended
     turns_expected: int = 0
     turns_whole: int = 0  # turns whose backend reply is in the saved message, whole
@@ -63,7 +67,7 @@ class Run:
     cpu_s: float = 0.0  # server process tree, whole run
     wall_s: float = 0.0  # first message sent to last message ended
     driver_cpu_s: float = 0.0  # this process: the scripted backend and every tab's socket
-    machine_busy_pct: float = 0.0  # all cores, whole run, whoever used them
+    others_cpu_s: float = 0.0  # every other process on the machine: skews the figures
     conversations: list[Conversation] = field(default_factory=list)
 
     @property
@@ -83,6 +87,12 @@ class Run:
         return sum(c.nothing_lost for c in self.conversations)
 
 
+def machine_cpu() -> float:
+    """CPU seconds the whole machine spent busy so far, all cores."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def judge(result: ChatResult, requests: list[RecordedRequest], turns: int) -> Conversation:
     content = [e for e in result.events if e.type in CONTENT_TYPES]
     first = min(r.first_token_at for r in requests if r.first_token_at)
@@ -99,7 +109,9 @@ def judge(result: ChatResult, requests: list[RecordedRequest], turns: int) -> Co
     c.streaming_s = last - first
     c.events_per_s = len(frames) / c.streaming_s
     c.saves_per_s = sum(e.type == "replace" for e in frames) / c.streaming_s
-    c.max_events_1s, c.min_events_1s = windows([e.t for e in frames], first, last)
+    times = [e.t for e in frames]
+    c.max_events_1s, c.min_events_1s = windows(times, first, last)
+    c.longest_pause_s = max(b - a for a, b in zip([first, *times], [*times, last], strict=True))
     c.wall_s = (result.finished_at or time.monotonic()) - result.sent_at
     c.turns_expected = turns
     c.turns_whole = sum(
@@ -125,8 +137,7 @@ async def run_at_once(owui: Owui, backend: BackendThread, count: int, args) -> R
     before = len(backend.requests)
     meter = ServerMeter(owui.server._proc.pid)
     cpu0, _ = meter.sample()
-    driver0 = time.process_time()
-    psutil.cpu_percent()  # starts the machine-wide count
+    driver0, machine0 = time.process_time(), machine_cpu()
     try:
         runs = await asyncio.gather(
             *(
@@ -136,8 +147,7 @@ async def run_at_once(owui: Owui, backend: BackendThread, count: int, args) -> R
         )
         results = await asyncio.gather(*(run.wait(timeout=900) for run in runs))
         cpu1, _ = meter.sample()
-        driver1 = time.process_time()
-        busy = psutil.cpu_percent()
+        driver1, machine1 = time.process_time(), machine_cpu()
     finally:
         await asyncio.gather(*(client.disconnect() for client in clients))
     mine: dict[int, list[RecordedRequest]] = {i: [] for i in range(count)}
@@ -145,13 +155,14 @@ async def run_at_once(owui: Owui, backend: BackendThread, count: int, args) -> R
         (tag,) = set(TAG.findall(json.dumps(request.messages)))
         mine[int(tag)].append(request)
     turns = args.participants * args.rounds
-    run = Run(count, cpu_s=cpu1 - cpu0, driver_cpu_s=driver1 - driver0, machine_busy_pct=busy)
+    run = Run(count, cpu_s=cpu1 - cpu0, driver_cpu_s=driver1 - driver0)
+    run.others_cpu_s = max(0.0, machine1 - machine0 - run.cpu_s - run.driver_cpu_s)
     run.wall_s = max(r.finished_at for r in results) - min(r.sent_at for r in results)
     run.conversations = [judge(r, mine[i], turns) for i, r in enumerate(results)]
     return run
 
 
-async def bench(args) -> tuple[Run, Run]:
+async def bench(args) -> tuple[list[Run], list[Run]]:
     backend = BackendThread(scripts={m: ModelScript() for m in MODELS})
     backend.start()
     server = OpenWebUIServer(backend.url, Path(tempfile.mkdtemp(prefix="mmc-load-")))
@@ -170,18 +181,21 @@ async def bench(args) -> tuple[Run, Run]:
         await run_at_once(owui, backend, 2, small)  # warm-up: imports and caches
         for model in MODELS:
             backend.set_script(model, script)
-        print("running 1 conversation alone ...", flush=True)
-        alone = await run_at_once(owui, backend, 1, args)
-        print(f"running {args.conversations} conversations at once ...", flush=True)
-        many = await run_at_once(owui, backend, args.conversations, args)
+        alone, many = [], []
+        for i in range(1, args.repeat + 1):
+            print(f"[{i}/{args.repeat}] 1 conversation alone ...", flush=True)
+            alone.append(await run_at_once(owui, backend, 1, args))
+            print(f"[{i}/{args.repeat}] {args.conversations} at once ...", flush=True)
+            many.append(await run_at_once(owui, backend, args.conversations, args))
     finally:
         server.stop()
         backend.stop()
     return alone, many
 
 
-def table(alone: Run, many: Run) -> str:
-    n = many.count
+def table(alone: list[Run], many: list[Run]) -> str:
+    """Medians over the repeats; "nothing lost" counts every conversation of every repeat."""
+    n = many[0].count
 
     def worst(run: Run, name: str, pick=min) -> float:
         return pick(getattr(c, name) for c in run.conversations)
@@ -199,22 +213,31 @@ def table(alone: Run, many: Run) -> str:
         ),
         ("min content events in any 1 s, lowest", lambda r: worst(r, "min_events_1s"), "{:.0f}"),
         ("saves/s per conversation, mean", lambda r: r.mean("saves_per_s"), "{:.2f}"),
+        (
+            "longest pause between frames, longest",
+            lambda r: worst(r, "longest_pause_s", max) * 1000,
+            "{:.0f} ms",
+        ),
         ("streaming time per conversation, mean", lambda r: r.mean("streaming_s"), "{:.1f} s"),
         ("wall time per conversation, mean", lambda r: r.mean("wall_s"), "{:.1f} s"),
         ("wall time, all of them", lambda r: r.wall_s, "{:.1f} s"),
         ("driver CPU (backend + tabs), whole run", lambda r: r.driver_cpu_s, "{:.1f} s"),
-        ("machine CPU busy, all cores", lambda r: r.machine_busy_pct, "{:.0f} %"),
+        ("other processes' CPU, whole run", lambda r: r.others_cpu_s, "{:.1f} s"),
     ]
     out = [
         f"| | alone | {n} at once | {n} at once / alone |",
         "|---|---|---|---|",
     ]
     for name, get, fmt in rows:
-        a, b = get(alone), get(many)
-        out.append(f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {b / a:.2f} |")
-    lost = "| nothing lost (saved == delivered, every turn whole) | {} | {} | |"
+        a = statistics.median(get(r) for r in alone)
+        b = statistics.median(get(r) for r in many)
+        ratio = f"{b / a:.2f}" if a else "-"
+        out.append(f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
+    cells = [
+        f"{sum(r.nothing_lost for r in rs)}/{sum(r.count for r in rs)}" for rs in (alone, many)
+    ]
     out.append(
-        lost.format(f"{alone.nothing_lost}/{alone.count}", f"{many.nothing_lost}/{many.count}")
+        f"| nothing lost (saved == delivered, every turn whole) | {cells[0]} | {cells[1]} | |"
     )
     return "\n".join(out)
 
@@ -229,6 +252,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=300, help="tokens per reply")
     parser.add_argument("--delay", type=float, default=0.005, help="seconds between tokens")
     parser.add_argument("--reasoning", type=int, default=0, help="reasoning tokens per reply")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side (medians)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
     started = time.time()
@@ -237,25 +261,31 @@ def main() -> None:
         f"{args.participants} participants x {args.rounds} rounds x {args.tokens} tokens, "
         f"{args.delay * 1000:g} ms/token, {args.reasoning} reasoning tokens per reply"
     )
-    print(f"\nworkload: {workload}; {args.conversations} conversations at once vs one alone\n")
+    print(
+        f"\nworkload: {workload}; {args.conversations} conversations at once vs one alone; "
+        f"medians of {args.repeat} runs each\n"
+    )
     print(table(alone, many))
     print(f"\n(load bench took {time.time() - started:.0f} s)")
     if args.json:
-        figures = {
+
+        def figures(run: Run) -> dict:
+            return {
+                **asdict(run),
+                "cpu_per_conversation": run.cpu_per_conversation,
+                "server_cores": run.server_cores,
+                "nothing_lost": run.nothing_lost,
+            }
+
+        out = {
             "workload": vars(args),
-            **{
-                name: {
-                    **asdict(run),
-                    "cpu_per_conversation": run.cpu_per_conversation,
-                    "server_cores": run.server_cores,
-                    "nothing_lost": run.nothing_lost,
-                }
-                for name, run in (("alone", alone), ("at_once", many))
-            },
+            "table": table(alone, many),
+            "alone": [figures(r) for r in alone],
+            "at_once": [figures(r) for r in many],
         }
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"figures: {args.json}")
-    if many.nothing_lost < many.count or alone.nothing_lost < alone.count:
+    if any(r.nothing_lost < r.count for r in alone + many):
         raise SystemExit("some conversation lost something: see the table")
 
 
