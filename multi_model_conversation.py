@@ -688,7 +688,7 @@ async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any
 
 
 class CoalescingEmitter:
-    """Sends the latest transcript, at most once a frame: leading and trailing edge, one in flight.
+    """Sends the latest transcript, at most once a frame: leading and trailing edge.
 
     The token loop calls `update()`, which only marks the state dirty. One sender task emits
     at most one content event per `interval`; identical payloads are never sent twice. With
@@ -700,6 +700,9 @@ class CoalescingEmitter:
     chat each time. Saves are `save_interval` apart, stretched so that no more than `budget`
     bytes of chat are rewritten per second (`host_bytes`, the rest of the chat, plus the
     message), up to `max_save_interval`. The last state is always saved (`flush()`).
+
+    At most one frame and one save are in flight: the host emits a save to the tab before it
+    writes the chat, so a slow database write must not hold back the frames that follow it.
     """
 
     def __init__(
@@ -731,6 +734,7 @@ class CoalescingEmitter:
         self._wake = asyncio.Event()
         self._flushing = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._saving: asyncio.Future | None = None  # the save in flight, if any
         self._last_payload: str | None = None
         self._last_sent_at = float("-inf")
         self._failures = 0
@@ -809,9 +813,13 @@ class CoalescingEmitter:
             await self._deliver(self._queue.pop(0))
 
     async def _send_content(self, final: bool = False) -> None:
+        saving = self._saving is not None and not self._saving.done()
+        if final and saving:
+            await asyncio.shield(self._saving)  # the last save lands after the one in flight
+            saving = False
         payload = self._render()
         now = self._clock.now()
-        save = self._interval == 0 or now - self._last_saved_at >= self._save_gap
+        save = self._interval == 0 or (not saving and now - self._last_saved_at >= self._save_gap)
         if payload == self._last_payload and not (final and payload != self._last_saved):
             return
         self._last_payload = payload
@@ -821,6 +829,13 @@ class CoalescingEmitter:
             return
         if payload == self._last_saved:
             return
+        if final or self._interval == 0:
+            await self._save(payload, now)
+        else:
+            # The host shows a save at once, then writes the chat: frames go on meanwhile.
+            self._saving = asyncio.ensure_future(self._save(payload, now))
+
+    async def _save(self, payload: str, now: float) -> None:
         if await self._deliver({"type": "replace", "data": {"content": payload}}):
             self._last_saved, self._last_saved_at = payload, now
             self.saves += 1

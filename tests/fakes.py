@@ -40,25 +40,38 @@ class FakeClock(mmc.Clock):
 class RecordingEmitter:
     """Stands in for __event_emitter__: records every event with the fake time it was sent."""
 
-    def __init__(self, clock: FakeClock, delay: float = 0.0, fail: bool = False) -> None:
+    def __init__(
+        self, clock: FakeClock, delay: float = 0.0, fail: bool = False, save_delay: float = 0.0
+    ) -> None:
         self.clock = clock
-        self.delay = delay
+        self.delay = delay  # every event arrives this late
         self.fail = fail
+        # Like the host: a `replace` reaches the tab at once, then its database write takes
+        # this long before the emitter call returns.
+        self.save_delay = save_delay
         self.events: list[tuple[float, dict]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.saves_in_flight = 0
+        self.max_saves_in_flight = 0
 
     async def __call__(self, event: dict) -> None:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        saving = event.get("type") == "replace"
+        self.saves_in_flight += saving
+        self.max_saves_in_flight = max(self.max_saves_in_flight, self.saves_in_flight)
         try:
             if self.delay:
                 await self.clock.sleep(self.delay)
             if self.fail:
                 raise ConnectionError("socket gone")
             self.events.append((self.clock.now(), json.loads(json.dumps(event))))
+            if saving and self.save_delay:
+                await self.clock.sleep(self.save_delay)
         finally:
             self.in_flight -= 1
+            self.saves_in_flight -= saving
 
     def _content_events(self) -> list[tuple[float, dict]]:
         shown = [(t, e) for t, e in self.events if e["type"] in ("replace", "chat:message")]

@@ -85,6 +85,30 @@ async def test_a_slow_socket_does_not_slow_the_stream(seconds_per_event):
     assert len(during) <= stream_done_at[0] / seconds_per_event + 1, "more than one in flight"
 
 
+async def test_a_slow_database_write_does_not_hold_back_the_frames_after_a_save():
+    """Each save takes 0.8 s to write: frames still come every 1/30 s, in order."""
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(streams=[long_reply(3000)], chunk_delay=0.001)
+    emitter = RecordingEmitter(h.clock, save_delay=0.8)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    while not run.done():
+        await asyncio.sleep(0)
+        if h.host.requests and emitter.saves_in_flight:
+            h.clock.advance(0.0005)
+    result = await run
+
+    times, contents = emitter.content_times(), emitter.contents()
+    streaming = [t for t in times if t <= 3.0]
+    gaps = [b - a for a, b in zip(streaming, streaming[1:], strict=False)]
+    assert max(gaps) <= 2 / 30, f"a frame waited {max(gaps):.3f} s behind a save"
+    assert len(emitter.saved()) >= 3
+    assert emitter.max_saves_in_flight == 1 and emitter.max_in_flight <= 2
+    # The tab saw the text grow in order, and the last state, saved, is the result.
+    assert all(b.startswith(a) for a, b in zip(contents, contents[1:], strict=False))
+    assert contents[-1] == result == emitter.saved()[-1][1]
+
+
 async def test_interval_zero_sends_one_event_per_chunk():
     h = PipeHarness(interval=0)
     h.host.chat_configs["chat-1"] = config("m1")
