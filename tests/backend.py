@@ -442,6 +442,12 @@ class ScriptedBackend:
         record.tool_call_sent = True
 
 
+async def _cancel_all(tasks: set[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _pause(delay: float) -> None:
     if delay > 0:
         await asyncio.sleep(delay)
@@ -511,6 +517,8 @@ class BackendThread:
             loop.run_forever()
         finally:
             loop.run_until_complete(self.backend.stop())
+            # Handlers still in a scripted stall or delay end here, not when the loop is gone.
+            loop.run_until_complete(_cancel_all(asyncio.all_tasks(loop)))
             loop.close()
 
     def stop(self, timeout: float = 10.0) -> None:
