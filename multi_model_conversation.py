@@ -499,9 +499,12 @@ def md_unescape(text: str) -> str:
 # A model's line that starts like our heading or notice would split or vanish from history, so
 # one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
 _MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
-_LOOKALIKE_RE = re.compile(rf"^(?:### (?=\u200b*(?:{_MARKS}))|\*(?=\u200b*(?:⚠️|🛠️)))", re.MULTILINE)
+_NOTICE_MARKS = "⚠️|🛠️"  # what our notice lines start with, after their `*`
+_BEFORE_MARK = rf"(?=\u200b*(?:{_MARKS}))"
+_BEFORE_NOTICE_MARK = rf"(?=\u200b*(?:{_NOTICE_MARKS}))"
+_LOOKALIKE_RE = re.compile(rf"^(?:### {_BEFORE_MARK}|\*{_BEFORE_NOTICE_MARK})", re.MULTILINE)
 _MARKED_LOOKALIKE_RE = re.compile(
-    rf"^(?:### \u200b(?=\u200b*(?:{_MARKS}))|\*\u200b(?=\u200b*(?:⚠️|🛠️)))", re.MULTILINE
+    rf"^(?:### \u200b{_BEFORE_MARK}|\*\u200b{_BEFORE_NOTICE_MARK})", re.MULTILINE
 )
 
 
@@ -1155,7 +1158,7 @@ THINK_RE = re.compile(
     re.DOTALL | re.IGNORECASE,
 )
 NOTICE_PREFIX = "*⚠️ "
-NOTICE_RE = re.compile(r"^\*(?:⚠️|🛠️) .*\*$\n?", re.MULTILINE)
+NOTICE_RE = re.compile(rf"^\*(?:{_NOTICE_MARKS}) .*\*$\n?", re.MULTILINE)
 
 
 @dataclass
@@ -1168,7 +1171,11 @@ class Turn:
 
 def clean_turn_text(text: str) -> str:
     """What a turn said, without reasoning, tool blocks or our notices."""
-    text = BLOCK_RE.sub("", text)
+    return _clean_said(BLOCK_RE.sub("", text))
+
+
+def _clean_said(text: str) -> str:
+    """clean_turn_text for text whose blocks are already gone."""
     text = THINK_RE.sub("", text)
     text = NOTICE_RE.sub("", text)
     return unmark_lookalikes(text).strip()
@@ -1182,12 +1189,12 @@ def split_turns(content: str) -> list[Turn]:
     turns: list[Turn] = []
     content = BLOCK_RE.sub("", content)
     matches = list(HEADING_RE.finditer(content))
-    lead = clean_turn_text(content[: matches[0].start()] if matches else content)
+    lead = _clean_said(content[: matches[0].start()] if matches else content)
     if lead:
         turns.append(Turn("", lead))  # an unattributed reply (another model, before us)
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
-        text = clean_turn_text(content[match.end() : end])
+        text = _clean_said(content[match.end() : end])
         if text:
             turns.append(Turn(md_unescape(match.group(1)), text))
     return turns
