@@ -1002,8 +1002,14 @@ class HostGateway:
             raise
         except Exception as exc:
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-            status = getattr(exc, "status_code", None)
-            raise ModelCallError(f"HTTP {status}: {detail}" if status else str(detail)) from exc
+            raise ModelCallError(
+                _with_status(getattr(exc, "status_code", None), str(detail))
+            ) from exc
+
+
+def _with_status(status: Any, text: str) -> str:
+    """`HTTP 500: text` for an error status, so an admin sees at once what failed."""
+    return f"HTTP {status}: {text}" if isinstance(status, int) and status >= 400 else text
 
 
 def _error_text(response: Any) -> str:
@@ -1013,12 +1019,11 @@ def _error_text(response: Any) -> str:
     body = getattr(response, "body", None)
     status = getattr(response, "status_code", None)
     if isinstance(body, bytes | bytearray):
-        prefix = f"HTTP {status}: " if isinstance(status, int) and status >= 400 else ""
         try:
-            return prefix + describe_error(json.loads(body))
+            return _with_status(status, describe_error(json.loads(body)))
         except (json.JSONDecodeError, UnicodeDecodeError):
             text = body.decode("utf-8", "replace")[:300]
-            return prefix + text if text else f"HTTP {status}"
+            return _with_status(status, text) if text else f"HTTP {status}"
     return f"unexpected reply from the model (HTTP {status})" if status else "empty reply"
 
 
