@@ -56,17 +56,30 @@ async def valves(owui: Owui, pipe):
     await owui.set_function_valves(FUNCTION_ID, before or {}, merge=False)
 
 
-async def wait_saved(owui: Owui, chat_id: str, message_id: str, timeout: float = 60) -> dict:
-    """Polls the DB until the host marked the assistant message done."""
+async def until(condition, timeout: float, every: float = 0.05) -> bool:
+    """Polls `condition` (sync or async) until it holds or `timeout` s pass; its last value."""
     deadline = time.monotonic() + timeout
     while True:
+        held = condition()
+        held = await held if asyncio.iscoroutine(held) else held
+        if held or time.monotonic() > deadline:
+            return bool(held)
+        await asyncio.sleep(every)
+
+
+async def wait_saved(owui: Owui, chat_id: str, message_id: str, timeout: float = 60) -> dict:
+    """Polls the DB until the host marked the assistant message done."""
+    message: dict = {}
+
+    async def done() -> bool:
+        nonlocal message
         row = await owui.get_chat(chat_id)
         message = row["chat"]["history"]["messages"].get(message_id) or {}
-        if message.get("done"):
-            return message
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"message not done in {timeout}s: {message.get('content')!r:.300}")
-        await asyncio.sleep(0.25)
+        return bool(message.get("done"))
+
+    if not await until(done, timeout, every=0.25):
+        raise TimeoutError(f"message not done in {timeout}s: {message.get('content')!r:.300}")
+    return message
 
 
 # ==========================================================================================
@@ -330,18 +343,14 @@ async def test_stop_during_a_tool_call_cancels_the_tool_and_keeps_the_turn(
         return e.message_id == run.assistant_message_id and 'name="hang"' in content
 
     await admin_socket.wait_for(executing, timeout=30, start=run.first_event_index)
-    deadline = time.monotonic() + 10
-    while not (faulty_tools / "hang-started").exists() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until((faulty_tools / "hang-started").exists, 10)
 
     stopped = await stop_and_check(owui, backend, admin_socket, run)
 
     assert speakers(stopped.saved) == ["A"]
     assert [r.model for r in backend.requests] == ["model-a"]
-    deadline = time.monotonic() + 10
-    while not (faulty_tools / "hang-cancelled").exists() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert (faulty_tools / "hang-cancelled").exists(), "the running tool was not cancelled"
+    cancelled = await until((faulty_tools / "hang-cancelled").exists, 10)
+    assert cancelled, "the running tool was not cancelled"
 
 
 async def test_stop_while_the_manager_is_choosing_ends_everything(
@@ -351,9 +360,7 @@ async def test_stop_while_the_manager_is_choosing_ends_everything(
     answer = overlay_answer("model-a", "model-b", rounds=2)
     admin_socket.answer("execute", {**answer, "use_manager": True, "manager_model": "manager"})
     run = await start_chat(admin_socket, None, pipe, "Choose slowly.")
-    deadline = time.monotonic() + 30
-    while not backend.requests and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until(lambda: backend.requests, 30)
     assert [r.model for r in backend.requests] == ["manager"]
 
     stopped = await stop_and_check(owui, backend, admin_socket, run)
