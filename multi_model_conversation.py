@@ -17,14 +17,15 @@ import asyncio
 import html
 import json
 import logging
+import random
 import re
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +78,201 @@ class ParticipantConfig(BaseModel):
     @field_validator("alias")
     @classmethod
     def _alias_one_line(cls, value: str) -> str:
-        value = " ".join(value.split())
-        if len(value) > MAX_ALIAS_CHARS:
-            raise ValueError(f"an alias is longer than {MAX_ALIAS_CHARS} characters")
-        return value
+        return one_line_alias(value)
 
 
-class ConversationConfig(BaseModel):
-    """What a conversation runs with; the shape is v2's overlay answer, so old answers load."""
+def one_line_alias(value: str) -> str:
+    """An alias on one line, within MAX_ALIAS_CHARS (a ValueError names the limit)."""
+    value = " ".join(value.split())
+    if len(value) > MAX_ALIAS_CHARS:
+        raise ValueError(f"an alias is longer than {MAX_ALIAS_CHARS} characters")
+    return value
 
-    rounds: int = Field(ge=1)
-    use_manager: bool = False
-    manager_model: str = ""
-    participants: list[ParticipantConfig] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
 
-    @field_validator("manager_model")
+SELECTIONS = ("round_robin", "manager", "random", "mention")
+SKIP_WORD = "PASS"  # a participant's whole answer when it passes its turn
+END_WORD = "END"  # the manager's answer when the conversation should end
+MANAGER_ATTEMPTS = 3  # asks per pick before the fallback
+MAX_STOP_PHRASE_CHARS = 200
+DEFAULT_CLOSING_PROMPT = (
+    "The conversation is over. Close it: say where the participants agree and disagree, "
+    "and state the conclusion."
+)
+VOTE_PROMPT = (
+    "The discussion is over. Cast your vote on the question it was about: answer with one "
+    "line `VOTE: <your choice in a few words>`, then at most one sentence of reason."
+)
+
+
+class ClosingConfig(BaseModel):
+    """A last turn by a chosen model (default: the first participant's) with the whole chat."""
+
+    model: str = ""
+    alias: str = ""
+    prompt: str = ""
+
+    @field_validator("model", "prompt")
     @classmethod
     def _strip(cls, value: str) -> str:
         return (value or "").strip()
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_one_line(cls, value: str) -> str:
+        return one_line_alias(value)
+
+
+class ConversationConfig(BaseModel):
+    """What a conversation runs with; v2's overlay answer is a valid subset, so old ones load."""
+
+    rounds: int = Field(ge=1)
+    use_manager: bool = False  # v2's key; kept equal to selection == "manager"
+    manager_model: str = ""
+    participants: list[ParticipantConfig] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
+    selection: Literal["round_robin", "manager", "random", "mention"] = "round_robin"
+    pass_allowed: bool = False
+    stop_phrase: str = Field(default="", max_length=MAX_STOP_PHRASE_CHARS)
+    max_seconds: float = Field(default=0, ge=0, le=86_400)
+    max_total_tokens: int = Field(default=0, ge=0, le=100_000_000)
+    closing: ClosingConfig | Literal["vote"] | None = None
+    preset: str = ""
+
+    @field_validator("manager_model", "stop_phrase")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return " ".join((value or "").split())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_v2_keys(cls, data: Any) -> Any:
+        """No `selection`: v2's `use_manager` decides. Empty closing values mean none."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if not data.get("selection"):
+            data["selection"] = "manager" if data.get("use_manager") else "round_robin"
+        closing = data.get("closing")
+        if closing in ("", "none", False) or (isinstance(closing, dict) and _empty_row(closing)):
+            data["closing"] = None
+        elif isinstance(closing, str) and closing != "vote":
+            raise ValueError('closing must be "vote" or an object with model, alias and prompt')
+        return data
+
+    @model_validator(mode="after")
+    def _use_manager_follows_selection(self) -> ConversationConfig:
+        self.use_manager = self.selection == "manager"
+        return self
+
+
+# Named bundles of the keys above; the dialog fills its fields from them and keeps them
+# editable, and a config naming a preset gets the preset's value for every key it leaves out.
+PRESETS: dict[str, dict[str, Any]] = {
+    "debate": {
+        "label": "Debate: opening, rebuttals, verdict",
+        "config": {
+            "rounds": 2,
+            "selection": "round_robin",
+            "closing": {
+                "alias": "Judge",
+                "prompt": "You are the judge of this debate. Weigh both sides' arguments and "
+                "give a verdict: which side argued better, and why, in one short paragraph.",
+            },
+        },
+        "participants": [
+            {
+                "alias": "Pro",
+                "system_message": "You argue FOR the motion. In round 1 give your opening "
+                "statement; in later rounds rebut the other side's latest points.",
+            },
+            {
+                "alias": "Con",
+                "system_message": "You argue AGAINST the motion. In round 1 give your opening "
+                "statement; in later rounds rebut the other side's latest points.",
+            },
+        ],
+    },
+    "brainstorm": {
+        "label": "Brainstorm",
+        "config": {
+            "rounds": 3,
+            "selection": "random",
+            "pass_allowed": True,
+            "closing": {
+                "alias": "Summary",
+                "prompt": "List every idea proposed, grouped by theme, best first, with one "
+                "line each, then name the three most promising.",
+            },
+        },
+        "participants": [
+            {"alias": "Dreamer", "system_message": "Propose bold, unusual ideas."},
+            {"alias": "Builder", "system_message": "Build on the others' ideas; make them work."},
+            {"alias": "Skeptic", "system_message": "Point out the weak spot of the latest idea."},
+        ],
+    },
+    "review_panel": {
+        "label": "Review panel (ends in a vote)",
+        "config": {
+            "rounds": 2,
+            "selection": "round_robin",
+            "pass_allowed": True,
+            "closing": "vote",
+        },
+        "participants": [
+            {"alias": "Correctness", "system_message": "Review for correctness and edge cases."},
+            {"alias": "Security", "system_message": "Review for security and privacy risks."},
+            {"alias": "Clarity", "system_message": "Review for clarity and maintainability."},
+        ],
+    },
+    "interview": {
+        "label": "Interview",
+        "config": {
+            "rounds": 4,
+            "selection": "round_robin",
+            "stop_phrase": "THAT CONCLUDES THE INTERVIEW",
+            "closing": {
+                "alias": "Notes",
+                "prompt": "Write the interview notes: strengths, concerns, and a recommendation.",
+            },
+        },
+        "participants": [
+            {
+                "alias": "Interviewer",
+                "system_message": "You lead the interview: ask one question at a time and "
+                "follow up on vague answers.",
+            },
+            {"alias": "Candidate", "system_message": "You are interviewed: answer candidly."},
+        ],
+    },
+}
+
+
+def apply_preset(raw: dict) -> dict:
+    """Fill the keys a config leaves out, and its empty aliases and personas, from its preset."""
+    name = str(raw.get("preset") or "").strip().lower().replace(" ", "_").replace("-", "_")
+    if not name:
+        return raw
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise ConfigError(f"Unknown preset '{raw.get('preset')}'. Presets: {', '.join(PRESETS)}.")
+    given = {k: v for k, v in raw.items() if v is not None}
+    merged: dict[str, Any] = {**preset["config"], **given, "preset": name}
+    rows = merged.get("participants")
+    if isinstance(rows, list):
+        hints = preset["participants"]
+        merged["participants"] = [
+            {
+                **row,
+                **{
+                    key: hints[i][key]
+                    for key in ("alias", "system_message")
+                    if i < len(hints) and not str(row.get(key) or "").strip()
+                },
+            }
+            if isinstance(row, dict)
+            else row
+            for i, row in enumerate(rows)
+        ]
+    return merged
 
 
 def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
@@ -109,6 +287,7 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
     if isinstance(raw.get("participants"), list):
         # The overlay and v2 leave empty rows for unused participant slots.
         raw = {**raw, "participants": [p for p in raw["participants"] if not _empty_row(p)]}
+    raw = apply_preset(raw)
     try:
         config = ConversationConfig.model_validate(raw)
     except ValidationError as exc:
@@ -139,7 +318,7 @@ def _describe_validation_error(exc: ValidationError) -> str:
 
 
 def config_from_user_valves(valves: Any) -> dict[str, Any]:
-    """Read v2's user-valve names into the overlay-answer shape."""
+    """Read v2's user-valve names (and the newer ones, when set) into the overlay's shape."""
     count = int(getattr(valves, "NUM_PARTICIPANTS", 0) or 0)
     participants = []
     for i in range(1, min(count, MAX_PARTICIPANTS) + 1):
@@ -150,12 +329,31 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
                 "system_message": getattr(valves, f"Participant{i}SystemMessage", "") or "",
             }
         )
-    return {
+    config: dict[str, Any] = {
         "rounds": getattr(valves, "ROUNDS_PER_CONVERSATION", 1),
         "use_manager": bool(getattr(valves, "UseGroupChatManager", False)),
         "manager_model": getattr(valves, "ManagerModel", "") or "",
         "participants": participants,
     }
+    # Only what the user set, so a preset's values fill the rest.
+    optional = {
+        "selection": getattr(valves, "Selection", ""),
+        "pass_allowed": getattr(valves, "PassAllowed", False),
+        "stop_phrase": getattr(valves, "StopPhrase", ""),
+        "max_seconds": getattr(valves, "MaxSeconds", 0),
+        "max_total_tokens": getattr(valves, "MaxTotalTokens", 0),
+        "preset": getattr(valves, "Preset", ""),
+    }
+    config.update({k: v for k, v in optional.items() if v})
+    if getattr(valves, "ClosingVote", False):
+        config["closing"] = "vote"
+    elif getattr(valves, "ClosingModel", "") or getattr(valves, "ClosingPrompt", ""):
+        config["closing"] = {
+            "model": getattr(valves, "ClosingModel", "") or "",
+            "alias": getattr(valves, "ClosingAlias", "") or "",
+            "prompt": getattr(valves, "ClosingPrompt", "") or "",
+        }
+    return config
 
 
 @dataclass(frozen=True)
@@ -182,6 +380,23 @@ def make_participants(config: ConversationConfig, names: dict[str, str]) -> list
         taken.add(normalize_name(alias))
         result.append(Participant(i, row.model, alias, row.system_message, mark_for(i)))
     return result
+
+
+def make_closer(
+    config: ConversationConfig, participants: list[Participant], names: dict[str, str]
+) -> Participant | None:
+    """The closing turn's speaker: its model (default the first participant's), a free alias."""
+    closing = config.closing
+    if not isinstance(closing, ClosingConfig):
+        return None
+    model_id = closing.model or participants[0].model_id
+    base = closing.alias or "Closing"
+    taken = {normalize_name(p.alias) for p in participants}
+    alias, n = base, 2
+    while normalize_name(alias) in taken:
+        alias, n = f"{base} {n}", n + 1
+    index = len(participants)
+    return Participant(index, model_id, alias, "", mark_for(index))
 
 
 def mark_for(index: int) -> str:
@@ -264,7 +479,9 @@ class SSEDecoder:
 class StreamEvent:
     """One decoded piece of a model's reply."""
 
-    kind: str  # "content" | "reasoning" | "tool_call" | "error" | "done" | "malformed"
+    # "content" | "reasoning" | "tool_call" | "error" | "done" | "malformed" | "usage"
+    # (a usage event's `index` is the reply's total tokens, prompt included)
+    kind: str
     text: str = ""
     index: int = 0
     call_id: str = ""
@@ -290,13 +507,17 @@ def decode_frame(payload: str) -> list[StreamEvent]:
         return [StreamEvent("malformed")]
     if frame.get("error"):
         return [StreamEvent("error", text=describe_error(frame["error"]))]
+    events: list[StreamEvent] = []
+    usage = frame.get("usage")
+    total = usage.get("total_tokens") if isinstance(usage, dict) else None
+    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        events.append(StreamEvent("usage", index=total))
     choices = frame.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return []
+        return events
     delta = choices[0].get("delta") or choices[0].get("message") or {}
     if not isinstance(delta, dict):
-        return []
-    events: list[StreamEvent] = []
+        return events
     for key in REASONING_KEYS:
         value = delta.get(key)
         if isinstance(value, str) and value:
@@ -499,7 +720,9 @@ def md_unescape(text: str) -> str:
 # A model's line that starts like our heading or notice would split or vanish from history, so
 # one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
 _MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
-_NOTICE_MARKS = "⚠️|🛠️"  # what our notice lines start with, after their `*`
+# What our notice lines start with, after their `*`: a warning, a tool notice, a pass, the
+# end of the conversation, a vote's tally.
+_NOTICE_MARKS = "⚠️|🛠️|⏭️|🏁|🗳️"
 _BEFORE_MARK = rf"(?=\u200b*(?:{_MARKS}))"
 _BEFORE_NOTICE_MARK = rf"(?=\u200b*(?:{_NOTICE_MARKS}))"
 _LOOKALIKE_RE = re.compile(rf"^(?:### {_BEFORE_MARK}|\*{_BEFORE_NOTICE_MARK})", re.MULTILINE)
@@ -540,6 +763,12 @@ def reasoning_block(body: str, done: bool, seconds: int) -> str:
         f'<details type="reasoning" done="true" duration="{seconds}">\n'
         f"<summary>{summary}</summary>\n{body}\n</details>\n"
     )
+
+
+def manager_block(answer: str) -> str:
+    """A collapsed block holding the manager's answer: why this speaker was chosen."""
+    body = quote_lines(answer.strip(), at_line_start=True)
+    return f'<details type="manager" done="true">\n<summary>Why this speaker</summary>\n{body}\n</details>\n'
 
 
 def tool_block(call: ToolCall, result: str | None, files: list | None, embeds: list | None) -> str:
@@ -611,6 +840,22 @@ class Transcript:
 
     def clear_running_tools(self) -> None:
         self._running_tools = ""
+
+    def add_block(self, block: str) -> None:
+        """Commit a finished block (a manager's reason) after what is there."""
+        self.close_live()
+        self._commit(block)
+
+    def checkpoint(self) -> int:
+        """Where the transcript ends now; `rewind` goes back to it (a turn that passed)."""
+        self.close_live()
+        return len(self.render())
+
+    def rewind(self, mark: int) -> None:
+        self.close_live()
+        text = self.render()[:mark]
+        self._committed = [text] if text else []
+        self._committed_text = None
 
     def add_notice(self, text: str) -> None:
         self.close_live()
@@ -813,6 +1058,9 @@ class CoalescingEmitter:
 
     async def _drain_queue(self) -> None:
         while self._queue:
+            if self._saving is not None and not self._saving.done():
+                # A status is stored by the host too: one write at a time, and in order.
+                await asyncio.shield(self._saving)
             await self._deliver(self._queue.pop(0))
 
     async def _send_content(self, final: bool = False) -> None:
@@ -1155,7 +1403,7 @@ def _as_dict(value: Any) -> dict:
 HEADING_RE = re.compile(rf"^### (?:{_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
-    r'<details type="(?:reasoning|tool_calls|code_interpreter)"[^>]*>.*?</details>\n?',
+    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager)"[^>]*>.*?</details>\n?',
     re.DOTALL | re.IGNORECASE,
 )
 THINK_RE = re.compile(
@@ -1309,6 +1557,241 @@ def next_in_order(last: int | None, count: int) -> int:
     return 0 if last is None else (last + 1) % count
 
 
+def mention_order(text: str, aliases: list[str]) -> list[int]:
+    """Indices of the participants named as `@Alias` in `text`, in the order first named.
+
+    Case-insensitive; the longest alias wins where one is the start of another (@Bo, @Bob).
+    """
+    lowered = text.casefold()
+    found: dict[int, int] = {}  # index -> first position
+    taken: set[int] = set()  # text positions already claimed by a longer alias
+    for i in sorted(range(len(aliases)), key=lambda j: -len(aliases[j])):
+        name = aliases[i].casefold()
+        for m in re.finditer(re.escape("@" + name) + r"(?!\w)", lowered):
+            if m.start() not in taken:
+                taken.add(m.start())
+                found[i] = min(found.get(i, m.start()), m.start())
+    return sorted(found, key=found.__getitem__)
+
+
+@dataclass
+class Pick:
+    """A selection policy's answer: who speaks (with the manager's reason), or why to end."""
+
+    index: int = 0
+    why: str = ""  # the manager's answer, shown in a collapsed block under the turn
+    end: str = ""  # non-empty: end the conversation instead, for this reason
+
+
+class FixedOrder:
+    """Round robin: everyone once per round, in `order` (mentioned participants first)."""
+
+    def __init__(self, order: list[int]) -> None:
+        self.order = order
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        return Pick(self.order[slot % len(self.order)])
+
+
+class RandomOrder:
+    """Any participant but the one who just spoke, uniformly."""
+
+    def __init__(self, count: int, rng: random.Random) -> None:
+        self.count = count
+        self.rng = rng
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        choices = [i for i in range(self.count) if i != last] or [0]
+        return Pick(self.rng.choice(choices))
+
+
+ManagerAsk = Callable[[list[dict]], Awaitable[str]]
+
+
+class ManagerChoice:
+    """The manager model's pick, re-asked with what was wrong up to MANAGER_ATTEMPTS times.
+
+    An answer of END ends the conversation. An error or timeout, or no valid name after the
+    last attempt, gives the turn to the next participant in order, and the status says so.
+    """
+
+    def __init__(
+        self,
+        ask: ManagerAsk,
+        prompt: Callable[[int | None], str],
+        system: str,
+        aliases: list[str],
+        status: Callable[..., None],
+    ) -> None:
+        self.ask = ask
+        self.prompt = prompt
+        self.system = system
+        self.aliases = aliases
+        self.status = status
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        aliases = self.aliases
+        fallback = next_in_order(last, len(aliases))
+        if len(aliases) == 1:
+            return Pick(0)
+        choices = ", ".join(aliases)
+        messages = [
+            {"role": "system", "content": self.system},
+            {
+                "role": "user",
+                "content": f"{self.prompt(last)}\n\nIf the conversation has reached its goal "
+                f"and should end now, answer {END_WORD} instead.",
+            },
+        ]
+        answer = ""
+        for attempt in range(1, MANAGER_ATTEMPTS + 1):
+            try:
+                answer = await self.ask(messages)
+            except (ModelCallError, TimeoutError) as exc:
+                reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
+                self.status(f"Manager {reason}; {aliases[fallback]} speaks next (round robin).")
+                return Pick(fallback)
+            picked = match_alias(answer, aliases)
+            if picked is not None and picked != last:
+                self.status(f"Manager picked {aliases[picked]}.", done=False)
+                return Pick(picked, why=answer.strip())
+            if picked is None and normalize_name(answer) == END_WORD.lower():
+                return Pick(end="the manager ended it")
+            if picked is None:
+                problem = f"'{_short(answer)}' names none of the participants."
+            else:
+                problem = f"{aliases[picked]} has just spoken; pick someone else."
+            log.debug("manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem)
+            messages += [
+                {"role": "assistant", "content": answer},
+                {
+                    "role": "user",
+                    "content": f"{problem} Answer with exactly one of: {choices} "
+                    f"(or {END_WORD}), and nothing else.",
+                },
+            ]
+        why = "picked the same speaker twice" if picked is not None else "named no participant"
+        self.status(
+            f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer)}'); "
+            f"{aliases[fallback]} speaks next (round robin)."
+        )
+        return Pick(fallback)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return " ".join(text.split())[:limit]
+
+
+@dataclass
+class Progress:
+    """What the ending conditions look at, updated after every turn."""
+
+    slots: int = 0  # turns taken, passes included
+    spoken: int = 0
+    passes: int = 0
+    passes_in_a_row: int = 0
+    tokens: int = 0
+    last_alias: str = ""
+    last_said: str = ""
+
+    def record(self, alias: str, said: str, passed: bool, tokens: int) -> None:
+        self.slots += 1
+        self.tokens = tokens
+        self.last_alias, self.last_said = alias, said
+        if passed:
+            self.passes += 1
+            self.passes_in_a_row += 1
+        else:
+            self.spoken += 1
+            self.passes_in_a_row = 0
+
+
+class RoundsDone:
+    """Ends when every round's turns were taken."""
+
+    def __init__(self, rounds: int, count: int) -> None:
+        self.rounds, self.total = rounds, rounds * count
+
+    def check(self, progress: Progress) -> str | None:
+        if progress.slots < self.total:
+            return None
+        return f"it reached its {self.rounds} round{'s' if self.rounds != 1 else ''}"
+
+
+class StopPhraseSaid:
+    """Ends when a participant says the stop phrase (case and spacing ignored)."""
+
+    def __init__(self, phrase: str) -> None:
+        self.phrase = phrase
+        self._folded = " ".join(phrase.split()).casefold()
+
+    def check(self, progress: Progress) -> str | None:
+        if self._folded and self._folded in " ".join(progress.last_said.split()).casefold():
+            return f"{progress.last_alias} said the stop phrase “{self.phrase}”"
+        return None
+
+
+class TimeBudget:
+    """Ends after a turn that finishes `seconds` or more after the conversation started."""
+
+    def __init__(self, seconds: float, clock: Clock, started: float) -> None:
+        self.seconds, self.clock, self.started = seconds, clock, started
+
+    def check(self, progress: Progress) -> str | None:
+        if self.clock.now() - self.started < self.seconds:
+            return None
+        return f"the time budget of {self.seconds:g} s was used up"
+
+
+class TokenBudget:
+    """Ends once the participants' replies used `limit` tokens (prompt and reply)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def check(self, progress: Progress) -> str | None:
+        if progress.tokens < self.limit:
+            return None
+        return f"the budget of {self.limit:,} tokens was used up ({progress.tokens:,})"
+
+
+class EveryonePassed:
+    """Ends when every participant passed, one after another."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def check(self, progress: Progress) -> str | None:
+        return "everyone passed" if progress.passes_in_a_row >= self.count else None
+
+
+def is_pass(said: str) -> bool:
+    """A reply that is only the word PASS (any case, punctuation or formatting around it)."""
+    return normalize_name(said) == SKIP_WORD.lower()
+
+
+_VOTE_RE = re.compile(r"vote\s*[:：-]\s*(.+)", re.IGNORECASE)
+
+
+def parse_vote(said: str) -> str:
+    """The choice in a `VOTE: <choice>` line (else the first line), without trailing reasons."""
+    match = _VOTE_RE.search(said)
+    line = match.group(1) if match else next((ln for ln in said.splitlines() if ln.strip()), "")
+    line = re.split(r" [—–-] |[.;!?\n]|, because", line, maxsplit=1)[0]
+    return _short(line.strip(" *_`\"'"), 60)
+
+
+def tally(votes: list[tuple[str, str]]) -> str:
+    """`choice N (who, …)` for each choice, most votes first, spelled as first cast."""
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for alias, choice in votes:
+        key = normalize_name(choice)
+        if key:
+            groups.setdefault(key, (choice, []))[1].append(alias)
+    ranked = sorted(groups.values(), key=lambda g: -len(g[1]))  # stable: first cast first
+    return " · ".join(f"{choice} {len(who)} ({', '.join(who)})" for choice, who in ranked)
+
+
 # ============================================================================
 # Turn execution: stream a participant, run its tools, recover from its failures
 # ============================================================================
@@ -1328,6 +1811,7 @@ class Settings:
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
     manager_system: str = DEFAULT_MANAGER_SYSTEM
     manager_prompt: str = DEFAULT_MANAGER_PROMPT
+    show_manager_reason: bool = True
     sampling: dict[str, Any] = field(default_factory=dict)
 
 
@@ -1338,6 +1822,7 @@ class StreamResult:
     error: str | None = None
     shown: bool = False  # anything (content or reasoning) reached the transcript
     malformed: int = 0  # frames that were not JSON objects, skipped
+    tokens: int | None = None  # total tokens the backend reported (usage), if it did
 
 
 class Run:
@@ -1352,6 +1837,7 @@ class Run:
         emitter: CoalescingEmitter,
         user_name: str,
         clock: Clock,
+        rng: random.Random | None = None,
     ) -> None:
         self.clock = clock
         self.gateway = gateway
@@ -1363,6 +1849,10 @@ class Run:
         self.turns: list[Turn] = []
         self.chat_system = ""  # the chat's own system prompt, if the user set one
         self._tool_notice_shown: set[str] = set()
+        self.rng = rng or random.Random()
+        self.tokens = 0  # used by participants' replies so far (usage, else estimated)
+        self.want_usage = False  # ask the backend for usage (a token budget is set)
+        self._aliases: list[str] = []
 
     # -- the conversation ------------------------------------------------------------------
     async def converse(
@@ -1371,74 +1861,180 @@ class Run:
         participants: list[Participant],
         profiles: dict[str, ModelProfile],
         manager: ModelProfile | None,
-    ) -> None:
-        aliases = [p.alias for p in participants]
+        closer: Participant | None = None,
+    ) -> str:
+        """Turns until an ending condition holds, then the closing; returns why it ended."""
+        aliases = self._aliases = [p.alias for p in participants]
+        self.want_usage = config.max_total_tokens > 0
+        selection = self.selection(config, aliases, manager)
+        endings = self.endings(config, len(participants))
+        progress = Progress()
         last: int | None = None
-        for turn_no in range(config.rounds * len(participants)):
-            if manager is None:
-                index = turn_no % len(participants)
-            else:
-                index = await self.pick_speaker(manager, participants, last)
-            await self.run_turn(
-                participants[index], profiles[participants[index].model_id], aliases
+        reason = ""
+        while not reason:
+            pick = await selection.pick(progress.slots, last)
+            if pick.end:
+                reason = pick.end
+                break
+            p = participants[pick.index]
+            rules = self.turn_rules(config, progress.slots, len(participants))
+            said, passed = await self.run_turn(
+                p,
+                profiles[p.model_id],
+                self.system_prompt(p, profiles[p.model_id], aliases, rules),
+                why=pick.why if self.settings.show_manager_reason else "",
+                pass_allowed=config.pass_allowed,
             )
-            last = index
+            progress.record(p.alias, said, passed, self.tokens)
+            last = pick.index
+            reason = next((r for e in endings if (r := e.check(progress))), "")
+        # Only rounds can end it: nothing to explain, and the transcript looks as it always did.
+        explain = len(endings) > 1 or isinstance(selection, ManagerChoice)
+        if explain:
+            self._status(f"Conversation ended: {reason}.")
+        if config.closing == "vote":
+            await self.vote(participants, profiles)
+        elif closer is not None:
+            prompt = getattr(config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
+            await self.closing_turn(closer, profiles[closer.model_id], aliases, prompt)
+        if explain:
+            turns = f"{progress.spoken} turn{'s' if progress.spoken != 1 else ''}"
+            passes = f", {progress.passes} passed" if progress.passes else ""
+            self.transcript.add_notice(
+                f"*🏁 The conversation ended after {turns}{passes}: {md_text(reason)}.*"
+            )
+        return reason
 
-    async def pick_speaker(
-        self, manager: ModelProfile, participants: list[Participant], last: int | None
-    ) -> int:
-        """Ask the manager; an invalid, repeated or failed pick falls back to the next in order."""
-        aliases = [p.alias for p in participants]
-        fallback = next_in_order(last, len(participants))
-        if len(participants) == 1:
-            return 0
-        last_alias = "None" if last is None else aliases[last]
-        prompt = fill_template(
+    def selection(
+        self, config: ConversationConfig, aliases: list[str], manager: ModelProfile | None
+    ) -> FixedOrder | RandomOrder | ManagerChoice:
+        """The policy that picks each speaker, as the config's `selection` says."""
+        if config.selection == "manager" and manager is not None:
+            return ManagerChoice(
+                lambda messages: self.ask_manager(manager, messages),
+                self.manager_prompt,
+                self.settings.manager_system,
+                aliases,
+                self._status,
+            )
+        if config.selection == "random":
+            return RandomOrder(len(aliases), self.rng)
+        order = list(range(len(aliases)))
+        if config.selection == "mention":
+            latest = next((t.content for t in reversed(self.turns) if t.speaker is None), "")
+            named = mention_order(_text_of(latest), aliases)
+            order = named + [i for i in order if i not in named]
+        return FixedOrder(order)
+
+    def endings(self, config: ConversationConfig, count: int) -> list[Any]:
+        """The ending conditions this config asks for, checked after every turn."""
+        endings: list[Any] = [RoundsDone(config.rounds, count)]
+        if config.stop_phrase:
+            endings.append(StopPhraseSaid(config.stop_phrase))
+        if config.max_seconds:
+            endings.append(TimeBudget(config.max_seconds, self.clock, self.clock.now()))
+        if config.max_total_tokens:
+            endings.append(TokenBudget(config.max_total_tokens))
+        if config.pass_allowed:
+            endings.append(EveryonePassed(count))
+        return endings
+
+    def turn_rules(self, config: ConversationConfig, slot: int, count: int) -> str:
+        """What a participant is told about this turn: how many remain, PASS, the stop phrase."""
+        total = config.rounds * count
+        left = total - slot - 1
+        at_most = "at most " if config.max_seconds or config.max_total_tokens else ""
+        rules = [f"This is turn {slot + 1} of {at_most}{total}; {left} more after yours."]
+        if config.selection in ("round_robin", "mention"):
+            rules.insert(0, f"Round {slot // count + 1} of {config.rounds}.")
+        if config.pass_allowed:
+            rules.append(
+                f"If you have nothing useful to add, answer only the word {SKIP_WORD} and "
+                "you will be skipped this turn."
+            )
+        if config.stop_phrase:
+            rules.append(
+                f"When the conversation has reached its goal, say “{config.stop_phrase}” to end it."
+            )
+        return " ".join(rules)
+
+    def manager_prompt(self, last: int | None) -> str:
+        """The manager's prompt template filled in with the conversation so far."""
+        aliases = self._aliases
+        return fill_template(
             self.settings.manager_prompt,
             {
                 "history": history_digest(
                     self.turns, self.user_name, self.settings.manager_history_chars
                 ),
-                "last_speaker": last_alias,
+                "last_speaker": "None" if last is None else aliases[last],
                 "participant_list": ", ".join(aliases),
             },
         )
-        form = {
-            "model": manager.model_id,
-            "messages": [
-                {"role": "system", "content": self.settings.manager_system},
-                {"role": "user", "content": prompt},
-            ],
-        }
-        try:
-            answer = await within(
-                self.clock,
-                self.settings.manager_timeout,
-                self.gateway.complete(form, self.ctx.user),
-            )
-        except (ModelCallError, TimeoutError) as exc:
-            reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
-            self._status(f"Manager {reason}; {aliases[fallback]} speaks next (round robin).")
-            return fallback
-        picked = match_alias(answer, aliases)
-        if picked is None or picked == last:
-            why = "picked the same speaker twice" if picked == last else "named no participant"
-            shown = " ".join(answer.split())[:60]
-            self._status(
-                f"Manager {why} ('{shown}'); {aliases[fallback]} speaks next (round robin)."
-            )
-            return fallback
-        self._status(f"Manager picked {aliases[picked]}.", done=False)
-        return picked
+
+    async def ask_manager(self, manager: ModelProfile, messages: list[dict]) -> str:
+        form = {"model": manager.model_id, "messages": list(messages)}
+        return await within(
+            self.clock, self.settings.manager_timeout, self.gateway.complete(form, self.ctx.user)
+        )
 
     def _status(self, text: str, done: bool = True) -> None:
         log.debug("status: %s", text)
         self.emitter.post({"type": "status", "data": {"description": text, "done": done}})
 
+    # -- the end: a closing turn or a vote ---------------------------------------------------
+    async def closing_turn(
+        self, closer: Participant, profile: ModelProfile, aliases: list[str], prompt: str
+    ) -> None:
+        """One more turn by the closing model, with the whole conversation in its context."""
+        system = (
+            f"You are {closer.alias}. The group conversation between {', '.join(aliases)} "
+            f"has ended, and you close it.\n\n{prompt}"
+        )
+        parts = [profile.system_prompt, self.chat_system, system]
+        await self.run_turn(
+            closer, profile, "\n\n".join(x.strip() for x in parts if x.strip()), ask=prompt
+        )
+
+    async def vote(
+        self, participants: list[Participant], profiles: dict[str, ModelProfile]
+    ) -> None:
+        """Every participant casts one short vote in its own turn; the tally follows."""
+        aliases = [p.alias for p in participants]
+        votes: list[tuple[str, str]] = []
+        missing: list[str] = []
+        for p in participants:
+            profile = profiles[p.model_id]
+            system = self.system_prompt(p, profile, aliases, VOTE_PROMPT)
+            said, _ = await self.run_turn(p, profile, system, ask=VOTE_PROMPT)
+            choice = parse_vote(said)
+            if choice:
+                votes.append((p.alias, choice))
+            else:
+                missing.append(p.alias)
+        result = md_text(tally(votes)) if votes else "no votes"
+        if missing:
+            result += f"; no vote from {md_text(', '.join(missing))}"
+        self.transcript.add_notice(f"*🗳️ Vote: {result}*")
+        await self.emitter.update()
+
     # -- one turn ----------------------------------------------------------------------------
-    async def run_turn(self, p: Participant, profile: ModelProfile, aliases: list[str]) -> None:
+    async def run_turn(
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        system: str,
+        *,
+        why: str = "",
+        ask: str = "",
+        pass_allowed: bool = False,
+    ) -> tuple[str, bool]:
+        """Stream one turn; returns what was said and whether it was a PASS (shown as a line)."""
         log.debug("turn: %s (%s)", p.alias, p.model_id)
+        mark = self.transcript.checkpoint()
         self.transcript.start_turn(p)
+        if why:
+            self.transcript.add_block(manager_block(why))
         if profile.user_picked_tools and not profile.native_tools:
             if p.alias not in self._tool_notice_shown:
                 self._tool_notice_shown.add(p.alias)
@@ -1448,22 +2044,32 @@ class Run:
                 )
         await self.emitter.update()
         messages = [
-            {"role": "system", "content": self.system_prompt(p, profile, aliases)},
+            {"role": "system", "content": system},
             *messages_for(p.alias, self.turns, self.user_name),
         ]
+        if ask:
+            messages[-1] = {**messages[-1], "content": _merge(messages[-1]["content"], ask)}
         said = await self.reply_with_tools(p, profile, messages)
         self.transcript.close_live()
-        await self.emitter.update()
-        if said:
+        passed = pass_allowed and is_pass(said)
+        if passed:
+            self.transcript.rewind(mark)
+            self.transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
+        elif said:
             self.turns.append(Turn(p.alias, said))
+        await self.emitter.update()
+        return said, passed
 
-    def system_prompt(self, p: Participant, profile: ModelProfile, aliases: list[str]) -> str:
+    def system_prompt(
+        self, p: Participant, profile: ModelProfile, aliases: list[str], rules: str = ""
+    ) -> str:
         others = ", ".join(a for a in aliases if a != p.alias) or "the user"
         shared = self.settings.shared_instruction
         if "{alias}" not in shared:
             shared = f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
         shared = fill_template(shared, {"alias": p.alias, "others": others})
-        parts = [profile.system_prompt, self.chat_system, p.persona, shared]
+        # The shared instruction goes last: v2's ends mid-sentence ("...as <alias>").
+        parts = [profile.system_prompt, self.chat_system, p.persona, rules, shared]
         parts = [part.strip() for part in parts]
         return "\n\n".join(part for part in parts if part)
 
@@ -1512,6 +2118,8 @@ class Run:
         form.update(self._sampling(profile))
         if offer_tools:
             form["tools"] = profile.tool_specs
+        if self.want_usage:
+            form["stream_options"] = {"include_usage": True}
         result = StreamResult()
         decoder, splitter, calls = SSEDecoder(), ThinkTagSplitter(), ToolCallAccumulator()
         content: list[str] = []
@@ -1537,7 +2145,15 @@ class Run:
             result.error = f"the model sent nothing for {silence:g} s"
         result.content = self._end_reply(splitter, content, result)
         result.calls = calls.calls() if result.error is None else []
+        self._count_tokens(result.tokens, form["messages"], result.content)
         return result
+
+    def _count_tokens(self, reported: int | None, messages: list[dict], reply: str) -> None:
+        """Add what a reply used: the backend's usage, else about 4 characters a token."""
+        if reported is None and self.want_usage:
+            chars = sum(len(_text_of(m.get("content"))) for m in messages) + len(reply)
+            reported = -(-chars // 4)
+        self.tokens += reported or 0
 
     def _end_reply(
         self, splitter: ThinkTagSplitter, content: list[str], result: StreamResult
@@ -1568,6 +2184,8 @@ class Run:
                 result.error = event.text
             elif event.kind == "malformed":
                 result.malformed += 1
+            elif event.kind == "usage":
+                result.tokens = event.index
 
     def _show(self, kind: str, text: str, content: list[str], result: StreamResult) -> None:
         if kind == "content":
@@ -1593,6 +2211,7 @@ class Run:
         except (ModelCallError, TimeoutError) as exc:
             self._failure_line(p, str(exc) or error or "no reply")
             return ""
+        self._count_tokens(None, form["messages"], text)
         content: list[str] = []
         splitter, scratch = ThinkTagSplitter(), StreamResult()
         for kind, piece in splitter.feed(text):
@@ -1950,6 +2569,43 @@ class Pipe:
             description="Manager prompt; {history}, {last_speaker} and {participant_list} are "
             "filled in.",
         )
+        Selection: str = Field(
+            default="",
+            description="Who speaks next: round_robin, manager, random (no immediate repeat) "
+            "or mention (@Alias in your message speaks first). Empty: UseGroupChatManager decides.",
+        )
+        ShowManagerReason: bool = Field(
+            default=True,
+            description="Show the manager's answer in a collapsed block under each turn it picked.",
+        )
+        PassAllowed: bool = Field(
+            default=False, description="A participant may answer PASS to skip its turn."
+        )
+        StopPhrase: str = Field(
+            default="", description="Any participant saying this ends the conversation."
+        )
+        MaxSeconds: float = Field(
+            default=0, ge=0, description="Time budget in seconds, checked after each turn. 0: none."
+        )
+        MaxTotalTokens: int = Field(
+            default=0, ge=0, description="Token budget of all replies (prompt + reply). 0: none."
+        )
+        ClosingModel: str = Field(
+            default="",
+            description="Model id of a closing turn (verdict, summary) after the conversation; "
+            "empty: no closing turn unless ClosingPrompt is set (then the first participant's).",
+        )
+        ClosingAlias: str = Field(default="", description="Name of the closing speaker.")
+        ClosingPrompt: str = Field(default="", description="What the closing turn should do.")
+        ClosingVote: bool = Field(
+            default=False,
+            description="End with a vote of every participant instead, tallied.",
+        )
+        Preset: str = Field(
+            default="",
+            description="debate, brainstorm, review_panel or interview: fills what you leave "
+            "unset.",
+        )
         Temperature: float = Field(default=1.0, description="Sampling temperature.")
         Top_k: int = Field(default=50, description="Top-k (sent to Ollama models only).")
         Top_p: float = Field(default=0.8, description="Top-p (nucleus) sampling.")
@@ -1957,6 +2613,7 @@ class Pipe:
     # Replaceable by tests: how to reach the host, and what time is.
     gateway_factory: Callable[[Any], HostGateway] = HostGateway
     clock: Clock = Clock()
+    rng_factory: Callable[[], random.Random] = random.Random  # a new one per run
 
     def __init__(self) -> None:
         self.type = "manifold"
@@ -2049,7 +2706,14 @@ class Pipe:
         )
         settings = _settings(valves, user_valves)
         run = Run(
-            gateway, ctx, settings, transcript, emitter, user_info.get("name") or "User", clock
+            gateway,
+            ctx,
+            settings,
+            transcript,
+            emitter,
+            user_info.get("name") or "User",
+            clock,
+            self.rng_factory(),
         )
         started = clock.now()
         try:
@@ -2060,10 +2724,12 @@ class Pipe:
                 runtime = gateway.runtime_models()
                 names = {m: d.get("name") or m for m, d in runtime.items()}
                 participants = make_participants(config, names)
+                closer = make_closer(config, participants, names)
                 manager_id = config.manager_model or participants[0].model_id
                 wanted = [p.model_id for p in participants] + (
                     [manager_id] if config.use_manager else []
                 )
+                wanted += [closer.model_id] if closer else []
                 try:
                     _refuse_self(wanted, own_prefix)
                     profiles = await resolve_profiles(
@@ -2090,7 +2756,7 @@ class Pipe:
                 _text_of(m.get("content")) for m in messages if m.get("role") == "system"
             )
             manager = profiles[manager_id] if config.use_manager else None
-            await run.converse(config, participants, profiles, manager)
+            await run.converse(config, participants, profiles, manager, closer)
             log.info(
                 "conversation end: %d turns in %.1f s, %d events",
                 len(run.turns),
@@ -2208,6 +2874,7 @@ def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
         shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
         manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
         manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
+        show_manager_reason=bool(get("ShowManagerReason", True)),
         sampling={
             "temperature": get("Temperature", 1.0),
             "top_p": get("Top_p", 0.8),

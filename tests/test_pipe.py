@@ -221,32 +221,87 @@ async def test_round_robin_every_participant_once_per_round_in_order():
 # -- 4. manager mode ----------------------------------------------------------------------------
 
 
-async def test_manager_picks_tolerantly_and_falls_back_on_garbage_and_repeats():
+async def test_manager_is_reasked_with_what_was_wrong_then_falls_back_after_three():
     h = PipeHarness(models={"a": "A", "b": "B", "c": "C", "boss": "Boss"})
     h.host.chat_configs["chat-1"] = config(
-        "a", "b", "c", rounds=2, use_manager=True, manager_model="boss"
+        "a", "b", "c", rounds=1, use_manager=True, manager_model="boss"
     )
     h.host.scripts["boss"] = Script(
         completions=[
-            "I think **c!** should speak.",  # -> C
-            "the weather is nice",  # garbage -> next after C = A
-            "A",  # repeat of A -> B
-            "  b.  ",  # repeat of B -> C
-            "Let A answer that",  # -> A
-            "C",  # -> C
+            "I think **c!** should speak.",  # -> C at once
+            "the weather is nice",  # names nobody: asked again
+            "C",  # C has just spoken: asked again
+            "Let A answer that",  # -> A on the third attempt
+            "nobody",  # three wrong answers: round robin after A = B
+            "A",
+            "  a.  ",
         ]
     )
     emitter = RecordingEmitter(h.clock)
 
     result = await h.run(emitter=emitter)
 
-    assert speakers(result) == ["C", "A", "B", "C", "A", "C"]
+    assert speakers(result) == ["C", "A", "B"]
+    calls = [r for r in h.host.requests if not r["stream"]]
+    assert len(calls) == 7 and {r["model"] for r in calls} == {"boss"}
+    # Each re-ask carries the wrong answer and what was wrong with it.
+    second, third = calls[2]["messages"], calls[3]["messages"]
+    assert second[-2] == {"role": "assistant", "content": "the weather is nice"}
+    assert "'the weather is nice' names none of the participants" in second[-1]["content"]
+    assert "Answer with exactly one of: A, B, C" in second[-1]["content"]
+    assert third[-2] == {"role": "assistant", "content": "C"}
+    assert "C has just spoken; pick someone else" in third[-1]["content"]
+    assert len(calls[1]["messages"]) == 2 and len(third) == 6
     fallbacks = [s for s in emitter.statuses() if "round robin" in s]
-    assert len(fallbacks) == 3
-    assert "named no participant" in fallbacks[0] and "A speaks next" in fallbacks[0]
-    assert "same speaker twice" in fallbacks[1] and "B speaks next" in fallbacks[1]
-    manager_calls = [r for r in h.host.requests if not r["stream"]]
-    assert len(manager_calls) == 6 and {r["model"] for r in manager_calls} == {"boss"}
+    assert fallbacks == [
+        "Manager picked the same speaker twice in 3 attempts (last: 'a.'); "
+        "B speaks next (round robin)."
+    ]
+    # Why each picked speaker was chosen, collapsed under its turn; none for the fallback.
+    blocks = re.findall(
+        r'<details type="manager"[^>]*>\n<summary>([^<]*)</summary>\n(.*?)\n</details>', result
+    )
+    assert blocks == [
+        ("Why this speaker", "> I think **c!** should speak."),
+        ("Why this speaker", "> Let A answer that"),
+    ]
+    assert result.index("### 🔴 A") < result.index("Let A answer that") < result.index("a reply")
+
+
+async def test_the_manager_reason_block_is_off_by_a_valve_and_out_of_history():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", use_manager=True)
+    h.host.scripts["m1"] = Script(completions=["M2", "M1", "M2", "M1"])
+
+    shown = await h.run()
+    hidden = await h.run(
+        "again",
+        history=[
+            {"role": "user", "content": "Hello everyone"},
+            {"role": "assistant", "content": shown},
+        ],
+        user_valves=h.pipe.UserValves(ShowManagerReason=False),
+    )
+
+    assert shown.count('<details type="manager"') == 2
+    assert '<details type="manager"' not in hidden
+    assert speakers(hidden) == ["M2", "M1"]
+    # The earlier reasons are not part of what the participants read.
+    assert not any("Why this speaker" in str(r["messages"]) for r in streamed(h))
+
+
+async def test_a_manager_answering_end_ends_the_conversation_and_says_why():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=3, use_manager=True)
+    h.host.scripts["m1"] = Script(completions=["M2", "End."])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert speakers(result) == ["M2"]
+    assert "Conversation ended: the manager ended it." in emitter.statuses()
+    assert result.endswith("*🏁 The conversation ended after 1 turn: the manager ended it.*")
+    assert "answer END instead" in h.host.requests[0]["messages"][1]["content"]
 
 
 async def test_manager_defaults_to_first_participant_and_fills_its_prompt():
