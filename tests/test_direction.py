@@ -1,0 +1,344 @@
+"""Directing the conversation (issue 12): selection, PASS, endings, closing, vote, presets."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import multi_model_conversation as mmc
+from tests.fakes import PipeHarness, RecordingEmitter, Script, config, reply
+
+
+def speakers(transcript: str) -> list[str]:
+    return re.findall(r"^### \S+ (.+)$", transcript, re.MULTILINE)
+
+
+def streamed(h: PipeHarness) -> list[dict]:
+    return [r for r in h.host.requests if r["stream"]]
+
+
+def harness(*models: str) -> PipeHarness:
+    return PipeHarness(models={m: m.upper() for m in models})
+
+
+# -- the config -------------------------------------------------------------------------------
+
+
+def test_old_configs_load_and_use_manager_means_selection_manager():
+    v2 = {"rounds": 2, "use_manager": True, "manager_model": "", "participants": [{"model": "a"}]}
+    assert mmc.parse_config(v2, 20).selection == "manager"
+    plain = mmc.parse_config({"rounds": 1, "participants": [{"model": "a"}]}, 20)
+    assert plain.selection == "round_robin" and not plain.use_manager
+    assert plain.closing is None and not plain.pass_allowed and plain.max_seconds == 0
+    # selection wins over v2's flag, and use_manager follows it (what a v2 reader sees)
+    both = mmc.parse_config({**v2, "selection": "random"}, 20)
+    assert both.selection == "random" and not both.use_manager
+
+
+def test_bad_new_keys_get_one_clear_message():
+    base = {"rounds": 1, "participants": [{"model": "a"}]}
+    cases = {
+        "selection": ({"selection": "loudest"}, "selection: Input should be 'round_robin'"),
+        "closing": ({"closing": "poll"}, 'closing must be "vote" or an object'),
+        "budget": ({"max_seconds": -1}, "max_seconds"),
+        "preset": ({"preset": "party"}, "Unknown preset 'party'. Presets: debate, brainstorm"),
+    }
+    for name, (extra, expected) in cases.items():
+        try:
+            mmc.parse_config({**base, **extra}, 20)
+        except mmc.ConfigError as exc:
+            assert expected in str(exc), (name, str(exc))
+        else:
+            raise AssertionError(f"{name} was accepted")
+
+
+def test_a_preset_fills_what_is_left_out_and_what_is_given_wins():
+    rows = [{"model": "a"}, {"model": "b", "alias": "Bea", "system_message": ""}]
+    debate = mmc.parse_config({"preset": "Debate", "participants": rows}, 20)
+    assert debate.rounds == 2 and debate.preset == "debate"
+    assert [p.alias for p in debate.participants] == ["Pro", "Bea"]
+    assert "AGAINST" in debate.participants[1].system_message
+    assert debate.closing.alias == "Judge" and "verdict" in debate.closing.prompt
+    mine = mmc.parse_config(
+        {"preset": "review panel", "participants": rows, "rounds": 5, "closing": None}, 20
+    )
+    assert mine.rounds == 5 and mine.pass_allowed and mine.closing == "vote"
+    assert set(mmc.PRESETS) == {"debate", "brainstorm", "review_panel", "interview"}
+    for name in mmc.PRESETS:  # every preset is a valid config
+        mmc.parse_config({"preset": name, "participants": rows}, 20)
+
+
+def test_user_valves_carry_the_new_keys_and_a_preset_fills_the_rest():
+    valves = mmc.Pipe.UserValves(
+        NUM_PARTICIPANTS=2,
+        Participant1Model="a",
+        Participant2Model="b",
+        Selection="mention",
+        StopPhrase="DONE",
+        MaxTotalTokens=500,
+        ClosingModel="c",
+        ClosingPrompt="Sum up.",
+        Preset="brainstorm",
+    )
+    parsed = mmc.parse_config(mmc.config_from_user_valves(valves), 20)
+    assert parsed.selection == "mention" and parsed.stop_phrase == "DONE"
+    assert parsed.max_total_tokens == 500 and parsed.pass_allowed  # from the preset
+    assert parsed.closing == mmc.ClosingConfig(model="c", alias="", prompt="Sum up.")
+    voting = mmc.Pipe.UserValves(NUM_PARTICIPANTS=1, Participant1Model="a", ClosingVote=True)
+    assert mmc.parse_config(mmc.config_from_user_valves(voting), 20).closing == "vote"
+
+
+# -- who speaks -------------------------------------------------------------------------------
+
+
+async def test_random_never_repeats_the_last_speaker_and_reaches_everyone():
+    h = harness("a", "b", "c")
+    h.pipe.rng_factory = lambda: random.Random(7)
+    h.host.chat_configs["chat-1"] = config("a", "b", "c", rounds=6, selection="random")
+
+    result = await h.run()
+
+    order = speakers(result)
+    assert len(order) == 18 and set(order) == {"A", "B", "C"}
+    assert all(x != y for x, y in zip(order, order[1:], strict=False)), order
+    assert order != ["A", "B", "C"] * 6
+
+
+async def test_mentioned_participants_speak_first_in_the_order_named():
+    h = harness("a", "b", "c", "d")
+    h.host.chat_configs["chat-1"] = config("a", "b", "c", "d", rounds=2, selection="mention")
+
+    result = await h.run("@d first, then @B. (not an@a, and email@c.com is no mention)")
+
+    assert speakers(result) == ["D", "B", "A", "C"] * 2
+    plain = await h.run("nobody named")
+    assert speakers(plain) == ["A", "B", "C", "D"] * 2
+
+
+def test_mentions_prefer_the_longest_alias_and_ignore_case():
+    aliases = ["Bo", "Bob", "Ann Lee"]
+    assert mmc.mention_order("hey @bob and @ANN LEE, @Bo", aliases) == [1, 2, 0]
+    assert mmc.mention_order("@Bobby", aliases) == []
+
+
+# -- PASS -------------------------------------------------------------------------------------
+
+
+async def test_a_pass_shows_as_one_line_and_is_not_a_spoken_turn():
+    h = harness("a", "b")
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=2, pass_allowed=True)
+    h.host.scripts["b"] = Script(streams=[reply("**Pass.**", reasoning="nothing to add")])
+
+    result = await h.run()
+
+    assert speakers(result) == ["A", "A", "B"]
+    assert "*⏭️ B passed.*" in result and "Pass." not in result and "nothing to add" not in result
+    # The instruction told them; the pass is not in anyone's history.
+    assert "answer only the word PASS" in streamed(h)[0]["messages"][0]["content"]
+    later = " ".join(json.dumps(m) for m in streamed(h)[2]["messages"])
+    assert "Pass" not in later and "passed" not in later
+    assert result.endswith(
+        "*🏁 The conversation ended after 3 turns, 1 passed: it reached its 2 rounds.*"
+    )
+
+
+async def test_without_pass_allowed_pass_is_an_ordinary_reply():
+    h = harness("a")
+    h.host.chat_configs["chat-1"] = config("a")
+    h.host.scripts["a"] = Script(streams=[reply("PASS")])
+
+    result = await h.run()
+
+    assert result == "### 🔴 A\n\nPASS"
+    assert "PASS" not in streamed(h)[0]["messages"][0]["content"]
+
+
+async def test_everyone_passing_ends_the_conversation():
+    h = harness("a", "b")
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=5, pass_allowed=True)
+    h.host.scripts["a"] = Script(default_text="pass")
+    h.host.scripts["b"] = Script(default_text="PASS")
+
+    result = await h.run()
+
+    assert len(streamed(h)) == 2 and speakers(result) == []
+    assert result.endswith("ended after 0 turns, 2 passed: everyone passed.*")
+
+
+# -- endings ----------------------------------------------------------------------------------
+
+
+async def test_participants_are_told_which_turn_it_is_and_how_many_remain():
+    h = harness("a", "b")
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=2, stop_phrase="WE AGREE")
+
+    await h.run()
+
+    systems = [r["messages"][0]["content"] for r in streamed(h)]
+    assert "Round 1 of 2. This is turn 1 of 4; 3 more after yours." in systems[0]
+    assert "Round 2 of 2. This is turn 4 of 4; 0 more after yours." in systems[3]
+    assert "say “WE AGREE” to end it" in systems[0]
+
+
+async def test_a_stop_phrase_from_any_participant_ends_it():
+    h = harness("a", "b")
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=3, stop_phrase="We agree")
+    h.host.scripts["b"] = Script(streams=[reply("Fine, we   AGREE then.")])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert speakers(result) == ["A", "B"] and len(streamed(h)) == 2
+    assert "Conversation ended: B said the stop phrase “We agree”." in emitter.statuses()
+    assert result.endswith(
+        "*🏁 The conversation ended after 2 turns: B said the stop phrase “We agree”.*"
+    )
+
+
+async def test_a_time_budget_ends_it_after_the_turn_that_used_it_up():
+    h = harness("a", "b")
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=5, max_seconds=10)
+    for m in ("a", "b"):  # 4 chunks of 1.5 fake seconds: 6 s per turn
+        h.host.scripts[m] = Script(chunk_delay=1.5)
+
+    result = await h.run()
+
+    assert speakers(result) == ["A", "B"]
+    assert "at most 10" in streamed(h)[0]["messages"][0]["content"]
+    assert result.endswith("the time budget of 10 s was used up.*")
+
+
+async def test_a_token_budget_counts_reported_usage_and_asks_for_it():
+    h = harness("a", "b")
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=5, max_total_tokens=250)
+    usage = 'data: {"choices": [], "usage": {"total_tokens": 100}}\n\n'
+    for m in ("a", "b"):
+        h.host.scripts[m] = Script(streams=[[*reply("ok")[:-1], usage, "data: [DONE]\n\n"]] * 5)
+
+    result = await h.run()
+
+    assert speakers(result) == ["A", "B", "A"]
+    assert all(r["stream_options"] == {"include_usage": True} for r in streamed(h))
+    assert mmc.md_unescape(result).endswith("the budget of 250 tokens was used up (300).*")
+
+
+async def test_without_usage_tokens_are_estimated_from_the_text():
+    h = harness("a")
+    h.host.chat_configs["chat-1"] = config("a", rounds=9, max_total_tokens=30)
+    h.host.scripts["a"] = Script(default_text="x" * 80)  # 20 tokens of reply, plus the prompt
+
+    result = await h.run()
+
+    assert len(speakers(result)) == 1  # prompt + 80 characters: over 30 tokens at once
+
+
+async def test_no_budget_means_no_usage_request_and_no_end_line():
+    h = harness("a")
+    h.host.chat_configs["chat-1"] = config("a", rounds=2)
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert "stream_options" not in streamed(h)[0] and "🏁" not in result
+    assert emitter.statuses() == []
+
+
+def test_a_usage_frame_decodes_with_or_without_choices():
+    both = json.dumps({"choices": [{"delta": {"content": "hi"}}], "usage": {"total_tokens": 9}})
+    assert [(e.kind, e.index, e.text) for e in mmc.decode_frame(both)] == [
+        ("usage", 9, ""),
+        ("content", 0, "hi"),
+    ]
+    assert mmc.decode_frame('{"choices": [], "usage": null}') == []
+
+
+# -- closing ----------------------------------------------------------------------------------
+
+
+async def test_a_closing_turn_sees_the_whole_conversation_and_its_prompt():
+    h = harness("a", "b", "judge")
+    h.host.chat_configs["chat-1"] = config(
+        "a",
+        "b",
+        rounds=1,
+        closing={"model": "judge", "alias": "Judge", "prompt": "Give a verdict."},
+    )
+    h.host.scripts["judge"] = Script(streams=[reply("B wins.")])
+
+    result = await h.run("Tea or coffee?")
+
+    assert speakers(result) == ["A", "B", "Judge"]
+    assert result.endswith("### 🟢 Judge\n\nB wins.")
+    judge = streamed(h)[-1]
+    assert judge["model"] == "judge"
+    assert judge["messages"][0]["content"].startswith(
+        "You are Judge. The group conversation between A, B"
+    )
+    last = judge["messages"][-1]["content"]
+    assert "Tea or coffee?" in last and "A: a reply 1" in last and "B: b reply 2" in last
+    assert last.endswith("Give a verdict.")
+    assert h.host.calls["check_access"] == 3
+
+
+async def test_the_closing_model_goes_through_the_access_check_before_any_call():
+    h = harness("a", "judge")
+    h.host.denied.add("judge")
+    h.host.chat_configs["chat-1"] = config("a", closing={"model": "judge", "prompt": "x"})
+
+    result = await h.run()
+
+    assert "You do not have access to 'judge'" in mmc.md_unescape(result)
+    assert h.host.requests == []
+
+
+async def test_a_closing_without_a_model_uses_the_first_participant_and_a_free_alias():
+    h = harness("a", "b")
+    h.host.chat_configs["chat-1"] = config("a", "b", closing={"alias": "a", "prompt": ""})
+
+    result = await h.run()
+
+    assert speakers(result) == ["A", "B", "a 2"]
+    assert streamed(h)[-1]["model"] == "a"
+    assert mmc.DEFAULT_CLOSING_PROMPT in streamed(h)[-1]["messages"][0]["content"]
+
+
+async def test_a_vote_asks_everyone_once_and_tallies():
+    h = harness("a", "b", "c")
+    h.host.chat_configs["chat-1"] = config("a", "b", "c", closing="vote")
+    h.host.scripts["a"] = Script(streams=[reply("x"), reply("VOTE: Tea — calmer.")])
+    h.host.scripts["b"] = Script(streams=[reply("y"), reply("**Vote: coffee**. Faster.")])
+    h.host.scripts["c"] = Script(streams=[reply("z"), reply("vote: tea")])
+
+    result = await h.run()
+
+    assert speakers(result) == ["A", "B", "C", "A", "B", "C"]
+    assert mmc.md_unescape(result).endswith("*🗳️ Vote: Tea 2 (A, C) · coffee 1 (B)*")
+    for request in streamed(h)[3:]:
+        assert request["messages"][-1]["content"].endswith(mmc.VOTE_PROMPT)
+
+
+def test_votes_parse_and_tally_in_order_of_count_then_first_cast():
+    assert mmc.parse_vote("I thought about it.\nVOTE: Option B - it is cheaper") == "Option B"
+    assert mmc.parse_vote("Reject; too risky") == "Reject"
+    assert mmc.tally([("A", "no"), ("B", "Yes"), ("C", "yes!")]) == "Yes 2 (B, C) · no 1 (A)"
+
+
+async def test_closing_and_endings_survive_a_follow_up_message():
+    h = harness("a", "b", "judge")
+    h.host.chat_configs["chat-1"] = config(
+        "a", "b", rounds=1, pass_allowed=True, closing={"model": "judge", "alias": "Judge"}
+    )
+    h.host.scripts["b"] = Script(streams=[reply("PASS")])
+    first = await h.run("Tea?")
+
+    second = await h.run(
+        "And coffee?",
+        history=[{"role": "user", "content": "Tea?"}, {"role": "assistant", "content": first}],
+    )
+
+    assert speakers(second) == ["A", "B", "Judge"]
+    a_view = streamed(h)[3]["messages"]
+    assert [m["role"] for m in a_view] == ["system", "user", "assistant", "user"]
+    assert a_view[3]["content"].startswith("Judge: judge reply 3")
+    assert "passed" not in json.dumps(a_view) and "🏁" not in json.dumps(a_view)
