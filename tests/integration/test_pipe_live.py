@@ -166,35 +166,39 @@ async def test_three_participants_two_rounds(owui, backend, admin_socket: Socket
 
 
 async def test_manager_picks_and_falls_back_to_round_robin(owui, backend, admin_socket, pipe):
-    picks = iter(["B", "nobody in particular", "C", "I pick C.", "a", "Speaker: c!"])
+    picks = iter(
+        ["B", "nobody in particular", "C", "I pick C.", "a", "Speaker: c!"]
+        + ["x", "y", "z", "A", "B"]
+    )
     backend.set_script("manager", manager_rule=lambda messages: next(picks))
     answer = overlay_answer("model-a", "model-b", "model-c", rounds=2)
     admin_socket.answer("execute", {**answer, "use_manager": True, "manager_model": "manager"})
 
     result = await run_chat(admin_socket, None, pipe, "Who starts?")
 
-    # B (picked) | garbage -> C (next after B) | C again -> A (next after C) | C | A | C
-    assert speakers(result.saved) == ["B", "C", "A", "C", "A", "C"]
+    # B | garbage, asked again -> C | C again, asked again -> A | C | three answers naming
+    # nobody -> A (next after C) | A again, asked again -> B
+    assert speakers(result.saved) == ["B", "C", "A", "C", "A", "B"]
     assert result.saved == result.delivered
     statuses = [s.get("description", "") for s in result.view.statuses]
     robin = [s for s in statuses if "round robin" in s]
     assert robin == [
-        "Manager named no participant ('nobody in particular'); C speaks next (round robin).",
-        "Manager picked the same speaker twice ('C'); A speaks next (round robin).",
+        "Manager named no participant in 3 attempts (last: 'z'); A speaks next (round robin).",
     ], statuses
     assert "Manager picked B." in statuses and "Manager picked C." in statuses
 
     managed = backend.requests_for("manager")
-    assert len(managed) == 6 and not any(r.stream for r in managed)
+    assert len(managed) == 11 and not any(r.stream for r in managed)
+    firsts = [r for r in managed if len(r.messages) == 2]  # the first ask of each pick
     last = ["None", "B", "C", "A", "C", "A"]
-    for request, last_speaker in zip(managed, last, strict=True):
+    for request, last_speaker in zip(firsts, last, strict=True):
         prompt = text_of(request.messages[-1]["content"])
         assert "Choose exactly one of: A, B, C" in prompt
         assert f"The last speaker was '{last_speaker}'" in prompt
         assert request.tools is None  # the manager only picks; it is offered no tools
     # The manager sees the conversation so far.
     first_b = backend.requests_for("model-b")[0].reply
-    assert f"B: {first_b}" in text_of(managed[1].messages[-1]["content"])
+    assert f"B: {first_b}" in text_of(managed[1].messages[1]["content"])
     # Participants were only asked for their own turns.
     assert [r.model for r in backend.requests if r.model != "manager"] == [
         "model-b",
@@ -202,7 +206,7 @@ async def test_manager_picks_and_falls_back_to_round_robin(owui, backend, admin_
         "model-a",
         "model-c",
         "model-a",
-        "model-c",
+        "model-b",
     ]
 
 
