@@ -2326,6 +2326,7 @@ const DEFAULTS = __DEFAULTS__;
 const OWN_PREFIX = __OWN_PREFIX__;
 const TIMEOUT_MS = __TIMEOUT_MS__;
 const MAX_ROUNDS = __MAX_ROUNDS__;
+const PRESETS = __PRESETS__;
 let models = [];
 try {
   const res = await fetch('/api/models', {
@@ -2367,10 +2368,37 @@ return await new Promise((resolve) => {
   }
   const rounds = el('input', { type: 'number', min: 1, max: MAX_ROUNDS, value: DEFAULTS.rounds, style: field, name: 'rounds' });
   const count = el('input', { type: 'number', min: 1, max: 5, value: Math.max(1, DEFAULTS.participants.length || 2), style: field, name: 'count' });
-  const useManager = el('input', { type: 'checkbox', checked: !!DEFAULTS.use_manager, name: 'use_manager' });
+  const choice = (name, options, value) => {
+    const select = el('select', { style: field, name });
+    for (const [v, label] of options) select.append(el('option', { value: v, textContent: label, selected: v === value }));
+    return select;
+  };
+  const labelled = (text, input) => el('label', { style: 'display:block;' }, [text, input]);
+  const preset = choice('preset', [['', 'None']].concat(Object.entries(PRESETS).map(([k, p]) => [k, p.label])), DEFAULTS.preset || '');
+  const selection = choice('selection', [
+    ['round_robin', 'Round robin: everyone once per round, in order'],
+    ['manager', 'A manager model picks who speaks next'],
+    ['random', 'Random (never the same speaker twice in a row)'],
+    ['mention', 'Mentioned first: @Alias in your message speaks first'],
+  ], DEFAULTS.selection || (DEFAULTS.use_manager ? 'manager' : 'round_robin'));
   const managerModel = modelSelect(DEFAULTS.manager_model);
   managerModel.name = 'manager_model';
   const managerRow = el('div', {}, [el('label', { textContent: 'Manager model (empty: the first participant\'s)' }), managerModel]);
+  const passAllowed = el('input', { type: 'checkbox', checked: !!DEFAULTS.pass_allowed, name: 'pass_allowed' });
+  const stopPhrase = el('input', { value: DEFAULTS.stop_phrase || '', placeholder: 'e.g. WE AGREE (empty: none)', style: field, name: 'stop_phrase' });
+  const maxSeconds = el('input', { type: 'number', min: 0, value: DEFAULTS.max_seconds || 0, style: field, name: 'max_seconds' });
+  const maxTokens = el('input', { type: 'number', min: 0, value: DEFAULTS.max_total_tokens || 0, style: field, name: 'max_total_tokens' });
+  const closingDefault = DEFAULTS.closing || null;
+  const closingKind = choice('closing_kind', [
+    ['', 'None'], ['turn', 'A closing turn by a chosen model (verdict, summary…)'], ['vote', 'A vote of every participant, tallied'],
+  ], closingDefault === 'vote' ? 'vote' : (closingDefault ? 'turn' : ''));
+  const closingModel = modelSelect((closingDefault && closingDefault.model) || '');
+  closingModel.name = 'closing_model';
+  const closingAlias = el('input', { value: (closingDefault && closingDefault.alias) || '', placeholder: 'Name (default: Closing)', style: field, name: 'closing_alias' });
+  const closingPrompt = el('textarea', { value: (closingDefault && closingDefault.prompt) || '', placeholder: 'What the closing turn should do (default: sum up and conclude)', rows: 2, style: field, name: 'closing_prompt' });
+  const closingRow = el('div', {}, [
+    el('label', { textContent: 'Closing model (empty: the first participant\'s)' }), closingModel, closingAlias, closingPrompt,
+  ]);
   const rows = el('div');
   const rowInputs = [];
   const drawRows = () => {
@@ -2389,8 +2417,35 @@ return await new Promise((resolve) => {
   };
   count.addEventListener('input', drawRows);
   drawRows();
-  managerRow.style.display = useManager.checked ? '' : 'none';
-  useManager.addEventListener('change', () => { managerRow.style.display = useManager.checked ? '' : 'none'; });
+  const showRows = () => {
+    managerRow.style.display = selection.value === 'manager' ? '' : 'none';
+    closingRow.style.display = closingKind.value === 'turn' ? '' : 'none';
+  };
+  selection.addEventListener('change', showRows);
+  closingKind.addEventListener('change', showRows);
+  showRows();
+  // A preset fills the fields (models stay as chosen); everything stays editable.
+  preset.addEventListener('change', () => {
+    const p = PRESETS[preset.value];
+    if (!p) return;
+    const c = p.config;
+    if (c.rounds) rounds.value = c.rounds;
+    selection.value = c.selection || 'round_robin';
+    passAllowed.checked = !!c.pass_allowed;
+    stopPhrase.value = c.stop_phrase || '';
+    maxSeconds.value = c.max_seconds || 0;
+    maxTokens.value = c.max_total_tokens || 0;
+    closingKind.value = c.closing === 'vote' ? 'vote' : (c.closing ? 'turn' : '');
+    closingAlias.value = (c.closing && c.closing.alias) || '';
+    closingPrompt.value = (c.closing && c.closing.prompt) || '';
+    count.value = Math.max(p.participants.length, 1);
+    drawRows();
+    p.participants.forEach((hint, i) => {
+      rowInputs[i].alias.value = hint.alias || '';
+      rowInputs[i].persona.value = hint.system_message || '';
+    });
+    showRows();
+  });
   let timer = null;
   const finish = (answer) => {
     clearTimeout(timer);
@@ -2404,24 +2459,41 @@ return await new Promise((resolve) => {
   start.style.color = '#fff';
   start.addEventListener('click', () => {
     const n = Math.min(5, Math.max(1, parseInt(count.value, 10) || 1));
+    const managed = selection.value === 'manager';
     finish({
       rounds: parseInt(rounds.value, 10) || 1,
-      use_manager: useManager.checked,
-      manager_model: useManager.checked ? managerModel.value : '',
+      selection: selection.value,
+      use_manager: managed,
+      manager_model: managed ? managerModel.value : '',
       participants: rowInputs.slice(0, n).map((r) => ({
         model: r.model.value, alias: r.alias.value.trim(), system_message: r.persona.value,
       })),
+      pass_allowed: passAllowed.checked,
+      stop_phrase: stopPhrase.value.trim(),
+      max_seconds: Math.max(0, parseFloat(maxSeconds.value) || 0),
+      max_total_tokens: Math.max(0, parseInt(maxTokens.value, 10) || 0),
+      closing: closingKind.value === 'vote' ? 'vote' : (closingKind.value === 'turn'
+        ? { model: closingModel.value, alias: closingAlias.value.trim(), prompt: closingPrompt.value.trim() }
+        : null),
+      preset: preset.value,
     });
   });
   skip.addEventListener('click', () => finish(null));
   card.append(
     el('h2', { textContent: 'Multi-Model Conversation' }),
     el('p', { textContent: 'Choose who takes part. This chat remembers the choice.' }),
+    labelled('Preset (fills the fields below; all stay editable)', preset),
     el('label', { textContent: 'Rounds' }), rounds,
     el('label', { textContent: 'Participants (1-5)' }), count,
     rows,
-    el('label', {}, [useManager, ' Let a manager model pick who speaks next']),
+    labelled('Who speaks next', selection),
     managerRow,
+    el('label', { style: 'display:block;margin:4px 0 8px;' }, [passAllowed, ' Participants may answer PASS to skip a turn']),
+    labelled('Stop phrase: any participant saying it ends the conversation', stopPhrase),
+    labelled('Time budget in seconds (0: none)', maxSeconds),
+    labelled('Token budget, all replies together (0: none)', maxTokens),
+    labelled('At the end', closingKind),
+    closingRow,
     el('div', { style: 'text-align:right;margin-top:12px;' }, [skip, start]),
   );
   overlay.append(card);
@@ -2438,7 +2510,8 @@ def overlay_script(defaults: dict, own_prefix: str, timeout_s: float, max_rounds
         return json.dumps(value).replace("</", "<\\/")
 
     return (
-        OVERLAY_JS.replace("__DEFAULTS__", literal(defaults))
+        OVERLAY_JS.replace("__PRESETS__", literal(PRESETS))
+        .replace("__DEFAULTS__", literal(defaults))
         .replace("__OWN_PREFIX__", literal(own_prefix))
         .replace("__TIMEOUT_MS__", str(int(timeout_s * 1000)))
         .replace("__MAX_ROUNDS__", str(int(max_rounds)))

@@ -4,7 +4,9 @@ The user signs in through the form, picks the pipe in the model picker, sends a 
 the pipe's setup dialog in the page and watches three scripted models talk for two rounds.
 The rendered page must show the speakers' headings in order, a collapsed reasoning block per
 turn and the whole last turn, the same after a reload. A second chat checks that an alias
-holding HTML shows as text and injects nothing. The first test saves docs/screenshot.png.
+holding HTML shows as text and injects nothing. A third picks the debate preset and a closing
+model in the dialog, then checks the page after a reload and a follow-up message. The first
+test saves docs/screenshot.png.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ async def fill_overlay(page: Page, rounds: int, participants: list[tuple[str, st
     await overlay.wait_for()
     await overlay.locator("input[name=rounds]").fill(str(rounds))
     await overlay.locator("input[name=count]").fill(str(len(participants)))
-    await overlay.locator("input[name=use_manager]").set_checked(False)
+    await overlay.locator("select[name=selection]").select_option("round_robin")
     boxes = overlay.locator("fieldset")
     await boxes.nth(len(participants) - 1).wait_for()
     assert await boxes.count() == len(participants)
@@ -315,3 +317,60 @@ async def test_alias_with_html_shows_as_text(owui: Owui, backend) -> None:
 
         # The alias shows literally, as typed.
         assert headings[1] == evil
+
+
+async def test_a_preset_and_a_closing_model_from_the_dialog(owui: Owui, backend) -> None:
+    script_participants(backend)
+    backend.set_script("model-d", ModelScript(reply="Verdict: Pro argued better.", delay=0.01))
+    await install_pipe(owui)
+
+    async with browser_page() as (_, page, dialogs):
+        await sign_in(page, owui)
+        await send_to_pipe(page, owui, "Motion: tea beats coffee.")
+        overlay = page.locator(OVERLAY)
+        await overlay.wait_for()
+        # The preset fills the fields; they stay editable.
+        await overlay.locator("select[name=preset]").select_option("debate")
+        assert await overlay.locator("input[name=rounds]").input_value() == "2"
+        assert await overlay.locator("select[name=closing_kind]").input_value() == "turn"
+        assert await overlay.locator("input[name=closing_alias]").input_value() == "Judge"
+        boxes = overlay.locator("fieldset")
+        assert await boxes.count() == 2
+        assert await boxes.nth(0).locator("input[name=alias]").input_value() == "Pro"
+        assert (
+            "AGAINST" in await boxes.nth(1).locator("textarea[name=system_message]").input_value()
+        )
+        await overlay.locator("input[name=closing_alias]").fill("Referee")  # edited
+        await boxes.nth(0).locator("select[name=model]").select_option("model-a")
+        await boxes.nth(1).locator("select[name=model]").select_option("model-b")
+        await overlay.locator("select[name=closing_model]").select_option("model-d")
+        await overlay.locator("#mmc-start").click()
+        await overlay.wait_for(state="detached")
+
+        expected = ["Pro", "Con", "Pro", "Con", "Referee"]
+        await wait_finished(page)
+        assert await speaker_headings(page) == expected
+        text = await page.locator(CONTENT).last.inner_text()
+        assert text.rstrip().endswith("Verdict: Pro argued better.")
+        assert [r.model for r in backend.requests if r.stream] == ["model-a", "model-b"] * 2 + [
+            "model-d"
+        ]
+        chat_id = page.url.rsplit("/", 1)[-1]
+        saved = (await owui.get_chat(chat_id))["meta"]["multi_model_config"]
+        assert saved["preset"] == "debate" and saved["closing"]["model"] == "model-d"
+        assert saved["closing"]["alias"] == "Referee"
+
+        await page.reload()
+        await wait_finished(page)
+        assert await speaker_headings(page) == expected
+
+        # A follow-up message: no dialog, the same setup, the closing turn again.
+        await page.click("#chat-input")
+        await page.keyboard.type("Second motion: biscuits.")
+        await page.click("#send-message-button")
+        await wait_finished(page, assistant_messages=2)
+        assert await page.locator(OVERLAY).count() == 0
+        assert await speaker_headings(page) == expected
+        judge = [r for r in backend.requests if r.model == "model-d"]
+        assert len(judge) == 2 and "Second motion: biscuits." in str(judge[1].messages)
+        assert dialogs == []
