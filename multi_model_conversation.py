@@ -23,7 +23,7 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -89,7 +89,6 @@ def one_line_alias(value: str) -> str:
     return value
 
 
-SELECTIONS = ("round_robin", "manager", "random", "mention")
 SKIP_WORD = "PASS"  # a participant's whole answer when it passes its turn
 END_WORD = "END"  # the manager's answer when the conversation should end
 MANAGER_ATTEMPTS = 3  # asks per pick before the fallback
@@ -1529,7 +1528,7 @@ def history_digest(turns: list[Turn], user_name: str, limit: int) -> str:
 
 
 # ============================================================================
-# Speaker selection: round robin, or a manager model's pick matched tolerantly
+# Speaker selection and endings: who speaks next (small policies), when it ends (conditions)
 # ============================================================================
 
 
@@ -1572,6 +1571,12 @@ def mention_order(text: str, aliases: list[str]) -> list[int]:
                 taken.add(m.start())
                 found[i] = min(found.get(i, m.start()), m.start())
     return sorted(found, key=found.__getitem__)
+
+
+class SpeakerPolicy(Protocol):
+    """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
+
+    async def pick(self, slot: int, last: int | None) -> Pick: ...
 
 
 @dataclass
@@ -1704,6 +1709,12 @@ class Progress:
         else:
             self.spoken += 1
             self.passes_in_a_row = 0
+
+
+class EndCondition(Protocol):
+    """Says why the conversation ends now (checked after every turn), or None to go on."""
+
+    def check(self, progress: Progress) -> str | None: ...
 
 
 class RoundsDone:
@@ -1907,7 +1918,7 @@ class Run:
 
     def selection(
         self, config: ConversationConfig, aliases: list[str], manager: ModelProfile | None
-    ) -> FixedOrder | RandomOrder | ManagerChoice:
+    ) -> SpeakerPolicy:
         """The policy that picks each speaker, as the config's `selection` says."""
         if config.selection == "manager" and manager is not None:
             return ManagerChoice(
@@ -1926,9 +1937,9 @@ class Run:
             order = named + [i for i in order if i not in named]
         return FixedOrder(order)
 
-    def endings(self, config: ConversationConfig, count: int) -> list[Any]:
+    def endings(self, config: ConversationConfig, count: int) -> list[EndCondition]:
         """The ending conditions this config asks for, checked after every turn."""
-        endings: list[Any] = [RoundsDone(config.rounds, count)]
+        endings: list[EndCondition] = [RoundsDone(config.rounds, count)]
         if config.stop_phrase:
             endings.append(StopPhraseSaid(config.stop_phrase))
         if config.max_seconds:
