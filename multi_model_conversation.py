@@ -136,9 +136,14 @@ class ConversationConfig(BaseModel):
     closing: ClosingConfig | Literal["vote"] | None = None
     preset: str = ""
 
-    @field_validator("manager_model", "stop_phrase")
+    @field_validator("manager_model")
     @classmethod
     def _strip(cls, value: str) -> str:
+        return (value or "").strip()
+
+    @field_validator("stop_phrase")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
         return " ".join((value or "").split())
 
     @model_validator(mode="before")
