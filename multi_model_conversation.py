@@ -1604,13 +1604,15 @@ class FixedOrder:
 
 
 class RandomOrder:
-    """Any participant but the one who just spoke, uniformly."""
+    """Any participant but the one who just spoke (also the last one of the message before)."""
 
-    def __init__(self, count: int, rng: random.Random) -> None:
+    def __init__(self, count: int, rng: random.Random, previous: int | None = None) -> None:
         self.count = count
         self.rng = rng
+        self.previous = previous
 
     async def pick(self, slot: int, last: int | None) -> Pick:
+        last = self.previous if last is None else last
         choices = [i for i in range(self.count) if i != last] or [0]
         return Pick(self.rng.choice(choices))
 
@@ -1934,7 +1936,9 @@ class Run:
                 self._status,
             )
         if config.selection == "random":
-            return RandomOrder(len(aliases), self.rng)
+            spoke = next((t.speaker for t in reversed(self.turns) if t.speaker is not None), "")
+            previous = match_alias(spoke, aliases) if spoke else None
+            return RandomOrder(len(aliases), self.rng, previous)
         order = list(range(len(aliases)))
         if config.selection == "mention":
             latest = next((t.content for t in reversed(self.turns) if t.speaker is None), "")

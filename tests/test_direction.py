@@ -105,6 +105,20 @@ async def test_random_never_repeats_the_last_speaker_and_reaches_everyone():
     assert order != ["A", "B", "C"] * 6
 
 
+async def test_random_does_not_repeat_the_last_speaker_of_the_message_before():
+    firsts = []
+    for seed in range(20):
+        h = harness("a", "b", "c")
+        h.pipe.rng_factory = lambda seed=seed: random.Random(seed)
+        h.host.chat_configs["chat-1"] = config("a", "b", "c", selection="random")
+        before = [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "### 🔴 C\n\nhi"},
+        ]
+        firsts.append(speakers(await h.run(history=before))[0])
+    assert "C" not in firsts and set(firsts) == {"A", "B"}
+
+
 async def test_mentioned_participants_speak_first_in_the_order_named():
     h = harness("a", "b", "c", "d")
     h.host.chat_configs["chat-1"] = config("a", "b", "c", "d", rounds=2, selection="mention")
