@@ -168,6 +168,19 @@ class ConversationConfig(BaseModel):
         return self
 
 
+V2_KEYS = ("rounds", "use_manager", "manager_model", "participants")
+
+
+def stored_form(config: ConversationConfig) -> dict[str, Any]:
+    """v2's keys always, a newer key only when set: a plain setup is stored as v2 stored it."""
+    fields = ConversationConfig.model_fields
+    return {
+        key: value
+        for key, value in config.model_dump().items()
+        if key in V2_KEYS or value != fields[key].default
+    }
+
+
 # Named bundles of the keys above; the dialog fills its fields from them and keeps them
 # editable, and a config naming a preset gets the preset's value for every key it leaves out.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -2992,7 +3005,7 @@ async def _remember(gateway: HostGateway, ctx: RequestContext, config: Conversat
     if chat_id is None:
         return
     try:
-        await gateway.save_chat_config(chat_id, config.model_dump())
+        await gateway.save_chat_config(chat_id, stored_form(config))
     except Exception as exc:
         log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
 

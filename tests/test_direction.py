@@ -36,6 +36,18 @@ def test_old_configs_load_and_use_manager_means_selection_manager():
     assert both.selection == "random" and not both.use_manager
 
 
+def test_a_plain_setup_is_stored_as_v2_stored_it_and_new_keys_only_when_set():
+    v2 = {"rounds": 2, "use_manager": False, "manager_model": "", "participants": [{"model": "a"}]}
+    stored = mmc.stored_form(mmc.parse_config(v2, 20))
+    assert stored == {**v2, "participants": [{"model": "a", "alias": "", "system_message": ""}]}
+    richer = {**v2, "selection": "manager", "stop_phrase": "OK", "closing": "vote"}
+    stored = mmc.stored_form(mmc.parse_config(richer, 20))
+    assert stored["selection"] == "manager" and stored["use_manager"] is True
+    assert stored["stop_phrase"] == "OK" and stored["closing"] == "vote"
+    assert "max_seconds" not in stored and "preset" not in stored
+    assert mmc.parse_config(stored, 20) == mmc.parse_config(richer, 20)
+
+
 def test_bad_new_keys_get_one_clear_message():
     base = {"rounds": 1, "participants": [{"model": "a"}]}
     cases = {
