@@ -1340,6 +1340,12 @@ class StreamResult:
     malformed: int = 0  # frames that were not JSON objects, skipped
 
 
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
+
+
 class Run:
     """One request's conversation: all of its state lives here, never on the shared Pipe."""
 
@@ -1827,6 +1833,106 @@ def overlay_script(defaults: dict, own_prefix: str, timeout_s: float, max_rounds
 
 
 # ============================================================================
+# Request plumbing: the helpers Pipe uses, in the order a request meets them
+# ============================================================================
+
+
+def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
+    """Tools may report status or files, but content events would fight our transcript."""
+    if emit is None:
+        return None
+
+    async def forward(event: dict) -> Any:
+        if isinstance(event, dict) and event.get("type") in ("message", "replace", "chat:message"):
+            log.debug("dropped a %s event from a tool", event.get("type"))
+            return None
+        return await emit(event)
+
+    return forward
+
+
+def _chat_bytes(body: dict) -> int:
+    """Rough size of what the host rewrites besides our message: the chat's earlier messages,
+    which it keeps twice (the history tree and the message list)."""
+    messages = body.get("messages") or []
+    return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
+
+
+def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
+    def get(name: str, default: Any) -> Any:
+        value = getattr(user_valves, name, None)
+        return default if value in (None, "") else value
+
+    return Settings(
+        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
+        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
+        tool_timeout=valves.TOOL_TIMEOUT,
+        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
+        turn_timeout=valves.TURN_TIMEOUT,
+        manager_timeout=valves.MANAGER_TIMEOUT,
+        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
+        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
+        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
+        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
+        sampling={
+            "temperature": get("Temperature", 1.0),
+            "top_p": get("Top_p", 0.8),
+            "top_k": get("Top_k", 50),
+        },
+    )
+
+
+def _saved_chat_id(ctx: RequestContext) -> str | None:
+    """The chat id when the chat is stored on the server (not a temporary or channel chat)."""
+    chat_id = str(ctx.metadata.get("chat_id") or "")
+    return chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
+
+
+def _last_user_text(body: dict) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+_RECONFIGURE_HINT = (
+    f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
+)
+
+
+def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
+    own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
+    if own:
+        raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
+
+
+async def _remember(gateway: HostGateway, ctx: RequestContext, config: ConversationConfig) -> None:
+    chat_id = _saved_chat_id(ctx)
+    if chat_id is None:
+        return
+    try:
+        await gateway.save_chat_config(chat_id, config.model_dump())
+    except Exception as exc:
+        log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
+
+
+async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
+    """Flush the final state (saved by the host with it); return it for the host to save again.
+
+    The host turns the returned text into one delta that the open tab appends to what our
+    events showed, so before returning we empty the tab's copy with `chat:message`, which the
+    host does not store: the tab shows the text once and the database never holds less than
+    the whole transcript. On Stop no delta follows, so the tab keeps what it shows.
+    """
+    transcript.finish()
+    await emitter.flush()
+    final = transcript.render()
+    if handing_over:
+        await emitter.hand_over()
+    return final
+
+
+# ============================================================================
 # Pipe: the entry point Open WebUI calls
 # ============================================================================
 
@@ -2054,27 +2160,9 @@ class Pipe:
         started = clock.now()
         try:
             try:
-                config, saved = await self._choose_config(
+                config, participants, profiles, manager = await self._prepare(
                     gateway, ctx, body, user_valves, own_prefix, event_call
                 )
-                runtime = gateway.runtime_models()
-                names = {m: d.get("name") or m for m, d in runtime.items()}
-                participants = make_participants(config, names)
-                manager_id = config.manager_model or participants[0].model_id
-                wanted = [p.model_id for p in participants] + (
-                    [manager_id] if config.use_manager else []
-                )
-                try:
-                    _refuse_self(wanted, own_prefix)
-                    profiles = await resolve_profiles(
-                        gateway, ctx, runtime, wanted, with_tools=True
-                    )
-                except ConfigError as exc:
-                    if saved:
-                        raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
-                    raise
-                if not saved:
-                    await _remember(gateway, ctx, config)
             except ConfigError as exc:
                 transcript.add_notice(f"{NOTICE_PREFIX}{md_text(str(exc))}*")
                 return await _finish(emitter, transcript, handing_over=True)
@@ -2089,7 +2177,6 @@ class Pipe:
             run.chat_system = "\n\n".join(
                 _text_of(m.get("content")) for m in messages if m.get("role") == "system"
             )
-            manager = profiles[manager_id] if config.use_manager else None
             await run.converse(config, participants, profiles, manager)
             log.info(
                 "conversation end: %d turns in %.1f s, %d events",
@@ -2106,6 +2193,39 @@ class Pipe:
             log.exception("conversation failed")
             transcript.add_notice(f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*")
         return await _finish(emitter, transcript, handing_over=True)
+
+    async def _prepare(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_valves: Any,
+        own_prefix: str,
+        event_call: Callable[[dict], Awaitable[Any]] | None,
+    ) -> tuple[ConversationConfig, list[Participant], dict[str, ModelProfile], ModelProfile | None]:
+        """The config, its participants and every model resolved; ConfigError says what to fix.
+
+        A new config is remembered for the chat only once every model in it passed setup.
+        """
+        config, saved = await self._choose_config(
+            gateway, ctx, body, user_valves, own_prefix, event_call
+        )
+        runtime = gateway.runtime_models()
+        names = {m: d.get("name") or m for m, d in runtime.items()}
+        participants = make_participants(config, names)
+        manager_id = config.manager_model or participants[0].model_id
+        wanted = [p.model_id for p in participants] + ([manager_id] if config.use_manager else [])
+        try:
+            _refuse_self(wanted, own_prefix)
+            profiles = await resolve_profiles(gateway, ctx, runtime, wanted, with_tools=True)
+        except ConfigError as exc:
+            if saved:
+                raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
+            raise
+        if not saved:
+            await _remember(gateway, ctx, config)
+        manager = profiles[manager_id] if config.use_manager else None
+        return config, participants, profiles, manager
 
     async def _choose_config(
         self,
@@ -2184,104 +2304,3 @@ class Pipe:
             log.warning("background task failed on %s: %s", model_id, exc)
             return ""
         return clean_turn_text(text)
-
-
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
-
-
-def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
-    def get(name: str, default: Any) -> Any:
-        value = getattr(user_valves, name, None)
-        return default if value in (None, "") else value
-
-    return Settings(
-        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
-        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
-        tool_timeout=valves.TOOL_TIMEOUT,
-        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
-        turn_timeout=valves.TURN_TIMEOUT,
-        manager_timeout=valves.MANAGER_TIMEOUT,
-        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
-        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
-        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
-        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
-        sampling={
-            "temperature": get("Temperature", 1.0),
-            "top_p": get("Top_p", 0.8),
-            "top_k": get("Top_k", 50),
-        },
-    )
-
-
-_RECONFIGURE_HINT = (
-    f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
-)
-
-
-def _saved_chat_id(ctx: RequestContext) -> str | None:
-    """The chat id when the chat is stored on the server (not a temporary or channel chat)."""
-    chat_id = str(ctx.metadata.get("chat_id") or "")
-    return chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
-
-
-async def _remember(gateway: HostGateway, ctx: RequestContext, config: ConversationConfig) -> None:
-    chat_id = _saved_chat_id(ctx)
-    if chat_id is None:
-        return
-    try:
-        await gateway.save_chat_config(chat_id, config.model_dump())
-    except Exception as exc:
-        log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
-
-
-def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
-    own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
-    if own:
-        raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
-
-
-def _chat_bytes(body: dict) -> int:
-    """Rough size of what the host rewrites besides our message: the chat's earlier messages,
-    which it keeps twice (the history tree and the message list)."""
-    messages = body.get("messages") or []
-    return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
-
-
-def _last_user_text(body: dict) -> str:
-    for message in reversed(body.get("messages") or []):
-        if message.get("role") == "user":
-            return _text_of(message.get("content"))
-    return ""
-
-
-def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
-    """Tools may report status or files, but content events would fight our transcript."""
-    if emit is None:
-        return None
-
-    async def forward(event: dict) -> Any:
-        if isinstance(event, dict) and event.get("type") in ("message", "replace", "chat:message"):
-            log.debug("dropped a %s event from a tool", event.get("type"))
-            return None
-        return await emit(event)
-
-    return forward
-
-
-async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
-    """Flush the final state (saved by the host with it); return it for the host to save again.
-
-    The host turns the returned text into one delta that the open tab appends to what our
-    events showed, so before returning we empty the tab's copy with `chat:message`, which the
-    host does not store: the tab shows the text once and the database never holds less than
-    the whole transcript. On Stop no delta follows, so the tab keeps what it shows.
-    """
-    transcript.finish()
-    await emitter.flush()
-    final = transcript.render()
-    if handing_over:
-        await emitter.hand_over()
-    return final
