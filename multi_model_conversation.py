@@ -14,6 +14,7 @@ requirements:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import html
 import json
 import logging
@@ -213,16 +214,18 @@ class SSEDecoder:
 
     Follows the WHATWG event-stream rules that matter here: lines end in CR, LF or CRLF; a
     blank line dispatches the event; `data:` lines join with LF; lines starting with `:` are
-    comments; one space after the colon is dropped. Only the unfinished line is buffered.
+    comments; one space after the colon is dropped. Only the unfinished line is buffered, and
+    bytes are decoded incrementally: a network read may end inside a multi-byte character.
     """
 
     def __init__(self) -> None:
         self._partial = ""
         self._data: list[str] = []
         self._pending_cr = False
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def feed(self, chunk: bytes | str) -> list[str]:
-        text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else chunk
+        text = self._utf8.decode(chunk) if isinstance(chunk, bytes | bytearray) else chunk
         if not text:
             return []
         if self._pending_cr and text.startswith("\n"):
@@ -240,7 +243,7 @@ class SSEDecoder:
 
     def flush(self) -> list[str]:
         """End of stream: a last event without its blank line still counts."""
-        events: list[str] = []
+        events = self.feed(self._utf8.decode(b"", final=True))  # a character cut off at the end
         if self._partial:
             self._line(self._partial, events)
             self._partial = ""

@@ -79,6 +79,18 @@ def test_sse_every_two_way_split_gives_same_payloads(as_bytes):
         assert run_sse(pieces) == SSE_EXPECTED, f"split at {i}: {SSE_STREAM[:i]!r}"
 
 
+def test_sse_every_byte_split_keeps_multi_byte_characters_whole():
+    """A network read may end inside a character: é is 2 bytes, 🙂 is 4."""
+    data = SSE_STREAM.encode()
+    for i in range(len(data) + 1):
+        assert run_sse([data[:i], data[i:]]) == SSE_EXPECTED, f"split at byte {i}"
+    assert run_sse([bytes([b]) for b in data]) == SSE_EXPECTED
+
+
+def test_sse_bytes_that_are_not_utf8_become_replacement_characters():
+    assert run_sse([b"data: a\xff", b"b\n\ndata: \xf0\x9f", b"\n\n"]) == ["a\ufffdb", "\ufffd"]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     cuts=st.sets(st.integers(min_value=1, max_value=len(SSE_STREAM) - 1), max_size=40),

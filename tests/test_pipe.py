@@ -601,6 +601,18 @@ async def test_unreadable_frames_are_skipped_and_counted_in_one_line():
     assert own == ["kept words"]
 
 
+async def test_a_character_split_across_network_reads_arrives_whole():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    frame = chunk(content="tea 🍵 time").replace("\\ud83c\\udf75", "🍵").encode()
+    cut = frame.index("🍵".encode()) + 2  # inside the emoji's four bytes
+    h.host.scripts["m1"] = Script(streams=[[frame[:cut], frame[cut:], b"data: [DONE]\n\n"]])
+
+    result = await h.run()
+
+    assert result.endswith("tea 🍵 time") and "\ufffd" not in result
+
+
 # -- 10. access ---------------------------------------------------------------------------------
 
 
