@@ -1431,7 +1431,7 @@ class Run:
             return fallback
         picked = match_alias(answer, aliases)
         if picked is None or picked == last:
-            why = "picked the same speaker twice" if picked == last else "named no participant"
+            why = "named no participant" if picked is None else "picked the same speaker twice"
             shown = " ".join(answer.split())[:60]
             self._status(
                 f"Manager {why} ('{shown}'); {aliases[fallback]} speaks next (round robin)."

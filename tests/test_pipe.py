@@ -281,6 +281,22 @@ async def test_a_failing_manager_falls_back_to_round_robin():
     assert any("Manager failed (boom)" in s for s in emitter.statuses())
 
 
+async def test_a_first_pick_that_names_nobody_is_not_called_a_repeat():
+    """Before anyone spoke there is no last speaker to repeat."""
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", use_manager=True)
+    h.host.scripts["m1"] = Script(completions=["nobody in particular", "M2"])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert speakers(result) == ["M1", "M2"]
+    (fallback,) = [s for s in emitter.statuses() if "round robin" in s]
+    assert fallback == (
+        "Manager named no participant ('nobody in particular'); M1 speaks next (round robin)."
+    )
+
+
 # -- 5. rendering -------------------------------------------------------------------------------
 
 
