@@ -573,7 +573,8 @@ class Transcript:
         self._reasoning: list[str] | None = None
         self._reasoning_started = 0.0
         self._reasoning_at_line_start = True
-        self._running_tools: str = ""
+        self._running: list[ToolCall] = []  # the batch's calls still executing
+        self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
 
     # -- writing ---------------------------------------------------------------------------
     def start_turn(self, participant: Participant) -> None:
@@ -606,14 +607,19 @@ class Transcript:
 
     def show_running_tools(self, calls: list[ToolCall]) -> None:
         self.close_live()
-        self._running_tools = "".join(tool_block(c, None, None, None) for c in calls)
+        self._set_running(list(calls))
 
-    def finish_tool(self, block: str) -> None:
-        """Commit a finished tool block; the running blocks are dropped once all have finished."""
+    def finish_tool(self, call: ToolCall, block: str) -> None:
+        """Commit a finished call's block in place of its "Executing..." one."""
         self._commit(block)
+        self._set_running([c for c in self._running if c is not call])
 
     def clear_running_tools(self) -> None:
-        self._running_tools = ""
+        self._set_running([])
+
+    def _set_running(self, calls: list[ToolCall]) -> None:
+        self._running = calls
+        self._running_tools = "".join(tool_block(c, None, None, None) for c in calls)
 
     def add_notice(self, text: str) -> None:
         self.close_live()
@@ -1676,7 +1682,7 @@ class Run:
             outputs[call.index] = _clip(text, limit)
             # The block is re-sent in every frame that follows: show less than the model gets.
             shown = _clip(text, limit // 5)
-            self.transcript.finish_tool(tool_block(call, shown, files, embeds))
+            self.transcript.finish_tool(call, tool_block(call, shown, files, embeds))
             await self.emitter.update()
         self.transcript.clear_running_tools()
         await self.emitter.update()

@@ -389,6 +389,43 @@ async def test_aliases_show_literally_and_never_as_markup():
     assert streamed(h)[0]["messages"][0]["content"].count(evil) >= 1, "models see the real name"
 
 
+async def test_a_finished_tool_shows_once_while_later_calls_of_its_batch_run():
+    h = PipeHarness(interval=0)  # every change is a frame
+    h.host.chat_configs["chat-1"] = config("m1")
+    gate, slow_started = asyncio.Event(), asyncio.Event()
+
+    async def fast() -> str:
+        return "FAST"
+
+    async def slow() -> str:
+        slow_started.set()
+        await gate.wait()
+        return "SLOW"
+
+    h.host.tools = {
+        name: {"spec": {"name": name, "parameters": {}}, "callable": fn}
+        for name, fn in (("fast", fast), ("slow", slow))
+    }
+    batch = tool_call_chunks("fast", "{}", "call_f", 0) + tool_call_chunks(
+        "slow", "{}", "call_s", 1
+    )
+    h.host.scripts["m1"] = Script(streams=[batch, reply("both done")])
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    await asyncio.wait_for(slow_started.wait(), 5)
+    await asyncio.sleep(0)
+    while_slow_runs = emitter.contents()[-1]
+    gate.set()
+    result = await run
+
+    assert while_slow_runs.count('id="call_f"') == 1, "the finished call shows twice"
+    assert re.search(r'done="true" id="call_f"', while_slow_runs)
+    assert re.search(r'done="false" id="call_s"', while_slow_runs)
+    for frame in emitter.contents():
+        assert frame.count('id="call_f"') <= 1 and frame.count('id="call_s"') <= 1, frame
+    assert result.count('done="true"') == 2 and result.endswith("both done")
+
+
 # -- 6. history ---------------------------------------------------------------------------------
 
 
