@@ -1349,6 +1349,10 @@ class StreamResult:
     malformed: int = 0  # frames that were not JSON objects, skipped
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -1507,6 +1511,13 @@ class Run:
                     self._failure_line(p, result.error or "the reply ended early")
                 return "\n\n".join(s for s in said if s)
             if not result.calls:
+                return "\n\n".join(said)
+            if tool_rounds >= self.settings.max_tool_rounds:
+                # Tools were no longer offered and it called one anyway: nothing more runs.
+                self._notice(
+                    f"{md_text(p.alias)} still asked for tools after "
+                    f"{_count(tool_rounds, 'tool round')}; its turn ends here."
+                )
                 return "\n\n".join(said)
             bad = {c.index: why for c in result.calls if (why := self._malformed(profile, c))}
             if bad and corrections < self.settings.max_tool_corrections:

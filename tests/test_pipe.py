@@ -564,6 +564,23 @@ async def test_corrections_run_out_and_the_bad_call_is_answered_with_an_error():
     assert result.count('name="nope"') == 1 and result.endswith("ok")
 
 
+async def test_a_model_that_keeps_calling_tools_gets_max_tool_rounds_and_then_a_line():
+    h = PipeHarness()
+    _echo_tools(h)
+    h.pipe.valves.MAX_TOOL_ROUNDS = 1
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    runaway = [tool_call_chunks("echo", f'{{"text": "{i}"}}', f"call_{i}") for i in range(40)]
+    h.host.scripts["m1"] = Script(streams=runaway)
+
+    result = await h.run()
+
+    m1 = [r for r in streamed(h) if r["model"] == "m1"]
+    assert len(m1) == 2 and "tools" in m1[0] and "tools" not in m1[1]
+    assert result.count('type="tool_calls" done="true"') == 1
+    assert "*⚠️ M1 still asked for tools after 1 tool round; its turn ends here.*" in result
+    assert speakers(result) == ["M1", "M2"]
+
+
 # -- 8. background tasks ------------------------------------------------------------------------
 
 

@@ -277,6 +277,33 @@ async def test_failing_tools_answer_the_model_and_the_conversation_goes_on(
     assert 'name="echo"' not in saved and "ECHO-" not in saved
 
 
+async def test_a_model_that_keeps_calling_tools_stops_after_max_tool_rounds(
+    owui, backend, admin_socket, pipe, valves, faulty_tools
+):
+    await valves(MAX_TOOL_ROUNDS=2)
+    backend.set_script(
+        "model-a",
+        tool_call=ToolCallScript(name="echo", arguments='{"text": "again"}'),
+        tool_calls_in_a_row=8,  # whether tools are offered or not
+    )
+    admin_socket.answer("execute", overlay_answer("model-a", "model-b"))
+
+    result = await run_chat(admin_socket, None, pipe, "Loop.", tool_ids=["mmc_faulty"])
+
+    saved = result.saved
+    assert speakers(saved) == ["A", "B"] and saved == result.delivered
+    a_requests = backend.requests_for("model-a")
+    # Two rounds run, then one request without tools, whose calls are not run.
+    assert [bool(r.tools) for r in a_requests] == [True, True, False]
+    assert all(r.tool_call_sent for r in a_requests)
+    tags = [t for t in details_tags(saved, "tool_calls") if 'name="echo"' in t]
+    assert len(tags) == 2 and all('done="true"' in t for t in tags)
+    assert 'done="false"' not in saved
+    a_turn = turns_of(saved)["A"]
+    assert f"{NOTICE}A still asked for tools after 2 tool rounds" in a_turn
+    assert len(backend.requests_for("model-b")) == 1
+
+
 # ==========================================================================================
 # 4. The manager fails
 # ==========================================================================================
