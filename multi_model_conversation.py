@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import html
+import inspect
 import json
 import logging
 import re
@@ -1349,6 +1350,25 @@ class StreamResult:
     malformed: int = 0  # frames that were not JSON objects, skipped
 
 
+async def call_tool(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """Run a tool; one whose own code is synchronous runs in a thread, so its timeout holds.
+
+    Open WebUI hands a sync tool over wrapped in a coroutine (its code in `__function__`) that
+    would block the event loop, and every timer on it, until the tool returns.
+    """
+    if inspect.iscoroutinefunction(getattr(fn, "__function__", fn)):
+        result = fn(**args)
+    else:
+        result = await asyncio.to_thread(_run_blocking_tool, fn, args)
+    return await result if inspect.isawaitable(result) else result
+
+
+def _run_blocking_tool(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """In a worker thread: call the tool and, for the host's wrapper, run its coroutine here."""
+    result = fn(**args)
+    return asyncio.run(result) if inspect.iscoroutine(result) else result
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -1707,9 +1727,9 @@ class Run:
             if isinstance(allowed, dict):
                 args = {k: v for k, v in args.items() if k in allowed}
         try:
-            result = tool["callable"](**args)
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                result = await within(self.clock, self.settings.tool_timeout, result)
+            result = await within(
+                self.clock, self.settings.tool_timeout, call_tool(tool["callable"], args)
+            )
         except TimeoutError:
             result = f"Error: the tool did not finish within {self.settings.tool_timeout:g} s."
         except Exception as exc:  # a tool's own failure is the model's to read, not a crash
@@ -2010,7 +2030,10 @@ class Pipe:
             description="Silent retries per turn when a model makes a malformed tool call.",
         )
         TOOL_TIMEOUT: float = Field(
-            default=120, gt=0, description="Seconds a single tool call may run."
+            default=120,
+            gt=0,
+            description="Seconds a single tool call may run; then the model is told it timed "
+            "out. A synchronous tool runs in a thread, which finishes in the background.",
         )
         TURN_TIMEOUT: float = Field(
             default=300,

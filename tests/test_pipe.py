@@ -922,3 +922,39 @@ async def test_stop_during_a_tool_call_cancels_the_tool_and_keeps_the_transcript
     assert cancelled.is_set(), "the tool kept running after Stop"
     assert "Let me check." in emitter.contents()[-1]
     assert 'done="false"' not in emitter.contents()[-1], "no block left executing forever"
+
+
+async def test_a_synchronous_tool_runs_in_a_thread_and_its_timeout_holds():
+    """Open WebUI wraps a sync tool in a coroutine that would block the event loop."""
+    import threading
+    import time
+
+    h = PipeHarness()
+    h.pipe.valves.TOOL_TIMEOUT = 5
+    h.host.chat_configs["chat-1"] = config("m1")
+    release, threads = threading.Event(), []
+
+    def nap() -> str:  # what the tool's author wrote: plain, blocking code
+        threads.append(threading.get_ident())
+        release.wait(30)
+        return "NAP"
+
+    async def wrapped() -> str:  # how the host hands it over (get_async_tool_function...)
+        return nap()
+
+    wrapped.__function__ = nap
+    h.host.tools = {"nap": {"spec": {"name": "nap", "parameters": {}}, "callable": wrapped}}
+    h.host.scripts["m1"] = Script(streams=[tool_call_chunks("nap", "{}"), reply("woke")])
+    run = asyncio.ensure_future(h.run())
+    deadline = time.monotonic() + 10
+    while not threads and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the loop keeps running while the tool blocks
+    assert threads and threads[0] != threading.get_ident()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    h.clock.advance(5)
+    result = await asyncio.wait_for(run, 5)
+    release.set()
+
+    assert "did not finish within 5 s" in streamed(h)[1]["messages"][-1]["content"]
+    assert "NAP" not in result and result.endswith("woke")

@@ -173,6 +173,7 @@ FAULTY_TOOLS = textwrap.dedent(
     description: Tools that fail in every way, for the fault tests.
     """
     import asyncio
+    import time
     from pathlib import Path
 
     MARKS = Path(__MARKS__)
@@ -199,6 +200,15 @@ FAULTY_TOOLS = textwrap.dedent(
                 (MARKS / "hang-cancelled").write_text("1")
                 raise
             return "never"
+
+        def nap(self) -> str:
+            """
+            Synchronous and slow: blocks for 6 s.
+            """
+            (MARKS / "nap-started").write_text("1")
+            time.sleep(6)
+            (MARKS / "nap-finished").write_text("1")
+            return "NAP-DONE"
 
         def huge(self) -> str:
             """
@@ -395,3 +405,30 @@ async def test_stop_while_the_manager_is_choosing_ends_everything(
     assert speakers(stopped.saved) == []
     assert [r.model for r in backend.requests] == ["manager"]
     assert stopped.finished_at is not None
+
+
+async def test_a_synchronous_tool_is_timed_out_too(
+    owui, backend, admin_socket, pipe, valves, faulty_tools
+):
+    """Open WebUI calls a sync tool on its event loop; the pipe runs it in a thread instead."""
+    await valves(TOOL_TIMEOUT=1)
+    finished = faulty_tools / "nap-finished"
+    backend.set_script(
+        "model-a",
+        tool_call=ToolCallScript(name="nap"),
+        # Asked for at once with the timeout's answer, the reply says whether the nap ended.
+        reply=lambda request: f"nap-finished={finished.exists()}",
+    )
+    admin_socket.answer("execute", overlay_answer("model-a", "model-b"))
+
+    result = await run_chat(admin_socket, None, pipe, "Take a nap.", tool_ids=["mmc_faulty"])
+
+    saved = result.saved
+    assert speakers(saved) == ["A", "B"] and saved == result.delivered
+    assert (faulty_tools / "nap-started").exists()
+    assert "did not finish within 1 s" in tool_result(saved, "nap")
+    follow_up = backend.requests_for("model-a")[-1]
+    assert "did not finish within 1 s" in tool_message(follow_up)
+    assert follow_up.reply == "nap-finished=False" and "NAP-DONE" not in saved
+    # The thread cannot be stopped; it ends on its own and its result is dropped.
+    assert await until(finished.exists, 15)
