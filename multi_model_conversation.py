@@ -527,13 +527,27 @@ def heading(participant: Participant, first: bool) -> str:
     return f"{prefix}### {participant.mark} {md_text(participant.alias)}\n\n"
 
 
+_DETAILS_CLOSE = "</details"
+_DETAILS_CLOSE_RE = re.compile(r"</(details)", re.IGNORECASE)
+
+
 def quote_lines(text: str, at_line_start: bool) -> str:
     """Prefix each line with '> ' so reasoning renders as a quote inside its block.
 
-    A literal `</details` in the reasoning is escaped so it cannot close the block early.
+    A literal `</details` in any case is escaped so it cannot close the block early; the
+    Transcript holds back a possible start of one at a chunk's end (`details_close_start`).
     """
-    body = text.replace("</details", "&lt;/details").replace("\n", "\n> ")
+    body = _DETAILS_CLOSE_RE.sub(r"&lt;/\1", text).replace("\n", "\n> ")
     return ("> " + body) if at_line_start else body
+
+
+def details_close_start(text: str) -> int:
+    """Length of the longest end of `text` that could begin a `</details` (any case)."""
+    tail = text[-(len(_DETAILS_CLOSE) - 1) :].lower()
+    for start in range(len(tail)):
+        if _DETAILS_CLOSE.startswith(tail[start:]):
+            return len(tail) - start
+    return 0
 
 
 def reasoning_block(body: str, done: bool, seconds: int) -> str:
@@ -574,6 +588,7 @@ class Transcript:
         self._reasoning: list[str] | None = None
         self._reasoning_started = 0.0
         self._reasoning_at_line_start = True
+        self._reasoning_held = ""  # a possible `</details` cut at a chunk's end, until it ends
         self._running: list[ToolCall] = []  # the batch's calls still executing
         self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
 
@@ -593,13 +608,23 @@ class Transcript:
             self._reasoning = []
             self._reasoning_started = self._clock()
             self._reasoning_at_line_start = True
+        text = self._reasoning_held + text
+        held = details_close_start(text)
+        self._reasoning_held = text[len(text) - held :] if held else ""
+        self._quote_reasoning(text[: len(text) - held])
+
+    def _quote_reasoning(self, text: str) -> None:
+        if not text or self._reasoning is None:
+            return
         self._reasoning.append(quote_lines(text, self._reasoning_at_line_start))
         # quote_lines already prefixed the line after each newline; only the first needs it.
-        self._reasoning_at_line_start = self._reasoning_at_line_start and not text
+        self._reasoning_at_line_start = False
 
     def end_reasoning(self) -> None:
         if self._reasoning is None:
             return
+        self._quote_reasoning(self._reasoning_held)  # it never became a `</details`
+        self._reasoning_held = ""
         seconds = int(self._clock() - self._reasoning_started)
         body = "".join(self._reasoning)
         self._reasoning = None

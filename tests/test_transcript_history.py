@@ -154,6 +154,28 @@ def test_live_reasoning_renders_open_block():
     assert reasoning_body(rendered).split("\n") == ["> still", "> going"]
 
 
+SNEAKY_REASONING = "plan </details> a <\n/details> b </DeTaIlS> c </details"
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.sets(st.integers(min_value=1, max_value=len(SNEAKY_REASONING) - 1), max_size=12))
+def test_reasoning_cannot_close_its_block_however_it_is_cut(cuts):
+    """`</det` + `ails>` in two chunks, or `</DETAILS>`, must not end the block early."""
+    points = [0, *sorted(cuts), len(SNEAKY_REASONING)]
+    t = mmc.Transcript(FakeTime())
+    t.start_turn(ALICE)
+    for a, b in zip(points, points[1:], strict=False):
+        t.add_reasoning(SNEAKY_REASONING[a:b])
+        live = t.render()
+        assert len(re.findall("</details", live, re.IGNORECASE)) == 1, live
+        assert live.rstrip().endswith("</details>")
+    t.add_content("The answer.")
+    final = t.render()
+    (block,) = mmc.BLOCK_RE.findall(final)
+    assert " c " in block and "plan" in block
+    assert mmc.split_turns(final) == [mmc.Turn("Alice", "The answer.")]
+
+
 def test_whitespace_only_reasoning_leaves_no_block():
     t = mmc.Transcript(FakeTime())
     t.start_turn(ALICE)

@@ -244,6 +244,29 @@ async def test_reasoning_deltas_and_think_tags_become_closed_blocks(
     assert "think" not in json.dumps(b_request.messages[1:])
 
 
+async def test_reasoning_that_writes_a_closing_details_tag_stays_in_its_block(
+    owui, backend, admin_socket, pipe
+):
+    """`</det` + `ails>` across two deltas, or `</DETAILS>`: the block still ends only at ours."""
+    pieces = ("I plan </det", "ails> leak-one ", "then </DETAILS> leak-two ", "and done")
+    backend.set_script("model-a", reasoning_pieces=pieces, tokens=6)
+    admin_socket.answer("execute", overlay_answer("model-a", "model-b"))
+
+    first = await run_chat(admin_socket, None, pipe, "Think it over.")
+
+    saved = first.saved
+    assert speakers(saved) == ["A", "B"] and saved == first.delivered
+    block_re = re.compile(r'<details type="reasoning".*?</details>', re.DOTALL | re.IGNORECASE)
+    (block,) = block_re.findall(saved)
+    assert "leak-one" in block and "leak-two" in block and "and done" in block
+    assert "leak" not in block_re.sub("", saved)
+    # The next message's history hands nobody the reasoning as A's words.
+    backend.reset()
+    await run_chat(admin_socket, None, pipe, "Go on.", chat_id=first.chat_id)
+    sent = json.dumps([r.messages for r in backend.requests])
+    assert len(backend.requests) == 2 and "leak" not in sent and "I plan" not in sent
+
+
 # ==========================================================================================
 # 4. Tools
 # ==========================================================================================
