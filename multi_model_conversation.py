@@ -909,6 +909,28 @@ class ModelCallError(RuntimeError):
     """A participant's model call failed; the message is shown in its turn."""
 
 
+class AccessCheckError(RuntimeError):
+    """The host's access check itself failed (a database error, say), which is no refusal."""
+
+    def __init__(self, model_id: str, exc: Exception) -> None:
+        self.model_id = model_id
+        self.detail = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+        super().__init__(f"could not check access to '{model_id}': {self.detail}")
+
+    def for_user(self) -> str:
+        return (
+            f"Could not check your access to '{self.model_id}': {self.detail}. Nothing was run. "
+            "Try again; if it keeps failing, an admin finds this error in the server log."
+        )
+
+
+def _is_refusal(exc: Exception) -> bool:
+    """0.12.4 refuses with a bare Exception('Model not found'); an HTTP 401/403/404 is one too."""
+    if getattr(exc, "status_code", None) in (401, 403, 404):
+        return True
+    return type(exc) is Exception and str(exc) == "Model not found"
+
+
 class HostGateway:
     """The only code that touches open_webui. Tests replace it with a fake host."""
 
@@ -939,8 +961,10 @@ class HostGateway:
 
         try:
             await check_model_access(user, model, model_info=record)
-        except Exception:  # the host signals a refusal by raising
-            return False
+        except Exception as exc:  # the host signals a refusal by raising, and so does a fault
+            if _is_refusal(exc):
+                return False
+            raise AccessCheckError(str(model.get("id")), exc) from exc
         return True
 
     # -- per-chat storage ------------------------------------------------------------------
@@ -2234,6 +2258,10 @@ class Pipe:
             except ConfigError as exc:
                 transcript.add_notice(f"{NOTICE_PREFIX}{md_text(str(exc))}*")
                 return await _finish(emitter, transcript, handing_over=True)
+            except AccessCheckError as exc:
+                log.warning("%s", exc)
+                transcript.add_notice(f"{NOTICE_PREFIX}{md_text(exc.for_user())}*")
+                return await _finish(emitter, transcript, handing_over=True)
             log.info(
                 "conversation start: %d participants, %d rounds, manager=%s",
                 len(participants),
@@ -2364,6 +2392,9 @@ class Pipe:
             await resolve_profiles(gateway, ctx, runtime, [model_id], with_tools=False)
         except ConfigError as exc:
             log.debug("background task skipped: %s", exc)
+            return ""
+        except AccessCheckError as exc:
+            log.warning("background task skipped: %s", exc)
             return ""
         form = {"model": model_id, "messages": body.get("messages") or []}
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 import multi_model_conversation as mmc
@@ -703,6 +704,26 @@ async def test_a_refused_manager_model_is_refused_too():
     h.host.chat_configs["chat-1"] = config("m1", use_manager=True, manager_model="boss")
     result = await h.run()
     assert "'boss'" in result and h.host.requests == []
+
+
+async def test_a_failing_access_check_is_shown_as_such_and_logged_once(caplog):
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    h.host.chat_configs["chat-2"] = config("m1")
+
+    async def broken(user, model, record):
+        raise mmc.AccessCheckError(model["id"], RuntimeError("database is locked"))
+
+    h.host.check_access = broken
+    with caplog.at_level(logging.DEBUG, logger=mmc.__name__):
+        result = await h.run()
+        title = await h.run(chat_id="chat-2", task="title_generation")
+
+    assert "You do not have access" not in result
+    assert "Could not check your access to 'm" in result and "database is locked" in result
+    assert h.host.requests == [] and title == ""
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2 and all("database is locked" in w for w in warnings)
 
 
 # -- 11. upgrade from Multi Model Conversations v2 ----------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import html
 import json
 import re
+import sqlite3
 import textwrap
 import time
 import uuid
@@ -462,6 +463,45 @@ async def test_user_without_access_to_a_participant_is_refused(owui, backend, pi
     assert result.saved == result.delivered and speakers(result.saved) == []
     assert backend.requests == []  # neither model was called, nor the manager, nor a task
     assert CONFIG_KEY not in (await owui.get_chat(result.chat_id, user.token))["meta"]
+
+
+async def test_a_failing_access_check_says_what_failed_and_is_logged_once(owui, backend, pipe):
+    """A database error inside the host's access check is not a refusal."""
+    user = await new_user(owui, "Dora", "model-a", "model-b")
+    db_path = owui.server.data_dir / "webui.db"
+
+    def rename(old: str, new: str) -> None:
+        conn = sqlite3.connect(db_path, timeout=30)
+        try:
+            conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+            conn.commit()
+        finally:
+            conn.close()
+
+    def break_then_answer(_data) -> dict:
+        # After the host let the user reach the pipe, before the pipe checks the participants.
+        rename("group_member", "group_member_away")
+        return overlay_answer("model-a", "model-b")
+
+    log_start = owui.server.log_path.stat().st_size
+    sock = await owui.connect(user.token)
+    try:
+        sock.answer("execute", break_then_answer)
+        result = await run_chat(sock, user.token, pipe, "Check me.")
+    finally:
+        if sock.calls:
+            rename("group_member_away", "group_member")
+        await sock.disconnect()
+
+    assert result.saved == result.delivered and speakers(result.saved) == []
+    assert "You do not have access" not in result.saved
+    assert "Could not check your access to 'model-" in result.saved
+    assert "no such table" in result.saved and "group\\_member" in result.saved  # md-escaped
+    assert backend.requests == []
+    with open(owui.server.log_path, "rb") as log:
+        log.seek(log_start)
+        written = log.read().decode(errors="replace")
+    assert written.count("could not check access to 'model-") == 1, written[-3000:]
 
 
 # ==========================================================================================
