@@ -603,3 +603,34 @@ async def test_tab_never_shows_the_conversation_twice(owui, backend, admin_socke
     assert len(blanks) == 1 and shown[blanks[0] + 1] == result.saved, (
         "the only empty state is the instant before the final text"
     )
+
+
+# ==========================================================================================
+# Background tasks (title, tags, follow-ups)
+# ==========================================================================================
+
+
+async def test_a_title_task_never_reaches_a_model_the_user_may_not_use(owui, backend, pipe):
+    """The background task calls its model with bypass_filter=True: the pipe's check is the gate."""
+    user = await new_user(owui, "Tess", "model-a")
+
+    async def title_with(participant: str) -> dict:
+        await owui.set_user_valves(
+            FUNCTION_ID, {"NUM_PARTICIPANTS": 1, "Participant1Model": participant}, user.token
+        )
+        return await owui.request(
+            "POST",
+            "/api/v1/tasks/title/completions",
+            token=user.token,
+            json_body={"model": PIPE_MODEL, "messages": [{"role": "user", "content": "Tea?"}]},
+        )
+
+    allowed = await title_with("model-a")
+    (request,) = backend.requests
+    assert request.model == "model-a" and not request.stream
+    assert request.reply in json.dumps(allowed)
+
+    backend.reset()
+    refused = await title_with("model-b")
+    assert backend.requests == [], "the task reached a model the user was not granted"
+    assert "model-b#" not in json.dumps(refused)
