@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import multi_model_conversation as mmc
+from tests import fakes
 
 # ============================================================================
 # SSEDecoder
@@ -351,8 +352,19 @@ EXPECTED_TAG_PAIRS = {
 }
 
 
-def test_think_tags_cover_the_common_formats():
-    assert set(mmc.THINK_TAGS) == EXPECTED_TAG_PAIRS
+@pytest.mark.parametrize("pair", sorted(EXPECTED_TAG_PAIRS))
+async def test_each_common_think_tag_format_becomes_a_reasoning_block_in_the_pipe(pair):
+    h = fakes.PipeHarness()
+    h.host.chat_configs["chat-1"] = fakes.config("m1")
+    text = f"{pair[0]}weighing it up{pair[1]}Tea, then."
+    frames = [fakes.chunk(content=c) for c in text]  # one character per delta
+    h.host.scripts["m1"] = fakes.Script(streams=[[*frames, "data: [DONE]\n\n"]])
+
+    result = await h.run()
+
+    (block,) = mmc.BLOCK_RE.findall(result)
+    assert 'type="reasoning" done="true"' in block and "weighing it up" in block
+    assert result.endswith("\n</details>\nTea, then.") and pair[0] not in result
 
 
 @pytest.mark.parametrize("pair", sorted(EXPECTED_TAG_PAIRS))
