@@ -691,7 +691,7 @@ class Transcript:
 
 
 # ============================================================================
-# Emitter: coalesces transcript updates into at most one `replace` per frame
+# Emitter: at most one frame (`chat:message`) per interval; saves (`replace`) spaced by a budget
 # ============================================================================
 
 
@@ -766,7 +766,6 @@ class CoalescingEmitter:
         self._clock = clock
         # The first save is due one interval in (the first frame holds little but a heading).
         self._last_saved_at = clock.now()
-        self.saves = 0
         self._dirty = False
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
@@ -876,7 +875,6 @@ class CoalescingEmitter:
     async def _save(self, payload: str, now: float) -> None:
         if await self._deliver({"type": "replace", "data": {"content": payload}}):
             self._last_saved, self._last_saved_at = payload, now
-            self.saves += 1
             if self._budget > 0:
                 # The host keeps the message twice (chat JSON and message row).
                 rewrite = self._host_bytes + 2 * len(payload)
@@ -2034,8 +2032,9 @@ class Pipe:
             default=1 / 30,
             ge=0,
             le=5,
-            description="Seconds between two content updates sent to the browser; each one "
-            "rewrites the whole chat in the database. 0 sends every chunk (no coalescing).",
+            description="Seconds between two updates of the message on screen (chat:message "
+            "events, which the host only forwards; saves follow SAVE_INTERVAL). 0 sends every "
+            "chunk as a save that rewrites the whole chat (no coalescing).",
         )
         SAVE_INTERVAL: float = Field(
             default=1.0,
