@@ -65,6 +65,8 @@ class ParticipantConfig(BaseModel):
     model: str
     alias: str = ""
     system_message: str = ""
+    # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
+    max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
 
     @field_validator("model")
     @classmethod
@@ -119,7 +121,9 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
 
 
 def _empty_row(row: Any) -> bool:
-    return isinstance(row, dict) and not any(str(v or "").strip() for v in row.values())
+    return isinstance(row, dict) and not any(
+        str(v or "").strip() for k, v in row.items() if k != "max_tokens"
+    )
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
@@ -167,6 +171,7 @@ class Participant:
     alias: str
     persona: str
     mark: str
+    max_tokens: int | None = None  # None: the MAX_TOKENS valve; 0: no limit
 
 
 def make_participants(config: ConversationConfig, names: dict[str, str]) -> list[Participant]:
@@ -180,7 +185,9 @@ def make_participants(config: ConversationConfig, names: dict[str, str]) -> list
         while normalize_name(alias) in taken:
             alias, n = f"{base} {n}", n + 1
         taken.add(normalize_name(alias))
-        result.append(Participant(i, row.model, alias, row.system_message, mark_for(i)))
+        result.append(
+            Participant(i, row.model, alias, row.system_message, mark_for(i), row.max_tokens)
+        )
     return result
 
 
@@ -264,12 +271,14 @@ class SSEDecoder:
 class StreamEvent:
     """One decoded piece of a model's reply."""
 
-    kind: str  # "content" | "reasoning" | "tool_call" | "error" | "done" | "malformed"
-    text: str = ""
+    # "content" | "reasoning" | "tool_call" | "error" | "done" | "malformed" | "finish" | "usage"
+    kind: str
+    text: str = ""  # for "finish": the finish reason
     index: int = 0
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    count: int = 0  # for "usage": the prompt tokens the server counted
 
 
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
@@ -290,13 +299,17 @@ def decode_frame(payload: str) -> list[StreamEvent]:
         return [StreamEvent("malformed")]
     if frame.get("error"):
         return [StreamEvent("error", text=describe_error(frame["error"]))]
+    events: list[StreamEvent] = []
+    usage = frame.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+        events.append(StreamEvent("usage", count=usage["prompt_tokens"]))
     choices = frame.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return []
+        return events
+    finish = choices[0].get("finish_reason")
     delta = choices[0].get("delta") or choices[0].get("message") or {}
     if not isinstance(delta, dict):
-        return []
-    events: list[StreamEvent] = []
+        delta = {}
     for key in REASONING_KEYS:
         value = delta.get(key)
         if isinstance(value, str) and value:
@@ -320,6 +333,8 @@ def decode_frame(payload: str) -> list[StreamEvent]:
                 arguments=_as_text(function.get("arguments")),
             )
         )
+    if isinstance(finish, str) and finish:
+        events.append(StreamEvent("finish", text=finish))
     return events
 
 
@@ -499,7 +514,7 @@ def md_unescape(text: str) -> str:
 # A model's line that starts like our heading or notice would split or vanish from history, so
 # one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
 _MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
-_NOTICE_MARKS = "⚠️|🛠️"  # what our notice lines start with, after their `*`
+_NOTICE_MARKS = "⚠️|🛠️|✂️"  # what our notice lines start with, after their `*`
 _BEFORE_MARK = rf"(?=\u200b*(?:{_MARKS}))"
 _BEFORE_NOTICE_MARK = rf"(?=\u200b*(?:{_NOTICE_MARKS}))"
 _LOOKALIKE_RE = re.compile(rf"^(?:### {_BEFORE_MARK}|\*{_BEFORE_NOTICE_MARK})", re.MULTILINE)
@@ -980,6 +995,12 @@ class HostGateway:
             raise ModelCallError(
                 f"the stream broke off ({str(exc) or type(exc).__name__})"
             ) from exc
+        finally:
+            # A reply we cut (length, time, someone else's line) closes the upstream
+            # connection at once, so the model stops generating.
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                await close()
 
     async def complete(self, form: dict, user: Any) -> str:
         response = await self._completion({**form, "stream": False}, user)
@@ -1323,6 +1344,8 @@ class Settings:
     tool_timeout: float = 120.0
     tool_result_max_chars: int = 100_000
     turn_timeout: float = 300.0
+    max_tokens: int = 400  # per turn; 0: no limit
+    turn_time_limit: float = 180.0  # wall-clock seconds per turn; 0: no limit
     manager_timeout: float = 30.0
     manager_history_chars: int = 8000
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
@@ -1338,6 +1361,9 @@ class StreamResult:
     error: str | None = None
     shown: bool = False  # anything (content or reasoning) reached the transcript
     malformed: int = 0  # frames that were not JSON objects, skipped
+    finish_reason: str = ""
+    done: bool = False  # the stream's `[DONE]` arrived
+    cut: str = ""  # why the reply was cut short: "length" | "time" | ""
 
 
 class Run:
@@ -1473,12 +1499,17 @@ class Run:
         """Stream, run tool calls, stream again (bounded); returns what the participant said."""
         said: list[str] = []
         tool_rounds = corrections = 0
+        limit = self.settings.turn_time_limit
+        ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
         while True:
             offer = bool(profile.tool_specs) and tool_rounds < self.settings.max_tool_rounds
             offer = offer and corrections <= self.settings.max_tool_corrections
-            result = await self.stream_once(profile, messages, offer)
+            result = await self.stream_once(p, profile, messages, offer, ends_at)
             if result.content:
                 said.append(result.content)
+            if result.cut:
+                self._cut_line(p, result.cut)
+                return "\n\n".join(said)
             if result.malformed:
                 self._notice(
                     f"{md_text(p.alias)}'s reply had {result.malformed} unreadable stream "
@@ -1506,10 +1537,19 @@ class Run:
             messages += self._tool_messages(result, outputs)
 
     async def stream_once(
-        self, profile: ModelProfile, messages: list[dict], offer_tools: bool
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        messages: list[dict],
+        offer_tools: bool,
+        turn_ends_at: float,
     ) -> StreamResult:
+        """Stream one reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
         form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
         form.update(self._sampling(profile))
+        max_tokens = self.max_tokens(p)
+        if max_tokens:
+            form["max_tokens"] = max_tokens
         if offer_tools:
             form["tools"] = profile.tool_specs
         result = StreamResult()
@@ -1517,15 +1557,16 @@ class Run:
         content: list[str] = []
         silence = self.settings.turn_timeout
         loop = asyncio.get_running_loop()
+        stream = self.gateway.stream_chat(form, self.ctx.user)
         try:
-            # A model may stream for as long as it likes, but not go silent for `silence` s.
-            async with asyncio.timeout(silence) as deadline:
-                async for chunk in self.gateway.stream_chat(form, self.ctx.user):
+            # A model may not go silent for `silence` s, nor stream past the turn's end.
+            async with asyncio.timeout_at(min(loop.time() + silence, turn_ends_at)) as deadline:
+                async for chunk in stream:
                     now = loop.time()
                     # Moving the deadline costs a timer; do it once per tenth of the window,
                     # so a model is cut off after 90-100 % of `silence` without a chunk.
-                    if deadline.when() - now < silence * 0.9:
-                        deadline.reschedule(now + silence)
+                    if deadline.when() - now < silence * 0.9 and deadline.when() < turn_ends_at:
+                        deadline.reschedule(min(now + silence, turn_ends_at))
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
@@ -1534,10 +1575,35 @@ class Run:
         except ModelCallError as exc:
             result.error = str(exc)
         except TimeoutError:
-            result.error = f"the model sent nothing for {silence:g} s"
+            if loop.time() >= turn_ends_at - 0.001:
+                result.cut = "time"
+            else:
+                result.error = f"the model sent nothing for {silence:g} s"
+        finally:
+            await stream.aclose()  # a cut reply also stops the model upstream
+        if result.finish_reason == "length" and result.error is None:
+            result.cut = "length"
+        ended = result.finish_reason or result.done or result.cut
+        if result.error is None and not ended:
+            # Closed cleanly but unfinished: a proxy or server that gave up midway.
+            result.error = "the stream ended before the model finished"
         result.content = self._end_reply(splitter, content, result)
-        result.calls = calls.calls() if result.error is None else []
+        result.calls = calls.calls() if result.error is None and not result.cut else []
         return result
+
+    def max_tokens(self, p: Participant) -> int:
+        """The participant's own limit from the setup, else the valve's; 0 means none."""
+        return self.settings.max_tokens if p.max_tokens is None else p.max_tokens
+
+    def _cut_line(self, p: Participant, cut: str) -> None:
+        """A visible mark that a reply was cut short; history leaves it out like a notice."""
+        if cut == "time":
+            why = f"cut after {self.settings.turn_time_limit:g} s"
+        elif self.max_tokens(p):
+            why = f"cut at {self.max_tokens(p)} tokens"
+        else:
+            why = "cut by the model's length limit"
+        self.transcript.add_notice(f"*✂️ …({why})*")
 
     def _end_reply(
         self, splitter: ThinkTagSplitter, content: list[str], result: StreamResult
@@ -1568,6 +1634,10 @@ class Run:
                 result.error = event.text
             elif event.kind == "malformed":
                 result.malformed += 1
+            elif event.kind == "finish":
+                result.finish_reason = event.text
+            elif event.kind == "done":
+                result.done = True
 
     def _show(self, kind: str, text: str, content: list[str], result: StreamResult) -> None:
         if kind == "content":
@@ -1707,6 +1777,7 @@ const DEFAULTS = __DEFAULTS__;
 const OWN_PREFIX = __OWN_PREFIX__;
 const TIMEOUT_MS = __TIMEOUT_MS__;
 const MAX_ROUNDS = __MAX_ROUNDS__;
+const MAX_TOKENS = __MAX_TOKENS__;
 let models = [];
 try {
   const res = await fetch('/api/models', {
@@ -1762,9 +1833,10 @@ return await new Promise((resolve) => {
       model.name = 'model';
       const alias = el('input', { value: d.alias || '', placeholder: 'Alias (default: the model name)', style: field, name: 'alias' });
       const persona = el('textarea', { value: d.system_message || '', placeholder: 'Persona / system message', rows: 2, style: field, name: 'system_message' });
-      const box = el('fieldset', {}, [el('legend', { textContent: 'Participant ' + (rowInputs.length + 1) }), model, alias, persona]);
+      const maxTokens = el('input', { type: 'number', min: 0, value: d.max_tokens ?? '', placeholder: 'Max tokens per turn (empty: ' + MAX_TOKENS + ', 0: no limit)', style: field, name: 'max_tokens' });
+      const box = el('fieldset', {}, [el('legend', { textContent: 'Participant ' + (rowInputs.length + 1) }), model, alias, persona, maxTokens]);
       box.style.cssText = 'border:1px solid #8884;border-radius:10px;padding:8px 10px;margin:6px 0;';
-      rowInputs.push({ box, model, alias, persona });
+      rowInputs.push({ box, model, alias, persona, maxTokens });
     }
     rows.replaceChildren(...rowInputs.slice(0, n).map((r) => r.box));
   };
@@ -1791,6 +1863,7 @@ return await new Promise((resolve) => {
       manager_model: useManager.checked ? managerModel.value : '',
       participants: rowInputs.slice(0, n).map((r) => ({
         model: r.model.value, alias: r.alias.value.trim(), system_message: r.persona.value,
+        max_tokens: r.maxTokens.value === '' ? null : Math.max(0, parseInt(r.maxTokens.value, 10) || 0),
       })),
     });
   });
@@ -1812,7 +1885,9 @@ return await new Promise((resolve) => {
 """
 
 
-def overlay_script(defaults: dict, own_prefix: str, timeout_s: float, max_rounds: int) -> str:
+def overlay_script(
+    defaults: dict, own_prefix: str, timeout_s: float, max_rounds: int, max_tokens: int = 0
+) -> str:
     """The overlay's code with its inputs as JSON literals (never spliced in as raw text)."""
 
     def literal(value: Any) -> str:
@@ -1823,6 +1898,7 @@ def overlay_script(defaults: dict, own_prefix: str, timeout_s: float, max_rounds
         .replace("__OWN_PREFIX__", literal(own_prefix))
         .replace("__TIMEOUT_MS__", str(int(timeout_s * 1000)))
         .replace("__MAX_ROUNDS__", str(int(max_rounds)))
+        .replace("__MAX_TOKENS__", str(int(max_tokens)))
     )
 
 
@@ -1891,6 +1967,19 @@ class Pipe:
             gt=0,
             description="Seconds a participant's model may stay silent (no chunk) before its "
             "turn ends with an error; also the limit for a non-streamed retry.",
+        )
+        MAX_TOKENS: int = Field(
+            default=400,
+            ge=0,
+            description="Most tokens one turn may write (sent as max_tokens). A participant's "
+            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
+            "give them more. 0: no limit.",
+        )
+        TURN_TIME_LIMIT: float = Field(
+            default=180,
+            ge=0,
+            description="Seconds one turn may stream, however busy the model is; the turn keeps "
+            "what arrived and is marked as cut. 0: no limit.",
         )
         TOOL_RESULT_MAX_CHARS: int = Field(
             default=100_000,
@@ -2137,7 +2226,11 @@ class Pipe:
             # No status line around the dialog: it shows itself, and every status event
             # makes the host rewrite the whole chat.
             script = overlay_script(
-                defaults, own_prefix, self.valves.OVERLAY_TIMEOUT, self.valves.MAX_ROUNDS
+                defaults,
+                own_prefix,
+                self.valves.OVERLAY_TIMEOUT,
+                self.valves.MAX_ROUNDS,
+                self.valves.MAX_TOKENS,
             )
             try:
                 # The dialog closes itself at OVERLAY_TIMEOUT; the slack covers a slow network.
@@ -2203,6 +2296,8 @@ def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
         tool_timeout=valves.TOOL_TIMEOUT,
         tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
         turn_timeout=valves.TURN_TIMEOUT,
+        max_tokens=valves.MAX_TOKENS,
+        turn_time_limit=valves.TURN_TIME_LIMIT,
         manager_timeout=valves.MANAGER_TIMEOUT,
         manager_history_chars=valves.MANAGER_HISTORY_CHARS,
         shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),

@@ -201,6 +201,8 @@ class FakeHost(mmc.HostGateway):
             item = reply(text)
         if isinstance(item, Exception):
             raise item
+        if not any(isinstance(p, Exception) for p in item) and "[DONE]" not in "".join(item[-1:]):
+            item = [*item, "data: [DONE]\n\n"]  # a real server ends every finished stream so
         for piece in item:
             if isinstance(piece, Exception):
                 raise piece

@@ -740,6 +740,7 @@ async def test_a_slow_but_steady_model_is_not_cut_off():
         for i in range(8):
             await asyncio.sleep(0.05)  # 0.4 s in all, never 0.2 s silent
             yield chunk(content=f"w{i} ")
+        yield "data: [DONE]\n\n"
 
     h.host.stream_chat = steady
     result = await asyncio.wait_for(h.run(), 5)
