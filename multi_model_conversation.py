@@ -956,6 +956,7 @@ class HostGateway:
         features: dict,
         terminal_id: str | None,
         extra_params: dict,
+        builtin: bool = True,
     ) -> dict[str, dict]:
         from open_webui.utils.tools import get_builtin_tools, get_terminal_tools, get_tools
 
@@ -966,9 +967,10 @@ class HostGateway:
         if terminal_id:
             found = await get_terminal_tools(self.request, terminal_id, user, params)
             tools.update(found[0] if isinstance(found, tuple) else found or {})
-        builtin = await get_builtin_tools(self.request, params, features=features, model=model)
-        for name, tool in builtin.items():
-            tools.setdefault(name, tool)
+        if builtin:
+            found = await get_builtin_tools(self.request, params, features=features, model=model)
+            for name, tool in found.items():
+                tools.setdefault(name, tool)
         return {name: tool for name, tool in tools.items() if callable(tool.get("callable"))}
 
     async def process_tool_result(
@@ -1066,6 +1068,7 @@ class ModelProfile:
     tool_specs: list[dict] = field(default_factory=list)
     user_picked_tools: bool = False
     owned_by: str = ""
+    context_tokens: int = 0  # from the model's params (num_ctx, max_context); 0: not set
 
 
 @dataclass
@@ -1078,6 +1081,7 @@ class RequestContext:
     features: dict
     terminal_id: str | None
     extra_params: dict
+    builtin_tools: bool = False  # offer Open WebUI's built-in tools without a feature switched on
 
 
 async def resolve_profiles(
@@ -1135,6 +1139,7 @@ async def _resolve_one(
         system_prompt=str(params.get("system") or ""),
         native_tools=(params.get("function_calling") or "native") != "legacy",
         owned_by=str(model.get("owned_by") or ""),
+        context_tokens=context_size(params, (model.get("info") or {}).get("params") or {}),
     )
     if not with_tools:
         return profile
@@ -1145,9 +1150,14 @@ async def _resolve_one(
     features = dict(ctx.features)
     for feature in meta.get("defaultFeatureIds") or info_meta.get("defaultFeatureIds") or []:
         features.setdefault(feature, True)
+    # Built-in tools are dozens of definitions in every request: only when asked for, by
+    # the valve or by a feature (web search, ...) switched on for the chat or the model.
+    builtin = ctx.builtin_tools or any(features.values())
+    if not (tool_ids or ctx.terminal_id or builtin):
+        return profile
     try:
         profile.tools = await gateway.load_tools(
-            ctx.user, model, tool_ids, features, ctx.terminal_id, ctx.extra_params
+            ctx.user, model, tool_ids, features, ctx.terminal_id, ctx.extra_params, builtin
         )
     except Exception as exc:
         log.warning("could not load tools for %s: %s", model_id, exc)
@@ -1264,14 +1274,17 @@ def _merge(a: Any, b: Any) -> Any:
     return [*_as_parts(a), *_as_parts(b)]
 
 
-def messages_for(alias: str, turns: list[Turn], user_name: str) -> list[dict]:
+def messages_for(alias: str, turns: list[Turn], user_name: str, omitted: int = 0) -> list[dict]:
     """A participant's view: its own turns as assistant, everyone else's as labelled user turns.
 
     Consecutive same-role messages are merged so roles alternate, and it always ends on a user
-    message so the model answers rather than continues its own text.
+    message so the model answers rather than continues its own text. `omitted` earlier turns
+    left out to fit the model's context are named in one short line first.
     """
     own = normalize_name(alias)
     out: list[dict] = []
+    if omitted:
+        out.append({"role": "user", "content": omitted_line(omitted)})
     for turn in turns:
         if turn.speaker is None:
             role, content = "user", turn.content
@@ -1299,6 +1312,118 @@ def history_digest(turns: list[Turn], user_name: str, limit: int) -> str:
     ]
     text = "\n".join(lines)
     return text if len(text) <= limit else "…" + text[-limit:]
+
+
+# ============================================================================
+# Context: each request fitted into its model's context window
+# ============================================================================
+
+DEFAULT_CHARS_PER_TOKEN = 3.0  # on the safe side for prose; calibrated by the server's usage
+MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
+_CONTEXT_ERROR_RE = re.compile(
+    r"context[ _-]?(?:length|window|size)|maximum context|too many tokens|prompt is too long|"
+    r"input is too long|n_ctx|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context",
+    re.IGNORECASE,
+)
+_CONTEXT_LIMIT_RE = re.compile(
+    r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
+)
+CONTEXT_PARAM_KEYS = ("num_ctx", "max_context", "context_length", "n_ctx", "max_context_length")
+
+
+def is_context_error(text: str | None) -> bool:
+    """An error that says the prompt does not fit the model (a plain retry cannot help)."""
+    return bool(text) and bool(_CONTEXT_ERROR_RE.search(text or ""))
+
+
+def reported_context_limit(text: str) -> int | None:
+    """The context size an error names ("maximum context length is 8192 tokens"), if any."""
+    match = _CONTEXT_LIMIT_RE.search(text)
+    return int(match.group(1)) if match else None
+
+
+def context_size(*param_sets: dict) -> int:
+    """A model's context size from its Open WebUI params (top level or custom_params); 0: unset."""
+    for params in param_sets:
+        for source in (params, params.get("custom_params") or {}):
+            for key in CONTEXT_PARAM_KEYS:
+                try:
+                    value = int(source.get(key) or 0)
+                except (TypeError, ValueError):
+                    continue
+                if value > 0:
+                    return value
+    return 0
+
+
+def omitted_line(count: int) -> str:
+    return f"({count} earlier turn{'s' if count != 1 else ''} of this conversation left out.)"
+
+
+def message_chars(messages: list[dict]) -> int:
+    return sum(len(_text_of(m.get("content"))) + MESSAGE_OVERHEAD_CHARS for m in messages)
+
+
+class ContextBudget:
+    """Knows each model's context size and its characters per token, for one run.
+
+    The size is the model's own setting, else the one an error reported, else the default;
+    the ratio starts safe and follows the prompt tokens the server reports in `usage`.
+    """
+
+    def __init__(self, default_tokens: int) -> None:
+        self._default = default_tokens
+        self._learned: dict[str, int] = {}
+        self._ratio: dict[str, float] = {}
+
+    def limit(self, profile: ModelProfile) -> int:
+        return self._learned.get(profile.model_id) or profile.context_tokens or self._default
+
+    def chars_per_token(self, profile: ModelProfile) -> float:
+        return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
+
+    def calibrate(self, profile: ModelProfile, chars: int, prompt_tokens: int) -> None:
+        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low)."""
+        if prompt_tokens > 0 and chars > 0:
+            ratio = min(8.0, max(1.0, 0.9 * chars / prompt_tokens))
+            self._ratio[profile.model_id] = ratio
+            log.debug("%s: %.2f characters per token", profile.model_id, ratio)
+
+    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> None:
+        """After a context-length error: the size it names, else half of what was sent."""
+        reported = reported_context_limit(error)
+        if reported is None:
+            reported = int(sent_chars / self.chars_per_token(profile) / 2)
+        current = self.limit(profile)
+        self._learned[profile.model_id] = min(reported, current) if current else reported
+
+    def room_chars(self, profile: ModelProfile, reserve_tokens: int, shrink: float) -> int | None:
+        """Characters the messages may take, or None when the context size is unknown."""
+        limit = self.limit(profile)
+        if not limit:
+            return None
+        tokens = int(limit * shrink) - reserve_tokens - 16  # a little slack for the template
+        return max(0, int(tokens * self.chars_per_token(profile)))
+
+
+def fit_turns(turns: list[Turn], room: int) -> tuple[list[Turn], int]:
+    """Drop the oldest turns until the rest fit `room` characters; never the user's latest.
+
+    Returns the kept turns and how many were dropped. It may still not fit: the latest user
+    message is kept whatever its size.
+    """
+    keep = max((i for i, t in enumerate(turns) if t.speaker is None), default=-1)
+    costs = [len(_text_of(t.content)) + len(t.speaker or "") + 24 for t in turns]
+    total = sum(costs) + len(omitted_line(len(turns)))
+    dropped: set[int] = set()
+    for i in range(len(turns)):
+        if total <= room:
+            break
+        if i != keep:
+            dropped.add(i)
+            total -= costs[i]
+    kept = [t for i, t in enumerate(turns) if i not in dropped]
+    return kept, len(dropped)
 
 
 # ============================================================================
@@ -1346,6 +1471,7 @@ class Settings:
     turn_timeout: float = 300.0
     max_tokens: int = 400  # per turn; 0: no limit
     turn_time_limit: float = 180.0  # wall-clock seconds per turn; 0: no limit
+    context_tokens: int = 8192  # assumed context size of a model whose params name none
     manager_timeout: float = 30.0
     manager_history_chars: int = 8000
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
@@ -1363,6 +1489,7 @@ class StreamResult:
     malformed: int = 0  # frames that were not JSON objects, skipped
     finish_reason: str = ""
     done: bool = False  # the stream's `[DONE]` arrived
+    prompt_tokens: int = 0  # what the server's `usage` counted, if it sent one
     cut: str = ""  # why the reply was cut short: "length" | "time" | ""
 
 
@@ -1389,6 +1516,7 @@ class Run:
         self.turns: list[Turn] = []
         self.chat_system = ""  # the chat's own system prompt, if the user set one
         self._tool_notice_shown: set[str] = set()
+        self.budget = ContextBudget(settings.context_tokens)
 
     # -- the conversation ------------------------------------------------------------------
     async def converse(
@@ -1473,15 +1601,35 @@ class Run:
                     "does not use native function calling.*"
                 )
         await self.emitter.update()
-        messages = [
-            {"role": "system", "content": self.system_prompt(p, profile, aliases)},
-            *messages_for(p.alias, self.turns, self.user_name),
-        ]
-        said = await self.reply_with_tools(p, profile, messages)
+
+        def build(shrink: float) -> list[dict]:
+            return self.fitted_messages(p, profile, aliases, shrink)
+
+        said = await self.reply_with_tools(p, profile, build)
         self.transcript.close_live()
         await self.emitter.update()
         if said:
             self.turns.append(Turn(p.alias, said))
+
+    def fitted_messages(
+        self, p: Participant, profile: ModelProfile, aliases: list[str], shrink: float
+    ) -> list[dict]:
+        """System prompt, then as many of the newest turns as fit the model's context."""
+        system = {"role": "system", "content": self.system_prompt(p, profile, aliases)}
+        turns, omitted = self.turns, 0
+        limit = self.budget.limit(profile)
+        reserve = min(self.max_tokens(p) or 1024, limit // 2)
+        room = self.budget.room_chars(profile, reserve, shrink)
+        if room is not None:
+            room -= message_chars([system]) + self._tools_chars(profile)
+            turns, omitted = fit_turns(self.turns, room)
+            if omitted:
+                log.debug("%s: %d earlier turns left out to fit %d tokens", p.alias, omitted, limit)
+        return [system, *messages_for(p.alias, turns, self.user_name, omitted)]
+
+    @staticmethod
+    def _tools_chars(profile: ModelProfile) -> int:
+        return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
 
     def system_prompt(self, p: Participant, profile: ModelProfile, aliases: list[str]) -> str:
         others = ", ".join(a for a in aliases if a != p.alias) or "the user"
@@ -1494,11 +1642,16 @@ class Run:
         return "\n\n".join(part for part in parts if part)
 
     async def reply_with_tools(
-        self, p: Participant, profile: ModelProfile, messages: list[dict]
+        self, p: Participant, profile: ModelProfile, build: Callable[[float], list[dict]]
     ) -> str:
-        """Stream, run tool calls, stream again (bounded); returns what the participant said."""
+        """Stream, run tool calls, stream again (bounded); returns what the participant said.
+
+        `build(shrink)` gives the messages fitted into `shrink` of the model's context.
+        """
         said: list[str] = []
+        messages = build(1.0)
         tool_rounds = corrections = 0
+        refitted = False
         limit = self.settings.turn_time_limit
         ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
         while True:
@@ -1515,6 +1668,19 @@ class Run:
                     f"{md_text(p.alias)}'s reply had {result.malformed} unreadable stream "
                     "frame(s), skipped: some of its text may be missing."
                 )
+            if is_context_error(result.error) and not result.shown:
+                # A plain retry would fail the same way: trim harder once, then say so.
+                if not refitted and tool_rounds == corrections == 0:
+                    refitted = True
+                    self.budget.learn(profile, result.error or "", message_chars(messages))
+                    messages = build(0.9)
+                    continue
+                self._failure_line(
+                    p,
+                    "the conversation does not fit its model's context, even with older turns "
+                    f"left out ({result.error})",
+                )
+                return "\n\n".join(s for s in said if s)
             if result.error is not None or not (result.content or result.calls):
                 if not result.shown and not result.calls:
                     recovered = await self.retry_plain(p, profile, messages, result.error)
@@ -1552,6 +1718,8 @@ class Run:
             form["max_tokens"] = max_tokens
         if offer_tools:
             form["tools"] = profile.tool_specs
+        if profile.owned_by != "ollama":
+            form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
         result = StreamResult()
         decoder, splitter, calls = SSEDecoder(), ThinkTagSplitter(), ToolCallAccumulator()
         content: list[str] = []
@@ -1581,6 +1749,9 @@ class Run:
                 result.error = f"the model sent nothing for {silence:g} s"
         finally:
             await stream.aclose()  # a cut reply also stops the model upstream
+        if result.prompt_tokens:
+            chars = message_chars(messages) + (self._tools_chars(profile) if offer_tools else 0)
+            self.budget.calibrate(profile, chars, result.prompt_tokens)
         if result.finish_reason == "length" and result.error is None:
             result.cut = "length"
         ended = result.finish_reason or result.done or result.cut
@@ -1638,6 +1809,8 @@ class Run:
                 result.finish_reason = event.text
             elif event.kind == "done":
                 result.done = True
+            elif event.kind == "usage":
+                result.prompt_tokens = event.count
 
     def _show(self, kind: str, text: str, content: list[str], result: StreamResult) -> None:
         if kind == "content":
@@ -1981,6 +2154,13 @@ class Pipe:
             description="Seconds one turn may stream, however busy the model is; the turn keeps "
             "what arrived and is marked as cut. 0: no limit.",
         )
+        CONTEXT_TOKENS: int = Field(
+            default=8192,
+            ge=0,
+            description="Context size (tokens) assumed for a participant model whose Open WebUI "
+            "settings name none (num_ctx or max_context). Older turns are left out to fit. "
+            "0: fit only after the model reports a context-length error.",
+        )
         TOOL_RESULT_MAX_CHARS: int = Field(
             default=100_000,
             ge=1000,
@@ -1992,6 +2172,13 @@ class Pipe:
         )
         MANAGER_HISTORY_CHARS: int = Field(
             default=8000, ge=200, description="Newest characters of the chat shown to the manager."
+        )
+        BUILTIN_TOOLS: bool = Field(
+            default=False,
+            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
+            "...) to every participant whose model uses native function calling. Off: a "
+            "participant gets tools only when some are picked for the chat or its model, or a "
+            "feature such as web search is switched on.",
         )
         PIPE_NAME: str = Field(
             default="Multi-Model Conversation", description="Name shown in the model picker."
@@ -2083,6 +2270,7 @@ class Pipe:
             tool_ids=list(metadata.get("tool_ids") or []),
             features=dict(metadata.get("features") or {}),
             terminal_id=metadata.get("terminal_id"),
+            builtin_tools=self.valves.BUILTIN_TOOLS,
             extra_params={
                 "__user__": user_info,
                 "__request__": __request__,
@@ -2298,6 +2486,7 @@ def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
         turn_timeout=valves.TURN_TIMEOUT,
         max_tokens=valves.MAX_TOKENS,
         turn_time_limit=valves.TURN_TIME_LIMIT,
+        context_tokens=valves.CONTEXT_TOKENS,
         manager_timeout=valves.MANAGER_TIMEOUT,
         manager_history_chars=valves.MANAGER_HISTORY_CHARS,
         shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),

@@ -155,6 +155,7 @@ class FakeHost(mmc.HostGateway):
             "runtime_models": 0,
         }
         self.requests: list[dict] = []  # every completion form, in order
+        self.tool_loads: list[dict] = []  # what each load_tools call asked for
         self.users = {"u1": SimpleNamespace(id="u1", role="user", name="Ann")}
 
     # -- host surface ----------------------------------------------------------------------
@@ -181,8 +182,11 @@ class FakeHost(mmc.HostGateway):
     async def save_chat_config(self, chat_id: str, config: dict) -> None:
         self.chat_configs[chat_id] = json.loads(json.dumps(config))
 
-    async def load_tools(self, user, model, tool_ids, features, terminal_id, extra_params):
+    async def load_tools(
+        self, user, model, tool_ids, features, terminal_id, extra_params, builtin=True
+    ):
         self.calls["load_tools"] += 1
+        self.tool_loads.append({"tool_ids": list(tool_ids), "builtin": builtin})
         return dict(self.tools)
 
     async def process_tool_result(self, name, result, tool_type, metadata, user):
@@ -246,6 +250,8 @@ class PipeHarness:
         self.host = FakeHost(self.clock, models)
         self.pipe = mmc.Pipe()
         self.pipe.valves.EMIT_INTERVAL = interval
+        # The fake host's tools play Open WebUI's built-ins unless a test picks tool ids.
+        self.pipe.valves.BUILTIN_TOOLS = True
         self.pipe.gateway_factory = lambda request: self.host
         self.pipe.clock = self.clock
 

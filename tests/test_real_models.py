@@ -127,3 +127,149 @@ async def test_a_stream_the_server_closes_unfinished_keeps_its_text_and_says_so(
     assert "Half a thought" in result
     assert "*⚠️ M1 could not answer: the stream ended before the model finished*" in result
     assert speakers(result) == ["M1", "M2"] and len(h.host.requests) == 1
+
+
+# -- 2. context that fits -------------------------------------------------------------------------
+
+
+def long_history(turns: int, words: int = 50) -> list[dict]:
+    """Earlier messages: user and assistant taking turns, each `words` words long."""
+    out = []
+    for i in range(turns):
+        text = " ".join(f"t{i}w{j}" for j in range(words))
+        out.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    return out
+
+
+def chars(request: dict) -> int:
+    return sum(len(str(m.get("content"))) + 16 for m in request["messages"])
+
+
+async def test_the_oldest_turns_are_left_out_to_fit_the_models_context_and_that_is_said():
+    h = PipeHarness()
+    h.host.records["m1"] = mmc_record(num_ctx=1000)
+    h.host.chat_configs["chat-1"] = {
+        "rounds": 1,
+        "participants": [{"model": "m1", "alias": "Ada", "system_message": "PERSONA pirate"}],
+    }
+
+    await h.run("LATEST question", history=long_history(40))
+
+    (request,) = streamed(h)
+    messages = request["messages"]
+    assert messages[0]["role"] == "system" and "PERSONA pirate" in messages[0]["content"]
+    assert messages[-1]["content"].endswith("LATEST question")
+    text = viewed(request)
+    match = re.search(r"\((\d+) earlier turns of this conversation left out\.\)", text)
+    assert match and 0 < int(match.group(1)) < 40
+    dropped = int(match.group(1))
+    assert "t0w0" not in text and f"t{dropped}w0" in text and "t39w0" in text
+    assert chars(request) / mmc.DEFAULT_CHARS_PER_TOKEN + 400 <= 1000
+
+
+async def test_a_model_params_custom_max_context_counts_and_without_one_the_valve_does():
+    assert mmc.context_size({"custom_params": {"max_context": "2048"}}) == 2048
+    assert mmc.context_size({}, {"num_ctx": 4096}) == 4096
+    h = PipeHarness()
+    h.pipe.valves.CONTEXT_TOKENS = 800
+    h.host.chat_configs["chat-1"] = config("m1")
+    await h.run("LATEST", history=long_history(40))
+    assert "earlier turns of this conversation left out" in viewed(streamed(h)[0])
+
+
+async def test_a_context_length_error_trims_harder_once_then_gives_a_clear_line_no_plain_retry():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    too_long = mmc.ModelCallError(
+        "HTTP 400: This model's maximum context length is 2000 tokens. However, you requested "
+        "9000 tokens."
+    )
+    h.host.scripts["m1"] = Script(streams=[too_long, too_long])
+
+    result = await h.run("LATEST", history=long_history(60))
+
+    m1 = [r for r in h.host.requests if r["model"] == "m1"]
+    assert [r["stream"] for r in m1] == [True, True], "no plain retry"
+    first, second = m1
+    assert chars(second) < chars(first)
+    assert chars(second) / mmc.DEFAULT_CHARS_PER_TOKEN + 400 <= 2000, "fits what it named"
+    assert second["messages"][-1]["content"].endswith("LATEST")
+    line = "*⚠️ M1 could not answer: the conversation does not fit its model's context"
+    assert result.count(line) == 1
+    assert speakers(result) == ["M1", "M2"]
+
+
+async def test_a_context_length_error_then_a_fitting_request_answers():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(
+        streams=[
+            mmc.ModelCallError("HTTP 400: Requested tokens (9100) exceed context window of 1500")
+        ]
+    )
+
+    result = await h.run("LATEST", history=long_history(60))
+
+    assert "could not answer" not in result and "m1 reply" in result
+    assert chars(streamed(h)[1]) / mmc.DEFAULT_CHARS_PER_TOKEN + 400 <= 1500
+
+
+def test_the_servers_usage_calibrates_the_characters_per_token():
+    events = mmc.decode_frame(json.dumps({"choices": [], "usage": {"prompt_tokens": 120}}))
+    assert [(e.kind, e.count) for e in events] == [("usage", 120)]
+    budget = mmc.ContextBudget(1000)
+    profile = mmc.ModelProfile("m1", "m1", {})
+    before = budget.room_chars(profile, 100, 1.0)
+    budget.calibrate(profile, chars=1200, prompt_tokens=120)  # 10 chars/token: capped at 8
+    assert budget.chars_per_token(profile) == 8.0
+    budget.calibrate(profile, chars=1200, prompt_tokens=600)  # 2 chars/token, taken a bit low
+    assert budget.chars_per_token(profile) == 1.8
+    assert budget.room_chars(profile, 100, 1.0) < before
+
+
+def mmc_record(**params):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(params=params, meta={})
+
+
+# -- 6. tools only where asked for ---------------------------------------------------------------
+
+
+def _one_tool(h: PipeHarness) -> None:
+    async def echo(text: str = "") -> str:
+        return text
+
+    h.host.tools = {"echo": {"spec": {"name": "echo", "parameters": {}}, "callable": echo}}
+
+
+async def test_no_tools_are_loaded_or_offered_when_nobody_picked_any():
+    h = PipeHarness()
+    h.pipe.valves.BUILTIN_TOOLS = False
+    _one_tool(h)
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+
+    await h.run()
+
+    assert h.host.tool_loads == []
+    assert all("tools" not in r for r in h.host.requests)
+
+
+async def test_picked_tools_come_without_the_builtins_and_a_feature_brings_them():
+    h = PipeHarness()
+    h.pipe.valves.BUILTIN_TOOLS = False
+    _one_tool(h)
+    h.host.chat_configs["chat-1"] = config("m1")
+
+    await h.run(metadata={"tool_ids": ["echo_tool"]})
+    assert h.host.tool_loads == [{"tool_ids": ["echo_tool"], "builtin": False}]
+    assert [t["function"]["name"] for t in streamed(h)[0]["tools"]] == ["echo"]
+
+    h.host.tool_loads.clear()
+    await h.run(metadata={"features": {"web_search": True}})
+    assert h.host.tool_loads == [{"tool_ids": [], "builtin": True}]
+
+    h.host.tool_loads.clear()
+    h.pipe.valves.BUILTIN_TOOLS = True
+    await h.run()
+    assert h.host.tool_loads == [{"tool_ids": [], "builtin": True}]

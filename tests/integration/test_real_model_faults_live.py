@@ -93,3 +93,67 @@ async def test_a_stream_the_server_ends_midway_keeps_its_text_and_says_so(
         f"{NOTICE}A could not answer: the stream ended before the model finished*"
     )
     assert a.reply.strip() in view(backend.requests_for("model-b")[0])
+
+
+# ==========================================================================================
+# 2. Context that fits
+# ==========================================================================================
+
+
+def earlier_messages(count: int, words: int = 40) -> list[dict]:
+    """A chat's earlier messages, user and assistant by turns, `words` words each."""
+    return [
+        {
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": " ".join(f"m{i}w{j}" for j in range(words)),
+        }
+        for i in range(count)
+    ]
+
+
+FITS = "earlier turns of this conversation left out."
+TOO_LONG = "could not answer: the conversation does not fit its model's context"
+
+
+async def test_requests_are_trimmed_to_fit_and_a_full_context_gets_one_clear_line(
+    owui, backend, admin_socket, pipe
+):
+    backend.set_script("model-a", context_limit=1)  # nothing ever fits
+    backend.set_script("model-b", context_limit=900)  # says so in its 400
+    backend.set_script("ctx-known", context_limit=900)  # its Open WebUI params say so
+    await owui.set_model_params("ctx-known", params={"num_ctx": 900})
+    answer = overlay_answer("model-a", "model-b", "ctx-known")
+    admin_socket.answer("execute", answer)
+
+    first = await run_chat(
+        admin_socket, None, pipe, "LATEST one", previous_messages=earlier_messages(40)
+    )
+
+    saved = first.saved
+    assert speakers(saved) == ["A", "B", "KNOWN"] and saved == first.delivered
+    turn = turns_of(saved)
+    a_calls = backend.requests_for("model-a")
+    assert [(r.stream, r.status) for r in a_calls] == [(True, 400), (True, 400)]
+    assert turn["A"].count(TOO_LONG) == 1 and saved.count(NOTICE) == 1
+    b_calls = backend.requests_for("model-b")
+    assert [r.status for r in b_calls] == [400, 200]
+    assert FITS in view(b_calls[1]) and b_calls[1].reply.strip() in turn["B"]
+    (known,) = backend.requests_for("ctx-known")
+    assert known.status == 200 and FITS in view(known)
+    for request in (b_calls[1], known):
+        assert (
+            request.messages[0]["role"] == "system" and "Persona" in request.messages[0]["content"]
+        )
+        assert "Admin: LATEST one" in text_of(request.messages[-1]["content"])
+        assert "m0w0" not in view(request) and "m39w0" in view(request)
+
+    backend.reset()
+    backend.set_script("model-a", context_limit=1)
+    backend.set_script("model-b", context_limit=900)
+    backend.set_script("ctx-known", context_limit=900)
+    again = await run_chat(admin_socket, None, pipe, "LATEST two", chat_id=first.chat_id)
+
+    assert speakers(again.saved) == ["A", "B", "KNOWN"]
+    assert again.saved.count(NOTICE) == 1 and again.saved.count(TOO_LONG) == 1
+    assert len(backend.requests_for("model-a")) == 2
+    assert [r.status for r in backend.requests_for("ctx-known")] == [200]
