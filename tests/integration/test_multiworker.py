@@ -1,8 +1,13 @@
-"""The pipe in Open WebUI with two uvicorn workers behind Redis, as a scaled deployment runs it.
+"""The pipe in Open WebUI as a scaled deployment runs it: two uvicorn workers sharing one
+PostgreSQL database, with Redis for the websocket manager and shared state.
 
-The module boots its own redis-server (127.0.0.1, a free port) and its own Open WebUI with
-`UVICORN_WORKERS=2`, `WEBSOCKET_MANAGER=redis`, `WEBSOCKET_REDIS_URL` and `REDIS_URL`, and stops
-both, and every worker process, at the end.
+The module starts its own PostgreSQL cluster (`initdb` in a temp dir, 127.0.0.1, a free port)
+and redis-server, and stops both, every worker process and the cluster's files, at the end.
+The first boot against the empty database runs with one worker, so Open WebUI's migrations and
+default config are written once; the two workers then start on a database that is ready. (Two
+workers booting on an empty database race to write the same default config rows, and one dies
+with a unique-constraint error: `sqlite3.IntegrityError: UNIQUE constraint failed: config.key`
+on SQLite, the same on PostgreSQL.)
 
 Which worker serves what is not left to chance. Both workers accept on one shared listening
 socket, so the kernel hands each new connection to one of them; the kernel's socket table
@@ -27,10 +32,7 @@ import http.client
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,10 +51,10 @@ from tests.integration.owui import (
     OwuiHTTPError,
     SocketClient,
     User,
-    free_port,
     run_chat,
     start_chat,
 )
+from tests.integration.services import PostgresServer, RedisServer
 from tests.integration.test_pipe_live import overlay_answer, speakers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,81 +63,10 @@ PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
 CONFIG_KEY = "multi_model_config"
 WORKERS = 2
 BOOT_TIMEOUT = 400.0  # three processes import Open WebUI on a busy 2-core machine
+# The whole module: a cluster, a first boot, a two-worker boot and both tests.
+pytestmark = pytest.mark.timeout(1500)
 PIN_TIMEOUT = 120.0
 MESSAGE_TIMEOUT = 120.0
-
-
-# ==========================================================================================
-# redis-server, started and stopped by the module
-# ==========================================================================================
-
-
-def redis_server_path() -> str:
-    """Debian's redis-server; its absence fails the test: CI must run this test."""
-    path = shutil.which("redis-server")
-    if path is None:
-        pytest.fail(
-            "redis-server is missing. The multi-worker test needs Debian's redis-server: "
-            "`apt-get install redis-server` (scripts/test installs it when run as root).",
-            pytrace=False,
-        )
-    return path
-
-
-class RedisServer:
-    """One redis-server on 127.0.0.1, no persistence, in its own process group."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.log_path = workdir / "redis.log"
-        self._proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [redis_server_path(), "--bind", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"redis-server did not answer PING; log {self.log_path}")
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 # ==========================================================================================
@@ -265,6 +196,7 @@ class PinnedOwui(Owui):
 class Deployment:
     owui: Owui
     redis: RedisServer
+    postgres: PostgresServer
     workers: Workers
 
     def on(self, pid: int) -> PinnedOwui:
@@ -287,18 +219,30 @@ class Deployment:
         raise TimeoutError(f"worker {pid} accepted none of 200 websocket connections")
 
 
+def first_boot(server: OpenWebUIServer) -> None:
+    """One worker boots once against the empty database: migrations and defaults, written once."""
+    workers = server.extra_env["UVICORN_WORKERS"]
+    server.extra_env["UVICORN_WORKERS"] = "1"
+    try:
+        server.start(BOOT_TIMEOUT)
+    finally:
+        server.stop()
+        server.extra_env["UVICORN_WORKERS"] = workers
+
+
 @pytest.fixture(scope="module")
 def deployment(
     scripted_backend: BackendThread, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
     workdir = tmp_path_factory.mktemp("multiworker")
     redis = RedisServer(workdir / "redis")
-    redis.start()
+    postgres = PostgresServer()
     server = OpenWebUIServer(
         scripted_backend.url,
         workdir / "open-webui",
         extra_env={
             "UVICORN_WORKERS": str(WORKERS),
+            "DATABASE_URL": postgres.url,
             "WEBSOCKET_MANAGER": "redis",
             "WEBSOCKET_REDIS_URL": redis.url,
             "REDIS_URL": redis.url,
@@ -307,19 +251,25 @@ def deployment(
     )
     workers = Workers(server)
     pids: tuple[int, ...] = ()
+    booted_at = 0  # the log's size once both workers answered
     try:
+        redis.start()
+        postgres.start()
+        first_boot(server)
         server.start(BOOT_TIMEOUT)
         pids = workers.discover(60)
         # /health answered once one worker was up; wait for the other one too.
         for pid in pids:
             status, _ = workers.request_on(pid, "GET", "/health", None)
             assert status == 200, f"worker {pid} answered /health with {status}"
+        booted_at = server.log_path.stat().st_size
         owui = Owui(server, scripted_backend)
         owui.signup_admin_sync()
-        yield Deployment(owui, redis, workers)
+        yield Deployment(owui, redis, postgres, workers)
     finally:
         server.stop()
         redis.stop()
+        postgres.stop()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not all(gone(pid) for pid in pids):
             time.sleep(0.2)
@@ -328,8 +278,17 @@ def deployment(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         assert not left, f"worker processes {left} outlived the server"
-        restarts = re.findall(r"Child process \[\d+\] died", server.log_path.read_text())
+        # uvicorn's supervisor kills and replaces a worker that misses its 5 s health ping,
+        # which a loaded machine can cause while a worker still imports Open WebUI. Before
+        # `discover` that is harmless; after it, the tests' pinned worker ids would be stale.
+        after_boot = ""
+        if server.log_path.exists():
+            with open(server.log_path, "rb") as log:
+                log.seek(booted_at)
+                after_boot = log.read().decode(errors="replace")
+        restarts = re.findall(r"Child process \[\d+\] died", after_boot)
         assert not restarts, f"uvicorn restarted a worker mid-test: {restarts}"
+        assert not postgres.workdir.exists(), "the PostgreSQL cluster's files were left behind"
 
 
 @pytest.fixture
@@ -415,6 +374,10 @@ async def test_saved_setup_and_events_reach_across_workers(deployment, backend, 
         assert [r.model for r in backend.requests] == ["model-a", "model-b"]
         row = await deployment.owui.get_chat(first.chat_id)
         assert row["meta"][CONFIG_KEY] == config
+        # The workers share PostgreSQL: the setup is in its chat row, and no SQLite file exists.
+        [(meta,)] = deployment.postgres.query("SELECT meta FROM chat WHERE id = %s", first.chat_id)
+        assert (json.loads(meta) if isinstance(meta, str) else meta)[CONFIG_KEY] == config
+        assert not (deployment.owui.server.data_dir / "webui.db").exists()
         modules[worker_b] |= pipe_modules_logged(deployment, offset)
 
         # From now on the dialog would get other models: being asked again would show.
