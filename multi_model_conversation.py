@@ -1427,28 +1427,168 @@ def fit_turns(turns: list[Turn], room: int) -> tuple[list[Turn], int]:
 
 
 # ============================================================================
+# Speakers stay themselves: stop at a line where a reply speaks as someone else
+# ============================================================================
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit; most servers take more, none fewer
+_LABEL_LEAD = " \t*_#>[("  # markup a model may put before an imitated `Name:` label
+_LABEL_TAIL = " \t*_])"
+
+
+def stop_sequences(own: str, aliases: list[str], user_name: str) -> list[str]:
+    """`\nName:` for the speakers after `own` in turn order, then the user (at most four)."""
+    if own in aliases:
+        at = aliases.index(own)
+        aliases = aliases[at + 1 :] + aliases[:at]
+    names = [a for a in aliases if a != own] + [user_name]
+    unique = [n for n in dict.fromkeys(n for n in names if n.strip())]
+    return [f"\n{n}:" for n in unique[:MAX_STOP_SEQUENCES]]
+
+
+class SpeakerGuard:
+    """Filters a streamed reply: drops a leading `Name:` label and ends the reply at a line
+    where the model starts speaking as another participant or the user.
+
+    Holds back only the start of a line while it could still become such a label.
+    """
+
+    def __init__(self, own: str, others: list[str]) -> None:
+        self._own = own.casefold()
+        self._names = [n.casefold() for n in dict.fromkeys([own, *others]) if n.strip()]
+        self._line = ""  # the start of the current line, held back
+        self._holding = True  # at a line start, still deciding
+        self._started = False  # some text went out already
+        self._after_label = False  # a label was just dropped: its closing markup goes too
+        self.stopped_by: str | None = None  # whose line ended the reply
+
+    def feed(self, text: str) -> str:
+        """The part of `text` that may be shown now ('' once the reply has ended)."""
+        out: list[str] = []
+        while text and self.stopped_by is None:
+            cut = text.find("\n")
+            piece, text = (text, "") if cut < 0 else (text[: cut + 1], text[cut + 1 :])
+            if self._holding:
+                self._line += piece
+                piece = self._decide(final=cut >= 0)
+            else:
+                if self._after_label:  # the `**` or spaces of a dropped label, split off
+                    piece = piece.lstrip(_LABEL_TAIL)
+                    self._after_label = not piece
+                self._holding = cut >= 0  # the next piece starts a line
+            self._started = self._started or bool(piece.strip())
+            out.append(piece)
+        return "".join(out)
+
+    def flush(self) -> str:
+        """End of the reply: whatever is still held back goes out."""
+        if self.stopped_by is not None or not self._line:
+            return ""
+        return self._decide(final=True)
+
+    def _decide(self, final: bool) -> str:
+        verdict, name, rest = self._label(self._line)
+        if verdict == "maybe" and not final:
+            return ""
+        line, self._line = self._line, ""
+        self._holding = line.endswith("\n")
+        if verdict != "label":
+            return line
+        if name == self._own or not self._started:
+            # Its own name, or a reply that opens with a label: drop the label.
+            self._after_label = not rest and not self._holding
+            return rest
+        self.stopped_by = name
+        return ""
+
+    def _label(self, line: str) -> tuple[str, str, str]:
+        """("label", name, text after it) | ("maybe", "", "") | ("no", "", "")."""
+        body = line.lstrip(_LABEL_LEAD)
+        low = body.casefold()
+        maybe = False
+        for name in self._names:
+            if name.startswith(low.rstrip("\n")):
+                maybe = True
+                continue
+            if not low.startswith(name):
+                continue
+            after = low[len(name) :].lstrip(_LABEL_TAIL)
+            if after.startswith("said"):
+                after = after[4:].lstrip(_LABEL_TAIL)
+            if after.startswith(":"):
+                rest = body[len(body) - len(after) + 1 :]
+                return "label", name, rest.lstrip(_LABEL_TAIL)
+            if "said".startswith(after.strip()):
+                maybe = True
+        return ("maybe", "", "") if maybe else ("no", "", "")
+
+
+class ReplyFilter:
+    """A reply's text on its way to the transcript: think tags split off, then the guard."""
+
+    def __init__(self, guard: SpeakerGuard | None = None) -> None:
+        self._splitter = ThinkTagSplitter()
+        self.guard = guard
+
+    @property
+    def stopped_by(self) -> str | None:
+        return self.guard.stopped_by if self.guard else None
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        return self._guarded(self._splitter.feed(text))
+
+    def flush(self) -> list[tuple[str, str]]:
+        parts = self._guarded(self._splitter.flush())
+        tail = self.guard.flush() if self.guard else ""
+        return [*parts, ("content", tail)] if tail else parts
+
+    def _guarded(self, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if self.guard is None:
+            return parts
+        out = []
+        for kind, text in parts:
+            if self.guard.stopped_by is not None:
+                break
+            if kind == "content":
+                text = self.guard.feed(text)
+                if not text:
+                    continue
+            out.append((kind, text))
+        return out
+
+
+# ============================================================================
 # Speaker selection: round robin, or a manager model's pick matched tolerantly
 # ============================================================================
 
 
 def match_alias(answer: str, aliases: list[str]) -> int | None:
     """Index of the alias the answer names: exact (normalized) first, else the earliest mention."""
+    named = named_aliases(answer, aliases)
+    return named[0] if named else None
+
+
+def named_aliases(answer: str, aliases: list[str]) -> list[int]:
+    """Indexes of every alias the answer names, an exact (normalized) answer first, then in
+    the order they are mentioned (the longer name wins where two start at the same place)."""
     said = normalize_name(answer)
     if not said:
-        return None
+        return []
     names = [normalize_name(a) for a in aliases]
     for i, name in enumerate(names):
         if name and name == said:
-            return i
-    best: tuple[int, int, int] | None = None  # (position, -length, index)
+            return [i]
+    found: list[tuple[int, int, int]] = []  # (position, -length, index)
     padded = f" {said} "
     for i, name in enumerate(names):
-        if not name:
-            continue
-        pos = padded.find(f" {name} ")
-        if pos >= 0 and (best is None or (pos, -len(name)) < best[:2]):
-            best = (pos, -len(name), i)
-    return None if best is None else best[2]
+        pos = padded.find(f" {name} ") if name else -1
+        while pos >= 0:
+            found.append((pos, -len(name), i))
+            pos = padded.find(f" {name} ", pos + 1)
+    kept: list[tuple[int, int, int]] = []  # a name inside a longer one ("Mia" in "Mia 2") is not
+    for pos, neg, i in sorted(found):
+        if not any(p <= pos and pos - neg <= p - n for p, n, _ in kept):
+            kept.append((pos, neg, i))
+    return list(dict.fromkeys(i for _, _, i in kept))
 
 
 def next_in_order(last: int | None, count: int) -> int:
@@ -1472,6 +1612,7 @@ class Settings:
     max_tokens: int = 400  # per turn; 0: no limit
     turn_time_limit: float = 180.0  # wall-clock seconds per turn; 0: no limit
     context_tokens: int = 8192  # assumed context size of a model whose params name none
+    stop_sequences: bool = True  # send the other speakers' `\nName:` labels as `stop`
     manager_timeout: float = 30.0
     manager_history_chars: int = 8000
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
@@ -1517,6 +1658,7 @@ class Run:
         self.chat_system = ""  # the chat's own system prompt, if the user set one
         self._tool_notice_shown: set[str] = set()
         self.budget = ContextBudget(settings.context_tokens)
+        self.aliases: list[str] = []  # every participant's alias, in turn order
 
     # -- the conversation ------------------------------------------------------------------
     async def converse(
@@ -1526,7 +1668,7 @@ class Run:
         profiles: dict[str, ModelProfile],
         manager: ModelProfile | None,
     ) -> None:
-        aliases = [p.alias for p in participants]
+        aliases = self.aliases = [p.alias for p in participants]
         last: int | None = None
         for turn_no in range(config.rounds * len(participants)):
             if manager is None:
@@ -1574,9 +1716,11 @@ class Run:
             reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
             self._status(f"Manager {reason}; {aliases[fallback]} speaks next (round robin).")
             return fallback
-        picked = match_alias(answer, aliases)
-        if picked is None or picked == last:
-            why = "picked the same speaker twice" if picked == last else "named no participant"
+        named = named_aliases(answer, aliases)
+        # "Mia\nTom" after Mia: the first name that may speak now counts.
+        picked = next((i for i in named if i != last), None)
+        if picked is None:
+            why = "picked the same speaker twice" if named else "named no participant"
             shown = " ".join(answer.split())[:60]
             self._status(
                 f"Manager {why} ('{shown}'); {aliases[fallback]} speaks next (round robin)."
@@ -1718,10 +1862,13 @@ class Run:
             form["max_tokens"] = max_tokens
         if offer_tools:
             form["tools"] = profile.tool_specs
+        if self.settings.stop_sequences:
+            form["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
         if profile.owned_by != "ollama":
             form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
         result = StreamResult()
-        decoder, splitter, calls = SSEDecoder(), ThinkTagSplitter(), ToolCallAccumulator()
+        decoder, calls = SSEDecoder(), ToolCallAccumulator()
+        splitter = ReplyFilter(self.guard_for(p))
         content: list[str] = []
         silence = self.settings.turn_timeout
         loop = asyncio.get_running_loop()
@@ -1738,8 +1885,11 @@ class Run:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
-                for payload in decoder.flush():
-                    self._apply(decode_frame(payload), splitter, calls, content, result)
+                    if splitter.stopped_by is not None:
+                        break  # it began someone else's line: the reply ends before it
+                else:
+                    for payload in decoder.flush():
+                        self._apply(decode_frame(payload), splitter, calls, content, result)
         except ModelCallError as exc:
             result.error = str(exc)
         except TimeoutError:
@@ -1754,13 +1904,19 @@ class Run:
             self.budget.calibrate(profile, chars, result.prompt_tokens)
         if result.finish_reason == "length" and result.error is None:
             result.cut = "length"
-        ended = result.finish_reason or result.done or result.cut
+        if splitter.stopped_by is not None:
+            log.debug("%s began a line as %s; the reply ends there", p.alias, splitter.stopped_by)
+        ended = result.finish_reason or result.done or result.cut or splitter.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
             result.error = "the stream ended before the model finished"
         result.content = self._end_reply(splitter, content, result)
         result.calls = calls.calls() if result.error is None and not result.cut else []
         return result
+
+    def guard_for(self, p: Participant) -> SpeakerGuard:
+        """Lines starting with another participant's or the user's name end this reply."""
+        return SpeakerGuard(p.alias, [*self.aliases, self.user_name, "User"])
 
     def max_tokens(self, p: Participant) -> int:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
@@ -1776,9 +1932,7 @@ class Run:
             why = "cut by the model's length limit"
         self.transcript.add_notice(f"*✂️ …({why})*")
 
-    def _end_reply(
-        self, splitter: ThinkTagSplitter, content: list[str], result: StreamResult
-    ) -> str:
+    def _end_reply(self, splitter: ReplyFilter, content: list[str], result: StreamResult) -> str:
         """Show what the splitter held back, close any open reasoning; return what was said."""
         for kind, text in splitter.flush():
             self._show(kind, text, content, result)
@@ -1788,7 +1942,7 @@ class Run:
     def _apply(
         self,
         events: list[StreamEvent],
-        splitter: ThinkTagSplitter,
+        splitter: ReplyFilter,
         calls: ToolCallAccumulator,
         content: list[str],
         result: StreamResult,
@@ -1837,7 +1991,7 @@ class Run:
             self._failure_line(p, str(exc) or error or "no reply")
             return ""
         content: list[str] = []
-        splitter, scratch = ThinkTagSplitter(), StreamResult()
+        splitter, scratch = ReplyFilter(self.guard_for(p)), StreamResult()
         for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
         said = self._end_reply(splitter, content, scratch)
@@ -2173,6 +2327,12 @@ class Pipe:
         MANAGER_HISTORY_CHARS: int = Field(
             default=8000, ge=200, description="Newest characters of the chat shown to the manager."
         )
+        STOP_SEQUENCES: bool = Field(
+            default=True,
+            description="Send the other participants' and the user's `Name:` labels as stop "
+            "sequences, so a model ends its turn instead of writing their lines (a reply that "
+            "still does is cut there anyway). Switch off for models that reject `stop`.",
+        )
         BUILTIN_TOOLS: bool = Field(
             default=False,
             description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
@@ -2487,6 +2647,7 @@ def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
         max_tokens=valves.MAX_TOKENS,
         turn_time_limit=valves.TURN_TIME_LIMIT,
         context_tokens=valves.CONTEXT_TOKENS,
+        stop_sequences=valves.STOP_SEQUENCES,
         manager_timeout=valves.MANAGER_TIMEOUT,
         manager_history_chars=valves.MANAGER_HISTORY_CHARS,
         shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),

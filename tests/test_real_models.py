@@ -11,7 +11,7 @@ import json
 import re
 
 import multi_model_conversation as mmc
-from tests.fakes import PipeHarness, Script, chunk, config
+from tests.fakes import PipeHarness, Script, chunk, config, reply
 
 
 def speakers(transcript: str) -> list[str]:
@@ -273,3 +273,82 @@ async def test_picked_tools_come_without_the_builtins_and_a_feature_brings_them(
     h.pipe.valves.BUILTIN_TOOLS = True
     await h.run()
     assert h.host.tool_loads == [{"tool_ids": [], "builtin": True}]
+
+
+# -- 3. speakers stay themselves -----------------------------------------------------------------
+
+
+def guarded(chunks: list[str], own: str = "Tom", others=("Mia", "Ann", "User")):
+    guard = mmc.SpeakerGuard(own, [own, *others])
+    shown = "".join(guard.feed(c) for c in chunks) + guard.flush()
+    return shown, guard.stopped_by
+
+
+def test_the_guard_drops_a_leading_label_and_ends_at_someone_elses_line_however_split():
+    text = (
+        "**Tom:** Hello there.\nMiami is warm, Mia said so.\nTom: still me\n"
+        "Mia: I am Mia now\nAnn: me too"
+    )
+    expected = "Hello there.\nMiami is warm, Mia said so.\nstill me\n"
+    for cut in range(len(text) + 1):
+        for second in (cut, min(len(text), cut + 3)):
+            assert guarded([text[:cut], text[cut:second], text[second:]]) == (expected, "mia")
+    assert guarded(["Mia said: I open as Mia\nthen me"]) == ("I open as Mia\nthen me", None)
+    assert guarded(["Ann"]) == ("Ann", None), "a held name with no colon is released at the end"
+
+
+def test_each_participant_stops_on_the_next_speakers_and_the_users_labels_at_most_four():
+    assert mmc.stop_sequences("B", ["A", "B", "C"], "Ann") == ["\nC:", "\nA:", "\nAnn:"]
+    five = ["A", "B", "C", "D", "E"]
+    assert mmc.stop_sequences("C", five, "Ann") == ["\nD:", "\nE:", "\nA:", "\nB:"]
+
+
+async def test_a_model_writing_other_participants_lines_is_cut_before_them():
+    h = PipeHarness(models={"a": "A", "b": "B"})
+    h.host.chat_configs["chat-1"] = config("a", "b")
+    h.host.scripts["a"] = Script(
+        streams=[reply("A: I start.\nAnd go on.\nB: I am B, says A.\nAnn: and the user")]
+    )
+
+    result = await h.run()
+
+    assert "I start.\nAnd go on." in result
+    assert "I am B" not in result and "and the user" not in result and "A: I start" not in result
+    assert speakers(result) == ["A", "B"] and "could not answer" not in result
+    a_request, b_request = streamed(h)
+    assert a_request["stop"] == ["\nB:", "\nAnn:"] and b_request["stop"] == ["\nA:", "\nAnn:"]
+    assert "I am B" not in viewed(b_request) and "And go on." in viewed(b_request)
+
+
+async def test_stop_sequences_can_be_switched_off_and_the_guard_still_cuts():
+    h = PipeHarness(models={"a": "A", "b": "B"})
+    h.pipe.valves.STOP_SEQUENCES = False
+    h.host.chat_configs["chat-1"] = config("a", "b")
+    h.host.scripts["a"] = Script(streams=[reply("Mine.\nB: not mine")])
+
+    result = await h.run()
+
+    assert "stop" not in streamed(h)[0] and "Mine." in result and "not mine" not in result
+
+
+# -- 4. a manager naming several people ----------------------------------------------------------
+
+
+def test_every_named_alias_counts_in_order_and_a_name_inside_a_longer_one_does_not():
+    aliases = ["Mia", "Tom", "Mia 2", "Priya"]
+    assert mmc.named_aliases("Mia\nTom", aliases) == [0, 1]
+    assert mmc.named_aliases("Next: Tom, then Priya or Mia.", aliases) == [1, 3, 0]
+    assert mmc.named_aliases("Mia 2 then Tom", aliases) == [2, 1]
+    assert mmc.named_aliases("nobody", aliases) == []
+
+
+async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_may_speak():
+    h = PipeHarness(models={"mia": "Mia", "tom": "Tom", "priya": "Priya", "boss": "Boss"})
+    cfg = config("mia", "tom", "priya", use_manager=True, manager_model="boss")
+    h.host.chat_configs["chat-1"] = cfg
+    # Tom; then Tom again beside Mia (round robin would give Priya the turn); then repeats.
+    h.host.scripts["boss"] = Script(completions=["TOM", "TOM\nMIA", "MIA, mia!"])
+
+    result = await h.run()
+
+    assert speakers(result) == ["TOM", "MIA", "TOM"]

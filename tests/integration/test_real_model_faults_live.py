@@ -157,3 +157,65 @@ async def test_requests_are_trimmed_to_fit_and_a_full_context_gets_one_clear_lin
     assert again.saved.count(NOTICE) == 1 and again.saved.count(TOO_LONG) == 1
     assert len(backend.requests_for("model-a")) == 2
     assert [r.status for r in backend.requests_for("ctx-known")] == [200]
+
+
+# ==========================================================================================
+# 3. Speakers stay themselves; 4. a manager naming several people
+# ==========================================================================================
+
+
+def imitation_lines(text: str, names: list[str]) -> list[str]:
+    """Lines that start like one of `names` speaking (`Name:`)."""
+    return [
+        line
+        for line in text.splitlines()
+        if any(re.match(rf"\W*{re.escape(n)}\W*:", line) for n in names)
+    ]
+
+
+async def test_models_writing_other_participants_lines_are_cut_before_them(
+    owui, backend, admin_socket, pipe
+):
+    # A's server honours `stop`; B's ignores it, so only the pipe's own guard can cut it.
+    backend.set_script("model-a", reply="A: Opening words.\nStill A.\nB: a line for B\nC: and C")
+    backend.set_script(
+        "model-b",
+        reply="I am B.\nAnd more B.\nC: a line for C\nAdmin: and the user",
+        honor_stop=False,
+    )
+    admin_socket.answer("execute", overlay_answer("model-a", "model-b", "model-c"))
+
+    result = await run_chat(admin_socket, None, pipe, "Talk among yourselves.")
+
+    saved = result.saved
+    assert speakers(saved) == ["A", "B", "C"] and saved == result.delivered
+    turn = turns_of(saved)
+    assert turn["A"] == "Opening words.\nStill A."
+    assert turn["B"] == "I am B.\nAnd more B."
+    assert imitation_lines(saved, ["A", "B", "C", "Admin"]) == []
+    a, b, c = (backend.requests_for(m)[0] for m in ("model-a", "model-b", "model-c"))
+    assert a.body["stop"] == ["\nB:", "\nC:", "\nAdmin:"]
+    assert b.body["stop"] == ["\nC:", "\nA:", "\nAdmin:"]
+    c_view = view(c)
+    assert "a line for" not in c_view and "and the user" not in c_view
+    assert "And more B." in c_view and "Still A." in c_view
+
+
+async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_may_speak(
+    owui, backend, admin_socket, pipe
+):
+    # After B, "B\nA" names a repeat first: A, the first who may speak, gets the turn
+    # (round robin would have given it to C).
+    picks = iter(["B", "B\nA", "A and A again"])
+    backend.set_script("manager", manager_rule=lambda messages: next(picks))
+    answer = overlay_answer("model-a", "model-b", "model-c", rounds=1)
+    admin_socket.answer("execute", {**answer, "use_manager": True, "manager_model": "manager"})
+
+    result = await run_chat(admin_socket, None, pipe, "Who speaks?")
+
+    assert speakers(result.saved) == ["B", "A", "B"] and result.saved == result.delivered
+    statuses = [s.get("description", "") for s in result.view.statuses]
+    assert statuses.count("Manager picked A.") == 1, statuses
+    repeat = "Manager picked the same speaker twice ('A and A again'); B speaks next (round robin)."
+    assert statuses.count(repeat) == 1, statuses
+    assert len(backend.requests_for("manager")) == 3
