@@ -983,6 +983,16 @@ class HostGateway:
         )
         return ("" if text is None else str(text)), list(files or []), list(embeds or [])
 
+    async def task_models(self) -> tuple[str, str]:
+        """The admin's task models: (TASK_MODEL_EXTERNAL, TASK_MODEL); '' where unset."""
+        from open_webui.models.config import Config
+
+        config = await Config.get_many("task.model.external", "task.model.default")
+        return (
+            str(config.get("task.model.external") or ""),
+            str(config.get("task.model.default") or ""),
+        )
+
     # -- completions -------------------------------------------------------------------------
     async def stream_chat(self, form: dict, user: Any) -> AsyncIterator[bytes | str]:
         """Yield the SSE body of a streamed completion; raise ModelCallError on an error reply."""
@@ -2096,6 +2106,85 @@ class Run:
 
 
 # ============================================================================
+# Background tasks: title, tags and follow-ups from the admin's task model
+# ============================================================================
+
+# The JSON each task must answer: its key and whether it holds a list of strings.
+TASK_SHAPES = {
+    "title_generation": ("title", False),
+    "tags_generation": ("tags", True),
+    "follow_up_generation": ("follow_ups", True),
+}
+TASK_VALUE_MAX_CHARS = {"title": 100, "tags": 40, "follow_ups": 400}
+
+
+def task_answer(task: str, text: str, prompt: str) -> str:
+    """The answer to give the host: clean JSON of the shape the task asks for, or ''.
+
+    A model that answers prose, a heading or the prompt's own placeholder ("your concise
+    title here") gives '', so the host keeps its fallback (the user's message as title).
+    Tasks of other kinds get the text as it is.
+    """
+    if task not in TASK_SHAPES:
+        return text
+    key, is_list = TASK_SHAPES[task]
+    try:
+        data = json.loads(text[text.find("{") : text.rfind("}") + 1])
+    except ValueError:
+        return ""
+    value = data.get(key) if isinstance(data, dict) else None
+    values = value if is_list and isinstance(value, list) else [value]
+    limit = TASK_VALUE_MAX_CHARS[key]
+    quoted = prompt.split("<chat_history>")[0].casefold()  # the instructions, not the chat
+    kept = [
+        v.strip()
+        for v in values
+        if isinstance(v, str)
+        and v.strip()
+        and len(v.strip()) <= limit
+        and "\n" not in v.strip()
+        and not HEADING_RE.match(v.strip())
+        and f'"{v.strip().casefold()}"' not in quoted  # the prompt's own example
+    ]
+    if not kept:
+        return ""
+    return json.dumps({key: kept if is_list else kept[0]}, ensure_ascii=False)
+
+
+def _text_of_messages(messages: list[dict]) -> str:
+    return "\n".join(_text_of(m.get("content")) for m in messages)
+
+
+async def _task_models(gateway: HostGateway) -> list[str]:
+    """The admin's task models (external, then local), those that are set."""
+    try:
+        external, local = await gateway.task_models()
+    except Exception as exc:
+        log.warning("could not read the task model setting: %s", exc)
+        return []
+    return [m for m in (external, local) if m]
+
+
+async def _first_usable(
+    gateway: HostGateway,
+    ctx: RequestContext,
+    runtime: dict[str, dict],
+    candidates: list[str],
+    own_prefix: str,
+) -> str:
+    """The first candidate that exists, is not this pipe and the user may use."""
+    for model_id in dict.fromkeys(candidates):
+        try:
+            _refuse_self([model_id], own_prefix)
+            await resolve_profiles(gateway, ctx, runtime, [model_id], with_tools=False)
+        except ConfigError as exc:
+            log.debug("task model %s not used: %s", model_id, exc)
+            continue
+        return model_id
+    raise ConfigError("no model can answer the background task")
+
+
+# ============================================================================
 # Configuration overlay: a dialog opened in the user's browser through __event_call__
 # ============================================================================
 
@@ -2321,6 +2410,13 @@ class Pipe:
             description="Longest tool result given back to the model; the block in the chat "
             "shows at most a fifth of it.",
         )
+        TASK_TIMEOUT: float = Field(
+            default=30,
+            gt=0,
+            description="Seconds a background task (title, tags, follow-ups) may take. Open "
+            "WebUI keeps the message busy until its tasks end; one that takes longer is "
+            "dropped.",
+        )
         MANAGER_TIMEOUT: float = Field(
             default=30, gt=0, description="Seconds the manager may take to pick a speaker."
         )
@@ -2447,7 +2543,9 @@ class Pipe:
         )
         own_prefix = str(body.get("model") or "").split(".", 1)[0] + "."
         if __task__:
-            return await self._background_task(gateway, ctx, body, user_valves, own_prefix)
+            return await self._background_task(
+                gateway, ctx, body, user_valves, own_prefix, str(__task__)
+            )
         return await self._conversation(
             gateway,
             ctx,
@@ -2603,28 +2701,39 @@ class Pipe:
         body: dict,
         user_valves: Any,
         own_prefix: str,
+        task: str,
     ) -> str:
-        """Answer the host's background task with one plain completion from the first model."""
+        """Answer the host's background task with one bounded plain completion from Open
+        WebUI's task model, else the first participant's; an answer of the wrong shape is ''."""
         chat_id = _saved_chat_id(ctx)
         raw = await gateway.load_chat_config(chat_id) if chat_id else None
+        runtime = gateway.runtime_models()
         try:
             config = parse_config(
                 raw or config_from_user_valves(user_valves), self.valves.MAX_ROUNDS
             )
-            model_id = config.participants[0].model
-            _refuse_self([model_id], own_prefix)
-            runtime = gateway.runtime_models()
-            await resolve_profiles(gateway, ctx, runtime, [model_id], with_tools=False)
+            candidates = [*await _task_models(gateway), config.participants[0].model]
+            model_id = await _first_usable(gateway, ctx, runtime, candidates, own_prefix)
         except ConfigError as exc:
             log.debug("background task skipped: %s", exc)
             return ""
         form = {"model": model_id, "messages": body.get("messages") or []}
+        if isinstance(body.get("max_tokens"), int):
+            form["max_tokens"] = body["max_tokens"]
         try:
-            text = await gateway.complete(form, ctx.user)
+            # The host holds the message open until its tasks end: they must end soon.
+            text = await within(
+                self.clock, self.valves.TASK_TIMEOUT, gateway.complete(form, ctx.user)
+            )
+        except TimeoutError:
+            log.debug(
+                "background task %s took over %g s on %s", task, self.valves.TASK_TIMEOUT, model_id
+            )
+            return ""
         except ModelCallError as exc:
             log.warning("background task failed on %s: %s", model_id, exc)
             return ""
-        return clean_turn_text(text)
+        return task_answer(task, clean_turn_text(text), _text_of_messages(form["messages"]))
 
 
 def _clip(text: str, limit: int) -> str:

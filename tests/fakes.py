@@ -156,6 +156,7 @@ class FakeHost(mmc.HostGateway):
         }
         self.requests: list[dict] = []  # every completion form, in order
         self.tool_loads: list[dict] = []  # what each load_tools call asked for
+        self.task_model_setting = ("", "")  # (TASK_MODEL_EXTERNAL, TASK_MODEL)
         self.users = {"u1": SimpleNamespace(id="u1", role="user", name="Ann")}
 
     # -- host surface ----------------------------------------------------------------------
@@ -175,6 +176,9 @@ class FakeHost(mmc.HostGateway):
     async def check_access(self, user: Any, model: dict, record: Any) -> bool:
         self.calls["check_access"] += 1
         return model["id"] not in self.denied
+
+    async def task_models(self) -> tuple[str, str]:
+        return self.task_model_setting
 
     async def load_chat_config(self, chat_id: str) -> Any:
         return self.chat_configs.get(chat_id)

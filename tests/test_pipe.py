@@ -517,12 +517,12 @@ async def test_corrections_run_out_and_the_bad_call_is_answered_with_an_error():
 async def test_title_generation_is_one_plain_completion_from_the_first_participant():
     h = PipeHarness()
     h.host.chat_configs["chat-1"] = config("m2", "m1")
-    h.host.scripts["m2"] = Script(completions=["<think>hmm</think>A Fine Title"])
+    h.host.scripts["m2"] = Script(completions=['<think>hmm</think>{"title": "A Fine Title"}'])
     emitter = RecordingEmitter(h.clock)
 
     result = await h.run("make a title", task="title_generation", emitter=emitter)
 
-    assert result == "A Fine Title"
+    assert result == '{"title": "A Fine Title"}'
     assert [(r["model"], r["stream"]) for r in h.host.requests] == [("m2", False)]
     assert emitter.events == []
 

@@ -352,3 +352,83 @@ async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_m
     result = await h.run()
 
     assert speakers(result) == ["TOM", "MIA", "TOM"]
+
+
+# -- 5. background tasks -------------------------------------------------------------------------
+
+TITLE_PROMPT = (
+    'JSON format: { "title": "your concise title here" }\nExamples: { "title": "Stock Trends" }'
+)
+
+
+async def test_tasks_go_to_the_admins_task_model_when_one_is_set():
+    h = PipeHarness(models={"m1": "One", "m2": "Two", "small": "Small"})
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    h.host.task_model_setting = ("", "small")
+    h.host.scripts["small"] = Script(completions=['Sure! {"title": "Coffee Talk"} Hope it helps'])
+
+    result = await h.run(TITLE_PROMPT, task="title_generation")
+
+    assert result == '{"title": "Coffee Talk"}'
+    assert [(r["model"], r["stream"]) for r in h.host.requests] == [("small", False)]
+
+
+async def test_an_unknown_or_refused_task_model_falls_back_to_the_first_participant():
+    h = PipeHarness(models={"m1": "One", "small": "Small"})
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.denied.add("small")
+    h.host.task_model_setting = ("gone", "small")
+    h.host.scripts["m1"] = Script(completions=['{"tags": ["coffee", "### 🟢 Priya", "tag1"]}'])
+
+    result = await h.run('Tags as { "tags": ["tag1", "tag2"] }', task="tags_generation")
+
+    assert result == '{"tags": ["coffee"]}'
+    assert [r["model"] for r in h.host.requests] == ["m1"]
+
+
+def test_task_answers_of_the_wrong_shape_become_empty():
+    assert mmc.task_answer("title_generation", "### 🟢 Priya\nA nice chat", TITLE_PROMPT) == ""
+    assert (
+        mmc.task_answer("title_generation", '{"title": "Your concise title here"}', TITLE_PROMPT)
+        == ""
+    )
+    assert mmc.task_answer("title_generation", '{"title": "Stock Trends"}', TITLE_PROMPT) == ""
+    assert mmc.task_answer("title_generation", '{"title": ["x"]}', TITLE_PROMPT) == ""
+    assert mmc.task_answer("follow_up_generation", "Why? How?", "") == ""
+    follow = mmc.task_answer("follow_up_generation", '{"follow_ups": ["Why?", 3, ""]}', "")
+    assert follow == '{"follow_ups": ["Why?"]}'
+    assert mmc.task_answer("query_generation", '{"queries": ["q"]}', "") == '{"queries": ["q"]}'
+
+
+async def test_a_task_that_takes_too_long_is_dropped():
+    h = PipeHarness()
+    h.pipe.valves.TASK_TIMEOUT = 20
+    h.host.chat_configs["chat-1"] = config("m1")
+    never = asyncio.Event()
+
+    async def hanging(form, user):
+        await never.wait()
+
+    h.host.complete = hanging
+    task = asyncio.ensure_future(h.run(TITLE_PROMPT, task="title_generation"))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not task.done()
+    h.clock.advance(20)
+    assert await asyncio.wait_for(task, 5) == ""
+
+
+async def test_a_task_keeps_the_hosts_max_tokens():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    await h.pipe.pipe(
+        {
+            "model": "mmc.Conversation-pipe",
+            "messages": [{"role": "user", "content": "t"}],
+            "max_tokens": 50,
+        },
+        __user__={"id": "u1", "name": "Ann", "role": "user", "valves": h.pipe.UserValves()},
+        __metadata__={"chat_id": "chat-1"},
+        __task__="title_generation",
+    )
+    assert h.host.requests[0]["max_tokens"] == 50

@@ -219,3 +219,79 @@ async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_m
     repeat = "Manager picked the same speaker twice ('A and A again'); B speaks next (round robin)."
     assert statuses.count(repeat) == 1, statuses
     assert len(backend.requests_for("manager")) == 3
+
+
+# ==========================================================================================
+# 5. Background tasks
+# ==========================================================================================
+
+ALL_TASKS = {"title_generation": True, "tags_generation": True, "follow_up_generation": True}
+
+
+def task_rule(title: str, tags: str, follow_ups: str):
+    """A non-streamed answer per task, told apart by the host's prompt templates."""
+
+    def answer(messages: list[dict]) -> str:
+        prompt = "\n".join(text_of(m.get("content")) for m in messages)
+        if '"follow_ups"' in prompt:
+            return follow_ups
+        if '"tags"' in prompt:
+            return tags
+        return title if '"title"' in prompt else "?"
+
+    return answer
+
+
+async def test_background_tasks_use_the_task_model_and_prose_answers_do_not_leak(
+    owui, backend, admin_socket, pipe
+):
+    before = await owui.request("GET", "/api/v1/tasks/config")
+
+    async def task_model(model: str) -> None:
+        form = {**before, "TASK_MODEL": model, "TASK_MODEL_EXTERNAL": ""}
+        await owui.request("POST", "/api/v1/tasks/config/update", json_body=form)
+
+    try:
+        await task_model("model-e")
+        backend.set_script(
+            "model-e",
+            manager_rule=task_rule(
+                'Sure: {"title": "Coffee Talk"}',
+                '{"tags": ["coffee", "### 🟢 A"]}',
+                '{"follow_ups": ["More coffee?"]}',
+            ),
+        )
+        admin_socket.answer("execute", overlay_answer("model-a", "model-b"))
+        first = await run_chat(
+            admin_socket, None, pipe, "Discuss coffee.", background_tasks=ALL_TASKS
+        )
+
+        row = await owui.get_chat(first.chat_id)
+        assert row["title"] == "Coffee Talk"
+        assert row["meta"].get("tags") == ["coffee"]
+        assert first.saved_message.get("followUps") == ["More coffee?"]
+        plain = [(r.model, r.stream) for r in backend.requests if not r.stream]
+        assert plain == [("model-e", False)] * 3
+
+        # No task model: the first participant answers, in prose and placeholders.
+        await task_model("")
+        backend.reset()
+        backend.set_script(
+            "model-a",
+            manager_rule=task_rule(
+                '{ "title": "your concise title here" }', "### 🟢 B\nTags!", "Why? How?"
+            ),
+        )
+        admin_socket.answer("execute", overlay_answer("model-a", "model-b"))
+        second = await run_chat(
+            admin_socket, None, pipe, "Discuss tea.", background_tasks=ALL_TASKS
+        )
+
+        row = await owui.get_chat(second.chat_id)
+        assert row["title"] == "Discuss tea."  # the host's own fallback
+        assert not row["meta"].get("tags")
+        assert not second.saved_message.get("followUps")
+        plain = [(r.model, r.stream) for r in backend.requests if not r.stream]
+        assert plain == [("model-a", False)] * 3
+    finally:
+        await owui.request("POST", "/api/v1/tasks/config/update", json_body=before)
