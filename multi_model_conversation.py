@@ -1867,13 +1867,9 @@ class Run:
         """Stream one reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
         form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
         form.update(self._sampling(profile))
-        max_tokens = self.max_tokens(p)
-        if max_tokens:
-            form["max_tokens"] = max_tokens
+        form.update(self._bounds(p))
         if offer_tools:
             form["tools"] = profile.tool_specs
-        if self.settings.stop_sequences:
-            form["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
         if profile.owned_by != "ollama":
             form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
         result = StreamResult()
@@ -1923,6 +1919,15 @@ class Run:
         result.content = self._end_reply(splitter, content, result)
         result.calls = calls.calls() if result.error is None and not result.cut else []
         return result
+
+    def _bounds(self, p: Participant) -> dict[str, Any]:
+        """max_tokens and stop sequences of the participant's requests."""
+        bounds: dict[str, Any] = {}
+        if self.max_tokens(p):
+            bounds["max_tokens"] = self.max_tokens(p)
+        if self.settings.stop_sequences:
+            bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
+        return bounds
 
     def guard_for(self, p: Participant) -> SpeakerGuard:
         """Lines starting with another participant's or the user's name end this reply."""
@@ -1993,7 +1998,12 @@ class Run:
     ) -> str:
         """One non-streamed retry for a reply that failed or came back empty."""
         log.debug("retrying %s without streaming (%s)", p.alias, error or "empty reply")
-        form = {"model": profile.model_id, "messages": list(messages), **self._sampling(profile)}
+        form = {
+            "model": profile.model_id,
+            "messages": list(messages),
+            **self._sampling(profile),
+            **self._bounds(p),
+        }
         try:
             async with asyncio.timeout(self.settings.turn_timeout):
                 text = await self.gateway.complete(form, self.ctx.user)

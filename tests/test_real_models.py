@@ -432,3 +432,16 @@ async def test_a_task_keeps_the_hosts_max_tokens():
         __task__="title_generation",
     )
     assert h.host.requests[0]["max_tokens"] == 50
+
+
+async def test_the_plain_retry_is_bounded_like_the_stream():
+    h = PipeHarness(models={"a": "A", "b": "B"})
+    h.host.chat_configs["chat-1"] = config("a", "b")
+    h.host.scripts["a"] = Script(streams=[mmc.ModelCallError("HTTP 500: down")])
+
+    await h.run()
+
+    retry = [r for r in h.host.requests if not r["stream"]]
+    assert [(r["model"], r["max_tokens"], r["stop"]) for r in retry] == [
+        ("a", 400, ["\nB:", "\nAnn:"])
+    ]
