@@ -2796,7 +2796,7 @@ async def _remember(gateway: HostGateway, ctx: RequestContext, config: Conversat
     if chat_id is None:
         return
     try:
-        await gateway.save_chat_config(chat_id, config.model_dump())
+        await gateway.save_chat_config(chat_id, config.model_dump(exclude_none=True))
     except Exception as exc:
         log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
 

@@ -445,3 +445,18 @@ async def test_the_plain_retry_is_bounded_like_the_stream():
     assert [(r["model"], r["max_tokens"], r["stop"]) for r in retry] == [
         ("a", 400, ["\nB:", "\nAnn:"])
     ]
+
+
+async def test_a_remembered_setup_keeps_a_participants_max_tokens_and_adds_nothing_otherwise():
+    h = PipeHarness()
+    answer = config("m1", "m2")
+    answer["participants"][1]["max_tokens"] = 120
+
+    async def dialog(event):
+        return answer
+
+    await h.run(event_call=dialog)
+
+    rows = h.host.chat_configs["chat-1"]["participants"]
+    assert "max_tokens" not in rows[0] and rows[1]["max_tokens"] == 120
+    assert [r.get("max_tokens") for r in streamed(h)] == [400, 120]
