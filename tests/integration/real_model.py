@@ -9,6 +9,7 @@ version of the pipe and prints the figures.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -160,6 +161,7 @@ async def measure_message(
     timeout: float = 1800,
 ) -> tuple[Measured, str]:
     """Sends one message (title task on), returns what it did and the chat id."""
+    await reconnected(client)
     before = len(server.statuses())
     started = time.monotonic()
     result = await run_chat(
@@ -188,6 +190,16 @@ async def measure_message(
     row = await owui.get_chat(result.chat_id)
     measured.title = row["title"]
     return measured, result.chat_id
+
+
+async def reconnected(client: SocketClient, wait: float = 30) -> None:
+    """A tab whose socket dropped during a long message (a busy machine misses a ping)
+    connects again before the next one, as the browser does."""
+    deadline = time.monotonic() + wait
+    while not client.connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # python-socketio reconnects by itself
+    if not client.connected:
+        await client.connect()
 
 
 async def converse(
