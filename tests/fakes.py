@@ -209,7 +209,9 @@ class FakeHost(mmc.HostGateway):
             item = reply(text)
         if isinstance(item, Exception):
             raise item
-        if not any(isinstance(p, Exception) for p in item) and "[DONE]" not in "".join(item[-1:]):
+        last = item[-1] if item else ""
+        last = last.decode("utf-8", "replace") if isinstance(last, bytes) else str(last)
+        if not any(isinstance(p, Exception) for p in item) and "[DONE]" not in last:
             item = [*item, "data: [DONE]\n\n"]  # a real server ends every finished stream so
         for piece in item:
             if isinstance(piece, Exception):
