@@ -245,7 +245,9 @@ async def test_emitter_leading_trailing_and_dedup_directly():
     clock.advance(0.05)
     for _ in range(3):
         await asyncio.sleep(0)
-    assert kinds() == [("chat:message", "a"), ("chat:message", "abcdef")], "a frame per interval"
+    assert kinds() == [("chat:message", "a"), ("chat:message:delta", "bcdef")], (
+        "a frame per interval, with only the new text"
+    )
     await emitter.update()  # unchanged state
     await emitter.flush()
     assert kinds()[-1] == ("replace", "abcdef"), "the end is always saved"
@@ -268,7 +270,7 @@ async def test_saves_come_once_a_second_while_frames_come_every_frame():
     await emitter.flush()
 
     saves = [t for t, e in sent.events if e["type"] == "replace"]
-    frames = [t for t, e in sent.events if e["type"] == "chat:message"]
+    frames = [t for t, e in sent.events if e["type"] in ("chat:message", "chat:message:delta")]
     assert 3 <= len(saves) <= 5 and all(
         b - a >= 1.0 - 1e-9 for a, b in zip(saves, saves[1:-1], strict=False)
     )
