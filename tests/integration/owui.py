@@ -54,6 +54,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM to the process's whole group, SIGKILL if it lingers, then to any stragglers."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def open_webui_executable() -> str:
     """The venv's `open-webui` script, next to the running interpreter."""
     path = Path(sys.executable).parent / "open-webui"
@@ -162,19 +176,8 @@ class OpenWebUIServer:
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the whole process group, SIGKILL if it lingers."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # Stragglers the server spawned in its group (none expected) go too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_process_group(proc, timeout)
 
     def restart(self, timeout: float = BOOT_TIMEOUT) -> None:
         """Stops and starts again on the same DATA_DIR, port and secret key (tokens stay valid)."""

@@ -13,7 +13,6 @@ import glob
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.owui import free_port
+from tests.integration.owui import free_port, stop_process_group
 
 
 def _missing(program: str, package: str) -> None:
@@ -31,18 +30,6 @@ def _missing(program: str, package: str) -> None:
         f"`apt-get install {package}` (scripts/test installs it when run as root).",
         pytrace=False,
     )
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 # ==========================================================================================
@@ -96,7 +83,7 @@ class RedisServer:
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            _stop_group(proc)
+            stop_process_group(proc)
 
 
 # ==========================================================================================
