@@ -828,6 +828,8 @@ class CoalescingEmitter:
         """Seconds to hold a frame that only grows the block the tab shows growing; else 0."""
         if self._live_at is None or self._shown_live_at is None or self._flushing.is_set():
             return 0.0
+        if self._shown is None:  # the tab missed a frame: the next one goes whole, at once
+            return 0.0
         if self._live_at() != self._shown_live_at:
             return 0.0
         due = self._next_save_at() - self._clock.now()

@@ -65,7 +65,12 @@ class RecordingEmitter:
     """Stands in for __event_emitter__: records every event with the fake time it was sent."""
 
     def __init__(
-        self, clock: FakeClock, delay: float = 0.0, fail: bool = False, save_delay: float = 0.0
+        self,
+        clock: FakeClock,
+        delay: float = 0.0,
+        fail: bool = False,
+        save_delay: float = 0.0,
+        fail_calls: frozenset[int] = frozenset(),
     ) -> None:
         self.clock = clock
         self.delay = delay  # every event arrives this late
@@ -73,6 +78,8 @@ class RecordingEmitter:
         # Like the host: a `replace` reaches the tab at once, then its database write takes
         # this long before the emitter call returns.
         self.save_delay = save_delay
+        self.fail_calls = fail_calls  # these calls (0-based) fail without reaching the tab
+        self.calls = 0
         self.events: list[tuple[float, dict]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -80,6 +87,7 @@ class RecordingEmitter:
         self.max_saves_in_flight = 0
 
     async def __call__(self, event: dict) -> None:
+        call, self.calls = self.calls, self.calls + 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         saving = event.get("type") == "replace"
@@ -88,7 +96,7 @@ class RecordingEmitter:
         try:
             if self.delay:
                 await self.clock.sleep(self.delay)
-            if self.fail:
+            if self.fail or call in self.fail_calls:
                 raise ConnectionError("socket gone")
             self.events.append((self.clock.now(), json.loads(json.dumps(event))))
             if saving and self.save_delay:
