@@ -839,7 +839,7 @@ class CoalescingEmitter:
 
     def _next_save_at(self) -> float:
         paced = max(self._budget_until, self._whole_at + self._save_interval)
-        return min(paced, self._last_saved_at + self._max_save_interval)
+        return min(paced, self._whole_at + self._max_save_interval)
 
     def _charge(self, payload: str, now: float) -> None:
         """Count one whole copy (a save, or a rewrite frame) against the byte budget."""
@@ -1923,7 +1923,7 @@ class Pipe:
             "EMIT_INTERVAL in between, and the end is always saved.",
         )
         SAVE_BUDGET_KB: float = Field(
-            default=16,
+            default=12,
             ge=0,
             description="KB of chat the host may rewrite per second while it streams: long "
             "chats and long messages are saved less often (at most MAX_SAVE_INTERVAL apart), so "
