@@ -14,7 +14,9 @@ requirements:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import html
+import inspect
 import json
 import logging
 import re
@@ -213,16 +215,18 @@ class SSEDecoder:
 
     Follows the WHATWG event-stream rules that matter here: lines end in CR, LF or CRLF; a
     blank line dispatches the event; `data:` lines join with LF; lines starting with `:` are
-    comments; one space after the colon is dropped. Only the unfinished line is buffered.
+    comments; one space after the colon is dropped. Only the unfinished line is buffered, and
+    bytes are decoded incrementally: a network read may end inside a multi-byte character.
     """
 
     def __init__(self) -> None:
         self._partial = ""
         self._data: list[str] = []
         self._pending_cr = False
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def feed(self, chunk: bytes | str) -> list[str]:
-        text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else chunk
+        text = self._utf8.decode(chunk) if isinstance(chunk, bytes | bytearray) else chunk
         if not text:
             return []
         if self._pending_cr and text.startswith("\n"):
@@ -240,7 +244,7 @@ class SSEDecoder:
 
     def flush(self) -> list[str]:
         """End of stream: a last event without its blank line still counts."""
-        events: list[str] = []
+        events = self.feed(self._utf8.decode(b"", final=True))  # a character cut off at the end
         if self._partial:
             self._line(self._partial, events)
             self._partial = ""
@@ -523,13 +527,27 @@ def heading(participant: Participant, first: bool) -> str:
     return f"{prefix}### {participant.mark} {md_text(participant.alias)}\n\n"
 
 
+_DETAILS_CLOSE = "</details"
+_DETAILS_CLOSE_RE = re.compile(r"</(details)", re.IGNORECASE)
+
+
 def quote_lines(text: str, at_line_start: bool) -> str:
     """Prefix each line with '> ' so reasoning renders as a quote inside its block.
 
-    A literal `</details` in the reasoning is escaped so it cannot close the block early.
+    A literal `</details` in any case is escaped so it cannot close the block early; the
+    Transcript holds back a possible start of one at a chunk's end (`details_close_start`).
     """
-    body = text.replace("</details", "&lt;/details").replace("\n", "\n> ")
+    body = _DETAILS_CLOSE_RE.sub(r"&lt;/\1", text).replace("\n", "\n> ")
     return ("> " + body) if at_line_start else body
+
+
+def details_close_start(text: str) -> int:
+    """Length of the longest end of `text` that could begin a `</details` (any case)."""
+    tail = text[-(len(_DETAILS_CLOSE) - 1) :].lower()
+    for start in range(len(tail)):
+        if _DETAILS_CLOSE.startswith(tail[start:]):
+            return len(tail) - start
+    return 0
 
 
 def reasoning_block(body: str, done: bool, seconds: int) -> str:
@@ -570,7 +588,9 @@ class Transcript:
         self._reasoning: list[str] | None = None
         self._reasoning_started = 0.0
         self._reasoning_at_line_start = True
-        self._running_tools: str = ""
+        self._reasoning_held = ""  # a possible `</details` cut at a chunk's end, until it ends
+        self._running: list[ToolCall] = []  # the batch's calls still executing
+        self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
 
     # -- writing ---------------------------------------------------------------------------
     def start_turn(self, participant: Participant) -> None:
@@ -588,13 +608,23 @@ class Transcript:
             self._reasoning = []
             self._reasoning_started = self._clock()
             self._reasoning_at_line_start = True
+        text = self._reasoning_held + text
+        held = details_close_start(text)
+        self._reasoning_held = text[len(text) - held :] if held else ""
+        self._quote_reasoning(text[: len(text) - held])
+
+    def _quote_reasoning(self, text: str) -> None:
+        if not text or self._reasoning is None:
+            return
         self._reasoning.append(quote_lines(text, self._reasoning_at_line_start))
         # quote_lines already prefixed the line after each newline; only the first needs it.
-        self._reasoning_at_line_start = self._reasoning_at_line_start and not text
+        self._reasoning_at_line_start = False
 
     def end_reasoning(self) -> None:
         if self._reasoning is None:
             return
+        self._quote_reasoning(self._reasoning_held)  # it never became a `</details`
+        self._reasoning_held = ""
         seconds = int(self._clock() - self._reasoning_started)
         body = "".join(self._reasoning)
         self._reasoning = None
@@ -603,14 +633,19 @@ class Transcript:
 
     def show_running_tools(self, calls: list[ToolCall]) -> None:
         self.close_live()
-        self._running_tools = "".join(tool_block(c, None, None, None) for c in calls)
+        self._set_running(list(calls))
 
-    def finish_tool(self, block: str) -> None:
-        """Commit a finished tool block; the running blocks are dropped once all have finished."""
+    def finish_tool(self, call: ToolCall, block: str) -> None:
+        """Commit a finished call's block in place of its "Executing..." one."""
         self._commit(block)
+        self._set_running([c for c in self._running if c is not call])
 
     def clear_running_tools(self) -> None:
-        self._running_tools = ""
+        self._set_running([])
+
+    def _set_running(self, calls: list[ToolCall]) -> None:
+        self._running = calls
+        self._running_tools = "".join(tool_block(c, None, None, None) for c in calls)
 
     def add_notice(self, text: str) -> None:
         self.close_live()
@@ -662,7 +697,7 @@ class Transcript:
 
 
 # ============================================================================
-# Emitter: coalesces transcript updates into at most one `replace` per frame
+# Emitter: at most one frame (`chat:message`) per interval; saves (`replace`) spaced by a budget
 # ============================================================================
 
 
@@ -747,7 +782,6 @@ class CoalescingEmitter:
         self._last_saved_at = clock.now()
         self._whole_at = self._last_saved_at  # the last whole copy sent: a save or a frame
         self._budget_until = self._whole_at  # whole copies so far have used the budget up to here
-        self.saves = 0
         self._dirty = False
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
@@ -919,7 +953,6 @@ class CoalescingEmitter:
             self._shown = None  # it may not have reached the tab: the next frame goes whole
             return
         self._last_saved, self._last_saved_at = payload, now
-        self.saves += 1
 
     async def _deliver(self, event: dict[str, Any]) -> bool:
         try:
@@ -944,6 +977,28 @@ class CoalescingEmitter:
 
 class ModelCallError(RuntimeError):
     """A participant's model call failed; the message is shown in its turn."""
+
+
+class AccessCheckError(RuntimeError):
+    """The host's access check itself failed (a database error, say), which is no refusal."""
+
+    def __init__(self, model_id: str, exc: Exception) -> None:
+        self.model_id = model_id
+        self.detail = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+        super().__init__(f"could not check access to '{model_id}': {self.detail}")
+
+    def for_user(self) -> str:
+        return (
+            f"Could not check your access to '{self.model_id}': {self.detail}. Nothing was run. "
+            "Try again; if it keeps failing, an admin finds this error in the server log."
+        )
+
+
+def _is_refusal(exc: Exception) -> bool:
+    """0.12.4 refuses with a bare Exception('Model not found'); an HTTP 401/403/404 is one too."""
+    if getattr(exc, "status_code", None) in (401, 403, 404):
+        return True
+    return type(exc) is Exception and str(exc) == "Model not found"
 
 
 class HostGateway:
@@ -976,8 +1031,10 @@ class HostGateway:
 
         try:
             await check_model_access(user, model, model_info=record)
-        except Exception:  # the host signals a refusal by raising
-            return False
+        except Exception as exc:  # the host signals a refusal by raising, and so does a fault
+            if _is_refusal(exc):
+                return False
+            raise AccessCheckError(str(model.get("id")), exc) from exc
         return True
 
     # -- per-chat storage ------------------------------------------------------------------
@@ -1412,6 +1469,35 @@ class StreamResult:
     malformed: int = 0  # frames that were not JSON objects, skipped
 
 
+async def call_tool(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """Run a tool; one whose own code is synchronous runs in a thread, so its timeout holds.
+
+    Open WebUI hands a sync tool over wrapped in a coroutine (its code in `__function__`) that
+    would block the event loop, and every timer on it, until the tool returns.
+    """
+    if inspect.iscoroutinefunction(getattr(fn, "__function__", fn)):
+        result = fn(**args)
+    else:
+        result = await asyncio.to_thread(_run_blocking_tool, fn, args)
+    return await result if inspect.isawaitable(result) else result
+
+
+def _run_blocking_tool(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+    """In a worker thread: call the tool and, for the host's wrapper, run its coroutine here."""
+    result = fn(**args)
+    return asyncio.run(result) if inspect.iscoroutine(result) else result
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
+
+
 class Run:
     """One request's conversation: all of its state lives here, never on the shared Pipe."""
 
@@ -1494,7 +1580,7 @@ class Run:
             return fallback
         picked = match_alias(answer, aliases)
         if picked is None or picked == last:
-            why = "picked the same speaker twice" if picked == last else "named no participant"
+            why = "named no participant" if picked is None else "picked the same speaker twice"
             shown = " ".join(answer.split())[:60]
             self._status(
                 f"Manager {why} ('{shown}'); {aliases[fallback]} speaks next (round robin)."
@@ -1564,6 +1650,13 @@ class Run:
                     self._failure_line(p, result.error or "the reply ended early")
                 return "\n\n".join(s for s in said if s)
             if not result.calls:
+                return "\n\n".join(said)
+            if tool_rounds >= self.settings.max_tool_rounds:
+                # Tools were no longer offered and it called one anyway: nothing more runs.
+                self._notice(
+                    f"{md_text(p.alias)} still asked for tools after "
+                    f"{_count(tool_rounds, 'tool round')}; its turn ends here."
+                )
                 return "\n\n".join(said)
             bad = {c.index: why for c in result.calls if (why := self._malformed(profile, c))}
             if bad and corrections < self.settings.max_tool_corrections:
@@ -1739,7 +1832,7 @@ class Run:
             outputs[call.index] = _clip(text, limit)
             # The block is re-sent in every frame that follows: show less than the model gets.
             shown = _clip(text, limit // 5)
-            self.transcript.finish_tool(tool_block(call, shown, files, embeds))
+            self.transcript.finish_tool(call, tool_block(call, shown, files, embeds))
             await self.emitter.update()
         self.transcript.clear_running_tools()
         await self.emitter.update()
@@ -1753,9 +1846,9 @@ class Run:
             if isinstance(allowed, dict):
                 args = {k: v for k, v in args.items() if k in allowed}
         try:
-            result = tool["callable"](**args)
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                result = await within(self.clock, self.settings.tool_timeout, result)
+            result = await within(
+                self.clock, self.settings.tool_timeout, call_tool(tool["callable"], args)
+            )
         except TimeoutError:
             result = f"Error: the tool did not finish within {self.settings.tool_timeout:g} s."
         except Exception as exc:  # a tool's own failure is the model's to read, not a crash
@@ -1899,6 +1992,106 @@ def overlay_script(defaults: dict, own_prefix: str, timeout_s: float, max_rounds
 
 
 # ============================================================================
+# Request plumbing: the helpers Pipe uses, in the order a request meets them
+# ============================================================================
+
+
+def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
+    """Tools may report status or files, but content events would fight our transcript."""
+    if emit is None:
+        return None
+
+    async def forward(event: dict) -> Any:
+        if isinstance(event, dict) and event.get("type") in ("message", "replace", "chat:message"):
+            log.debug("dropped a %s event from a tool", event.get("type"))
+            return None
+        return await emit(event)
+
+    return forward
+
+
+def _chat_bytes(body: dict) -> int:
+    """Rough size of what the host rewrites besides our message: the chat's earlier messages,
+    which it keeps twice (the history tree and the message list)."""
+    messages = body.get("messages") or []
+    return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
+
+
+def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
+    def get(name: str, default: Any) -> Any:
+        value = getattr(user_valves, name, None)
+        return default if value in (None, "") else value
+
+    return Settings(
+        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
+        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
+        tool_timeout=valves.TOOL_TIMEOUT,
+        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
+        turn_timeout=valves.TURN_TIMEOUT,
+        manager_timeout=valves.MANAGER_TIMEOUT,
+        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
+        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
+        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
+        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
+        sampling={
+            "temperature": get("Temperature", 1.0),
+            "top_p": get("Top_p", 0.8),
+            "top_k": get("Top_k", 50),
+        },
+    )
+
+
+def _saved_chat_id(ctx: RequestContext) -> str | None:
+    """The chat id when the chat is stored on the server (not a temporary or channel chat)."""
+    chat_id = str(ctx.metadata.get("chat_id") or "")
+    return chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
+
+
+def _last_user_text(body: dict) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+_RECONFIGURE_HINT = (
+    f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
+)
+
+
+def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
+    own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
+    if own:
+        raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
+
+
+async def _remember(gateway: HostGateway, ctx: RequestContext, config: ConversationConfig) -> None:
+    chat_id = _saved_chat_id(ctx)
+    if chat_id is None:
+        return
+    try:
+        await gateway.save_chat_config(chat_id, config.model_dump())
+    except Exception as exc:
+        log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
+
+
+async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
+    """Flush the final state (saved by the host with it); return it for the host to save again.
+
+    The host turns the returned text into one delta that the open tab appends to what our
+    events showed, so before returning we empty the tab's copy with `chat:message`, which the
+    host does not store: the tab shows the text once and the database never holds less than
+    the whole transcript. On Stop no delta follows, so the tab keeps what it shows.
+    """
+    transcript.finish()
+    await emitter.flush()
+    final = transcript.render()
+    if handing_over:
+        await emitter.hand_over()
+    return final
+
+
+# ============================================================================
 # Pipe: the entry point Open WebUI calls
 # ============================================================================
 
@@ -1911,8 +2104,10 @@ class Pipe:
             default=1 / 30,
             ge=0,
             le=5,
-            description="Seconds between two content updates sent to the browser; each one "
-            "rewrites the whole chat in the database. 0 sends every chunk (no coalescing).",
+            description="Seconds between two updates of the message on screen (chat:message:delta "
+            "events with the new text, which the host only forwards; saves follow SAVE_INTERVAL). "
+            "0 sends every "
+            "chunk as a save that rewrites the whole chat (no coalescing).",
         )
         SAVE_INTERVAL: float = Field(
             default=1.0,
@@ -1958,7 +2153,10 @@ class Pipe:
             description="Silent retries per turn when a model makes a malformed tool call.",
         )
         TOOL_TIMEOUT: float = Field(
-            default=120, gt=0, description="Seconds a single tool call may run."
+            default=120,
+            gt=0,
+            description="Seconds a single tool call may run; then the model is told it timed "
+            "out. A synchronous tool runs in a thread, which finishes in the background.",
         )
         TURN_TIMEOUT: float = Field(
             default=300,
@@ -2129,29 +2327,15 @@ class Pipe:
         started = clock.now()
         try:
             try:
-                config, saved = await self._choose_config(
+                config, participants, profiles, manager = await self._prepare(
                     gateway, ctx, body, user_valves, own_prefix, event_call
                 )
-                runtime = gateway.runtime_models()
-                names = {m: d.get("name") or m for m, d in runtime.items()}
-                participants = make_participants(config, names)
-                manager_id = config.manager_model or participants[0].model_id
-                wanted = [p.model_id for p in participants] + (
-                    [manager_id] if config.use_manager else []
-                )
-                try:
-                    _refuse_self(wanted, own_prefix)
-                    profiles = await resolve_profiles(
-                        gateway, ctx, runtime, wanted, with_tools=True
-                    )
-                except ConfigError as exc:
-                    if saved:
-                        raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
-                    raise
-                if not saved:
-                    await _remember(gateway, ctx, config)
             except ConfigError as exc:
                 transcript.add_notice(f"{NOTICE_PREFIX}{md_text(str(exc))}*")
+                return await _finish(emitter, transcript, handing_over=True)
+            except AccessCheckError as exc:
+                log.warning("%s", exc)
+                transcript.add_notice(f"{NOTICE_PREFIX}{md_text(exc.for_user())}*")
                 return await _finish(emitter, transcript, handing_over=True)
             log.info(
                 "conversation start: %d participants, %d rounds, manager=%s",
@@ -2164,7 +2348,6 @@ class Pipe:
             run.chat_system = "\n\n".join(
                 _text_of(m.get("content")) for m in messages if m.get("role") == "system"
             )
-            manager = profiles[manager_id] if config.use_manager else None
             await run.converse(config, participants, profiles, manager)
             log.info(
                 "conversation end: %d turns in %.1f s, %d events",
@@ -2181,6 +2364,39 @@ class Pipe:
             log.exception("conversation failed")
             transcript.add_notice(f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*")
         return await _finish(emitter, transcript, handing_over=True)
+
+    async def _prepare(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_valves: Any,
+        own_prefix: str,
+        event_call: Callable[[dict], Awaitable[Any]] | None,
+    ) -> tuple[ConversationConfig, list[Participant], dict[str, ModelProfile], ModelProfile | None]:
+        """The config, its participants and every model resolved; ConfigError says what to fix.
+
+        A new config is remembered for the chat only once every model in it passed setup.
+        """
+        config, saved = await self._choose_config(
+            gateway, ctx, body, user_valves, own_prefix, event_call
+        )
+        runtime = gateway.runtime_models()
+        names = {m: d.get("name") or m for m, d in runtime.items()}
+        participants = make_participants(config, names)
+        manager_id = config.manager_model or participants[0].model_id
+        wanted = [p.model_id for p in participants] + ([manager_id] if config.use_manager else [])
+        try:
+            _refuse_self(wanted, own_prefix)
+            profiles = await resolve_profiles(gateway, ctx, runtime, wanted, with_tools=True)
+        except ConfigError as exc:
+            if saved:
+                raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
+            raise
+        if not saved:
+            await _remember(gateway, ctx, config)
+        manager = profiles[manager_id] if config.use_manager else None
+        return config, participants, profiles, manager
 
     async def _choose_config(
         self,
@@ -2252,6 +2468,9 @@ class Pipe:
         except ConfigError as exc:
             log.debug("background task skipped: %s", exc)
             return ""
+        except AccessCheckError as exc:
+            log.warning("background task skipped: %s", exc)
+            return ""
         form = {"model": model_id, "messages": body.get("messages") or []}
         try:
             text = await gateway.complete(form, ctx.user)
@@ -2259,104 +2478,3 @@ class Pipe:
             log.warning("background task failed on %s: %s", model_id, exc)
             return ""
         return clean_turn_text(text)
-
-
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
-
-
-def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
-    def get(name: str, default: Any) -> Any:
-        value = getattr(user_valves, name, None)
-        return default if value in (None, "") else value
-
-    return Settings(
-        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
-        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
-        tool_timeout=valves.TOOL_TIMEOUT,
-        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
-        turn_timeout=valves.TURN_TIMEOUT,
-        manager_timeout=valves.MANAGER_TIMEOUT,
-        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
-        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
-        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
-        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
-        sampling={
-            "temperature": get("Temperature", 1.0),
-            "top_p": get("Top_p", 0.8),
-            "top_k": get("Top_k", 50),
-        },
-    )
-
-
-_RECONFIGURE_HINT = (
-    f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
-)
-
-
-def _saved_chat_id(ctx: RequestContext) -> str | None:
-    """The chat id when the chat is stored on the server (not a temporary or channel chat)."""
-    chat_id = str(ctx.metadata.get("chat_id") or "")
-    return chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
-
-
-async def _remember(gateway: HostGateway, ctx: RequestContext, config: ConversationConfig) -> None:
-    chat_id = _saved_chat_id(ctx)
-    if chat_id is None:
-        return
-    try:
-        await gateway.save_chat_config(chat_id, config.model_dump())
-    except Exception as exc:
-        log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
-
-
-def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
-    own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
-    if own:
-        raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
-
-
-def _chat_bytes(body: dict) -> int:
-    """Rough size of what the host rewrites besides our message: the chat's earlier messages,
-    which it keeps twice (the history tree and the message list)."""
-    messages = body.get("messages") or []
-    return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
-
-
-def _last_user_text(body: dict) -> str:
-    for message in reversed(body.get("messages") or []):
-        if message.get("role") == "user":
-            return _text_of(message.get("content"))
-    return ""
-
-
-def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
-    """Tools may report status or files, but content events would fight our transcript."""
-    if emit is None:
-        return None
-
-    async def forward(event: dict) -> Any:
-        if isinstance(event, dict) and event.get("type") in ("message", "replace", "chat:message"):
-            log.debug("dropped a %s event from a tool", event.get("type"))
-            return None
-        return await emit(event)
-
-    return forward
-
-
-async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
-    """Flush the final state (saved by the host with it); return it for the host to save again.
-
-    The host turns the returned text into one delta that the open tab appends to what our
-    events showed, so before returning we empty the tab's copy with `chat:message`, which the
-    host does not store: the tab shows the text once and the database never holds less than
-    the whole transcript. On Stop no delta follows, so the tab keeps what it shows.
-    """
-    transcript.finish()
-    await emitter.flush()
-    final = transcript.render()
-    if handing_over:
-        await emitter.hand_over()
-    return final

@@ -45,9 +45,15 @@ class ModelScript:
     tokens: int = 8  # reply length when `reply` is None; one token = one word (+ space) per chunk
     delay: float = 0.0  # seconds slept before each streamed token (0 = as fast as possible)
     reasoning_tokens: int = 0  # reasoning deltas sent before the content
+    # Exactly these reasoning deltas instead of the generated `reasoning_tokens` ones.
+    reasoning_pieces: tuple[str, ...] = ()
     reasoning_key: str = "reasoning_content"  # or "reasoning" / "thinking"
     think_tags: bool = False  # put the reasoning inside the content as <think>...</think>
     tool_call: ToolCallScript | None = None
+    # A runaway model: it makes `tool_call` this many times in a row in one turn (counting the
+    # assistant tool calls already in the request since the last user message), whether tools
+    # are offered or not. 0: one call, and only when tools are offered.
+    tool_calls_in_a_row: int = 0
     http_error: int | None = None  # answer with this status and an OpenAI-style JSON error
     cut_after: int | None = None  # drop the connection after this many content tokens
     stall_after: int | None = None  # go silent (connection open) after this many content tokens
@@ -120,6 +126,21 @@ def default_reply(model: str, n: int, tokens: int) -> str:
 def _reasoning_tokens(model: str, count: int) -> list[str]:
     """Deterministic reasoning words, one per delta."""
     return [f"think{i}-{model} " for i in range(1, count + 1)]
+
+
+def _reasoning_of(model: str, script: ModelScript) -> list[str]:
+    """The reasoning deltas a reply sends: the scripted pieces, else generated words."""
+    return list(script.reasoning_pieces) or _reasoning_tokens(model, script.reasoning_tokens)
+
+
+def _tool_calls_this_turn(messages: list[dict]) -> int:
+    """Assistant messages with tool calls after the last user message."""
+    count = 0
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            break
+        count += bool(message.get("role") == "assistant" and message.get("tool_calls"))
+    return count
 
 
 def _split_pieces(text: str, pieces: int) -> list[str]:
@@ -279,9 +300,10 @@ class ScriptedBackend:
             if script.http_error:
                 record.status = script.http_error
                 return _error_response(script.http_error, f"scripted error for {record.model}")
-            wants_tool = (
-                script.tool_call is not None
-                and bool(record.tools)
+            wants_tool = script.tool_call is not None and (
+                _tool_calls_this_turn(record.messages) < script.tool_calls_in_a_row
+                if script.tool_calls_in_a_row
+                else bool(record.tools)
                 and (not record.messages or record.messages[-1].get("role") != "tool")
             )
             if record.stream:
@@ -317,7 +339,7 @@ class ScriptedBackend:
                 text = script.manager_rule(record.messages)
             else:
                 text = self._reply_text(record, script)
-            reasoning = "".join(_reasoning_tokens(record.model, script.reasoning_tokens))
+            reasoning = "".join(_reasoning_of(record.model, script))
             if script.think_tags and not script.empty:
                 text = f"<think>{reasoning or 'thinking'}</think>{text}"
             elif reasoning and not script.empty:
@@ -377,7 +399,7 @@ class ScriptedBackend:
             await token_sent()
             finish = "tool_calls"
         else:
-            reasoning = _reasoning_tokens(record.model, script.reasoning_tokens)
+            reasoning = _reasoning_of(record.model, script)
             content = split_tokens(self._reply_text(record, script))
             if script.think_tags and not script.empty:
                 content = ["<think>", *(reasoning or ["thinking"]), "</think>", *content]

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import multi_model_conversation as mmc
+from tests import fakes
 
 # ============================================================================
 # SSEDecoder
@@ -77,6 +78,18 @@ def test_sse_every_two_way_split_gives_same_payloads(as_bytes):
         if as_bytes:
             pieces = [p.encode() for p in pieces]
         assert run_sse(pieces) == SSE_EXPECTED, f"split at {i}: {SSE_STREAM[:i]!r}"
+
+
+def test_sse_every_byte_split_keeps_multi_byte_characters_whole():
+    """A network read may end inside a character: é is 2 bytes, 🙂 is 4."""
+    data = SSE_STREAM.encode()
+    for i in range(len(data) + 1):
+        assert run_sse([data[:i], data[i:]]) == SSE_EXPECTED, f"split at byte {i}"
+    assert run_sse([bytes([b]) for b in data]) == SSE_EXPECTED
+
+
+def test_sse_bytes_that_are_not_utf8_become_replacement_characters():
+    assert run_sse([b"data: a\xff", b"b\n\ndata: \xf0\x9f", b"\n\n"]) == ["a\ufffdb", "\ufffd"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -339,8 +352,19 @@ EXPECTED_TAG_PAIRS = {
 }
 
 
-def test_think_tags_cover_the_common_formats():
-    assert set(mmc.THINK_TAGS) == EXPECTED_TAG_PAIRS
+@pytest.mark.parametrize("pair", sorted(EXPECTED_TAG_PAIRS))
+async def test_each_common_think_tag_format_becomes_a_reasoning_block_in_the_pipe(pair):
+    h = fakes.PipeHarness()
+    h.host.chat_configs["chat-1"] = fakes.config("m1")
+    text = f"{pair[0]}weighing it up{pair[1]}Tea, then."
+    frames = [fakes.chunk(content=c) for c in text]  # one character per delta
+    h.host.scripts["m1"] = fakes.Script(streams=[[*frames, "data: [DONE]\n\n"]])
+
+    result = await h.run()
+
+    (block,) = mmc.BLOCK_RE.findall(result)
+    assert 'type="reasoning" done="true"' in block and "weighing it up" in block
+    assert result.endswith("\n</details>\nTea, then.") and pair[0] not in result
 
 
 @pytest.mark.parametrize("pair", sorted(EXPECTED_TAG_PAIRS))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import pytest
-
 import multi_model_conversation as mmc
 from tests.fakes import FakeClock, PipeHarness, RecordingEmitter, Script, chunk, config, reply
 
@@ -24,8 +22,8 @@ async def test_2000_chunks_in_a_second_make_at_most_31_events_and_the_last_is_re
     result = await h.run(emitter=emitter)
 
     contents = emitter.contents()
-    assert h.clock.now() < 1.0
-    assert 2 <= len(contents) <= 31
+    # One frame per 1/30 s of the 0.9 s the stream took, plus the first and the final one.
+    assert 2 <= len(contents) <= 0.9 * 30 + 2
     assert contents[-1] == result
     assert "tok1999" in result
     assert all(a != b for a, b in zip(contents, contents[1:], strict=False)), "a repeated frame"
@@ -54,35 +52,42 @@ async def test_first_change_is_sent_at_once_and_events_are_one_frame_apart():
     assert per_second <= 31
 
 
-@pytest.mark.parametrize("seconds_per_event", [0.05, 3.0])
-async def test_a_slow_socket_does_not_slow_the_stream(seconds_per_event):
-    """50 ms or 3 s per event: the 1000-chunk stream is still consumed in 1 s of fake time."""
+async def test_a_socket_that_does_not_answer_does_not_hold_up_the_stream():
+    """Every event takes an hour to arrive: the model's 1000 chunks are read all the same."""
     h = PipeHarness()
     h.host.chat_configs["chat-1"] = config("m1")
     h.host.scripts["m1"] = Script(streams=[long_reply(1000)], chunk_delay=0.001)
-    emitter = RecordingEmitter(h.clock, delay=seconds_per_event)
-    stream_done_at: list[float] = []
+    emitter = RecordingEmitter(h.clock, delay=3600)
+    read: list[str] = []
     original = h.host.stream_chat
 
-    async def timed(form, user):
+    async def counted(form, user):
         async for piece in original(form, user):
+            read.append(piece)
             yield piece
-        stream_done_at.append(h.clock.now())
 
-    h.host.stream_chat = timed
+    h.host.stream_chat = counted
     run = asyncio.ensure_future(h.run(emitter=emitter))
-    while not run.done():
+    for _ in range(100_000):  # the fake clock stands still unless the stream moves it
         await asyncio.sleep(0)
-        if stream_done_at:
-            h.clock.advance(0.01)  # let the last slow events finish after the stream
-    result = await run
+        if len(read) == 1001:
+            break
 
-    frames = 1001  # 1000 tokens and [DONE]
-    assert stream_done_at[0] <= frames * 0.001 + 1e-9
+    streamed_behind_a_silent_socket = len(read)
+    in_flight, arrived = emitter.in_flight, len(emitter.events)
+    if streamed_behind_a_silent_socket < 1001:
+        run.cancel()  # held up behind the socket: stop it (its final save still goes out)
+    for _ in range(100):
+        if run.done():
+            break
+        h.clock.advance(3600)
+        for _ in range(20):
+            await asyncio.sleep(0)
+    assert streamed_behind_a_silent_socket == 1001, "the stream waited for the socket"
+    assert in_flight == 1 and arrived == 0, "one event in flight, none through"
+    result = await asyncio.wait_for(run, 5)
     assert emitter.max_in_flight == 1
-    assert emitter.contents()[-1] == result
-    during = [t for t in emitter.content_times() if t <= stream_done_at[0]]
-    assert len(during) <= stream_done_at[0] / seconds_per_event + 1, "more than one in flight"
+    assert emitter.contents()[-1] == result and "tok999" in result
 
 
 async def test_a_slow_database_write_does_not_hold_back_the_frames_after_a_save():
@@ -280,9 +285,22 @@ async def test_saves_come_once_a_second_while_frames_come_every_frame():
     assert sent.events[-1][1] == {"type": "replace", "data": {"content": state["text"]}}
 
 
-async def test_reply_helper_streams_reasoning_before_content():
-    chunks = reply("x y", reasoning="r")
-    assert "reasoning_content" in chunks[0] and '"content": "x "' in chunks[1]
+async def test_reasoning_streams_in_an_open_block_that_closes_when_the_answer_starts():
+    h = PipeHarness(interval=0)  # every change is a frame
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(streams=[reply("the answer", reasoning="first this then that")])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    frames = emitter.contents()
+    opened = [i for i, f in enumerate(frames) if '<details type="reasoning" done="false"' in f]
+    answered = [i for i, f in enumerate(frames) if "the answer" in f]
+    assert opened and answered and max(opened) < min(answered)
+    assert "first this then" in frames[max(opened)], "the open block grows as reasoning streams"
+    assert all('done="false"' not in f for f in frames[min(answered) :])
+    block_end = result.index("</details>")
+    assert result.index("first this then that") < block_end < result.index("the answer")
 
 
 def _long_history(n: int = 50, chars: int = 2000) -> list[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 import multi_model_conversation as mmc
@@ -281,6 +282,22 @@ async def test_a_failing_manager_falls_back_to_round_robin():
     assert any("Manager failed (boom)" in s for s in emitter.statuses())
 
 
+async def test_a_first_pick_that_names_nobody_is_not_called_a_repeat():
+    """Before anyone spoke there is no last speaker to repeat."""
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", use_manager=True)
+    h.host.scripts["m1"] = Script(completions=["nobody in particular", "M2"])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert speakers(result) == ["M1", "M2"]
+    (fallback,) = [s for s in emitter.statuses() if "round robin" in s]
+    assert fallback == (
+        "Manager named no participant ('nobody in particular'); M1 speaks next (round robin)."
+    )
+
+
 # -- 5. rendering -------------------------------------------------------------------------------
 
 
@@ -371,6 +388,43 @@ async def test_aliases_show_literally_and_never_as_markup():
     assert "&amp;" not in head and "&lt;" not in head, "entities show literally in Open WebUI"
     assert [mmc.md_unescape(s) for s in speakers(result)] == [evil]
     assert streamed(h)[0]["messages"][0]["content"].count(evil) >= 1, "models see the real name"
+
+
+async def test_a_finished_tool_shows_once_while_later_calls_of_its_batch_run():
+    h = PipeHarness(interval=0)  # every change is a frame
+    h.host.chat_configs["chat-1"] = config("m1")
+    gate, slow_started = asyncio.Event(), asyncio.Event()
+
+    async def fast() -> str:
+        return "FAST"
+
+    async def slow() -> str:
+        slow_started.set()
+        await gate.wait()
+        return "SLOW"
+
+    h.host.tools = {
+        name: {"spec": {"name": name, "parameters": {}}, "callable": fn}
+        for name, fn in (("fast", fast), ("slow", slow))
+    }
+    batch = tool_call_chunks("fast", "{}", "call_f", 0) + tool_call_chunks(
+        "slow", "{}", "call_s", 1
+    )
+    h.host.scripts["m1"] = Script(streams=[batch, reply("both done")])
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    await asyncio.wait_for(slow_started.wait(), 5)
+    await asyncio.sleep(0)
+    while_slow_runs = emitter.contents()[-1]
+    gate.set()
+    result = await run
+
+    assert while_slow_runs.count('id="call_f"') == 1, "the finished call shows twice"
+    assert re.search(r'done="true" id="call_f"', while_slow_runs)
+    assert re.search(r'done="false" id="call_s"', while_slow_runs)
+    for frame in emitter.contents():
+        assert frame.count('id="call_f"') <= 1 and frame.count('id="call_s"') <= 1, frame
+    assert result.count('done="true"') == 2 and result.endswith("both done")
 
 
 # -- 6. history ---------------------------------------------------------------------------------
@@ -511,6 +565,23 @@ async def test_corrections_run_out_and_the_bad_call_is_answered_with_an_error():
     assert result.count('name="nope"') == 1 and result.endswith("ok")
 
 
+async def test_a_model_that_keeps_calling_tools_gets_max_tool_rounds_and_then_a_line():
+    h = PipeHarness()
+    _echo_tools(h)
+    h.pipe.valves.MAX_TOOL_ROUNDS = 1
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    runaway = [tool_call_chunks("echo", f'{{"text": "{i}"}}', f"call_{i}") for i in range(40)]
+    h.host.scripts["m1"] = Script(streams=runaway)
+
+    result = await h.run()
+
+    m1 = [r for r in streamed(h) if r["model"] == "m1"]
+    assert len(m1) == 2 and "tools" in m1[0] and "tools" not in m1[1]
+    assert result.count('type="tool_calls" done="true"') == 1
+    assert "*⚠️ M1 still asked for tools after 1 tool round; its turn ends here.*" in result
+    assert speakers(result) == ["M1", "M2"]
+
+
 # -- 8. background tasks ------------------------------------------------------------------------
 
 
@@ -601,6 +672,18 @@ async def test_unreadable_frames_are_skipped_and_counted_in_one_line():
     assert own == ["kept words"]
 
 
+async def test_a_character_split_across_network_reads_arrives_whole():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    frame = chunk(content="tea 🍵 time").replace("\\ud83c\\udf75", "🍵").encode()
+    cut = frame.index("🍵".encode()) + 2  # inside the emoji's four bytes
+    h.host.scripts["m1"] = Script(streams=[[frame[:cut], frame[cut:], b"data: [DONE]\n\n"]])
+
+    result = await h.run()
+
+    assert result.endswith("tea 🍵 time") and "\ufffd" not in result
+
+
 # -- 10. access ---------------------------------------------------------------------------------
 
 
@@ -621,6 +704,26 @@ async def test_a_refused_manager_model_is_refused_too():
     h.host.chat_configs["chat-1"] = config("m1", use_manager=True, manager_model="boss")
     result = await h.run()
     assert "'boss'" in result and h.host.requests == []
+
+
+async def test_a_failing_access_check_is_shown_as_such_and_logged_once(caplog):
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    h.host.chat_configs["chat-2"] = config("m1")
+
+    async def broken(user, model, record):
+        raise mmc.AccessCheckError(model["id"], RuntimeError("database is locked"))
+
+    h.host.check_access = broken
+    with caplog.at_level(logging.DEBUG, logger=mmc.__name__):
+        result = await h.run()
+        title = await h.run(chat_id="chat-2", task="title_generation")
+
+    assert "You do not have access" not in result
+    assert "Could not check your access to 'm" in result and "database is locked" in result
+    assert h.host.requests == [] and title == ""
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2 and all("database is locked" in w for w in warnings)
 
 
 # -- 11. upgrade from Multi Model Conversations v2 ----------------------------------------------
@@ -840,3 +943,39 @@ async def test_stop_during_a_tool_call_cancels_the_tool_and_keeps_the_transcript
     assert cancelled.is_set(), "the tool kept running after Stop"
     assert "Let me check." in emitter.contents()[-1]
     assert 'done="false"' not in emitter.contents()[-1], "no block left executing forever"
+
+
+async def test_a_synchronous_tool_runs_in_a_thread_and_its_timeout_holds():
+    """Open WebUI wraps a sync tool in a coroutine that would block the event loop."""
+    import threading
+    import time
+
+    h = PipeHarness()
+    h.pipe.valves.TOOL_TIMEOUT = 5
+    h.host.chat_configs["chat-1"] = config("m1")
+    release, threads = threading.Event(), []
+
+    def nap() -> str:  # what the tool's author wrote: plain, blocking code
+        threads.append(threading.get_ident())
+        release.wait(30)
+        return "NAP"
+
+    async def wrapped() -> str:  # how the host hands it over (get_async_tool_function...)
+        return nap()
+
+    wrapped.__function__ = nap
+    h.host.tools = {"nap": {"spec": {"name": "nap", "parameters": {}}, "callable": wrapped}}
+    h.host.scripts["m1"] = Script(streams=[tool_call_chunks("nap", "{}"), reply("woke")])
+    run = asyncio.ensure_future(h.run())
+    deadline = time.monotonic() + 10
+    while not threads and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the loop keeps running while the tool blocks
+    assert threads and threads[0] != threading.get_ident()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    h.clock.advance(5)
+    result = await asyncio.wait_for(run, 5)
+    release.set()
+
+    assert "did not finish within 5 s" in streamed(h)[1]["messages"][-1]["content"]
+    assert "NAP" not in result and result.endswith("woke")

@@ -173,6 +173,7 @@ FAULTY_TOOLS = textwrap.dedent(
     description: Tools that fail in every way, for the fault tests.
     """
     import asyncio
+    import time
     from pathlib import Path
 
     MARKS = Path(__MARKS__)
@@ -199,6 +200,15 @@ FAULTY_TOOLS = textwrap.dedent(
                 (MARKS / "hang-cancelled").write_text("1")
                 raise
             return "never"
+
+        def nap(self) -> str:
+            """
+            Synchronous and slow: blocks for 6 s.
+            """
+            (MARKS / "nap-started").write_text("1")
+            time.sleep(6)
+            (MARKS / "nap-finished").write_text("1")
+            return "NAP-DONE"
 
         def huge(self) -> str:
             """
@@ -275,6 +285,33 @@ async def test_failing_tools_answer_the_model_and_the_conversation_goes_on(
     # Arguments that are not JSON: no tool runs; the model is told why and answers.
     assert "not valid JSON" in tool_message(follow_up["model-d"])
     assert 'name="echo"' not in saved and "ECHO-" not in saved
+
+
+async def test_a_model_that_keeps_calling_tools_stops_after_max_tool_rounds(
+    owui, backend, admin_socket, pipe, valves, faulty_tools
+):
+    await valves(MAX_TOOL_ROUNDS=2)
+    backend.set_script(
+        "model-a",
+        tool_call=ToolCallScript(name="echo", arguments='{"text": "again"}'),
+        tool_calls_in_a_row=8,  # whether tools are offered or not
+    )
+    admin_socket.answer("execute", overlay_answer("model-a", "model-b"))
+
+    result = await run_chat(admin_socket, None, pipe, "Loop.", tool_ids=["mmc_faulty"])
+
+    saved = result.saved
+    assert speakers(saved) == ["A", "B"] and saved == result.delivered
+    a_requests = backend.requests_for("model-a")
+    # Two rounds run, then one request without tools, whose calls are not run.
+    assert [bool(r.tools) for r in a_requests] == [True, True, False]
+    assert all(r.tool_call_sent for r in a_requests)
+    tags = [t for t in details_tags(saved, "tool_calls") if 'name="echo"' in t]
+    assert len(tags) == 2 and all('done="true"' in t for t in tags)
+    assert 'done="false"' not in saved
+    a_turn = turns_of(saved)["A"]
+    assert f"{NOTICE}A still asked for tools after 2 tool rounds" in a_turn
+    assert len(backend.requests_for("model-b")) == 1
 
 
 # ==========================================================================================
@@ -368,3 +405,30 @@ async def test_stop_while_the_manager_is_choosing_ends_everything(
     assert speakers(stopped.saved) == []
     assert [r.model for r in backend.requests] == ["manager"]
     assert stopped.finished_at is not None
+
+
+async def test_a_synchronous_tool_is_timed_out_too(
+    owui, backend, admin_socket, pipe, valves, faulty_tools
+):
+    """Open WebUI calls a sync tool on its event loop; the pipe runs it in a thread instead."""
+    await valves(TOOL_TIMEOUT=1)
+    finished = faulty_tools / "nap-finished"
+    backend.set_script(
+        "model-a",
+        tool_call=ToolCallScript(name="nap"),
+        # Asked for at once with the timeout's answer, the reply says whether the nap ended.
+        reply=lambda request: f"nap-finished={finished.exists()}",
+    )
+    admin_socket.answer("execute", overlay_answer("model-a", "model-b"))
+
+    result = await run_chat(admin_socket, None, pipe, "Take a nap.", tool_ids=["mmc_faulty"])
+
+    saved = result.saved
+    assert speakers(saved) == ["A", "B"] and saved == result.delivered
+    assert (faulty_tools / "nap-started").exists()
+    assert "did not finish within 1 s" in tool_result(saved, "nap")
+    follow_up = backend.requests_for("model-a")[-1]
+    assert "did not finish within 1 s" in tool_message(follow_up)
+    assert follow_up.reply == "nap-finished=False" and "NAP-DONE" not in saved
+    # The thread cannot be stopped; it ends on its own and its result is dropped.
+    assert await until(finished.exists, 15)

@@ -12,6 +12,7 @@ import asyncio
 import html
 import json
 import re
+import sqlite3
 import textwrap
 import time
 import uuid
@@ -249,6 +250,29 @@ async def test_reasoning_deltas_and_think_tags_become_closed_blocks(
     assert "think" not in json.dumps(b_request.messages[1:])
 
 
+async def test_reasoning_that_writes_a_closing_details_tag_stays_in_its_block(
+    owui, backend, admin_socket, pipe
+):
+    """`</det` + `ails>` across two deltas, or `</DETAILS>`: the block still ends only at ours."""
+    pieces = ("I plan </det", "ails> leak-one ", "then </DETAILS> leak-two ", "and done")
+    backend.set_script("model-a", reasoning_pieces=pieces, tokens=6)
+    admin_socket.answer("execute", overlay_answer("model-a", "model-b"))
+
+    first = await run_chat(admin_socket, None, pipe, "Think it over.")
+
+    saved = first.saved
+    assert speakers(saved) == ["A", "B"] and saved == first.delivered
+    block_re = re.compile(r'<details type="reasoning".*?</details>', re.DOTALL | re.IGNORECASE)
+    (block,) = block_re.findall(saved)
+    assert "leak-one" in block and "leak-two" in block and "and done" in block
+    assert "leak" not in block_re.sub("", saved)
+    # The next message's history hands nobody the reasoning as A's words.
+    backend.reset()
+    await run_chat(admin_socket, None, pipe, "Go on.", chat_id=first.chat_id)
+    sent = json.dumps([r.messages for r in backend.requests])
+    assert len(backend.requests) == 2 and "leak" not in sent and "I plan" not in sent
+
+
 # ==========================================================================================
 # 4. Tools
 # ==========================================================================================
@@ -446,6 +470,45 @@ async def test_user_without_access_to_a_participant_is_refused(owui, backend, pi
     assert CONFIG_KEY not in (await owui.get_chat(result.chat_id, user.token))["meta"]
 
 
+async def test_a_failing_access_check_says_what_failed_and_is_logged_once(owui, backend, pipe):
+    """A database error inside the host's access check is not a refusal."""
+    user = await new_user(owui, "Dora", "model-a", "model-b")
+    db_path = owui.server.data_dir / "webui.db"
+
+    def rename(old: str, new: str) -> None:
+        conn = sqlite3.connect(db_path, timeout=30)
+        try:
+            conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+            conn.commit()
+        finally:
+            conn.close()
+
+    def break_then_answer(_data) -> dict:
+        # After the host let the user reach the pipe, before the pipe checks the participants.
+        rename("group_member", "group_member_away")
+        return overlay_answer("model-a", "model-b")
+
+    log_start = owui.server.log_path.stat().st_size
+    sock = await owui.connect(user.token)
+    try:
+        sock.answer("execute", break_then_answer)
+        result = await run_chat(sock, user.token, pipe, "Check me.")
+    finally:
+        if sock.calls:
+            rename("group_member_away", "group_member")
+        await sock.disconnect()
+
+    assert result.saved == result.delivered and speakers(result.saved) == []
+    assert "You do not have access" not in result.saved
+    assert "Could not check your access to 'model-" in result.saved
+    assert "no such table" in result.saved and "group\\_member" in result.saved  # md-escaped
+    assert backend.requests == []
+    with open(owui.server.log_path, "rb") as log:
+        log.seek(log_start)
+        written = log.read().decode(errors="replace")
+    assert written.count("could not check access to 'model-") == 1, written[-3000:]
+
+
 # ==========================================================================================
 # 8. Two users at once
 # ==========================================================================================
@@ -545,3 +608,34 @@ async def test_tab_never_shows_the_conversation_twice(owui, backend, admin_socke
     assert len(blanks) == 1 and shown[blanks[0] + 1] == result.saved, (
         "the only empty state is the instant before the final text"
     )
+
+
+# ==========================================================================================
+# Background tasks (title, tags, follow-ups)
+# ==========================================================================================
+
+
+async def test_a_title_task_never_reaches_a_model_the_user_may_not_use(owui, backend, pipe):
+    """The background task calls its model with bypass_filter=True: the pipe's check is the gate."""
+    user = await new_user(owui, "Tess", "model-a")
+
+    async def title_with(participant: str) -> dict:
+        await owui.set_user_valves(
+            FUNCTION_ID, {"NUM_PARTICIPANTS": 1, "Participant1Model": participant}, user.token
+        )
+        return await owui.request(
+            "POST",
+            "/api/v1/tasks/title/completions",
+            token=user.token,
+            json_body={"model": PIPE_MODEL, "messages": [{"role": "user", "content": "Tea?"}]},
+        )
+
+    allowed = await title_with("model-a")
+    (request,) = backend.requests
+    assert request.model == "model-a" and not request.stream
+    assert request.reply in json.dumps(allowed)
+
+    backend.reset()
+    refused = await title_with("model-b")
+    assert backend.requests == [], "the task reached a model the user was not granted"
+    assert "model-b#" not in json.dumps(refused)
