@@ -697,7 +697,7 @@ class Transcript:
 
 
 # ============================================================================
-# Emitter: at most one frame (`chat:message`) per interval; saves (`replace`) spaced by a budget
+# Emitter: at most one frame per interval (the new text as `chat:message:delta`); saves spaced by a budget
 # ============================================================================
 
 
