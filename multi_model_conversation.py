@@ -691,6 +691,12 @@ class Transcript:
             tail += reasoning_block("".join(self._reasoning), done=False, seconds=0)
         return self._committed_text + tail + self._running_tools
 
+    def live_block_at(self) -> int | None:
+        """Where the open reasoning block starts in render(): it alone changes in place."""
+        if self._reasoning is None:
+            return None
+        return sum(map(len, self._committed)) + sum(map(len, self._live_content))
+
     def _has_text(self) -> bool:
         return bool(self._committed or self._live_content)
 
@@ -706,7 +712,7 @@ class Transcript:
 
 
 # ============================================================================
-# Emitter: at most one frame (`chat:message`) per interval; saves (`replace`) spaced by a budget
+# Emitter: at most one frame per interval (the new text as `chat:message:delta`); saves spaced by a budget
 # ============================================================================
 
 
@@ -748,14 +754,20 @@ class CoalescingEmitter:
     interval 0 coalescing is off: `update()` awaits one `replace` per call (the naive way).
     Other events (status, files) go through `post()`, in order, by the same sender.
 
-    A frame is a `chat:message` (the tab shows it; the host only forwards it) unless a save is
-    due, then it is a `replace`, which the host also writes into the chat, rewriting the whole
-    chat each time. Saves are `save_interval` apart, stretched so that no more than `budget`
-    bytes of chat are rewritten per second (`host_bytes`, the rest of the chat, plus the
-    message), up to `max_save_interval`. The last state is always saved (`flush()`).
+    Each token should reach the tab once, so a frame that only extends what the tab shows is a
+    `chat:message:delta` with the new text (the page appends it; the host only forwards it).
+    A frame that changes earlier text (a reasoning block closing, a tool block finishing) goes
+    whole as `chat:message`. A save is a `replace`, which the host also writes into the chat,
+    rewriting the whole chat each time. Saves are `save_interval` apart, stretched so that no
+    more than `budget` bytes of chat are rewritten per second (`host_bytes`, the rest of the
+    chat, plus the message), up to `max_save_interval`; a whole frame also counts as one, so
+    whole copies reach the tab at a rate that does not grow with the message. The last state is
+    always saved (`flush()`). While reasoning streams, its block grows in place
+    (`live_at()` says where it starts): those refreshes wait for the next save.
 
     At most one frame and one save are in flight: the host emits a save to the tab before it
     writes the chat, so a slow database write must not hold back the frames that follow it.
+    A save's send starts before any later frame's, so the tab applies it in order.
     """
 
     def __init__(
@@ -768,9 +780,11 @@ class CoalescingEmitter:
         save_interval: float = 1.0,
         budget: float = 0.0,
         max_save_interval: float = 5.0,
+        live_at: Callable[[], int | None] | None = None,
     ) -> None:
         self._send = send
         self._render = render
+        self._live_at = live_at
         self._interval = max(0.0, interval)
         self._host_bytes = host_bytes
         self._save_interval = save_interval
@@ -781,6 +795,8 @@ class CoalescingEmitter:
         self._clock = clock
         # The first save is due one interval in (the first frame holds little but a heading).
         self._last_saved_at = clock.now()
+        self._whole_at = self._last_saved_at  # the last whole copy sent: a save or a frame
+        self._budget_until = self._whole_at  # whole copies so far have used the budget up to here
         self._dirty = False
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
@@ -788,6 +804,8 @@ class CoalescingEmitter:
         self._task: asyncio.Task | None = None
         self._saving: asyncio.Future | None = None  # the save in flight, if any
         self._last_payload: str | None = None
+        self._shown: str | None = None  # the tab's copy after our last content event; None: unknown
+        self._shown_live_at: int | None = None  # where that copy's growing block starts
         self._last_sent_at = float("-inf")
         self._failures = 0
         self.sent_events = 0
@@ -825,6 +843,7 @@ class CoalescingEmitter:
     async def hand_over(self) -> None:
         """Empty the tab's copy of the message (not the stored one) for the host's final delta."""
         if self._send is not None and self._last_saved:
+            self._shown = ""
             await self._deliver({"type": "chat:message", "data": {"content": ""}})
 
     # -- sender ----------------------------------------------------------------------------
@@ -843,22 +862,61 @@ class CoalescingEmitter:
                 if wait > 0:
                     await self._sleep_unless_flushed(wait)
                 await self._drain_queue()
+                held = self._refresh_wait()
+                if held > 0:
+                    await self._sleep_unless_woken(held)
+                    self._wake.set()  # look again: a change, a flush, or the save is due
+                    continue
                 self._dirty = False
                 # While a flush waits, this frame is the last one: it is the save.
                 await self._send_content(final=self._flushing.is_set())
             if self._flushing.is_set() and not self._dirty and not self._queue:
                 return
 
+    def _refresh_wait(self) -> float:
+        """Seconds to hold a frame that only grows the block the tab shows growing; else 0."""
+        if self._live_at is None or self._shown_live_at is None or self._flushing.is_set():
+            return 0.0
+        if self._shown is None:  # the tab missed a frame: the next one goes whole, at once
+            return 0.0
+        if self._live_at() != self._shown_live_at:
+            return 0.0
+        due = self._next_save_at() - self._clock.now()
+        if due <= 0 and self._saving is not None and not self._saving.done():
+            return self._interval  # it goes as the next save, once the one in flight is done
+        return max(0.0, due)
+
+    def _next_save_at(self) -> float:
+        paced = max(self._budget_until, self._whole_at + self._save_interval)
+        return min(paced, self._whole_at + self._max_save_interval)
+
+    def _charge(self, payload: str, now: float) -> None:
+        """Count one whole copy (a save, or a rewrite frame) against the byte budget."""
+        self._whole_at = now
+        if self._budget <= 0:
+            self._budget_until = now
+            return
+        # The host keeps the message twice (chat JSON and message row).
+        seconds = (self._host_bytes + 2 * len(payload)) / self._budget
+        self._budget_until = max(self._budget_until, now) + seconds
+        self._save_gap = min(self._max_save_interval, max(self._save_interval, seconds))
+
     async def _sleep_unless_flushed(self, seconds: float) -> None:
         if self._flushing.is_set():
             return
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        flushed = asyncio.ensure_future(self._flushing.wait())
+        await self._first_of(self._clock.sleep(seconds), self._flushing.wait())
+
+    async def _sleep_unless_woken(self, seconds: float) -> None:
+        await self._first_of(self._clock.sleep(seconds), self._flushing.wait(), self._wake.wait())
+
+    @staticmethod
+    async def _first_of(*awaitables: Awaitable[Any]) -> None:
+        tasks = [asyncio.ensure_future(a) for a in awaitables]
         try:
-            await asyncio.wait({sleeper, flushed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleeper.cancel()
-            flushed.cancel()
+            for task in tasks:
+                task.cancel()
 
     async def _drain_queue(self) -> None:
         while self._queue:
@@ -870,32 +928,46 @@ class CoalescingEmitter:
             await asyncio.shield(self._saving)  # the last save lands after the one in flight
             saving = False
         payload = self._render()
+        live_at = self._live_at() if self._live_at is not None else None
         now = self._clock.now()
-        save = self._interval == 0 or (not saving and now - self._last_saved_at >= self._save_gap)
-        if payload == self._last_payload and not (final and payload != self._last_saved):
+        if payload == self._shown and not (final and payload != self._last_saved):
             return
-        self._last_payload = payload
         self._last_sent_at = now
-        if not (save or final):
-            await self._deliver({"type": "chat:message", "data": {"content": payload}})
+        shown, self._shown, self._shown_live_at = self._shown, payload, live_at
+        save = final or self._interval == 0 or (not saving and now >= self._next_save_at())
+        appends = shown is not None and payload.startswith(shown)
+        if not save and not appends:
+            # A rewrite: the whole message goes anyway; it is stored too unless a save was
+            # made less than half a save gap ago.
+            save = not saving and now - self._last_saved_at >= self._save_gap / 2
+        if not save or payload == self._last_saved:
+            if not appends:
+                self._charge(payload, now)
+            await self._frame(payload, shown if appends else None)
             return
-        if payload == self._last_saved:
-            return
+        self._charge(payload, now)
         if final or self._interval == 0:
             await self._save(payload, now)
         else:
-            # The host shows a save at once, then writes the chat: frames go on meanwhile.
+            # The host shows a save at once, then writes the chat: frames go on meanwhile. Its
+            # send starts now, before any later frame's, so the tab gets them in order.
             self._saving = asyncio.ensure_future(self._save(payload, now))
+            await asyncio.sleep(0)
+
+    async def _frame(self, payload: str, shown: str | None) -> None:
+        """Show `payload`: only its new text when it extends `shown`, else all of it."""
+        if shown is not None:
+            event = {"type": "chat:message:delta", "data": {"content": payload[len(shown) :]}}
+        else:
+            event = {"type": "chat:message", "data": {"content": payload}}
+        if not await self._deliver(event):
+            self._shown = None  # the tab may have missed it: the next frame goes whole
 
     async def _save(self, payload: str, now: float) -> None:
-        if await self._deliver({"type": "replace", "data": {"content": payload}}):
-            self._last_saved, self._last_saved_at = payload, now
-            if self._budget > 0:
-                # The host keeps the message twice (chat JSON and message row).
-                rewrite = self._host_bytes + 2 * len(payload)
-                self._save_gap = min(
-                    self._max_save_interval, max(self._save_interval, rewrite / self._budget)
-                )
+        if not await self._deliver({"type": "replace", "data": {"content": payload}}):
+            self._shown = None  # it may not have reached the tab: the next frame goes whole
+            return
+        self._last_saved, self._last_saved_at = payload, now
 
     async def _deliver(self, event: dict[str, Any]) -> bool:
         try:
@@ -2538,8 +2610,9 @@ class Pipe:
             default=1 / 30,
             ge=0,
             le=5,
-            description="Seconds between two updates of the message on screen (chat:message "
-            "events, which the host only forwards; saves follow SAVE_INTERVAL). 0 sends every "
+            description="Seconds between two updates of the message on screen (chat:message:delta "
+            "events with the new text, which the host only forwards; saves follow SAVE_INTERVAL). "
+            "0 sends every "
             "chunk as a save that rewrites the whole chat (no coalescing).",
         )
         SAVE_INTERVAL: float = Field(
@@ -2551,13 +2624,15 @@ class Pipe:
             "EMIT_INTERVAL in between, and the end is always saved.",
         )
         SAVE_BUDGET_KB: float = Field(
-            default=64,
+            default=12,
             ge=0,
             description="KB of chat the host may rewrite per second while it streams: long "
-            "chats are saved less often (at most MAX_SAVE_INTERVAL apart). 0: SAVE_INTERVAL only.",
+            "chats and long messages are saved less often (at most MAX_SAVE_INTERVAL apart), so "
+            "whole copies of the message reach the tab at a rate that does not grow with it. "
+            "0: SAVE_INTERVAL only.",
         )
         MAX_SAVE_INTERVAL: float = Field(
-            default=5.0,
+            default=15.0,
             ge=0,
             le=120,
             description="Longest gap between two saves, however long the chat.",
@@ -2792,6 +2867,7 @@ class Pipe:
             save_interval=valves.SAVE_INTERVAL,
             budget=valves.SAVE_BUDGET_KB * 1024,
             max_save_interval=valves.MAX_SAVE_INTERVAL,
+            live_at=transcript.live_block_at,
         )
         settings = _settings(valves, user_valves)
         run = Run(
