@@ -68,6 +68,8 @@ class ParticipantConfig(BaseModel):
     model: str
     alias: str = ""
     system_message: str = ""
+    # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
+    max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
 
     @field_validator("model")
     @classmethod
@@ -178,7 +180,7 @@ def stored_form(config: ConversationConfig) -> dict[str, Any]:
     fields = ConversationConfig.model_fields
     return {
         key: value
-        for key, value in config.model_dump().items()
+        for key, value in config.model_dump(exclude_none=True).items()
         if key in V2_KEYS or value != fields[key].default
     }
 
@@ -317,7 +319,9 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
 
 
 def _empty_row(row: Any) -> bool:
-    return isinstance(row, dict) and not any(str(v or "").strip() for v in row.values())
+    return isinstance(row, dict) and not any(
+        str(v or "").strip() for k, v in row.items() if k != "max_tokens"
+    )
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
@@ -384,6 +388,7 @@ class Participant:
     alias: str
     persona: str
     mark: str
+    max_tokens: int | None = None  # None: the MAX_TOKENS valve; 0: no limit
 
 
 def make_participants(config: ConversationConfig, names: dict[str, str]) -> list[Participant]:
@@ -397,7 +402,9 @@ def make_participants(config: ConversationConfig, names: dict[str, str]) -> list
         while normalize_name(alias) in taken:
             alias, n = f"{base} {n}", n + 1
         taken.add(normalize_name(alias))
-        result.append(Participant(i, row.model, alias, row.system_message, mark_for(i)))
+        result.append(
+            Participant(i, row.model, alias, row.system_message, mark_for(i), row.max_tokens)
+        )
     return result
 
 
@@ -500,14 +507,14 @@ class SSEDecoder:
 class StreamEvent:
     """One decoded piece of a model's reply."""
 
-    # "content" | "reasoning" | "tool_call" | "error" | "done" | "malformed" | "usage"
-    # (a usage event's `index` is the reply's total tokens, prompt included)
+    # "content" | "reasoning" | "tool_call" | "error" | "done" | "malformed" | "finish" | "usage"
     kind: str
-    text: str = ""
+    text: str = ""  # for "finish": the finish reason
     index: int = 0
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    count: int = 0  # for "usage": the prompt tokens the server counted
 
 
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
@@ -530,15 +537,20 @@ def decode_frame(payload: str) -> list[StreamEvent]:
         return [StreamEvent("error", text=describe_error(frame["error"]))]
     events: list[StreamEvent] = []
     usage = frame.get("usage")
-    total = usage.get("total_tokens") if isinstance(usage, dict) else None
-    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
-        events.append(StreamEvent("usage", index=total))
+    if isinstance(usage, dict):
+        total, prompt = usage.get("total_tokens"), usage.get("prompt_tokens")
+        total = total if isinstance(total, int) and not isinstance(total, bool) else 0
+        prompt = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else 0
+        if total or prompt or "prompt_tokens" in usage:
+            # index: the reply's total tokens (a token budget); count: its prompt tokens
+            events.append(StreamEvent("usage", index=max(total, 0), count=prompt))
     choices = frame.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return events
+    finish = choices[0].get("finish_reason")
     delta = choices[0].get("delta") or choices[0].get("message") or {}
     if not isinstance(delta, dict):
-        return events
+        delta = {}
     for key in REASONING_KEYS:
         value = delta.get(key)
         if isinstance(value, str) and value:
@@ -562,6 +574,8 @@ def decode_frame(payload: str) -> list[StreamEvent]:
                 arguments=_as_text(function.get("arguments")),
             )
         )
+    if isinstance(finish, str) and finish:
+        events.append(StreamEvent("finish", text=finish))
     return events
 
 
@@ -741,9 +755,9 @@ def md_unescape(text: str) -> str:
 # A model's line that starts like our heading or notice would split or vanish from history, so
 # one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
 _MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
-# What our notice lines start with, after their `*`: a warning, a tool notice, a pass, the
-# end of the conversation, a vote's tally.
-_NOTICE_MARKS = "⚠️|🛠️|⏭️|🏁|🗳️"
+# What our notice lines start with, after their `*`: a warning, a tool notice, a cut reply,
+# a pass, the end of the conversation, a vote's tally.
+_NOTICE_MARKS = "⚠️|🛠️|✂️|⏭️|🏁|🗳️"
 _BEFORE_MARK = rf"(?=\u200b*(?:{_MARKS}))"
 _BEFORE_NOTICE_MARK = rf"(?=\u200b*(?:{_NOTICE_MARKS}))"
 _LOOKALIKE_RE = re.compile(rf"^(?:### {_BEFORE_MARK}|\*{_BEFORE_NOTICE_MARK})", re.MULTILINE)
@@ -938,6 +952,12 @@ class Transcript:
             tail += reasoning_block("".join(self._reasoning), done=False, seconds=0)
         return self._committed_text + tail + self._running_tools
 
+    def live_block_at(self) -> int | None:
+        """Where the open reasoning block starts in render(): it alone changes in place."""
+        if self._reasoning is None:
+            return None
+        return sum(map(len, self._committed)) + sum(map(len, self._live_content))
+
     def _has_text(self) -> bool:
         return bool(self._committed or self._live_content)
 
@@ -953,7 +973,7 @@ class Transcript:
 
 
 # ============================================================================
-# Emitter: at most one frame (`chat:message`) per interval; saves (`replace`) spaced by a budget
+# Emitter: at most one frame per interval (the new text as `chat:message:delta`); saves spaced by a budget
 # ============================================================================
 
 
@@ -995,14 +1015,20 @@ class CoalescingEmitter:
     interval 0 coalescing is off: `update()` awaits one `replace` per call (the naive way).
     Other events (status, files) go through `post()`, in order, by the same sender.
 
-    A frame is a `chat:message` (the tab shows it; the host only forwards it) unless a save is
-    due, then it is a `replace`, which the host also writes into the chat, rewriting the whole
-    chat each time. Saves are `save_interval` apart, stretched so that no more than `budget`
-    bytes of chat are rewritten per second (`host_bytes`, the rest of the chat, plus the
-    message), up to `max_save_interval`. The last state is always saved (`flush()`).
+    Each token should reach the tab once, so a frame that only extends what the tab shows is a
+    `chat:message:delta` with the new text (the page appends it; the host only forwards it).
+    A frame that changes earlier text (a reasoning block closing, a tool block finishing) goes
+    whole as `chat:message`. A save is a `replace`, which the host also writes into the chat,
+    rewriting the whole chat each time. Saves are `save_interval` apart, stretched so that no
+    more than `budget` bytes of chat are rewritten per second (`host_bytes`, the rest of the
+    chat, plus the message), up to `max_save_interval`; a whole frame also counts as one, so
+    whole copies reach the tab at a rate that does not grow with the message. The last state is
+    always saved (`flush()`). While reasoning streams, its block grows in place
+    (`live_at()` says where it starts): those refreshes wait for the next save.
 
     At most one frame and one save are in flight: the host emits a save to the tab before it
     writes the chat, so a slow database write must not hold back the frames that follow it.
+    A save's send starts before any later frame's, so the tab applies it in order.
     """
 
     def __init__(
@@ -1015,9 +1041,11 @@ class CoalescingEmitter:
         save_interval: float = 1.0,
         budget: float = 0.0,
         max_save_interval: float = 5.0,
+        live_at: Callable[[], int | None] | None = None,
     ) -> None:
         self._send = send
         self._render = render
+        self._live_at = live_at
         self._interval = max(0.0, interval)
         self._host_bytes = host_bytes
         self._save_interval = save_interval
@@ -1028,6 +1056,8 @@ class CoalescingEmitter:
         self._clock = clock
         # The first save is due one interval in (the first frame holds little but a heading).
         self._last_saved_at = clock.now()
+        self._whole_at = self._last_saved_at  # the last whole copy sent: a save or a frame
+        self._budget_until = self._whole_at  # whole copies so far have used the budget up to here
         self._dirty = False
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
@@ -1035,6 +1065,8 @@ class CoalescingEmitter:
         self._task: asyncio.Task | None = None
         self._saving: asyncio.Future | None = None  # the save in flight, if any
         self._last_payload: str | None = None
+        self._shown: str | None = None  # the tab's copy after our last content event; None: unknown
+        self._shown_live_at: int | None = None  # where that copy's growing block starts
         self._last_sent_at = float("-inf")
         self._failures = 0
         self.sent_events = 0
@@ -1072,6 +1104,7 @@ class CoalescingEmitter:
     async def hand_over(self) -> None:
         """Empty the tab's copy of the message (not the stored one) for the host's final delta."""
         if self._send is not None and self._last_saved:
+            self._shown = ""
             await self._deliver({"type": "chat:message", "data": {"content": ""}})
 
     # -- sender ----------------------------------------------------------------------------
@@ -1090,22 +1123,61 @@ class CoalescingEmitter:
                 if wait > 0:
                     await self._sleep_unless_flushed(wait)
                 await self._drain_queue()
+                held = self._refresh_wait()
+                if held > 0:
+                    await self._sleep_unless_woken(held)
+                    self._wake.set()  # look again: a change, a flush, or the save is due
+                    continue
                 self._dirty = False
                 # While a flush waits, this frame is the last one: it is the save.
                 await self._send_content(final=self._flushing.is_set())
             if self._flushing.is_set() and not self._dirty and not self._queue:
                 return
 
+    def _refresh_wait(self) -> float:
+        """Seconds to hold a frame that only grows the block the tab shows growing; else 0."""
+        if self._live_at is None or self._shown_live_at is None or self._flushing.is_set():
+            return 0.0
+        if self._shown is None:  # the tab missed a frame: the next one goes whole, at once
+            return 0.0
+        if self._live_at() != self._shown_live_at:
+            return 0.0
+        due = self._next_save_at() - self._clock.now()
+        if due <= 0 and self._saving is not None and not self._saving.done():
+            return self._interval  # it goes as the next save, once the one in flight is done
+        return max(0.0, due)
+
+    def _next_save_at(self) -> float:
+        paced = max(self._budget_until, self._whole_at + self._save_interval)
+        return min(paced, self._whole_at + self._max_save_interval)
+
+    def _charge(self, payload: str, now: float) -> None:
+        """Count one whole copy (a save, or a rewrite frame) against the byte budget."""
+        self._whole_at = now
+        if self._budget <= 0:
+            self._budget_until = now
+            return
+        # The host keeps the message twice (chat JSON and message row).
+        seconds = (self._host_bytes + 2 * len(payload)) / self._budget
+        self._budget_until = max(self._budget_until, now) + seconds
+        self._save_gap = min(self._max_save_interval, max(self._save_interval, seconds))
+
     async def _sleep_unless_flushed(self, seconds: float) -> None:
         if self._flushing.is_set():
             return
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        flushed = asyncio.ensure_future(self._flushing.wait())
+        await self._first_of(self._clock.sleep(seconds), self._flushing.wait())
+
+    async def _sleep_unless_woken(self, seconds: float) -> None:
+        await self._first_of(self._clock.sleep(seconds), self._flushing.wait(), self._wake.wait())
+
+    @staticmethod
+    async def _first_of(*awaitables: Awaitable[Any]) -> None:
+        tasks = [asyncio.ensure_future(a) for a in awaitables]
         try:
-            await asyncio.wait({sleeper, flushed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleeper.cancel()
-            flushed.cancel()
+            for task in tasks:
+                task.cancel()
 
     async def _drain_queue(self) -> None:
         while self._queue:
@@ -1120,32 +1192,46 @@ class CoalescingEmitter:
             await asyncio.shield(self._saving)  # the last save lands after the one in flight
             saving = False
         payload = self._render()
+        live_at = self._live_at() if self._live_at is not None else None
         now = self._clock.now()
-        save = self._interval == 0 or (not saving and now - self._last_saved_at >= self._save_gap)
-        if payload == self._last_payload and not (final and payload != self._last_saved):
+        if payload == self._shown and not (final and payload != self._last_saved):
             return
-        self._last_payload = payload
         self._last_sent_at = now
-        if not (save or final):
-            await self._deliver({"type": "chat:message", "data": {"content": payload}})
+        shown, self._shown, self._shown_live_at = self._shown, payload, live_at
+        save = final or self._interval == 0 or (not saving and now >= self._next_save_at())
+        appends = shown is not None and payload.startswith(shown)
+        if not save and not appends:
+            # A rewrite: the whole message goes anyway; it is stored too unless a save was
+            # made less than half a save gap ago.
+            save = not saving and now - self._last_saved_at >= self._save_gap / 2
+        if not save or payload == self._last_saved:
+            if not appends:
+                self._charge(payload, now)
+            await self._frame(payload, shown if appends else None)
             return
-        if payload == self._last_saved:
-            return
+        self._charge(payload, now)
         if final or self._interval == 0:
             await self._save(payload, now)
         else:
-            # The host shows a save at once, then writes the chat: frames go on meanwhile.
+            # The host shows a save at once, then writes the chat: frames go on meanwhile. Its
+            # send starts now, before any later frame's, so the tab gets them in order.
             self._saving = asyncio.ensure_future(self._save(payload, now))
+            await asyncio.sleep(0)
+
+    async def _frame(self, payload: str, shown: str | None) -> None:
+        """Show `payload`: only its new text when it extends `shown`, else all of it."""
+        if shown is not None:
+            event = {"type": "chat:message:delta", "data": {"content": payload[len(shown) :]}}
+        else:
+            event = {"type": "chat:message", "data": {"content": payload}}
+        if not await self._deliver(event):
+            self._shown = None  # the tab may have missed it: the next frame goes whole
 
     async def _save(self, payload: str, now: float) -> None:
-        if await self._deliver({"type": "replace", "data": {"content": payload}}):
-            self._last_saved, self._last_saved_at = payload, now
-            if self._budget > 0:
-                # The host keeps the message twice (chat JSON and message row).
-                rewrite = self._host_bytes + 2 * len(payload)
-                self._save_gap = min(
-                    self._max_save_interval, max(self._save_interval, rewrite / self._budget)
-                )
+        if not await self._deliver({"type": "replace", "data": {"content": payload}}):
+            self._shown = None  # it may not have reached the tab: the next frame goes whole
+            return
+        self._last_saved, self._last_saved_at = payload, now
 
     async def _deliver(self, event: dict[str, Any]) -> bool:
         try:
@@ -1263,6 +1349,7 @@ class HostGateway:
         features: dict,
         terminal_id: str | None,
         extra_params: dict,
+        builtin: bool = True,
     ) -> dict[str, dict]:
         from open_webui.utils.tools import get_builtin_tools, get_terminal_tools, get_tools
 
@@ -1273,9 +1360,10 @@ class HostGateway:
         if terminal_id:
             found = await get_terminal_tools(self.request, terminal_id, user, params)
             tools.update(found[0] if isinstance(found, tuple) else found or {})
-        builtin = await get_builtin_tools(self.request, params, features=features, model=model)
-        for name, tool in builtin.items():
-            tools.setdefault(name, tool)
+        if builtin:
+            found = await get_builtin_tools(self.request, params, features=features, model=model)
+            for name, tool in found.items():
+                tools.setdefault(name, tool)
         return {name: tool for name, tool in tools.items() if callable(tool.get("callable"))}
 
     async def process_tool_result(
@@ -1287,6 +1375,16 @@ class HostGateway:
             self.request, name, result, tool_type, False, metadata, user
         )
         return ("" if text is None else str(text)), list(files or []), list(embeds or [])
+
+    async def task_models(self) -> tuple[str, str]:
+        """The admin's task models: (TASK_MODEL_EXTERNAL, TASK_MODEL); '' where unset."""
+        from open_webui.models.config import Config
+
+        config = await Config.get_many("task.model.external", "task.model.default")
+        return (
+            str(config.get("task.model.external") or ""),
+            str(config.get("task.model.default") or ""),
+        )
 
     # -- completions -------------------------------------------------------------------------
     async def stream_chat(self, form: dict, user: Any) -> AsyncIterator[bytes | str]:
@@ -1302,6 +1400,12 @@ class HostGateway:
             raise ModelCallError(
                 f"the stream broke off ({str(exc) or type(exc).__name__})"
             ) from exc
+        finally:
+            # A reply we cut (length, time, someone else's line) closes the upstream
+            # connection at once, so the model stops generating.
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                await close()
 
     async def complete(self, form: dict, user: Any) -> str:
         response = await self._completion({**form, "stream": False}, user)
@@ -1367,6 +1471,7 @@ class ModelProfile:
     tool_specs: list[dict] = field(default_factory=list)
     user_picked_tools: bool = False
     owned_by: str = ""
+    context_tokens: int = 0  # from the model's params (num_ctx, max_context); 0: not set
 
 
 @dataclass
@@ -1379,6 +1484,7 @@ class RequestContext:
     features: dict
     terminal_id: str | None
     extra_params: dict
+    builtin_tools: bool = False  # offer Open WebUI's built-in tools without a feature switched on
 
 
 async def resolve_profiles(
@@ -1436,6 +1542,7 @@ async def _resolve_one(
         system_prompt=str(params.get("system") or ""),
         native_tools=(params.get("function_calling") or "native") != "legacy",
         owned_by=str(model.get("owned_by") or ""),
+        context_tokens=context_size(params, (model.get("info") or {}).get("params") or {}),
     )
     if not with_tools:
         return profile
@@ -1446,9 +1553,14 @@ async def _resolve_one(
     features = dict(ctx.features)
     for feature in meta.get("defaultFeatureIds") or info_meta.get("defaultFeatureIds") or []:
         features.setdefault(feature, True)
+    # Built-in tools are dozens of definitions in every request: only when asked for, by
+    # the valve or by a feature (web search, ...) switched on for the chat or the model.
+    builtin = ctx.builtin_tools or any(features.values())
+    if not (tool_ids or ctx.terminal_id or builtin):
+        return profile
     try:
         profile.tools = await gateway.load_tools(
-            ctx.user, model, tool_ids, features, ctx.terminal_id, ctx.extra_params
+            ctx.user, model, tool_ids, features, ctx.terminal_id, ctx.extra_params, builtin
         )
     except Exception as exc:
         log.warning("could not load tools for %s: %s", model_id, exc)
@@ -1565,14 +1677,17 @@ def _merge(a: Any, b: Any) -> Any:
     return [*_as_parts(a), *_as_parts(b)]
 
 
-def messages_for(alias: str, turns: list[Turn], user_name: str) -> list[dict]:
+def messages_for(alias: str, turns: list[Turn], user_name: str, omitted: int = 0) -> list[dict]:
     """A participant's view: its own turns as assistant, everyone else's as labelled user turns.
 
     Consecutive same-role messages are merged so roles alternate, and it always ends on a user
-    message so the model answers rather than continues its own text.
+    message so the model answers rather than continues its own text. `omitted` earlier turns
+    left out to fit the model's context are named in one short line first.
     """
     own = normalize_name(alias)
     out: list[dict] = []
+    if omitted:
+        out.append({"role": "user", "content": omitted_line(omitted)})
     for turn in turns:
         if turn.speaker is None:
             role, content = "user", turn.content
@@ -1603,28 +1718,280 @@ def history_digest(turns: list[Turn], user_name: str, limit: int) -> str:
 
 
 # ============================================================================
+# Context: each request fitted into its model's context window
+# ============================================================================
+
+DEFAULT_CHARS_PER_TOKEN = 3.0  # on the safe side for prose; calibrated by the server's usage
+MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
+_CONTEXT_ERROR_RE = re.compile(
+    r"context[ _-]?(?:length|window|size)|maximum context|too many tokens|prompt is too long|"
+    r"input is too long|n_ctx|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context",
+    re.IGNORECASE,
+)
+_CONTEXT_LIMIT_RE = re.compile(
+    r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
+)
+CONTEXT_PARAM_KEYS = ("num_ctx", "max_context", "context_length", "n_ctx", "max_context_length")
+
+
+def is_context_error(text: str | None) -> bool:
+    """An error that says the prompt does not fit the model (a plain retry cannot help)."""
+    return bool(text) and bool(_CONTEXT_ERROR_RE.search(text or ""))
+
+
+def reported_context_limit(text: str) -> int | None:
+    """The context size an error names ("maximum context length is 8192 tokens"), if any."""
+    match = _CONTEXT_LIMIT_RE.search(text)
+    return int(match.group(1)) if match else None
+
+
+def context_size(*param_sets: dict) -> int:
+    """A model's context size from its Open WebUI params (top level or custom_params); 0: unset."""
+    for params in param_sets:
+        for source in (params, params.get("custom_params") or {}):
+            for key in CONTEXT_PARAM_KEYS:
+                try:
+                    value = int(source.get(key) or 0)
+                except (TypeError, ValueError):
+                    continue
+                if value > 0:
+                    return value
+    return 0
+
+
+def omitted_line(count: int) -> str:
+    return f"({count} earlier turn{'s' if count != 1 else ''} of this conversation left out.)"
+
+
+def message_chars(messages: list[dict]) -> int:
+    return sum(len(_text_of(m.get("content"))) + MESSAGE_OVERHEAD_CHARS for m in messages)
+
+
+class ContextBudget:
+    """Knows each model's context size and its characters per token, for one run.
+
+    The size is the model's own setting, else the one an error reported, else the default;
+    the ratio starts safe and follows the prompt tokens the server reports in `usage`.
+    """
+
+    def __init__(self, default_tokens: int) -> None:
+        self._default = default_tokens
+        self._learned: dict[str, int] = {}
+        self._ratio: dict[str, float] = {}
+
+    def limit(self, profile: ModelProfile) -> int:
+        return self._learned.get(profile.model_id) or profile.context_tokens or self._default
+
+    def chars_per_token(self, profile: ModelProfile) -> float:
+        return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
+
+    def calibrate(self, profile: ModelProfile, chars: int, prompt_tokens: int) -> None:
+        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low)."""
+        if prompt_tokens > 0 and chars > 0:
+            ratio = min(8.0, max(1.0, 0.9 * chars / prompt_tokens))
+            self._ratio[profile.model_id] = ratio
+            log.debug("%s: %.2f characters per token", profile.model_id, ratio)
+
+    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> None:
+        """After a context-length error: the size it names, else half of what was sent."""
+        reported = reported_context_limit(error)
+        if reported is None:
+            reported = int(sent_chars / self.chars_per_token(profile) / 2)
+        current = self.limit(profile)
+        self._learned[profile.model_id] = min(reported, current) if current else reported
+
+    def room_chars(self, profile: ModelProfile, reserve_tokens: int, shrink: float) -> int | None:
+        """Characters the messages may take, or None when the context size is unknown."""
+        limit = self.limit(profile)
+        if not limit:
+            return None
+        tokens = int(limit * shrink) - reserve_tokens - 16  # a little slack for the template
+        return max(0, int(tokens * self.chars_per_token(profile)))
+
+
+def fit_turns(turns: list[Turn], room: int) -> tuple[list[Turn], int]:
+    """Drop the oldest turns until the rest fit `room` characters; never the user's latest.
+
+    Returns the kept turns and how many were dropped. It may still not fit: the latest user
+    message is kept whatever its size.
+    """
+    keep = max((i for i, t in enumerate(turns) if t.speaker is None), default=-1)
+    costs = [len(_text_of(t.content)) + len(t.speaker or "") + 24 for t in turns]
+    total = sum(costs) + len(omitted_line(len(turns)))
+    dropped: set[int] = set()
+    for i in range(len(turns)):
+        if total <= room:
+            break
+        if i != keep:
+            dropped.add(i)
+            total -= costs[i]
+    kept = [t for i, t in enumerate(turns) if i not in dropped]
+    return kept, len(dropped)
+
+
+# ============================================================================
+# Speakers stay themselves: stop at a line where a reply speaks as someone else
+# ============================================================================
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit; most servers take more, none fewer
+_LABEL_LEAD = " \t*_#>[("  # markup a model may put before an imitated `Name:` label
+_LABEL_TAIL = " \t*_])"
+
+
+def stop_sequences(own: str, aliases: list[str], user_name: str) -> list[str]:
+    """`\nName:` for the speakers after `own` in turn order, then the user (at most four)."""
+    if own in aliases:
+        at = aliases.index(own)
+        aliases = aliases[at + 1 :] + aliases[:at]
+    names = [a for a in aliases if a != own] + [user_name]
+    unique = [n for n in dict.fromkeys(n for n in names if n.strip())]
+    return [f"\n{n}:" for n in unique[:MAX_STOP_SEQUENCES]]
+
+
+class SpeakerGuard:
+    """Filters a streamed reply: drops a leading `Name:` label and ends the reply at a line
+    where the model starts speaking as another participant or the user.
+
+    Holds back only the start of a line while it could still become such a label.
+    """
+
+    def __init__(self, own: str, others: list[str]) -> None:
+        self._own = own.casefold()
+        self._names = [n.casefold() for n in dict.fromkeys([own, *others]) if n.strip()]
+        self._line = ""  # the start of the current line, held back
+        self._holding = True  # at a line start, still deciding
+        self._started = False  # some text went out already
+        self._after_label = False  # a label was just dropped: its closing markup goes too
+        self.stopped_by: str | None = None  # whose line ended the reply
+
+    def feed(self, text: str) -> str:
+        """The part of `text` that may be shown now ('' once the reply has ended)."""
+        out: list[str] = []
+        while text and self.stopped_by is None:
+            cut = text.find("\n")
+            piece, text = (text, "") if cut < 0 else (text[: cut + 1], text[cut + 1 :])
+            if self._holding:
+                self._line += piece
+                piece = self._decide(final=cut >= 0)
+            else:
+                if self._after_label:  # the `**` or spaces of a dropped label, split off
+                    piece = piece.lstrip(_LABEL_TAIL)
+                    self._after_label = not piece
+                self._holding = cut >= 0  # the next piece starts a line
+            self._started = self._started or bool(piece.strip())
+            out.append(piece)
+        return "".join(out)
+
+    def flush(self) -> str:
+        """End of the reply: whatever is still held back goes out."""
+        if self.stopped_by is not None or not self._line:
+            return ""
+        return self._decide(final=True)
+
+    def _decide(self, final: bool) -> str:
+        verdict, name, rest = self._label(self._line)
+        if verdict == "maybe" and not final:
+            return ""
+        line, self._line = self._line, ""
+        self._holding = line.endswith("\n")
+        if verdict != "label":
+            return line
+        if name == self._own or not self._started:
+            # Its own name, or a reply that opens with a label: drop the label.
+            self._after_label = not rest and not self._holding
+            return rest
+        self.stopped_by = name
+        return ""
+
+    def _label(self, line: str) -> tuple[str, str, str]:
+        """("label", name, text after it) | ("maybe", "", "") | ("no", "", "")."""
+        body = line.lstrip(_LABEL_LEAD)
+        low = body.casefold()
+        maybe = False
+        for name in self._names:
+            if name.startswith(low.rstrip("\n")):
+                maybe = True
+                continue
+            if not low.startswith(name):
+                continue
+            after = low[len(name) :].lstrip(_LABEL_TAIL)
+            if after.startswith("said"):
+                after = after[4:].lstrip(_LABEL_TAIL)
+            if after.startswith(":"):
+                rest = body[len(body) - len(after) + 1 :]
+                return "label", name, rest.lstrip(_LABEL_TAIL)
+            if "said".startswith(after.strip()):
+                maybe = True
+        return ("maybe", "", "") if maybe else ("no", "", "")
+
+
+class ReplyFilter:
+    """A reply's text on its way to the transcript: think tags split off, then the guard."""
+
+    def __init__(self, guard: SpeakerGuard | None = None) -> None:
+        self._splitter = ThinkTagSplitter()
+        self.guard = guard
+
+    @property
+    def stopped_by(self) -> str | None:
+        return self.guard.stopped_by if self.guard else None
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        return self._guarded(self._splitter.feed(text))
+
+    def flush(self) -> list[tuple[str, str]]:
+        parts = self._guarded(self._splitter.flush())
+        tail = self.guard.flush() if self.guard else ""
+        return [*parts, ("content", tail)] if tail else parts
+
+    def _guarded(self, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if self.guard is None:
+            return parts
+        out = []
+        for kind, text in parts:
+            if self.guard.stopped_by is not None:
+                break
+            if kind == "content":
+                text = self.guard.feed(text)
+                if not text:
+                    continue
+            out.append((kind, text))
+        return out
+
+
+# ============================================================================
 # Speaker selection and endings: who speaks next (small policies), when it ends (conditions)
 # ============================================================================
 
 
 def match_alias(answer: str, aliases: list[str]) -> int | None:
     """Index of the alias the answer names: exact (normalized) first, else the earliest mention."""
+    named = named_aliases(answer, aliases)
+    return named[0] if named else None
+
+
+def named_aliases(answer: str, aliases: list[str]) -> list[int]:
+    """Indexes of every alias the answer names, an exact (normalized) answer first, then in
+    the order they are mentioned (the longer name wins where two start at the same place)."""
     said = normalize_name(answer)
     if not said:
-        return None
+        return []
     names = [normalize_name(a) for a in aliases]
     for i, name in enumerate(names):
         if name and name == said:
-            return i
-    best: tuple[int, int, int] | None = None  # (position, -length, index)
+            return [i]
+    found: list[tuple[int, int, int]] = []  # (position, -length, index)
     padded = f" {said} "
     for i, name in enumerate(names):
-        if not name:
-            continue
-        pos = padded.find(f" {name} ")
-        if pos >= 0 and (best is None or (pos, -len(name)) < best[:2]):
-            best = (pos, -len(name), i)
-    return None if best is None else best[2]
+        pos = padded.find(f" {name} ") if name else -1
+        while pos >= 0:
+            found.append((pos, -len(name), i))
+            pos = padded.find(f" {name} ", pos + 1)
+    kept: list[tuple[int, int, int]] = []  # a name inside a longer one ("Mia" in "Mia 2") is not
+    for pos, neg, i in sorted(found):
+        if not any(p <= pos and pos - neg <= p - n for p, n, _ in kept):
+            kept.append((pos, neg, i))
+    return list(dict.fromkeys(i for _, _, i in kept))
 
 
 def next_in_order(last: int | None, count: int) -> int:
@@ -1733,16 +2100,18 @@ class ManagerChoice:
                 reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
                 self.status(f"Manager {reason}; {aliases[fallback]} speaks next (round robin).")
                 return Pick(fallback)
-            picked = match_alias(answer, aliases)
-            if picked is not None and picked != last:
+            named = named_aliases(answer, aliases)
+            # "Mia\nTom" after Mia: the first name that may speak now counts.
+            picked = next((i for i in named if i != last), None)
+            if picked is not None:
                 self.status(f"Manager picked {aliases[picked]}.", done=False)
                 return Pick(picked, why=answer.strip())
-            if picked is None and normalize_name(answer) == END_WORD.lower():
+            if not named and normalize_name(answer) == END_WORD.lower():
                 return Pick(end="the manager ended it")
-            if picked is None:
+            if not named:
                 problem = f"'{_short(answer)}' names none of the participants."
             else:
-                problem = f"{aliases[picked]} has just spoken; pick someone else."
+                problem = f"{aliases[named[0]]} has just spoken; pick someone else."
             log.debug("manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem)
             messages += [
                 {"role": "assistant", "content": answer},
@@ -1752,7 +2121,7 @@ class ManagerChoice:
                     f"(or {END_WORD}), and nothing else.",
                 },
             ]
-        why = "picked the same speaker twice" if picked is not None else "named no participant"
+        why = "picked the same speaker twice" if named else "named no participant"
         self.status(
             f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer)}'); "
             f"{aliases[fallback]} speaks next (round robin)."
@@ -1894,6 +2263,10 @@ class Settings:
     tool_timeout: float = 120.0
     tool_result_max_chars: int = 100_000
     turn_timeout: float = 300.0
+    max_tokens: int = 400  # per turn; 0: no limit
+    turn_time_limit: float = 180.0  # wall-clock seconds per turn; 0: no limit
+    context_tokens: int = 8192  # assumed context size of a model whose params name none
+    stop_sequences: bool = True  # send the other speakers' `\nName:` labels as `stop`
     manager_timeout: float = 30.0
     manager_history_chars: int = 8000
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
@@ -1910,6 +2283,10 @@ class StreamResult:
     error: str | None = None
     shown: bool = False  # anything (content or reasoning) reached the transcript
     malformed: int = 0  # frames that were not JSON objects, skipped
+    finish_reason: str = ""
+    done: bool = False  # the stream's `[DONE]` arrived
+    prompt_tokens: int = 0  # what the server's `usage` counted, if it sent one
+    cut: str = ""  # why the reply was cut short: "length" | "time" | ""
     tokens: int | None = None  # total tokens the backend reported (usage), if it did
 
 
@@ -1968,8 +2345,9 @@ class Run:
         self._tool_notice_shown: set[str] = set()
         self.rng = rng or random.Random()
         self.tokens = 0  # used by participants' replies so far (usage, else estimated)
-        self.want_usage = False  # ask the backend for usage (a token budget is set)
-        self._aliases: list[str] = []
+        self.want_usage = False  # count tokens for a token budget
+        self.budget = ContextBudget(settings.context_tokens)
+        self.aliases: list[str] = []  # every participant's alias, in turn order
 
     # -- the conversation ------------------------------------------------------------------
     async def converse(
@@ -1981,7 +2359,7 @@ class Run:
         closer: Participant | None = None,
     ) -> str:
         """Turns until an ending condition holds, then the closing; returns why it ended."""
-        aliases = self._aliases = [p.alias for p in participants]
+        aliases = self.aliases = [p.alias for p in participants]
         self.want_usage = config.max_total_tokens > 0
         selection = self.selection(config, aliases, manager)
         endings = self.endings(config, len(participants))
@@ -2079,7 +2457,7 @@ class Run:
 
     def manager_prompt(self, last: int | None) -> str:
         """The manager's prompt template filled in with the conversation so far."""
-        aliases = self._aliases
+        aliases = self.aliases
         return fill_template(
             self.settings.manager_prompt,
             {
@@ -2162,13 +2540,14 @@ class Run:
                     "does not use native function calling.*"
                 )
         await self.emitter.update()
-        messages = [
-            {"role": "system", "content": system},
-            *messages_for(p.alias, self.turns, self.user_name),
-        ]
-        if ask:
-            messages[-1] = {**messages[-1], "content": _merge(messages[-1]["content"], ask)}
-        said = await self.reply_with_tools(p, profile, messages)
+
+        def build(shrink: float) -> list[dict]:
+            messages = self.fitted_messages(p, profile, system, shrink)
+            if ask:
+                messages[-1] = {**messages[-1], "content": _merge(messages[-1]["content"], ask)}
+            return messages
+
+        said = await self.reply_with_tools(p, profile, build)
         self.transcript.close_live()
         passed = pass_allowed and is_pass(said)
         if passed:
@@ -2178,6 +2557,26 @@ class Run:
             self.turns.append(Turn(p.alias, said))
         await self.emitter.update()
         return said, passed
+
+    def fitted_messages(
+        self, p: Participant, profile: ModelProfile, system_text: str, shrink: float
+    ) -> list[dict]:
+        """System prompt, then as many of the newest turns as fit the model's context."""
+        system = {"role": "system", "content": system_text}
+        turns, omitted = self.turns, 0
+        limit = self.budget.limit(profile)
+        reserve = min(self.max_tokens(p) or 1024, limit // 2)
+        room = self.budget.room_chars(profile, reserve, shrink)
+        if room is not None:
+            room -= message_chars([system]) + self._tools_chars(profile)
+            turns, omitted = fit_turns(self.turns, room)
+            if omitted:
+                log.debug("%s: %d earlier turns left out to fit %d tokens", p.alias, omitted, limit)
+        return [system, *messages_for(p.alias, turns, self.user_name, omitted)]
+
+    @staticmethod
+    def _tools_chars(profile: ModelProfile) -> int:
+        return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
 
     def system_prompt(
         self, p: Participant, profile: ModelProfile, aliases: list[str], rules: str = ""
@@ -2193,22 +2592,45 @@ class Run:
         return "\n\n".join(part for part in parts if part)
 
     async def reply_with_tools(
-        self, p: Participant, profile: ModelProfile, messages: list[dict]
+        self, p: Participant, profile: ModelProfile, build: Callable[[float], list[dict]]
     ) -> str:
-        """Stream, run tool calls, stream again (bounded); returns what the participant said."""
+        """Stream, run tool calls, stream again (bounded); returns what the participant said.
+
+        `build(shrink)` gives the messages fitted into `shrink` of the model's context.
+        """
         said: list[str] = []
+        messages = build(1.0)
         tool_rounds = corrections = 0
+        refitted = False
+        limit = self.settings.turn_time_limit
+        ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
         while True:
             offer = bool(profile.tool_specs) and tool_rounds < self.settings.max_tool_rounds
             offer = offer and corrections <= self.settings.max_tool_corrections
-            result = await self.stream_once(profile, messages, offer)
+            result = await self.stream_once(p, profile, messages, offer, ends_at)
             if result.content:
                 said.append(result.content)
+            if result.cut:
+                self._cut_line(p, result.cut)
+                return "\n\n".join(said)
             if result.malformed:
                 self._notice(
                     f"{md_text(p.alias)}'s reply had {result.malformed} unreadable stream "
                     "frame(s), skipped: some of its text may be missing."
                 )
+            if is_context_error(result.error) and not result.shown:
+                # A plain retry would fail the same way: trim harder once, then say so.
+                if not refitted and tool_rounds == corrections == 0:
+                    refitted = True
+                    self.budget.learn(profile, result.error or "", message_chars(messages))
+                    messages = build(0.9)
+                    continue
+                self._failure_line(
+                    p,
+                    "the conversation does not fit its model's context, even with older turns "
+                    f"left out ({result.error})",
+                )
+                return "\n\n".join(s for s in said if s)
             if result.error is not None or not (result.content or result.calls):
                 if not result.shown and not result.calls:
                     recovered = await self.retry_plain(p, profile, messages, result.error)
@@ -2238,52 +2660,105 @@ class Run:
             messages += self._tool_messages(result, outputs)
 
     async def stream_once(
-        self, profile: ModelProfile, messages: list[dict], offer_tools: bool
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        messages: list[dict],
+        offer_tools: bool,
+        turn_ends_at: float,
     ) -> StreamResult:
+        """Stream one reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
         form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
         form.update(self._sampling(profile))
+        form.update(self._bounds(p))
         if offer_tools:
             form["tools"] = profile.tool_specs
-        if self.want_usage:
-            form["stream_options"] = {"include_usage": True}
+        if profile.owned_by != "ollama":
+            form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
         result = StreamResult()
-        decoder, splitter, calls = SSEDecoder(), ThinkTagSplitter(), ToolCallAccumulator()
+        decoder, calls = SSEDecoder(), ToolCallAccumulator()
+        splitter = ReplyFilter(self.guard_for(p))
         content: list[str] = []
         silence = self.settings.turn_timeout
         loop = asyncio.get_running_loop()
+        stream = self.gateway.stream_chat(form, self.ctx.user)
         try:
-            # A model may stream for as long as it likes, but not go silent for `silence` s.
-            async with asyncio.timeout(silence) as deadline:
-                async for chunk in self.gateway.stream_chat(form, self.ctx.user):
+            # A model may not go silent for `silence` s, nor stream past the turn's end.
+            async with asyncio.timeout_at(min(loop.time() + silence, turn_ends_at)) as deadline:
+                async for chunk in stream:
                     now = loop.time()
                     # Moving the deadline costs a timer; do it once per tenth of the window,
                     # so a model is cut off after 90-100 % of `silence` without a chunk.
-                    if deadline.when() - now < silence * 0.9:
-                        deadline.reschedule(now + silence)
+                    if deadline.when() - now < silence * 0.9 and deadline.when() < turn_ends_at:
+                        deadline.reschedule(min(now + silence, turn_ends_at))
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
-                for payload in decoder.flush():
-                    self._apply(decode_frame(payload), splitter, calls, content, result)
+                    if splitter.stopped_by is not None:
+                        break  # it began someone else's line: the reply ends before it
+                else:
+                    for payload in decoder.flush():
+                        self._apply(decode_frame(payload), splitter, calls, content, result)
         except ModelCallError as exc:
             result.error = str(exc)
         except TimeoutError:
-            result.error = f"the model sent nothing for {silence:g} s"
+            if loop.time() >= turn_ends_at - 0.001:
+                result.cut = "time"
+            else:
+                result.error = f"the model sent nothing for {silence:g} s"
+        finally:
+            await stream.aclose()  # a cut reply also stops the model upstream
+        if result.prompt_tokens:
+            chars = message_chars(messages) + (self._tools_chars(profile) if offer_tools else 0)
+            self.budget.calibrate(profile, chars, result.prompt_tokens)
+        if result.finish_reason == "length" and result.error is None:
+            result.cut = "length"
+        if splitter.stopped_by is not None:
+            log.debug("%s began a line as %s; the reply ends there", p.alias, splitter.stopped_by)
+        ended = result.finish_reason or result.done or result.cut or splitter.stopped_by
+        if result.error is None and not ended:
+            # Closed cleanly but unfinished: a proxy or server that gave up midway.
+            result.error = "the stream ended before the model finished"
         result.content = self._end_reply(splitter, content, result)
-        result.calls = calls.calls() if result.error is None else []
+        result.calls = calls.calls() if result.error is None and not result.cut else []
         self._count_tokens(result.tokens, form["messages"], result.content)
         return result
 
     def _count_tokens(self, reported: int | None, messages: list[dict], reply: str) -> None:
         """Add what a reply used: the backend's usage, else about 4 characters a token."""
-        if reported is None and self.want_usage:
+        if not reported and self.want_usage:
             chars = sum(len(_text_of(m.get("content"))) for m in messages) + len(reply)
             reported = -(-chars // 4)
         self.tokens += reported or 0
 
-    def _end_reply(
-        self, splitter: ThinkTagSplitter, content: list[str], result: StreamResult
-    ) -> str:
+    def _bounds(self, p: Participant) -> dict[str, Any]:
+        """max_tokens and stop sequences of the participant's requests."""
+        bounds: dict[str, Any] = {}
+        if self.max_tokens(p):
+            bounds["max_tokens"] = self.max_tokens(p)
+        if self.settings.stop_sequences:
+            bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
+        return bounds
+
+    def guard_for(self, p: Participant) -> SpeakerGuard:
+        """Lines starting with another participant's or the user's name end this reply."""
+        return SpeakerGuard(p.alias, [*self.aliases, self.user_name, "User"])
+
+    def max_tokens(self, p: Participant) -> int:
+        """The participant's own limit from the setup, else the valve's; 0 means none."""
+        return self.settings.max_tokens if p.max_tokens is None else p.max_tokens
+
+    def _cut_line(self, p: Participant, cut: str) -> None:
+        """A visible mark that a reply was cut short; history leaves it out like a notice."""
+        if cut == "time":
+            why = f"cut after {self.settings.turn_time_limit:g} s"
+        elif self.max_tokens(p):
+            why = f"cut at {self.max_tokens(p)} tokens"
+        else:
+            why = "cut by the model's length limit"
+        self.transcript.add_notice(f"*✂️ …({why})*")
+
+    def _end_reply(self, splitter: ReplyFilter, content: list[str], result: StreamResult) -> str:
         """Show what the splitter held back, close any open reasoning; return what was said."""
         for kind, text in splitter.flush():
             self._show(kind, text, content, result)
@@ -2293,7 +2768,7 @@ class Run:
     def _apply(
         self,
         events: list[StreamEvent],
-        splitter: ThinkTagSplitter,
+        splitter: ReplyFilter,
         calls: ToolCallAccumulator,
         content: list[str],
         result: StreamResult,
@@ -2310,8 +2785,13 @@ class Run:
                 result.error = event.text
             elif event.kind == "malformed":
                 result.malformed += 1
+            elif event.kind == "finish":
+                result.finish_reason = event.text
+            elif event.kind == "done":
+                result.done = True
             elif event.kind == "usage":
-                result.tokens = event.index
+                result.prompt_tokens = event.count
+                result.tokens = event.index or result.tokens
 
     def _show(self, kind: str, text: str, content: list[str], result: StreamResult) -> None:
         if kind == "content":
@@ -2330,7 +2810,12 @@ class Run:
     ) -> str:
         """One non-streamed retry for a reply that failed or came back empty."""
         log.debug("retrying %s without streaming (%s)", p.alias, error or "empty reply")
-        form = {"model": profile.model_id, "messages": list(messages), **self._sampling(profile)}
+        form = {
+            "model": profile.model_id,
+            "messages": list(messages),
+            **self._sampling(profile),
+            **self._bounds(p),
+        }
         try:
             async with asyncio.timeout(self.settings.turn_timeout):
                 text = await self.gateway.complete(form, self.ctx.user)
@@ -2339,7 +2824,7 @@ class Run:
             return ""
         self._count_tokens(None, form["messages"], text)
         content: list[str] = []
-        splitter, scratch = ThinkTagSplitter(), StreamResult()
+        splitter, scratch = ReplyFilter(self.guard_for(p)), StreamResult()
         for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
         said = self._end_reply(splitter, content, scratch)
@@ -2444,6 +2929,85 @@ class Run:
 
 
 # ============================================================================
+# Background tasks: title, tags and follow-ups from the admin's task model
+# ============================================================================
+
+# The JSON each task must answer: its key and whether it holds a list of strings.
+TASK_SHAPES = {
+    "title_generation": ("title", False),
+    "tags_generation": ("tags", True),
+    "follow_up_generation": ("follow_ups", True),
+}
+TASK_VALUE_MAX_CHARS = {"title": 100, "tags": 40, "follow_ups": 400}
+
+
+def task_answer(task: str, text: str, prompt: str) -> str:
+    """The answer to give the host: clean JSON of the shape the task asks for, or ''.
+
+    A model that answers prose, a heading or the prompt's own placeholder ("your concise
+    title here") gives '', so the host keeps its fallback (the user's message as title).
+    Tasks of other kinds get the text as it is.
+    """
+    if task not in TASK_SHAPES:
+        return text
+    key, is_list = TASK_SHAPES[task]
+    try:
+        data = json.loads(text[text.find("{") : text.rfind("}") + 1])
+    except ValueError:
+        return ""
+    value = data.get(key) if isinstance(data, dict) else None
+    values = value if is_list and isinstance(value, list) else [value]
+    limit = TASK_VALUE_MAX_CHARS[key]
+    quoted = prompt.split("<chat_history>")[0].casefold()  # the instructions, not the chat
+    kept = [
+        v.strip()
+        for v in values
+        if isinstance(v, str)
+        and v.strip()
+        and len(v.strip()) <= limit
+        and "\n" not in v.strip()
+        and not HEADING_RE.match(v.strip())
+        and f'"{v.strip().casefold()}"' not in quoted  # the prompt's own example
+    ]
+    if not kept:
+        return ""
+    return json.dumps({key: kept if is_list else kept[0]}, ensure_ascii=False)
+
+
+def _text_of_messages(messages: list[dict]) -> str:
+    return "\n".join(_text_of(m.get("content")) for m in messages)
+
+
+async def _task_models(gateway: HostGateway) -> list[str]:
+    """The admin's task models (external, then local), those that are set."""
+    try:
+        external, local = await gateway.task_models()
+    except Exception as exc:
+        log.warning("could not read the task model setting: %s", exc)
+        return []
+    return [m for m in (external, local) if m]
+
+
+async def _first_usable(
+    gateway: HostGateway,
+    ctx: RequestContext,
+    runtime: dict[str, dict],
+    candidates: list[str],
+    own_prefix: str,
+) -> str:
+    """The first candidate that exists, is not this pipe and the user may use."""
+    for model_id in dict.fromkeys(candidates):
+        try:
+            _refuse_self([model_id], own_prefix)
+            await resolve_profiles(gateway, ctx, runtime, [model_id], with_tools=False)
+        except ConfigError as exc:
+            log.debug("task model %s not used: %s", model_id, exc)
+            continue
+        return model_id
+    raise ConfigError("no model can answer the background task")
+
+
+# ============================================================================
 # Configuration overlay: a dialog opened in the user's browser through __event_call__
 # ============================================================================
 
@@ -2453,6 +3017,7 @@ const OWN_PREFIX = __OWN_PREFIX__;
 const TIMEOUT_MS = __TIMEOUT_MS__;
 const MAX_ROUNDS = __MAX_ROUNDS__;
 const PRESETS = __PRESETS__;
+const MAX_TOKENS = __MAX_TOKENS__;
 let models = [];
 try {
   const res = await fetch('/api/models', {
@@ -2535,9 +3100,10 @@ return await new Promise((resolve) => {
       model.name = 'model';
       const alias = el('input', { value: d.alias || '', placeholder: 'Alias (default: the model name)', style: field, name: 'alias' });
       const persona = el('textarea', { value: d.system_message || '', placeholder: 'Persona / system message', rows: 2, style: field, name: 'system_message' });
-      const box = el('fieldset', {}, [el('legend', { textContent: 'Participant ' + (rowInputs.length + 1) }), model, alias, persona]);
+      const maxTokens = el('input', { type: 'number', min: 0, value: d.max_tokens ?? '', placeholder: 'Max tokens per turn (empty: ' + MAX_TOKENS + ', 0: no limit)', style: field, name: 'max_tokens' });
+      const box = el('fieldset', {}, [el('legend', { textContent: 'Participant ' + (rowInputs.length + 1) }), model, alias, persona, maxTokens]);
       box.style.cssText = 'border:1px solid #8884;border-radius:10px;padding:8px 10px;margin:6px 0;';
-      rowInputs.push({ box, model, alias, persona });
+      rowInputs.push({ box, model, alias, persona, maxTokens });
     }
     rows.replaceChildren(...rowInputs.slice(0, n).map((r) => r.box));
   };
@@ -2593,6 +3159,7 @@ return await new Promise((resolve) => {
       manager_model: managed ? managerModel.value : '',
       participants: rowInputs.slice(0, n).map((r) => ({
         model: r.model.value, alias: r.alias.value.trim(), system_message: r.persona.value,
+        max_tokens: r.maxTokens.value === '' ? null : Math.max(0, parseInt(r.maxTokens.value, 10) || 0),
       })),
       pass_allowed: passAllowed.checked,
       stop_phrase: stopPhrase.value.trim(),
@@ -2629,7 +3196,9 @@ return await new Promise((resolve) => {
 """
 
 
-def overlay_script(defaults: dict, own_prefix: str, timeout_s: float, max_rounds: int) -> str:
+def overlay_script(
+    defaults: dict, own_prefix: str, timeout_s: float, max_rounds: int, max_tokens: int = 0
+) -> str:
     """The overlay's code with its inputs as JSON literals (never spliced in as raw text)."""
 
     def literal(value: Any) -> str:
@@ -2641,6 +3210,7 @@ def overlay_script(defaults: dict, own_prefix: str, timeout_s: float, max_rounds
         .replace("__OWN_PREFIX__", literal(own_prefix))
         .replace("__TIMEOUT_MS__", str(int(timeout_s * 1000)))
         .replace("__MAX_ROUNDS__", str(int(max_rounds)))
+        .replace("__MAX_TOKENS__", str(int(max_tokens)))
     )
 
 
@@ -2681,6 +3251,10 @@ def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
         tool_timeout=valves.TOOL_TIMEOUT,
         tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
         turn_timeout=valves.TURN_TIMEOUT,
+        max_tokens=valves.MAX_TOKENS,
+        turn_time_limit=valves.TURN_TIME_LIMIT,
+        context_tokens=valves.CONTEXT_TOKENS,
+        stop_sequences=valves.STOP_SEQUENCES,
         manager_timeout=valves.MANAGER_TIMEOUT,
         manager_history_chars=valves.MANAGER_HISTORY_CHARS,
         shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
@@ -2758,8 +3332,9 @@ class Pipe:
             default=1 / 30,
             ge=0,
             le=5,
-            description="Seconds between two updates of the message on screen (chat:message "
-            "events, which the host only forwards; saves follow SAVE_INTERVAL). 0 sends every "
+            description="Seconds between two updates of the message on screen (chat:message:delta "
+            "events with the new text, which the host only forwards; saves follow SAVE_INTERVAL). "
+            "0 sends every "
             "chunk as a save that rewrites the whole chat (no coalescing).",
         )
         SAVE_INTERVAL: float = Field(
@@ -2771,13 +3346,15 @@ class Pipe:
             "EMIT_INTERVAL in between, and the end is always saved.",
         )
         SAVE_BUDGET_KB: float = Field(
-            default=64,
+            default=12,
             ge=0,
             description="KB of chat the host may rewrite per second while it streams: long "
-            "chats are saved less often (at most MAX_SAVE_INTERVAL apart). 0: SAVE_INTERVAL only.",
+            "chats and long messages are saved less often (at most MAX_SAVE_INTERVAL apart), so "
+            "whole copies of the message reach the tab at a rate that does not grow with it. "
+            "0: SAVE_INTERVAL only.",
         )
         MAX_SAVE_INTERVAL: float = Field(
-            default=5.0,
+            default=15.0,
             ge=0,
             le=120,
             description="Longest gap between two saves, however long the chat.",
@@ -2815,17 +3392,57 @@ class Pipe:
             description="Seconds a participant's model may stay silent (no chunk) before its "
             "turn ends with an error; also the limit for a non-streamed retry.",
         )
+        MAX_TOKENS: int = Field(
+            default=400,
+            ge=0,
+            description="Most tokens one turn may write (sent as max_tokens). A participant's "
+            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
+            "give them more. 0: no limit.",
+        )
+        TURN_TIME_LIMIT: float = Field(
+            default=180,
+            ge=0,
+            description="Seconds one turn may stream, however busy the model is; the turn keeps "
+            "what arrived and is marked as cut. 0: no limit.",
+        )
+        CONTEXT_TOKENS: int = Field(
+            default=8192,
+            ge=0,
+            description="Context size (tokens) assumed for a participant model whose Open WebUI "
+            "settings name none (num_ctx or max_context). Older turns are left out to fit. "
+            "0: fit only after the model reports a context-length error.",
+        )
         TOOL_RESULT_MAX_CHARS: int = Field(
             default=100_000,
             ge=1000,
             description="Longest tool result given back to the model; the block in the chat "
             "shows at most a fifth of it.",
         )
+        TASK_TIMEOUT: float = Field(
+            default=30,
+            gt=0,
+            description="Seconds a background task (title, tags, follow-ups) may take. Open "
+            "WebUI keeps the message busy until its tasks end; one that takes longer is "
+            "dropped.",
+        )
         MANAGER_TIMEOUT: float = Field(
             default=30, gt=0, description="Seconds the manager may take to pick a speaker."
         )
         MANAGER_HISTORY_CHARS: int = Field(
             default=8000, ge=200, description="Newest characters of the chat shown to the manager."
+        )
+        STOP_SEQUENCES: bool = Field(
+            default=True,
+            description="Send the other participants' and the user's `Name:` labels as stop "
+            "sequences, so a model ends its turn instead of writing their lines (a reply that "
+            "still does is cut there anyway). Switch off for models that reject `stop`.",
+        )
+        BUILTIN_TOOLS: bool = Field(
+            default=False,
+            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
+            "...) to every participant whose model uses native function calling. Off: a "
+            "participant gets tools only when some are picked for the chat or its model, or a "
+            "feature such as web search is switched on.",
         )
         PIPE_NAME: str = Field(
             default="Multi-Model Conversation", description="Name shown in the model picker."
@@ -2955,6 +3572,7 @@ class Pipe:
             tool_ids=list(metadata.get("tool_ids") or []),
             features=dict(metadata.get("features") or {}),
             terminal_id=metadata.get("terminal_id"),
+            builtin_tools=self.valves.BUILTIN_TOOLS,
             extra_params={
                 "__user__": user_info,
                 "__request__": __request__,
@@ -2971,7 +3589,9 @@ class Pipe:
         )
         own_prefix = str(body.get("model") or "").split(".", 1)[0] + "."
         if __task__:
-            return await self._background_task(gateway, ctx, body, user_valves, own_prefix)
+            return await self._background_task(
+                gateway, ctx, body, user_valves, own_prefix, str(__task__)
+            )
         return await self._conversation(
             gateway,
             ctx,
@@ -3007,6 +3627,7 @@ class Pipe:
             save_interval=valves.SAVE_INTERVAL,
             budget=valves.SAVE_BUDGET_KB * 1024,
             max_save_interval=valves.MAX_SAVE_INTERVAL,
+            live_at=transcript.live_block_at,
         )
         settings = _settings(valves, user_valves)
         run = Run(
@@ -3132,7 +3753,11 @@ class Pipe:
             # No status line around the dialog: it shows itself, and every status event
             # makes the host rewrite the whole chat.
             script = overlay_script(
-                defaults, own_prefix, self.valves.OVERLAY_TIMEOUT, self.valves.MAX_ROUNDS
+                defaults,
+                own_prefix,
+                self.valves.OVERLAY_TIMEOUT,
+                self.valves.MAX_ROUNDS,
+                self.valves.MAX_TOKENS,
             )
             try:
                 # The dialog closes itself at OVERLAY_TIMEOUT; the slack covers a slow network.
@@ -3157,18 +3782,19 @@ class Pipe:
         body: dict,
         user_valves: Any,
         own_prefix: str,
+        task: str,
     ) -> str:
-        """Answer the host's background task with one plain completion from the first model."""
+        """Answer the host's background task with one bounded plain completion from Open
+        WebUI's task model, else the first participant's; an answer of the wrong shape is ''."""
         chat_id = _saved_chat_id(ctx)
         raw = await gateway.load_chat_config(chat_id) if chat_id else None
+        runtime = gateway.runtime_models()
         try:
             config = parse_config(
                 raw or config_from_user_valves(user_valves), self.valves.MAX_ROUNDS
             )
-            model_id = config.participants[0].model
-            _refuse_self([model_id], own_prefix)
-            runtime = gateway.runtime_models()
-            await resolve_profiles(gateway, ctx, runtime, [model_id], with_tools=False)
+            candidates = [*await _task_models(gateway), config.participants[0].model]
+            model_id = await _first_usable(gateway, ctx, runtime, candidates, own_prefix)
         except ConfigError as exc:
             log.debug("background task skipped: %s", exc)
             return ""
@@ -3176,9 +3802,19 @@ class Pipe:
             log.warning("background task skipped: %s", exc)
             return ""
         form = {"model": model_id, "messages": body.get("messages") or []}
+        if isinstance(body.get("max_tokens"), int):
+            form["max_tokens"] = body["max_tokens"]
         try:
-            text = await gateway.complete(form, ctx.user)
+            # The host holds the message open until its tasks end: they must end soon.
+            text = await within(
+                self.clock, self.valves.TASK_TIMEOUT, gateway.complete(form, ctx.user)
+            )
+        except TimeoutError:
+            log.debug(
+                "background task %s took over %g s on %s", task, self.valves.TASK_TIMEOUT, model_id
+            )
+            return ""
         except ModelCallError as exc:
             log.warning("background task failed on %s: %s", model_id, exc)
             return ""
-        return clean_turn_text(text)
+        return task_answer(task, clean_turn_text(text), _text_of_messages(form["messages"]))

@@ -29,7 +29,15 @@ from pathlib import Path
 
 import psutil
 
-from bench.run import CONTENT_TYPES, FUNCTION_ID, PIPE_MODEL, ROOT, ServerMeter, windows
+from bench.run import (
+    CONTENT_TYPES,
+    FUNCTION_ID,
+    PIPE_FRAME_TYPES,
+    PIPE_MODEL,
+    ROOT,
+    ServerMeter,
+    windows,
+)
 from tests.backend import BackendThread, ModelScript, RecordedRequest
 from tests.integration.owui import ChatResult, OpenWebUIServer, Owui, start_chat
 
@@ -101,9 +109,7 @@ def judge(result: ChatResult, requests: list[RecordedRequest], turns: int) -> Co
     frames = [
         e
         for e in content
-        if e.type in ("replace", "chat:message")
-        and e.data.get("content")
-        and first <= e.t <= last + 0.05
+        if e.type in PIPE_FRAME_TYPES and e.data.get("content") and first <= e.t <= last + 0.05
     ]
     c = Conversation(events=len(content), saves=sum(e.type == "replace" for e in content))
     c.streaming_s = last - first

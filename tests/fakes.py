@@ -37,11 +37,40 @@ class FakeClock(mmc.Clock):
                 future.set_result(None)
 
 
+# The events Open WebUI 0.12.4's chat page applies to a message's content (Chat.svelte):
+# `chat:message:delta` and `message` append, `chat:message` and `replace` set the whole text.
+TAB_CONTENT_TYPES = ("replace", "chat:message", "chat:message:delta", "message")
+
+
+def tab_apply(content: str, event: dict) -> str:
+    """The message's content after the page applies `event` to it."""
+    kind, text = event["type"], (event.get("data") or {}).get("content") or ""
+    if kind in ("chat:message:delta", "message"):
+        return content + text
+    if kind in ("chat:message", "replace"):
+        return text
+    return content
+
+
+def tab_copies(events: list[dict], start: str = "") -> list[str]:
+    """The tab's copy after each of `events`, applied in order from `start`."""
+    out, content = [], start
+    for event in events:
+        content = tab_apply(content, event)
+        out.append(content)
+    return out
+
+
 class RecordingEmitter:
     """Stands in for __event_emitter__: records every event with the fake time it was sent."""
 
     def __init__(
-        self, clock: FakeClock, delay: float = 0.0, fail: bool = False, save_delay: float = 0.0
+        self,
+        clock: FakeClock,
+        delay: float = 0.0,
+        fail: bool = False,
+        save_delay: float = 0.0,
+        fail_calls: frozenset[int] = frozenset(),
     ) -> None:
         self.clock = clock
         self.delay = delay  # every event arrives this late
@@ -49,6 +78,8 @@ class RecordingEmitter:
         # Like the host: a `replace` reaches the tab at once, then its database write takes
         # this long before the emitter call returns.
         self.save_delay = save_delay
+        self.fail_calls = fail_calls  # these calls (0-based) fail without reaching the tab
+        self.calls = 0
         self.events: list[tuple[float, dict]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -56,6 +87,7 @@ class RecordingEmitter:
         self.max_saves_in_flight = 0
 
     async def __call__(self, event: dict) -> None:
+        call, self.calls = self.calls, self.calls + 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         saving = event.get("type") == "replace"
@@ -64,7 +96,7 @@ class RecordingEmitter:
         try:
             if self.delay:
                 await self.clock.sleep(self.delay)
-            if self.fail:
+            if self.fail or call in self.fail_calls:
                 raise ConnectionError("socket gone")
             self.events.append((self.clock.now(), json.loads(json.dumps(event))))
             if saving and self.save_delay:
@@ -74,17 +106,21 @@ class RecordingEmitter:
             self.saves_in_flight -= saving
 
     def _content_events(self) -> list[tuple[float, dict]]:
-        shown = [(t, e) for t, e in self.events if e["type"] in ("replace", "chat:message")]
+        shown = [(t, e) for t, e in self.events if e["type"] in TAB_CONTENT_TYPES]
         if shown and shown[-1][1]["type"] == "chat:message" and not shown[-1][1]["data"]["content"]:
             shown.pop()  # the hand-over before the host's final delta, not a frame
         return shown
 
     def contents(self) -> list[str]:
-        """Every frame the tab was given (chat:message or replace)."""
-        return [e["data"]["content"] for _, e in self._content_events()]
+        """The tab's copy after each frame (delta, chat:message or replace), as the page has it."""
+        return tab_copies([e for _, e in self._content_events()])
 
     def content_times(self) -> list[float]:
         return [t for t, _ in self._content_events()]
+
+    def content_bytes(self) -> int:
+        """Bytes of content events, as the socket carries their data (JSON)."""
+        return sum(len(json.dumps(e)) for _, e in self._content_events())
 
     def saved(self) -> list[tuple[float, str]]:
         """Every state the host was asked to store (replace), with its time."""
@@ -155,6 +191,8 @@ class FakeHost(mmc.HostGateway):
             "runtime_models": 0,
         }
         self.requests: list[dict] = []  # every completion form, in order
+        self.tool_loads: list[dict] = []  # what each load_tools call asked for
+        self.task_model_setting = ("", "")  # (TASK_MODEL_EXTERNAL, TASK_MODEL)
         self.users = {"u1": SimpleNamespace(id="u1", role="user", name="Ann")}
 
     # -- host surface ----------------------------------------------------------------------
@@ -175,14 +213,20 @@ class FakeHost(mmc.HostGateway):
         self.calls["check_access"] += 1
         return model["id"] not in self.denied
 
+    async def task_models(self) -> tuple[str, str]:
+        return self.task_model_setting
+
     async def load_chat_config(self, chat_id: str) -> Any:
         return self.chat_configs.get(chat_id)
 
     async def save_chat_config(self, chat_id: str, config: dict) -> None:
         self.chat_configs[chat_id] = json.loads(json.dumps(config))
 
-    async def load_tools(self, user, model, tool_ids, features, terminal_id, extra_params):
+    async def load_tools(
+        self, user, model, tool_ids, features, terminal_id, extra_params, builtin=True
+    ):
         self.calls["load_tools"] += 1
+        self.tool_loads.append({"tool_ids": list(tool_ids), "builtin": builtin})
         return dict(self.tools)
 
     async def process_tool_result(self, name, result, tool_type, metadata, user):
@@ -201,6 +245,10 @@ class FakeHost(mmc.HostGateway):
             item = reply(text)
         if isinstance(item, Exception):
             raise item
+        last = item[-1] if item else ""
+        last = last.decode("utf-8", "replace") if isinstance(last, bytes) else str(last)
+        if not any(isinstance(p, Exception) for p in item) and "[DONE]" not in last:
+            item = [*item, "data: [DONE]\n\n"]  # a real server ends every finished stream so
         for piece in item:
             if isinstance(piece, Exception):
                 raise piece
@@ -244,6 +292,8 @@ class PipeHarness:
         self.host = FakeHost(self.clock, models)
         self.pipe = mmc.Pipe()
         self.pipe.valves.EMIT_INTERVAL = interval
+        # The fake host's tools play Open WebUI's built-ins unless a test picks tool ids.
+        self.pipe.valves.BUILTIN_TOOLS = True
         self.pipe.gateway_factory = lambda request: self.host
         self.pipe.clock = self.clock
 

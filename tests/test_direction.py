@@ -259,14 +259,14 @@ async def test_without_usage_tokens_are_estimated_from_the_text():
     assert len(speakers(result)) == 1  # prompt + 80 characters: over 30 tokens at once
 
 
-async def test_no_budget_means_no_usage_request_and_no_end_line():
+async def test_rounds_alone_add_no_end_line_and_no_status():
     h = harness("a")
     h.host.chat_configs["chat-1"] = config("a", rounds=2)
     emitter = RecordingEmitter(h.clock)
 
     result = await h.run(emitter=emitter)
 
-    assert "stream_options" not in streamed(h)[0] and "🏁" not in result
+    assert "🏁" not in result
     assert emitter.statuses() == []
 
 

