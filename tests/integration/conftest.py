@@ -2,7 +2,8 @@
 
 Fixtures: `scripted_backend` (session), `backend` (the same, reset for each test), `owui`
 (session: the server plus its admin), `admin_socket` (a connected socket.io client per test),
-`pipe` (the function installed from this checkout; its model id).
+`pipe` (the function installed from this checkout; its model id), `valves` (sets the pipe's
+admin valves for one test, then puts the old ones back).
 Every test in this directory is marked `integration`.
 """
 
@@ -77,3 +78,16 @@ async def pipe(owui: Owui) -> str:
     """Installs (or updates) the pipe from this checkout; returns its model id."""
     await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
     return PIPE_MODEL
+
+
+@pytest_asyncio.fixture
+async def valves(owui: Owui, pipe):
+    """Sets the pipe's admin valves for one test and puts the old ones back afterwards."""
+    path = f"/api/v1/functions/id/{FUNCTION_ID}/valves"
+    before = await owui.request("GET", path)
+
+    async def set_valves(**values) -> None:
+        await owui.set_function_valves(FUNCTION_ID, values)
+
+    yield set_valves
+    await owui.set_function_valves(FUNCTION_ID, before or {}, merge=False)

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest_asyncio
 
 from tests.backend import ToolCallScript
-from tests.integration.conftest import FUNCTION_ID
 from tests.integration.owui import Owui, SocketEvent, run_chat, start_chat
 from tests.integration.test_pipe_live import details_tags, overlay_answer, speakers, text_of
 
@@ -41,19 +40,6 @@ def first_line(text: str) -> str:
 def words(model: str, n: int, count: int) -> str:
     """The first `count` words of the backend's default reply."""
     return " ".join([f"{model}#{n}"] + [f"w{i}" for i in range(1, count)])
-
-
-@pytest_asyncio.fixture
-async def valves(owui: Owui, pipe):
-    """Sets the pipe's admin valves for one test and puts the old ones back afterwards."""
-    path = f"/api/v1/functions/id/{FUNCTION_ID}/valves"
-    before = await owui.request("GET", path)
-
-    async def set_valves(**values) -> None:
-        await owui.set_function_valves(FUNCTION_ID, values)
-
-    yield set_valves
-    await owui.set_function_valves(FUNCTION_ID, before or {}, merge=False)
 
 
 async def until(condition, timeout: float, every: float = 0.05) -> bool:
