@@ -68,6 +68,53 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def start_logged(
+    argv: list[str],
+    log_path: Path,
+    name: str,
+    ready: Callable[[], bool],
+    timeout: float,
+    **popen: Any,
+) -> subprocess.Popen:
+    """Starts a server in its own process group, output appended to `log_path`, and polls
+    `ready()` until it answers; one that exits or is not ready in time is stopped and reported
+    with the end of its log."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode} while starting; log {log_path}:\n"
+                    f"{log_tail(log_path)}"
+                )
+            if ready():
+                return proc
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"{name} not ready in {timeout:g} s; log {log_path}:\n{log_tail(log_path)}"
+        )
+    except BaseException:
+        stop_process_group(proc)
+        raise
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def open_webui_executable() -> str:
     """The venv's `open-webui` script, next to the running interpreter."""
     path = Path(sys.executable).parent / "open-webui"
@@ -133,41 +180,23 @@ class OpenWebUIServer:
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start on port {self.port} =====\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                [open_webui_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                cwd=self.workdir,
-                env=self.env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        try:
-            self._wait_healthy(started + timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self._proc = start_logged(
+            [open_webui_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.log_path,
+            "Open WebUI",
+            self._healthy,
+            timeout,
+            cwd=self.workdir,
+            env=self.env(),
+        )
         self.boot_seconds.append(time.monotonic() - started)
 
-    def _wait_healthy(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"Open WebUI exited with {self._proc.returncode} while booting; log "
-                    f"{self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:  # noqa: S310
-                    if response.status == 200 and json.loads(response.read()).get("status"):
-                        return
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(
-            f"Open WebUI not healthy in time; log {self.log_path}:\n{self.log_tail()}"
-        )
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:  # noqa: S310
+                return response.status == 200 and bool(json.loads(response.read()).get("status"))
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
 
     @property
     def running(self) -> bool:
@@ -185,11 +214,7 @@ class OpenWebUIServer:
         self.start(timeout)
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 # ==========================================================================================

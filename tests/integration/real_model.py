@@ -19,7 +19,14 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tests.integration.owui import Owui, SocketClient, free_port, run_chat, stop_process_group
+from tests.integration.owui import (
+    Owui,
+    SocketClient,
+    free_port,
+    run_chat,
+    start_logged,
+    stop_process_group,
+)
 
 CACHE = Path(os.environ.get("MMC_REAL_MODEL_CACHE", Path.home() / ".cache" / "mmc-real-model"))
 PYTHON = CACHE / "venv" / "bin" / "python"
@@ -70,24 +77,15 @@ class LlamaServer:
         }
         path = self.workdir / "llama-server.json"
         path.write_text(json.dumps(config))
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [str(PYTHON), "-m", "llama_cpp.server", "--config_file", str(path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"llama server exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=2):  # noqa: S310
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError("llama server did not start")
+        argv = [str(PYTHON), "-m", "llama_cpp.server", "--config_file", str(path)]
+        self._proc = start_logged(argv, self.log_path, "llama server", self._answers, timeout)
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/models", timeout=2):  # noqa: S310
+                return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -8,7 +8,6 @@ needs it: CI must run those tests (`scripts/_setup.sh` installs both from Debian
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
@@ -16,12 +15,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.owui import free_port, stop_process_group
+from tests.integration.owui import free_port, start_logged, stop_process_group
 
 
 def _missing(program: str, package: str) -> None:
@@ -59,26 +57,15 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = [str(path), "--bind", "127.0.0.1", "--port", str(self.port)]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"redis-server did not answer PING; log {self.log_path}")
+        self._proc = start_logged(argv, self.log_path, "redis-server", self._pong, timeout)
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
