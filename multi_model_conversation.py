@@ -436,6 +436,10 @@ def normalize_name(text: str) -> str:
     return " ".join(re.sub(r"[^\w]+", " ", text).split())
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def fill_template(template: str, values: dict[str, str]) -> str:
     """Substitute only the named {placeholders}; other braces (JSON, code) stay as written."""
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
@@ -1760,7 +1764,7 @@ def context_size(*param_sets: dict) -> int:
 
 
 def omitted_line(count: int) -> str:
-    return f"({count} earlier turn{'s' if count != 1 else ''} of this conversation left out.)"
+    return f"({_count(count, 'earlier turn')} of this conversation left out.)"
 
 
 def message_chars(messages: list[dict]) -> int:
@@ -2172,7 +2176,7 @@ class RoundsDone:
     def check(self, progress: Progress) -> str | None:
         if progress.slots < self.total:
             return None
-        return f"it reached its {self.rounds} round{'s' if self.rounds != 1 else ''}"
+        return f"it reached its {_count(self.rounds, 'round')}"
 
 
 class StopPhraseSaid:
@@ -2309,10 +2313,6 @@ def _run_blocking_tool(fn: Callable[..., Any], args: dict[str, Any]) -> Any:
     return asyncio.run(result) if inspect.iscoroutine(result) else result
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -2393,7 +2393,7 @@ class Run:
             prompt = getattr(config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
             await self.closing_turn(closer, profiles[closer.model_id], aliases, prompt)
         if explain:
-            turns = f"{progress.spoken} turn{'s' if progress.spoken != 1 else ''}"
+            turns = _count(progress.spoken, "turn")
             passes = f", {progress.passes} passed" if progress.passes else ""
             self.transcript.add_notice(
                 f"*🏁 The conversation ended after {turns}{passes}: {md_text(reason)}.*"
