@@ -1068,7 +1068,6 @@ class CoalescingEmitter:
         self._flushing = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._saving: asyncio.Future | None = None  # the save in flight, if any
-        self._last_payload: str | None = None
         self._shown: str | None = None  # the tab's copy after our last content event; None: unknown
         self._shown_live_at: int | None = None  # where that copy's growing block starts
         self._last_sent_at = float("-inf")
