@@ -19,30 +19,18 @@ import tempfile
 from pathlib import Path
 
 from tests.integration import real_model
-from tests.integration.owui import OpenWebUIServer, Owui
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 async def measure(pipe: Path) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="mmc-real-") as tmp:
-        server = real_model.LlamaServer(Path(tmp))
-        server.start()
-        webui = OpenWebUIServer(server.url, Path(tmp) / "open-webui")
-        try:
-            webui.start()
-            owui = Owui(webui)
-            owui.signup_admin_sync()
-            await owui.set_model_params(real_model.MODEL, params={"num_ctx": real_model.N_CTX})
-            await owui.install_function(pipe, "mmc")
+        async with real_model.deployment(Path(tmp), pipe) as (owui, server):
             client = await owui.connect()
             try:
                 measured = await real_model.converse(owui, client, server, "mmc.Conversation-pipe")
             finally:
                 await client.disconnect()
-        finally:
-            webui.stop()
-            server.stop()
     return [m.as_dict() for m in measured]
 
 

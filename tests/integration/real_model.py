@@ -10,16 +10,19 @@ version of the pipe and prints the figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import subprocess
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tests.integration.owui import (
+    OpenWebUIServer,
     Owui,
     SocketClient,
     free_port,
@@ -107,6 +110,25 @@ class LlamaServer:
         )
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             return len(json.loads(response.read())["tokens"])
+
+
+@contextlib.asynccontextmanager
+async def deployment(workdir: Path, pipe: Path) -> AsyncIterator[tuple[Owui, LlamaServer]]:
+    """The llama server and a fresh Open WebUI on it, the model's context size set and `pipe`
+    installed as function `mmc`; both stopped afterwards."""
+    server = LlamaServer(workdir)
+    server.start()
+    webui = OpenWebUIServer(server.url, workdir / "open-webui")
+    try:
+        webui.start()
+        owui = Owui(webui)
+        owui.signup_admin_sync()
+        await owui.set_model_params(MODEL, params={"num_ctx": N_CTX})
+        await owui.install_function(pipe, "mmc")
+        yield owui, server
+    finally:
+        webui.stop()
+        server.stop()
 
 
 @dataclass

@@ -15,7 +15,6 @@ import pytest_asyncio
 
 from tests.integration import real_model
 from tests.integration.conftest import ROOT
-from tests.integration.owui import OpenWebUIServer, Owui
 
 pytestmark = [
     pytest.mark.real_model,
@@ -29,19 +28,8 @@ MAX_TOKENS = 400  # the valve's default
 
 @pytest_asyncio.fixture
 async def real_owui(tmp_path):
-    server = real_model.LlamaServer(tmp_path)
-    server.start()
-    webui = OpenWebUIServer(server.url, tmp_path / "open-webui")
-    try:
-        webui.start()
-        owui = Owui(webui)
-        owui.signup_admin_sync()
-        await owui.set_model_params(real_model.MODEL, params={"num_ctx": real_model.N_CTX})
-        await owui.install_function(ROOT / "multi_model_conversation.py", "mmc")
-        yield owui, server
-    finally:
-        webui.stop()
-        server.stop()
+    async with real_model.deployment(tmp_path, ROOT / "multi_model_conversation.py") as both:
+        yield both
 
 
 async def test_a_real_model_conversation_stays_bounded_fitting_and_in_character(real_owui):
