@@ -25,7 +25,7 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -338,6 +338,39 @@ def _describe_validation_error(exc: ValidationError) -> str:
             message = err["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {message}" if where else message)
     return "The configuration is invalid: " + "; ".join(problems) + "."
+
+
+# The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a
+# <select> of its values. "" is each one's "not set".
+ParticipantCount = Literal[1, 2, 3, 4, 5]
+SelectionChoice = Literal["", "round_robin", "manager", "random", "mention"]
+PresetChoice = Literal["", "debate", "brainstorm", "review_panel", "interview"]
+
+
+def participant_count(value: Any) -> Any:
+    """A count typed as text or a float ("3", 3.0) as the int the select holds, within 1-5.
+
+    The host replaces every user valve with its default when one fails to validate, so a value
+    saved by an older text field must not fail here.
+    """
+    try:
+        count = int(float(str(value).strip()))
+    except ValueError:
+        return value
+    return min(max(count, 1), MAX_PARTICIPANTS)
+
+
+def valve_choice(value: Any, choices: Any) -> str:
+    """A select valve's value in its canonical spelling ("Round Robin" -> "round_robin").
+
+    One the select does not offer (typed before it was a select) is not set, rather than
+    failing: the host would replace every user valve with its default.
+    """
+    key = "_".join(str(value or "").strip().lower().replace("-", " ").split())
+    if key in get_args(choices):
+        return key
+    log.debug("user valve value %r is not one of %s; not set", value, get_args(choices))
+    return ""
 
 
 def config_from_user_valves(valves: Any) -> dict[str, Any]:
@@ -3328,207 +3361,344 @@ class Pipe:
 
     class Valves(BaseModel):
         EMIT_INTERVAL: float = Field(
-            default=1 / 30,
+            default=0.033,
             ge=0,
             le=5,
-            description="Seconds between two updates of the message on screen (chat:message:delta "
-            "events with the new text, which the host only forwards; saves follow SAVE_INTERVAL). "
-            "0 sends every "
-            "chunk as a save that rewrites the whole chat (no coalescing).",
+            title="Screen update interval (s)",
+            description="Seconds between two updates of the message on screen while it streams "
+            "(0.033: about 30 a second). An update carries only the new text "
+            "(`chat:message:delta`), which Open WebUI forwards to the tab without touching its "
+            "database; saves follow *Save interval*. 0: no coalescing, every chunk is sent and "
+            "saved whole (a `replace` that rewrites the whole chat), for comparisons only.",
         )
         SAVE_INTERVAL: float = Field(
             default=1.0,
             ge=0,
             le=60,
-            description="Seconds between two saves of the message into the chat while it "
-            "streams (each save rewrites the whole chat); the screen updates every "
-            "EMIT_INTERVAL in between, and the end is always saved.",
+            title="Save interval (s)",
+            description="Seconds between two saves of the message while it streams. A save "
+            "rewrites the whole chat in Open WebUI's database; the screen updates in between, "
+            "and the end is always saved.",
         )
         SAVE_BUDGET_KB: float = Field(
             default=12,
             ge=0,
-            description="KB of chat the host may rewrite per second while it streams: long "
-            "chats and long messages are saved less often (at most MAX_SAVE_INTERVAL apart), so "
-            "whole copies of the message reach the tab at a rate that does not grow with it. "
-            "0: SAVE_INTERVAL only.",
+            title="Save budget (KB per second)",
+            description="KB of chat Open WebUI may rewrite per second while a message streams: "
+            "long chats and long messages are saved less often (at most *Longest gap between "
+            "saves* apart), so whole copies of the message reach the tab at a rate that does "
+            "not grow with it. 0: *Save interval* only.",
         )
         MAX_SAVE_INTERVAL: float = Field(
             default=15.0,
             ge=0,
             le=120,
-            description="Longest gap between two saves, however long the chat.",
+            title="Longest gap between saves (s)",
+            description="Longest gap between two whole copies of the message (saves, or "
+            "updates that change earlier text), however long the chat.",
         )
         MAX_ROUNDS: int = Field(
-            default=20, ge=1, le=1000, description="Highest number of rounds a user may ask for."
+            default=20,
+            ge=1,
+            le=1000,
+            title="Most rounds",
+            description="Highest number of rounds a user may ask for.",
         )
         CONFIG_OVERLAY: bool = Field(
             default=True,
-            description="Open a configuration dialog in the browser for a chat that has none.",
+            title="Setup dialog",
+            description="Open the setup dialog in the browser for a chat that has no setup yet. "
+            "Off: the user valves are used.",
         )
         OVERLAY_TIMEOUT: float = Field(
             default=180,
             ge=5,
+            title="Setup dialog timeout (s)",
             description="Seconds to wait for the dialog before falling back to the user valves.",
         )
         MAX_TOOL_ROUNDS: int = Field(
-            default=5, ge=0, le=50, description="Tool-call rounds per turn before a final answer."
+            default=5,
+            ge=0,
+            le=50,
+            title="Tool rounds per turn",
+            description="Tool-call rounds per turn before the model must answer.",
         )
         MAX_TOOL_CORRECTIONS: int = Field(
             default=2,
             ge=0,
             le=10,
-            description="Silent retries per turn when a model makes a malformed tool call.",
+            title="Retries after a malformed tool call",
+            description="Silent retries per turn when a model calls an unknown tool or sends "
+            "arguments that are not a JSON object.",
         )
         TOOL_TIMEOUT: float = Field(
             default=120,
             gt=0,
-            description="Seconds a single tool call may run; then the model is told it timed "
-            "out. A synchronous tool runs in a thread, which finishes in the background.",
+            title="Tool timeout (s)",
+            description="Seconds one tool call may run; then the model is told it timed out. A "
+            "synchronous tool runs in a thread, which finishes in the background.",
         )
         TURN_TIMEOUT: float = Field(
             default=300,
             gt=0,
+            title="Silence timeout (s)",
             description="Seconds a participant's model may stay silent (no chunk) before its "
             "turn ends with an error; also the limit for a non-streamed retry.",
         )
         MAX_TOKENS: int = Field(
             default=400,
             ge=0,
-            description="Most tokens one turn may write (sent as max_tokens). A participant's "
+            title="Max tokens per turn",
+            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
             "own value in the setup dialog wins. Reasoning models count their thinking too, so "
             "give them more. 0: no limit.",
         )
         TURN_TIME_LIMIT: float = Field(
             default=180,
             ge=0,
+            title="Time limit per turn (s)",
             description="Seconds one turn may stream, however busy the model is; the turn keeps "
             "what arrived and is marked as cut. 0: no limit.",
         )
         CONTEXT_TOKENS: int = Field(
             default=8192,
             ge=0,
-            description="Context size (tokens) assumed for a participant model whose Open WebUI "
-            "settings name none (num_ctx or max_context). Older turns are left out to fit. "
+            title="Assumed context size (tokens)",
+            description="Context size assumed for a participant model whose Open WebUI "
+            "settings name none (`num_ctx` or `max_context`). Older turns are left out to fit. "
             "0: fit only after the model reports a context-length error.",
         )
         TOOL_RESULT_MAX_CHARS: int = Field(
             default=100_000,
             ge=1000,
-            description="Longest tool result given back to the model; the block in the chat "
-            "shows at most a fifth of it.",
+            title="Longest tool result (characters)",
+            description="Longest tool result given back to the model; the tool block in the "
+            "chat shows at most a fifth of it.",
         )
         TASK_TIMEOUT: float = Field(
             default=30,
             gt=0,
+            title="Title and tags timeout (s)",
             description="Seconds a background task (title, tags, follow-ups) may take. Open "
             "WebUI keeps the message busy until its tasks end; one that takes longer is "
             "dropped.",
         )
         MANAGER_TIMEOUT: float = Field(
-            default=30, gt=0, description="Seconds the manager may take to pick a speaker."
+            default=30,
+            gt=0,
+            title="Manager timeout (s)",
+            description="Seconds the manager may take to pick a speaker; then the next "
+            "participant in order speaks.",
         )
         MANAGER_HISTORY_CHARS: int = Field(
-            default=8000, ge=200, description="Newest characters of the chat shown to the manager."
+            default=8000,
+            ge=200,
+            title="Conversation shown to the manager (characters)",
+            description="Newest characters of the conversation shown to the manager.",
         )
         STOP_SEQUENCES: bool = Field(
             default=True,
+            title="Stop at other speakers' names",
             description="Send the other participants' and the user's `Name:` labels as stop "
             "sequences, so a model ends its turn instead of writing their lines (a reply that "
             "still does is cut there anyway). Switch off for models that reject `stop`.",
         )
         BUILTIN_TOOLS: bool = Field(
             default=False,
+            title="Offer built-in tools",
             description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
             "...) to every participant whose model uses native function calling. Off: a "
             "participant gets tools only when some are picked for the chat or its model, or a "
             "feature such as web search is switched on.",
         )
         PIPE_NAME: str = Field(
-            default="Multi-Model Conversation", description="Name shown in the model picker."
+            default="Multi-Model Conversation",
+            title="Name in the model picker",
+            description="What users pick in the model list to start a conversation.",
         )
 
     class UserValves(BaseModel):
-        # The names are those of "Multi Model Conversations v2", so saved settings carry over.
-        NUM_PARTICIPANTS: int = Field(
-            default=2, ge=1, le=5, description="How many participants (1-5) take part."
+        # The names are those of "Multi Model Conversations v2", so saved settings carry over;
+        # only the titles shown in Open WebUI are new.
+        NUM_PARTICIPANTS: ParticipantCount = Field(
+            default=2,
+            title="Participants",
+            description="How many participants take part when the setup dialog is skipped.",
         )
         ROUNDS_PER_CONVERSATION: int = Field(
-            default=3, ge=1, description="Rounds: every participant speaks once per round."
+            default=3,
+            ge=1,
+            title="Rounds",
+            description="Every participant speaks once per round.",
         )
-        Participant1Model: str = Field(default="", description="Model id of participant 1.")
-        Participant1Alias: str = Field(default="", description="Name of participant 1.")
-        Participant1SystemMessage: str = Field(default="", description="Persona of participant 1.")
-        Participant2Model: str = Field(default="", description="Model id of participant 2.")
-        Participant2Alias: str = Field(default="", description="Name of participant 2.")
-        Participant2SystemMessage: str = Field(default="", description="Persona of participant 2.")
-        Participant3Model: str = Field(default="", description="Model id of participant 3.")
-        Participant3Alias: str = Field(default="", description="Name of participant 3.")
-        Participant3SystemMessage: str = Field(default="", description="Persona of participant 3.")
-        Participant4Model: str = Field(default="", description="Model id of participant 4.")
-        Participant4Alias: str = Field(default="", description="Name of participant 4.")
-        Participant4SystemMessage: str = Field(default="", description="Persona of participant 4.")
-        Participant5Model: str = Field(default="", description="Model id of participant 5.")
-        Participant5Alias: str = Field(default="", description="Name of participant 5.")
-        Participant5SystemMessage: str = Field(default="", description="Persona of participant 5.")
+        Participant1Model: str = Field(
+            default="", title="Participant 1: model", description="Model id of participant 1."
+        )
+        Participant1Alias: str = Field(
+            default="",
+            title="Participant 1: alias",
+            description="Name of participant 1 (empty: the model's name).",
+        )
+        Participant1SystemMessage: str = Field(
+            default="", title="Participant 1: persona", description="Persona of participant 1."
+        )
+        Participant2Model: str = Field(
+            default="", title="Participant 2: model", description="Model id of participant 2."
+        )
+        Participant2Alias: str = Field(
+            default="",
+            title="Participant 2: alias",
+            description="Name of participant 2 (empty: the model's name).",
+        )
+        Participant2SystemMessage: str = Field(
+            default="", title="Participant 2: persona", description="Persona of participant 2."
+        )
+        Participant3Model: str = Field(
+            default="", title="Participant 3: model", description="Model id of participant 3."
+        )
+        Participant3Alias: str = Field(
+            default="",
+            title="Participant 3: alias",
+            description="Name of participant 3 (empty: the model's name).",
+        )
+        Participant3SystemMessage: str = Field(
+            default="", title="Participant 3: persona", description="Persona of participant 3."
+        )
+        Participant4Model: str = Field(
+            default="", title="Participant 4: model", description="Model id of participant 4."
+        )
+        Participant4Alias: str = Field(
+            default="",
+            title="Participant 4: alias",
+            description="Name of participant 4 (empty: the model's name).",
+        )
+        Participant4SystemMessage: str = Field(
+            default="", title="Participant 4: persona", description="Persona of participant 4."
+        )
+        Participant5Model: str = Field(
+            default="", title="Participant 5: model", description="Model id of participant 5."
+        )
+        Participant5Alias: str = Field(
+            default="",
+            title="Participant 5: alias",
+            description="Name of participant 5 (empty: the model's name).",
+        )
+        Participant5SystemMessage: str = Field(
+            default="", title="Participant 5: persona", description="Persona of participant 5."
+        )
         AllParticipantsApendedMessage: str = Field(
             default=DEFAULT_SHARED_INSTRUCTION,
-            description="Instruction added to every participant's system prompt. {alias} and "
-            "{others} are filled in; without {alias} the alias is appended (as v2 did).",
+            title="Shared instruction",
+            description="Added to every participant's system prompt. `{alias}` and `{others}` "
+            "are filled in; text without `{alias}` gets the alias appended (as v2 did).",
         )
         UseGroupChatManager: bool = Field(
-            default=False, description="Let a manager model pick who speaks next."
+            default=False,
+            title="Use a manager",
+            description="Let a manager model pick who speaks next (when *Who speaks next* is "
+            "empty).",
         )
         ManagerModel: str = Field(
-            default="", description="Manager model id (empty: the first participant's model)."
+            default="",
+            title="Manager model",
+            description="Model id of the manager (empty: the first participant's model).",
         )
         ManagerSystemMessage: str = Field(
-            default=DEFAULT_MANAGER_SYSTEM, description="System message of the manager."
+            default=DEFAULT_MANAGER_SYSTEM,
+            title="Manager: system message",
+            description="The manager's system message.",
         )
         ManagerSelectionPrompt: str = Field(
             default=DEFAULT_MANAGER_PROMPT,
-            description="Manager prompt; {history}, {last_speaker} and {participant_list} are "
-            "filled in.",
+            title="Manager: selection prompt",
+            description="What the manager is asked before each turn; `{history}`, "
+            "`{last_speaker}` and `{participant_list}` are filled in.",
         )
-        Selection: str = Field(
+        Selection: SelectionChoice = Field(
             default="",
-            description="Who speaks next: round_robin, manager, random (no immediate repeat) "
-            "or mention (@Alias in your message speaks first). Empty: UseGroupChatManager decides.",
+            title="Who speaks next",
+            description="`round_robin`: everyone in order; `manager`: the manager model picks; "
+            "`random`: anyone but the last speaker; `mention`: those you @name in your message "
+            "first. Empty: *Use a manager* decides.",
         )
         ShowManagerReason: bool = Field(
             default=True,
+            title="Show the manager's reason",
             description="Show the manager's answer in a collapsed block under each turn it picked.",
         )
         PassAllowed: bool = Field(
-            default=False, description="A participant may answer PASS to skip its turn."
+            default=False,
+            title="Allow PASS",
+            description="A participant may answer PASS to skip its turn.",
         )
         StopPhrase: str = Field(
-            default="", description="Any participant saying this ends the conversation."
+            default="",
+            title="Stop phrase",
+            description="Any participant saying this ends the conversation (empty: none).",
         )
         MaxSeconds: float = Field(
-            default=0, ge=0, description="Time budget in seconds, checked after each turn. 0: none."
+            default=0,
+            ge=0,
+            title="Time budget (s)",
+            description="Ends the conversation after the turn that uses it up. 0: none.",
         )
         MaxTotalTokens: int = Field(
-            default=0, ge=0, description="Token budget of all replies (prompt + reply). 0: none."
+            default=0,
+            ge=0,
+            title="Token budget",
+            description="Tokens of all replies together (prompt and reply), checked after each "
+            "turn. 0: none.",
         )
         ClosingModel: str = Field(
             default="",
-            description="Model id of a closing turn (verdict, summary) after the conversation; "
-            "empty: no closing turn unless ClosingPrompt is set (then the first participant's).",
+            title="Closing turn: model",
+            description="Model id of a closing turn (verdict, summary) after the conversation. "
+            "Empty: no closing turn, unless a task is set (then the first participant's model).",
         )
-        ClosingAlias: str = Field(default="", description="Name of the closing speaker.")
-        ClosingPrompt: str = Field(default="", description="What the closing turn should do.")
+        ClosingAlias: str = Field(
+            default="",
+            title="Closing turn: name",
+            description="Name of the closing speaker (empty: Closing).",
+        )
+        ClosingPrompt: str = Field(
+            default="",
+            title="Closing turn: task",
+            description="What the closing turn should do (empty: sum up and conclude).",
+        )
         ClosingVote: bool = Field(
             default=False,
-            description="End with a vote of every participant instead, tallied.",
+            title="End with a vote",
+            description="Every participant votes in a short turn of its own, and the votes are "
+            "tallied (instead of a closing turn).",
         )
-        Preset: str = Field(
+        Preset: PresetChoice = Field(
             default="",
-            description="debate, brainstorm, review_panel or interview: fills what you leave "
-            "unset.",
+            title="Preset",
+            description="A named setup that fills whatever you leave unset: `debate`, "
+            "`brainstorm`, `review_panel` or `interview`. Empty: none.",
         )
-        Temperature: float = Field(default=1.0, description="Sampling temperature.")
-        Top_k: int = Field(default=50, description="Top-k (sent to Ollama models only).")
-        Top_p: float = Field(default=0.8, description="Top-p (nucleus) sampling.")
+        Temperature: float = Field(
+            default=1.0, title="Temperature", description="Sampling temperature."
+        )
+        Top_k: int = Field(
+            default=50, title="Top-k", description="Top-k sampling (sent to Ollama models only)."
+        )
+        Top_p: float = Field(default=0.8, title="Top-p", description="Top-p (nucleus) sampling.")
+
+        @field_validator("NUM_PARTICIPANTS", mode="before")
+        @classmethod
+        def _a_count(cls, value: Any) -> Any:
+            return participant_count(value)
+
+        @field_validator("Selection", mode="before")
+        @classmethod
+        def _a_selection(cls, value: Any) -> Any:
+            return valve_choice(value, SelectionChoice)
+
+        @field_validator("Preset", mode="before")
+        @classmethod
+        def _a_preset(cls, value: Any) -> Any:
+            return valve_choice(value, PresetChoice)
 
     # Replaceable by tests: how to reach the host, and what time is.
     gateway_factory: Callable[[Any], HostGateway] = HostGateway

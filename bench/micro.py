@@ -122,7 +122,7 @@ async def baseline_stream(host: LeanHost) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--interval", type=float, default=1 / 30)
+    parser.add_argument("--interval", type=float, default=0.033)
     args = parser.parse_args()
     rows = [await measure(int(n), args.interval) for n in args.sizes.split(",")]
     print(f"{'tokens':>8} {'chunks':>8} {'pipe µs/chunk':>14} {'events':>7} {'transcript':>11}")

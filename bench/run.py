@@ -2,7 +2,7 @@
 
 Boots Open WebUI 0.12.4 on loopback against the scripted backend, installs the pipe, and runs
 one conversation per mode, measured side by side in one run:
-  on      the pipe as shipped (EMIT_INTERVAL 1/30 s)
+  on      the pipe as shipped (EMIT_INTERVAL 0.033 s)
   off     the pipe with EMIT_INTERVAL 0: one `replace` per streamed chunk (the naive way)
   native  a plain model streaming the same tokens through Open WebUI's own path (the floor)
 With --long-chat the same modes run again in a chat with 50 earlier messages of ~2,000 chars.
@@ -428,7 +428,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500, help="tokens per reply")
     parser.add_argument("--delay", type=float, default=0.005, help="seconds between tokens")
     parser.add_argument("--reasoning", type=int, default=50, help="reasoning tokens per reply")
-    parser.add_argument("--interval", type=float, default=1 / 30, help="EMIT_INTERVAL when on")
+    parser.add_argument("--interval", type=float, default=0.033, help="EMIT_INTERVAL when on")
     parser.add_argument(
         "--long-chat",
         action="store_true",

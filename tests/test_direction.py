@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import typing
 
 import multi_model_conversation as mmc
 from tests.fakes import PipeHarness, RecordingEmitter, Script, config, reply
@@ -99,6 +100,64 @@ def test_user_valves_carry_the_new_keys_and_a_preset_fills_the_rest():
     assert parsed.closing == mmc.ClosingConfig(model="c", alias="", prompt="Sum up.")
     voting = mmc.Pipe.UserValves(NUM_PARTICIPANTS=1, Participant1Model="a", ClosingVote=True)
     assert mmc.parse_config(mmc.config_from_user_valves(voting), 20).closing == "vote"
+
+
+def test_every_valve_has_a_human_title_and_a_description():
+    """Open WebUI's valves form shows `title` as the label and `description` under it."""
+    for valves in (mmc.Pipe.Valves, mmc.Pipe.UserValves):
+        schema = valves.model_json_schema()["properties"]
+        for name, spec in schema.items():
+            assert valves.model_fields[name].title, f"{name}: pydantic would make one up"
+            assert not re.search(r"[a-z][A-Z]|_", spec["title"]), (name, spec["title"])
+            assert len(spec.get("description", "")) > 10, name
+    titles = mmc.Pipe.UserValves.model_json_schema()["properties"]
+    assert titles["Participant4SystemMessage"]["title"] == "Participant 4: persona"
+    assert titles["AllParticipantsApendedMessage"]["title"] == "Shared instruction"
+
+
+def test_valve_defaults_read_as_typed_and_updates_stay_about_30_a_second():
+    for valves in (mmc.Pipe.Valves, mmc.Pipe.UserValves):
+        for name, info in valves.model_fields.items():
+            if isinstance(info.default, float):
+                assert len(repr(info.default)) <= 6, (name, info.default)
+    interval = mmc.Pipe.Valves().EMIT_INTERVAL
+    assert 29 <= 1 / interval <= 31
+    assert (
+        "rewrites the whole chat"
+        not in mmc.Pipe.Valves.model_fields["EMIT_INTERVAL"].description.split("0: no coalescing")[
+            0
+        ]
+    )
+
+
+def test_fixed_choice_user_valves_are_selects_of_what_the_config_accepts():
+    """An `enum` in the schema is what makes Open WebUI show a <select>."""
+    schema = mmc.Pipe.UserValves.model_json_schema()["properties"]
+    selection = typing.get_args(mmc.ConversationConfig.model_fields["selection"].annotation)
+    assert schema["Selection"]["enum"] == ["", *selection]
+    assert schema["Preset"]["enum"] == ["", *mmc.PRESETS]
+    assert schema["NUM_PARTICIPANTS"]["enum"] == [1, 2, 3, 4, 5]
+    admin = mmc.Pipe.Valves.model_json_schema()["properties"]
+    assert [n for n, spec in admin.items() if "enum" in spec] == []  # no fixed sets there
+
+
+def test_values_saved_before_the_selects_still_load_with_every_other_valve():
+    """The host drops all of a user's valves when one fails to validate: none may fail."""
+    saved = {
+        "NUM_PARTICIPANTS": "3",
+        "Participant1Model": "a",
+        "Selection": "Round Robin",
+        "Preset": "review-panel",
+    }
+    valves = mmc.Pipe.UserValves(**saved)
+    assert (valves.NUM_PARTICIPANTS, valves.Selection, valves.Preset) == (
+        3,
+        "round_robin",
+        "review_panel",
+    )
+    odd = mmc.Pipe.UserValves(Selection="roundrobin", Preset="chat", NUM_PARTICIPANTS=9.0)
+    assert (odd.Selection, odd.Preset, odd.NUM_PARTICIPANTS) == ("", "", 5)
+    assert mmc.Pipe.UserValves(Participant1Model="a", Selection=None).Participant1Model == "a"
 
 
 # -- who speaks -------------------------------------------------------------------------------

@@ -50,9 +50,10 @@ def test_readme_sections_come_in_the_teams_order():
 def test_every_valve_is_in_the_readme_with_its_default():
     readme = (ROOT / "README.md").read_text()
     for name, info in mmc.Pipe.Valves.model_fields.items():
-        row = re.search(rf"^\| `{name}` \| ([^|]+) \|", readme, re.MULTILINE)
+        row = re.search(rf"^\| `{name}` \| ([^|]+) \| ([^|]+) \|", readme, re.MULTILINE)
         assert row, f"{name} is not in the README's valves table"
-        shown = row.group(1).strip()
+        assert row.group(1).strip() == info.title, f"{name}: the title Open WebUI shows"
+        shown = row.group(2).strip()
         default = info.default
         if isinstance(default, bool):
             assert shown == ("on" if default else "off"), name
@@ -60,3 +61,12 @@ def test_every_valve_is_in_the_readme_with_its_default():
             assert abs(float(shown) - default) < 1e-3, name
         else:
             assert shown == str(default), name
+
+
+def test_every_user_valve_is_in_the_readme_by_name_and_title():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("User valves (") : readme.index("## How it behaves")]
+    for name, info in mmc.Pipe.UserValves.model_fields.items():
+        numbered = re.sub(r"Participant[2-5]", "Participant1", name)
+        assert f"`{numbered}`" in table, f"{name} is not in the README's user valves table"
+        assert info.title.split(": ")[-1] in table, (name, info.title)  # "Closing turn: name"
