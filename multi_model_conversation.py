@@ -794,7 +794,7 @@ def md_unescape(text: str) -> str:
 _MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
 # What our notice lines start with, after their `*`: a warning, a tool notice, a cut reply,
 # a pass, the end of the conversation, a vote's tally.
-_NOTICE_MARKS = "⚠️|🛠️|✂️|⏭️|🏁|🗳️"
+_NOTICE_MARKS = "⚠️|🛠️|✂️|⏭️|🏁|🗳️|⏹️"
 _BEFORE_MARK = rf"(?=\u200b*(?:{_MARKS}))"
 _BEFORE_NOTICE_MARK = rf"(?=\u200b*(?:{_NOTICE_MARKS}))"
 _LOOKALIKE_RE = re.compile(rf"^(?:### {_BEFORE_MARK}|\*{_BEFORE_NOTICE_MARK})", re.MULTILINE)
@@ -1633,6 +1633,7 @@ THINK_RE = re.compile(
     re.DOTALL | re.IGNORECASE,
 )
 NOTICE_PREFIX = "*⚠️ "
+STOPPED_LINE = "*⏹️ …(stopped)*"  # ends a turn cut by the user's Stop, like the ✂️ cut line
 NOTICE_RE = re.compile(rf"^\*(?:{_NOTICE_MARKS}) .*\*$\n?", re.MULTILINE)
 
 
@@ -2196,11 +2197,15 @@ class Progress:
 class EndCondition(Protocol):
     """Says why the conversation ends now (checked after every turn), or None to go on."""
 
+    label: str  # what the final status says when this ended it ("" for the rounds)
+
     def check(self, progress: Progress) -> str | None: ...
 
 
 class RoundsDone:
     """Ends when every round's turns were taken."""
+
+    label = ""
 
     def __init__(self, rounds: int, count: int) -> None:
         self.rounds, self.total = rounds, rounds * count
@@ -2213,6 +2218,8 @@ class RoundsDone:
 
 class StopPhraseSaid:
     """Ends when a participant says the stop phrase (case and spacing ignored)."""
+
+    label = "stop phrase said"
 
     def __init__(self, phrase: str) -> None:
         self.phrase = phrase
@@ -2227,6 +2234,8 @@ class StopPhraseSaid:
 class TimeBudget:
     """Ends after a turn that finishes `seconds` or more after the conversation started."""
 
+    label = "time budget used up"
+
     def __init__(self, seconds: float, clock: Clock, started: float) -> None:
         self.seconds, self.clock, self.started = seconds, clock, started
 
@@ -2239,6 +2248,8 @@ class TimeBudget:
 class TokenBudget:
     """Ends once the participants' replies used `limit` tokens (prompt and reply)."""
 
+    label = "token budget used up"
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
 
@@ -2250,6 +2261,8 @@ class TokenBudget:
 
 class EveryonePassed:
     """Ends when every participant passed, one after another."""
+
+    label = "everyone passed"
 
     def __init__(self, count: int) -> None:
         self.count = count
@@ -2380,6 +2393,11 @@ class Run:
         self.want_usage = False  # count tokens for a token budget
         self.budget = ContextBudget(settings.context_tokens)
         self.aliases: list[str] = []  # every participant's alias, in turn order
+        self.progress = Progress()
+        self.started: float | None = None  # when the turns began (after the setup dialog)
+        self.outcome = ""  # how it ended, for the final status ("" after its rounds)
+        self.in_turn = False  # a participant's conversation turn is streaming
+        self.speaking = False  # any turn (closing and votes too) is streaming
 
     # -- the conversation ------------------------------------------------------------------
     async def converse(
@@ -2392,19 +2410,21 @@ class Run:
     ) -> str:
         """Turns until an ending condition holds, then the closing; returns why it ended."""
         aliases = self.aliases = [p.alias for p in participants]
+        self.started = self.clock.now()
         self.want_usage = config.max_total_tokens > 0
         selection = self.selection(config, aliases, manager)
         endings = self.endings(config, len(participants))
-        progress = Progress()
+        progress = self.progress
         last: int | None = None
         reason = ""
         while not reason:
             pick = await selection.pick(progress.slots, last)
             if pick.end:
-                reason = pick.end
+                reason, self.outcome = pick.end, pick.end
                 break
             p = participants[pick.index]
             rules = self.turn_rules(config, progress.slots, len(participants))
+            self.in_turn = True
             said, passed = await self.run_turn(
                 p,
                 profiles[p.model_id],
@@ -2412,9 +2432,12 @@ class Run:
                 why=pick.why if self.settings.show_manager_reason else "",
                 pass_allowed=config.pass_allowed,
             )
+            self.in_turn = False
             progress.record(p.alias, said, passed, self.tokens)
             last = pick.index
-            reason = next((r for e in endings if (r := e.check(progress))), "")
+            reason, self.outcome = next(
+                ((r, e.label) for e in endings if (r := e.check(progress))), ("", "")
+            )
         # Only rounds can end it: nothing to explain, and the transcript looks as it always did.
         explain = len(endings) > 1 or isinstance(selection, ManagerChoice)
         if explain:
@@ -2511,6 +2534,33 @@ class Run:
         log.debug("status: %s", text)
         self.emitter.post({"type": "status", "data": {"description": text, "done": done}})
 
+    def end_status(self, outcome: str) -> None:
+        """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
+        its rounds ("· stopped"); it replaces whatever the manager last said."""
+        if self.started is None:
+            return  # no turn began: the message says what happened
+        turns = self.progress.spoken + (1 if self.in_turn else 0)
+        seconds = round(self.clock.now() - self.started)
+        text = f"{_count(len(self.aliases), 'participant')}, {_count(turns, 'turn')}, {seconds} s"
+        self._status(f"{text} · {outcome}" if outcome else text)
+
+    def not_started(self, exc: ConfigError | AccessCheckError) -> None:
+        """A setup that cannot run: the message says what to fix, the status that nothing ran."""
+        if isinstance(exc, AccessCheckError):
+            log.warning("%s", exc)  # the admin must look: the check itself failed
+            self._notice(md_text(exc.for_user()))
+            self._status("Not started: the access check failed")
+        else:
+            self._notice(md_text(str(exc)))
+            self._status("Not started: the setup needs fixing")
+
+    def stopped(self) -> None:
+        """The user pressed Stop: the turn being spoken says so, and so does the status."""
+        if self.speaking:
+            self.transcript.close_live()
+            self.transcript.add_notice(STOPPED_LINE)
+        self.end_status("stopped")
+
     # -- the end: a closing turn or a vote ---------------------------------------------------
     async def closing_turn(
         self, closer: Participant, profile: ModelProfile, aliases: list[str], prompt: str
@@ -2560,6 +2610,7 @@ class Run:
     ) -> tuple[str, bool]:
         """Stream one turn; returns what was said and whether it was a PASS (shown as a line)."""
         log.debug("turn: %s (%s)", p.alias, p.model_id)
+        self.speaking = True
         mark = self.transcript.checkpoint()
         self.transcript.start_turn(p)
         if why:
@@ -2587,6 +2638,7 @@ class Run:
             self.transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
         elif said:
             self.turns.append(Turn(p.alias, said))
+        self.speaking = False
         await self.emitter.update()
         return said, passed
 
@@ -3815,12 +3867,8 @@ class Pipe:
                 config, participants, profiles, manager, closer = await self._prepare(
                     gateway, ctx, body, user_valves, own_prefix, event_call
                 )
-            except ConfigError as exc:
-                transcript.add_notice(f"{NOTICE_PREFIX}{md_text(str(exc))}*")
-                return await _finish(emitter, transcript, handing_over=True)
-            except AccessCheckError as exc:
-                log.warning("%s", exc)
-                transcript.add_notice(f"{NOTICE_PREFIX}{md_text(exc.for_user())}*")
+            except (ConfigError, AccessCheckError) as exc:
+                run.not_started(exc)
                 return await _finish(emitter, transcript, handing_over=True)
             log.info(
                 "conversation start: %d participants, %d rounds, manager=%s",
@@ -3834,6 +3882,7 @@ class Pipe:
                 _text_of(m.get("content")) for m in messages if m.get("role") == "system"
             )
             await run.converse(config, participants, profiles, manager, closer)
+            run.end_status(run.outcome)
             log.info(
                 "conversation end: %d turns in %.1f s, %d events",
                 len(run.turns),
@@ -3843,11 +3892,13 @@ class Pipe:
         except asyncio.CancelledError:
             log.debug("conversation stopped by the user")
             transcript.close_live()
+            run.stopped()
             await asyncio.shield(_finish(emitter, transcript, handing_over=False))
             raise
         except Exception as exc:
             log.exception("conversation failed")
             transcript.add_notice(f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*")
+            run.end_status("stopped by an error")
         return await _finish(emitter, transcript, handing_over=True)
 
     async def _prepare(

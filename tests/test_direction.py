@@ -318,7 +318,7 @@ async def test_without_usage_tokens_are_estimated_from_the_text():
     assert len(speakers(result)) == 1  # prompt + 80 characters: over 30 tokens at once
 
 
-async def test_rounds_alone_add_no_end_line_and_no_status():
+async def test_rounds_alone_add_no_end_line_and_only_the_summary_status():
     h = harness("a")
     h.host.chat_configs["chat-1"] = config("a", rounds=2)
     emitter = RecordingEmitter(h.clock)
@@ -326,7 +326,7 @@ async def test_rounds_alone_add_no_end_line_and_no_status():
     result = await h.run(emitter=emitter)
 
     assert "🏁" not in result
-    assert emitter.statuses() == []
+    assert emitter.statuses() == ["1 participant, 2 turns, 0 s"]
 
 
 def test_a_usage_frame_decodes_with_or_without_choices():

@@ -7,6 +7,8 @@ import json
 import logging
 import re
 
+import pytest
+
 import multi_model_conversation as mmc
 from tests.fakes import (
     PipeHarness,
@@ -1036,3 +1038,116 @@ async def test_a_synchronous_tool_runs_in_a_thread_and_its_timeout_holds():
 
     assert "did not finish within 5 s" in streamed(h)[1]["messages"][-1]["content"]
     assert "NAP" not in result and result.endswith("woke")
+
+
+# -- the end of a run: the last status says what happened --------------------------------------
+
+END_STATUS = re.compile(r"^\d+ participants?, \d+ turns?, \d+ s")
+
+
+def last_status(emitter: RecordingEmitter) -> dict:
+    return [e["data"] for _, e in emitter.events if e["type"] == "status"][-1]
+
+
+async def test_a_finished_run_ends_on_participants_turns_and_seconds():
+    h = PipeHarness(models={"a": "A", "b": "B", "c": "C"})
+    h.host.chat_configs["chat-1"] = config("a", "b", "c", rounds=2)
+    for m in ("a", "b", "c"):  # "a reply N": 3 chunks and [DONE], 1.75 fake s each: 7 s a turn
+        h.host.scripts[m] = Script(chunk_delay=1.75)
+    emitter = RecordingEmitter(h.clock)
+
+    await h.run(emitter=emitter)
+
+    assert last_status(emitter) == {"description": "3 participants, 6 turns, 42 s", "done": True}
+
+
+async def test_the_managers_last_fallback_is_not_the_final_status():
+    h = PipeHarness(models={"a": "A", "b": "B", "boss": "Boss"})
+    h.host.chat_configs["chat-1"] = config(
+        "a", "b", rounds=1, use_manager=True, manager_model="boss"
+    )
+    h.host.scripts["boss"] = Script(completions=["A", "nobody", "no one", "none"])
+    emitter = RecordingEmitter(h.clock)
+
+    await h.run(emitter=emitter)
+
+    assert any(s.startswith("Manager named no participant") for s in emitter.statuses())
+    assert last_status(emitter) == {"description": "2 participants, 2 turns, 0 s", "done": True}
+
+
+async def test_an_end_condition_says_how_it_ended_in_the_final_status():
+    h = PipeHarness(models={"a": "A", "b": "B"})
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=3, stop_phrase="We agree")
+    h.host.scripts["b"] = Script(streams=[reply("Fine, we agree.")])
+    emitter = RecordingEmitter(h.clock)
+
+    await h.run(emitter=emitter)
+
+    assert emitter.statuses()[-1] == "2 participants, 2 turns, 0 s · stop phrase said"
+
+
+async def test_an_error_and_a_bad_setup_end_on_a_status_too():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    h.host.scripts["m2"] = Script(streams=[RuntimeError("the host broke")])
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    assert "The conversation stopped: the host broke" in result
+    # M2's turn began (its heading shows) when the error struck: it counts, as a stopped one does.
+    assert emitter.statuses()[-1] == "2 participants, 2 turns, 0 s · stopped by an error"
+
+    bad = PipeHarness()
+    bad.host.chat_configs["chat-1"] = config("nope")
+    emitter = RecordingEmitter(bad.clock)
+    await bad.run(emitter=emitter)
+    assert emitter.statuses() == ["Not started: the setup needs fixing"]
+
+
+async def test_stop_marks_the_turn_it_cut_and_the_final_status():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=2)
+    words = [chunk(content=f"tok{i} ") for i in range(10_000)]
+    h.host.scripts["m2"] = Script(streams=[words], chunk_delay=0.01)
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    for _ in range(2000):
+        await asyncio.sleep(0)
+        if "tok20 " in "".join(emitter.contents()[-1:]):
+            break
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    final = emitter.contents()[-1]
+    assert speakers(final) == ["M1", "M2"] and "tok20 " in final
+    assert final.endswith("\n\n*⏹️ …(stopped)*") and final.count("⏹️") == 1
+    assert re.fullmatch(r"2 participants, 2 turns, \d+ s · stopped", emitter.statuses()[-1])
+    # What later speakers read leaves the line out, like the other notices.
+    cut = [t.content for t in mmc.split_turns(final) if t.speaker == "M2"]
+    assert cut[0].startswith("tok0 tok1") and "stopped" not in cut[0] and "⏹" not in cut[0]
+
+
+async def test_stop_between_turns_adds_no_line_but_the_status_says_stopped():
+    h = PipeHarness(models={"a": "A", "b": "B", "boss": "Boss"})
+    h.host.chat_configs["chat-1"] = config(
+        "a", "b", rounds=2, use_manager=True, manager_model="boss"
+    )
+    asked = asyncio.Event()
+
+    async def hang(form: dict, user) -> str:
+        asked.set()
+        await asyncio.Event().wait()
+        return "A"
+
+    h.host.complete = hang  # the manager never answers
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    await asyncio.wait_for(asked.wait(), 5)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    assert "⏹️" not in "".join(emitter.contents())
+    assert emitter.statuses()[-1] == "2 participants, 0 turns, 0 s · stopped"
