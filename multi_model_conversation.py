@@ -89,7 +89,7 @@ def one_line_alias(value: str) -> str:
     """An alias on one line, within MAX_ALIAS_CHARS (a ValueError names the limit)."""
     value = " ".join(value.split())
     if len(value) > MAX_ALIAS_CHARS:
-        raise ValueError(f"an alias is longer than {MAX_ALIAS_CHARS} characters")
+        raise ValueError(f"the alias is longer than {MAX_ALIAS_CHARS} characters")
     return value
 
 
@@ -163,7 +163,7 @@ class ConversationConfig(BaseModel):
         if closing in ("", "none", False) or (isinstance(closing, dict) and _empty_row(closing)):
             data["closing"] = None
         elif isinstance(closing, str) and closing != "vote":
-            raise ValueError('closing must be "vote" or an object with model, alias and prompt')
+            raise ValueError('Closing turn: choose "vote" or a closing model, alias and task')
         return data
 
     @model_validator(mode="after")
@@ -305,14 +305,17 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
             raise ConfigError(f"The configuration is not valid JSON ({exc.msg}).") from exc
     if not isinstance(raw, dict):
         raise ConfigError("The configuration must be an object with participants and rounds.")
+    rows: list[int] = []  # the position of each row kept, to name it as the user sees it
     if isinstance(raw.get("participants"), list):
         # The overlay and v2 leave empty rows for unused participant slots.
-        raw = {**raw, "participants": [p for p in raw["participants"] if not _empty_row(p)]}
+        given = raw["participants"]
+        rows = [i for i, p in enumerate(given) if not _empty_row(p)]
+        raw = {**raw, "participants": [given[i] for i in rows]}
     raw = apply_preset(raw)
     try:
         config = ConversationConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc)) from exc
+        raise ConfigError(_describe_validation_error(exc, rows)) from exc
     if config.rounds > max_rounds:
         raise ConfigError(f"Rounds must be between 1 and {max_rounds}; got {config.rounds}.")
     return config
@@ -324,20 +327,84 @@ def _empty_row(row: Any) -> bool:
     )
 
 
-def _describe_validation_error(exc: ValidationError) -> str:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "too_short" and where == "participants":
-            problems.append("choose at least one participant")
-        elif err["type"] == "too_long" and where == "participants":
-            problems.append(f"at most {MAX_PARTICIPANTS} participants can take part")
-        elif where == "rounds" and err["type"] in ("greater_than_equal", "missing"):
-            problems.append("rounds must be at least 1")
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}" if where else message)
-    return "The configuration is invalid: " + "; ".join(problems) + "."
+# What the setup dialog calls each config key, so an error names the field the user sees.
+_FIELD_NAMES = {
+    "rounds": "Rounds",
+    "use_manager": "Use a manager",
+    "manager_model": "Manager model",
+    "participants": "Participants",
+    "selection": "Who speaks next",
+    "pass_allowed": "PASS allowed",
+    "stop_phrase": "Stop phrase",
+    "max_seconds": "Time budget",
+    "max_total_tokens": "Token budget",
+    "closing": "Closing turn",
+    "preset": "Preset",
+    "model": "model",
+    "alias": "alias",
+    "system_message": "persona",
+    "prompt": "task",
+    "max_tokens": "max tokens",
+}
+
+
+def _describe_validation_error(exc: ValidationError, rows: list[int] | None = None) -> str:
+    """Every problem as the dialog names it ("Participant 4: choose a model"), one sentence each.
+
+    `rows` maps the validated participants back to the rows the user filled in (empty rows
+    are dropped before validation).
+    """
+    problems = [
+        _problem([p for p in err["loc"] if p != "ClosingConfig"], err, rows or [])
+        for err in exc.errors()
+        if "literal['vote']" not in err["loc"]  # closing's other branch: the first one says it
+    ]
+    unique = list(dict.fromkeys(problems))
+    return "The setup is not valid. " + " ".join(f"{p[0].upper()}{p[1:]}." for p in unique)
+
+
+def _problem(loc: list, err: dict, rows: list[int]) -> str:
+    """One error as "<what the dialog calls it>: <what to do>"."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if loc == ["participants"] and kind in ("too_short", "too_long"):
+        if kind == "too_short":
+            return "choose at least one participant"
+        return f"at most {MAX_PARTICIPANTS} participants can take part"
+    if loc == ["rounds"] and kind in ("greater_than_equal", "missing"):
+        return "rounds must be at least 1"
+    if loc == ["closing"] and kind == "model_type":
+        return 'Closing turn: choose "vote" or a closing model, alias and task'
+    if loc[:1] == ["participants"] and len(loc) > 1 and isinstance(loc[1], int):
+        row = rows[loc[1]] if loc[1] < len(rows) else loc[1]
+        place, field = f"Participant {row + 1}", loc[2:]
+        if field == ["model"] and kind in ("missing", "value_error"):
+            return f"{place}: choose a model"
+        if not field and kind in ("model_type", "dict_type"):
+            return f"{place}: must be an object with model, alias and persona"
+    else:
+        place, field = _FIELD_NAMES.get(str(loc[0]), str(loc[0])) if loc else "", loc[1:]
+    if kind == "value_error":  # our validators' own words name what they check
+        return f"{place}: {str(err['msg']).removeprefix('Value error, ')}".lstrip(": ")
+    where = ", ".join([place, *(_FIELD_NAMES.get(str(f), str(f)) for f in field)])
+    what = {
+        "missing": "is missing",
+        "greater_than_equal": f"must be {ctx.get('ge', 0):g} or more",
+        "less_than_equal": f"must be {ctx.get('le', 0):g} or less",
+        "int_parsing": "must be a whole number",
+        "int_type": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "bool_parsing": "must be on or off (true or false)",
+        "bool_type": "must be on or off (true or false)",
+        "string_type": "must be text",
+        "string_too_long": f"must be at most {ctx.get('max_length')} characters",
+        "literal_error": f"must be {ctx.get('expected')}",
+        "model_type": "must be an object",
+        "dict_type": "must be an object",
+        "list_type": "must be a list",
+    }.get(kind) or str(err["msg"])
+    return f"{where}: {what}"
 
 
 # The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a

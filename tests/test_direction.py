@@ -52,9 +52,9 @@ def test_a_plain_setup_is_stored_as_v2_stored_it_and_new_keys_only_when_set():
 def test_bad_new_keys_get_one_clear_message():
     base = {"rounds": 1, "participants": [{"model": "a"}]}
     cases = {
-        "selection": ({"selection": "loudest"}, "selection: Input should be 'round_robin'"),
-        "closing": ({"closing": "poll"}, 'closing must be "vote" or an object'),
-        "budget": ({"max_seconds": -1}, "max_seconds"),
+        "selection": ({"selection": "loudest"}, "Who speaks next: must be 'round_robin'"),
+        "closing": ({"closing": "poll"}, 'Closing turn: choose "vote" or a closing model'),
+        "budget": ({"max_seconds": -1}, "Time budget: must be 0 or more"),
         "preset": ({"preset": "party"}, "Unknown preset 'party'. Presets: debate, brainstorm"),
     }
     for name, (extra, expected) in cases.items():

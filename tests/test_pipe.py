@@ -177,11 +177,11 @@ async def _config_error(answer) -> tuple[str, PipeHarness, RecordingEmitter]:
 async def test_each_bad_configuration_gives_one_clear_message_and_nothing_runs():
     cases = {
         "unknown model": (config("nope"), "Unknown model: 'nope'"),
-        "empty list": ({"rounds": 1, "participants": []}, "at least one participant"),
-        "rounds 0": (config("m1", rounds=0), "rounds must be at least 1"),
+        "empty list": ({"rounds": 1, "participants": []}, "Choose at least one participant"),
+        "rounds 0": (config("m1", rounds=0), "Rounds must be at least 1"),
         "rounds too many": (config("m1", rounds=21), "between 1 and 20"),
         "malformed JSON": ('{"rounds": 1, "participants": [', "not valid JSON"),
-        "six participants": (config(*["m1"] * 6), "at most 5"),
+        "six participants": (config(*["m1"] * 6), "At most 5"),
     }
     for name, (answer, expected) in cases.items():
         result, h, emitter = await _config_error(answer)

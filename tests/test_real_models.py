@@ -57,7 +57,7 @@ async def test_a_config_saved_before_max_tokens_still_loads_and_a_negative_one_i
     try:
         mmc.parse_config(bad, 20)
     except mmc.ConfigError as exc:
-        assert "max_tokens" in str(exc)
+        assert "Participant 1, max tokens: must be 0 or more" in str(exc)
     else:
         raise AssertionError("a negative max_tokens was accepted")
 

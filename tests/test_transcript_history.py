@@ -724,7 +724,7 @@ def test_parse_config_drops_only_rows_that_are_entirely_empty():
 
 def test_parse_config_names_a_half_filled_row_instead_of_dropping_it():
     raw = {"rounds": 1, "participants": [{"model": "a"}, {"model": "", "alias": "Bob"}]}
-    with pytest.raises(mmc.ConfigError, match="participants.1.model: a participant has no model"):
+    with pytest.raises(mmc.ConfigError, match="Participant 2: choose a model"):
         mmc.parse_config(raw, max_rounds=5)
 
 
@@ -737,14 +737,14 @@ def participants(n: int) -> list[dict]:
     [
         ("{not json", ["not valid JSON"]),
         ("[1, 2]", ["object"]),
-        ({"rounds": 1, "participants": []}, ["at least one participant"]),
-        ({"rounds": 1, "participants": participants(6)}, ["at most 5 participants"]),
-        ({"rounds": 0, "participants": participants(1)}, ["rounds", "at least 1"]),
-        ({"participants": participants(1)}, ["rounds", "at least 1"]),
+        ({"rounds": 1, "participants": []}, ["Choose at least one participant"]),
+        ({"rounds": 1, "participants": participants(6)}, ["At most 5 participants"]),
+        ({"rounds": 0, "participants": participants(1)}, ["Rounds must be at least 1"]),
+        ({"participants": participants(1)}, ["Rounds must be at least 1"]),
         ({"rounds": 11, "participants": participants(1)}, ["Rounds", "between 1 and 10", "11"]),
-        ({"rounds": 1, "participants": [{"alias": "Bob"}]}, ["participant"]),
+        ({"rounds": 1, "participants": [{"alias": "Bob"}]}, ["Participant 1: choose a model"]),
         ({"rounds": 1, "participants": [{"model": "m", "alias": "a" * 65}]}, ["alias", "64"]),
-        ({"rounds": 1, "participants": ["m0"]}, ["participants.0"]),
+        ({"rounds": 1, "participants": ["m0"]}, ["Participant 1", "object"]),
     ],
     ids=[
         "malformed-json",
@@ -873,3 +873,71 @@ def test_fill_template_does_not_substitute_inside_values():
     history = "Sam: what does {last_speaker} mean in your prompt?"
     filled = mmc.fill_template(template, {"history": history, "last_speaker": "Bob"})
     assert filled == f"History:\n{history}\nLast: Bob"
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            {"participants": [{"model": "a"}, {"model": "b"}, {"model": "c"}, {"alias": "Dee"}]},
+            "Participant 4: choose a model.",
+        ),
+        # An empty row is dropped before validation; the half-filled one keeps its number.
+        ({"participants": [{"model": "a"}, {}, {"model": " ", "alias": "Cy"}]}, "Participant 3:"),
+        ({"participants": [{"model": "a"}, "b"]}, "Participant 2: must be an object with model"),
+        (
+            {"participants": [{"model": "a", "alias": "x" * 65}]},
+            "Participant 1: the alias is longer than 64 characters.",
+        ),
+        (
+            {"participants": [{"model": "a", "max_tokens": -5}]},
+            "Participant 1, max tokens: must be 0 or more.",
+        ),
+        (
+            {"participants": [{"model": "a", "system_message": 7}]},
+            "Participant 1, persona: must be text.",
+        ),
+        ({"rounds": "many"}, "Rounds: must be a whole number."),
+        ({"participants": "everyone"}, "Participants: must be a list."),
+        ({"manager_model": 5}, "Manager model: must be text."),
+        ({"use_manager": "perhaps"}, "Use a manager: must be on or off"),
+        ({"stop_phrase": "x" * 201}, "Stop phrase: must be at most 200 characters."),
+        ({"max_total_tokens": -1}, "Token budget: must be 0 or more."),
+        ({"closing": 5}, 'Closing turn: choose "vote" or a closing model, alias and task.'),
+        (
+            {"closing": {"alias": "y" * 65, "prompt": 3}},
+            "Closing turn: the alias is longer than 64 characters. Closing turn, task: must be "
+            "text.",
+        ),
+    ],
+    ids=[
+        "row-without-model",
+        "rows-after-an-empty-one",
+        "row-not-object",
+        "alias",
+        "max-tokens",
+        "persona",
+        "rounds",
+        "participants",
+        "manager",
+        "use-manager",
+        "stop-phrase",
+        "token-budget",
+        "closing-type",
+        "closing-fields",
+    ],
+)
+def test_errors_name_each_field_as_the_dialog_does(raw, message):
+    with pytest.raises(mmc.ConfigError) as caught:
+        mmc.parse_config({"rounds": 1, "participants": [{"model": "a"}], **raw}, max_rounds=5)
+    text = str(caught.value)
+    assert text.startswith("The setup is not valid. ") and message in text, text
+    assert not re.search(r"participants\.\d|Input should|Value error|ClosingConfig", text), text
+
+
+def test_user_valves_errors_name_the_participant_as_the_valves_do():
+    valves = mmc.Pipe.UserValves(
+        NUM_PARTICIPANTS=3, Participant1Model="a", Participant3Alias="Cy"
+    )  # Participant 3 has a name but no model; 2 is empty and left out
+    with pytest.raises(mmc.ConfigError, match="Participant 3: choose a model"):
+        mmc.parse_config(mmc.config_from_user_valves(valves), max_rounds=5)

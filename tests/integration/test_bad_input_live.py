@@ -22,13 +22,13 @@ async def test_each_bad_setup_gets_one_clear_message_and_nothing_runs(
     one = overlay_answer("model-a")
     cases = {
         "rounds 10^6": ({**one, "rounds": 10**6}, "Rounds must be between 1 and 20; got 1000000"),
-        "rounds 0": ({**one, "rounds": 0}, "rounds must be at least 1"),
-        "50 participants": (overlay_answer(*["model-a"] * 50), "at most 5"),
+        "rounds 0": ({**one, "rounds": 0}, "Rounds must be at least 1"),
+        "50 participants": (overlay_answer(*["model-a"] * 50), "At most 5"),
         "no participants": ({**one, "participants": []}, "at least one participant"),
-        "wrong types": ({"rounds": "many", "participants": "everyone"}, "rounds"),
+        "wrong types": ({"rounds": "many", "participants": "everyone"}, "Rounds: must be a whole"),
         "10,000-character alias": (
             {**one, "participants": participants(("model-a", "x" * 10_000, ""))},
-            "an alias is longer than",
+            "Participant 1: the alias is longer than 64 characters",
         ),
         "a model id typed by hand": (overlay_answer("model-zz"), "Unknown model: 'model-zz'"),
     }
