@@ -31,6 +31,15 @@ async def test_each_bad_setup_gets_one_clear_message_and_nothing_runs(
             "Participant 1: the alias is longer than 64 characters",
         ),
         "a model id typed by hand": (overlay_answer("model-zz"), "Unknown model: 'model-zz'"),
+        "a row without a model": (
+            {
+                **one,
+                "participants": participants(
+                    ("model-a", "A", ""), ("model-b", "B", ""), ("model-c", "C", ""), ("", "D", "")
+                ),
+            },
+            "Participant 4: choose a model.",
+        ),
     }
     for name, (answer, expected) in cases.items():
         admin_socket.answer("execute", answer)
@@ -40,6 +49,9 @@ async def test_each_bad_setup_gets_one_clear_message_and_nothing_runs(
         assert result.saved.count(NOTICE) == 1, name
         assert result.saved == result.delivered, name
         assert speakers(result.saved) == [], name
+        assert [s["description"] for s in result.view.statuses] == [
+            "Not started: the setup needs fixing"
+        ], name
         assert backend.requests == [], f"{name}: a model was called"
         meta = (await owui.get_chat(result.chat_id))["meta"]
         assert CONFIG_KEY not in meta, f"{name}: a bad setup was remembered"

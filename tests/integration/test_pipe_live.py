@@ -26,6 +26,10 @@ CONFIG_KEY = "multi_model_config"
 EMIT_RATE = 31
 
 
+# The last status line of a finished run (the browser test checks the same pattern).
+END_STATUS = re.compile(r"^\d+ participants?, \d+ turns?, \d+ s")
+
+
 def speakers(text: str) -> list[str]:
     return re.findall(r"^### \S+ (.+)$", text, re.MULTILINE)
 
@@ -165,6 +169,11 @@ async def test_three_participants_two_rounds(owui, backend, admin_socket: Socket
     assert max_in_window(times) >= 10, "the conversation should stream, not arrive at once"
     saves = [e.t for e in frames if e.type == "replace"]
     assert max_in_window(saves) <= 2, "the chat is rewritten about once a second, not per frame"
+    # The status line ends on what happened.
+    (status,) = result.view.statuses
+    assert re.fullmatch(r"3 participants, 6 turns, \d+ s", status["description"]), status
+    assert status["done"] is True
+    assert result.saved_message["statusHistory"] == [status]
 
 
 # ==========================================================================================
@@ -193,6 +202,9 @@ async def test_manager_picks_and_falls_back_to_round_robin(owui, backend, admin_
         "Manager named no participant in 3 attempts (last: 'z'); A speaks next (round robin).",
     ], statuses
     assert "Manager picked B." in statuses and "Manager picked C." in statuses
+    # The fallback's message does not stay under the model name: the run's summary ends it.
+    assert END_STATUS.match(statuses[-1]) and statuses[-1].startswith("3 participants, 6 turns,")
+    assert result.saved_message["statusHistory"][-1]["description"] == statuses[-1]
 
     managed = backend.requests_for("manager")
     assert len(managed) == 11 and not any(r.stream for r in managed)
@@ -433,6 +445,12 @@ async def test_stop_keeps_what_was_shown_and_ends_everything(owui, backend, admi
     assert stopped.saved.startswith("### 🔴 A\n\nmodel-a#1 w1 w2")
     assert speakers(stopped.saved) == ["A"]
     assert "w399" not in stopped.saved
+    # The cut turn says it was stopped, and so does the last status, in the tab and the DB.
+    assert stopped.saved.endswith("\n\n*⏹️ …(stopped)*"), stopped.saved[-100:]
+    last = stopped.view.statuses[-1]
+    assert re.fullmatch(r"2 participants, 1 turn, \d+ s · stopped", last["description"]), last
+    assert last["done"] is True
+    assert stopped.saved_message["statusHistory"][-1] == last
 
     # Nothing more arrives for that message once the stop settled ...
     settled = len(admin_socket.events_for(mid))
@@ -646,3 +664,54 @@ async def test_a_title_task_never_reaches_a_model_the_user_may_not_use(owui, bac
     refused = await title_with("model-b")
     assert backend.requests == [], "the task reached a model the user was not granted"
     assert "model-b#" not in json.dumps(refused)
+
+
+# ==========================================================================================
+# 10. The valves as Open WebUI's valves form gets them
+# ==========================================================================================
+
+
+async def test_valves_specs_carry_titles_descriptions_and_select_choices(owui, pipe):
+    """The form labels a field with its `title`, shows `description` under it and makes a
+    field with an `enum` a <select> (Open WebUI 0.12.4's common/Valves.svelte)."""
+    base = f"/api/v1/functions/id/{FUNCTION_ID}/valves"
+    admin = (await owui.request("GET", f"{base}/spec"))["properties"]
+    user = (await owui.request("GET", f"{base}/user/spec"))["properties"]
+
+    for name, spec in {**admin, **user}.items():
+        assert spec.get("title") and spec.get("description"), name
+        assert not re.search(r"[a-z][A-Z]|_", spec["title"]), (name, spec["title"])
+    assert user["Participant1SystemMessage"]["title"] == "Participant 1: persona"
+    assert user["AllParticipantsApendedMessage"]["title"] == "Shared instruction"
+    assert user["UseGroupChatManager"]["title"] == "Use a manager"
+    assert admin["EMIT_INTERVAL"]["title"] == "Screen update interval (s)"
+    assert admin["EMIT_INTERVAL"]["default"] == 0.033
+    assert "rewrites the whole chat" not in admin["EMIT_INTERVAL"]["description"].split("0:")[0]
+    assert user["Selection"]["enum"] == ["", "round_robin", "manager", "random", "mention"]
+    assert user["Preset"]["enum"] == ["", "debate", "brainstorm", "review_panel", "interview"]
+    assert user["NUM_PARTICIPANTS"]["enum"] == [1, 2, 3, 4, 5]
+
+
+async def test_user_valves_saved_in_the_old_spelling_load_and_run(
+    owui, backend, admin_socket, pipe
+):
+    """The host drops all of a user's valves when one fails to validate; none may."""
+    saved = await owui.set_user_valves(
+        FUNCTION_ID,
+        {
+            "NUM_PARTICIPANTS": "2",
+            "ROUNDS_PER_CONVERSATION": 1,
+            "Participant1Model": "model-a",
+            "Participant2Model": "model-b",
+            "Participant2Alias": "Bea",
+            "Selection": "Round Robin",
+        },
+    )
+    assert (saved["NUM_PARTICIPANTS"], saved["Selection"]) == (2, "round_robin")
+    admin_socket.answer("execute", None)  # "Use defaults": the user valves
+
+    result = await run_chat(admin_socket, None, pipe, "Valves, please.")
+
+    assert speakers(result.saved)[1:] == ["Bea"]
+    assert [r.model for r in backend.requests] == ["model-a", "model-b"]
+    await owui.set_user_valves(FUNCTION_ID, {}, merge=False)
