@@ -3486,9 +3486,10 @@ class Pipe:
             title="Screen update interval (s)",
             description="Seconds between two updates of the message on screen while it streams "
             "(0.033: about 30 a second). An update carries only the new text "
-            "(`chat:message:delta`), which Open WebUI forwards to the tab without touching its "
-            "database; saves follow *Save interval*. 0: no coalescing, every chunk is sent and "
-            "saved whole (a `replace` that rewrites the whole chat), for comparisons only.",
+            "(`chat:message:delta`), or the whole message when earlier text changed "
+            "(`chat:message`); Open WebUI forwards both to the tab without writing its database. "
+            "Saves follow *Save interval*. 0: no coalescing, every chunk is sent and saved whole "
+            "(a `replace` that rewrites the whole chat), for comparisons only.",
         )
         SAVE_INTERVAL: float = Field(
             default=1.0,
