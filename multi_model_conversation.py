@@ -1232,7 +1232,12 @@ class CoalescingEmitter:
 
     async def _save(self, payload: str, now: float) -> None:
         if not await self._deliver({"type": "replace", "data": {"content": payload}}):
-            self._shown = None  # it may not have reached the tab: the next frame goes whole
+            # It may not have reached the tab, and frames sent meanwhile built on it: a whole
+            # frame repairs the tab now, not whenever the text next changes.
+            self._shown = None
+            if self._interval and not self._flushing.is_set():
+                self._dirty = True
+                self._kick()
             return
         self._last_saved, self._last_saved_at = payload, now
 
