@@ -1601,19 +1601,22 @@ async def resolve_profiles(
     runtime: dict[str, dict],
     model_ids: Iterable[str],
     with_tools: bool,
+    roles: dict[str, str] | None = None,
 ) -> dict[str, ModelProfile]:
     """Resolve every unique model concurrently; raise ConfigError naming each refused one.
 
-    `runtime` is the host's model list, read once per run by the caller.
+    `runtime` is the host's model list, read once per run by the caller; `roles` says where
+    each model is used ("Participant 2"), as the dialog names it.
     """
+    roles = roles or {}
+
+    def named(ids: list[str]) -> str:
+        return ", ".join(f"'{m}'" + (f" ({roles[m]})" if m in roles else "") for m in ids)
+
     unique = list(dict.fromkeys(model_ids))
     missing = [m for m in unique if m not in runtime]
     if missing:
-        raise ConfigError(
-            "Unknown model: "
-            + ", ".join(f"'{m}'" for m in missing)
-            + ". Pick models from the list."
-        )
+        raise ConfigError(f"Unknown model: {named(missing)}. Pick models from the list.")
     results = await asyncio.gather(
         *(_resolve_one(gateway, ctx, runtime[m], with_tools) for m in unique)
     )
@@ -1626,9 +1629,8 @@ async def resolve_profiles(
             profiles[model_id] = profile
     if refused:
         raise ConfigError(
-            "You do not have access to "
-            + ", ".join(f"'{m}'" for m in refused)
-            + ". Ask an admin for access or pick another model."
+            f"You do not have access to {named(refused)}. "
+            "Ask an admin for access or pick another model."
         )
     return profiles
 
@@ -3495,6 +3497,21 @@ _RECONFIGURE_HINT = (
 )
 
 
+def _model_roles(
+    participants: list[Participant], manager_id: str | None, closer: Participant | None
+) -> dict[str, str]:
+    """Every model a run needs (closing too: the same setup and access check), in order, with
+    where it is used as the dialog names it: "Participant 2, Manager model"."""
+    roles: dict[str, list[str]] = {}
+    for p in participants:
+        roles.setdefault(p.model_id, []).append(f"Participant {p.index + 1}")
+    if manager_id:
+        roles.setdefault(manager_id, []).append("Manager model")
+    if closer:
+        roles.setdefault(closer.model_id, []).append("Closing model")
+    return {model: ", ".join(where) for model, where in roles.items()}
+
+
 def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
     own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
     if own:
@@ -4057,11 +4074,12 @@ class Pipe:
         participants = make_participants(config, names)
         closer = make_closer(config, participants, names)
         manager_id = config.manager_model or participants[0].model_id
-        wanted = [p.model_id for p in participants] + ([manager_id] if config.use_manager else [])
-        wanted += [closer.model_id] if closer else []  # the same setup and access check
+        roles = _model_roles(participants, manager_id if config.use_manager else None, closer)
         try:
-            _refuse_self(wanted, own_prefix)
-            profiles = await resolve_profiles(gateway, ctx, runtime, wanted, with_tools=True)
+            _refuse_self(list(roles), own_prefix)
+            profiles = await resolve_profiles(
+                gateway, ctx, runtime, list(roles), with_tools=True, roles=roles
+            )
         except ConfigError as exc:
             if saved:
                 raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc

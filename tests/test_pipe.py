@@ -192,6 +192,22 @@ async def test_each_bad_configuration_gives_one_clear_message_and_nothing_runs()
         assert emitter.contents()[-1] == result
 
 
+async def test_unknown_and_refused_models_are_named_with_their_rows():
+    result, h, _ = await _config_error(config("m1", "nope", closing={"model": "gone"}))
+    assert "Unknown model: 'nope' (Participant 2), 'gone' (Closing model)." in mmc.md_unescape(
+        result
+    )
+    assert h.host.requests == []
+
+    h = PipeHarness()
+    h.host.denied.add("m2")
+    h.host.chat_configs["chat-1"] = config("m2", "m1", use_manager=True)
+    result = await h.run()
+    assert "You do not have access to 'm2' (Participant 1, Manager model)." in mmc.md_unescape(
+        result
+    )
+
+
 async def test_a_broken_saved_config_says_how_to_choose_again():
     h = PipeHarness()
     h.host.chat_configs["chat-1"] = config("gone")

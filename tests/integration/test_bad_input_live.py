@@ -30,7 +30,10 @@ async def test_each_bad_setup_gets_one_clear_message_and_nothing_runs(
             {**one, "participants": participants(("model-a", "x" * 10_000, ""))},
             "Participant 1: the alias is longer than 64 characters",
         ),
-        "a model id typed by hand": (overlay_answer("model-zz"), "Unknown model: 'model-zz'"),
+        "a model id typed by hand": (
+            overlay_answer("model-zz"),
+            "Unknown model: 'model-zz' (Participant 1)",
+        ),
         "a row without a model": (
             {
                 **one,
