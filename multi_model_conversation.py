@@ -27,7 +27,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,8 @@ class ParticipantConfig(BaseModel):
     system_message: str = ""
     # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
     max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
+    # Its place among the rows the user filled in (empty ones are dropped): "Participant N".
+    _row: int | None = PrivateAttr(default=None)
 
     @field_validator("model")
     @classmethod
@@ -318,6 +327,8 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
         raise ConfigError(_describe_validation_error(exc, rows)) from exc
     if config.rounds > max_rounds:
         raise ConfigError(f"Rounds must be between 1 and {max_rounds}; got {config.rounds}.")
+    for participant, row in zip(config.participants, rows, strict=False):
+        participant._row = row
     return config
 
 
@@ -3498,13 +3509,14 @@ _RECONFIGURE_HINT = (
 
 
 def _model_roles(
-    participants: list[Participant], manager_id: str | None, closer: Participant | None
+    config: ConversationConfig, manager_id: str | None, closer: Participant | None
 ) -> dict[str, str]:
     """Every model a run needs (closing too: the same setup and access check), in order, with
     where it is used as the dialog names it: "Participant 2, Manager model"."""
     roles: dict[str, list[str]] = {}
-    for p in participants:
-        roles.setdefault(p.model_id, []).append(f"Participant {p.index + 1}")
+    for i, row in enumerate(config.participants):
+        number = (i if row._row is None else row._row) + 1
+        roles.setdefault(row.model, []).append(f"Participant {number}")
     if manager_id:
         roles.setdefault(manager_id, []).append("Manager model")
     if closer:
@@ -4074,7 +4086,7 @@ class Pipe:
         participants = make_participants(config, names)
         closer = make_closer(config, participants, names)
         manager_id = config.manager_model or participants[0].model_id
-        roles = _model_roles(participants, manager_id if config.use_manager else None, closer)
+        roles = _model_roles(config, manager_id if config.use_manager else None, closer)
         try:
             _refuse_self(list(roles), own_prefix)
             profiles = await resolve_profiles(

@@ -193,10 +193,11 @@ async def test_each_bad_configuration_gives_one_clear_message_and_nothing_runs()
 
 
 async def test_unknown_and_refused_models_are_named_with_their_rows():
-    result, h, _ = await _config_error(config("m1", "nope", closing={"model": "gone"}))
-    assert "Unknown model: 'nope' (Participant 2), 'gone' (Closing model)." in mmc.md_unescape(
-        result
-    )
+    answer = config("m1", "m2", "nope", closing={"model": "gone"})
+    answer["participants"][1] = {"model": "", "alias": "", "system_message": ""}  # left empty
+    result, h, _ = await _config_error(answer)
+    shown = mmc.md_unescape(result)
+    assert "Unknown model: 'nope' (Participant 3), 'gone' (Closing model)." in shown
     assert h.host.requests == []
 
     h = PipeHarness()
