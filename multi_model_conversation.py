@@ -2482,7 +2482,10 @@ class Run:
         )
 
     async def ask_manager(self, manager: ModelProfile, messages: list[dict]) -> str:
-        form = {"model": manager.model_id, "messages": list(messages)}
+        """The manager's answer, bounded like a turn: a rambling manager cannot hold the run."""
+        form: dict[str, Any] = {"model": manager.model_id, "messages": list(messages)}
+        if self.settings.max_tokens:
+            form["max_tokens"] = self.settings.max_tokens
         return await within(
             self.clock, self.settings.manager_timeout, self.gateway.complete(form, self.ctx.user)
         )

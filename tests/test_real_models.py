@@ -352,6 +352,13 @@ async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_m
     result = await h.run()
 
     assert speakers(result) == ["TOM", "MIA", "TOM"]
+    # The manager is bounded like a turn (MAX_TOKENS), and not at all when that is 0.
+    asked = [r for r in h.host.requests if r["model"] == "boss"]
+    assert len(asked) >= 3 and all(r.get("max_tokens") == 400 for r in asked)
+    h.host.requests.clear()
+    h.pipe.valves.MAX_TOKENS = 0
+    await h.run()
+    assert all("max_tokens" not in r for r in h.host.requests if r["model"] == "boss")
 
 
 # -- 5. background tasks -------------------------------------------------------------------------
