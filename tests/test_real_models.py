@@ -158,7 +158,7 @@ async def test_the_oldest_turns_are_left_out_to_fit_the_models_context_and_that_
     (request,) = streamed(h)
     messages = request["messages"]
     assert messages[0]["role"] == "system" and "PERSONA pirate" in messages[0]["content"]
-    assert messages[-1]["content"].endswith("LATEST question")
+    assert messages[-1]["content"].endswith('"LATEST question"')
     text = viewed(request)
     match = re.search(r"\((\d+) earlier turns of this conversation left out\.\)", text)
     assert match and 0 < int(match.group(1)) < 40
@@ -193,7 +193,7 @@ async def test_a_context_length_error_trims_harder_once_then_gives_a_clear_line_
     first, second = m1
     assert chars(second) < chars(first)
     assert chars(second) / mmc.DEFAULT_CHARS_PER_TOKEN + 400 <= 2000, "fits what it named"
-    assert second["messages"][-1]["content"].endswith("LATEST")
+    assert second["messages"][-1]["content"].endswith('"LATEST"')
     line = "*⚠️ M1 could not answer: the conversation does not fit its model's context"
     assert result.count(line) == 1
     assert speakers(result) == ["M1", "M2"]
@@ -352,6 +352,13 @@ async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_m
     result = await h.run()
 
     assert speakers(result) == ["TOM", "MIA", "TOM"]
+    # The manager is bounded like a turn (MAX_TOKENS), and not at all when that is 0.
+    asked = [r for r in h.host.requests if r["model"] == "boss"]
+    assert len(asked) >= 3 and all(r.get("max_tokens") == 400 for r in asked)
+    h.host.requests.clear()
+    h.pipe.valves.MAX_TOKENS = 0
+    await h.run()
+    assert all("max_tokens" not in r for r in h.host.requests if r["model"] == "boss")
 
 
 # -- 5. background tasks -------------------------------------------------------------------------

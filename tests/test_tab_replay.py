@@ -204,9 +204,10 @@ def test_the_tab_copy_is_the_transcript_after_every_event(
     assert copies, "nothing reached the tab"
     trusted = [c for c, ok in zip(copies, trusted_marks(sent), strict=True) if ok]
     assert in_order(trusted, doc.renders), "the tab showed a state out of order, or a hole"
-    assert copies[-1] == final
     saves = [e["data"]["content"] for e in events if e["type"] == "replace"]
+    # When the very last send fails, the pipe's return value still carries the end to the host.
     if sent.calls - 1 not in fail_calls:
+        assert copies[-1] == final
         assert saves[-1] == final, "the end is always stored"
     assert in_order(saves, doc.renders)
     # A delta only ever extends what the tab shows: the page cannot take text away.

@@ -11,7 +11,7 @@ import re
 
 from tests.integration.owui import run_chat
 from tests.integration.test_faults_live import NOTICE, turns_of
-from tests.integration.test_pipe_live import overlay_answer, speakers, text_of
+from tests.integration.test_pipe_live import overlay_answer, said_by, speakers, text_of
 
 
 def view(request) -> str:
@@ -128,7 +128,7 @@ async def test_requests_are_trimmed_to_fit_and_a_full_context_gets_one_clear_lin
         assert (
             request.messages[0]["role"] == "system" and "Persona" in request.messages[0]["content"]
         )
-        assert "Admin: LATEST one" in text_of(request.messages[-1]["content"])
+        assert said_by("Admin", "LATEST one") in text_of(request.messages[-1]["content"])
         assert "m0w0" not in view(request) and "m39w0" in view(request)
 
     backend.reset()
