@@ -85,6 +85,8 @@ class RecordingEmitter:
         self.max_in_flight = 0
         self.saves_in_flight = 0
         self.max_saves_in_flight = 0
+        # For each save that failed: how many events had arrived when it was sent.
+        self.failed_saves: list[int] = []
 
     async def __call__(self, event: dict) -> None:
         call, self.calls = self.calls, self.calls + 1
@@ -93,10 +95,13 @@ class RecordingEmitter:
         saving = event.get("type") == "replace"
         self.saves_in_flight += saving
         self.max_saves_in_flight = max(self.max_saves_in_flight, self.saves_in_flight)
+        sent_after = len(self.events)
         try:
             if self.delay:
                 await self.clock.sleep(self.delay)
             if self.fail or call in self.fail_calls:
+                if saving:
+                    self.failed_saves.append(sent_after)
                 raise ConnectionError("socket gone")
             self.events.append((self.clock.now(), json.loads(json.dumps(event))))
             if saving and self.save_delay:

@@ -302,7 +302,9 @@ async def test_a_closing_turn_sees_the_whole_conversation_and_its_prompt():
         "You are Judge. The group conversation between A, B"
     )
     last = judge["messages"][-1]["content"]
-    assert "Tea or coffee?" in last and "A: a reply 1" in last and "B: b reply 2" in last
+    assert (
+        "Tea or coffee?" in last and 'A said: "a reply 1"' in last and 'B said: "b reply 2"' in last
+    )
     assert last.endswith("Give a verdict.")
     assert h.host.calls["check_access"] == 3
 
@@ -366,5 +368,5 @@ async def test_closing_and_endings_survive_a_follow_up_message():
     assert speakers(second) == ["A", "B", "Judge"]
     a_view = streamed(h)[3]["messages"]
     assert [m["role"] for m in a_view] == ["system", "user", "assistant", "user"]
-    assert a_view[3]["content"].startswith("Judge: judge reply 3")
+    assert a_view[3]["content"].startswith('Judge said: "judge reply 3"')
     assert "passed" not in json.dumps(a_view) and "🏁" not in json.dumps(a_view)

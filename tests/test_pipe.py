@@ -508,13 +508,13 @@ async def test_next_message_sees_earlier_turns_split_by_speaker_and_cleaned():
     assert a_view == [
         {"role": "user", "content": "first question"},
         {"role": "assistant", "content": "A says hello"},
-        {"role": "user", "content": "B: B answers kindly\n\nAnn: second question"},
+        {"role": "user", "content": 'B said: "B answers kindly"\n\nAnn said: "second question"'},
     ]
     b_view = streamed(h)[1]["messages"][1:]
     assert [m["role"] for m in b_view] == ["user", "assistant", "user"]
-    assert b_view[0]["content"] == "first question\n\nA: A says hello"
+    assert b_view[0]["content"] == 'first question\n\nA said: "A says hello"'
     assert b_view[1]["content"] == "B answers kindly"
-    assert b_view[2]["content"].startswith("second question\n\nA: a reply")
+    assert b_view[2]["content"].startswith('second question\n\nA said: "a reply')
     for request in streamed(h):
         text = json.dumps(request["messages"])
         assert "secret thoughts" not in text and "hidden" not in text and "<details" not in text
@@ -859,7 +859,7 @@ async def test_v2_transcripts_split_into_turns():
 
     alice_view = streamed(h)[0]["messages"][1:]
     assert alice_view[1] == {"role": "assistant", "content": "Hello from Alice"}
-    assert alice_view[2]["content"].startswith("Bob: Hi Alice, Bob here")
+    assert alice_view[2]["content"].startswith('Bob said: "Hi Alice, Bob here"')
 
 
 # -- timeouts and oversized results -------------------------------------------------------------

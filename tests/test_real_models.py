@@ -158,7 +158,7 @@ async def test_the_oldest_turns_are_left_out_to_fit_the_models_context_and_that_
     (request,) = streamed(h)
     messages = request["messages"]
     assert messages[0]["role"] == "system" and "PERSONA pirate" in messages[0]["content"]
-    assert messages[-1]["content"].endswith("LATEST question")
+    assert messages[-1]["content"].endswith('"LATEST question"')
     text = viewed(request)
     match = re.search(r"\((\d+) earlier turns of this conversation left out\.\)", text)
     assert match and 0 < int(match.group(1)) < 40
@@ -193,7 +193,7 @@ async def test_a_context_length_error_trims_harder_once_then_gives_a_clear_line_
     first, second = m1
     assert chars(second) < chars(first)
     assert chars(second) / mmc.DEFAULT_CHARS_PER_TOKEN + 400 <= 2000, "fits what it named"
-    assert second["messages"][-1]["content"].endswith("LATEST")
+    assert second["messages"][-1]["content"].endswith('"LATEST"')
     line = "*⚠️ M1 could not answer: the conversation does not fit its model's context"
     assert result.count(line) == 1
     assert speakers(result) == ["M1", "M2"]
@@ -352,6 +352,13 @@ async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_m
     result = await h.run()
 
     assert speakers(result) == ["TOM", "MIA", "TOM"]
+    # The manager is bounded like a turn (MAX_TOKENS), and not at all when that is 0.
+    asked = [r for r in h.host.requests if r["model"] == "boss"]
+    assert len(asked) >= 3 and all(r.get("max_tokens") == 400 for r in asked)
+    h.host.requests.clear()
+    h.pipe.valves.MAX_TOKENS = 0
+    await h.run()
+    assert all("max_tokens" not in r for r in h.host.requests if r["model"] == "boss")
 
 
 # -- 5. background tasks -------------------------------------------------------------------------
@@ -418,20 +425,85 @@ async def test_a_task_that_takes_too_long_is_dropped():
     assert await asyncio.wait_for(task, 5) == ""
 
 
-async def test_a_task_keeps_the_hosts_max_tokens():
-    h = PipeHarness()
-    h.host.chat_configs["chat-1"] = config("m1")
-    await h.pipe.pipe(
-        {
-            "model": "mmc.Conversation-pipe",
-            "messages": [{"role": "user", "content": "t"}],
-            "max_tokens": 50,
-        },
+async def task_with(h: PipeHarness, prompt: str, **body) -> str:
+    return await h.pipe.pipe(
+        {"model": "mmc.Conversation-pipe", "messages": [{"role": "user", "content": prompt}]}
+        | body,
         __user__={"id": "u1", "name": "Ann", "role": "user", "valves": h.pipe.UserValves()},
         __metadata__={"chat_id": "chat-1"},
         __task__="title_generation",
     )
-    assert h.host.requests[0]["max_tokens"] == 50
+
+
+async def test_a_task_keeps_a_smaller_max_tokens_from_the_host_and_is_bounded_otherwise():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    await task_with(h, "t", max_tokens=50)
+    await task_with(h, "t")
+    await task_with(h, "t", max_tokens=1000)  # Open WebUI's default for a task
+    assert [r["max_tokens"] for r in h.host.requests] == [50, 400, 400]
+
+
+def task_prompt(turns: int) -> str:
+    """The host's title prompt around a long quoted chat, as Open WebUI writes it."""
+    chat = "\n".join(f"ASSISTANT: turn{i} " + "word " * 60 for i in range(turns))
+    return f"{TITLE_PROMPT}\n<chat_history>\nUSER: first question\n{chat}\n</chat_history>"
+
+
+def test_a_task_prompt_loses_the_middle_of_the_quoted_chat_to_fit():
+    messages = [{"role": "user", "content": task_prompt(40)}]
+    assert mmc.fit_task_prompt(messages, None) is messages
+    assert mmc.fit_task_prompt(messages, 10**6) is messages
+    (fitted,) = mmc.fit_task_prompt(messages, 3000)
+    text = fitted["content"]
+    assert mmc.message_chars([fitted]) <= 3000 < mmc.message_chars(messages)
+    assert text.startswith(TITLE_PROMPT) and text.endswith("</chat_history>")
+    assert "USER: first question" in text and "turn39 " in text and "turn20 " not in text
+    assert text.count("[…]") == 1
+
+
+async def test_a_task_fits_the_task_models_context():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.models["m1"]["info"]["params"] = {"num_ctx": 1000}
+    h.host.scripts["m1"] = Script(completions=['{"title": "Long Talk"}'])
+
+    assert await task_with(h, task_prompt(60), max_tokens=200) == '{"title": "Long Talk"}'
+
+    (request,) = h.host.requests
+    assert chars(request) / mmc.DEFAULT_CHARS_PER_TOKEN + 200 <= 1000
+    assert '"title"' in viewed(request) and "turn59 " in viewed(request)
+
+
+async def test_a_task_over_the_context_is_refitted_once_and_the_limit_is_kept_for_later():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    too_long = mmc.ModelCallError("HTTP 400: Requested tokens (3900) exceed context window of 900")
+    h.host.scripts["m1"] = Script(completions=[too_long, '{"title": "Long Talk"}'])
+
+    # Open WebUI asks for 1,000 tokens unless the task model's params say otherwise.
+    assert await task_with(h, task_prompt(60), max_tokens=1000) == '{"title": "Long Talk"}'
+    first, second = h.host.requests
+    assert chars(first) > chars(second)
+    assert first["max_tokens"] == mmc.TASK_MAX_TOKENS and second["max_tokens"] == 900 // 4
+    assert chars(second) / mmc.DEFAULT_CHARS_PER_TOKEN + 900 // 4 <= 900
+    assert "turn59 " in viewed(second) and "first question" in viewed(second)
+
+    # The next request, a turn in a later run, already fits what the server named.
+    h.host.requests.clear()
+    await h.run("LATEST", history=long_history(60))
+    (turn,) = streamed(h)
+    assert chars(turn) / mmc.DEFAULT_CHARS_PER_TOKEN + 400 <= 900
+
+
+async def test_a_task_that_still_does_not_fit_gives_up_after_one_refit():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    too_long = mmc.ModelCallError("HTTP 400: This model's maximum context length is 900 tokens")
+    h.host.scripts["m1"] = Script(completions=[too_long, too_long, '{"title": "Never"}'])
+
+    assert await task_with(h, task_prompt(60)) == ""
+    assert len(h.host.requests) == 2
 
 
 async def test_the_plain_retry_is_bounded_like_the_stream():

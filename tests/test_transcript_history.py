@@ -596,13 +596,13 @@ def test_messages_for_own_turns_are_assistant_others_labelled_user():
     assert messages[2]["role"] == "user"
     parts = messages[2]["content"]
     assert isinstance(parts, list)
-    assert parts[0] == {"type": "text", "text": "Bob: I prefer dogs."}
-    assert {"type": "text", "text": "Sam:"} in parts
+    assert parts[0] == {"type": "text", "text": 'Bob said: "I prefer dogs."'}
+    assert {"type": "text", "text": "Sam said:"} in parts
     assert parts[-2:] == IMAGE_PARTS  # the image survives merging
     assert messages[3] == {"role": "assistant", "content": "A cat, clearly.\n\nAlso a hat."}
     assert messages[4] == {
         "role": "user",
-        "content": "Earlier reply: Unattributed words.\n\nCarol: Hmm.",
+        "content": 'Someone said: "Unattributed words."\n\nCarol said: "Hmm."',
     }
     assert len(messages) == 5
 
@@ -614,8 +614,11 @@ def test_messages_for_another_participant_and_trailing_own_turn():
     [only] = messages
     parts = only["content"]
     texts = [p.get("text") for p in parts if p["type"] == "text"]
-    assert texts[0] == "Let's discuss cats.\n\nAlice: Cats are great.\n\nBob: I prefer dogs."
-    assert "Sam:" in texts
+    assert (
+        texts[0]
+        == 'Let\'s discuss cats.\n\nAlice said: "Cats are great."\n\nBob said: "I prefer dogs."'
+    )
+    assert "Sam said:" in texts
     assert any(p["type"] == "image_url" for p in parts)
 
     own_last = mmc.messages_for("Carol", TURNS, "Sam")

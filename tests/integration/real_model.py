@@ -51,8 +51,9 @@ def available() -> bool:
 class LlamaServer:
     """`python -m llama_cpp.server` on 127.0.0.1 with a config file; its log counts failures."""
 
-    def __init__(self, workdir: Path, threads: int = 2) -> None:
+    def __init__(self, workdir: Path, threads: int = 2, n_ctx: int = N_CTX) -> None:
         self.workdir = Path(workdir)
+        self.n_ctx = n_ctx
         self.port = free_port()
         self.log_path = self.workdir / "llama-server.log"
         self.threads = threads
@@ -71,7 +72,7 @@ class LlamaServer:
                 {
                     "model": str(GGUF),
                     "model_alias": MODEL,
-                    "n_ctx": N_CTX,
+                    "n_ctx": self.n_ctx,
                     "n_threads": self.threads,
                     "logits_all": False,
                     "verbose": False,
@@ -113,17 +114,20 @@ class LlamaServer:
 
 
 @contextlib.asynccontextmanager
-async def deployment(workdir: Path, pipe: Path) -> AsyncIterator[tuple[Owui, LlamaServer]]:
-    """The llama server and a fresh Open WebUI on it, the model's context size set and `pipe`
-    installed as function `mmc`; both stopped afterwards."""
-    server = LlamaServer(workdir)
+async def deployment(
+    workdir: Path, pipe: Path, n_ctx: int = N_CTX, declare_ctx: bool = True
+) -> AsyncIterator[tuple[Owui, LlamaServer]]:
+    """The llama server and a fresh Open WebUI on it, `pipe` installed as function `mmc`, the
+    model's context size set in its params unless `declare_ctx` is false; both stopped after."""
+    server = LlamaServer(workdir, n_ctx=n_ctx)
     server.start()
     webui = OpenWebUIServer(server.url, workdir / "open-webui")
     try:
         webui.start()
         owui = Owui(webui)
         owui.signup_admin_sync()
-        await owui.set_model_params(MODEL, params={"num_ctx": N_CTX})
+        if declare_ctx:
+            await owui.set_model_params(MODEL, params={"num_ctx": n_ctx})
         await owui.install_function(pipe, "mmc")
         yield owui, server
     finally:

@@ -12,6 +12,7 @@ from tests.integration.owui import run_chat
 from tests.integration.test_pipe_live import (
     CONFIG_KEY,
     overlay_answer,
+    said_by,
     script_models,
     speakers,
     text_of,
@@ -69,7 +70,7 @@ async def test_manager_wrong_twice_then_right_then_end(owui, backend, admin_sock
     assert follow.saved == follow.delivered
     b_said = backend.requests_for("model-b")[0].reply
     c_view = backend.requests_for("model-c")[0]
-    assert f"B: {b_said}" in text_of(c_view.messages[-1]["content"])
+    assert said_by("B", b_said) in text_of(c_view.messages[-1]["content"])
     assert "Why this speaker" not in str(c_view.messages) and "🏁" not in str(c_view.messages)
     row = await owui.get_chat(result.chat_id)
     assert row["meta"][CONFIG_KEY]["selection"] == "manager"
@@ -95,7 +96,7 @@ async def test_pass_and_a_stop_phrase(owui, backend, admin_socket, pipe):
     assert "answer only the word PASS" in system and "say “we agree” to end it" in system
     # C hears A, and nothing of B's pass.
     c_view = str(backend.requests[2].messages[1:])
-    assert "A: " in c_view and "PASS" not in c_view and "passed" not in c_view
+    assert "A said: " in c_view and "PASS" not in c_view and "passed" not in c_view
 
     follow = await run_chat(admin_socket, None, pipe, "Coffee?", chat_id=result.chat_id)
     assert follow.calls == [] and speakers(follow.saved) == ["A", "C"]
@@ -145,7 +146,8 @@ async def test_a_closing_turn_then_a_follow_up(owui, backend, admin_socket, pipe
     judge = backend.requests_for("model-d")[0]
     said = [r.reply for r in backend.requests[:2]]
     last = text_of(judge.messages[-1]["content"])
-    assert "Tea or coffee?" in last and f"A: {said[0]}" in last and f"B: {said[1]}" in last
+    assert "Tea or coffee?" in last and said_by("A", said[0]) in last
+    assert said_by("B", said[1]) in last
     assert last.endswith("Give your verdict.")
     assert text_of(judge.messages[0]["content"]).startswith("You are Judge.")
     row = await owui.get_chat(result.chat_id)
@@ -154,7 +156,7 @@ async def test_a_closing_turn_then_a_follow_up(owui, backend, admin_socket, pipe
     follow = await run_chat(admin_socket, None, pipe, "And now?", chat_id=result.chat_id)
     assert follow.calls == [] and speakers(follow.saved) == ["A", "B", "Judge"]
     a_view = backend.requests_for("model-a")[1]
-    assert "Judge: Verdict: A argued better." in str(a_view.messages)
+    assert said_by("Judge", "Verdict: A argued better.") in str(a_view.messages)
 
 
 async def test_a_vote_is_cast_and_tallied(owui, backend, admin_socket, pipe):

@@ -19,7 +19,13 @@ import pytest_asyncio
 
 from tests.backend import ToolCallScript
 from tests.integration.owui import Owui, SocketEvent, run_chat, start_chat
-from tests.integration.test_pipe_live import details_tags, overlay_answer, speakers, text_of
+from tests.integration.test_pipe_live import (
+    details_tags,
+    overlay_answer,
+    said_by,
+    speakers,
+    text_of,
+)
 
 NOTICE = "*⚠️ "
 
@@ -113,8 +119,8 @@ async def test_broken_backends_show_what_arrived_and_a_clear_line(
     e_view = text_of(e_request.messages[-1]["content"])
     for alias, text in (("B", 5), ("C", 4), ("D", 12)):
         model = f"model-{alias.lower()}"
-        assert f"{alias}: {words(model, 1, text)}" in e_view
-    assert "⚠️" not in e_view and "A:" not in e_view
+        assert said_by(alias, words(model, 1, text)) in e_view
+    assert "⚠️" not in e_view and "A said" not in e_view
 
 
 # ==========================================================================================

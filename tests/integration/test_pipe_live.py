@@ -46,6 +46,11 @@ def alias_of(model: str) -> str:
     return model.split("-")[-1].upper()
 
 
+def said_by(alias: str, text: str) -> str:
+    """How a participant reads another's turn: as reported speech (the pipe's speaker_label)."""
+    return f'{alias} said: "{text}"'
+
+
 def text_of(content) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -136,17 +141,17 @@ async def test_three_participants_two_rounds(owui, backend, admin_socket: Socket
         # Own earlier turns come back as assistant messages, exactly as said ...
         own = [said[t] for t in range(turn) if requests[t].model == request.model]
         assert [c for r, c in body if r == "assistant"] == own
-        # ... and everyone else's as user messages labelled "Alias: ...".
+        # ... and everyone else's as user messages: 'Alias said: "..."'.
         user_text = "\n\n".join(c for r, c in body if r == "user")
         for t in range(turn):
             if requests[t].model != request.model:
-                assert f"{alias_of(requests[t].model)}: {said[t]}" in user_text
+                assert said_by(alias_of(requests[t].model), said[t]) in user_text
         assert "Discuss tea." in user_text and "###" not in user_text
     # One exact view: A's second turn.
     assert [(m["role"], text_of(m["content"])) for m in requests[3].messages[1:]] == [
         ("user", "Discuss tea."),
         ("assistant", said[0]),
-        ("user", f"B: {said[1]}\n\nC: {said[2]}"),
+        ("user", f"{said_by('B', said[1])}\n\n{said_by('C', said[2])}"),
     ]
 
     # At most one content event per frame, however fast the models stream: frames are
@@ -369,13 +374,13 @@ async def test_saved_config_survives_messages_restart_and_browser_save(
     assert [(m["role"], text_of(m["content"])) for m in a_view.messages[1:]] == [
         ("user", "Discuss coffee."),
         ("assistant", a1),
-        ("user", f"B: {b1}\n\nAdmin: Go on."),
+        ("user", f"{said_by('B', b1)}\n\n{said_by('Admin', 'Go on.')}"),
     ]
     b_view = backend.requests[3]
     assert [(m["role"], text_of(m["content"])) for m in b_view.messages[1:]] == [
-        ("user", f"Discuss coffee.\n\nA: {a1}"),
+        ("user", f"Discuss coffee.\n\n{said_by('A', a1)}"),
         ("assistant", b1),
-        ("user", f"Go on.\n\nA: {a_view.reply}"),
+        ("user", f"Go on.\n\n{said_by('A', a_view.reply)}"),
     ]
 
     await asyncio.to_thread(owui.restart)

@@ -11,7 +11,7 @@ import re
 
 from tests.integration.owui import run_chat
 from tests.integration.test_faults_live import NOTICE, turns_of
-from tests.integration.test_pipe_live import overlay_answer, speakers, text_of
+from tests.integration.test_pipe_live import overlay_answer, said_by, speakers, text_of
 
 
 def view(request) -> str:
@@ -128,7 +128,7 @@ async def test_requests_are_trimmed_to_fit_and_a_full_context_gets_one_clear_lin
         assert (
             request.messages[0]["role"] == "system" and "Persona" in request.messages[0]["content"]
         )
-        assert "Admin: LATEST one" in text_of(request.messages[-1]["content"])
+        assert said_by("Admin", "LATEST one") in text_of(request.messages[-1]["content"])
         assert "m0w0" not in view(request) and "m39w0" in view(request)
 
     backend.reset()
@@ -278,3 +278,36 @@ async def test_background_tasks_use_the_task_model_and_prose_answers_do_not_leak
         assert plain == [("model-a", False)] * 3
     finally:
         await owui.request("POST", "/api/v1/tasks/config/update", json_body=before)
+
+
+async def test_background_tasks_fit_the_task_models_context(owui, backend, admin_socket, pipe):
+    """A long conversation quoted in a task prompt overflows a small model: it is cut to fit."""
+    backend.set_script(
+        "model-a",
+        context_limit=900,  # words + max_tokens
+        manager_rule=task_rule(
+            '{"title": "Long Talk"}', '{"tags": ["talk"]}', '{"follow_ups": ["More?"]}'
+        ),
+    )
+    backend.set_script("model-b", tokens=250)
+    answer = overlay_answer("model-a", "model-b")
+    answer["rounds"] = 2
+    admin_socket.answer("execute", answer)
+
+    result = await run_chat(
+        admin_socket, None, pipe, "Talk at length.", background_tasks=ALL_TASKS, timeout=90
+    )
+
+    assert speakers(result.saved) == ["A", "B", "A", "B"] and NOTICE not in result.saved
+    row = await owui.get_chat(result.chat_id)
+    assert row["title"] == "Long Talk" and row["meta"].get("tags") == ["talk"]
+    assert result.saved_message.get("followUps") == ["More?"]
+    tasks = [r for r in backend.requests_for("model-a") if not r.stream]
+    # The server names its limit once; that task is refitted and every later one fits at once.
+    statuses = [r.status for r in tasks]
+    assert sorted(statuses) == [200, 200, 200, 400], [
+        (r.status, r.body["max_tokens"]) for r in tasks
+    ]
+    refitted = tasks[statuses.index(400) + 1 :]
+    assert all(r.body["max_tokens"] == 900 // 4 and "[…]" in view(r) for r in refitted)
+    assert all(r.status == 400 or "Talk at length." in view(r) for r in tasks)
