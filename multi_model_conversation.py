@@ -45,6 +45,18 @@ log = logging.getLogger(__name__)
 # The same marks, in the same order, as "Multi Model Conversations v2", so its transcripts
 # split back into turns and a participant keeps its colour after an upgrade.
 COLOUR_MARKS = ("🔴", "🔵", "🟢", "🟡", "🟣", "🟠", "🟤", "⚫", "⚪")
+# Each mark's colour as CSS, so the setup dialog shows a participant in its heading's colour.
+MARK_COLOURS = (
+    "#e53935",
+    "#1e88e5",
+    "#43a047",
+    "#f9a825",
+    "#8e24aa",
+    "#fb8c00",
+    "#795548",
+    "#424242",
+    "#9e9e9e",
+)
 MAX_PARTICIPANTS = 5
 MAX_ALIAS_CHARS = 64
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
@@ -2640,14 +2652,12 @@ class Run:
         text = f"{_count(len(self.aliases), 'participant')}, {_count(turns, 'turn')}, {seconds} s"
         self._status(f"{text} · {outcome}" if outcome else text)
 
-    def not_started(self, exc: ConfigError | AccessCheckError) -> None:
-        """A setup that cannot run: the message says what to fix, the status that nothing ran."""
+    def not_started(self, exc: Exception) -> None:
+        """The status after a setup that cannot run (the message says what to fix); a
+        cancelled setup's own line says it all."""
         if isinstance(exc, AccessCheckError):
-            log.warning("%s", exc)  # the admin must look: the check itself failed
-            self._notice(md_text(exc.for_user()))
             self._status("Not started: the access check failed")
-        else:
-            self._notice(md_text(str(exc)))
+        elif isinstance(exc, ConfigError):
             self._status("Not started: the setup needs fixing")
 
     def stopped(self) -> None:
@@ -3249,6 +3259,10 @@ const TIMEOUT_MS = __TIMEOUT_MS__;
 const MAX_ROUNDS = __MAX_ROUNDS__;
 const PRESETS = __PRESETS__;
 const MAX_TOKENS = __MAX_TOKENS__;
+const MARKS = __MARKS__;
+const MESSAGE_ID = __MESSAGE_ID__;
+const CLOSE_EVENT = __CLOSE_EVENT__;
+const CANCELLED = { cancelled: true };
 let models = [];
 try {
   const res = await fetch('/api/models', {
@@ -3261,88 +3275,249 @@ try {
 } catch (e) {
   console.error('multi-model conversation: could not list models', e);
 }
+const CSS = `
+#mmc-config-overlay { --bg: #fff; --fg: #1f2937; --muted: #4b5563; --line: #d1d5db;
+  --field: #fff; --hover: #f3f4f6; --accent: #2563eb; color-scheme: light;
+  position: fixed; inset: 0; z-index: 99999; display: flex; align-items: center;
+  justify-content: center; padding: 16px; box-sizing: border-box; background: rgba(0,0,0,.5);
+  font: 14px/1.4 system-ui, -apple-system, 'Segoe UI', sans-serif; text-align: left; }
+html.dark #mmc-config-overlay { --bg: #1e1e21; --fg: #e5e7eb; --muted: #a1a1aa; --line: #3f3f46;
+  --field: #27272a; --hover: #303036; --accent: #3b82f6; color-scheme: dark; }
+#mmc-config-overlay * { box-sizing: border-box; }
+#mmc-config-overlay .mmc-card { display: flex; flex-direction: column; width: min(760px, 100%);
+  max-height: 100%; margin: 0; background: var(--bg); color: var(--fg); border-radius: 16px;
+  box-shadow: 0 12px 48px rgba(0,0,0,.35); overflow: hidden; }
+#mmc-config-overlay .mmc-head { flex: none; display: flex; align-items: flex-start; gap: 12px;
+  padding: 14px 20px 8px; }
+#mmc-config-overlay .mmc-head > div { flex: 1; }
+#mmc-config-overlay h2 { margin: 0; font-size: 18px; font-weight: 600; }
+#mmc-config-overlay .mmc-head p { margin: 2px 0 0; color: var(--muted); }
+#mmc-config-overlay .mmc-body { flex: 1 1 auto; min-height: 0; overflow-y: auto;
+  overscroll-behavior: contain; padding: 4px 20px 12px; }
+#mmc-config-overlay .mmc-foot { flex: none; display: flex; align-items: center; gap: 8px;
+  padding: 12px 20px; border-top: 1px solid var(--line); background: var(--bg); }
+#mmc-config-overlay .mmc-foot .mmc-error { flex: 1; color: #dc2626; font-weight: 600; }
+html.dark #mmc-config-overlay .mmc-foot .mmc-error { color: #f87171; }
+#mmc-config-overlay h3 { margin: 14px 0 6px; font-size: 12px; font-weight: 700;
+  letter-spacing: .04em; text-transform: uppercase; color: var(--muted); }
+#mmc-config-overlay .mmc-grid { display: grid; gap: 8px 12px;
+  grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); }
+#mmc-config-overlay .mmc-wide { grid-column: 1 / -1; }
+#mmc-config-overlay .mmc-top { grid-template-columns: 2fr 1fr 1fr; }
+#mmc-config-overlay .mmc-row { grid-template-columns: 3fr 3fr 2fr; }
+@media (max-width: 560px) {
+  #mmc-config-overlay .mmc-top, #mmc-config-overlay .mmc-row { grid-template-columns: 1fr; }
+}
+#mmc-config-overlay label { display: block; margin: 0 0 3px; font-size: 12px; font-weight: 600;
+  color: var(--muted); }
+#mmc-config-overlay label.mmc-check { display: flex; gap: 8px; align-items: center;
+  margin: 8px 0 0; font-size: 14px; font-weight: 400; color: var(--fg); }
+#mmc-config-overlay input, #mmc-config-overlay select, #mmc-config-overlay textarea {
+  width: 100%; margin: 0; padding: 6px 9px; border: 1px solid var(--line); border-radius: 8px;
+  background: var(--field); color: var(--fg); font: inherit; }
+#mmc-config-overlay input[type=checkbox] { width: auto; }
+#mmc-config-overlay textarea { resize: vertical; min-height: 2.6em; }
+#mmc-config-overlay [aria-invalid=true] { border-color: #dc2626; }
+#mmc-config-overlay :focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
+#mmc-config-overlay fieldset { margin: 8px 0; padding: 6px 12px 10px; border: 1px solid var(--line);
+  border-left: 6px solid var(--mark); border-radius: 10px;
+  background: color-mix(in srgb, var(--mark) 9%, var(--bg)); }
+#mmc-config-overlay legend { padding: 0 4px; font-weight: 600; }
+#mmc-config-overlay ul[role=listbox] { max-height: 180px; overflow-y: auto; margin: 4px 0 0;
+  padding: 4px; list-style: none; background: var(--field); border: 1px solid var(--line);
+  border-radius: 8px; }
+#mmc-config-overlay [role=option] { padding: 5px 8px; border-radius: 6px; cursor: pointer; }
+#mmc-config-overlay [role=option]:hover { background: var(--hover); }
+#mmc-config-overlay [role=option][aria-selected=true] { background: var(--accent); color: #fff; }
+#mmc-config-overlay [role=option] small { margin-left: 8px; opacity: .7; }
+#mmc-config-overlay li.mmc-none { padding: 5px 8px; color: var(--muted); }
+#mmc-config-overlay button { padding: 8px 14px; border: 1px solid var(--line); border-radius: 10px;
+  background: transparent; color: inherit; font: inherit; cursor: pointer; }
+#mmc-config-overlay button:hover { background: var(--hover); }
+#mmc-config-overlay button.mmc-primary { background: var(--accent); border-color: var(--accent);
+  color: #fff; font-weight: 600; }
+#mmc-config-overlay button.mmc-close { padding: 2px 10px; border: 0; font-size: 20px; }
+`;
 return await new Promise((resolve) => {
+  let uid = 0;
+  const nextId = (what) => 'mmc-' + what + '-' + (++uid);
   const el = (tag, props = {}, children = []) => {
     const node = document.createElement(tag);
-    Object.assign(node, props);
+    for (const [key, value] of Object.entries(props)) {
+      if (key.startsWith('aria-') || key === 'role' || key === 'for') node.setAttribute(key, value);
+      else node[key] = value;
+    }
     for (const child of children) node.append(child);
     return node;
   };
-  const field = 'width:100%;padding:6px 8px;margin:2px 0 8px;border-radius:8px;' +
-    'border:1px solid #8886;background:transparent;color:inherit;font:inherit;';
-  const modelSelect = (value) => {
-    const select = el('select', { style: field });
-    select.append(el('option', { value: '', textContent: 'Choose a model…' }));
-    for (const m of models) {
-      select.append(el('option', { value: m.id, textContent: m.name || m.id, selected: m.id === value }));
-    }
-    return select;
+  // A labelled field: <label for> names the control for screen readers.
+  const field = (text, control, extra = '') => {
+    const target = control.input || control;
+    if (!target.id) target.id = nextId('field');
+    return el('div', { className: extra }, [el('label', { for: target.id, textContent: text }), control.node || control]);
   };
+  const nameOf = (id) => (models.find((m) => m.id === id) || {}).name || id;
+
+  // A model picker: a combobox that filters the user's models by name or id; stores the id.
+  let openPicker = null;
+  const picker = (value, name, placeholder) => {
+    const listId = nextId('models');
+    const input = el('input', {
+      type: 'text', name, autocomplete: 'off', spellcheck: false, placeholder,
+      role: 'combobox', 'aria-autocomplete': 'list', 'aria-expanded': 'false', 'aria-controls': listId,
+    });
+    const list = el('ul', { id: listId, role: 'listbox', hidden: true });
+    const state = { value: value || '', shown: [], active: -1 };
+    const api = { input };
+    const show = () => {
+      list.replaceChildren(...state.shown.map((m, i) => {
+        const option = el('li', { id: listId + '-' + i, role: 'option', 'aria-selected': String(i === state.active) }, [m.name || m.id]);
+        option.dataset.value = m.id;
+        if (m.name && m.name !== m.id) option.append(el('small', { textContent: m.id }));
+        option.addEventListener('mousedown', (e) => { e.preventDefault(); choose(m); });
+        return option;
+      }));
+      if (!state.shown.length) list.append(el('li', { className: 'mmc-none', textContent: 'No model matches' }));
+      if (state.active >= 0) {
+        input.setAttribute('aria-activedescendant', listId + '-' + state.active);
+        list.children[state.active].scrollIntoView({ block: 'nearest' });
+      } else input.removeAttribute('aria-activedescendant');
+    };
+    const open = (query) => {
+      const q = query.trim().toLowerCase();
+      state.shown = models.filter((m) => !q || m.id.toLowerCase().includes(q) || (m.name || '').toLowerCase().includes(q));
+      state.active = state.shown.length ? Math.max(0, state.shown.findIndex((m) => m.id === state.value)) : -1;
+      list.hidden = false;
+      input.setAttribute('aria-expanded', 'true');
+      if (openPicker && openPicker !== api) openPicker.close();
+      openPicker = api;
+      show();
+    };
+    api.close = () => {
+      list.hidden = true;
+      input.setAttribute('aria-expanded', 'false');
+      input.removeAttribute('aria-activedescendant');
+      if (openPicker === api) openPicker = null;
+    };
+    const choose = (m) => {
+      state.value = m ? m.id : '';
+      input.value = m ? (m.name || m.id) : '';
+      input.dataset.modelId = state.value;
+      input.removeAttribute('aria-invalid');
+      api.close();
+    };
+    // What the box holds, unless it is the chosen model's name: then every model is shown.
+    const typed = () => (state.value && input.value === nameOf(state.value) ? '' : input.value);
+    input.value = state.value ? nameOf(state.value) : '';
+    input.dataset.modelId = state.value;
+    input.addEventListener('input', () => open(input.value));
+    input.addEventListener('click', () => (list.hidden ? open(typed()) : api.close()));
+    input.addEventListener('keydown', (e) => {
+      if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+        e.preventDefault();
+        if (list.hidden) return open(typed());
+        const n = state.shown.length;
+        if (n) state.active = (state.active + (e.key === 'ArrowDown' ? 1 : n - 1)) % n;
+        show();
+      } else if (e.key === 'Enter' && !list.hidden) {
+        e.preventDefault();  // picks; does not start the conversation
+        if (state.active >= 0) choose(state.shown[state.active]);
+      }
+    });
+    // Leaving the box keeps a model only if the text names one (exactly, or one match).
+    input.addEventListener('blur', () => {
+      api.close();
+      const text = input.value.trim().toLowerCase();
+      if (!text) return choose(null);
+      if (state.value && text === nameOf(state.value).toLowerCase()) return;
+      const hits = models.filter((m) => m.id.toLowerCase().includes(text) || (m.name || '').toLowerCase().includes(text));
+      const exact = hits.find((m) => m.id.toLowerCase() === text || (m.name || '').toLowerCase() === text);
+      if (exact || hits.length === 1) choose(exact || hits[0]);
+      else input.value = state.value ? nameOf(state.value) : '';
+    });
+    Object.defineProperty(api, 'value', { get: () => state.value });
+    api.node = el('div', {}, [input, list]);
+    return api;
+  };
+
+  const style = el('style', { id: 'mmc-config-style', textContent: CSS });
   const overlay = el('div', { id: 'mmc-config-overlay' });
-  overlay.style.cssText = 'position:fixed;inset:0;z-index:99999;display:flex;align-items:center;' +
-    'justify-content:center;background:#0008;backdrop-filter:blur(3px);';
-  const card = el('div');
-  card.style.cssText = 'max-height:90vh;overflow:auto;width:min(640px,94vw);padding:20px;' +
-    'border-radius:16px;background:#fff;color:#111;box-shadow:0 10px 40px #0006;font-size:14px;';
-  if (document.documentElement.classList.contains('dark')) {
-    card.style.background = '#1c1c1e';
-    card.style.color = '#eee';
-  }
-  const rounds = el('input', { type: 'number', min: 1, max: MAX_ROUNDS, value: DEFAULTS.rounds, style: field, name: 'rounds' });
-  const count = el('input', { type: 'number', min: 1, max: 5, value: Math.max(1, DEFAULTS.participants.length || 2), style: field, name: 'count' });
+  const titleId = nextId('title');
+  const descId = nextId('desc');
+  const card = el('form', {
+    className: 'mmc-card', noValidate: true, tabIndex: -1,
+    role: 'dialog', 'aria-modal': 'true', 'aria-labelledby': titleId, 'aria-describedby': descId,
+  });
   const choice = (name, options, value) => {
-    const select = el('select', { style: field, name });
+    const select = el('select', { name });
     for (const [v, label] of options) select.append(el('option', { value: v, textContent: label, selected: v === value }));
     return select;
   };
-  const labelled = (text, input) => el('label', { style: 'display:block;' }, [text, input]);
-  const preset = choice('preset', [['', 'None']].concat(Object.entries(PRESETS).map(([k, p]) => [k, p.label])), DEFAULTS.preset || '');
+  const number = (name, value, min, max) => el('input', { type: 'number', name, min, ...(max ? { max } : {}), value });
+  const preset = choice('preset', [['', 'None: start from your settings']].concat(Object.entries(PRESETS).map(([k, p]) => [k, p.label])), DEFAULTS.preset || '');
+  const rounds = number('rounds', DEFAULTS.rounds, 1, MAX_ROUNDS);
+  const count = number('count', Math.max(1, DEFAULTS.participants.length || 2), 1, 5);
   const selection = choice('selection', [
     ['round_robin', 'Round robin: everyone once per round, in order'],
     ['manager', 'A manager model picks who speaks next'],
     ['random', 'Random (never the same speaker twice in a row)'],
     ['mention', 'Mentioned first: @Alias in your message speaks first'],
   ], DEFAULTS.selection || (DEFAULTS.use_manager ? 'manager' : 'round_robin'));
-  const managerModel = modelSelect(DEFAULTS.manager_model);
-  managerModel.name = 'manager_model';
-  const managerRow = el('div', {}, [el('label', { textContent: 'Manager model (empty: the first participant\'s)' }), managerModel]);
-  const passAllowed = el('input', { type: 'checkbox', checked: !!DEFAULTS.pass_allowed, name: 'pass_allowed' });
-  const stopPhrase = el('input', { value: DEFAULTS.stop_phrase || '', placeholder: 'e.g. WE AGREE (empty: none)', style: field, name: 'stop_phrase' });
-  const maxSeconds = el('input', { type: 'number', min: 0, value: DEFAULTS.max_seconds || 0, style: field, name: 'max_seconds' });
-  const maxTokens = el('input', { type: 'number', min: 0, value: DEFAULTS.max_total_tokens || 0, style: field, name: 'max_total_tokens' });
+  const managerModel = picker(DEFAULTS.manager_model, 'manager_model', 'The first participant\'s model');
+  const managerRow = field('Manager model', managerModel, 'mmc-wide');
+  const passAllowed = el('input', { type: 'checkbox', checked: !!DEFAULTS.pass_allowed, name: 'pass_allowed', id: nextId('pass') });
+  const stopPhrase = el('input', { value: DEFAULTS.stop_phrase || '', placeholder: 'e.g. WE AGREE (empty: none)', name: 'stop_phrase' });
+  const maxSeconds = number('max_seconds', DEFAULTS.max_seconds || 0, 0);
+  const maxTotal = number('max_total_tokens', DEFAULTS.max_total_tokens || 0, 0);
   const closingDefault = DEFAULTS.closing || null;
   const closingKind = choice('closing_kind', [
-    ['', 'None'], ['turn', 'A closing turn by a chosen model (verdict, summary…)'], ['vote', 'A vote of every participant, tallied'],
+    ['', 'Nothing: the last round ends it'], ['turn', 'A closing turn by a chosen model (verdict, summary…)'], ['vote', 'A vote of every participant, tallied'],
   ], closingDefault === 'vote' ? 'vote' : (closingDefault ? 'turn' : ''));
-  const closingModel = modelSelect((closingDefault && closingDefault.model) || '');
-  closingModel.name = 'closing_model';
-  const closingAlias = el('input', { value: (closingDefault && closingDefault.alias) || '', placeholder: 'Name (default: Closing)', style: field, name: 'closing_alias' });
-  const closingPrompt = el('textarea', { value: (closingDefault && closingDefault.prompt) || '', placeholder: 'What the closing turn should do (default: sum up and conclude)', rows: 2, style: field, name: 'closing_prompt' });
-  const closingRow = el('div', {}, [
-    el('label', { textContent: 'Closing model (empty: the first participant\'s)' }), closingModel, closingAlias, closingPrompt,
-  ]);
+  const closingModel = picker((closingDefault && closingDefault.model) || '', 'closing_model', 'The first participant\'s model');
+  const closingAlias = el('input', { value: (closingDefault && closingDefault.alias) || '', placeholder: 'Closing', name: 'closing_alias' });
+  const closingPrompt = el('textarea', { value: (closingDefault && closingDefault.prompt) || '', placeholder: 'Sum up and conclude', rows: 2, name: 'closing_prompt' });
+  const closingLegend = el('legend');
+  const closingBox = el('fieldset', {}, [closingLegend, el('div', { className: 'mmc-grid mmc-row' }, [
+    field('Closing model', closingModel), field('Name', closingAlias), field('What it should do', closingPrompt, 'mmc-wide'),
+  ])]);
+
   const rows = el('div');
   const rowInputs = [];
+  const participantCount = () => Math.min(5, Math.max(1, parseInt(count.value, 10) || 1));
+  const paint = (box, legend, index, text) => {
+    const [mark, colour] = MARKS[index % MARKS.length];
+    box.style.setProperty('--mark', colour);
+    legend.textContent = mark + ' ' + text;
+  };
   const drawRows = () => {
-    const n = Math.min(5, Math.max(1, parseInt(count.value, 10) || 1));
+    const n = participantCount();
     while (rowInputs.length < n) {
-      const d = DEFAULTS.participants[rowInputs.length] || {};
-      const model = modelSelect(d.model || '');
-      model.name = 'model';
-      const alias = el('input', { value: d.alias || '', placeholder: 'Alias (default: the model name)', style: field, name: 'alias' });
-      const persona = el('textarea', { value: d.system_message || '', placeholder: 'Persona / system message', rows: 2, style: field, name: 'system_message' });
-      const maxTokens = el('input', { type: 'number', min: 0, value: d.max_tokens ?? '', placeholder: 'Max tokens per turn (empty: ' + MAX_TOKENS + ', 0: no limit)', style: field, name: 'max_tokens' });
-      const box = el('fieldset', {}, [el('legend', { textContent: 'Participant ' + (rowInputs.length + 1) }), model, alias, persona, maxTokens]);
-      box.style.cssText = 'border:1px solid #8884;border-radius:10px;padding:8px 10px;margin:6px 0;';
+      const i = rowInputs.length;
+      const d = DEFAULTS.participants[i] || {};
+      const model = picker(d.model || '', 'model', 'Search your models…');
+      const alias = el('input', { value: d.alias || '', placeholder: 'The model\'s name', name: 'alias' });
+      const persona = el('textarea', { value: d.system_message || '', placeholder: 'Who they are and how they talk', rows: 2, name: 'system_message' });
+      const maxTokens = el('input', {
+        type: 'number', min: 0, value: d.max_tokens ?? '', name: 'max_tokens',
+        placeholder: MAX_TOKENS ? MAX_TOKENS + ' (default)' : 'No limit', title: 'Empty: the default. 0: no limit.',
+      });
+      const legend = el('legend');
+      const box = el('fieldset', {}, [legend, el('div', { className: 'mmc-grid mmc-row' }, [
+        field('Model', model), field('Alias', alias), field('Max tokens per turn', maxTokens),
+        field('Persona', persona, 'mmc-wide'),
+      ])]);
+      box.dataset.participant = String(i + 1);
+      paint(box, legend, i, 'Participant ' + (i + 1));
       rowInputs.push({ box, model, alias, persona, maxTokens });
     }
     rows.replaceChildren(...rowInputs.slice(0, n).map((r) => r.box));
+    paint(closingBox, closingLegend, n, 'Closing turn');  // the colour its heading will get
   };
   count.addEventListener('input', drawRows);
   drawRows();
   const showRows = () => {
-    managerRow.style.display = selection.value === 'manager' ? '' : 'none';
-    closingRow.style.display = closingKind.value === 'turn' ? '' : 'none';
+    managerRow.hidden = selection.value !== 'manager';
+    closingBox.hidden = closingKind.value !== 'turn';
   };
   selection.addEventListener('change', showRows);
   closingKind.addEventListener('change', showRows);
@@ -3357,7 +3532,7 @@ return await new Promise((resolve) => {
     passAllowed.checked = !!c.pass_allowed;
     stopPhrase.value = c.stop_phrase || '';
     maxSeconds.value = c.max_seconds || 0;
-    maxTokens.value = c.max_total_tokens || 0;
+    maxTotal.value = c.max_total_tokens || 0;
     closingKind.value = c.closing === 'vote' ? 'vote' : (c.closing ? 'turn' : '');
     closingAlias.value = (c.closing && c.closing.alias) || '';
     closingPrompt.value = (c.closing && c.closing.prompt) || '';
@@ -3369,21 +3544,16 @@ return await new Promise((resolve) => {
     });
     showRows();
   });
-  let timer = null;
-  const finish = (answer) => {
-    clearTimeout(timer);
-    overlay.remove();
-    resolve(answer);
-  };
-  const start = el('button', { textContent: 'Start conversation', type: 'button', id: 'mmc-start' });
-  const skip = el('button', { textContent: 'Use defaults', type: 'button', id: 'mmc-skip' });
-  for (const b of [start, skip]) b.style.cssText = 'padding:8px 14px;border-radius:10px;border:1px solid #8886;margin-left:8px;cursor:pointer;background:transparent;color:inherit;';
-  start.style.background = '#2563eb';
-  start.style.color = '#fff';
-  start.addEventListener('click', () => {
-    const n = Math.min(5, Math.max(1, parseInt(count.value, 10) || 1));
+
+  const error = el('div', { className: 'mmc-error', role: 'status', 'aria-live': 'polite' });
+  const cancel = el('button', { type: 'button', id: 'mmc-cancel', textContent: 'Cancel' });
+  const skip = el('button', { type: 'button', id: 'mmc-skip', textContent: 'Use defaults', title: 'Your user valves (Settings → Valves)' });
+  const start = el('button', { type: 'submit', id: 'mmc-start', className: 'mmc-primary', textContent: 'Start conversation' });
+  const close = el('button', { type: 'button', id: 'mmc-close', className: 'mmc-close', textContent: '×', 'aria-label': 'Cancel setup' });
+  const answer = () => {
+    const n = participantCount();
     const managed = selection.value === 'manager';
-    finish({
+    return {
       rounds: parseInt(rounds.value, 10) || 1,
       selection: selection.value,
       use_manager: managed,
@@ -3395,54 +3565,219 @@ return await new Promise((resolve) => {
       pass_allowed: passAllowed.checked,
       stop_phrase: stopPhrase.value.trim(),
       max_seconds: Math.max(0, parseFloat(maxSeconds.value) || 0),
-      max_total_tokens: Math.max(0, parseInt(maxTokens.value, 10) || 0),
+      max_total_tokens: Math.max(0, parseInt(maxTotal.value, 10) || 0),
       closing: closingKind.value === 'vote' ? 'vote' : (closingKind.value === 'turn'
         ? { model: closingModel.value, alias: closingAlias.value.trim(), prompt: closingPrompt.value.trim() }
         : null),
       preset: preset.value,
-    });
+    };
+  };
+  card.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const missing = rowInputs.slice(0, participantCount()).findIndex((r) => !r.model.value);
+    if (missing >= 0) {
+      const input = rowInputs[missing].model.input;
+      input.setAttribute('aria-invalid', 'true');
+      error.textContent = 'Choose a model for Participant ' + (missing + 1) + '.';
+      input.focus();
+      return;
+    }
+    finish(answer());
   });
+  cancel.addEventListener('click', () => finish(CANCELLED));
+  close.addEventListener('click', () => finish(CANCELLED));
   skip.addEventListener('click', () => finish(null));
   card.append(
-    el('h2', { textContent: 'Multi-Model Conversation' }),
-    el('p', { textContent: 'Choose who takes part. This chat remembers the choice.' }),
-    labelled('Preset (fills the fields below; all stay editable)', preset),
-    el('label', { textContent: 'Rounds' }), rounds,
-    el('label', { textContent: 'Participants (1-5)' }), count,
-    rows,
-    labelled('Who speaks next', selection),
-    managerRow,
-    el('label', { style: 'display:block;margin:4px 0 8px;' }, [passAllowed, ' Participants may answer PASS to skip a turn']),
-    labelled('Stop phrase: any participant saying it ends the conversation', stopPhrase),
-    labelled('Time budget in seconds (0: none)', maxSeconds),
-    labelled('Token budget, all replies together (0: none)', maxTokens),
-    labelled('At the end', closingKind),
-    closingRow,
-    el('div', { style: 'text-align:right;margin-top:12px;' }, [skip, start]),
+    el('div', { className: 'mmc-head' }, [
+      el('div', {}, [
+        el('h2', { id: titleId, textContent: 'Multi-Model Conversation' }),
+        el('p', { id: descId, textContent: 'Choose who takes part. This chat remembers the choice; /reconfigure changes it.' }),
+      ]),
+      close,
+    ]),
+    el('div', { className: 'mmc-body' }, [
+      el('div', { className: 'mmc-grid mmc-top' }, [
+        field('Preset (fills the fields; all stay editable)', preset),
+        field('Rounds', rounds),
+        field('Participants (1-5)', count),
+      ]),
+      el('h3', { textContent: 'Participants' }),
+      rows,
+      el('h3', { textContent: 'Who speaks next' }),
+      el('div', { className: 'mmc-grid' }, [field('Order', selection, 'mmc-wide'), managerRow]),
+      el('label', { className: 'mmc-check', for: passAllowed.id }, [passAllowed, 'Participants may answer PASS to skip a turn']),
+      el('h3', { textContent: 'When it ends' }),
+      el('div', { className: 'mmc-grid mmc-top' }, [
+        field('Stop phrase (anyone saying it ends it)', stopPhrase),
+        field('Time budget, seconds (0: none)', maxSeconds),
+        field('Token budget, all replies (0: none)', maxTotal),
+        field('At the end', closingKind, 'mmc-wide'),
+      ]),
+      closingBox,
+    ]),
+    el('div', { className: 'mmc-foot' }, [error, cancel, skip, start]),
   );
   overlay.append(card);
+
+  // Modal: Escape, Tab and every other key stay in the dialog. Open WebUI stops the request on
+  // an Escape that reaches its chat input, so the dialog takes Escape first (window, capture).
+  const focusables = () => [...card.querySelectorAll('button, input, select, textarea')]
+    .filter((node) => !node.disabled && node.getClientRects().length);
+  const onKey = (e) => {
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopImmediatePropagation();
+      if (openPicker) openPicker.close();
+      else finish(CANCELLED);
+    } else if (e.key === 'Tab') {
+      const nodes = focusables();
+      const first = nodes[0];
+      const last = nodes[nodes.length - 1];
+      const at = document.activeElement;
+      if (!card.contains(at) || at === (e.shiftKey ? first : last)) {
+        e.preventDefault();
+        (e.shiftKey ? last : first).focus();
+      }
+    }
+  };
+  let lastFocused = null;
+  const onFocusIn = (e) => {
+    if (overlay.contains(e.target)) lastFocused = e.target;
+    else ((lastFocused && lastFocused.isConnected && lastFocused) || focusables()[0] || card).focus();
+  };
+  const onClose = (e) => {
+    if (e.detail === MESSAGE_ID) finish(CANCELLED);
+  };
+  card.addEventListener('keydown', (e) => e.stopPropagation());  // the page's shortcuts wait
+  let pressedOutside = false;
+  overlay.addEventListener('mousedown', (e) => { pressedOutside = e.target === overlay; });
+  overlay.addEventListener('click', (e) => {
+    if (pressedOutside && e.target === overlay) finish(CANCELLED);
+  });
+  const returnFocus = document.activeElement;
+  let timer = null;
+  let done = false;
+  const finish = (value) => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    window.removeEventListener('keydown', onKey, true);
+    document.removeEventListener('focusin', onFocusIn, true);
+    window.removeEventListener(CLOSE_EVENT, onClose);
+    overlay.remove();
+    style.remove();
+    if (returnFocus && returnFocus.isConnected && returnFocus.focus) returnFocus.focus();
+    resolve(value);
+  };
+  window.addEventListener('keydown', onKey, true);
+  document.addEventListener('focusin', onFocusIn, true);
+  window.addEventListener(CLOSE_EVENT, onClose);
+  document.head.append(style);
   document.body.append(overlay);
+  const firstEmpty = rowInputs.find((r) => !r.model.value);
+  (firstEmpty ? firstEmpty.model.input : start).focus();
   timer = setTimeout(() => finish(null), TIMEOUT_MS);
 });
 """
 
 
 def overlay_script(
-    defaults: dict, own_prefix: str, timeout_s: float, max_rounds: int, max_tokens: int = 0
+    defaults: dict,
+    own_prefix: str,
+    timeout_s: float,
+    max_rounds: int,
+    max_tokens: int = 0,
+    message_id: str | None = None,
 ) -> str:
-    """The overlay's code with its inputs as JSON literals (never spliced in as raw text)."""
+    """The overlay's code with its inputs as JSON literals (never spliced in as raw text).
 
-    def literal(value: Any) -> str:
-        return json.dumps(value).replace("</", "<\\/")
+    One pass over the template: a placeholder's name inside a value is left as it is.
+    """
+    values = {
+        "DEFAULTS": defaults,
+        "OWN_PREFIX": own_prefix,
+        "TIMEOUT_MS": int(timeout_s * 1000),
+        "MAX_ROUNDS": int(max_rounds),
+        "PRESETS": PRESETS,
+        "MAX_TOKENS": int(max_tokens),
+        "MARKS": list(zip(COLOUR_MARKS, MARK_COLOURS, strict=True)),
+        "MESSAGE_ID": message_id,
+        "CLOSE_EVENT": OVERLAY_CLOSE_EVENT,
+    }
+    return re.sub(r"__([A-Z_]+)__", lambda m: _js_literal(values[m.group(1)]), OVERLAY_JS)
 
+
+def overlay_close_script(message_id: str | None) -> str:
+    """Code that closes the dialog of that message in the tab (the request ended without it)."""
     return (
-        OVERLAY_JS.replace("__PRESETS__", literal(PRESETS))
-        .replace("__DEFAULTS__", literal(defaults))
-        .replace("__OWN_PREFIX__", literal(own_prefix))
-        .replace("__TIMEOUT_MS__", str(int(timeout_s * 1000)))
-        .replace("__MAX_ROUNDS__", str(int(max_rounds)))
-        .replace("__MAX_TOKENS__", str(int(max_tokens)))
+        f"window.dispatchEvent(new CustomEvent({_js_literal(OVERLAY_CLOSE_EVENT)}, "
+        f"{{ detail: {_js_literal(message_id)} }}));"
     )
+
+
+def _js_literal(value: Any) -> str:
+    return json.dumps(value).replace("</", "<\\/")
+
+
+OVERLAY_CLOSE_EVENT = "mmc-setup-close"
+# The dialog's answer to Cancel, Escape or a click outside it.
+OVERLAY_CANCELLED = "cancelled"
+SETUP_CANCELLED = f"{NOTICE_PREFIX}Setup cancelled. Send a message to open it again.*"
+STOPPED_IN_SETUP = f"{NOTICE_PREFIX}Stopped before the conversation began.*"
+
+
+class SetupCancelled(Exception):
+    """The user closed the setup dialog without an answer: nothing runs."""
+
+
+class SetupDialog:
+    """Asks the user's tab for a setup, and closes the dialog if the request stops first.
+
+    The tab awaits the dialog inside its event handler; a request stopped meanwhile would
+    leave it open, so an `execute` event queued before the final content closes it.
+    """
+
+    def __init__(
+        self,
+        call: Callable[[dict], Awaitable[Any]],
+        emitter: CoalescingEmitter,
+        message_id: str | None,
+        clock: Clock,
+        timeout: float,
+    ) -> None:
+        self._call = call
+        self._emitter = emitter
+        self._message_id = message_id
+        self._clock = clock
+        self._timeout = timeout
+
+    async def ask(self, script: str) -> Any:
+        """The dialog's answer, or None (use the defaults) if it timed out or failed.
+
+        Raises SetupCancelled for Cancel, Escape or a click outside it.
+        """
+        try:
+            # The dialog closes itself at the timeout; the slack covers a slow network.
+            answer = await within(
+                self._clock,
+                self._timeout + 5,
+                self._call({"type": "execute", "data": {"code": script}}),
+            )
+        except asyncio.CancelledError:
+            code = overlay_close_script(self._message_id)
+            self._emitter.post({"type": "execute", "data": {"code": code}})
+            raise
+        except TimeoutError:
+            log.debug("configuration overlay timed out; using the user valves")
+            return None
+        except Exception as exc:
+            log.warning("configuration overlay failed (%s); using the user valves", exc)
+            return None
+        if isinstance(answer, dict) and answer.get(OVERLAY_CANCELLED) is True:
+            raise SetupCancelled
+        if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
+            return None  # the host's answer for a closed tab or an error
+        return answer
 
 
 # ============================================================================
@@ -3548,6 +3883,26 @@ async def _remember(gateway: HostGateway, ctx: RequestContext, config: Conversat
         await gateway.save_chat_config(chat_id, stored_form(config))
     except Exception as exc:
         log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
+
+
+def _setup_notice(exc: Exception) -> str:
+    """The one line a setup that did not end in a conversation leaves in the message."""
+    if isinstance(exc, SetupCancelled):
+        return SETUP_CANCELLED
+    if isinstance(exc, AccessCheckError):
+        log.warning("%s", exc)
+        return f"{NOTICE_PREFIX}{md_text(exc.for_user())}*"
+    return f"{NOTICE_PREFIX}{md_text(str(exc))}*"
+
+
+def _mark_stopped(run: Run, transcript: Transcript) -> None:
+    """The user pressed Stop: the cut turn and the status say so, and a message stopped in the
+    setup is not left blank."""
+    log.debug("conversation stopped by the user")
+    transcript.close_live()
+    run.stopped()
+    if not transcript.render():
+        transcript.add_notice(STOPPED_IN_SETUP)
 
 
 async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
@@ -4028,13 +4383,18 @@ class Pipe:
             self.rng_factory(),
             ContextBudget(settings.context_tokens, self.context_limits),
         )
+        dialog = None
+        if event_call is not None and valves.CONFIG_OVERLAY:
+            message_id = ctx.metadata.get("message_id")
+            dialog = SetupDialog(event_call, emitter, message_id, clock, valves.OVERLAY_TIMEOUT)
         started = clock.now()
         try:
             try:
                 config, participants, profiles, manager, closer = await self._prepare(
-                    gateway, ctx, body, user_valves, own_prefix, event_call
+                    gateway, ctx, body, user_valves, own_prefix, dialog
                 )
-            except (ConfigError, AccessCheckError) as exc:
+            except (ConfigError, AccessCheckError, SetupCancelled) as exc:
+                transcript.add_notice(_setup_notice(exc))
                 run.not_started(exc)
                 return await _finish(emitter, transcript, handing_over=True)
             log.info(
@@ -4057,9 +4417,7 @@ class Pipe:
                 emitter.sent_events,
             )
         except asyncio.CancelledError:
-            log.debug("conversation stopped by the user")
-            transcript.close_live()
-            run.stopped()
+            _mark_stopped(run, transcript)
             await asyncio.shield(_finish(emitter, transcript, handing_over=False))
             raise
         except Exception as exc:
@@ -4075,7 +4433,7 @@ class Pipe:
         body: dict,
         user_valves: Any,
         own_prefix: str,
-        event_call: Callable[[dict], Awaitable[Any]] | None,
+        dialog: SetupDialog | None,
     ) -> tuple[
         ConversationConfig,
         list[Participant],
@@ -4089,7 +4447,7 @@ class Pipe:
         A new config is remembered for the chat only once every model in it passed setup.
         """
         config, saved = await self._choose_config(
-            gateway, ctx, body, user_valves, own_prefix, event_call
+            gateway, ctx, body, user_valves, own_prefix, dialog
         )
         runtime = gateway.runtime_models()
         names = {m: d.get("name") or m for m, d in runtime.items()}
@@ -4118,9 +4476,10 @@ class Pipe:
         body: dict,
         user_valves: Any,
         own_prefix: str,
-        event_call: Callable[[dict], Awaitable[Any]] | None,
+        dialog: SetupDialog | None,
     ) -> tuple[ConversationConfig, bool]:
-        """Saved for this chat, else the overlay's answer, else the user valves.
+        """Saved for this chat, else the overlay's answer, else the user valves; SetupCancelled
+        if the user closed the overlay.
 
         Returns the config and whether it was the saved one (a new one is remembered later,
         once every model in it has passed setup).
@@ -4137,29 +4496,19 @@ class Pipe:
                     raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
         defaults = config_from_user_valves(user_valves)
         answer = None
-        if event_call is not None and self.valves.CONFIG_OVERLAY:
+        if dialog is not None:
             # No status line around the dialog: it shows itself, and every status event
             # makes the host rewrite the whole chat.
-            script = overlay_script(
-                defaults,
-                own_prefix,
-                self.valves.OVERLAY_TIMEOUT,
-                self.valves.MAX_ROUNDS,
-                self.valves.MAX_TOKENS,
-            )
-            try:
-                # The dialog closes itself at OVERLAY_TIMEOUT; the slack covers a slow network.
-                answer = await within(
-                    self.clock,
-                    self.valves.OVERLAY_TIMEOUT + 5,
-                    event_call({"type": "execute", "data": {"code": script}}),
+            answer = await dialog.ask(
+                overlay_script(
+                    defaults,
+                    own_prefix,
+                    self.valves.OVERLAY_TIMEOUT,
+                    self.valves.MAX_ROUNDS,
+                    self.valves.MAX_TOKENS,
+                    ctx.metadata.get("message_id"),
                 )
-            except TimeoutError:
-                log.debug("configuration overlay timed out; using the user valves")
-            except Exception as exc:
-                log.warning("configuration overlay failed (%s); using the user valves", exc)
-            if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
-                answer = None  # the host's answer for a closed tab or an error
+            )
         return parse_config(answer if answer not in (None, "") else defaults, max_rounds), False
 
     # -- title, tags, follow-ups -------------------------------------------------------------

@@ -109,7 +109,8 @@ class LlamaServer:
             data=body,
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        # The server answers one request at a time: a background task may be generating.
+        with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310
             return len(json.loads(response.read())["tokens"])
 
 

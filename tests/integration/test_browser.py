@@ -5,12 +5,20 @@ the pipe's setup dialog in the page and watches three scripted models talk for t
 The rendered page must show the speakers' headings in order, a collapsed reasoning block per
 turn and the whole last turn, the same after a reload. A second chat checks that an alias
 holding HTML shows as text and injects nothing. A third picks the debate preset and a closing
-model in the dialog, then checks the page after a reload and a follow-up message. The first
-test saves docs/screenshot.png.
+model in the dialog, then checks the page after a reload and a follow-up message.
+
+The dialog itself: Escape, Cancel, a click outside it and a Stop while it is open each end the
+request with one line (in the page, in the saved chat, after a reload); it fits 1280x720 with
+its buttons in view, its fields are labelled, focus stays in it, it follows the dark theme, and
+its model picker finds a model by name from the keyboard.
+
+Screenshots (docs/setup-dialog.png, docs/conversation.png) are written into docs/ only with
+MMC_SCREENSHOTS=1, else into the test's temporary directory, so a run leaves the tree clean.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +35,7 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
+DOCS = ROOT / "docs"
 ARTIFACTS = ROOT / "tests" / ".artifacts"
 FUNCTION_ID = "mmc"
 PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
@@ -50,6 +58,11 @@ ASSISTANT = ".chat-assistant"
 CONTENT = f"{ASSISTANT} #response-content-container"
 COPY_BUTTON = "button.copy-response-button"
 OVERLAY = "#mmc-config-overlay"
+CARD = f"{OVERLAY} [role=dialog]"
+STOP_BUTTON = 'button[aria-label="Stop"]'
+SETUP_CANCELLED = "Setup cancelled"
+# The CSS colour of each heading mark, in order (multi_model_conversation.MARK_COLOURS).
+MARK_RGB = ["rgb(229, 57, 53)", "rgb(30, 136, 229)", "rgb(67, 160, 71)", "rgb(249, 168, 37)"]
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
@@ -93,15 +106,22 @@ def script_participants(backend) -> None:
         )
 
 
+def screenshot_path(tmp_path: Path, name: str) -> Path:
+    """docs/<name> with MMC_SCREENSHOTS=1 (to refresh the README's pictures), else tmp_path."""
+    return (DOCS if os.environ.get("MMC_SCREENSHOTS") == "1" else tmp_path) / name
+
+
 @asynccontextmanager
-async def browser_page() -> AsyncIterator[tuple[Browser, Page, list[str]]]:
+async def browser_page(
+    width: int = 1280, height: int = 900
+) -> AsyncIterator[tuple[Browser, Page, list[str]]]:
     """A fresh headless Chromium page; the list collects every JS dialog (alert) it opened."""
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
         try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page = await browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(TIMEOUT_MS)
             dialogs: list[str] = []
 
@@ -159,21 +179,35 @@ async def send_to_pipe(page: Page, owui: Owui, text: str) -> None:
     await page.click("#send-message-button")
 
 
-async def fill_overlay(page: Page, rounds: int, participants: list[tuple[str, str, str]]) -> None:
-    """Fills the pipe's setup dialog (model, alias, persona per participant) and starts."""
+async def pick_model(scope, name: str, model_id: str) -> None:
+    """Types a model's name into a model picker of `scope` and clicks the option it shows."""
+    picker = scope.locator(f"input[name={name}]")
+    await picker.fill(model_id)
+    await scope.locator(f'[role=option][data-value="{model_id}"]').click()
+    assert await picker.get_attribute("data-model-id") == model_id
+
+
+async def fill_participants(page: Page, rounds: int, participants: list[tuple[str, str, str]]):
+    """Fills the pipe's setup dialog: rounds, then model, alias, persona per participant."""
     overlay = page.locator(OVERLAY)
     await overlay.wait_for()
     await overlay.locator("input[name=rounds]").fill(str(rounds))
     await overlay.locator("input[name=count]").fill(str(len(participants)))
     await overlay.locator("select[name=selection]").select_option("round_robin")
-    boxes = overlay.locator("fieldset")
+    boxes = overlay.locator("fieldset[data-participant]")
     await boxes.nth(len(participants) - 1).wait_for()
     assert await boxes.count() == len(participants)
     for i, (model, alias, persona) in enumerate(participants):
         box = boxes.nth(i)
-        await box.locator("select[name=model]").select_option(model)
+        await pick_model(box, "model", model)
         await box.locator("input[name=alias]").fill(alias)
         await box.locator("textarea[name=system_message]").fill(persona)
+
+
+async def fill_overlay(page: Page, rounds: int, participants: list[tuple[str, str, str]]) -> None:
+    """Fills the pipe's setup dialog and starts."""
+    await fill_participants(page, rounds, participants)
+    overlay = page.locator(OVERLAY)
     await overlay.locator("#mmc-start").click()
     await overlay.wait_for(state="detached")
 
@@ -214,7 +248,7 @@ async def check_rendered_conversation(page: Page, aliases: list[str], last_turn:
     assert "<details" not in text and "&lt;" not in text and "&gt;" not in text
 
 
-async def save_screenshot(page: Page) -> None:
+async def save_screenshot(page: Page, path: Path) -> None:
     """The whole conversation in one PNG: the viewport grows to fit the scrolled messages."""
     extra = await page.evaluate(
         "() => { const m = document.getElementById('messages-container');"
@@ -228,13 +262,13 @@ async def save_screenshot(page: Page) -> None:
         "() => { const m = document.getElementById('messages-container'); if (m) m.scrollTop = 0; }"
     )
     await page.wait_for_timeout(300)  # let the resized layout paint
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size < 500_000, SCREENSHOT.stat().st_size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(path))
+    assert path.stat().st_size < 500_000, path.stat().st_size
     await page.set_viewport_size(size)
 
 
-async def test_three_models_talk_in_the_browser(owui: Owui, backend) -> None:
+async def test_three_models_talk_in_the_browser(owui: Owui, backend, tmp_path: Path) -> None:
     started = time.monotonic()
     script_participants(backend)
     await install_pipe(owui)
@@ -282,7 +316,7 @@ async def test_three_models_talk_in_the_browser(owui: Owui, backend) -> None:
         await page.get_by_text("think1-model-a").first.wait_for()
         assert await first_block.get_attribute("aria-expanded") == "true"
 
-        await save_screenshot(page)
+        await save_screenshot(page, screenshot_path(tmp_path, "conversation.png"))
         assert dialogs == []
     print(
         f"\nbrowser: sign-in {signed_in - started:.1f}s, conversation "
@@ -334,16 +368,16 @@ async def test_a_preset_and_a_closing_model_from_the_dialog(owui: Owui, backend)
         assert await overlay.locator("input[name=rounds]").input_value() == "2"
         assert await overlay.locator("select[name=closing_kind]").input_value() == "turn"
         assert await overlay.locator("input[name=closing_alias]").input_value() == "Judge"
-        boxes = overlay.locator("fieldset")
+        boxes = overlay.locator("fieldset[data-participant]")
         assert await boxes.count() == 2
         assert await boxes.nth(0).locator("input[name=alias]").input_value() == "Pro"
         assert (
             "AGAINST" in await boxes.nth(1).locator("textarea[name=system_message]").input_value()
         )
         await overlay.locator("input[name=closing_alias]").fill("Referee")  # edited
-        await boxes.nth(0).locator("select[name=model]").select_option("model-a")
-        await boxes.nth(1).locator("select[name=model]").select_option("model-b")
-        await overlay.locator("select[name=closing_model]").select_option("model-d")
+        await pick_model(boxes.nth(0), "model", "model-a")
+        await pick_model(boxes.nth(1), "model", "model-b")
+        await pick_model(overlay, "closing_model", "model-d")
         await overlay.locator("#mmc-start").click()
         await overlay.wait_for(state="detached")
 
@@ -373,4 +407,226 @@ async def test_a_preset_and_a_closing_model_from_the_dialog(owui: Owui, backend)
         assert await speaker_headings(page) == expected
         judge = [r for r in backend.requests if r.model == "model-d"]
         assert len(judge) == 2 and "Second motion: biscuits." in str(judge[1].messages)
+        assert dialogs == []
+
+
+# -- the setup dialog -------------------------------------------------------------------------
+
+INSIDE_DIALOG = "() => !!document.activeElement?.closest('#mmc-config-overlay [role=dialog]')"
+
+
+async def open_dialog(page: Page, owui: Owui, text: str = "Hello?"):
+    """Signs in, sends `text` to the pipe and returns the open setup dialog's overlay."""
+    await sign_in(page, owui)
+    await send_to_pipe(page, owui, text)
+    overlay = page.locator(OVERLAY)
+    await overlay.wait_for()
+    return overlay
+
+
+async def saved_reply(owui: Owui, page: Page) -> dict:
+    """The page's chat's last assistant message, as the database holds it."""
+    await page.wait_for_url(re.compile(r"/c/[\w-]+$"))
+    chat_id = page.url.rsplit("/", 1)[-1]
+    history = (await owui.get_chat(chat_id))["chat"]["history"]
+    return history["messages"][history["currentId"]]
+
+
+async def check_one_line_left(owui: Owui, page: Page, backend, line: str) -> None:
+    """The request is over: no dialog, no Stop button, the message one line that says `line`,
+    in the page, in the saved chat and after a reload; no model was asked anything."""
+    await page.locator(OVERLAY).wait_for(state="detached")
+    text = await wait_finished(page)
+    assert line in text and len(text.strip().splitlines()) == 1, text
+    assert await page.locator(STOP_BUTTON).count() == 0
+    saved = await saved_reply(owui, page)
+    assert line in saved["content"] and saved.get("done") is True, saved
+    assert [r for r in backend.requests if r.stream] == []
+    await page.reload()
+    text = await wait_finished(page)
+    assert line in text, text
+    assert await page.locator(STOP_BUTTON).count() == 0
+    assert await page.locator(OVERLAY).count() == 0
+
+
+@pytest.mark.parametrize("how", ["escape", "escape-in-chat-input", "cancel", "outside"])
+async def test_escape_cancel_or_a_click_outside_cancels_the_setup(owui: Owui, backend, how) -> None:
+    script_participants(backend)
+    await install_pipe(owui)
+
+    async with browser_page() as (_, page, dialogs):
+        overlay = await open_dialog(page, owui)
+        assert await page.evaluate(INSIDE_DIALOG), "focus did not move into the dialog"
+        if how == "escape":
+            # The first Escape closes an open model list only; the next one closes the dialog
+            # (before this fix it reached Open WebUI, which stopped the request under it).
+            picker = overlay.locator("fieldset[data-participant] input[name=model]").first
+            await picker.focus()
+            await page.keyboard.press("ArrowDown")
+            assert await picker.get_attribute("aria-expanded") == "true"
+            await page.keyboard.press("Escape")
+            assert await picker.get_attribute("aria-expanded") == "false"
+            assert await overlay.count() == 1
+            await page.keyboard.press("Escape")
+        elif how == "escape-in-chat-input":
+            # Escape in the chat input makes Open WebUI stop the request; with the dialog open
+            # the dialog takes it first, wherever the focus is.
+            await page.locator("#chat-input").dispatch_event("keydown", {"key": "Escape"})
+        elif how == "cancel":
+            await overlay.locator("#mmc-cancel").click()
+        else:
+            card = await page.locator(CARD).bounding_box()
+            assert card and card["x"] > 40
+            await page.mouse.click(20, card["y"] + 40)  # the dimmed page beside the card
+        await check_one_line_left(owui, page, backend, SETUP_CANCELLED)
+
+        # Nothing was remembered: the next message asks again, and this time it runs.
+        await page.click("#chat-input")
+        await page.keyboard.type("Now with a setup.")
+        await page.click("#send-message-button")
+        await fill_overlay(page, 1, [("model-a", "Ada", "Be brief.")])
+        await wait_finished(page, assistant_messages=2)
+        assert await speaker_headings(page) == ["Ada"]
+        assert dialogs == []
+
+
+async def test_a_stop_while_the_dialog_is_open_closes_it(owui: Owui, backend) -> None:
+    """The request is stopped from elsewhere (another tab, the API): the dialog goes too."""
+    script_participants(backend)
+    await install_pipe(owui)
+
+    async with browser_page() as (_, page, dialogs):
+        await open_dialog(page, owui)
+        await page.wait_for_url(re.compile(r"/c/[\w-]+$"))
+        await owui.stop(page.url.rsplit("/", 1)[-1])
+        await check_one_line_left(owui, page, backend, "Stopped before the conversation began")
+        assert dialogs == []
+
+
+async def test_the_dialog_fits_720p_is_labelled_and_keeps_focus(
+    owui: Owui, backend, tmp_path: Path
+) -> None:
+    script_participants(backend)
+    await install_pipe(owui)
+    participants = [
+        ("model-a", "Ada", "You are Ada, a patient mathematician."),
+        ("model-b", "Grace", "You are Grace, a pragmatic engineer."),
+        ("model-c", "Linus", "You are Linus, a blunt reviewer."),
+    ]
+
+    async with browser_page(1280, 720) as (_, page, dialogs):
+        overlay = await open_dialog(page, owui, "Is tea better than coffee?")
+        card = page.locator(CARD)
+        assert await card.get_attribute("aria-modal") == "true"
+        title = await card.get_attribute("aria-labelledby")
+        assert await page.locator(f"#{title}").inner_text() == "Multi-Model Conversation"
+        assert await page.evaluate(INSIDE_DIALOG)
+
+        # Five participants: the body scrolls, the buttons stay in view.
+        await overlay.locator("input[name=count]").fill("5")
+        boxes = overlay.locator("fieldset[data-participant]")
+        await boxes.nth(4).wait_for()
+        body = overlay.locator(".mmc-body")
+        assert await body.evaluate("b => b.scrollHeight > b.clientHeight")
+        await body.evaluate("b => { b.scrollTop = b.scrollHeight; }")
+        for button in ("#mmc-start", "#mmc-skip", "#mmc-cancel"):
+            box = await overlay.locator(button).bounding_box()
+            assert box, button
+            assert 0 <= box["x"] and box["x"] + box["width"] <= 1280, (button, box)
+            assert 0 <= box["y"] and box["y"] + box["height"] <= 720, (button, box)
+
+        # Each field of a participant is found by its label; each card wears its mark's colour.
+        for label in ("Model", "Alias", "Persona", "Max tokens per turn"):
+            assert await overlay.get_by_label(label, exact=True).count() == 5, label
+        for i, rgb in enumerate(MARK_RGB):
+            style = await boxes.nth(i).evaluate("b => getComputedStyle(b).borderLeftColor")
+            assert style == rgb, (i, style)
+
+        # Tab and Shift+Tab go round inside the dialog.
+        for key in ["Tab"] * 45 + ["Shift+Tab"] * 10:
+            await page.keyboard.press(key)
+            assert await page.evaluate(INSIDE_DIALOG), key
+
+        await fill_participants(page, 2, participants)
+        await body.evaluate("b => { b.scrollTop = 0; }")
+        path = screenshot_path(tmp_path, "setup-dialog.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(path))
+        assert path.stat().st_size < 500_000
+
+        # Enter on Start starts it.
+        await overlay.locator("#mmc-start").focus()
+        await page.keyboard.press("Enter")
+        await overlay.wait_for(state="detached")
+        await wait_finished(page)
+        assert await speaker_headings(page) == ["Ada", "Grace", "Linus"] * 2
+        assert dialogs == []
+
+
+def luminance(css: str) -> float:
+    """0 (black) to 1 (white) for a computed `rgb(...)`/`rgba(...)` colour."""
+    r, g, b = (int(v) for v in re.findall(r"[\d.]+", css)[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+async def test_the_dialog_follows_the_dark_theme(owui: Owui, backend) -> None:
+    await install_pipe(owui)
+
+    async with browser_page() as (_, page, dialogs):
+        await sign_in(page, owui)
+        await page.evaluate("() => localStorage.setItem('theme', 'dark')")  # as Settings does
+        await page.reload()
+        await page.locator("#chat-input").wait_for()
+        assert "dark" in (await page.locator("html").get_attribute("class") or "")
+        await send_to_pipe(page, owui, "Hello in the dark.")
+        card = page.locator(CARD)
+        await card.wait_for()
+        colours = "c => [getComputedStyle(c).backgroundColor, getComputedStyle(c).color]"
+        background, text = await card.evaluate(colours)
+        assert luminance(background) < 0.2 and luminance(text) > 0.7, (background, text)
+        field = page.locator(f"{OVERLAY} input[name=alias]").first
+        assert luminance(await field.evaluate("f => getComputedStyle(f).color")) > 0.7
+
+        # The page turns light while the dialog is open: the dialog follows.
+        await page.evaluate("() => document.documentElement.classList.remove('dark')")
+        background, text = await card.evaluate(colours)
+        assert luminance(background) > 0.8 and luminance(text) < 0.3, (background, text)
+        await page.locator("#mmc-cancel").click()
+        await page.locator(OVERLAY).wait_for(state="detached")
+        await page.evaluate("() => localStorage.setItem('theme', 'light')")
+        assert dialogs == []
+
+
+async def test_the_model_picker_finds_a_model_by_name_from_the_keyboard(owui: Owui, backend):
+    backend.set_script("model-e", ModelScript(reply="Zephyr here, briefly.", delay=0.01))
+    await owui.set_model_params("model-e", name="Zephyr Sage")
+    await install_pipe(owui)
+
+    async with browser_page() as (_, page, dialogs):
+        overlay = await open_dialog(page, owui, "Who are you?")
+        await overlay.locator("input[name=rounds]").fill("1")
+        await overlay.locator("input[name=count]").fill("1")
+        picker = overlay.locator("fieldset[data-participant] input[name=model]")
+        await picker.focus()
+        await page.keyboard.type("sage")  # part of the name, not of the id
+        options = overlay.locator("[role=option]")
+        assert await options.count() == 1
+        assert await options.first.get_attribute("data-value") == "model-e"
+        assert (await options.first.inner_text()).startswith("Zephyr Sage")
+        assert await options.first.get_attribute("aria-selected") == "true"
+        active = await picker.get_attribute("aria-activedescendant")
+        assert active == await options.first.get_attribute("id")
+        await page.keyboard.press("Enter")  # picks the model; the dialog stays
+        assert await picker.input_value() == "Zephyr Sage"
+        assert await picker.get_attribute("data-model-id") == "model-e"
+        assert await picker.get_attribute("aria-expanded") == "false"
+        assert await overlay.count() == 1
+        await page.keyboard.press("Enter")  # now Enter starts the conversation
+        await overlay.wait_for(state="detached")
+        await wait_finished(page)
+
+        assert [r.model for r in backend.requests if r.stream] == ["model-e"]
+        assert await speaker_headings(page) == ["Zephyr Sage"]
+        text = await page.locator(CONTENT).last.inner_text()
+        assert text.rstrip().endswith("Zephyr here, briefly.")
         assert dialogs == []
