@@ -301,6 +301,8 @@ async def test_three_models_talk_in_the_browser(owui: Owui, backend, tmp_path: P
             "model-c",
         ] * 2
         await check_rendered_conversation(page, aliases, last.reply)
+        assert END_STATUS.match(await end_status(page)), await end_status(page)
+        assert (await end_status(page)).startswith("3 participants, 6 turns, ")
         chat_url = page.url
         assert "/c/" in chat_url
 
@@ -629,4 +631,43 @@ async def test_the_model_picker_finds_a_model_by_name_from_the_keyboard(owui: Ow
         assert await speaker_headings(page) == ["Zephyr Sage"]
         text = await page.locator(CONTENT).last.inner_text()
         assert text.rstrip().endswith("Zephyr here, briefly.")
+        assert dialogs == []
+
+
+# -- the end of a run -------------------------------------------------------------------------
+
+END_STATUS = re.compile(r"^\d+ participants?, \d+ turns?, \d+ s")
+
+
+async def end_status(page: Page) -> str:
+    """The status line under the model name of the last reply."""
+    status = page.locator(f'{ASSISTANT} button[aria-label="Toggle status history"]').last
+    return (await status.inner_text()).strip()
+
+
+async def test_stop_mid_conversation_marks_the_turn_as_stopped(owui: Owui, backend) -> None:
+    def long_reply(record) -> str:
+        return default_reply(record.model, record.n, 400)
+
+    for model in ("model-a", "model-b"):
+        backend.set_script(model, ModelScript(reply=long_reply, delay=0.05))
+    await install_pipe(owui)
+
+    async with browser_page() as (_, page, dialogs):
+        await sign_in(page, owui)
+        await send_to_pipe(page, owui, "Talk at length.")
+        await fill_overlay(page, 3, [("model-a", "Ada", "Be long."), ("model-b", "Grace", "")])
+        content = page.locator(CONTENT).last
+        await content.locator("h3").nth(1).wait_for()  # Grace has begun
+        await page.locator(STOP_BUTTON).click()
+        text = await wait_finished(page)
+        assert await speaker_headings(page) == ["Ada", "Grace"]
+        assert "(stopped)" in text.rsplit("Grace", 1)[-1], text[-300:]
+        assert await page.locator(STOP_BUTTON).count() == 0
+        status = await end_status(page)
+        assert END_STATUS.match(status) and "stopped" in status, status
+
+        await page.reload()
+        text = await wait_finished(page)
+        assert "(stopped)" in text.rsplit("Grace", 1)[-1], text[-300:]
         assert dialogs == []
