@@ -289,6 +289,18 @@ def config(*models: str, rounds: int = 1, **extra: Any) -> dict:
     }
 
 
+class Overlay:
+    """Answers __event_call__ like the browser's dialog does."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls: list[dict] = []
+
+    async def __call__(self, event: dict):
+        self.calls.append(event)
+        return self.answer
+
+
 class PipeHarness:
     """A Pipe wired to a FakeHost and FakeClock, called the way Open WebUI calls it."""
 

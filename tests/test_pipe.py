@@ -11,6 +11,7 @@ import pytest
 
 import multi_model_conversation as mmc
 from tests.fakes import (
+    Overlay,
     PipeHarness,
     RecordingEmitter,
     Script,
@@ -68,18 +69,6 @@ async def test_a_v2_shared_instruction_without_placeholder_gets_the_alias_append
 
 
 # -- 2. configuration: saved, overlay, valves; validated; remembered ----------------------------
-
-
-class Overlay:
-    """Answers __event_call__ like the browser's dialog does."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.calls: list[dict] = []
-
-    async def __call__(self, event: dict):
-        self.calls.append(event)
-        return self.answer
 
 
 async def test_overlay_answer_is_used_remembered_and_not_asked_again():

@@ -11,19 +11,7 @@ import subprocess
 import pytest
 
 import multi_model_conversation as mmc
-from tests.fakes import PipeHarness, RecordingEmitter, config
-
-
-class Overlay:
-    """Answers __event_call__ like the browser's dialog does."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.calls: list[dict] = []
-
-    async def __call__(self, event: dict):
-        self.calls.append(event)
-        return self.answer
+from tests.fakes import Overlay, PipeHarness, RecordingEmitter, config
 
 
 async def test_a_cancelled_dialog_leaves_one_line_and_asks_again_next_time():

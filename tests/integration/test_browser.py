@@ -268,15 +268,18 @@ async def save_screenshot(page: Page, path: Path) -> None:
     await page.set_viewport_size(size)
 
 
+THREE = [
+    ("model-a", "Ada", "You are Ada, a patient mathematician."),
+    ("model-b", "Grace", "You are Grace, a pragmatic engineer."),
+    ("model-c", "Linus", "You are Linus, a blunt reviewer."),
+]
+
+
 async def test_three_models_talk_in_the_browser(owui: Owui, backend, tmp_path: Path) -> None:
     started = time.monotonic()
     script_participants(backend)
     await install_pipe(owui)
-    participants = [
-        ("model-a", "Ada", "You are Ada, a patient mathematician."),
-        ("model-b", "Grace", "You are Grace, a pragmatic engineer."),
-        ("model-c", "Linus", "You are Linus, a blunt reviewer."),
-    ]
+    participants = THREE
     aliases = [alias for _, alias, _ in participants] * 2
 
     async with browser_page() as (_, page, dialogs):
@@ -510,11 +513,7 @@ async def test_the_dialog_fits_720p_is_labelled_and_keeps_focus(
 ) -> None:
     script_participants(backend)
     await install_pipe(owui)
-    participants = [
-        ("model-a", "Ada", "You are Ada, a patient mathematician."),
-        ("model-b", "Grace", "You are Grace, a pragmatic engineer."),
-        ("model-c", "Linus", "You are Linus, a blunt reviewer."),
-    ]
+    participants = THREE
 
     async with browser_page(1280, 720) as (_, page, dialogs):
         overlay = await open_dialog(page, owui, "Is tea better than coffee?")
