@@ -18,6 +18,8 @@ from tests.integration.conftest import ROOT
 
 pytestmark = [
     pytest.mark.real_model,
+    # Two messages of six real turns each, plus tasks: 3-7 minutes alone, more on a busy machine.
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(
         os.environ.get("MMC_REAL_MODEL") != "1" or not real_model.available(),
         reason="opt-in: scripts/test --real-model",
