@@ -58,6 +58,7 @@ MARK_COLOURS = (
     "#9e9e9e",
 )
 MAX_PARTICIPANTS = 5
+SELECTIONS = ("round_robin", "manager", "random", "mention")  # how the next speaker is chosen
 MAX_ALIAS_CHARS = 64
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
 RECONFIGURE_COMMAND = "/reconfigure"
@@ -153,7 +154,7 @@ class ConversationConfig(BaseModel):
     use_manager: bool = False  # v2's key; kept equal to selection == "manager"
     manager_model: str = ""
     participants: list[ParticipantConfig] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
-    selection: Literal["round_robin", "manager", "random", "mention"] = "round_robin"
+    selection: Literal[SELECTIONS] = "round_robin"
     pass_allowed: bool = False
     stop_phrase: str = Field(default="", max_length=MAX_STOP_PHRASE_CHARS)
     max_seconds: float = Field(default=0, ge=0, le=86_400)
@@ -432,9 +433,10 @@ def _problem(loc: list, err: dict, rows: list[int]) -> str:
 
 # The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a
 # <select> of its values. "" is each one's "not set".
-ParticipantCount = Literal[1, 2, 3, 4, 5]
-SelectionChoice = Literal["", "round_robin", "manager", "random", "mention"]
-PresetChoice = Literal["", "debate", "brainstorm", "review_panel", "interview"]
+# Built from what the setup accepts, so a select never offers a value the setup refuses.
+ParticipantCount = Literal[tuple(range(1, MAX_PARTICIPANTS + 1))]
+SelectionChoice = Literal[("", *SELECTIONS)]
+PresetChoice = Literal[("", *PRESETS)]
 
 
 def participant_count(value: Any) -> Any:
@@ -3357,6 +3359,11 @@ return await new Promise((resolve) => {
     return el('div', { className: extra }, [el('label', { for: target.id, textContent: text }), control.node || control]);
   };
   const nameOf = (id) => (models.find((m) => m.id === id) || {}).name || id;
+  // The user's models whose id or name holds `text` (case ignored); all of them for ''.
+  const matching = (text) => {
+    const q = text.trim().toLowerCase();
+    return models.filter((m) => !q || m.id.toLowerCase().includes(q) || (m.name || '').toLowerCase().includes(q));
+  };
 
   // A model picker: a combobox that filters the user's models by name or id; stores the id.
   let openPicker = null;
@@ -3384,8 +3391,7 @@ return await new Promise((resolve) => {
       } else input.removeAttribute('aria-activedescendant');
     };
     const open = (query) => {
-      const q = query.trim().toLowerCase();
-      state.shown = models.filter((m) => !q || m.id.toLowerCase().includes(q) || (m.name || '').toLowerCase().includes(q));
+      state.shown = matching(query);
       state.active = state.shown.length ? Math.max(0, state.shown.findIndex((m) => m.id === state.value)) : -1;
       list.hidden = false;
       input.setAttribute('aria-expanded', 'true');
@@ -3430,7 +3436,7 @@ return await new Promise((resolve) => {
       const text = input.value.trim().toLowerCase();
       if (!text) return choose(null);
       if (state.value && text === nameOf(state.value).toLowerCase()) return;
-      const hits = models.filter((m) => m.id.toLowerCase().includes(text) || (m.name || '').toLowerCase().includes(text));
+      const hits = matching(text);
       const exact = hits.find((m) => m.id.toLowerCase() === text || (m.name || '').toLowerCase() === text);
       if (exact || hits.length === 1) choose(exact || hits[0]);
       else input.value = state.value ? nameOf(state.value) : '';
