@@ -32,6 +32,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -207,88 +208,6 @@ def stored_form(config: ConversationConfig) -> dict[str, Any]:
     }
 
 
-# Named bundles of the keys above; the dialog fills its fields from them and keeps them
-# editable, and a config naming a preset gets the preset's value for every key it leaves out.
-PRESETS: dict[str, dict[str, Any]] = {
-    "debate": {
-        "label": "Debate: opening, rebuttals, verdict",
-        "config": {
-            "rounds": 2,
-            "selection": "round_robin",
-            "closing": {
-                "alias": "Judge",
-                "prompt": "You are the judge of this debate. Weigh both sides' arguments and "
-                "give a verdict: which side argued better, and why, in one short paragraph.",
-            },
-        },
-        "participants": [
-            {
-                "alias": "Pro",
-                "system_message": "You argue FOR the motion. In round 1 give your opening "
-                "statement; in later rounds rebut the other side's latest points.",
-            },
-            {
-                "alias": "Con",
-                "system_message": "You argue AGAINST the motion. In round 1 give your opening "
-                "statement; in later rounds rebut the other side's latest points.",
-            },
-        ],
-    },
-    "brainstorm": {
-        "label": "Brainstorm",
-        "config": {
-            "rounds": 3,
-            "selection": "random",
-            "pass_allowed": True,
-            "closing": {
-                "alias": "Summary",
-                "prompt": "List every idea proposed, grouped by theme, best first, with one "
-                "line each, then name the three most promising.",
-            },
-        },
-        "participants": [
-            {"alias": "Dreamer", "system_message": "Propose bold, unusual ideas."},
-            {"alias": "Builder", "system_message": "Build on the others' ideas; make them work."},
-            {"alias": "Skeptic", "system_message": "Point out the weak spot of the latest idea."},
-        ],
-    },
-    "review_panel": {
-        "label": "Review panel (ends in a vote)",
-        "config": {
-            "rounds": 2,
-            "selection": "round_robin",
-            "pass_allowed": True,
-            "closing": "vote",
-        },
-        "participants": [
-            {"alias": "Correctness", "system_message": "Review for correctness and edge cases."},
-            {"alias": "Security", "system_message": "Review for security and privacy risks."},
-            {"alias": "Clarity", "system_message": "Review for clarity and maintainability."},
-        ],
-    },
-    "interview": {
-        "label": "Interview",
-        "config": {
-            "rounds": 4,
-            "selection": "round_robin",
-            "stop_phrase": "THAT CONCLUDES THE INTERVIEW",
-            "closing": {
-                "alias": "Notes",
-                "prompt": "Write the interview notes: strengths, concerns, and a recommendation.",
-            },
-        },
-        "participants": [
-            {
-                "alias": "Interviewer",
-                "system_message": "You lead the interview: ask one question at a time and "
-                "follow up on vague answers.",
-            },
-            {"alias": "Candidate", "system_message": "You are interviewed: answer candidly."},
-        ],
-    },
-}
-
-
 def apply_preset(raw: dict) -> dict:
     """Fill the keys a config leaves out, and its empty aliases and personas, from its preset."""
     name = str(raw.get("preset") or "").strip().lower().replace(" ", "_").replace("-", "_")
@@ -429,14 +348,6 @@ def _problem(loc: list, err: dict, rows: list[int]) -> str:
         "list_type": "must be a list",
     }.get(kind) or str(err["msg"])
     return f"{where}: {what}"
-
-
-# The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a
-# <select> of its values. "" is each one's "not set".
-# Built from what the setup accepts, so a select never offers a value the setup refuses.
-ParticipantCount = Literal[tuple(range(1, MAX_PARTICIPANTS + 1))]
-SelectionChoice = Literal[("", *SELECTIONS)]
-PresetChoice = Literal[("", *PRESETS)]
 
 
 def participant_count(value: Any) -> Any:
@@ -3254,6 +3165,637 @@ async def ask_task_model(
 # Configuration overlay: a dialog opened in the user's browser through __event_call__
 # ============================================================================
 
+
+def overlay_script(
+    defaults: dict,
+    own_prefix: str,
+    timeout_s: float,
+    max_rounds: int,
+    max_tokens: int = 0,
+    message_id: str | None = None,
+) -> str:
+    """The overlay's code with its inputs as JSON literals (never spliced in as raw text).
+
+    One pass over the template: a placeholder's name inside a value is left as it is.
+    """
+    values = {
+        "DEFAULTS": defaults,
+        "OWN_PREFIX": own_prefix,
+        "TIMEOUT_MS": int(timeout_s * 1000),
+        "MAX_ROUNDS": int(max_rounds),
+        "PRESETS": PRESETS,
+        "MAX_TOKENS": int(max_tokens),
+        "MARKS": list(zip(COLOUR_MARKS, MARK_COLOURS, strict=True)),
+        "MESSAGE_ID": message_id,
+        "CLOSE_EVENT": OVERLAY_CLOSE_EVENT,
+    }
+    return re.sub(r"__([A-Z_]+)__", lambda m: _js_literal(values[m.group(1)]), OVERLAY_JS)
+
+
+def overlay_close_script(message_id: str | None) -> str:
+    """Code that closes the dialog of that message in the tab (the request ended without it)."""
+    return (
+        f"window.dispatchEvent(new CustomEvent({_js_literal(OVERLAY_CLOSE_EVENT)}, "
+        f"{{ detail: {_js_literal(message_id)} }}));"
+    )
+
+
+def _js_literal(value: Any) -> str:
+    return json.dumps(value).replace("</", "<\\/")
+
+
+OVERLAY_CLOSE_EVENT = "mmc-setup-close"
+# The dialog's answer to Cancel, Escape or a click outside it.
+OVERLAY_CANCELLED = "cancelled"
+SETUP_CANCELLED = f"{NOTICE_PREFIX}Setup cancelled. Send a message to open it again.*"
+STOPPED_IN_SETUP = f"{NOTICE_PREFIX}Stopped before the conversation began.*"
+
+
+class SetupCancelled(Exception):
+    """The user closed the setup dialog without an answer: nothing runs."""
+
+
+class SetupDialog:
+    """Asks the user's tab for a setup, and closes the dialog if the request stops first.
+
+    The tab awaits the dialog inside its event handler; a request stopped meanwhile would
+    leave it open, so an `execute` event queued before the final content closes it.
+    """
+
+    def __init__(
+        self,
+        call: Callable[[dict], Awaitable[Any]],
+        emitter: CoalescingEmitter,
+        message_id: str | None,
+        clock: Clock,
+        timeout: float,
+    ) -> None:
+        self._call = call
+        self._emitter = emitter
+        self._message_id = message_id
+        self._clock = clock
+        self._timeout = timeout
+
+    async def ask(self, script: str) -> Any:
+        """The dialog's answer, or None (use the defaults) if it timed out or failed.
+
+        Raises SetupCancelled for Cancel, Escape or a click outside it.
+        """
+        try:
+            # The dialog closes itself at the timeout; the slack covers a slow network.
+            answer = await within(
+                self._clock,
+                self._timeout + 5,
+                self._call({"type": "execute", "data": {"code": script}}),
+            )
+        except asyncio.CancelledError:
+            code = overlay_close_script(self._message_id)
+            self._emitter.post({"type": "execute", "data": {"code": code}})
+            raise
+        except TimeoutError:
+            log.debug("configuration overlay timed out; using the user valves")
+            return None
+        except Exception as exc:
+            log.warning("configuration overlay failed (%s); using the user valves", exc)
+            return None
+        if isinstance(answer, dict) and answer.get(OVERLAY_CANCELLED) is True:
+            raise SetupCancelled
+        if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
+            return None  # the host's answer for a closed tab or an error
+        return answer
+
+
+# ============================================================================
+# Request plumbing: the helpers Pipe uses, in the order a request meets them
+# ============================================================================
+
+
+def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
+    """Tools may report status or files, but content events would fight our transcript."""
+    if emit is None:
+        return None
+
+    async def forward(event: dict) -> Any:
+        if isinstance(event, dict) and event.get("type") in ("message", "replace", "chat:message"):
+            log.debug("dropped a %s event from a tool", event.get("type"))
+            return None
+        return await emit(event)
+
+    return forward
+
+
+def _chat_bytes(body: dict) -> int:
+    """Rough size of what the host rewrites besides our message: the chat's earlier messages,
+    which it keeps twice (the history tree and the message list)."""
+    messages = body.get("messages") or []
+    return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
+
+
+def _settings(valves: Any, user_valves: Any) -> Settings:
+    def get(name: str, default: Any) -> Any:
+        value = getattr(user_valves, name, None)
+        return default if value in (None, "") else value
+
+    return Settings(
+        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
+        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
+        tool_timeout=valves.TOOL_TIMEOUT,
+        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
+        turn_timeout=valves.TURN_TIMEOUT,
+        max_tokens=valves.MAX_TOKENS,
+        turn_time_limit=valves.TURN_TIME_LIMIT,
+        context_tokens=valves.CONTEXT_TOKENS,
+        stop_sequences=valves.STOP_SEQUENCES,
+        manager_timeout=valves.MANAGER_TIMEOUT,
+        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
+        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
+        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
+        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
+        show_manager_reason=bool(get("ShowManagerReason", True)),
+        sampling={
+            "temperature": get("Temperature", 1.0),
+            "top_p": get("Top_p", 0.8),
+            "top_k": get("Top_k", 50),
+        },
+    )
+
+
+def _saved_chat_id(ctx: RequestContext) -> str | None:
+    """The chat id when the chat is stored on the server (not a temporary or channel chat)."""
+    chat_id = str(ctx.metadata.get("chat_id") or "")
+    return chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
+
+
+def _last_user_text(body: dict) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+_RECONFIGURE_HINT = (
+    f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
+)
+
+
+def _model_roles(
+    config: ConversationConfig, manager_id: str | None, closer: Participant | None
+) -> dict[str, str]:
+    """Every model a run needs (closing too: the same setup and access check), in order, with
+    where it is used as the dialog names it: "Participant 2, Manager model"."""
+    roles: dict[str, list[str]] = {}
+    for i, row in enumerate(config.participants):
+        number = (i if row._row is None else row._row) + 1
+        roles.setdefault(row.model, []).append(f"Participant {number}")
+    if manager_id:
+        roles.setdefault(manager_id, []).append("Manager model")
+    if closer:
+        roles.setdefault(closer.model_id, []).append("Closing model")
+    return {model: ", ".join(where) for model, where in roles.items()}
+
+
+def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
+    own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
+    if own:
+        raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
+
+
+async def _remember(gateway: HostGateway, ctx: RequestContext, config: ConversationConfig) -> None:
+    chat_id = _saved_chat_id(ctx)
+    if chat_id is None:
+        return
+    try:
+        await gateway.save_chat_config(chat_id, stored_form(config))
+    except Exception as exc:
+        log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
+
+
+def _setup_notice(exc: Exception) -> str:
+    """The one line a setup that did not end in a conversation leaves in the message."""
+    if isinstance(exc, SetupCancelled):
+        return SETUP_CANCELLED
+    if isinstance(exc, AccessCheckError):
+        log.warning("%s", exc)
+        return f"{NOTICE_PREFIX}{md_text(exc.for_user())}*"
+    return f"{NOTICE_PREFIX}{md_text(str(exc))}*"
+
+
+def _mark_stopped(run: Run, transcript: Transcript) -> None:
+    """The user pressed Stop: the cut turn and the status say so, and a message stopped in the
+    setup is not left blank."""
+    log.debug("conversation stopped by the user")
+    transcript.close_live()
+    run.stopped()
+    if not transcript.render():
+        transcript.add_notice(STOPPED_IN_SETUP)
+
+
+async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
+    """Flush the final state (saved by the host with it); return it for the host to save again.
+
+    The host turns the returned text into one delta that the open tab appends to what our
+    events showed, so before returning we empty the tab's copy with `chat:message`, which the
+    host does not store: the tab shows the text once and the database never holds less than
+    the whole transcript. On Stop no delta follows, so the tab keeps what it shows.
+    """
+    transcript.finish()
+    await emitter.flush()
+    final = transcript.render()
+    if handing_over:
+        await emitter.hand_over()
+    return final
+
+
+# ============================================================================
+# Pipe: the entry point Open WebUI calls
+# ============================================================================
+
+
+class Pipe:
+    """Open WebUI entry point. Shared by every request: it holds only valves and factories."""
+
+    # Declared in the data section at the end of the file (ADMIN_VALVES, USER_VALVES).
+    Valves: type[BaseModel]
+    UserValves: type[BaseModel]
+
+    # Replaceable by tests: how to reach the host, and what time is.
+    gateway_factory: Callable[[Any], HostGateway] = HostGateway
+    clock: Clock = Clock()
+    rng_factory: Callable[[], random.Random] = random.Random  # a new one per run
+
+    def __init__(self) -> None:
+        self.type = "manifold"
+        self.valves = self.Valves()
+        # Context sizes servers named in errors: facts about models, shared by every run.
+        self.context_limits: dict[str, int] = {}
+
+    def pipes(self) -> list[dict[str, str]]:
+        # v2's pipe id, so chats that used it keep their model after an upgrade.
+        return [{"id": "Conversation-pipe", "name": self.valves.PIPE_NAME}]
+
+    async def pipe(
+        self,
+        body: dict,
+        __user__: dict | None = None,
+        __request__: Any = None,
+        __event_emitter__: EmitFn | None = None,
+        __event_call__: Callable[[dict], Awaitable[Any]] | None = None,
+        __metadata__: dict | None = None,
+        __task__: Any = None,
+        __files__: list | None = None,
+        __chat_id__: str | None = None,
+        __message_id__: str | None = None,
+        __session_id__: str | None = None,
+        __oauth_token__: Any = None,
+    ) -> str:
+        user_info = __user__ or {}
+        metadata = __metadata__ or {}
+        gateway = self.gateway_factory(__request__)
+        user_valves = user_info.get("valves") or self.UserValves()
+        user = await gateway.get_user(user_info.get("id", ""))
+        if user is None:
+            return "Your user account could not be found."
+        ctx = RequestContext(
+            user=user,
+            metadata=metadata,
+            tool_ids=list(metadata.get("tool_ids") or []),
+            features=dict(metadata.get("features") or {}),
+            terminal_id=metadata.get("terminal_id"),
+            builtin_tools=self.valves.BUILTIN_TOOLS,
+            extra_params={
+                "__user__": user_info,
+                "__request__": __request__,
+                "__metadata__": metadata,
+                "__event_call__": __event_call__,
+                "__event_emitter__": _tool_event_filter(__event_emitter__),
+                "__chat_id__": metadata.get("chat_id"),
+                "__message_id__": metadata.get("message_id"),
+                "__session_id__": metadata.get("session_id"),
+                "__files__": metadata.get("files") or __files__ or [],
+                "__messages__": body.get("messages") or [],
+                "__oauth_token__": __oauth_token__,
+            },
+        )
+        own_prefix = str(body.get("model") or "").split(".", 1)[0] + "."
+        if __task__:
+            return await self._background_task(
+                gateway, ctx, body, user_valves, own_prefix, str(__task__)
+            )
+        return await self._conversation(
+            gateway,
+            ctx,
+            body,
+            user_info,
+            user_valves,
+            own_prefix,
+            __event_emitter__,
+            __event_call__,
+        )
+
+    # -- a conversation ----------------------------------------------------------------------
+    async def _conversation(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_info: dict,
+        user_valves: Any,
+        own_prefix: str,
+        emit: EmitFn | None,
+        event_call: Callable[[dict], Awaitable[Any]] | None,
+    ) -> str:
+        valves = self.valves
+        clock = self.clock
+        transcript = Transcript(clock.now)
+        emitter = CoalescingEmitter(
+            emit,
+            transcript.render,
+            valves.EMIT_INTERVAL,
+            clock,
+            host_bytes=_chat_bytes(body),
+            save_interval=valves.SAVE_INTERVAL,
+            budget=valves.SAVE_BUDGET_KB * 1024,
+            max_save_interval=valves.MAX_SAVE_INTERVAL,
+            live_at=transcript.live_block_at,
+        )
+        settings = _settings(valves, user_valves)
+        run = Run(
+            gateway,
+            ctx,
+            settings,
+            transcript,
+            emitter,
+            user_info.get("name") or "User",
+            clock,
+            self.rng_factory(),
+            ContextBudget(settings.context_tokens, self.context_limits),
+        )
+        dialog = None
+        if event_call is not None and valves.CONFIG_OVERLAY:
+            message_id = ctx.metadata.get("message_id")
+            dialog = SetupDialog(event_call, emitter, message_id, clock, valves.OVERLAY_TIMEOUT)
+        started = clock.now()
+        try:
+            try:
+                config, participants, profiles, manager, closer = await self._prepare(
+                    gateway, ctx, body, user_valves, own_prefix, dialog
+                )
+            except (ConfigError, AccessCheckError, SetupCancelled) as exc:
+                transcript.add_notice(_setup_notice(exc))
+                run.not_started(exc)
+                return await _finish(emitter, transcript, handing_over=True)
+            log.info(
+                "conversation start: %d participants, %d rounds, manager=%s",
+                len(participants),
+                config.rounds,
+                config.use_manager,
+            )
+            messages = body.get("messages") or []
+            run.turns = history_turns(messages)
+            run.chat_system = "\n\n".join(
+                _text_of(m.get("content")) for m in messages if m.get("role") == "system"
+            )
+            await run.converse(config, participants, profiles, manager, closer)
+            run.end_status(run.outcome)
+            log.info(
+                "conversation end: %d turns in %.1f s, %d events",
+                len(run.turns),
+                clock.now() - started,
+                emitter.sent_events,
+            )
+        except asyncio.CancelledError:
+            _mark_stopped(run, transcript)
+            await asyncio.shield(_finish(emitter, transcript, handing_over=False))
+            raise
+        except Exception as exc:
+            log.exception("conversation failed")
+            transcript.add_notice(f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*")
+            run.end_status("stopped by an error")
+        return await _finish(emitter, transcript, handing_over=True)
+
+    async def _prepare(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_valves: Any,
+        own_prefix: str,
+        dialog: SetupDialog | None,
+    ) -> tuple[
+        ConversationConfig,
+        list[Participant],
+        dict[str, ModelProfile],
+        ModelProfile | None,
+        Participant | None,
+    ]:
+        """The config, its speakers (closing too) and every model resolved; ConfigError says
+        what to fix.
+
+        A new config is remembered for the chat only once every model in it passed setup.
+        """
+        config, saved = await self._choose_config(
+            gateway, ctx, body, user_valves, own_prefix, dialog
+        )
+        runtime = gateway.runtime_models()
+        names = {m: d.get("name") or m for m, d in runtime.items()}
+        participants = make_participants(config, names)
+        closer = make_closer(config, participants, names)
+        manager_id = config.manager_model or participants[0].model_id
+        roles = _model_roles(config, manager_id if config.use_manager else None, closer)
+        try:
+            _refuse_self(list(roles), own_prefix)
+            profiles = await resolve_profiles(
+                gateway, ctx, runtime, list(roles), with_tools=True, roles=roles
+            )
+        except ConfigError as exc:
+            if saved:
+                raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
+            raise
+        if not saved:
+            await _remember(gateway, ctx, config)
+        manager = profiles[manager_id] if config.use_manager else None
+        return config, participants, profiles, manager, closer
+
+    async def _choose_config(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_valves: Any,
+        own_prefix: str,
+        dialog: SetupDialog | None,
+    ) -> tuple[ConversationConfig, bool]:
+        """Saved for this chat, else the overlay's answer, else the user valves; SetupCancelled
+        if the user closed the overlay.
+
+        Returns the config and whether it was the saved one (a new one is remembered later,
+        once every model in it has passed setup).
+        """
+        max_rounds = self.valves.MAX_ROUNDS
+        chat_id = _saved_chat_id(ctx)
+        reconfigure = _last_user_text(body).strip().lower() == RECONFIGURE_COMMAND
+        if chat_id and not reconfigure:
+            saved = await gateway.load_chat_config(chat_id)
+            if saved:
+                try:
+                    return parse_config(saved, max_rounds), True
+                except ConfigError as exc:
+                    raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
+        defaults = config_from_user_valves(user_valves)
+        answer = None
+        if dialog is not None:
+            # No status line around the dialog: it shows itself, and every status event
+            # makes the host rewrite the whole chat.
+            answer = await dialog.ask(
+                overlay_script(
+                    defaults,
+                    own_prefix,
+                    self.valves.OVERLAY_TIMEOUT,
+                    self.valves.MAX_ROUNDS,
+                    self.valves.MAX_TOKENS,
+                    ctx.metadata.get("message_id"),
+                )
+            )
+        return parse_config(answer if answer not in (None, "") else defaults, max_rounds), False
+
+    # -- title, tags, follow-ups -------------------------------------------------------------
+    async def _background_task(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        body: dict,
+        user_valves: Any,
+        own_prefix: str,
+        task: str,
+    ) -> str:
+        """Answer the host's background task with one bounded plain completion from Open
+        WebUI's task model, else the first participant's; an answer of the wrong shape is ''."""
+        chat_id = _saved_chat_id(ctx)
+        raw = await gateway.load_chat_config(chat_id) if chat_id else None
+        runtime = gateway.runtime_models()
+        try:
+            config = parse_config(
+                raw or config_from_user_valves(user_valves), self.valves.MAX_ROUNDS
+            )
+            candidates = [*await _task_models(gateway), config.participants[0].model]
+            profile = await _first_usable(gateway, ctx, runtime, candidates, own_prefix)
+        except ConfigError as exc:
+            log.debug("background task skipped: %s", exc)
+            return ""
+        except AccessCheckError as exc:
+            log.warning("background task skipped: %s", exc)
+            return ""
+        messages = body.get("messages") or []
+        wanted = body.get("max_tokens")
+        max_tokens = (
+            min(wanted, TASK_MAX_TOKENS)
+            if isinstance(wanted, int) and wanted > 0
+            else TASK_MAX_TOKENS
+        )
+        budget = ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits)
+        asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
+        try:
+            # The host holds the message open until its tasks end: they must end soon.
+            text = await within(self.clock, self.valves.TASK_TIMEOUT, asked)
+        except TimeoutError:
+            log.debug(
+                "background task %s took over %g s on %s",
+                task,
+                self.valves.TASK_TIMEOUT,
+                profile.model_id,
+            )
+            return ""
+        except ModelCallError as exc:
+            log.warning("background task failed on %s: %s", profile.model_id, exc)
+            return ""
+        return task_answer(task, clean_turn_text(text), _text_of_messages(messages))
+
+
+# ============================================================================
+# Data: presets, the setup dialog's script, valve declarations (read by the code above at run time)
+# ============================================================================
+
+# Named bundles of the keys above; the dialog fills its fields from them and keeps them
+# editable, and a config naming a preset gets the preset's value for every key it leaves out.
+PRESETS: dict[str, dict[str, Any]] = {
+    "debate": {
+        "label": "Debate: opening, rebuttals, verdict",
+        "config": {
+            "rounds": 2,
+            "selection": "round_robin",
+            "closing": {
+                "alias": "Judge",
+                "prompt": "You are the judge of this debate. Weigh both sides' arguments and "
+                "give a verdict: which side argued better, and why, in one short paragraph.",
+            },
+        },
+        "participants": [
+            {
+                "alias": "Pro",
+                "system_message": "You argue FOR the motion. In round 1 give your opening "
+                "statement; in later rounds rebut the other side's latest points.",
+            },
+            {
+                "alias": "Con",
+                "system_message": "You argue AGAINST the motion. In round 1 give your opening "
+                "statement; in later rounds rebut the other side's latest points.",
+            },
+        ],
+    },
+    "brainstorm": {
+        "label": "Brainstorm",
+        "config": {
+            "rounds": 3,
+            "selection": "random",
+            "pass_allowed": True,
+            "closing": {
+                "alias": "Summary",
+                "prompt": "List every idea proposed, grouped by theme, best first, with one "
+                "line each, then name the three most promising.",
+            },
+        },
+        "participants": [
+            {"alias": "Dreamer", "system_message": "Propose bold, unusual ideas."},
+            {"alias": "Builder", "system_message": "Build on the others' ideas; make them work."},
+            {"alias": "Skeptic", "system_message": "Point out the weak spot of the latest idea."},
+        ],
+    },
+    "review_panel": {
+        "label": "Review panel (ends in a vote)",
+        "config": {
+            "rounds": 2,
+            "selection": "round_robin",
+            "pass_allowed": True,
+            "closing": "vote",
+        },
+        "participants": [
+            {"alias": "Correctness", "system_message": "Review for correctness and edge cases."},
+            {"alias": "Security", "system_message": "Review for security and privacy risks."},
+            {"alias": "Clarity", "system_message": "Review for clarity and maintainability."},
+        ],
+    },
+    "interview": {
+        "label": "Interview",
+        "config": {
+            "rounds": 4,
+            "selection": "round_robin",
+            "stop_phrase": "THAT CONCLUDES THE INTERVIEW",
+            "closing": {
+                "alias": "Notes",
+                "prompt": "Write the interview notes: strengths, concerns, and a recommendation.",
+            },
+        },
+        "participants": [
+            {
+                "alias": "Interviewer",
+                "system_message": "You lead the interview: ask one question at a time and "
+                "follow up on vague answers.",
+            },
+            {"alias": "Candidate", "system_message": "You are interviewed: answer candidly."},
+        ],
+    },
+}
+
 OVERLAY_JS = r"""
 const DEFAULTS = __DEFAULTS__;
 const OWN_PREFIX = __OWN_PREFIX__;
@@ -3686,257 +4228,11 @@ return await new Promise((resolve) => {
 });
 """
 
-
-def overlay_script(
-    defaults: dict,
-    own_prefix: str,
-    timeout_s: float,
-    max_rounds: int,
-    max_tokens: int = 0,
-    message_id: str | None = None,
-) -> str:
-    """The overlay's code with its inputs as JSON literals (never spliced in as raw text).
-
-    One pass over the template: a placeholder's name inside a value is left as it is.
-    """
-    values = {
-        "DEFAULTS": defaults,
-        "OWN_PREFIX": own_prefix,
-        "TIMEOUT_MS": int(timeout_s * 1000),
-        "MAX_ROUNDS": int(max_rounds),
-        "PRESETS": PRESETS,
-        "MAX_TOKENS": int(max_tokens),
-        "MARKS": list(zip(COLOUR_MARKS, MARK_COLOURS, strict=True)),
-        "MESSAGE_ID": message_id,
-        "CLOSE_EVENT": OVERLAY_CLOSE_EVENT,
-    }
-    return re.sub(r"__([A-Z_]+)__", lambda m: _js_literal(values[m.group(1)]), OVERLAY_JS)
-
-
-def overlay_close_script(message_id: str | None) -> str:
-    """Code that closes the dialog of that message in the tab (the request ended without it)."""
-    return (
-        f"window.dispatchEvent(new CustomEvent({_js_literal(OVERLAY_CLOSE_EVENT)}, "
-        f"{{ detail: {_js_literal(message_id)} }}));"
-    )
-
-
-def _js_literal(value: Any) -> str:
-    return json.dumps(value).replace("</", "<\\/")
-
-
-OVERLAY_CLOSE_EVENT = "mmc-setup-close"
-# The dialog's answer to Cancel, Escape or a click outside it.
-OVERLAY_CANCELLED = "cancelled"
-SETUP_CANCELLED = f"{NOTICE_PREFIX}Setup cancelled. Send a message to open it again.*"
-STOPPED_IN_SETUP = f"{NOTICE_PREFIX}Stopped before the conversation began.*"
-
-
-class SetupCancelled(Exception):
-    """The user closed the setup dialog without an answer: nothing runs."""
-
-
-class SetupDialog:
-    """Asks the user's tab for a setup, and closes the dialog if the request stops first.
-
-    The tab awaits the dialog inside its event handler; a request stopped meanwhile would
-    leave it open, so an `execute` event queued before the final content closes it.
-    """
-
-    def __init__(
-        self,
-        call: Callable[[dict], Awaitable[Any]],
-        emitter: CoalescingEmitter,
-        message_id: str | None,
-        clock: Clock,
-        timeout: float,
-    ) -> None:
-        self._call = call
-        self._emitter = emitter
-        self._message_id = message_id
-        self._clock = clock
-        self._timeout = timeout
-
-    async def ask(self, script: str) -> Any:
-        """The dialog's answer, or None (use the defaults) if it timed out or failed.
-
-        Raises SetupCancelled for Cancel, Escape or a click outside it.
-        """
-        try:
-            # The dialog closes itself at the timeout; the slack covers a slow network.
-            answer = await within(
-                self._clock,
-                self._timeout + 5,
-                self._call({"type": "execute", "data": {"code": script}}),
-            )
-        except asyncio.CancelledError:
-            code = overlay_close_script(self._message_id)
-            self._emitter.post({"type": "execute", "data": {"code": code}})
-            raise
-        except TimeoutError:
-            log.debug("configuration overlay timed out; using the user valves")
-            return None
-        except Exception as exc:
-            log.warning("configuration overlay failed (%s); using the user valves", exc)
-            return None
-        if isinstance(answer, dict) and answer.get(OVERLAY_CANCELLED) is True:
-            raise SetupCancelled
-        if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
-            return None  # the host's answer for a closed tab or an error
-        return answer
-
-
-# ============================================================================
-# Request plumbing: the helpers Pipe uses, in the order a request meets them
-# ============================================================================
-
-
-def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
-    """Tools may report status or files, but content events would fight our transcript."""
-    if emit is None:
-        return None
-
-    async def forward(event: dict) -> Any:
-        if isinstance(event, dict) and event.get("type") in ("message", "replace", "chat:message"):
-            log.debug("dropped a %s event from a tool", event.get("type"))
-            return None
-        return await emit(event)
-
-    return forward
-
-
-def _chat_bytes(body: dict) -> int:
-    """Rough size of what the host rewrites besides our message: the chat's earlier messages,
-    which it keeps twice (the history tree and the message list)."""
-    messages = body.get("messages") or []
-    return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
-
-
-def _settings(valves: Pipe.Valves, user_valves: Any) -> Settings:
-    def get(name: str, default: Any) -> Any:
-        value = getattr(user_valves, name, None)
-        return default if value in (None, "") else value
-
-    return Settings(
-        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
-        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
-        tool_timeout=valves.TOOL_TIMEOUT,
-        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
-        turn_timeout=valves.TURN_TIMEOUT,
-        max_tokens=valves.MAX_TOKENS,
-        turn_time_limit=valves.TURN_TIME_LIMIT,
-        context_tokens=valves.CONTEXT_TOKENS,
-        stop_sequences=valves.STOP_SEQUENCES,
-        manager_timeout=valves.MANAGER_TIMEOUT,
-        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
-        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
-        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
-        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
-        show_manager_reason=bool(get("ShowManagerReason", True)),
-        sampling={
-            "temperature": get("Temperature", 1.0),
-            "top_p": get("Top_p", 0.8),
-            "top_k": get("Top_k", 50),
-        },
-    )
-
-
-def _saved_chat_id(ctx: RequestContext) -> str | None:
-    """The chat id when the chat is stored on the server (not a temporary or channel chat)."""
-    chat_id = str(ctx.metadata.get("chat_id") or "")
-    return chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
-
-
-def _last_user_text(body: dict) -> str:
-    for message in reversed(body.get("messages") or []):
-        if message.get("role") == "user":
-            return _text_of(message.get("content"))
-    return ""
-
-
-_RECONFIGURE_HINT = (
-    f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
-)
-
-
-def _model_roles(
-    config: ConversationConfig, manager_id: str | None, closer: Participant | None
-) -> dict[str, str]:
-    """Every model a run needs (closing too: the same setup and access check), in order, with
-    where it is used as the dialog names it: "Participant 2, Manager model"."""
-    roles: dict[str, list[str]] = {}
-    for i, row in enumerate(config.participants):
-        number = (i if row._row is None else row._row) + 1
-        roles.setdefault(row.model, []).append(f"Participant {number}")
-    if manager_id:
-        roles.setdefault(manager_id, []).append("Manager model")
-    if closer:
-        roles.setdefault(closer.model_id, []).append("Closing model")
-    return {model: ", ".join(where) for model, where in roles.items()}
-
-
-def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
-    own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
-    if own:
-        raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
-
-
-async def _remember(gateway: HostGateway, ctx: RequestContext, config: ConversationConfig) -> None:
-    chat_id = _saved_chat_id(ctx)
-    if chat_id is None:
-        return
-    try:
-        await gateway.save_chat_config(chat_id, stored_form(config))
-    except Exception as exc:
-        log.warning("could not save the configuration of chat %s: %s", chat_id, exc)
-
-
-def _setup_notice(exc: Exception) -> str:
-    """The one line a setup that did not end in a conversation leaves in the message."""
-    if isinstance(exc, SetupCancelled):
-        return SETUP_CANCELLED
-    if isinstance(exc, AccessCheckError):
-        log.warning("%s", exc)
-        return f"{NOTICE_PREFIX}{md_text(exc.for_user())}*"
-    return f"{NOTICE_PREFIX}{md_text(str(exc))}*"
-
-
-def _mark_stopped(run: Run, transcript: Transcript) -> None:
-    """The user pressed Stop: the cut turn and the status say so, and a message stopped in the
-    setup is not left blank."""
-    log.debug("conversation stopped by the user")
-    transcript.close_live()
-    run.stopped()
-    if not transcript.render():
-        transcript.add_notice(STOPPED_IN_SETUP)
-
-
-async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
-    """Flush the final state (saved by the host with it); return it for the host to save again.
-
-    The host turns the returned text into one delta that the open tab appends to what our
-    events showed, so before returning we empty the tab's copy with `chat:message`, which the
-    host does not store: the tab shows the text once and the database never holds less than
-    the whole transcript. On Stop no delta follows, so the tab keeps what it shows.
-    """
-    transcript.finish()
-    await emitter.flush()
-    final = transcript.render()
-    if handing_over:
-        await emitter.hand_over()
-    return final
-
-
-# ============================================================================
-# Pipe: the entry point Open WebUI calls
-# ============================================================================
-
-
-class Pipe:
-    """Open WebUI entry point. Shared by every request: it holds only valves and factories."""
-
-    class Valves(BaseModel):
-        EMIT_INTERVAL: float = Field(
+# The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them.
+ADMIN_VALVES: dict[str, Any] = {
+    "EMIT_INTERVAL": (
+        float,
+        Field(
             default=0.033,
             ge=0,
             le=5,
@@ -3947,8 +4243,11 @@ class Pipe:
             "(`chat:message`); Open WebUI forwards both to the tab without writing its database. "
             "Saves follow *Save interval*. 0: no coalescing, every chunk is sent and saved whole "
             "(a `replace` that rewrites the whole chat), for comparisons only.",
-        )
-        SAVE_INTERVAL: float = Field(
+        ),
+    ),
+    "SAVE_INTERVAL": (
+        float,
+        Field(
             default=1.0,
             ge=0,
             le=60,
@@ -3956,8 +4255,11 @@ class Pipe:
             description="Seconds between two saves of the message while it streams. A save "
             "rewrites the whole chat in Open WebUI's database; the screen updates in between, "
             "and the end is always saved.",
-        )
-        SAVE_BUDGET_KB: float = Field(
+        ),
+    ),
+    "SAVE_BUDGET_KB": (
+        float,
+        Field(
             default=12,
             ge=0,
             title="Save budget (KB per second)",
@@ -3965,606 +4267,396 @@ class Pipe:
             "long chats and long messages are saved less often (at most *Longest gap between "
             "saves* apart), so whole copies of the message reach the tab at a rate that does "
             "not grow with it. 0: *Save interval* only.",
-        )
-        MAX_SAVE_INTERVAL: float = Field(
+        ),
+    ),
+    "MAX_SAVE_INTERVAL": (
+        float,
+        Field(
             default=15.0,
             ge=0,
             le=120,
             title="Longest gap between saves (s)",
             description="Longest gap between two whole copies of the message (saves, or "
             "updates that change earlier text), however long the chat.",
-        )
-        MAX_ROUNDS: int = Field(
+        ),
+    ),
+    "MAX_ROUNDS": (
+        int,
+        Field(
             default=20,
             ge=1,
             le=1000,
             title="Most rounds",
             description="Highest number of rounds a user may ask for.",
-        )
-        CONFIG_OVERLAY: bool = Field(
+        ),
+    ),
+    "CONFIG_OVERLAY": (
+        bool,
+        Field(
             default=True,
             title="Setup dialog",
             description="Open the setup dialog in the browser for a chat that has no setup yet. "
             "Off: the user valves are used.",
-        )
-        OVERLAY_TIMEOUT: float = Field(
+        ),
+    ),
+    "OVERLAY_TIMEOUT": (
+        float,
+        Field(
             default=180,
             ge=5,
             title="Setup dialog timeout (s)",
             description="Seconds to wait for the dialog before falling back to the user valves.",
-        )
-        MAX_TOOL_ROUNDS: int = Field(
+        ),
+    ),
+    "MAX_TOOL_ROUNDS": (
+        int,
+        Field(
             default=5,
             ge=0,
             le=50,
             title="Tool rounds per turn",
             description="Tool-call rounds per turn before the model must answer.",
-        )
-        MAX_TOOL_CORRECTIONS: int = Field(
+        ),
+    ),
+    "MAX_TOOL_CORRECTIONS": (
+        int,
+        Field(
             default=2,
             ge=0,
             le=10,
             title="Retries after a malformed tool call",
             description="Silent retries per turn when a model calls an unknown tool or sends "
             "arguments that are not a JSON object.",
-        )
-        TOOL_TIMEOUT: float = Field(
+        ),
+    ),
+    "TOOL_TIMEOUT": (
+        float,
+        Field(
             default=120,
             gt=0,
             title="Tool timeout (s)",
             description="Seconds one tool call may run; then the model is told it timed out. A "
             "synchronous tool runs in a thread, which finishes in the background.",
-        )
-        TURN_TIMEOUT: float = Field(
+        ),
+    ),
+    "TURN_TIMEOUT": (
+        float,
+        Field(
             default=300,
             gt=0,
             title="Silence timeout (s)",
             description="Seconds a participant's model may stay silent (no chunk) before its "
             "turn ends with an error; also the limit for a non-streamed retry.",
-        )
-        MAX_TOKENS: int = Field(
+        ),
+    ),
+    "MAX_TOKENS": (
+        int,
+        Field(
             default=400,
             ge=0,
             title="Max tokens per turn",
             description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
             "own value in the setup dialog wins. Reasoning models count their thinking too, so "
             "give them more. 0: no limit.",
-        )
-        TURN_TIME_LIMIT: float = Field(
+        ),
+    ),
+    "TURN_TIME_LIMIT": (
+        float,
+        Field(
             default=180,
             ge=0,
             title="Time limit per turn (s)",
             description="Seconds one turn may stream, however busy the model is; the turn keeps "
             "what arrived and is marked as cut. 0: no limit.",
-        )
-        CONTEXT_TOKENS: int = Field(
+        ),
+    ),
+    "CONTEXT_TOKENS": (
+        int,
+        Field(
             default=8192,
             ge=0,
             title="Assumed context size (tokens)",
             description="Context size assumed for a participant model whose Open WebUI "
             "settings name none (`num_ctx` or `max_context`). Older turns are left out to fit. "
             "0: fit only after the model reports a context-length error.",
-        )
-        TOOL_RESULT_MAX_CHARS: int = Field(
+        ),
+    ),
+    "TOOL_RESULT_MAX_CHARS": (
+        int,
+        Field(
             default=100_000,
             ge=1000,
             title="Longest tool result (characters)",
             description="Longest tool result given back to the model; the tool block in the "
             "chat shows at most a fifth of it.",
-        )
-        TASK_TIMEOUT: float = Field(
+        ),
+    ),
+    "TASK_TIMEOUT": (
+        float,
+        Field(
             default=30,
             gt=0,
             title="Title and tags timeout (s)",
             description="Seconds a background task (title, tags, follow-ups) may take. Open "
             "WebUI keeps the message busy until its tasks end; one that takes longer is "
             "dropped.",
-        )
-        MANAGER_TIMEOUT: float = Field(
+        ),
+    ),
+    "MANAGER_TIMEOUT": (
+        float,
+        Field(
             default=30,
             gt=0,
             title="Manager timeout (s)",
             description="Seconds the manager may take to pick a speaker; then the next "
             "participant in order speaks.",
-        )
-        MANAGER_HISTORY_CHARS: int = Field(
+        ),
+    ),
+    "MANAGER_HISTORY_CHARS": (
+        int,
+        Field(
             default=8000,
             ge=200,
             title="Conversation shown to the manager (characters)",
             description="Newest characters of the conversation shown to the manager.",
-        )
-        STOP_SEQUENCES: bool = Field(
+        ),
+    ),
+    "STOP_SEQUENCES": (
+        bool,
+        Field(
             default=True,
             title="Stop at other speakers' names",
             description="Send the other participants' and the user's `Name:` labels as stop "
             "sequences, so a model ends its turn instead of writing their lines (a reply that "
             "still does is cut there anyway). Switch off for models that reject `stop`.",
-        )
-        BUILTIN_TOOLS: bool = Field(
+        ),
+    ),
+    "BUILTIN_TOOLS": (
+        bool,
+        Field(
             default=False,
             title="Offer built-in tools",
             description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
             "...) to every participant whose model uses native function calling. Off: a "
             "participant gets tools only when some are picked for the chat or its model, or a "
             "feature such as web search is switched on.",
-        )
-        PIPE_NAME: str = Field(
+        ),
+    ),
+    "PIPE_NAME": (
+        str,
+        Field(
             default="Multi-Model Conversation",
             title="Name in the model picker",
             description="What users pick in the model list to start a conversation.",
-        )
+        ),
+    ),
+}
 
-    class UserValves(BaseModel):
-        # The names are those of "Multi Model Conversations v2", so saved settings carry over;
-        # only the titles shown in Open WebUI are new.
-        NUM_PARTICIPANTS: ParticipantCount = Field(
+# The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a
+# <select> of its values. "" is each one's "not set".
+# Built from what the setup accepts, so a select never offers a value the setup refuses.
+ParticipantCount = Literal[tuple(range(1, MAX_PARTICIPANTS + 1))]
+SelectionChoice = Literal[("", *SELECTIONS)]
+PresetChoice = Literal[("", *PRESETS)]
+
+# The user's valves; the names are those of "Multi Model Conversations v2", so saved settings
+# carry over (only the titles shown in Open WebUI are new).
+USER_VALVES: dict[str, Any] = {
+    "NUM_PARTICIPANTS": (
+        ParticipantCount,
+        Field(
             default=2,
             title="Participants",
             description="How many participants take part when the setup dialog is skipped.",
-        )
-        ROUNDS_PER_CONVERSATION: int = Field(
+        ),
+    ),
+    "ROUNDS_PER_CONVERSATION": (
+        int,
+        Field(
             default=3,
             ge=1,
             title="Rounds",
             description="Every participant speaks once per round.",
+        ),
+    ),
+    **{
+        f"Participant{i}{key}": (
+            str,
+            Field(default="", title=f"Participant {i}: {what}", description=text.format(i=i)),
         )
-        Participant1Model: str = Field(
-            default="", title="Participant 1: model", description="Model id of participant 1."
+        for i in range(1, MAX_PARTICIPANTS + 1)
+        for key, what, text in (
+            ("Model", "model", "Model id of participant {i}."),
+            ("Alias", "alias", "Name of participant {i} (empty: the model's name)."),
+            ("SystemMessage", "persona", "Persona of participant {i}."),
         )
-        Participant1Alias: str = Field(
-            default="",
-            title="Participant 1: alias",
-            description="Name of participant 1 (empty: the model's name).",
-        )
-        Participant1SystemMessage: str = Field(
-            default="", title="Participant 1: persona", description="Persona of participant 1."
-        )
-        Participant2Model: str = Field(
-            default="", title="Participant 2: model", description="Model id of participant 2."
-        )
-        Participant2Alias: str = Field(
-            default="",
-            title="Participant 2: alias",
-            description="Name of participant 2 (empty: the model's name).",
-        )
-        Participant2SystemMessage: str = Field(
-            default="", title="Participant 2: persona", description="Persona of participant 2."
-        )
-        Participant3Model: str = Field(
-            default="", title="Participant 3: model", description="Model id of participant 3."
-        )
-        Participant3Alias: str = Field(
-            default="",
-            title="Participant 3: alias",
-            description="Name of participant 3 (empty: the model's name).",
-        )
-        Participant3SystemMessage: str = Field(
-            default="", title="Participant 3: persona", description="Persona of participant 3."
-        )
-        Participant4Model: str = Field(
-            default="", title="Participant 4: model", description="Model id of participant 4."
-        )
-        Participant4Alias: str = Field(
-            default="",
-            title="Participant 4: alias",
-            description="Name of participant 4 (empty: the model's name).",
-        )
-        Participant4SystemMessage: str = Field(
-            default="", title="Participant 4: persona", description="Persona of participant 4."
-        )
-        Participant5Model: str = Field(
-            default="", title="Participant 5: model", description="Model id of participant 5."
-        )
-        Participant5Alias: str = Field(
-            default="",
-            title="Participant 5: alias",
-            description="Name of participant 5 (empty: the model's name).",
-        )
-        Participant5SystemMessage: str = Field(
-            default="", title="Participant 5: persona", description="Persona of participant 5."
-        )
-        AllParticipantsApendedMessage: str = Field(
+    },
+    "AllParticipantsApendedMessage": (
+        str,
+        Field(
             default=DEFAULT_SHARED_INSTRUCTION,
             title="Shared instruction",
             description="Added to every participant's system prompt. `{alias}` and `{others}` "
             "are filled in; text without `{alias}` gets the alias appended (as v2 did).",
-        )
-        UseGroupChatManager: bool = Field(
+        ),
+    ),
+    "UseGroupChatManager": (
+        bool,
+        Field(
             default=False,
             title="Use a manager",
             description="Let a manager model pick who speaks next (when *Who speaks next* is "
             "empty).",
-        )
-        ManagerModel: str = Field(
+        ),
+    ),
+    "ManagerModel": (
+        str,
+        Field(
             default="",
             title="Manager model",
             description="Model id of the manager (empty: the first participant's model).",
-        )
-        ManagerSystemMessage: str = Field(
+        ),
+    ),
+    "ManagerSystemMessage": (
+        str,
+        Field(
             default=DEFAULT_MANAGER_SYSTEM,
             title="Manager: system message",
             description="The manager's system message.",
-        )
-        ManagerSelectionPrompt: str = Field(
+        ),
+    ),
+    "ManagerSelectionPrompt": (
+        str,
+        Field(
             default=DEFAULT_MANAGER_PROMPT,
             title="Manager: selection prompt",
             description="What the manager is asked before each turn; `{history}`, "
             "`{last_speaker}` and `{participant_list}` are filled in.",
-        )
-        Selection: SelectionChoice = Field(
+        ),
+    ),
+    "Selection": (
+        SelectionChoice,
+        Field(
             default="",
             title="Who speaks next",
             description="`round_robin`: everyone in order; `manager`: the manager model picks; "
             "`random`: anyone but the last speaker; `mention`: those you @name in your message "
             "first. Empty: *Use a manager* decides.",
-        )
-        ShowManagerReason: bool = Field(
+        ),
+    ),
+    "ShowManagerReason": (
+        bool,
+        Field(
             default=True,
             title="Show the manager's reason",
             description="Show the manager's answer in a collapsed block under each turn it picked.",
-        )
-        PassAllowed: bool = Field(
+        ),
+    ),
+    "PassAllowed": (
+        bool,
+        Field(
             default=False,
             title="Allow PASS",
             description="A participant may answer PASS to skip its turn.",
-        )
-        StopPhrase: str = Field(
+        ),
+    ),
+    "StopPhrase": (
+        str,
+        Field(
             default="",
             title="Stop phrase",
             description="Any participant saying this ends the conversation (empty: none).",
-        )
-        MaxSeconds: float = Field(
+        ),
+    ),
+    "MaxSeconds": (
+        float,
+        Field(
             default=0,
             ge=0,
             title="Time budget (s)",
             description="Ends the conversation after the turn that uses it up. 0: none.",
-        )
-        MaxTotalTokens: int = Field(
+        ),
+    ),
+    "MaxTotalTokens": (
+        int,
+        Field(
             default=0,
             ge=0,
             title="Token budget",
             description="Tokens of all replies together (prompt and reply), checked after each "
             "turn. 0: none.",
-        )
-        ClosingModel: str = Field(
+        ),
+    ),
+    "ClosingModel": (
+        str,
+        Field(
             default="",
             title="Closing turn: model",
             description="Model id of a closing turn (verdict, summary) after the conversation. "
             "Empty: no closing turn, unless a task is set (then the first participant's model).",
-        )
-        ClosingAlias: str = Field(
+        ),
+    ),
+    "ClosingAlias": (
+        str,
+        Field(
             default="",
             title="Closing turn: name",
             description="Name of the closing speaker (empty: Closing).",
-        )
-        ClosingPrompt: str = Field(
+        ),
+    ),
+    "ClosingPrompt": (
+        str,
+        Field(
             default="",
             title="Closing turn: task",
             description="What the closing turn should do (empty: sum up and conclude).",
-        )
-        ClosingVote: bool = Field(
+        ),
+    ),
+    "ClosingVote": (
+        bool,
+        Field(
             default=False,
             title="End with a vote",
             description="Every participant votes in a short turn of its own, and the votes are "
             "tallied (instead of a closing turn).",
-        )
-        Preset: PresetChoice = Field(
+        ),
+    ),
+    "Preset": (
+        PresetChoice,
+        Field(
             default="",
             title="Preset",
             description="A named setup that fills whatever you leave unset: `debate`, "
             "`brainstorm`, `review_panel` or `interview`. Empty: none.",
-        )
-        Temperature: float = Field(
-            default=1.0, title="Temperature", description="Sampling temperature."
-        )
-        Top_k: int = Field(
+        ),
+    ),
+    "Temperature": (
+        float,
+        Field(default=1.0, title="Temperature", description="Sampling temperature."),
+    ),
+    "Top_k": (
+        int,
+        Field(
             default=50, title="Top-k", description="Top-k sampling (sent to Ollama models only)."
-        )
-        Top_p: float = Field(default=0.8, title="Top-p", description="Top-p (nucleus) sampling.")
+        ),
+    ),
+    "Top_p": (float, Field(default=0.8, title="Top-p", description="Top-p (nucleus) sampling.")),
+}
 
-        @field_validator("NUM_PARTICIPANTS", mode="before")
-        @classmethod
-        def _a_count(cls, value: Any) -> Any:
-            return participant_count(value)
-
-        @field_validator("Selection", mode="before")
-        @classmethod
-        def _a_selection(cls, value: Any) -> Any:
-            return valve_choice(value, SelectionChoice)
-
-        @field_validator("Preset", mode="before")
-        @classmethod
-        def _a_preset(cls, value: Any) -> Any:
-            return valve_choice(value, PresetChoice)
-
-    # Replaceable by tests: how to reach the host, and what time is.
-    gateway_factory: Callable[[Any], HostGateway] = HostGateway
-    clock: Clock = Clock()
-    rng_factory: Callable[[], random.Random] = random.Random  # a new one per run
-
-    def __init__(self) -> None:
-        self.type = "manifold"
-        self.valves = self.Valves()
-        # Context sizes servers named in errors: facts about models, shared by every run.
-        self.context_limits: dict[str, int] = {}
-
-    def pipes(self) -> list[dict[str, str]]:
-        # v2's pipe id, so chats that used it keep their model after an upgrade.
-        return [{"id": "Conversation-pipe", "name": self.valves.PIPE_NAME}]
-
-    async def pipe(
-        self,
-        body: dict,
-        __user__: dict | None = None,
-        __request__: Any = None,
-        __event_emitter__: EmitFn | None = None,
-        __event_call__: Callable[[dict], Awaitable[Any]] | None = None,
-        __metadata__: dict | None = None,
-        __task__: Any = None,
-        __files__: list | None = None,
-        __chat_id__: str | None = None,
-        __message_id__: str | None = None,
-        __session_id__: str | None = None,
-        __oauth_token__: Any = None,
-    ) -> str:
-        user_info = __user__ or {}
-        metadata = __metadata__ or {}
-        gateway = self.gateway_factory(__request__)
-        user_valves = user_info.get("valves") or self.UserValves()
-        user = await gateway.get_user(user_info.get("id", ""))
-        if user is None:
-            return "Your user account could not be found."
-        ctx = RequestContext(
-            user=user,
-            metadata=metadata,
-            tool_ids=list(metadata.get("tool_ids") or []),
-            features=dict(metadata.get("features") or {}),
-            terminal_id=metadata.get("terminal_id"),
-            builtin_tools=self.valves.BUILTIN_TOOLS,
-            extra_params={
-                "__user__": user_info,
-                "__request__": __request__,
-                "__metadata__": metadata,
-                "__event_call__": __event_call__,
-                "__event_emitter__": _tool_event_filter(__event_emitter__),
-                "__chat_id__": metadata.get("chat_id"),
-                "__message_id__": metadata.get("message_id"),
-                "__session_id__": metadata.get("session_id"),
-                "__files__": metadata.get("files") or __files__ or [],
-                "__messages__": body.get("messages") or [],
-                "__oauth_token__": __oauth_token__,
-            },
-        )
-        own_prefix = str(body.get("model") or "").split(".", 1)[0] + "."
-        if __task__:
-            return await self._background_task(
-                gateway, ctx, body, user_valves, own_prefix, str(__task__)
-            )
-        return await self._conversation(
-            gateway,
-            ctx,
-            body,
-            user_info,
-            user_valves,
-            own_prefix,
-            __event_emitter__,
-            __event_call__,
-        )
-
-    # -- a conversation ----------------------------------------------------------------------
-    async def _conversation(
-        self,
-        gateway: HostGateway,
-        ctx: RequestContext,
-        body: dict,
-        user_info: dict,
-        user_valves: Any,
-        own_prefix: str,
-        emit: EmitFn | None,
-        event_call: Callable[[dict], Awaitable[Any]] | None,
-    ) -> str:
-        valves = self.valves
-        clock = self.clock
-        transcript = Transcript(clock.now)
-        emitter = CoalescingEmitter(
-            emit,
-            transcript.render,
-            valves.EMIT_INTERVAL,
-            clock,
-            host_bytes=_chat_bytes(body),
-            save_interval=valves.SAVE_INTERVAL,
-            budget=valves.SAVE_BUDGET_KB * 1024,
-            max_save_interval=valves.MAX_SAVE_INTERVAL,
-            live_at=transcript.live_block_at,
-        )
-        settings = _settings(valves, user_valves)
-        run = Run(
-            gateway,
-            ctx,
-            settings,
-            transcript,
-            emitter,
-            user_info.get("name") or "User",
-            clock,
-            self.rng_factory(),
-            ContextBudget(settings.context_tokens, self.context_limits),
-        )
-        dialog = None
-        if event_call is not None and valves.CONFIG_OVERLAY:
-            message_id = ctx.metadata.get("message_id")
-            dialog = SetupDialog(event_call, emitter, message_id, clock, valves.OVERLAY_TIMEOUT)
-        started = clock.now()
-        try:
-            try:
-                config, participants, profiles, manager, closer = await self._prepare(
-                    gateway, ctx, body, user_valves, own_prefix, dialog
-                )
-            except (ConfigError, AccessCheckError, SetupCancelled) as exc:
-                transcript.add_notice(_setup_notice(exc))
-                run.not_started(exc)
-                return await _finish(emitter, transcript, handing_over=True)
-            log.info(
-                "conversation start: %d participants, %d rounds, manager=%s",
-                len(participants),
-                config.rounds,
-                config.use_manager,
-            )
-            messages = body.get("messages") or []
-            run.turns = history_turns(messages)
-            run.chat_system = "\n\n".join(
-                _text_of(m.get("content")) for m in messages if m.get("role") == "system"
-            )
-            await run.converse(config, participants, profiles, manager, closer)
-            run.end_status(run.outcome)
-            log.info(
-                "conversation end: %d turns in %.1f s, %d events",
-                len(run.turns),
-                clock.now() - started,
-                emitter.sent_events,
-            )
-        except asyncio.CancelledError:
-            _mark_stopped(run, transcript)
-            await asyncio.shield(_finish(emitter, transcript, handing_over=False))
-            raise
-        except Exception as exc:
-            log.exception("conversation failed")
-            transcript.add_notice(f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*")
-            run.end_status("stopped by an error")
-        return await _finish(emitter, transcript, handing_over=True)
-
-    async def _prepare(
-        self,
-        gateway: HostGateway,
-        ctx: RequestContext,
-        body: dict,
-        user_valves: Any,
-        own_prefix: str,
-        dialog: SetupDialog | None,
-    ) -> tuple[
-        ConversationConfig,
-        list[Participant],
-        dict[str, ModelProfile],
-        ModelProfile | None,
-        Participant | None,
-    ]:
-        """The config, its speakers (closing too) and every model resolved; ConfigError says
-        what to fix.
-
-        A new config is remembered for the chat only once every model in it passed setup.
-        """
-        config, saved = await self._choose_config(
-            gateway, ctx, body, user_valves, own_prefix, dialog
-        )
-        runtime = gateway.runtime_models()
-        names = {m: d.get("name") or m for m, d in runtime.items()}
-        participants = make_participants(config, names)
-        closer = make_closer(config, participants, names)
-        manager_id = config.manager_model or participants[0].model_id
-        roles = _model_roles(config, manager_id if config.use_manager else None, closer)
-        try:
-            _refuse_self(list(roles), own_prefix)
-            profiles = await resolve_profiles(
-                gateway, ctx, runtime, list(roles), with_tools=True, roles=roles
-            )
-        except ConfigError as exc:
-            if saved:
-                raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
-            raise
-        if not saved:
-            await _remember(gateway, ctx, config)
-        manager = profiles[manager_id] if config.use_manager else None
-        return config, participants, profiles, manager, closer
-
-    async def _choose_config(
-        self,
-        gateway: HostGateway,
-        ctx: RequestContext,
-        body: dict,
-        user_valves: Any,
-        own_prefix: str,
-        dialog: SetupDialog | None,
-    ) -> tuple[ConversationConfig, bool]:
-        """Saved for this chat, else the overlay's answer, else the user valves; SetupCancelled
-        if the user closed the overlay.
-
-        Returns the config and whether it was the saved one (a new one is remembered later,
-        once every model in it has passed setup).
-        """
-        max_rounds = self.valves.MAX_ROUNDS
-        chat_id = _saved_chat_id(ctx)
-        reconfigure = _last_user_text(body).strip().lower() == RECONFIGURE_COMMAND
-        if chat_id and not reconfigure:
-            saved = await gateway.load_chat_config(chat_id)
-            if saved:
-                try:
-                    return parse_config(saved, max_rounds), True
-                except ConfigError as exc:
-                    raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
-        defaults = config_from_user_valves(user_valves)
-        answer = None
-        if dialog is not None:
-            # No status line around the dialog: it shows itself, and every status event
-            # makes the host rewrite the whole chat.
-            answer = await dialog.ask(
-                overlay_script(
-                    defaults,
-                    own_prefix,
-                    self.valves.OVERLAY_TIMEOUT,
-                    self.valves.MAX_ROUNDS,
-                    self.valves.MAX_TOKENS,
-                    ctx.metadata.get("message_id"),
-                )
-            )
-        return parse_config(answer if answer not in (None, "") else defaults, max_rounds), False
-
-    # -- title, tags, follow-ups -------------------------------------------------------------
-    async def _background_task(
-        self,
-        gateway: HostGateway,
-        ctx: RequestContext,
-        body: dict,
-        user_valves: Any,
-        own_prefix: str,
-        task: str,
-    ) -> str:
-        """Answer the host's background task with one bounded plain completion from Open
-        WebUI's task model, else the first participant's; an answer of the wrong shape is ''."""
-        chat_id = _saved_chat_id(ctx)
-        raw = await gateway.load_chat_config(chat_id) if chat_id else None
-        runtime = gateway.runtime_models()
-        try:
-            config = parse_config(
-                raw or config_from_user_valves(user_valves), self.valves.MAX_ROUNDS
-            )
-            candidates = [*await _task_models(gateway), config.participants[0].model]
-            profile = await _first_usable(gateway, ctx, runtime, candidates, own_prefix)
-        except ConfigError as exc:
-            log.debug("background task skipped: %s", exc)
-            return ""
-        except AccessCheckError as exc:
-            log.warning("background task skipped: %s", exc)
-            return ""
-        messages = body.get("messages") or []
-        wanted = body.get("max_tokens")
-        max_tokens = (
-            min(wanted, TASK_MAX_TOKENS)
-            if isinstance(wanted, int) and wanted > 0
-            else TASK_MAX_TOKENS
-        )
-        budget = ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits)
-        asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
-        try:
-            # The host holds the message open until its tasks end: they must end soon.
-            text = await within(self.clock, self.valves.TASK_TIMEOUT, asked)
-        except TimeoutError:
-            log.debug(
-                "background task %s took over %g s on %s",
-                task,
-                self.valves.TASK_TIMEOUT,
-                profile.model_id,
-            )
-            return ""
-        except ModelCallError as exc:
-            log.warning("background task failed on %s: %s", profile.model_id, exc)
-            return ""
-        return task_answer(task, clean_turn_text(text), _text_of_messages(messages))
+Pipe.Valves = create_model("Valves", **ADMIN_VALVES)
+Pipe.UserValves = create_model(
+    "UserValves",
+    __validators__={
+        # The host resets every user valve when one fails: old free-text values must still load.
+        "_a_count": field_validator("NUM_PARTICIPANTS", mode="before")(
+            lambda cls, value: participant_count(value)
+        ),
+        "_a_selection": field_validator("Selection", mode="before")(
+            lambda cls, value: valve_choice(value, SelectionChoice)
+        ),
+        "_a_preset": field_validator("Preset", mode="before")(
+            lambda cls, value: valve_choice(value, PresetChoice)
+        ),
+    },
+    **USER_VALVES,
+)
