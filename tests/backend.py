@@ -155,6 +155,16 @@ def _tool_calls_this_turn(messages: list[dict]) -> int:
     return count
 
 
+def wants_tool_call(record: RecordedRequest, script: ModelScript) -> bool:
+    """Whether this reply is the script's tool call rather than text."""
+    return script.tool_call is not None and (
+        _tool_calls_this_turn(record.messages) < script.tool_calls_in_a_row
+        if script.tool_calls_in_a_row
+        else bool(record.tools)
+        and (not record.messages or record.messages[-1].get("role") != "tool")
+    )
+
+
 def _split_pieces(text: str, pieces: int) -> list[str]:
     """Cuts text into up to `pieces` non-empty consecutive parts."""
     pieces = max(1, min(pieces, len(text) or 1))
@@ -164,6 +174,8 @@ def _split_pieces(text: str, pieces: int) -> list[str]:
 
 class ScriptedBackend:
     """The aiohttp server. Public methods are thread-safe so a test thread can script it."""
+
+    record_type: type[RecordedRequest] = RecordedRequest  # what each chat request is kept as
 
     def __init__(
         self,
@@ -242,8 +254,7 @@ class ScriptedBackend:
     async def start(self) -> None:
         """Binds 127.0.0.1 (on a free port unless one was given) and starts serving."""
         app = web.Application()
-        app.router.add_get("/v1/models", self._handle_models)
-        app.router.add_post("/v1/chat/completions", self._handle_chat)
+        self._add_routes(app)
         # A short shutdown grace: a test may stop us while a slow stream is still running.
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=1.0
@@ -254,6 +265,11 @@ class ScriptedBackend:
         server = site._server  # aiohttp has no public accessor for the bound port
         self._port = server.sockets[0].getsockname()[1]
         self._changed = asyncio.Condition()
+
+    def _add_routes(self, app: web.Application) -> None:
+        """The API this server speaks: OpenAI's; the scripted Ollama server adds its own."""
+        app.router.add_get("/v1/models", self._handle_models)
+        app.router.add_post("/v1/chat/completions", self._handle_chat)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -284,7 +300,7 @@ class ScriptedBackend:
         with self._lock:
             n = self._counters[model] = self._counters.get(model, 0) + 1
             script = self._scripts.get(model, self.default)
-            record = RecordedRequest(
+            record = self.record_type(
                 model=model,
                 messages=copy.deepcopy(body.get("messages") or []),
                 stream=bool(body.get("stream")),
@@ -322,12 +338,7 @@ class ScriptedBackend:
                         f"tokens. However, you requested {wanted} tokens. Please reduce the "
                         "length of the messages or completion.",
                     )
-            wants_tool = script.tool_call is not None and (
-                _tool_calls_this_turn(record.messages) < script.tool_calls_in_a_row
-                if script.tool_calls_in_a_row
-                else bool(record.tools)
-                and (not record.messages or record.messages[-1].get("role") != "tool")
-            )
+            wants_tool = wants_tool_call(record, script)
             if record.stream:
                 return await self._stream(request, record, script, wants_tool)
             return self._complete(record, script, wants_tool)
@@ -543,14 +554,20 @@ def _bounded(
     pieces: list[str], record: RecordedRequest, script: ModelScript
 ) -> tuple[list[str], str]:
     """The reply's tokens as a real server sends them: up to a stop string or max_tokens."""
-    stops = record.body.get("stop") or []
+    return bound_tokens(pieces, record.body.get("stop"), record.body.get("max_tokens"), script)
+
+
+def bound_tokens(
+    pieces: list[str], stops: Any, limit: Any, script: ModelScript
+) -> tuple[list[str], str]:
+    """Tokens up to the first stop string, at most `limit` of them ("length" when cut)."""
+    stops = stops or []
     stops = [stops] if isinstance(stops, str) else [s for s in stops if isinstance(s, str) and s]
     if script.honor_stop and stops:
         text = "".join(pieces)
         cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
         if cut >= 0:
             pieces = split_tokens(text[:cut])
-    limit = record.body.get("max_tokens")
     if script.honor_max_tokens and isinstance(limit, int) and 0 < limit < len(pieces):
         return pieces[:limit], "length"
     return pieces, "stop"

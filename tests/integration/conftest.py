@@ -4,6 +4,9 @@ Fixtures: `scripted_backend` (session), `backend` (the same, reset for each test
 (session: the server plus its admin), `admin_socket` (a connected socket.io client per test),
 `pipe` (the function installed from this checkout; its model id), `valves` (sets the pipe's
 admin valves for one test, then puts the old ones back).
+For Ollama: `scripted_ollama` (session; tests/ollama_backend.py), `ollama` (the same, reset for
+each test) and `ollama_owui` (session: a second Open WebUI with both connections, the Ollama one
+set as an admin sets it, `OLLAMA_BASE_URLS`; booted only when a test asks for it).
 Every test in this directory is marked `integration`.
 """
 
@@ -17,6 +20,7 @@ import pytest_asyncio
 
 from tests.backend import BackendThread, ModelScript
 from tests.integration.owui import OpenWebUIServer, Owui, SocketClient
+from tests.ollama_backend import ollama_thread
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -24,6 +28,8 @@ FUNCTION_ID = "mmc"
 PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
 # Backend models every test can use; a test may script more (then call owui.models()).
 BACKEND_MODELS = ("model-a", "model-b", "model-c", "model-d", "model-e", "manager")
+# Models the scripted Ollama server lists (named as Ollama names them, with a tag).
+OLLAMA_MODELS = ("llama-a:latest", "llama-b:latest", "llama-c:latest", "llama-manager:latest")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,6 +60,39 @@ def owui(
 ) -> Iterator[Owui]:
     """Boots Open WebUI against the backend, signs up the admin; stopped at session end."""
     server = OpenWebUIServer(scripted_backend.url, tmp_path_factory.mktemp("open-webui"))
+    server.start()
+    try:
+        instance = Owui(server, scripted_backend)
+        instance.signup_admin_sync()
+        yield instance
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def scripted_ollama() -> Iterator[BackendThread]:
+    server = ollama_thread(*OLLAMA_MODELS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ollama(scripted_ollama: BackendThread) -> BackendThread:
+    """The session's Ollama server with scripts, counters and recorded requests reset."""
+    scripted_ollama.reset()
+    return scripted_ollama
+
+
+@pytest.fixture(scope="session")
+def ollama_owui(
+    scripted_backend: BackendThread,
+    scripted_ollama: BackendThread,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Owui]:
+    """Open WebUI with the OpenAI-style backend and an Ollama connection, admin signed up."""
+    env = {"ENABLE_OLLAMA_API": "true", "OLLAMA_BASE_URLS": scripted_ollama.url}
+    workdir = tmp_path_factory.mktemp("open-webui-ollama")
+    server = OpenWebUIServer(scripted_backend.url, workdir, extra_env=env)
     server.start()
     try:
         instance = Owui(server, scripted_backend)
