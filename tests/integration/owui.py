@@ -563,14 +563,24 @@ class _RecordingClient(socketio.AsyncClient):
         )
 
 
+HEARTBEAT_INTERVAL = 30.0  # the 0.12.4 frontend's default websocket_heartbeat_interval
+
+
 class SocketClient:
     """The browser tab's socket: connects with the JWT, joins, records every event with a
     timestamp and answers `__event_call__` requests with configured answers."""
 
-    def __init__(self, base_url: str, token: str, owui: Owui | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        owui: Owui | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
         self.base_url = base_url
         self.token = token
         self.owui = owui  # lets run_chat reach the REST API without another argument
+        self.heartbeat_interval = heartbeat_interval
         self.user_id: str | None = None
         self.events: list[SocketEvent] = []
         self.calls: list[SocketEvent] = []
@@ -606,6 +616,17 @@ class SocketClient:
         if not joined or "id" not in joined:
             raise RuntimeError(f"user-join was refused: {joined!r}")
         self.user_id = joined["id"]
+        task = asyncio.create_task(self._heartbeats())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _heartbeats(self) -> None:
+        """`heartbeat` every interval while connected, as the browser does: Open WebUI 0.12.4
+        reaps a session unheard for 120 s, and a long message must not lose its tab."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            if self._sio.connected:
+                await self._sio.emit("heartbeat", {})
 
     async def join_chat(self, chat_id: str) -> bool:
         """Opens a chat like the browser (room `chat:<id>`: presence and shared events)."""

@@ -14,8 +14,10 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ from tests.integration.owui import (
     Owui,
     SocketClient,
     free_port,
+    log_tail,
     run_chat,
     start_logged,
     stop_process_group,
@@ -46,6 +49,11 @@ PLACEHOLDER_TITLES = ("new chat", "your concise title here", "")
 
 def available() -> bool:
     return PYTHON.exists() and GGUF.exists()
+
+
+class LlamaServerExited(RuntimeError):
+    """The llama server is gone: what it exited with and the end of its log, not a request's
+    connection error."""
 
 
 class LlamaServer:
@@ -81,8 +89,29 @@ class LlamaServer:
         }
         path = self.workdir / "llama-server.json"
         path.write_text(json.dumps(config))
-        argv = [str(PYTHON), "-m", "llama_cpp.server", "--config_file", str(path)]
+        argv = self.argv(path)
         self._proc = start_logged(argv, self.log_path, "llama server", self._answers, timeout)
+
+    def argv(self, config_path: Path) -> list[str]:
+        return [str(PYTHON), "-m", "llama_cpp.server", "--config_file", str(config_path)]
+
+    def exited(self) -> str | None:
+        """Why the server is gone (exit code or signal, the end of its log); None if it runs."""
+        code = self._proc.poll() if self._proc is not None else None
+        if code is None:
+            return None
+        how = f"exit code {code}"
+        if code < 0:  # killed by a signal: -4 is SIGILL, the shell's exit 132
+            how = f"signal {signal.Signals(-code).name} (exit {128 - code} in a shell)"
+        return f"the llama server exited ({how}); the end of {self.log_path}:\n" + log_tail(
+            self.log_path, 30
+        )
+
+    def ensure_running(self) -> None:
+        """Raise LlamaServerExited if the server is gone, before a request is blamed."""
+        why = self.exited()
+        if why is not None:
+            raise LlamaServerExited(why)
 
     def _answers(self) -> bool:
         try:
@@ -109,9 +138,21 @@ class LlamaServer:
             data=body,
             headers={"Content-Type": "application/json"},
         )
-        # The server answers one request at a time: a background task may be generating.
-        with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310
-            return len(json.loads(response.read())["tokens"])
+        self.ensure_running()
+        try:
+            # The server answers one request at a time: a background task may be generating.
+            with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310
+                return len(json.loads(response.read())["tokens"])
+        except (OSError, urllib.error.URLError):
+            self.settle()
+            self.ensure_running()  # it died meanwhile: say so, not "connection refused"
+            raise
+
+    def settle(self, seconds: float = 5) -> None:
+        """Give a server that is dying (its socket already closed) time to exit."""
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(seconds)
 
 
 @contextlib.asynccontextmanager
@@ -169,10 +210,21 @@ def turns_of(text: str) -> list[tuple[str, str]]:
     ]
 
 
+# The pipe's own lines in a turn (warnings, cut and stop marks, tools, passes, the vote and
+# the end of the conversation): not what the participant said.
+NOTICE_LINE = re.compile(r"^\*(?:⚠️|✂️|🛠️|🏁|⏭️|🗳️|⏹️).*\*$", re.MULTILINE)
+
+
+def spoken(said: str) -> str:
+    """A turn's text without the pipe's notice lines."""
+    return NOTICE_LINE.sub("", said).strip()
+
+
 def imitation_lines(text: str, speaker: str, names: list[str]) -> list[str]:
-    """Lines of `speaker`'s turn that start as another participant or the user speaking."""
-    others = [n for n in names if n != speaker]
-    pattern = re.compile(rf"^\W*(?:{'|'.join(map(re.escape, others))})\W*(?:said)?\W*:", re.I)
+    """Lines of `speaker`'s turn that start as another participant or the user speaking:
+    `Tom:`, `**Tom:**`, `Tom said:`, `Tom says:`."""
+    others = "|".join(map(re.escape, (n for n in names if n != speaker)))
+    pattern = re.compile(rf"^\W*(?:{others})\b\W*(?:said|says)?\W*:", re.I)
     return [line for line in text.splitlines() if pattern.match(line)]
 
 
@@ -189,21 +241,26 @@ async def measure_message(
     await reconnected(client)
     before = len(server.statuses())
     started = time.monotonic()
-    result = await run_chat(
-        client,
-        None,
-        pipe_model,
-        text,
-        chat_id=chat_id,
-        timeout=timeout,
-        background_tasks={"title_generation": True, "tags_generation": True},
-    )
+    try:
+        result = await run_chat(
+            client,
+            None,
+            pipe_model,
+            text,
+            chat_id=chat_id,
+            timeout=timeout,
+            background_tasks={"title_generation": True, "tags_generation": True},
+        )
+    except BaseException:
+        server.ensure_running()  # a dead server is the cause, not the wait that timed out
+        raise
+    server.ensure_running()  # every turn failing on a dead server is not the pipe's fault
     measured = Measured(seconds=round(time.monotonic() - started, 1))
     saved = result.saved
     names = [name for name, _ in PEOPLE] + ["Admin", "User"]
     for speaker, said in turns_of(saved):
         measured.turns += 1
-        plain = re.sub(r"^\*(?:⚠️|✂️|🛠️).*\*$", "", said, flags=re.MULTILINE).strip()
+        plain = spoken(said)
         measured.longest_turn_chars = max(measured.longest_turn_chars, len(plain))
         measured.longest_turn_tokens = max(measured.longest_turn_tokens, server.tokens(plain))
         lines = imitation_lines(plain, speaker, names)
@@ -227,22 +284,23 @@ async def reconnected(client: SocketClient, wait: float = 30) -> None:
         await client.connect()
 
 
+def people_setup(manager: bool = False) -> dict:
+    """The dialog's answer: the three people for two rounds, in turn or picked by a manager."""
+    return {
+        "rounds": 2,
+        "use_manager": manager,
+        "manager_model": MODEL if manager else "",
+        "participants": [
+            {"model": MODEL, "alias": name, "system_message": persona} for name, persona in PEOPLE
+        ],
+    }
+
+
 async def converse(
     owui: Owui, client: SocketClient, server: LlamaServer, pipe_model: str
 ) -> list[Measured]:
     """A 3-participant, 2-round conversation, then a follow-up in the same chat."""
-    client.answer(
-        "execute",
-        {
-            "rounds": 2,
-            "use_manager": False,
-            "manager_model": "",
-            "participants": [
-                {"model": MODEL, "alias": name, "system_message": persona}
-                for name, persona in PEOPLE
-            ],
-        },
-    )
+    client.answer("execute", people_setup())
     first, chat_id = await measure_message(
         owui, client, server, pipe_model, "Let's plan a weekend trip to the mountains."
     )
@@ -250,3 +308,15 @@ async def converse(
         owui, client, server, pipe_model, "Great. What should we pack?", chat_id=chat_id
     )
     return [first, follow]
+
+
+async def managed(
+    owui: Owui, client: SocketClient, server: LlamaServer, pipe_model: str
+) -> Measured:
+    """The same people with the model as their manager: it picks each speaker (or ends it),
+    and the run ends with its `🏁` line."""
+    client.answer("execute", people_setup(manager=True))
+    measured, _ = await measure_message(
+        owui, client, server, pipe_model, "Where should we eat tonight?"
+    )
+    return measured

@@ -1,9 +1,10 @@
 """Opt-in: a real model (SmolLM2-135M through llama-cpp-python's server) in a real Open WebUI.
 
 Run with `scripts/test --real-model` (it builds the server's venv once, ~6.5 min on 2 cores).
-Skipped otherwise. Three participants talk for two rounds, then the user follows up; every turn
-must stay within its token limit, no follow-up request may overflow the model's context, no
-participant may write another's lines, and the title must not be a placeholder.
+Skipped otherwise. Three participants talk for two rounds, then the user follows up, then a new
+chat lets the model manage the same three; every turn must stay within its token limit, no
+follow-up request may overflow the model's context, no participant may write another's lines,
+and the title must not be a placeholder.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from tests.integration.conftest import ROOT
 
 pytestmark = [
     pytest.mark.real_model,
-    # Two messages of six real turns each, plus tasks: 3-7 minutes alone, more on a busy machine.
+    # Three messages of up to six real turns each, plus tasks: 5-10 minutes alone, more on a busy
+    # machine.
     pytest.mark.timeout(1800),
     pytest.mark.skipif(
         os.environ.get("MMC_REAL_MODEL") != "1" or not real_model.available(),
@@ -39,12 +41,15 @@ async def test_a_real_model_conversation_stays_bounded_fitting_and_in_character(
     client = await owui.connect()
     try:
         first, follow = await real_model.converse(owui, client, server, "mmc.Conversation-pipe")
+        managed = await real_model.managed(owui, client, server, "mmc.Conversation-pipe")
     finally:
         await client.disconnect()
-    print("real model:", first.as_dict(), follow.as_dict())
+    print("real model:", first.as_dict(), follow.as_dict(), managed.as_dict())
 
     assert first.turns == 6 and follow.turns == 6
-    for measured in (first, follow):
+    # The manager may end it early (END), never run past the rounds.
+    assert 1 <= managed.turns <= 6 and managed.failed_requests == 0, managed
+    for measured in (first, follow, managed):
         assert measured.longest_turn_tokens <= MAX_TOKENS + 8, measured
         assert measured.imitation_lines == 0, measured.examples
     assert follow.context_errors == 0 and follow.failed_requests == 0, follow
