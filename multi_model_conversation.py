@@ -1823,24 +1823,51 @@ class ContextBudget:
     """Knows each model's context size and its characters per token, for one run.
 
     The size is the one an error reported (remembered across runs in `learned`), else the
-    model's own setting, else the default; the ratio follows the server's `usage`.
+    model's own setting, else the default (for an Ollama model, Ollama's default: it does not
+    refuse a longer prompt, it drops the oldest part); the ratio follows the server's `usage`.
     """
 
-    def __init__(self, default_tokens: int, learned: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, default_tokens: int, learned: dict[str, int] | None = None, ollama_tokens: int = 0
+    ) -> None:
         self._default = default_tokens
+        self._ollama = ollama_tokens
         self._learned = {} if learned is None else learned
         self._ratio: dict[str, float] = {}
 
+    @classmethod
+    def of(cls, valves: Any, learned: dict[str, int] | None = None) -> ContextBudget:
+        return cls(valves.CONTEXT_TOKENS, learned, ollama_tokens=valves.OLLAMA_CONTEXT_TOKENS)
+
     def limit(self, profile: ModelProfile) -> int:
-        return self._learned.get(profile.model_id) or profile.context_tokens or self._default
+        ollama = self._ollama if profile.owned_by == "ollama" else 0
+        return (
+            self._learned.get(profile.model_id) or profile.context_tokens or ollama or self._default
+        )
+
+    def num_ctx(self, profile: ModelProfile) -> int:
+        """The context to ask an Ollama model for: the size its requests are fitted to, so
+        Ollama cuts nothing off. 0 (Ollama decides) for other models, or when neither the
+        model nor OLLAMA_CONTEXT_TOKENS names one."""
+        if profile.owned_by != "ollama":
+            return 0
+        if not (profile.context_tokens or self._ollama or profile.model_id in self._learned):
+            return 0
+        return self.limit(profile)
 
     def chars_per_token(self, profile: ModelProfile) -> float:
         return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
 
     def calibrate(self, profile: ModelProfile, chars: int, prompt_tokens: int) -> None:
-        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low)."""
+        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low).
+
+        Ollama's count may leave out the tokens it reused from its cache or cut off, so it
+        can only make the estimate more careful, never less.
+        """
         if prompt_tokens > 0 and chars > 0:
             ratio = min(8.0, max(1.0, 0.9 * chars / prompt_tokens))
+            if profile.owned_by == "ollama":
+                ratio = min(ratio, self.chars_per_token(profile))
             self._ratio[profile.model_id] = ratio
             log.debug("%s: %.2f characters per token", profile.model_id, ratio)
 
@@ -2643,6 +2670,31 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
 
 
+OLLAMA_OPTIONS = ("temperature", "top_p", "top_k", "stop")  # read by Ollama only in `options`
+
+
+def for_backend(form: dict, profile: ModelProfile, num_ctx: int = 0) -> dict:
+    """A request in the shape its model's backend reads.
+
+    Open WebUI's Ollama path (`convert_payload_openai_to_ollama`) keeps only `options`, `stop`
+    and `max_tokens` of a form: for an Ollama model the sampling, the bounds (`num_predict`)
+    and the context the request was fitted to (`num_ctx`) go into `options`, where Ollama reads
+    them. OpenAI-style APIs reject `top_k`.
+    """
+    form = dict(form)
+    if profile.owned_by != "ollama":
+        form.pop("top_k", None)
+        return form
+    options = dict(form.pop("options", None) or {})
+    options.update((key, form.pop(key)) for key in OLLAMA_OPTIONS if key in form)
+    if "max_tokens" in form:
+        options["num_predict"] = form.pop("max_tokens")
+    if num_ctx:
+        options["num_ctx"] = num_ctx
+    form.pop("stream_options", None)  # Ollama's last line always carries its counts
+    return {**form, "options": options}
+
+
 class TurnStreamer:
     """One turn end to end: the fitted request, the stream into the transcript, the speaker
     guard, tools, a plain retry, cut marks and token accounting.
@@ -2744,13 +2796,17 @@ class TurnStreamer:
         parts = [profile.system_prompt, self.chat_system, p.persona, plan.rules, shared]
         return "\n\n".join(part.strip() for part in parts if part.strip())
 
+    def request(self, profile: ModelProfile, messages: list[dict], **fields: Any) -> dict:
+        """Every request of the run, in the shape its model's backend reads (`for_backend`)."""
+        form = {"model": profile.model_id, "messages": list(messages), **fields}
+        return for_backend(form, profile, self.budget.num_ctx(profile))
+
     async def ask(
         self, profile: ModelProfile, messages: list[dict], max_tokens: int, seconds: float
     ) -> str:
         """One plain completion (the manager's), bounded in tokens and time."""
-        form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
-        if max_tokens:
-            form["max_tokens"] = max_tokens
+        bound = {"max_tokens": max_tokens} if max_tokens else {}
+        form = self.request(profile, messages, **bound)
         return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
 
     def fitted_messages(
@@ -2850,13 +2906,12 @@ class TurnStreamer:
         turn_ends_at: float,
     ) -> StreamResult:
         """Stream one reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
-        form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
-        form.update(self._sampling(profile))
-        form.update(self._bounds(p))
-        if offer_tools:
-            form["tools"] = profile.tool_specs
-        if profile.owned_by != "ollama":
-            form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
+        tools = {"tools": profile.tool_specs} if offer_tools else {}
+        # The usage frame calibrates the token estimate.
+        usage = {"stream_options": {"include_usage": True}}
+        form = self.request(
+            profile, messages, **self.settings.sampling, **self._bounds(p), **tools, **usage
+        )
         result = StreamResult()
         decoder, calls = SSEDecoder(), ToolCallAccumulator()
         splitter = ReplyFilter(self.guard_for(p))
@@ -2994,12 +3049,7 @@ class TurnStreamer:
     ) -> str:
         """One non-streamed retry for a reply that failed or came back empty."""
         log.debug("retrying %s without streaming (%s)", p.alias, error or "empty reply")
-        form = {
-            "model": profile.model_id,
-            "messages": list(messages),
-            **self._sampling(profile),
-            **self._bounds(p),
-        }
+        form = self.request(profile, messages, **self.settings.sampling, **self._bounds(p))
         try:
             async with asyncio.timeout(self.settings.valves.TURN_TIMEOUT):
                 text = await self.gateway.complete(form, self.ctx.user)
@@ -3023,12 +3073,6 @@ class TurnStreamer:
     def _notice(self, markdown: str) -> None:
         """A warning line in the transcript; history leaves it out."""
         self.transcript.add_notice(f"{NOTICE_PREFIX}{markdown}*")
-
-    def _sampling(self, profile: ModelProfile) -> dict[str, Any]:
-        sampling = dict(self.settings.sampling)
-        if profile.owned_by != "ollama":
-            sampling.pop("top_k", None)  # OpenAI-style APIs reject top_k
-        return sampling
 
     # -- tools -------------------------------------------------------------------------------
     @staticmethod
@@ -3320,6 +3364,7 @@ async def ask_task_model(
         reserve = min(max_tokens, budget.limit(profile) // 4 or max_tokens)
         fitted = fit_task_prompt(messages, budget.room_chars(profile, reserve, shrink))
         form = {"model": profile.model_id, "messages": fitted, "max_tokens": reserve}
+        form = for_backend(form, profile, budget.num_ctx(profile))
         try:
             return await gateway.complete(form, user)
         except ModelCallError as exc:
@@ -3568,7 +3613,7 @@ def _cast(
         transcript,
         emitter,
         run.clock,
-        ContextBudget(settings.valves.CONTEXT_TOKENS, prepared.context_limits),
+        ContextBudget.of(settings.valves, prepared.context_limits),
         profiles=prepared.profiles,
         aliases=[p.alias for p in prepared.participants],
         user_name=user_info.get("name") or "User",
@@ -3873,7 +3918,7 @@ class Pipe:
             if isinstance(wanted, int) and wanted > 0
             else TASK_MAX_TOKENS
         )
-        budget = ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits)
+        budget = ContextBudget.of(self.valves, self.context_limits)
         asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
         try:
             # The host holds the message open until its tasks end: they must end soon.
@@ -4560,6 +4605,18 @@ ADMIN_VALVES: dict[str, Any] = {
             description="Context size assumed for a participant model whose Open WebUI "
             "settings name none (`num_ctx` or `max_context`). Older turns are left out to fit. "
             "0: fit only after the model reports a context-length error.",
+        ),
+    ),
+    "OLLAMA_CONTEXT_TOKENS": (
+        int,
+        Field(
+            default=4096,
+            ge=0,
+            title="Ollama context size (tokens)",
+            description="Context size for an Ollama model whose Open WebUI settings name no "
+            "`num_ctx`: Ollama's default below 24 GiB of VRAM (OLLAMA_CONTEXT_LENGTH sets it on "
+            "the server). Requests are fitted to it and ask for it as `num_ctx`, so Ollama "
+            "drops nothing silently. 0: ask for none and fit as for other models.",
         ),
     ),
     "TOOL_RESULT_MAX_CHARS": (

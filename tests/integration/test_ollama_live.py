@@ -18,6 +18,7 @@ import time
 
 import pytest_asyncio
 
+import multi_model_conversation as mmc
 from tests.backend import ToolCallScript
 from tests.integration.conftest import FUNCTION_ID, PIPE_MODEL, ROOT
 from tests.integration.owui import Owui, run_chat, start_chat
@@ -135,7 +136,6 @@ async def test_a_tool_call_in_ollamas_shape_runs_and_its_result_goes_back(
     # What went back to Ollama: the call with object arguments, then the tool's answer.
     (call,) = [m for m in follow_up.messages if m.get("tool_calls")]
     assert call["tool_calls"][0]["function"] == {
-        "index": 0,
         "name": "lookup_secret",
         "arguments": {"word": "tea"},
     }
@@ -180,7 +180,9 @@ async def test_an_ollama_manager_picks_and_is_bounded(ollama_owui, ollama, sock,
     assert speakers(result.saved) == ["Bo", "Ada", "Bo", "Ada"]
     managed = ollama.requests_for(MANAGER)
     assert len(managed) == 4 and not any(r.stream for r in managed)
-    assert all(r.options["num_predict"] == 400 and r.tools is None for r in managed)
+    # A name is a few tokens: the manager's bound, in options, with the same num_ctx.
+    bound = {"num_predict": mmc.MANAGER_ANSWER_TOKENS, "num_ctx": DEFAULT_CONTEXT_LENGTH}
+    assert all(r.options == bound and r.tools is None for r in managed), managed[0].options
     assert "Choose exactly one of: Ada, Bo" in text_of(managed[0].messages[-1]["content"])
     assert [r.model for r in ollama.requests if r.model != MANAGER] == [B, A, B, A]
 
