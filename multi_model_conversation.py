@@ -3313,7 +3313,11 @@ def make_manager(
     aliases = streamer.aliases
 
     def prompt(last: int | None) -> str:
-        history = history_digest(streamer.turns, streamer.user_name, valves.MANAGER_HISTORY_CHARS)
+        limit = valves.MANAGER_HISTORY_CHARS
+        room = streamer.budget.room_chars(profile, 4 * MANAGER_ANSWER_TOKENS, 1.0)
+        if room is not None:  # the prompt's own words and the system message need room too
+            limit = max(0, min(limit, room - len(settings.manager_prompt) - 2000))
+        history = history_digest(streamer.turns, streamer.user_name, limit)
         return manager_prompt(settings.manager_prompt, history, aliases, last)
 
     async def ask(messages: list[dict], max_tokens: int) -> str:
@@ -3737,7 +3741,7 @@ class Prepared:
     profiles: dict[str, ModelProfile]
     manager: ModelProfile | None
     closer: Participant | None
-    context_limits: dict[str, int]  # sizes servers named, shared by every run (Pipe's)
+    budget: ContextBudget  # sizes servers named and prompts that worked: shared (Pipe's)
     rng: random.Random
 
 
@@ -3760,7 +3764,7 @@ def _cast(
         transcript,
         emitter,
         run.clock,
-        ContextBudget(settings.valves.CONTEXT_TOKENS, prepared.context_limits),
+        prepared.budget,
         profiles=prepared.profiles,
         aliases=[p.alias for p in prepared.participants],
         user_name=user_info.get("name") or "User",
@@ -3819,6 +3823,11 @@ class Pipe:
         self.valves = self.Valves()
         # Context sizes servers named in errors: facts about models, shared by every run.
         self.context_limits: dict[str, int] = {}
+        self.context_proven: dict[str, int] = {}  # largest prompts (tokens) that worked
+
+    def _budget(self) -> ContextBudget:
+        """A run's view of the models' contexts, over what every run has learnt."""
+        return ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits, self.context_proven)
 
     def pipes(self) -> list[dict[str, str]]:
         # v2's pipe id, so chats that used it keep their model after an upgrade.
@@ -3986,7 +3995,7 @@ class Pipe:
             await _remember(gateway, ctx, config)
         manager = profiles[manager_id] if config.use_manager else None
         return Prepared(
-            config, participants, profiles, manager, closer, self.context_limits, self.rng_factory()
+            config, participants, profiles, manager, closer, self._budget(), self.rng_factory()
         )
 
     async def _choose_config(
@@ -4065,7 +4074,7 @@ class Pipe:
             if isinstance(wanted, int) and wanted > 0
             else TASK_MAX_TOKENS
         )
-        budget = ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits)
+        budget = self._budget()
         asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
         try:
             # The host holds the message open until its tasks end: they must end soon.

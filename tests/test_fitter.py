@@ -288,3 +288,36 @@ def test_fit_turns_leaves_short_conversations_alone(size):
     turns = [mmc.Turn(None, "x" * size), mmc.Turn("A", "y" * size)]
     fitted = mmc.fit_turns(turns, 100_000)
     assert fitted is not None and fitted.turns == turns and fitted.omitted == 0
+
+
+async def test_a_prompt_that_worked_in_one_chat_is_the_floor_for_every_later_guess():
+    h = PipeHarness(models={"a": "Ana"})
+    h.host.chat_configs["chat-1"] = config("a")
+    h.host.chat_configs["chat-2"] = config("a")
+    usage = 'data: {"choices": [], "usage": {"prompt_tokens": 3000, "total_tokens": 3100}}\n\n'
+    h.host.scripts["a"] = Script(
+        streams=[
+            [*reply("fine"), usage],  # chat 1: a 3,000-token prompt worked
+            mmc.ModelCallError("HTTP 400: prompt is too long"),  # chat 2: no size named
+        ]
+    )
+    await h.run("Hi")
+    assert h.pipe.context_proven == {"a": 3000}
+
+    history = [{"role": "user", "content": "old " * 8000}, {"role": "assistant", "content": "ok"}]
+    await h.run("Hi", history=history, chat_id="chat-2")
+
+    assert h.pipe.context_limits == {"a": 3000}  # learnt: what worked, not half of what failed
+    assert tokens(streamed(h)[-1]) <= 3000
+
+
+async def test_the_managers_view_of_the_conversation_fits_its_model():
+    h = PipeHarness(models={"a": "Ana", "b": "Ben", "boss": "Boss"})
+    h.host.records["boss"] = mmc_record(num_ctx=1000)
+    h.host.chat_configs["chat-1"] = config("a", "b", use_manager=True, manager_model="boss")
+    h.host.scripts["boss"] = Script(completions=["B", "A"])
+
+    await h.run(report(20_000))
+
+    for request in (r for r in h.host.requests if r["model"] == "boss"):
+        assert mmc.message_chars(request["messages"]) / 3 + 4 * 48 <= 1000
