@@ -1651,6 +1651,7 @@ class Turn:
 
     speaker: str | None
     content: Any  # str, or the human's list of content parts (text and images)
+    note: bool = False  # the pipe's own line (turns left out here), not said by anyone
 
 
 def clean_turn_text(text: str) -> str:
@@ -1729,19 +1730,19 @@ def _merge(a: Any, b: Any) -> Any:
     return [*_as_parts(a), *_as_parts(b)]
 
 
-def messages_for(alias: str, turns: list[Turn], user_name: str, omitted: int = 0) -> list[dict]:
+def messages_for(alias: str, turns: list[Turn], user_name: str) -> list[dict]:
     """A participant's view: its own turns as assistant, everyone else's as labelled user turns.
 
     Consecutive same-role messages are merged so roles alternate, and it always ends on a user
-    message so the model answers rather than continues its own text. `omitted` earlier turns
-    left out to fit the model's context are named in one short line first.
+    message so the model answers rather than continues its own text. A note (turns left out
+    to fit the model's context) stands as it is, where the gap is.
     """
     own = normalize_name(alias)
     out: list[dict] = []
-    if omitted:
-        out.append({"role": "user", "content": omitted_line(omitted)})
     for turn in turns:
-        if turn.speaker is None:
+        if turn.note:
+            role, content = "user", turn.content
+        elif turn.speaker is None:
             role, content = "user", turn.content
             if out and out[-1]["role"] == "user":
                 content = _labelled(user_name, content)
@@ -1775,20 +1776,34 @@ def history_digest(turns: list[Turn], user_name: str, limit: int) -> str:
 
 DEFAULT_CHARS_PER_TOKEN = 3.0  # on the safe side for prose; calibrated by the server's usage
 MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
+TURN_OVERHEAD_CHARS = 40  # a turn's `Name said: "…"` label and separators
 _CONTEXT_ERROR_RE = re.compile(
     r"context[ _-]?(?:length|window|size)|maximum context|too many tokens|prompt is too long|"
     r"input is too long|n_ctx|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context",
+    re.IGNORECASE,
+)
+# Rate limits and quotas also speak of "too many tokens": waiting helps them, shortening does not.
+_NOT_CONTEXT_RE = re.compile(
+    r"rate[ _-]?limit|per (?:minute|second|hour|day)|quota|\b[TR]PM\b|billing|insufficient",
     re.IGNORECASE,
 )
 _CONTEXT_LIMIT_RE = re.compile(
     r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
 )
 CONTEXT_PARAM_KEYS = ("num_ctx", "max_context", "context_length", "n_ctx", "max_context_length")
+# A limit guessed from a failure (no size named) never goes below this, nor below the largest
+# prompt that succeeded: one odd error must not starve every later chat with that model.
+CONTEXT_FLOOR_TOKENS = 1024
+UNNAMED_REFIT_SHRINK = 0.75  # a refit after an error naming no size: this share of what was sent
+CUT_MARK = "\n[…]\n"
+MIN_CUT_CHARS = 1000  # a part is not cut shorter while older turns can be left out instead
+MIN_KEPT_CHARS = 400  # the least a request keeps of the topic and of the latest message
 
 
 def is_context_error(text: str | None) -> bool:
     """An error that says the prompt does not fit the model (a plain retry cannot help)."""
-    return bool(text) and bool(_CONTEXT_ERROR_RE.search(text or ""))
+    text = text or ""
+    return bool(_CONTEXT_ERROR_RE.search(text)) and not _NOT_CONTEXT_RE.search(text)
 
 
 def reported_context_limit(text: str) -> int | None:
@@ -1820,24 +1835,27 @@ def message_chars(messages: list[dict]) -> int:
 
 
 class ContextBudget:
-    """Knows each model's context size and its characters per token, for one run.
+    """Knows each model's context size and its characters per token.
 
-    The size is the one an error reported (remembered across runs in `learned`), else the
-    model's own setting, else the default (for an Ollama model, Ollama's default: it does not
-    refuse a longer prompt, it drops the oldest part); the ratio follows the server's `usage`.
+    The size is one a server named in an error, else the model's own setting, else the
+    default (for an Ollama model, Ollama's default: it does not refuse a longer prompt, it
+    drops the oldest part). `learned` (sizes) and `proven` (largest prompts that worked, in
+    tokens) are shared by every run: facts about models, and a guess never goes below what was
+    proven.
     """
 
     def __init__(
-        self, default_tokens: int, learned: dict[str, int] | None = None, ollama_tokens: int = 0
+        self,
+        default_tokens: int,
+        learned: dict[str, int] | None = None,
+        proven: dict[str, int] | None = None,
+        ollama_tokens: int = 0,
     ) -> None:
         self._default = default_tokens
         self._ollama = ollama_tokens
         self._learned = {} if learned is None else learned
+        self._proven = {} if proven is None else proven
         self._ratio: dict[str, float] = {}
-
-    @classmethod
-    def of(cls, valves: Any, learned: dict[str, int] | None = None) -> ContextBudget:
-        return cls(valves.CONTEXT_TOKENS, learned, ollama_tokens=valves.OLLAMA_CONTEXT_TOKENS)
 
     def limit(self, profile: ModelProfile) -> int:
         ollama = self._ollama if profile.owned_by == "ollama" else 0
@@ -1859,7 +1877,8 @@ class ContextBudget:
         return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
 
     def calibrate(self, profile: ModelProfile, chars: int, prompt_tokens: int) -> None:
-        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low).
+        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low),
+        and remember that a prompt this large works.
 
         Ollama's count may leave out the tokens it reused from its cache or cut off, so it
         can only make the estimate more careful, never less.
@@ -1869,15 +1888,22 @@ class ContextBudget:
             if profile.owned_by == "ollama":
                 ratio = min(ratio, self.chars_per_token(profile))
             self._ratio[profile.model_id] = ratio
+            proven = self._proven.get(profile.model_id, 0)
+            self._proven[profile.model_id] = max(proven, prompt_tokens)
             log.debug("%s: %.2f characters per token", profile.model_id, ratio)
 
-    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> None:
-        """After a context-length error: the size it names, else half of what was sent."""
-        reported = reported_context_limit(error)
-        if reported is None:
-            reported = int(sent_chars / self.chars_per_token(profile) / 2)
-        current = self.limit(profile)
-        self._learned[profile.model_id] = min(reported, current) if current else reported
+    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> bool:
+        """After a context-length error: the size it names, or, when a smaller prompt worked
+        before, that size (never under CONTEXT_FLOOR_TOKENS). False: nothing can be learnt."""
+        model, current = profile.model_id, self.limit(profile)
+        named = reported_context_limit(error)
+        proven = self._proven.get(model, 0)
+        sent = int(sent_chars / self.chars_per_token(profile))
+        if named is None and not 0 < proven < sent:
+            return False
+        size = named if named is not None else max(proven, CONTEXT_FLOOR_TOKENS)
+        self._learned[model] = min(size, current) if current else size
+        return True
 
     def room_chars(self, profile: ModelProfile, reserve_tokens: int, shrink: float) -> int | None:
         """Characters the messages may take, or None when the context size is unknown."""
@@ -1888,24 +1914,122 @@ class ContextBudget:
         return max(0, int(tokens * self.chars_per_token(profile)))
 
 
-def fit_turns(turns: list[Turn], room: int) -> tuple[list[Turn], int]:
-    """Drop the oldest turns until the rest fit `room` characters; never the user's latest.
+# -- one fitter for every request: leave out the oldest, cut the longest in the middle -------
 
-    Returns the kept turns and how many were dropped. It may still not fit: the latest user
-    message is kept whatever its size.
-    """
-    keep = max((i for i, t in enumerate(turns) if t.speaker is None), default=-1)
-    costs = [len(_text_of(t.content)) + len(t.speaker or "") + 24 for t in turns]
-    total = sum(costs) + len(omitted_line(len(turns)))
-    dropped: set[int] = set()
-    for i in range(len(turns)):
-        if total <= room:
+
+def cut_middle(text: str, keep: int) -> str:
+    """`text` in at most `keep` characters: its start and its end, the middle marked `[…]`."""
+    if len(text) <= keep:
+        return text
+    room = max(0, keep - len(CUT_MARK))
+    head = room - room // 2
+    return text[:head] + CUT_MARK + text[len(text) - (room - head) :]
+
+
+def cut_content(content: Any, keep: int) -> Any:
+    """A message's content (text, or the user's parts with images) cut to `keep` characters."""
+    if not isinstance(content, list):
+        return cut_middle(str(content), keep)
+    texts = [i for i, part in enumerate(content) if isinstance(part, dict) and "text" in part]
+    excess = len(_text_of(content)) - keep
+    out = list(content)
+    for i in sorted(texts, key=lambda j: -len(str(content[j]["text"]))):
+        if excess <= 0:
             break
-        if i != keep:
-            dropped.add(i)
-            total -= costs[i]
-    kept = [t for i, t in enumerate(turns) if i not in dropped]
-    return kept, len(dropped)
+        text = str(out[i]["text"])
+        kept = max(0, len(text) - excess - len(CUT_MARK))
+        out[i] = {**out[i], "text": cut_middle(text, kept + len(CUT_MARK))}
+        excess -= len(text) - len(out[i]["text"])
+    return out
+
+
+def water_level(sizes: list[int], room: int) -> int:
+    """The largest level L with sum(min(size, L)) <= room: cut every part longer than L to L."""
+    rest, count = room, len(sizes)
+    for size in sorted(sizes):
+        if size * count > rest:
+            return max(0, rest // count)
+        rest -= size
+        count -= 1
+    return max(sizes, default=0)
+
+
+def plan_fit(sizes: list[int], keep: list[bool], room: int) -> list[int] | None:
+    """Characters each part keeps (0: left out) so that all fit in `room`, or None.
+
+    The oldest parts that may go are left out while fitting would cut the longest shorter than
+    MIN_CUT_CHARS; then every part longer than one level is cut to it. Parts marked `keep`
+    are never left out; None when even they, cut to MIN_KEPT_CHARS, do not fit.
+    """
+    if sum(min(s, MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k) > room:
+        return None
+    alive = [i for i, size in enumerate(sizes) if size]
+    while sum(sizes[i] for i in alive) > room:
+        level = water_level([sizes[i] for i in alive], room)
+        droppable = [i for i in alive if not keep[i]]
+        if level >= max(MIN_CUT_CHARS, room // 8) or not droppable:
+            return [min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))]
+        alive.remove(droppable[0])
+    return [sizes[i] if i in alive else 0 for i in range(len(sizes))]
+
+
+@dataclass
+class Fitted:
+    """A request's turns fitted to its room, with what the user should be told."""
+
+    turns: list[Turn]  # kept turns, cut ones marked, a note where others were left out
+    shortened: list[tuple[int, int]]  # (kept, of) characters of the user's messages cut short
+    omitted: int = 0  # turns left out
+
+
+def fit_turns(turns: list[Turn], room: int) -> Fitted | None:
+    """The turns within `room` characters: the topic (first user message) and the latest user
+    message always stay, cut in the middle if they must; older turns go first, and a note
+    stands where they were. None: not even the kept messages fit."""
+    users = [i for i, t in enumerate(turns) if t.speaker is None]
+    protected = {users[0], users[-1]} if users else set()
+    sizes = [len(_text_of(t.content)) + TURN_OVERHEAD_CHARS for t in turns]
+    if sum(sizes) > room:  # room for the notes of at most two gaps (around the latest message)
+        room -= 2 * (len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS)
+    plan = plan_fit(sizes, [i in protected for i in range(len(turns))], room)
+    if plan is None:
+        return None
+    out: list[Turn] = []
+    shortened: list[tuple[int, int]] = []
+    gap = omitted = 0
+    for turn, size, kept in zip(turns, sizes, plan, strict=True):
+        if not kept and size:
+            gap += 1
+            continue
+        if gap:
+            out.append(Turn(None, omitted_line(gap), note=True))
+            omitted, gap = omitted + gap, 0
+        if kept < size:
+            text = len(_text_of(turn.content))
+            turn = Turn(turn.speaker, cut_content(turn.content, kept - TURN_OVERHEAD_CHARS))
+            if turn.speaker is None:
+                shortened.append((len(_text_of(turn.content)), text))
+        out.append(turn)
+    if gap:
+        out.append(Turn(None, omitted_line(gap), note=True))
+        omitted += gap
+    return Fitted(out, shortened, omitted)
+
+
+def fit_tool_results(messages: list[dict], start: int, room: int) -> list[dict]:
+    """The tool results from `start` on cut in the middle, the longest first, so the request
+    fits `room` characters; what comes before them is fitted already."""
+    excess = message_chars(messages) - room
+    tools = [i for i in range(start, len(messages)) if messages[i].get("role") == "tool"]
+    if excess <= 0 or not tools:
+        return messages
+    sizes = [len(_text_of(messages[i].get("content"))) for i in tools]
+    level = water_level(sizes, max(0, sum(sizes) - excess))
+    out = list(messages)
+    for i, size in zip(tools, sizes, strict=True):
+        if size > level:
+            out[i] = {**out[i], "content": cut_middle(str(out[i]["content"]), level)}
+    return out
 
 
 # ============================================================================
@@ -2230,7 +2354,9 @@ class ManagerChoice:
                 raw = await self.ask(messages, self._bound())
             except (ModelCallError, TimeoutError) as exc:
                 reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
-                self.status(f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next.")
+                self.status(
+                    f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next (round robin)."
+                )
                 return Pick(fallback)
             if _OPEN_THINK_RE.search(THINK_RE.sub("", raw)):
                 self._room = MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
@@ -2302,6 +2428,8 @@ class Progress:
         self.slots += 1
         self.tokens = tokens
         self.last_alias, self.last_said = alias, said
+        if not said and not passed:
+            return  # nothing was said (it could not answer): neither spoken nor passed
         if passed:
             self.passes += 1
             self.passed_since_spoken.add(alias)
@@ -2448,6 +2576,7 @@ class Heard:
 
     said: str
     passed: bool = False
+    benched: bool = False  # its model cannot hold the conversation: it sits out the rest
 
 
 class Direction:
@@ -2471,6 +2600,7 @@ class Direction:
         self.reason = ""  # why it ended
         self.outcome = ""  # how, for the final status ("" when its rounds ended it)
         self._last: int | None = None
+        self.benched: set[str] = set()  # participants whose model cannot hold the conversation
         # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
         self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
 
@@ -2493,6 +2623,12 @@ class Direction:
     def heard(self, plan: TurnPlan, heard: Heard, tokens: int) -> None:
         """Record a turn; the first ending that holds ends the conversation."""
         self.progress.record(plan.speaker.alias, heard.said, heard.passed, tokens)
+        if heard.benched:
+            self.benched.add(plan.speaker.alias)
+            if len(self.benched) == len(self.participants):
+                self.reason = "no participant's model can hold the conversation"
+                self.outcome, self.explains = "nobody could go on", True
+                return
         for ending in self.endings:
             if reason := ending.check(self.progress):
                 self.reason, self.outcome = reason, ending.label
@@ -2735,11 +2871,15 @@ class TurnStreamer:
         self.tokens = 0  # used by replies so far (usage, else estimated)
         self.speaking = False  # a turn is streaming
         self.guarded = True  # the turn being spoken is held to its own voice
+        self.benched: set[str] = set()  # participants whose model cannot hold the conversation
         self._tool_notice_shown: set[str] = set()
+        self._told_shortened: set[str] = set()  # models the user heard their message was cut for
 
     async def turn(self, plan: TurnPlan) -> Heard:
         """Speak one planned turn; what was said joins the turns (a PASS shows as one line)."""
         p = plan.speaker
+        if p.alias in self.benched:
+            return Heard("", benched=True)  # it said it sits out: no more requests to it
         profile = self.profiles[p.model_id]
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         self.speaking, self.guarded = True, plan.guarded
@@ -2751,9 +2891,11 @@ class TurnStreamer:
         await self.emitter.update()
         system = self.system_prompt(plan, profile)
 
-        def build(shrink: float) -> list[dict]:
-            messages = self.fitted_messages(p, profile, system, shrink)
-            if plan.ask:
+        def build(room: int | None) -> list[dict] | None:
+            if room is not None:
+                room -= len(plan.ask) + 2
+            messages = self.fitted_messages(p, profile, system, room)
+            if messages and plan.ask:
                 last = messages[-1]
                 messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
             return messages
@@ -2768,7 +2910,7 @@ class TurnStreamer:
             self.turns.append(Turn(p.alias, said))
         self.speaking = False
         await self.emitter.update()
-        return Heard(said, passed)
+        return Heard(said, passed, benched=p.alias in self.benched)
 
     def _tools_notice(self, p: Participant, profile: ModelProfile) -> None:
         """Once per participant: the user picked tools its model cannot call."""
@@ -2809,40 +2951,70 @@ class TurnStreamer:
         form = self.request(profile, messages, **bound)
         return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
 
-    def fitted_messages(
-        self, p: Participant, profile: ModelProfile, system_text: str, shrink: float
-    ) -> list[dict]:
-        """System prompt, then as many of the newest turns as fit the model's context."""
-        system = {"role": "system", "content": system_text}
-        turns, omitted = self.turns, 0
-        limit = self.budget.limit(profile)
-        reserve = min(self.max_tokens(p) or 1024, limit // 2)
+    def room(self, p: Participant, profile: ModelProfile, shrink: float = 1.0) -> int | None:
+        """Characters a request's messages may take (tool specs and the reply set aside);
+        None when the model's context size is unknown."""
+        reserve = min(self.max_tokens(p) or 1024, self.budget.limit(profile) // 2)
         room = self.budget.room_chars(profile, reserve, shrink)
+        return None if room is None else room - self._tools_chars(profile)
+
+    def fitted_messages(
+        self, p: Participant, profile: ModelProfile, system_text: str, room: int | None
+    ) -> list[dict] | None:
+        """System prompt, then the turns fitted into `room`; None: not even the system prompt,
+        the topic and the latest message fit."""
+        system = {"role": "system", "content": system_text}
+        turns = self.turns
         if room is not None:
-            room -= message_chars([system]) + self._tools_chars(profile)
-            turns, omitted = fit_turns(self.turns, room)
-            if omitted:
-                log.debug("%s: %d earlier turns left out to fit %d tokens", p.alias, omitted, limit)
-        return [system, *messages_for(p.alias, turns, self.user_name, omitted)]
+            fitted = fit_turns(self.turns, room - message_chars([system]))
+            if fitted is None:
+                return None
+            turns = fitted.turns
+            if fitted.omitted:
+                log.debug("%s: %d earlier turns left out", p.alias, fitted.omitted)
+            if fitted.shortened and profile.model_id not in self._told_shortened:
+                self._told_shortened.add(profile.model_id)
+                kept, size = max(fitted.shortened, key=lambda k: k[1] - k[0])
+                self.transcript.add_notice(
+                    f"*✂️ Your message was shortened for {md_text(profile.name)}: {kept:,} of "
+                    f"{size:,} characters kept, the middle left out to fit its context "
+                    f"({self.budget.limit(profile):,} tokens).*"
+                )
+        return [system, *messages_for(p.alias, turns, self.user_name)]
 
     @staticmethod
     def _tools_chars(profile: ModelProfile) -> int:
         return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
 
     async def reply_with_tools(
-        self, p: Participant, profile: ModelProfile, build: Callable[[float], list[dict]]
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        build: Callable[[int | None], list[dict] | None],
     ) -> str:
         """Stream, run tool calls, stream again (bounded); returns what the participant said.
 
-        `build(shrink)` gives the messages fitted into `shrink` of the model's context.
+        `build(room)` gives the messages fitted into `room` characters (None: not fitted).
         """
         said: list[str] = []
-        messages = build(1.0)
+        room = self.room(p, profile)
+        base = build(room)
+        extra: list[dict] = []  # this turn's tool calls and results
         tool_rounds = corrections = 0
         refitted = False
         limit = self.settings.valves.TURN_TIME_LIMIT
         ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
         while True:
+            if base is None:
+                return self._bench(
+                    p,
+                    profile,
+                    said,
+                    "its model's context cannot hold even its instructions and the latest message",
+                )
+            messages = base + extra
+            if room is not None and extra:
+                messages = fit_tool_results(messages, len(base), room)
             offer = bool(profile.tool_specs) and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
             offer = offer and corrections <= self.settings.valves.MAX_TOOL_CORRECTIONS
             result = await self.stream_once(p, profile, messages, offer, ends_at)
@@ -2857,18 +3029,15 @@ class TurnStreamer:
                     "frame(s), skipped: some of its text may be missing."
                 )
             if is_context_error(result.error) and not result.shown:
-                # A plain retry would fail the same way: trim harder once, then say so.
-                if not refitted and tool_rounds == corrections == 0:
-                    refitted = True
-                    self.budget.learn(profile, result.error or "", message_chars(messages))
-                    messages = build(0.9)
-                    continue
-                self._failure_line(
-                    p,
-                    "the conversation does not fit its model's context, even with older turns "
-                    f"left out ({result.error})",
-                )
-                return "\n\n".join(s for s in said if s)
+                # A plain retry would fail the same way: fit tighter once, then it sits out.
+                if refitted:
+                    why = f"the conversation does not fit its model's context ({result.error})"
+                    return self._bench(p, profile, said, why)
+                refitted = True
+                room = self._refit_room(p, profile, result.error or "", messages)
+                # The tool results are cut to what is left; they may take at most half.
+                base = build(room - min(message_chars(extra), room // 2) if extra else room)
+                continue
             if result.error is not None or not (result.content or result.calls):
                 if not result.shown and not result.calls:
                     recovered = await self.retry_plain(p, profile, messages, result.error)
@@ -2889,13 +3058,31 @@ class TurnStreamer:
             if bad and corrections < self.settings.valves.MAX_TOOL_CORRECTIONS:
                 corrections += 1
                 log.debug("malformed tool call from %s, asking again: %s", p.alias, bad)
-                messages += self._tool_messages(
+                extra += self._tool_messages(
                     result, {i: self._correction(profile, w) for i, w in bad.items()}
                 )
                 continue
             tool_rounds += 1
             outputs = await self.run_tools(profile, result.calls, bad)
-            messages += self._tool_messages(result, outputs)
+            extra += self._tool_messages(result, outputs)
+
+    def _refit_room(
+        self, p: Participant, profile: ModelProfile, error: str, sent: list[dict]
+    ) -> int:
+        """The room for a second try after a context error: the size the server named (learnt
+        for every run), else three quarters of what was sent (for this request only)."""
+        if self.budget.learn(profile, error, message_chars(sent) + self._tools_chars(profile)):
+            room = self.room(p, profile, 0.9)
+            if room is not None:
+                return room
+        return int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
+
+    def _bench(self, p: Participant, profile: ModelProfile, said: list[str], reason: str) -> str:
+        """It cannot take part with this conversation: one line, and no more requests to it."""
+        log.debug("%s (%s) sits out: %s", p.alias, profile.model_id, reason)
+        self.benched.add(p.alias)
+        self._failure_line(p, reason, "; it sits out the rest of this conversation")
+        return "\n\n".join(s for s in said if s)
 
     async def stream_once(
         self,
@@ -3066,9 +3253,9 @@ class TurnStreamer:
             self._failure_line(p, error or "the model returned an empty reply")
         return said
 
-    def _failure_line(self, p: Participant, reason: str) -> None:
+    def _failure_line(self, p: Participant, reason: str, then: str = "") -> None:
         reason = md_text(" ".join(reason.split())[:300])
-        self._notice(f"{md_text(p.alias)} could not answer: {reason}")
+        self._notice(f"{md_text(p.alias)} could not answer: {reason}{then}")
 
     def _notice(self, markdown: str) -> None:
         """A warning line in the transcript; history leaves it out."""
@@ -3166,7 +3353,11 @@ def make_manager(
     aliases = streamer.aliases
 
     def prompt(last: int | None) -> str:
-        history = history_digest(streamer.turns, streamer.user_name, valves.MANAGER_HISTORY_CHARS)
+        limit = valves.MANAGER_HISTORY_CHARS
+        room = streamer.budget.room_chars(profile, 4 * MANAGER_ANSWER_TOKENS, 1.0)
+        if room is not None:  # the prompt's own words and the system message need room too
+            limit = max(0, min(limit, room - len(settings.manager_prompt) - 2000))
+        history = history_digest(streamer.turns, streamer.user_name, limit)
         return manager_prompt(settings.manager_prompt, history, aliases, last)
 
     async def ask(messages: list[dict], max_tokens: int) -> str:
@@ -3324,7 +3515,6 @@ async def _first_usable(
 
 
 TASK_MAX_TOKENS = 400  # a title, tags or a few follow-up questions never need more
-CUT_MARK = "\n[…]\n"
 
 
 def fit_task_prompt(messages: list[dict], room: int | None) -> list[dict]:
@@ -3341,10 +3531,9 @@ def fit_task_prompt(messages: list[dict], room: int | None) -> list[dict]:
     start = start + len("<chat_history>") if start >= 0 else 0
     end = text.rfind("</chat_history>")
     end = end if end >= start else len(text)
-    cut = min(excess + len(CUT_MARK), end - start)
-    at = start + (end - start - cut) // 2
-    last = {**messages[-1], "content": text[:at] + CUT_MARK + text[at + cut :]}
-    return [*messages[:-1], last]
+    block = text[start:end]
+    kept = cut_middle(block, max(len(CUT_MARK), len(block) - excess))
+    return [*messages[:-1], {**messages[-1], "content": text[:start] + kept + text[end:]}]
 
 
 async def ask_task_model(
@@ -3360,9 +3549,11 @@ async def ask_task_model(
     The answer may take a quarter of the context (some servers refuse prompt + max_tokens
     over it); the quoted chat needs the room more than a title does.
     """
+    cap: int | None = None  # after an error that named no size: less than was sent
     for shrink in (1.0, 0.9):
         reserve = min(max_tokens, budget.limit(profile) // 4 or max_tokens)
-        fitted = fit_task_prompt(messages, budget.room_chars(profile, reserve, shrink))
+        room = budget.room_chars(profile, reserve, shrink)
+        fitted = fit_task_prompt(messages, room if cap is None else min(room or cap, cap))
         form = {"model": profile.model_id, "messages": fitted, "max_tokens": reserve}
         form = for_backend(form, profile, budget.num_ctx(profile))
         try:
@@ -3370,7 +3561,8 @@ async def ask_task_model(
         except ModelCallError as exc:
             if shrink < 1.0 or not is_context_error(str(exc)):
                 raise
-            budget.learn(profile, str(exc), message_chars(fitted))
+            if not budget.learn(profile, str(exc), message_chars(fitted)):
+                cap = int(message_chars(fitted) * UNNAMED_REFIT_SHRINK)
             log.debug("task prompt did not fit %s: %s", profile.model_id, exc)
     raise AssertionError("unreachable")
 
@@ -3590,7 +3782,7 @@ class Prepared:
     profiles: dict[str, ModelProfile]
     manager: ModelProfile | None
     closer: Participant | None
-    context_limits: dict[str, int]  # sizes servers named, shared by every run (Pipe's)
+    budget: ContextBudget  # sizes servers named and prompts that worked: shared (Pipe's)
     rng: random.Random
 
 
@@ -3613,7 +3805,7 @@ def _cast(
         transcript,
         emitter,
         run.clock,
-        ContextBudget.of(settings.valves, prepared.context_limits),
+        prepared.budget,
         profiles=prepared.profiles,
         aliases=[p.alias for p in prepared.participants],
         user_name=user_info.get("name") or "User",
@@ -3672,6 +3864,16 @@ class Pipe:
         self.valves = self.Valves()
         # Context sizes servers named in errors: facts about models, shared by every run.
         self.context_limits: dict[str, int] = {}
+        self.context_proven: dict[str, int] = {}  # largest prompts (tokens) that worked
+
+    def _budget(self) -> ContextBudget:
+        """A run's view of the models' contexts, over what every run has learnt."""
+        return ContextBudget(
+            self.valves.CONTEXT_TOKENS,
+            self.context_limits,
+            self.context_proven,
+            ollama_tokens=self.valves.OLLAMA_CONTEXT_TOKENS,
+        )
 
     def pipes(self) -> list[dict[str, str]]:
         # v2's pipe id, so chats that used it keep their model after an upgrade.
@@ -3839,7 +4041,7 @@ class Pipe:
             await _remember(gateway, ctx, config)
         manager = profiles[manager_id] if config.use_manager else None
         return Prepared(
-            config, participants, profiles, manager, closer, self.context_limits, self.rng_factory()
+            config, participants, profiles, manager, closer, self._budget(), self.rng_factory()
         )
 
     async def _choose_config(
@@ -3918,7 +4120,7 @@ class Pipe:
             if isinstance(wanted, int) and wanted > 0
             else TASK_MAX_TOKENS
         )
-        budget = ContextBudget.of(self.valves, self.context_limits)
+        budget = self._budget()
         asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
         try:
             # The host holds the message open until its tasks end: they must end soon.
@@ -4603,7 +4805,8 @@ ADMIN_VALVES: dict[str, Any] = {
             ge=0,
             title="Assumed context size (tokens)",
             description="Context size assumed for a participant model whose Open WebUI "
-            "settings name none (`num_ctx` or `max_context`). Older turns are left out to fit. "
+            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
+            "parts cut in the middle to fit. "
             "0: fit only after the model reports a context-length error.",
         ),
     ),

@@ -8,6 +8,7 @@ test_ollama_live.py) check the same through the real host and a scripted Ollama 
 from __future__ import annotations
 
 import json
+import re
 
 import multi_model_conversation as mmc
 from tests.fakes import PipeHarness, Script, chunk, config
@@ -137,5 +138,5 @@ async def test_a_long_chat_is_fitted_to_ollamas_context_with_the_left_out_line()
     to_a, to_b = [r for r in h.host.requests if r["stream"]]
     room = (4096 - 400 - 16) * mmc.DEFAULT_CHARS_PER_TOKEN
     assert mmc.message_chars(to_a["messages"]) <= room < mmc.message_chars(to_b["messages"])
-    assert "earlier turns of this conversation left out" in json.dumps(to_a["messages"])
+    assert re.search(r"earlier turns? of this conversation left out", json.dumps(to_a["messages"]))
     assert to_a["options"]["num_ctx"] == 4096 and "options" not in to_b
