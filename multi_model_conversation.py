@@ -576,9 +576,8 @@ def decode_frame(payload: str) -> list[StreamEvent]:
     events: list[StreamEvent] = []
     usage = frame.get("usage")
     if isinstance(usage, dict):
-        total, prompt = usage.get("total_tokens"), usage.get("prompt_tokens")
-        total = total if isinstance(total, int) and not isinstance(total, bool) else 0
-        prompt = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else 0
+        total, prompt = _count_of(usage.get("total_tokens")), _count_of(usage.get("prompt_tokens"))
+        total = total or prompt + _count_of(usage.get("completion_tokens"))
         if total or prompt or "prompt_tokens" in usage:
             # index: the reply's total tokens (a token budget); count: its prompt tokens
             events.append(StreamEvent("usage", index=max(total, 0), count=prompt))
@@ -615,6 +614,11 @@ def decode_frame(payload: str) -> list[StreamEvent]:
     if isinstance(finish, str) and finish:
         events.append(StreamEvent("finish", text=finish))
     return events
+
+
+def _count_of(value: Any) -> int:
+    """A token count from a usage object: an int (not a bool), else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _as_text(value: Any) -> str:
@@ -1450,11 +1454,18 @@ class HostGateway:
                 await close()
 
     async def complete(self, form: dict, user: Any) -> str:
+        return (await self.complete_counted(form, user))[0]
+
+    async def complete_counted(self, form: dict, user: Any) -> tuple[str, tuple[int, int] | None]:
+        """A plain completion's text and its (prompt, completion) tokens, if the server said."""
         response = await self._completion({**form, "stream": False}, user)
         if isinstance(response, dict) and not response.get("error"):
             choices = response.get("choices") or [{}]
             message = (choices[0] or {}).get("message") or {}
-            return str(message.get("content") or "")
+            usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+            prompt, completion = (_count_of(usage.get(k)) for k in _USAGE_KEYS)
+            counted = (prompt, completion) if prompt or completion else None
+            return str(message.get("content") or ""), counted
         raise ModelCallError(_error_text(response))
 
     async def _completion(self, form: dict, user: Any) -> Any:
@@ -1473,6 +1484,9 @@ class HostGateway:
             raise ModelCallError(
                 _with_status(getattr(exc, "status_code", None), str(detail))
             ) from exc
+
+
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens")
 
 
 def _with_status(status: Any, text: str) -> str:
@@ -1633,7 +1647,7 @@ def _as_dict(value: Any) -> dict:
 HEADING_RE = re.compile(rf"^### (?:{_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
-    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager)"[^>]*>.*?</details>\n?',
+    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage)"[^>]*>.*?</details>\n?',
     re.DOTALL | re.IGNORECASE,
 )
 THINK_RE = re.compile(
@@ -2806,6 +2820,94 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
 
 
+CHARS_PER_TOKEN_ESTIMATE = 4  # a count the backend did not send: about 4 characters a token
+
+
+@dataclass
+class UsageRow:
+    """What one speaker's calls cost in a run (the manager's picks count as its turns)."""
+
+    label: str  # the alias, "Manager", or "<alias> (closing)"
+    model: str
+    turns: int = 0
+    prompt: int = 0
+    completion: int = 0
+    seconds: float = 0.0
+    estimated: bool = False  # some count is the pipe's estimate, not the backend's
+
+    def add(self, other: UsageRow) -> None:
+        self.turns += other.turns
+        self.prompt += other.prompt
+        self.completion += other.completion
+        self.seconds += other.seconds
+        self.estimated = self.estimated or other.estimated
+
+
+class UsageLedger:
+    """Every model call of a run: the backend's token counts (or an estimate, marked) and the
+    seconds it took, one row per speaker in the order they first spoke."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, UsageRow] = {}
+
+    def row(self, label: str, model: str) -> UsageRow:
+        return self.rows.setdefault(label, UsageRow(label, model))
+
+    def count(
+        self,
+        row: UsageRow,
+        usage: tuple[int, int] | None,
+        messages: list[dict],
+        reply: str,
+        seconds: float,
+    ) -> None:
+        """One call: `usage` (prompt, completion) as the backend counted, else estimated."""
+        if usage is None:
+            chars = sum(len(_text_of(m.get("content"))) for m in messages)
+            usage = (-(-chars // CHARS_PER_TOKEN_ESTIMATE), -(-len(reply) // 4))
+            row.estimated = True
+        row.prompt += usage[0]
+        row.completion += usage[1]
+        row.seconds += max(0.0, seconds)
+
+    def total(self) -> UsageRow:
+        total = UsageRow("Total", "")
+        for row in self.rows.values():
+            total.add(row)
+        return total
+
+    def message_usage(self) -> dict[str, int]:
+        """The totals as a message's `usage`, where Open WebUI's info tooltip reads it."""
+        total = self.total()
+        return {
+            "prompt_tokens": total.prompt,
+            "completion_tokens": total.completion,
+            "total_tokens": total.prompt + total.completion,
+        }
+
+
+def usage_block(ledger: UsageLedger) -> str:
+    """The ledger as a collapsed table at the end of the message (history leaves it out)."""
+    total = ledger.total()
+    head = "| Speaker | Model | Turns | Prompt tokens | Completion tokens | Seconds | Tokens/s |"
+    lines = [head, "|---|---|--:|--:|--:|--:|--:|"]
+    for row in [*ledger.rows.values(), total]:
+        mark = "~" if row.estimated else ""
+        speed = f"{row.completion / row.seconds:,.1f}" if row.seconds >= 0.05 else "–"
+        name = f"**{md_text(row.label)}**" if row is total else md_text(row.label)
+        lines.append(
+            f"| {name} | {md_text(row.model)} | {row.turns} | {mark}{row.prompt:,} | "
+            f"{mark}{row.completion:,} | {row.seconds:,.1f} | {speed} |"
+        )
+    if total.estimated:
+        lines.append("\n~ estimated (the backend sent no counts): about 4 characters a token.")
+    summary = f"Usage: {total.prompt + total.completion:,} tokens, {total.seconds:,.0f} s"
+    body = "\n".join(lines)
+    return (
+        f'<details type="usage" done="true">\n<summary>{summary}</summary>\n\n{body}\n</details>\n'
+    )
+
+
 OLLAMA_OPTIONS = ("temperature", "top_p", "top_k", "stop")  # read by Ollama only in `options`
 
 
@@ -2869,6 +2971,8 @@ class TurnStreamer:
         self.chat_system = chat_system  # the chat's own system prompt, if the user set one
         self.want_usage = want_usage  # count tokens for a token budget
         self.tokens = 0  # used by replies so far (usage, else estimated)
+        self.ledger = UsageLedger()
+        self._row = UsageRow("", "")  # the ledger's row of the turn being spoken
         self.speaking = False  # a turn is streaming
         self.guarded = True  # the turn being spoken is held to its own voice
         self.benched: set[str] = set()  # participants whose model cannot hold the conversation
@@ -2883,6 +2987,9 @@ class TurnStreamer:
         profile = self.profiles[p.model_id]
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         self.speaking, self.guarded = True, plan.guarded
+        label = f"{p.alias} (closing)" if plan.kind == "closing" else p.alias
+        self._row = self.ledger.row(label, profile.name)
+        self._row.turns += 1
         mark = self.transcript.checkpoint()
         self.transcript.start_turn(p)
         if plan.why and self.settings.show_manager_reason:
@@ -2949,7 +3056,12 @@ class TurnStreamer:
         """One plain completion (the manager's), bounded in tokens and time."""
         bound = {"max_tokens": max_tokens} if max_tokens else {}
         form = self.request(profile, messages, **bound)
-        return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
+        row, started = self.ledger.row("Manager", profile.name), self.clock.now()
+        asked = self.gateway.complete_counted(form, self.ctx.user)
+        text, counted = await within(self.clock, seconds, asked)
+        row.turns += 1
+        self.ledger.count(row, counted, form["messages"], text, self.clock.now() - started)
+        return text
 
     def room(self, p: Participant, profile: ModelProfile, shrink: float = 1.0) -> int | None:
         """Characters a request's messages may take (tool specs and the reply set aside);
@@ -3105,6 +3217,7 @@ class TurnStreamer:
         content: list[str] = []
         silence = self.settings.valves.TURN_TIMEOUT
         loop = asyncio.get_running_loop()
+        started = self.clock.now()
         stream = self.gateway.stream_chat(form, self.ctx.user)
         try:
             # A model may not go silent for `silence` s, nor stream past the turn's end.
@@ -3146,6 +3259,11 @@ class TurnStreamer:
         result.content = self._end_reply(splitter, content, result)
         result.calls = calls.calls() if result.error is None and not result.cut else []
         self._count_tokens(result.tokens, form["messages"], result.content)
+        counted = (
+            (result.prompt_tokens, result.tokens - result.prompt_tokens) if result.tokens else None
+        )
+        reply = result.content + "".join(c.arguments for c in result.calls)
+        self.ledger.count(self._row, counted, form["messages"], reply, self.clock.now() - started)
         return result
 
     def _count_tokens(self, reported: int | None, messages: list[dict], reply: str) -> None:
@@ -3237,13 +3355,15 @@ class TurnStreamer:
         """One non-streamed retry for a reply that failed or came back empty."""
         log.debug("retrying %s without streaming (%s)", p.alias, error or "empty reply")
         form = self.request(profile, messages, **self.settings.sampling, **self._bounds(p))
+        started = self.clock.now()
         try:
             async with asyncio.timeout(self.settings.valves.TURN_TIMEOUT):
-                text = await self.gateway.complete(form, self.ctx.user)
+                text, counted = await self.gateway.complete_counted(form, self.ctx.user)
         except (ModelCallError, TimeoutError) as exc:
             self._failure_line(p, str(exc) or error or "no reply")
             return ""
         self._count_tokens(None, form["messages"], text)
+        self.ledger.count(self._row, counted, form["messages"], text, self.clock.now() - started)
         content: list[str] = []
         splitter, scratch = ReplyFilter(self.guard_for(p)), StreamResult()
         for kind, piece in splitter.feed(text):
@@ -3398,6 +3518,8 @@ class Run:
         for line in (direction.verdict(closing), direction.end_line()):
             if line:
                 self.transcript.add_notice(line)
+        if streamer.settings.valves.SHOW_USAGE and streamer.ledger.rows:
+            self.transcript.add_block(usage_block(streamer.ledger))
         await self.emitter.update()
         return direction.reason
 
@@ -3826,6 +3948,13 @@ def _cast(
     return direction, streamer
 
 
+async def _with_usage(text: str, usage: dict[str, int]) -> AsyncIterator[str | dict]:
+    """The final transcript, then a frame the host takes the message's `usage` from (0.12.4
+    shows it in the message's info tooltip, as for an ordinary model)."""
+    yield text
+    yield {"choices": [], "usage": usage}
+
+
 async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
     """Flush the final state (saved by the host with it); return it for the host to save again.
 
@@ -3893,7 +4022,7 @@ class Pipe:
         __message_id__: str | None = None,
         __session_id__: str | None = None,
         __oauth_token__: Any = None,
-    ) -> str:
+    ) -> str | AsyncIterator[str | dict]:
         user_info = __user__ or {}
         metadata = __metadata__ or {}
         gateway = self.gateway_factory(__request__)
@@ -3927,7 +4056,8 @@ class Pipe:
             return await self._background_task(
                 gateway, ctx, body, user_valves, own_prefix, str(__task__)
             )
-        return await self._conversation(
+        usage: dict[str, int] = {}
+        text = await self._conversation(
             gateway,
             ctx,
             body,
@@ -3936,7 +4066,9 @@ class Pipe:
             own_prefix,
             __event_emitter__,
             __event_call__,
+            usage,
         )
+        return _with_usage(text, usage) if usage and body.get("stream") else text
 
     # -- a conversation ----------------------------------------------------------------------
     async def _conversation(
@@ -3949,7 +4081,9 @@ class Pipe:
         own_prefix: str,
         emit: EmitFn | None,
         event_call: Callable[[dict], Awaitable[Any]] | None,
+        usage: dict[str, int],
     ) -> str:
+        """The conversation; returns the final transcript and fills in `usage` (its totals)."""
         valves = self.valves
         clock = self.clock
         transcript = Transcript(clock.now)
@@ -3988,6 +4122,7 @@ class Pipe:
                 gateway, ctx, settings, transcript, emitter, run, body, user_info, prepared
             )
             await run.converse(direction, streamer)
+            usage.update(streamer.ledger.message_usage())
             run.end_status()
             log.info(
                 "conversation end: %d turns in %.1f s, %d events",
@@ -4860,6 +4995,17 @@ ADMIN_VALVES: dict[str, Any] = {
             ge=200,
             title="Conversation shown to the manager (characters)",
             description="Newest characters of the conversation shown to the manager.",
+        ),
+    ),
+    "SHOW_USAGE": (
+        bool,
+        Field(
+            default=True,
+            title="Usage table at the end",
+            description="End each conversation with a collapsed table of what it cost: per "
+            "participant, the manager and the closing turn, turns, prompt and completion tokens "
+            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
+            "Never part of what the models read.",
         ),
     ),
     "STOP_SEQUENCES": (

@@ -171,6 +171,7 @@ class Script:
     completions: list[Any] = field(default_factory=list)
     chunk_delay: float = 0.0  # fake seconds between chunks
     default_text: str | None = None
+    counted: tuple[int, int] | None = None  # (prompt, completion) a plain completion reports
 
 
 class FakeHost(mmc.HostGateway):
@@ -263,6 +264,11 @@ class FakeHost(mmc.HostGateway):
                 await asyncio.sleep(0)
             yield piece
 
+    async def complete_counted(self, form: dict, user: Any) -> tuple[str, tuple[int, int] | None]:
+        """A plain completion; its counts are the script's `counted`, else none (estimated)."""
+        text = await self.complete(form, user)
+        return text, self.scripts[form["model"]].counted
+
     async def complete(self, form: dict, user: Any) -> str:
         self.requests.append({**form, "stream": False})
         script = self.scripts.setdefault(form["model"], Script())
@@ -311,8 +317,11 @@ class PipeHarness:
         self.pipe.valves.EMIT_INTERVAL = interval
         # The fake host's tools play Open WebUI's built-ins unless a test picks tool ids.
         self.pipe.valves.BUILTIN_TOOLS = True
+        # The usage table ends every transcript; tests of the ledger switch it on.
+        self.pipe.valves.SHOW_USAGE = False
         self.pipe.gateway_factory = lambda request: self.host
         self.pipe.clock = self.clock
+        self.usage_frames: list[dict] = []  # what the last run handed the host as its usage
 
     async def run(
         self,
@@ -330,7 +339,7 @@ class PipeHarness:
         messages = [*(history or []), {"role": "user", "content": text}]
         meta = {"chat_id": chat_id, "message_id": "msg-1", "session_id": "s1", **(metadata or {})}
         user = self.host.users[user_id]
-        return await self.pipe.pipe(
+        result = await self.pipe.pipe(
             {"model": "mmc.Conversation-pipe", "messages": messages, "stream": True},
             __user__={
                 "id": user.id,
@@ -344,3 +353,9 @@ class PipeHarness:
             __metadata__=meta,
             __task__=task,
         )
+        if isinstance(result, str):
+            return result
+        # A streamed conversation ends with a frame carrying the message's usage.
+        parts = [part async for part in result]
+        self.usage_frames = [part for part in parts if isinstance(part, dict)]
+        return "".join(part for part in parts if isinstance(part, str))
