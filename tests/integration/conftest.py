@@ -114,8 +114,10 @@ async def admin_socket(owui: Owui) -> AsyncIterator[SocketClient]:
 
 @pytest_asyncio.fixture
 async def pipe(owui: Owui) -> str:
-    """Installs (or updates) the pipe from this checkout; returns its model id."""
+    """Installs (or updates) the pipe from this checkout; returns its model id. The usage
+    table is off: these tests read the transcript's end (test_ollama_live.py checks it)."""
     await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
+    await owui.set_function_valves(FUNCTION_ID, {"SHOW_USAGE": False})
     return PIPE_MODEL
 
 

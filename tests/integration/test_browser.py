@@ -92,9 +92,10 @@ def reply_for(record) -> str:
 
 
 async def install_pipe(owui: Owui) -> None:
-    """The pipe from the repo file, with default admin valves (earlier tests may change them)."""
+    """The pipe from the repo file, with default admin valves (earlier tests may change them)
+    but for the usage table: these tests read the last turn at the message's end."""
     await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
-    await owui.set_function_valves(FUNCTION_ID, {}, merge=False)
+    await owui.set_function_valves(FUNCTION_ID, {"SHOW_USAGE": False}, merge=False)
 
 
 def script_participants(backend) -> None:

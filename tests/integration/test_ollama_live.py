@@ -19,11 +19,12 @@ import time
 import pytest_asyncio
 
 import multi_model_conversation as mmc
-from tests.backend import ToolCallScript
+from tests.backend import ToolCallScript, prompt_tokens
 from tests.integration.conftest import FUNCTION_ID, PIPE_MODEL, ROOT
 from tests.integration.owui import Owui, run_chat, start_chat
 from tests.integration.test_pipe_live import PROBE_TOOL, details_tags, speakers, text_of
 from tests.ollama_backend import DEFAULT_CONTEXT_LENGTH
+from tests.test_usage import ledger_rows
 
 A, B, C, MANAGER = "llama-a:latest", "llama-b:latest", "llama-c:latest", "llama-manager:latest"
 SAMPLING = {"Temperature": 0.3, "Top_p": 0.55, "Top_k": 17}
@@ -246,6 +247,25 @@ async def test_a_mixed_chat_sends_each_backend_its_own_form(
     assert f'Ada said: "{ollama.requests[0].reply}"' in text_of(openai[0].messages[-1]["content"])
     bea_said = f'Bea said: "{openai[0].reply}"'
     assert bea_said in ollama.requests[1].messages[-1]["content"]
+    # The usage table holds each server's own counts: Ollama's prompt_eval_count/eval_count,
+    # the OpenAI-style backend's usage (it counts words); the message's usage, the totals.
+    rows = ledger_rows(result.saved)
+    ada = (
+        sum(r.prompt_eval_count for r in ollama.requests),
+        sum(r.eval_count for r in ollama.requests),
+    )
+    bea = (
+        sum(prompt_tokens(r.messages) for r in openai),
+        sum(len(r.reply.split()) for r in openai),
+    )
+    assert rows["Ada"][1:4] == ["2", f"{ada[0]:,}", f"{ada[1]:,}"], rows
+    assert rows["Bea"][1:4] == ["2", f"{bea[0]:,}", f"{bea[1]:,}"], rows
+    prompt, completion = ada[0] + bea[0], ada[1] + bea[1]
+    assert rows["Total"][1:4] == ["4", f"{prompt:,}", f"{completion:,}"]
+    assert "~" not in result.saved
+    usage = result.saved_message["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (prompt, completion), usage
+    assert usage["total_tokens"] == prompt + completion
 
 
 # 1500 tokens of 4 characters each, about what English text averages.
