@@ -2903,9 +2903,8 @@ def usage_block(ledger: UsageLedger) -> str:
         lines.append("\n~ estimated (the backend sent no counts): about 4 characters a token.")
     summary = f"Usage: {total.prompt + total.completion:,} tokens, {total.seconds:,.0f} s"
     body = "\n".join(lines)
-    return (
-        f'<details type="usage" done="true">\n<summary>{summary}</summary>\n\n{body}\n</details>\n'
-    )
+    head = f'<details type="usage" done="true">\n<summary>{summary}</summary>'
+    return f"\n{head}\n\n{body}\n</details>\n"  # a blank line after the last turn
 
 
 OLLAMA_OPTIONS = ("temperature", "top_p", "top_k", "stop")  # read by Ollama only in `options`

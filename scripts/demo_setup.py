@@ -1,7 +1,8 @@
 """Readies a running Open WebUI for the demo through its REST API (called by scripts/demo).
 
 Waits for /health, signs the demo admin in (or signs it up on a fresh data dir), points the
-OpenAI connection at the demo's endpoint, installs and enables the pipe from
+OpenAI connection at the demo's endpoint and the Ollama connection at an Ollama server (or
+switches it off), installs and enables the pipe from
 multi_model_conversation.py (only when its code changed), and gives the admin user valves with a
 ready three-participant setup so "Use defaults" works at once. Standard library only.
 """
@@ -145,6 +146,23 @@ def point_connection(api: Api, url: str, key: str) -> str:
     return "updated"
 
 
+def point_ollama(api: Api, url: str) -> str:
+    """The Ollama connection (stored in the database like the OpenAI one): on and at `url`, or
+    off when no Ollama server is given, so a demo started without one lists no stale models."""
+    config = api.call("GET", "/ollama/config")
+    urls = list(config.get("OLLAMA_BASE_URLS") or [])
+    enabled = bool(config.get("ENABLE_OLLAMA_API"))
+    if (enabled, urls[:1]) == (bool(url), [url] if url else urls[:1]):
+        return "unchanged"
+    form = {
+        "ENABLE_OLLAMA_API": bool(url),
+        "OLLAMA_BASE_URLS": [url, *urls[1:]] if url else urls,
+        "OLLAMA_API_CONFIGS": config.get("OLLAMA_API_CONFIGS") or {},
+    }
+    api.call("POST", "/ollama/config/update", form)
+    return "updated" if url else "switched off"
+
+
 def install_function(api: Api, path: Path, function_id: str) -> str:
     """Creates or updates the function only when its code differs; switches it on."""
     content = path.read_text()
@@ -191,18 +209,23 @@ def list_models(api: Api, pipe_model: str, wanted: list[str], timeout: float = 3
         time.sleep(1)
 
 
-def choose_models(models: list[dict], wanted: list[str], own_prefix: str) -> list[str]:
-    """The participants' models: those asked for, else the endpoint's first three."""
+def choose_models(
+    models: list[dict], wanted: list[str], own_prefix: str, owner: str = ""
+) -> list[str]:
+    """The participants' models: those asked for, else the first three (of `owner`'s models,
+    e.g. "ollama", when it has any)."""
     if wanted:
         chosen = wanted
     else:
-        chosen = [
-            m["id"]
+        usable = [
+            m
             for m in models
             if not m["id"].startswith(own_prefix) and not m.get("pipe") and not m.get("arena")
-        ][:3]
+        ]
+        owned = [m for m in usable if owner and m.get("owned_by") == owner]
+        chosen = [m["id"] for m in owned or usable][:3]
     if not chosen:
-        raise SystemExit("The endpoint lists no models; set DEMO_MODELS=id1,id2,id3.")
+        raise SystemExit("The endpoints list no models; set DEMO_MODELS=id1,id2,id3.")
     return [chosen[i % len(chosen)] for i in range(len(PERSONAS))]
 
 
@@ -237,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="Demo Admin")
     parser.add_argument("--openai-url", required=True, help="the OpenAI-compatible endpoint")
     parser.add_argument("--openai-key", required=True)
+    parser.add_argument("--ollama-url", default="", help="an Ollama server; empty: none")
     parser.add_argument("--models", default="", help="participant model ids, comma separated")
     parser.add_argument("--function-id", default="mmc")
     parser.add_argument("--function-file", default=str(ROOT / "multi_model_conversation.py"))
@@ -247,12 +271,14 @@ def main(argv: list[str] | None = None) -> None:
     say(f"admin {args.email}: {sign_in_or_up(api, args.name, args.email, args.password)}")
     connection = point_connection(api, args.openai_url, args.openai_key)
     say(f"OpenAI connection {args.openai_url}: {connection}")
+    say(f"Ollama connection {args.ollama_url or '(none)'}: {point_ollama(api, args.ollama_url)}")
     action = install_function(api, Path(args.function_file), args.function_id)
     say(f"function {args.function_id}: {action}")
     pipe_model = f"{args.function_id}.Conversation-pipe"
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     models = list_models(api, pipe_model, wanted)
-    chosen = choose_models(models, wanted, f"{args.function_id}.")
+    owner = "ollama" if args.ollama_url else ""
+    chosen = choose_models(models, wanted, f"{args.function_id}.", owner)
     result = set_demo_valves(api, args.function_id, chosen, {m["id"] for m in models})
     say(f"user valves ({', '.join(chosen)}): {result}")
 
