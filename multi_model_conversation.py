@@ -3636,6 +3636,31 @@ async def _first_usable(
 
 
 TASK_MAX_TOKENS = 400  # a title, tags or a few follow-up questions never need more
+# The JSON of a title, tags or follow-ups fits in this; a model that did not answer it before
+# gets no room to ramble again, and a third of the time.
+TASK_RETRY_TOKENS = 120
+TASK_RETRY_TIME_SHARE = 1 / 3
+
+
+class TaskBudget:
+    """A task model that did not give the JSON asked for (prose, or too slow) gets a short
+    budget for its next tasks, so the message it keeps busy ends sooner; one good answer
+    gives it the full budget back. Its record is shared by every request, like context sizes."""
+
+    def __init__(self, failures: dict[str, int]) -> None:
+        self.failures = failures
+
+    def limits(self, model_id: str, max_tokens: int, seconds: float) -> tuple[int, float]:
+        """(max tokens, seconds) for this model's next task."""
+        if not self.failures.get(model_id):
+            return max_tokens, seconds
+        return min(max_tokens, TASK_RETRY_TOKENS), seconds * TASK_RETRY_TIME_SHARE
+
+    def record(self, model_id: str, answered: bool) -> None:
+        if answered:
+            self.failures.pop(model_id, None)
+        else:
+            self.failures[model_id] = self.failures.get(model_id, 0) + 1
 
 
 def fit_task_prompt(messages: list[dict], room: int | None) -> list[dict]:
@@ -3993,6 +4018,7 @@ class Pipe:
         # Context sizes servers named in errors: facts about models, shared by every run.
         self.context_limits: dict[str, int] = {}
         self.context_proven: dict[str, int] = {}  # largest prompts (tokens) that worked
+        self.task_failures: dict[str, int] = {}  # task models' unanswered tasks in a row
 
     def _budget(self) -> ContextBudget:
         """A run's view of the models' contexts, over what every run has learnt."""
@@ -4254,23 +4280,23 @@ class Pipe:
             if isinstance(wanted, int) and wanted > 0
             else TASK_MAX_TOKENS
         )
-        budget = self._budget()
-        asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
+        tasks = TaskBudget(self.task_failures)
+        max_tokens, seconds = tasks.limits(profile.model_id, max_tokens, self.valves.TASK_TIMEOUT)
+        asked = ask_task_model(gateway, ctx.user, profile, self._budget(), messages, max_tokens)
         try:
             # The host holds the message open until its tasks end: they must end soon.
-            text = await within(self.clock, self.valves.TASK_TIMEOUT, asked)
+            text = await within(self.clock, seconds, asked)
         except TimeoutError:
-            log.debug(
-                "background task %s took over %g s on %s",
-                task,
-                self.valves.TASK_TIMEOUT,
-                profile.model_id,
-            )
+            log.debug("background task %s took over %g s on %s", task, seconds, profile.model_id)
+            tasks.record(profile.model_id, answered=False)
             return ""
         except ModelCallError as exc:
             log.warning("background task failed on %s: %s", profile.model_id, exc)
             return ""
-        return task_answer(task, clean_turn_text(text), _text_of_messages(messages))
+        answer = task_answer(task, clean_turn_text(text), _text_of_messages(messages))
+        if task in TASK_SHAPES:
+            tasks.record(profile.model_id, answered=bool(answer))
+        return answer
 
 
 # ============================================================================
@@ -4974,7 +5000,8 @@ ADMIN_VALVES: dict[str, Any] = {
             title="Title and tags timeout (s)",
             description="Seconds a background task (title, tags, follow-ups) may take. Open "
             "WebUI keeps the message busy until its tasks end; one that takes longer is "
-            "dropped.",
+            "dropped. A task model that gave no usable answer gets a third of it (and 120 "
+            "tokens) until it answers one.",
         ),
     ),
     "MANAGER_TIMEOUT": (

@@ -442,6 +442,8 @@ async def task_with(h: PipeHarness, prompt: str, **body) -> str:
 async def test_a_task_keeps_a_smaller_max_tokens_from_the_host_and_is_bounded_otherwise():
     h = PipeHarness()
     h.host.chat_configs["chat-1"] = config("m1")
+    # A model that answers its titles (one that does not gets a short budget: test_task_budget).
+    h.host.scripts["m1"] = Script(completions=['{"title": "Tea"}'] * 3)
     await task_with(h, "t", max_tokens=50)
     await task_with(h, "t")
     await task_with(h, "t", max_tokens=1000)  # Open WebUI's default for a task
