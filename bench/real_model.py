@@ -7,7 +7,8 @@
 Each version gets a fresh llama-cpp-python server (SmolLM2-135M, see tests/integration/
 real_model.py) and a fresh Open WebUI, then three participants talk for two rounds and the user
 follows up once. Prints, per message: longest turn (model tokens and characters), failed
-requests, lines where a participant speaks as another, error lines, seconds, and the title.
+requests, lines where a participant speaks as another, error lines, seconds, the seconds the
+message stayed busy with background tasks after its end, and the title.
 Needs the cached server venv that `scripts/test --real-model` builds.
 """
 
@@ -43,7 +44,7 @@ async def main(pipes: list[Path], out: Path | None, n_ctx: int, declare_ctx: boo
         results[str(pipe)] = await measure(pipe, n_ctx, declare_ctx)
         print(json.dumps({str(pipe): results[str(pipe)]}, ensure_ascii=False), flush=True)
     keys = ("longest_turn_tokens", "longest_turn_chars", "failed_requests", "imitation_lines")
-    keys += ("error_lines", "seconds", "title")
+    keys += ("error_lines", "seconds", "task_seconds", "title")
     for which, label in ((0, "first message"), (1, "follow-up")):
         print(f"\n{label}")
         print("| | " + " | ".join(p.name for p in pipes) + " |")

@@ -182,6 +182,7 @@ class Measured:
     """What one message of the conversation did."""
 
     seconds: float = 0.0
+    task_seconds: float = 0.0  # the message kept busy by title/tags/follow-ups after its end
     turns: int = 0
     longest_turn_tokens: int = 0
     longest_turn_chars: int = 0
@@ -256,6 +257,9 @@ async def measure_message(
         raise
     server.ensure_running()  # every turn failing on a dead server is not the pipe's fault
     measured = Measured(seconds=round(time.monotonic() - started, 1))
+    done = result.done_event
+    if done is not None and result.finished_at is not None:
+        measured.task_seconds = round(result.finished_at - done.t, 1)
     saved = result.saved
     names = [name for name, _ in PEOPLE] + ["Admin", "User"]
     for speaker, said in turns_of(saved):
