@@ -91,11 +91,11 @@ def reply_for(record) -> str:
     )
 
 
-async def install_pipe(owui: Owui) -> None:
-    """The pipe from the repo file, with default admin valves (earlier tests may change them)
-    but for the usage table: these tests read the last turn at the message's end."""
+async def install_pipe(owui: Owui, usage: bool = False) -> None:
+    """The pipe from the repo file, with default admin valves (earlier tests may change them);
+    the usage table only where a test looks for it (most read the last turn at the end)."""
     await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
-    await owui.set_function_valves(FUNCTION_ID, {"SHOW_USAGE": False}, merge=False)
+    await owui.set_function_valves(FUNCTION_ID, {"SHOW_USAGE": usage}, merge=False)
 
 
 def script_participants(backend) -> None:
@@ -234,8 +234,11 @@ async def speaker_headings(page: Page) -> list[str]:
     return [h.strip().split(" ", 1)[-1] for h in headings]
 
 
-async def check_rendered_conversation(page: Page, aliases: list[str], last_turn: str) -> None:
-    """Headings in order, one collapsed reasoning block per turn, the whole last turn."""
+async def check_rendered_conversation(
+    page: Page, aliases: list[str], last_turn: str, usage: bool = False
+) -> None:
+    """Headings in order, one collapsed reasoning block per turn, the whole last turn (then
+    the collapsed usage table, if on)."""
     content = page.locator(CONTENT).last
     assert await speaker_headings(page) == aliases
     reasoning = content.locator("button[aria-expanded]", has_text=re.compile(r"Thought for"))
@@ -245,6 +248,13 @@ async def check_rendered_conversation(page: Page, aliases: list[str], last_turn:
     assert "think1-model-a" not in await content.inner_text()  # collapsed: reasoning hidden
     assert not await content.locator("details").count()  # rendered, not raw HTML
     text = await content.inner_text()
+    if usage:
+        # The usage table: one collapsed block after the last turn, its table hidden.
+        ledger = content.locator("button[aria-expanded]", has_text=re.compile(r"^Usage: "))
+        assert await ledger.count() == 1
+        assert await ledger.get_attribute("aria-expanded") == "false"
+        assert "Completion tokens" not in text
+        text = text[: text.rindex("Usage: ")]
     assert text.rstrip().endswith(last_turn), text[-300:]
     assert "<details" not in text and "&lt;" not in text and "&gt;" not in text
 
@@ -279,7 +289,7 @@ THREE = [
 async def test_three_models_talk_in_the_browser(owui: Owui, backend, tmp_path: Path) -> None:
     started = time.monotonic()
     script_participants(backend)
-    await install_pipe(owui)
+    await install_pipe(owui, usage=True)
     participants = THREE
     aliases = [alias for _, alias, _ in participants] * 2
 
@@ -304,7 +314,7 @@ async def test_three_models_talk_in_the_browser(owui: Owui, backend, tmp_path: P
             "model-b",
             "model-c",
         ] * 2
-        await check_rendered_conversation(page, aliases, last.reply)
+        await check_rendered_conversation(page, aliases, last.reply, usage=True)
         assert END_STATUS.match(await end_status(page)), await end_status(page)
         assert (await end_status(page)).startswith("3 participants, 6 turns, ")
         chat_url = page.url
@@ -314,13 +324,20 @@ async def test_three_models_talk_in_the_browser(owui: Owui, backend, tmp_path: P
         await page.reload()
         await wait_finished(page)
         assert page.url == chat_url
-        await check_rendered_conversation(page, aliases, last.reply)
+        await check_rendered_conversation(page, aliases, last.reply, usage=True)
 
         # Opening a reasoning block shows what that model thought.
         first_block = content.locator("button[aria-expanded]", has_text="Thought for").first
         await first_block.click()
         await page.get_by_text("think1-model-a").first.wait_for()
         assert await first_block.get_attribute("aria-expanded") == "true"
+        # Opening the usage table shows a row per participant and the totals.
+        ledger = content.locator("button[aria-expanded]", has_text=re.compile(r"^Usage: "))
+        await ledger.click()
+        table = content.locator("table").last
+        await table.wait_for()
+        rows = await table.locator("tbody tr").all_inner_texts()
+        assert [r.split("\t")[0].strip() for r in rows] == ["Ada", "Grace", "Linus", "Total"]
 
         await save_screenshot(page, screenshot_path(tmp_path, "conversation.png"))
         assert dialogs == []
