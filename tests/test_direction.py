@@ -327,7 +327,12 @@ async def test_rounds_alone_add_no_end_line_and_only_the_summary_status():
     result = await h.run(emitter=emitter)
 
     assert "🏁" not in result
-    assert emitter.statuses() == ["1 participant, 2 turns, 0 s"]
+    # One status per turn says where it is (issue 21), then the summary.
+    assert emitter.statuses() == [
+        "Round 1 of 2 · A",
+        "Round 2 of 2 · A",
+        "1 participant, 2 turns, 0 s",
+    ]
 
 
 def test_a_usage_frame_decodes_with_or_without_choices():
