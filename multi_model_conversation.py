@@ -4523,6 +4523,26 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"alias": "Clarity", "system_message": "Review for clarity and maintainability."},
         ],
     },
+    "council": {
+        "label": "Council: answer at once, rank each other, a chair sums up",
+        "config": {
+            "rounds": 1,
+            "selection": "council",
+            "peer_review": True,
+            "closing": {
+                "alias": "Chair",
+                "prompt": "You chair this council. Synthesize the best answer to the user's "
+                "question from the participants' answers and their ranking: keep what the "
+                "best-ranked answers got right, fix what they got wrong, and say where the "
+                "council disagreed.",
+            },
+        },
+        "participants": [
+            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
+            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
+            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
+        ],
+    },
     "interview": {
         "label": "Interview",
         "config": {
@@ -5415,7 +5435,7 @@ USER_VALVES: dict[str, Any] = {
             default="",
             title="Preset",
             description="A named setup that fills whatever you leave unset: `debate`, "
-            "`brainstorm`, `review_panel` or `interview`. Empty: none.",
+            "`brainstorm`, `review_panel`, `interview` or `council`. Empty: none.",
         ),
     ),
     "Temperature": (

@@ -273,3 +273,18 @@ async def test_headings_can_name_the_model_behind_each_alias_and_history_reads_t
 
     assert "### 🔴 A <sub>Model One</sub>" in result
     assert [t.speaker for t in mmc.split_turns(result)] == ["A", "B"]
+
+
+async def test_the_council_preset_answers_at_once_reviews_and_a_chair_sums_up():
+    h = PipeHarness(models={"a": "Ana", "b": "Ben", "c": "Chen"})
+    h.host.chat_configs["chat-1"] = {
+        "preset": "council",
+        "participants": [{"model": "a"}, {"model": "b"}, {"model": "c"}],
+    }
+    seen = counting_streams(h)
+
+    result = await h.run("What is the best first programming language?")
+
+    assert speakers(result) == ["Analyst", "Expert", "Contrarian"] * 2 + ["Chair"]
+    assert seen["most"] == 3 and "Peer review" in result
+    assert "Synthesize the best answer" in streamed(h)[-1]["messages"][0]["content"]
