@@ -4523,26 +4523,6 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"alias": "Clarity", "system_message": "Review for clarity and maintainability."},
         ],
     },
-    "council": {
-        "label": "Council: answer at once, rank each other, a chair sums up",
-        "config": {
-            "rounds": 1,
-            "selection": "council",
-            "peer_review": True,
-            "closing": {
-                "alias": "Chair",
-                "prompt": "You chair this council. Synthesize the best answer to the user's "
-                "question from the participants' answers and their ranking: keep what the "
-                "best-ranked answers got right, fix what they got wrong, and say where the "
-                "council disagreed.",
-            },
-        },
-        "participants": [
-            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
-            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
-            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
-        ],
-    },
     "interview": {
         "label": "Interview",
         "config": {
@@ -4561,6 +4541,26 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "follow up on vague answers.",
             },
             {"alias": "Candidate", "system_message": "You are interviewed: answer candidly."},
+        ],
+    },
+    "council": {
+        "label": "Council: answer at once, rank each other, a chair sums up",
+        "config": {
+            "rounds": 1,
+            "selection": "council",
+            "peer_review": True,
+            "closing": {
+                "alias": "Chair",
+                "prompt": "You chair this council. Synthesize the best answer to the user's "
+                "question from the participants' answers and their ranking: keep what the "
+                "best-ranked answers got right, fix what they got wrong, and say where the "
+                "council disagreed.",
+            },
+        },
+        "participants": [
+            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
+            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
+            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
         ],
     },
 }
