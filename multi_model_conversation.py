@@ -1921,6 +1921,10 @@ class ContextBudget:
     def limit(self, profile: ModelProfile) -> int:
         return self._learned.get(profile.model_id) or profile.context_tokens or self._default
 
+    def known(self, profile: ModelProfile) -> bool:
+        """The size is the model's own setting or one a server named, not the assumed one."""
+        return bool(self._learned.get(profile.model_id) or profile.context_tokens)
+
     def chars_per_token(self, profile: ModelProfile) -> float:
         return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
 
@@ -3233,12 +3237,42 @@ class TurnStreamer:
             form["max_tokens"] = max_tokens
         return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
 
-    def room(self, p: Participant, profile: ModelProfile, shrink: float = 1.0) -> int | None:
+    def room(
+        self, p: Participant, profile: ModelProfile, shrink: float = 1.0, tools: bool = True
+    ) -> int | None:
         """Characters a request's messages may take (tool specs and the reply set aside);
         None when the model's context size is unknown."""
         reserve = min(self.max_tokens(p) or 1024, self.budget.limit(profile) // 2)
         room = self.budget.room_chars(profile, reserve, shrink)
-        return None if room is None else room - self._tools_chars(profile)
+        if room is None or not tools:
+            return room
+        return room - self._tools_chars(profile)
+
+    def first_fit(
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        build: Callable[[int | None], list[dict] | None],
+    ) -> tuple[list[dict] | None, int | None, bool]:
+        """The turn's first request: messages, their room and whether tools are offered.
+
+        A context that is only assumed (`CONTEXT_TOKENS`) never costs a participant its tools
+        or its turns: the request goes as it is, and the server's answer decides. In a known
+        context, tool definitions that leave no room for the conversation are left out."""
+        room = self.room(p, profile)
+        base = build(room)
+        tools = bool(profile.tool_specs)
+        if base is None and not self.budget.known(profile):
+            return build(None), None, tools
+        if base is None and tools:
+            room, tools = self.room(p, profile, tools=False), False
+            base = build(room)
+            if base is not None:
+                self._notice(
+                    f"{md_text(p.alias)} answers without tools this turn: their definitions "
+                    "do not fit its model's context."
+                )
+        return base, room, tools
 
     def fitted_messages(
         self,
@@ -3283,8 +3317,7 @@ class TurnStreamer:
         `build(room)` gives the messages fitted into `room` characters (None: not fitted).
         """
         said: list[str] = []
-        room = self.room(p, profile)
-        base = build(room)
+        base, room, tools = self.first_fit(p, profile, build)
         extra: list[dict] = []  # this turn's tool calls and results
         tool_rounds = corrections = 0
         refitted = False
@@ -3301,7 +3334,7 @@ class TurnStreamer:
             messages = base + extra
             if room is not None and extra:
                 messages = fit_tool_results(messages, len(base), room)
-            offer = bool(profile.tool_specs) and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
+            offer = tools and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
             offer = offer and corrections <= self.settings.valves.MAX_TOOL_CORRECTIONS
             result = await self.stream_once(p, profile, messages, offer, ends_at)
             if result.content:
