@@ -140,3 +140,32 @@ async def test_a_long_chat_is_fitted_to_ollamas_context_with_the_left_out_line()
     assert mmc.message_chars(to_a["messages"]) <= room < mmc.message_chars(to_b["messages"])
     assert re.search(r"earlier turns? of this conversation left out", json.dumps(to_a["messages"]))
     assert to_a["options"]["num_ctx"] == 4096 and "options" not in to_b
+
+
+async def test_a_participants_own_sampling_reaches_ollama_in_options():
+    h = harness(a="ollama")
+    cfg = config("a", "b")
+    cfg["participants"][0].update(temperature=1.4, top_p=0.35)
+    h.host.chat_configs["chat-1"] = cfg
+
+    await h.run(user_valves=user_valves(h))
+
+    to_a, to_b = [r for r in h.host.requests if r["stream"]]
+    assert {k: to_a["options"][k] for k in SAMPLING} == {
+        "temperature": 1.4,
+        "top_p": 0.35,
+        "top_k": 17,
+    }
+    assert "temperature" not in to_a and to_b["temperature"] == 0.3
+
+
+async def test_a_council_round_counts_every_answer_in_the_usage_table():
+    """Council turns are generated at once on forks of the streamer; one ledger holds them."""
+    h = harness(a="ollama")
+    h.pipe.valves.SHOW_USAGE = True
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=2, selection="council")
+
+    result = await h.run()
+
+    rows = re.findall(r"^\| (\w+) \| [^|]+ \| (\d+) \|", result, re.MULTILINE)
+    assert rows == [("A", "2"), ("B", "2")]
