@@ -179,3 +179,40 @@ async def test_the_test_tab_sends_heartbeats_until_it_disconnects():
     finally:
         await client.disconnect()
         await runner.cleanup()
+
+
+# ------------------------------------------------------------------------------------------
+# A tab whose socket dropped mid-message: the result comes from the database
+# ------------------------------------------------------------------------------------------
+
+
+class DroppedRun:
+    """A ChatRun whose end event never comes; the database has the message (done or not)."""
+
+    def __init__(self, connected: bool, done: bool) -> None:
+        self.chat_id, self.token, self.assistant_message_id = "c1", "t", "m1"
+        self.user_message_id, self.model, self.task_ids, self.sent_at = "u1", "mmc", [], 0.0
+        self.client = type("Client", (), {"connected": connected})()
+        self.owui = self
+        self.waits = 0
+        self.message = {"id": "m1", "content": "### 🔴 Mia\n\nHi.", "done": done}
+
+    async def wait(self, timeout: float):
+        self.waits += 1
+        raise TimeoutError("no end")
+
+    async def get_chat(self, chat_id: str, token: str | None = None) -> dict:
+        return {"chat": {"history": {"messages": {"m1": self.message}}}}
+
+
+async def test_a_dropped_socket_reads_the_finished_message_from_the_database():
+    run = DroppedRun(connected=False, done=True)
+    result = await real_model.finished(run, timeout=30, poll=0.01)
+    assert result.saved == "### 🔴 Mia\n\nHi." and run.waits == 1
+
+
+async def test_a_live_socket_or_an_unfinished_message_keeps_waiting_until_the_timeout():
+    for run in (DroppedRun(connected=True, done=True), DroppedRun(connected=False, done=False)):
+        with pytest.raises(TimeoutError):
+            await real_model.finished(run, timeout=0.05, poll=0.01)
+        assert run.waits >= 2

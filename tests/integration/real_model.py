@@ -24,12 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tests.integration.owui import (
+    ChatResult,
+    ChatRun,
+    MessageView,
     OpenWebUIServer,
     Owui,
     SocketClient,
     free_port,
     log_tail,
-    run_chat,
+    start_chat,
     start_logged,
     stop_process_group,
 )
@@ -243,15 +246,15 @@ async def measure_message(
     before = len(server.statuses())
     started = time.monotonic()
     try:
-        result = await run_chat(
+        run = await start_chat(
             client,
             None,
             pipe_model,
             text,
             chat_id=chat_id,
-            timeout=timeout,
             background_tasks={"title_generation": True, "tags_generation": True},
         )
+        result = await finished(run, timeout)
     except BaseException:
         server.ensure_running()  # a dead server is the cause, not the wait that timed out
         raise
@@ -278,6 +281,38 @@ async def measure_message(
     return measured, result.chat_id
 
 
+async def finished(run: ChatRun, timeout: float, poll: float = 60) -> ChatResult:
+    """The message's result from its events; if the tab's socket dropped meanwhile (a busy
+    machine misses a ping and the end never arrives), from the database once it is done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await run.wait(min(poll, max(1.0, deadline - time.monotonic())))
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+            if run.client.connected:
+                continue
+        row = await run.owui.get_chat(run.chat_id, run.token)
+        chat = row["chat"]
+        message = (chat.get("history") or {}).get("messages", {}).get(run.assistant_message_id)
+        if message and message.get("done"):
+            print(f"socket dropped during message {run.assistant_message_id}: read from the DB")
+            return ChatResult(
+                chat_id=run.chat_id,
+                user_message_id=run.user_message_id,
+                assistant_message_id=run.assistant_message_id,
+                model=run.model,
+                task_ids=run.task_ids,
+                sent_at=run.sent_at,
+                events=[],
+                view=MessageView(),
+                saved_message=message,
+                chat=chat,
+                finished_at=None,
+            )
+
+
 async def reconnected(client: SocketClient, wait: float = 30) -> None:
     """A tab whose socket dropped during a long message (a busy machine misses a ping)
     connects again before the next one, as the browser does."""
@@ -288,10 +323,10 @@ async def reconnected(client: SocketClient, wait: float = 30) -> None:
         await client.connect()
 
 
-def people_setup(manager: bool = False) -> dict:
-    """The dialog's answer: the three people for two rounds, in turn or picked by a manager."""
+def people_setup(manager: bool = False, rounds: int = 2) -> dict:
+    """The dialog's answer: the three people, in turn or picked by a manager."""
     return {
-        "rounds": 2,
+        "rounds": rounds,
         "use_manager": manager,
         "manager_model": MODEL if manager else "",
         "participants": [
@@ -317,9 +352,9 @@ async def converse(
 async def managed(
     owui: Owui, client: SocketClient, server: LlamaServer, pipe_model: str
 ) -> Measured:
-    """The same people with the model as their manager: it picks each speaker (or ends it),
-    and the run ends with its `🏁` line."""
-    client.answer("execute", people_setup(manager=True))
+    """The same people for one round with the model as their manager: it picks each speaker
+    (or ends it), and the run ends with its `🏁` line."""
+    client.answer("execute", people_setup(manager=True, rounds=1))
     measured, _ = await measure_message(
         owui, client, server, pipe_model, "Where should we eat tonight?"
     )

@@ -2,9 +2,9 @@
 
 Run with `scripts/test --real-model` (it builds the server's venv once, ~6.5 min on 2 cores).
 Skipped otherwise. Three participants talk for two rounds, then the user follows up, then a new
-chat lets the model manage the same three; every turn must stay within its token limit, no
-follow-up request may overflow the model's context, no participant may write another's lines,
-and the title must not be a placeholder.
+chat lets the model manage the same three for one round; every turn must stay within its token
+limit, no follow-up request may overflow the model's context, no participant may write another's
+lines, and the title must not be a placeholder.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from tests.integration.conftest import ROOT
 
 pytestmark = [
     pytest.mark.real_model,
-    # Three messages of up to six real turns each, plus tasks: 5-10 minutes alone, more on a busy
-    # machine.
-    pytest.mark.timeout(1800),
+    # Two messages of six real turns and one of up to three, plus tasks: 5-10 minutes alone;
+    # a machine shared with other model servers took 9 minutes for the first message alone.
+    pytest.mark.timeout(3600),
     pytest.mark.skipif(
         os.environ.get("MMC_REAL_MODEL") != "1" or not real_model.available(),
         reason="opt-in: scripts/test --real-model",
@@ -47,8 +47,8 @@ async def test_a_real_model_conversation_stays_bounded_fitting_and_in_character(
     print("real model:", first.as_dict(), follow.as_dict(), managed.as_dict())
 
     assert first.turns == 6 and follow.turns == 6
-    # The manager may end it early (END), never run past the rounds.
-    assert 1 <= managed.turns <= 6 and managed.failed_requests == 0, managed
+    # The manager may end it early (END), never run past its one round.
+    assert 1 <= managed.turns <= 3 and managed.failed_requests == 0, managed
     for measured in (first, follow, managed):
         assert measured.longest_turn_tokens <= MAX_TOKENS + 8, measured
         assert measured.imitation_lines == 0, measured.examples
