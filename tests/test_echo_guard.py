@@ -244,24 +244,28 @@ def test_a_long_token_goes_out_before_it_ends_and_breaks_a_run():
 # -- any chunking, the same result ------------------------------------------------------------
 
 VOCAB = ["the", "hut", "Ana", "train", "I", "agree", "zebra", "lake", "**", ">", "-", "```"]
+FENCES = ["\n```", "\n  ```py", "\n~~~", " ```"]  # the last one is no fence: not a line start
 
 
 @st.composite
 def replies(draw) -> str:
-    """Replies mixing copied runs of the sources (any length), stray words and markup."""
+    """Replies mixing copied runs of the sources (any length), stray words, markup and fences."""
     pieces = []
     for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["copy", "copy", "words", "fence"]))
         source = words(draw(st.sampled_from([SYSTEM, BEN, CHEN])))
-        if draw(st.booleans()):
+        if kind == "copy":
             start = draw(st.integers(0, len(source) - 1))
             pieces += source[start : start + draw(st.integers(1, 50))]
-        else:
+        elif kind == "words":
             pieces += draw(st.lists(st.sampled_from(VOCAB), max_size=6))
-    seps = draw(st.lists(st.sampled_from([" ", "\n", "  ", "\n\n"]), min_size=len(pieces)))
+        else:
+            pieces.append(draw(st.sampled_from(FENCES)))
+    seps = draw(st.lists(st.sampled_from([" ", "\n", " \n", "\n  ", "\n\n"]), min_size=len(pieces)))
     return "".join(p + s for p, s in zip(pieces, seps, strict=False)).rstrip(" ")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(reply=replies(), cuts=st.lists(st.integers(0, 2000), max_size=40))
 def test_any_chunking_gives_the_same_shown_text_and_verdict(reply, cuts):
     whole = mmc.EchoGuard(SOURCES)
@@ -275,6 +279,9 @@ def test_any_chunking_gives_the_same_shown_text_and_verdict(reply, cuts):
     assert verdict == (whole.echoed, whole.copied_words, whole.withheld)
     assert reply.startswith(shown) and len(shown) + guard.withheld == len(reply)
     assert guard.echoed or shown == reply
+    by_char = mmc.EchoGuard(SOURCES)  # every boundary at once
+    assert "".join(map(by_char.feed, reply)) + by_char.flush() == expected
+    assert (by_char.echoed, by_char.copied_words, by_char.withheld) == verdict
 
 
 @settings(max_examples=300, deadline=None)
