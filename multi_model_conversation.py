@@ -24,7 +24,7 @@ import re
 import time
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
@@ -2032,7 +2032,14 @@ ECHO_WHOLE_WORDS = 6
 _ECHO_WORD_CHARS = 100  # a longer token (a URL, a hash) is no word: it breaks a run
 _ECHO_HELD_CHARS = 4000  # a run spread wider than this (floods of markup) is no copy of words
 _ECHO_FENCES = ("```", "~~~")  # a line starting so opens or closes code, which is never matched
-_PIECE_RE = re.compile(r"\s+|\S+")
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Chinese, Japanese,
+# full-width forms): each character is a piece of its own that no run goes over, so such text
+# is never held back (nor matched: its words cannot be told apart here).
+_UNSPACED = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
+    "\u3001-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK, kana, full-width
+)
+_PIECE_RE = re.compile(rf"(?P<space>\s+)|(?P<unspaced>[{_UNSPACED}])|[^\s{_UNSPACED}]+")
 _NOT_WORD_RE = re.compile(r"[\W_]+")
 
 
@@ -2050,6 +2057,22 @@ def echo_sources(system_prompt: str, turns: Iterable[Turn], omitted: int = 0) ->
     return [system_prompt, *notes, *said]
 
 
+def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:
+    """The sources' words in order, and a number where a run must not go on: between two
+    sources and at a character of a script without spaces (no word equals a number)."""
+    gaps = 0
+    for text in sources:
+        for piece in _PIECE_RE.finditer(text):
+            if piece.lastgroup is None:
+                if word := echo_word(piece.group()):
+                    yield word
+            elif piece.lastgroup == "unspaced":
+                gaps += 1
+                yield gaps
+        gaps += 1
+        yield gaps
+
+
 class PassageIndex:
     """Every passage of the sources as a path of words (a suffix automaton, built in linear
     time), so the longest copied run ending at a reply's next word costs O(1) amortized."""
@@ -2059,11 +2082,8 @@ class PassageIndex:
         self._link = [-1]
         self._len = [0]
         last = 0
-        for i, text in enumerate(sources):
-            for token in _PIECE_RE.findall(text):
-                if word := echo_word(token):
-                    last = self._extend(last, word)
-            last = self._extend(last, i)  # a separator no word equals: no run spans two sources
+        for word in _indexed_words(sources):
+            last = self._extend(last, word)
         self.links_followed = 0  # the matching's only loop, counted for the tests
 
     def step(self, state: int, length: int, word: str) -> tuple[int, int]:
@@ -2144,8 +2164,8 @@ class EchoGuard:
         self._held += text
         start = self._end
         for piece in _PIECE_RE.finditer(text):
-            at = start + piece.start()
-            if not piece.group().isspace():
+            at, kind = start + piece.start(), piece.lastgroup
+            if kind is None:  # a word, or part of one
                 self._word_at = at if self._word_at is None else self._word_at
                 continue
             if self._word_at is not None:
@@ -2153,7 +2173,12 @@ class EchoGuard:
                 self._word_at = None
                 if self.echoed:
                     break
-            self._line_start = self._line_start or "\n" in piece.group()
+            if kind == "space":
+                self._line_start = self._line_start or "\n" in piece.group()
+            else:  # a character of a script without spaces: a word of its own, never matched
+                self._words += 1
+                self._line_start = False
+                self._reset()
         self._end = start + len(text)
         return self._stop() if self.echoed else self._release()
 

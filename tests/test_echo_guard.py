@@ -241,9 +241,21 @@ def test_a_long_token_goes_out_before_it_ends_and_breaks_a_run():
         assert shown_text(reply)[1].echoed == echoed
 
 
+def test_text_without_spaces_between_words_is_never_held_and_breaks_a_run():
+    """Chinese, Japanese or Thai would otherwise wait for a space or 100 characters."""
+    guard = mmc.EchoGuard([*SOURCES, "我们周末去山里吧。火车最便宜。"])
+    reply = "我们周末去山里吧。火车最便宜，三个小时就到。"
+    assert list(map(guard.feed, reply)) == list(reply)
+    assert guard.flush() == "" and guard.echoed == ""
+    copied = words(BEN)
+    for between, echoed in ((" ", "run"), (" 对 ", ""), ("。", "")):
+        reply = " ".join(copied[:30]) + between + " ".join(copied[30:60])
+        assert shown_text(reply)[1].echoed == echoed, between
+
+
 # -- any chunking, the same result ------------------------------------------------------------
 
-VOCAB = ["the", "hut", "Ana", "train", "I", "agree", "zebra", "lake", "**", ">", "-", "```"]
+VOCAB = ["the", "hut", "Ana", "train", "I", "agree", "zebra", "lake", "**", ">", "-", "```", "山。"]
 FENCES = ["\n```", "\n  ```py", "\n~~~", " ```"]  # the last one is no fence: not a line start
 
 
