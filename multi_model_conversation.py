@@ -2174,13 +2174,12 @@ def echo_word(token: str) -> str:
     return _NOT_WORD_RE.sub("", token.casefold())
 
 
-def echo_sources(system_prompt: str, turns: Iterable[Turn], omitted: int = 0) -> list[str]:
-    """What a participant's reply must not copy at length: its system prompt, the pipe's note
-    of left-out turns, and the participants' earlier turns. The user's own messages are not in
-    it: a participant asked to edit a pasted text keeps long runs of it by right."""
-    notes = [omitted_line(omitted)] if omitted else []
-    said = [_text_of(turn.content) for turn in turns if turn.speaker is not None]
-    return [system_prompt, *notes, *said]
+def echo_sources(system_prompt: str, turns: Iterable[Turn]) -> list[str]:
+    """What a participant's reply must not copy at length: its system prompt, and of the turns
+    it was shown (`fit_turns`' turns), the participants' and the pipe's notes. The user's own
+    messages are not in it: a participant asked to edit a pasted text keeps long runs of it."""
+    shown = [_text_of(t.content) for t in turns if t.note or t.speaker is not None]
+    return [system_prompt, *shown]
 
 
 def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:

@@ -94,13 +94,13 @@ def conversation(server, seed: int, rounds: int, n_ctx: int) -> list[dict]:
     for slot in range(rounds * len(aliases)):
         alias = aliases[slot % len(aliases)]
         system = system_prompt(alias, people[alias], aliases, slot, rounds)
-        room = (n_ctx - 250) * 3 - len(system)  # the pipe's first estimate: 3 chars a token
-        kept, omitted = mmc.fit_turns(turns, room)
+        room = int((n_ctx - 250) * mmc.DEFAULT_CHARS_PER_TOKEN)  # the pipe's first estimate
+        kept = mmc.fit_turns(turns, room - len(system)).turns
         body = {
             "model": real_model.MODEL,
             "messages": [
                 {"role": "system", "content": system},
-                *mmc.messages_for(alias, kept, "User", omitted),
+                *mmc.messages_for(alias, kept, "User"),
             ],
             "max_tokens": 250,
             "temperature": 0.8,
@@ -108,7 +108,7 @@ def conversation(server, seed: int, rounds: int, n_ctx: int) -> list[dict]:
             "stop": mmc.stop_sequences(alias, aliases, "User"),
         }
         reply = ask(server, body).strip()
-        sources = mmc.echo_sources(system, kept, omitted)
+        sources = mmc.echo_sources(system, kept)
         guard = mmc.EchoGuard(sources)
         shown = guard.feed(reply) + guard.flush()
         rows.append(

@@ -85,9 +85,12 @@ def test_copied_instructions_end_the_reply_before_a_word_is_shown():
 
 def test_the_pipes_note_as_a_whole_turn_is_an_echo():
     """A participant's whole turn was "(6 earlier turns of this conversation left out.)"."""
-    sources = mmc.echo_sources(SYSTEM, TURNS, omitted=6)
+    topic = mmc.Turn(None, "Plan our weekend at the lake.")
+    long_chat = [topic, *(TURNS[1 + i % 2] for i in range(8))]
+    fitted = mmc.fit_turns(long_chat, 1200)  # the pipe's fitter leaves 6 out and says so
+    assert fitted.omitted == 6
     reply = "(6 earlier turns of this conversation left out.)"
-    shown, guard = shown_text(reply, sources)
+    shown, guard = shown_text(reply, mmc.echo_sources(SYSTEM, fitted.turns))
     assert shown == "" and guard.echoed == "whole"
     assert guard.copied_words == 8 and guard.withheld == len(reply)
     # Without the note among the sources, the same words are an ordinary reply.
@@ -197,7 +200,8 @@ def test_fenced_code_from_an_earlier_turn_is_never_matched_but_prose_after_it_is
 def test_the_users_own_text_is_not_a_source_but_the_participants_turns_are():
     """A participant asked to proofread a pasted text keeps long runs of it."""
     assert PASTE not in SOURCES and BEN in SOURCES and CHEN in SOURCES
-    assert SOURCES[0] == SYSTEM and mmc.omitted_line(3) in mmc.echo_sources(SYSTEM, TURNS, 3)
+    note = mmc.Turn(None, mmc.omitted_line(3), note=True)
+    assert mmc.echo_sources(SYSTEM, [note, *TURNS]) == [SYSTEM, note.content, BEN, CHEN]
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     assert mmc.echo_sources("", [mmc.Turn("Ben", parts)]) == ["", "a\nb"]
     reply = "Here it is, proofread: " + PASTE.split(": ", 1)[1]
