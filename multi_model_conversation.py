@@ -2176,15 +2176,22 @@ class SpeakerGuard:
 
 
 class ReplyFilter:
-    """A reply's text on its way to the transcript: think tags split off, then the guard."""
+    """A reply's text on its way to the transcript: think tags split off, then the speaker
+    guard, then the echo guard."""
 
-    def __init__(self, guard: SpeakerGuard | None = None) -> None:
+    def __init__(self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None) -> None:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
+        self.echo = echo
 
     @property
     def stopped_by(self) -> str | None:
         return self.guard.stopped_by if self.guard else None
+
+    @property
+    def ended(self) -> bool:
+        """The reply ended early: it spoke as someone else, or began copying."""
+        return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
@@ -2192,18 +2199,24 @@ class ReplyFilter:
     def flush(self) -> list[tuple[str, str]]:
         parts = self._guarded(self._splitter.flush())
         tail = self.guard.flush() if self.guard else ""
+        if self.echo is not None:
+            tail = (self.echo.feed(tail) if tail else "") + self.echo.flush()
         return [*parts, ("content", tail)] if tail else parts
 
     def _guarded(self, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        if self.guard is None:
+        if self.guard is None and self.echo is None:
             return parts
         out = []
         for kind, text in parts:
-            if self.guard.stopped_by is not None:
+            if self.ended:
                 break
             if kind == "content":
-                text = self.guard.feed(text)
+                arrived = bool(text)
+                text = self.guard.feed(text) if self.guard else text
+                text = self.echo.feed(text) if self.echo and text else text
                 if not text:
+                    if arrived:  # held back for now: the reasoning before it has ended
+                        out.append(("reasoning_end", ""))
                     continue
             out.append((kind, text))
         return out
@@ -3360,6 +3373,7 @@ class TurnStreamer:
         self.speaking = False  # a turn is streaming
         self.guarded = True  # the turn being spoken is held to its own voice
         self.benched: set[str] = set()  # participants whose model cannot hold the conversation
+        self.sources: list[str] = []  # what the turn being spoken was shown: not to be copied
         self._tool_notice_shown: set[str] = set()
         self._told_shortened: set[str] = set()  # models the user heard their message was cut for
 
@@ -3530,11 +3544,13 @@ class TurnStreamer:
         """System prompt, then `turns` fitted into `room`; None: not even the system prompt,
         the topic and the latest message fit."""
         system = {"role": "system", "content": system_text}
+        self.sources = echo_sources(system_text, turns)
         if room is not None:
             fitted = fit_turns(turns, room - message_chars([system]))
             if fitted is None:
                 return None
             turns = fitted.turns
+            self.sources = echo_sources(system_text, turns)
             if fitted.omitted:
                 log.debug("%s: %d earlier turns left out", p.alias, fitted.omitted)
             if fitted.shortened and profile.model_id not in self._told_shortened:
@@ -3666,7 +3682,7 @@ class TurnStreamer:
             form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
         result = StreamResult()
         decoder, calls = SSEDecoder(), ToolCallAccumulator()
-        splitter = ReplyFilter(self.guard_for(p))
+        splitter = ReplyFilter(self.guard_for(p), self.echo_guard())
         content: list[str] = []
         silence = self.settings.valves.TURN_TIMEOUT
         loop = asyncio.get_running_loop()
@@ -3683,8 +3699,8 @@ class TurnStreamer:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
-                    if splitter.stopped_by is not None:
-                        break  # it began someone else's line: the reply ends before it
+                    if splitter.ended:
+                        break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():
                         self._apply(decode_frame(payload), splitter, calls, content, result)
@@ -3704,11 +3720,14 @@ class TurnStreamer:
             result.cut = "length"
         if splitter.stopped_by is not None:
             log.debug("%s began a line as %s; the reply ends there", p.alias, splitter.stopped_by)
+        content_end = self._end_reply(splitter, content, result)
+        if splitter.echo is not None and splitter.echo.echoed and result.error is None:
+            result.cut = "echo"  # it began copying what was already said
         ended = result.finish_reason or result.done or result.cut or splitter.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
             result.error = "the stream ended before the model finished"
-        result.content = self._end_reply(splitter, content, result)
+        result.content = content_end
         result.calls = calls.calls() if result.error is None and not result.cut else []
         self._count_tokens(result.tokens, form["messages"], result.content)
         return result
@@ -3729,6 +3748,10 @@ class TurnStreamer:
             bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
         return bounds
 
+    def echo_guard(self) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown."""
+        return EchoGuard(self.sources) if self.guarded and self.sources else None
+
     def guard_for(self, p: Participant) -> SpeakerGuard | None:
         """A conversation turn ends at a line where it starts speaking as someone else."""
         if not self.guarded:
@@ -3741,7 +3764,9 @@ class TurnStreamer:
 
     def _cut_line(self, p: Participant, cut: str) -> None:
         """A visible mark that a reply was cut short; history leaves it out like a notice."""
-        if cut == "time":
+        if cut == "echo":
+            why = "cut: it began repeating what was already said"
+        elif cut == "time":
             why = f"cut after {self.settings.valves.TURN_TIME_LIMIT:g} s"
         elif self.max_tokens(p):
             why = f"cut at {self.max_tokens(p)} tokens"
@@ -3815,7 +3840,7 @@ class TurnStreamer:
             return ""
         self._count_tokens(None, form["messages"], text)
         content: list[str] = []
-        splitter, scratch = ReplyFilter(self.guard_for(p)), StreamResult()
+        splitter, scratch = ReplyFilter(self.guard_for(p), self.echo_guard()), StreamResult()
         for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
         said = self._end_reply(splitter, content, scratch)
