@@ -60,6 +60,9 @@ def test_a_note_is_not_cut_when_a_participant_is_called_note():
     text = "I found a venue.\nNote: the deposit of 500 euros is due by Friday."
     assert kept_whole(text, "Ana", aliases, "User")
     assert kept_whole("Budget fixed.\n**Note:** The deposit is refundable.", "Ana", aliases)
+    # Capitalised, it reads as Note's turn: that is how SmolLM2 spoke as Note in the corpus.
+    spoken = "Bye.\nNote: So far, we've got a budget of 3000 euros."
+    assert guarded(spoken, "Ana", aliases, "User") == {("Bye.\n", "note")}
 
 
 def test_lists_code_asides_and_names_inside_words_are_not_cut():
