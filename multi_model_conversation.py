@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import copy
 import html
 import inspect
 import json
@@ -23,11 +24,13 @@ import random
 import re
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, get_args
+from typing import Annotated, Any, Literal, Protocol, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Field,
     PrivateAttr,
@@ -59,7 +62,9 @@ MARK_COLOURS = (
     "#9e9e9e",
 )
 MAX_PARTICIPANTS = 5
-SELECTIONS = ("round_robin", "manager", "random", "mention")  # how the next speaker is chosen
+# How the next speaker is chosen; "council": everyone answers each round at once, unseen.
+SELECTIONS = ("round_robin", "manager", "random", "mention", "council")
+MODERATORS = ("", "between_rounds")  # when the user is asked for words of their own
 MAX_ALIAS_CHARS = 64
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
 RECONFIGURE_COMMAND = "/reconfigure"
@@ -85,12 +90,27 @@ class ConfigError(ValueError):
     """A configuration the user must fix; its message is shown in the chat as is."""
 
 
+def one_line_alias(value: str) -> str:
+    """An alias on one line, within MAX_ALIAS_CHARS (a ValueError names the limit)."""
+    value = " ".join(value.split())
+    if len(value) > MAX_ALIAS_CHARS:
+        raise ValueError(f"the alias is longer than {MAX_ALIAS_CHARS} characters")
+    return value
+
+
+# A speaker's name as the setup takes it: one line, at most MAX_ALIAS_CHARS.
+Alias = Annotated[str, AfterValidator(one_line_alias)]
+
+
 class ParticipantConfig(BaseModel):
     model: str
-    alias: str = ""
+    alias: Alias = ""
     system_message: str = ""
     # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
     max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
+    # None: the valves' sampling. Its own, so a critic can be cold and a dreamer hot.
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
     # Its place among the rows the user filled in (empty ones are dropped): "Participant N".
     _row: int | None = PrivateAttr(default=None)
 
@@ -101,19 +121,6 @@ class ParticipantConfig(BaseModel):
         if not value:
             raise ValueError("a participant has no model")
         return value
-
-    @field_validator("alias")
-    @classmethod
-    def _alias_one_line(cls, value: str) -> str:
-        return one_line_alias(value)
-
-
-def one_line_alias(value: str) -> str:
-    """An alias on one line, within MAX_ALIAS_CHARS (a ValueError names the limit)."""
-    value = " ".join(value.split())
-    if len(value) > MAX_ALIAS_CHARS:
-        raise ValueError(f"the alias is longer than {MAX_ALIAS_CHARS} characters")
-    return value
 
 
 SKIP_WORD = "PASS"  # a participant's whole answer when it passes its turn
@@ -134,18 +141,13 @@ class ClosingConfig(BaseModel):
     """A last turn by a chosen model (default: the first participant's) with the whole chat."""
 
     model: str = ""
-    alias: str = ""
+    alias: Alias = ""
     prompt: str = ""
 
     @field_validator("model", "prompt")
     @classmethod
     def _strip(cls, value: str) -> str:
         return (value or "").strip()
-
-    @field_validator("alias")
-    @classmethod
-    def _alias_one_line(cls, value: str) -> str:
-        return one_line_alias(value)
 
 
 class ConversationConfig(BaseModel):
@@ -162,6 +164,8 @@ class ConversationConfig(BaseModel):
     max_total_tokens: int = Field(default=0, ge=0, le=100_000_000)
     closing: ClosingConfig | Literal["vote"] | None = None
     preset: str = ""
+    peer_review: bool = False  # council: each ranks the others' answers, unnamed
+    moderator: Literal[MODERATORS] = ""  # "between_rounds": the user may add words
 
     @field_validator("manager_model")
     @classmethod
@@ -288,6 +292,10 @@ _FIELD_NAMES = {
     "system_message": "persona",
     "prompt": "task",
     "max_tokens": "max tokens",
+    "temperature": "temperature",
+    "top_p": "top-p",
+    "peer_review": "Peer review",
+    "moderator": "Moderator",
 }
 
 
@@ -402,6 +410,8 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
         "max_seconds": getattr(valves, "MaxSeconds", 0),
         "max_total_tokens": getattr(valves, "MaxTotalTokens", 0),
         "preset": getattr(valves, "Preset", ""),
+        "peer_review": getattr(valves, "PeerReview", False),
+        "moderator": "between_rounds" if getattr(valves, "AskBetweenRounds", False) else "",
     }
     config.update({k: v for k, v in optional.items() if v})
     if getattr(valves, "ClosingVote", False):
@@ -425,6 +435,8 @@ class Participant:
     persona: str
     mark: str
     max_tokens: int | None = None  # None: the MAX_TOKENS valve; 0: no limit
+    temperature: float | None = None  # None: the valves'
+    top_p: float | None = None
 
 
 def make_participants(config: ConversationConfig, names: dict[str, str]) -> list[Participant]:
@@ -433,13 +445,18 @@ def make_participants(config: ConversationConfig, names: dict[str, str]) -> list
     taken: set[str] = set()
     for i, row in enumerate(config.participants):
         base = row.alias or names.get(row.model, row.model)
-        base = " ".join(base.split())[:MAX_ALIAS_CHARS] or row.model
-        alias, n = base, 2
-        while normalize_name(alias) in taken:
-            alias, n = f"{base} {n}", n + 1
-        taken.add(normalize_name(alias))
+        alias = unique_alias(" ".join(base.split())[:MAX_ALIAS_CHARS] or row.model, taken)
         result.append(
-            Participant(i, row.model, alias, row.system_message, mark_for(i), row.max_tokens)
+            Participant(
+                i,
+                row.model,
+                alias,
+                row.system_message,
+                mark_for(i),
+                row.max_tokens,
+                row.temperature,
+                row.top_p,
+            )
         )
     return result
 
@@ -452,13 +469,20 @@ def make_closer(
     if not isinstance(closing, ClosingConfig):
         return None
     model_id = closing.model or participants[0].model_id
-    base = closing.alias or "Closing"
-    taken = {normalize_name(p.alias) for p in participants}
+    alias = unique_alias(
+        closing.alias or "Closing", {normalize_name(p.alias) for p in participants}
+    )
+    index = len(participants)
+    return Participant(index, model_id, alias, "", mark_for(index))
+
+
+def unique_alias(base: str, taken: set[str]) -> str:
+    """`base`, else `base 2`, `base 3`…: the first whose matching form is free; it is taken."""
     alias, n = base, 2
     while normalize_name(alias) in taken:
         alias, n = f"{base} {n}", n + 1
-    index = len(participants)
-    return Participant(index, model_id, alias, "", mark_for(index))
+    taken.add(normalize_name(alias))
+    return alias
 
 
 def mark_for(index: int) -> str:
@@ -794,7 +818,8 @@ def md_unescape(text: str) -> str:
 
 # A model's line that starts like our heading or notice would split or vanish from history, so
 # one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
-_MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
+MODERATOR_MARK = "🗣️"  # the user's words added between rounds (a user turn in history)
+_MARKS = "|".join(re.escape(m) for m in (*COLOUR_MARKS, MODERATOR_MARK))
 # What our notice lines start with, after their `*`: a warning, a tool notice, a cut reply,
 # a pass, the end of the conversation, a vote's tally.
 _NOTICE_MARKS = "⚠️|🛠️|✂️|⏭️|🏁|🗳️|⏹️"
@@ -815,10 +840,18 @@ def unmark_lookalikes(text: str) -> str:
     return _MARKED_LOOKALIKE_RE.sub(lambda m: m.group(0)[:-1], text)
 
 
-def heading(participant: Participant, first: bool) -> str:
-    """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup."""
+def heading(participant: Participant, first: bool, model: str = "") -> str:
+    """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup;
+    with `model`, the model behind it in small type (history reads the alias alone)."""
     prefix = "" if first else "\n\n"
-    return f"{prefix}### {participant.mark} {md_text(participant.alias)}\n\n"
+    behind = f" <sub>{html.escape(model)}</sub>" if model else ""
+    return f"{prefix}### {participant.mark} {md_text(participant.alias)}{behind}\n\n"
+
+
+def moderator_heading(user_name: str, first: bool) -> str:
+    """The user's words added between rounds, under a heading of their own."""
+    prefix = "" if first else "\n\n"
+    return f"{prefix}### {MODERATOR_MARK} {md_text(user_name)}\n\n"
 
 
 _DETAILS_CLOSE = "</details"
@@ -880,8 +913,12 @@ class Transcript:
     Appending a chunk is O(len(chunk)); render() joins once per frame, not once per chunk.
     """
 
-    def __init__(self, clock: Callable[[], float], prefix: str = "") -> None:
+    def __init__(
+        self, clock: Callable[[], float], prefix: str = "", continues: bool = False
+    ) -> None:
         self._clock = clock
+        self._continues = continues  # a lane: its text goes after text already shown
+        self._lane: Transcript | None = None  # a turn generated aside, shown live at the end
         self._committed: list[str] = [prefix] if prefix else []
         self._committed_text: str | None = None
         self._live_content: list[str] = []
@@ -893,9 +930,24 @@ class Transcript:
         self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
 
     # -- writing ---------------------------------------------------------------------------
-    def start_turn(self, participant: Participant) -> None:
+    def start_turn(self, participant: Participant, model: str = "") -> None:
         self.close_live()
-        self._commit(heading(participant, first=not self._has_text()))
+        self._commit(heading(participant, not self._has_text(), model))
+
+    def add_user_words(self, user_name: str, text: str) -> None:
+        """The user's words between rounds: a heading of their own, then the text as typed."""
+        self.close_live()
+        self._commit(moderator_heading(user_name, not self._has_text()) + md_text(text) + "\n")
+
+    def show_lane(self, lane: Transcript | None) -> None:
+        """Show `lane` live after everything (a turn generated aside); None keeps what it
+        showed as committed text."""
+        if self._lane is not None:
+            self._lane.close_live()
+            text = self._lane.render()
+            if text:
+                self._commit(text)
+        self._lane = lane
 
     def add_content(self, text: str) -> None:
         if self._reasoning is not None:
@@ -990,16 +1042,24 @@ class Transcript:
         tail = "".join(self._live_content)
         if self._reasoning is not None:
             tail += reasoning_block("".join(self._reasoning), done=False, seconds=0)
-        return self._committed_text + tail + self._running_tools
+        lane = self._lane.render() if self._lane is not None else ""
+        return self._committed_text + tail + self._running_tools + lane
 
     def live_block_at(self) -> int | None:
         """Where the open reasoning block starts in render(): it alone changes in place."""
+        if self._lane is not None:
+            at = self._lane.live_block_at()
+            return None if at is None else len(self.render()) - len(self._lane.render()) + at
         if self._reasoning is None:
             return None
         return sum(map(len, self._committed)) + sum(map(len, self._live_content))
 
     def _has_text(self) -> bool:
-        return bool(self._committed or self._live_content)
+        return self._continues or bool(self._committed or self._live_content)
+
+    def has_text(self) -> bool:
+        """Anything written yet (a lane: also what it follows)."""
+        return self._has_text()
 
     def _commit_live_content(self) -> None:
         if self._live_content:
@@ -1632,7 +1692,8 @@ def _as_dict(value: Any) -> dict:
 # History: earlier assistant messages split back into speaker turns
 # ============================================================================
 
-HEADING_RE = re.compile(rf"^### (?:{_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
+HEADING_RE = re.compile(rf"^### ({_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
+_MODEL_BEHIND_RE = re.compile(r"\s*<sub>[^<]*</sub>$")  # a heading's model name (a valve)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
     r'<details type="(?:reasoning|tool_calls|code_interpreter|manager)"[^>]*>.*?</details>\n?',
@@ -1653,6 +1714,7 @@ class Turn:
 
     speaker: str | None
     content: Any  # str, or the human's list of content parts (text and images)
+    note: bool = False  # the pipe's own line (turns left out here), not said by anyone
 
 
 def clean_turn_text(text: str) -> str:
@@ -1681,8 +1743,11 @@ def split_turns(content: str) -> list[Turn]:
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = _clean_said(content[match.end() : end])
-        if text:
-            turns.append(Turn(md_unescape(match.group(1)), text))
+        if text and match.group(1) == MODERATOR_MARK:
+            turns.append(Turn(None, md_unescape(text)))  # the user's words between rounds
+        elif text:
+            alias = md_unescape(_MODEL_BEHIND_RE.sub("", match.group(2)))
+            turns.append(Turn(alias, text))
     return turns
 
 
@@ -1731,19 +1796,19 @@ def _merge(a: Any, b: Any) -> Any:
     return [*_as_parts(a), *_as_parts(b)]
 
 
-def messages_for(alias: str, turns: list[Turn], user_name: str, omitted: int = 0) -> list[dict]:
+def messages_for(alias: str, turns: list[Turn], user_name: str) -> list[dict]:
     """A participant's view: its own turns as assistant, everyone else's as labelled user turns.
 
     Consecutive same-role messages are merged so roles alternate, and it always ends on a user
-    message so the model answers rather than continues its own text. `omitted` earlier turns
-    left out to fit the model's context are named in one short line first.
+    message so the model answers rather than continues its own text. A note (turns left out
+    to fit the model's context) stands as it is, where the gap is.
     """
     own = normalize_name(alias)
     out: list[dict] = []
-    if omitted:
-        out.append({"role": "user", "content": omitted_line(omitted)})
     for turn in turns:
-        if turn.speaker is None:
+        if turn.note:
+            role, content = "user", turn.content
+        elif turn.speaker is None:
             role, content = "user", turn.content
             if out and out[-1]["role"] == "user":
                 content = _labelled(user_name, content)
@@ -1777,20 +1842,34 @@ def history_digest(turns: list[Turn], user_name: str, limit: int) -> str:
 
 DEFAULT_CHARS_PER_TOKEN = 3.0  # on the safe side for prose; calibrated by the server's usage
 MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
+TURN_OVERHEAD_CHARS = 40  # a turn's `Name said: "…"` label and separators
 _CONTEXT_ERROR_RE = re.compile(
     r"context[ _-]?(?:length|window|size)|maximum context|too many tokens|prompt is too long|"
     r"input is too long|n_ctx|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context",
+    re.IGNORECASE,
+)
+# Rate limits and quotas also speak of "too many tokens": waiting helps them, shortening does not.
+_NOT_CONTEXT_RE = re.compile(
+    r"rate[ _-]?limit|per (?:minute|second|hour|day)|quota|\b[TR]PM\b|billing|insufficient",
     re.IGNORECASE,
 )
 _CONTEXT_LIMIT_RE = re.compile(
     r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
 )
 CONTEXT_PARAM_KEYS = ("num_ctx", "max_context", "context_length", "n_ctx", "max_context_length")
+# A limit guessed from a failure (no size named) never goes below this, nor below the largest
+# prompt that succeeded: one odd error must not starve every later chat with that model.
+CONTEXT_FLOOR_TOKENS = 1024
+UNNAMED_REFIT_SHRINK = 0.75  # a refit after an error naming no size: this share of what was sent
+CUT_MARK = "\n[…]\n"
+MIN_CUT_CHARS = 1000  # a part is not cut shorter while older turns can be left out instead
+MIN_KEPT_CHARS = 400  # the least a request keeps of the topic and of the latest message
 
 
 def is_context_error(text: str | None) -> bool:
     """An error that says the prompt does not fit the model (a plain retry cannot help)."""
-    return bool(text) and bool(_CONTEXT_ERROR_RE.search(text or ""))
+    text = text or ""
+    return bool(_CONTEXT_ERROR_RE.search(text)) and not _NOT_CONTEXT_RE.search(text)
 
 
 def reported_context_limit(text: str) -> int | None:
@@ -1822,37 +1901,56 @@ def message_chars(messages: list[dict]) -> int:
 
 
 class ContextBudget:
-    """Knows each model's context size and its characters per token, for one run.
+    """Knows each model's context size and its characters per token.
 
-    The size is the one an error reported (remembered across runs in `learned`), else the
-    model's own setting, else the default; the ratio follows the server's `usage`.
+    The size is one a server named in an error, else the model's own setting, else the
+    default. `learned` (sizes) and `proven` (largest prompts that worked, in tokens) are
+    shared by every run: facts about models, and a guess never goes below what was proven.
     """
 
-    def __init__(self, default_tokens: int, learned: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        default_tokens: int,
+        learned: dict[str, int] | None = None,
+        proven: dict[str, int] | None = None,
+    ) -> None:
         self._default = default_tokens
         self._learned = {} if learned is None else learned
+        self._proven = {} if proven is None else proven
         self._ratio: dict[str, float] = {}
 
     def limit(self, profile: ModelProfile) -> int:
         return self._learned.get(profile.model_id) or profile.context_tokens or self._default
 
+    def known(self, profile: ModelProfile) -> bool:
+        """The size is the model's own setting or one a server named, not the assumed one."""
+        return bool(self._learned.get(profile.model_id) or profile.context_tokens)
+
     def chars_per_token(self, profile: ModelProfile) -> float:
         return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
 
     def calibrate(self, profile: ModelProfile, chars: int, prompt_tokens: int) -> None:
-        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low)."""
+        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low),
+        and remember that a prompt this large works."""
         if prompt_tokens > 0 and chars > 0:
             ratio = min(8.0, max(1.0, 0.9 * chars / prompt_tokens))
             self._ratio[profile.model_id] = ratio
+            proven = self._proven.get(profile.model_id, 0)
+            self._proven[profile.model_id] = max(proven, prompt_tokens)
             log.debug("%s: %.2f characters per token", profile.model_id, ratio)
 
-    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> None:
-        """After a context-length error: the size it names, else half of what was sent."""
-        reported = reported_context_limit(error)
-        if reported is None:
-            reported = int(sent_chars / self.chars_per_token(profile) / 2)
-        current = self.limit(profile)
-        self._learned[profile.model_id] = min(reported, current) if current else reported
+    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> bool:
+        """After a context-length error: the size it names, or, when a smaller prompt worked
+        before, that size (never under CONTEXT_FLOOR_TOKENS). False: nothing can be learnt."""
+        model, current = profile.model_id, self.limit(profile)
+        named = reported_context_limit(error)
+        proven = self._proven.get(model, 0)
+        sent = int(sent_chars / self.chars_per_token(profile))
+        if named is None and not 0 < proven < sent:
+            return False
+        size = named if named is not None else max(proven, CONTEXT_FLOOR_TOKENS)
+        self._learned[model] = min(size, current) if current else size
+        return True
 
     def room_chars(self, profile: ModelProfile, reserve_tokens: int, shrink: float) -> int | None:
         """Characters the messages may take, or None when the context size is unknown."""
@@ -1863,24 +1961,122 @@ class ContextBudget:
         return max(0, int(tokens * self.chars_per_token(profile)))
 
 
-def fit_turns(turns: list[Turn], room: int) -> tuple[list[Turn], int]:
-    """Drop the oldest turns until the rest fit `room` characters; never the user's latest.
+# -- one fitter for every request: leave out the oldest, cut the longest in the middle -------
 
-    Returns the kept turns and how many were dropped. It may still not fit: the latest user
-    message is kept whatever its size.
-    """
-    keep = max((i for i, t in enumerate(turns) if t.speaker is None), default=-1)
-    costs = [len(_text_of(t.content)) + len(t.speaker or "") + 24 for t in turns]
-    total = sum(costs) + len(omitted_line(len(turns)))
-    dropped: set[int] = set()
-    for i in range(len(turns)):
-        if total <= room:
+
+def cut_middle(text: str, keep: int) -> str:
+    """`text` in at most `keep` characters: its start and its end, the middle marked `[…]`."""
+    if len(text) <= keep:
+        return text
+    room = max(0, keep - len(CUT_MARK))
+    head = room - room // 2
+    return text[:head] + CUT_MARK + text[len(text) - (room - head) :]
+
+
+def cut_content(content: Any, keep: int) -> Any:
+    """A message's content (text, or the user's parts with images) cut to `keep` characters."""
+    if not isinstance(content, list):
+        return cut_middle(str(content), keep)
+    texts = [i for i, part in enumerate(content) if isinstance(part, dict) and "text" in part]
+    excess = len(_text_of(content)) - keep
+    out = list(content)
+    for i in sorted(texts, key=lambda j: -len(str(content[j]["text"]))):
+        if excess <= 0:
             break
-        if i != keep:
-            dropped.add(i)
-            total -= costs[i]
-    kept = [t for i, t in enumerate(turns) if i not in dropped]
-    return kept, len(dropped)
+        text = str(out[i]["text"])
+        kept = max(0, len(text) - excess - len(CUT_MARK))
+        out[i] = {**out[i], "text": cut_middle(text, kept + len(CUT_MARK))}
+        excess -= len(text) - len(out[i]["text"])
+    return out
+
+
+def water_level(sizes: list[int], room: int) -> int:
+    """The largest level L with sum(min(size, L)) <= room: cut every part longer than L to L."""
+    rest, count = room, len(sizes)
+    for size in sorted(sizes):
+        if size * count > rest:
+            return max(0, rest // count)
+        rest -= size
+        count -= 1
+    return max(sizes, default=0)
+
+
+def plan_fit(sizes: list[int], keep: list[bool], room: int) -> list[int] | None:
+    """Characters each part keeps (0: left out) so that all fit in `room`, or None.
+
+    The oldest parts that may go are left out while fitting would cut the longest shorter than
+    MIN_CUT_CHARS; then every part longer than one level is cut to it. Parts marked `keep`
+    are never left out; None when even they, cut to MIN_KEPT_CHARS, do not fit.
+    """
+    if sum(min(s, MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k) > room:
+        return None
+    alive = [i for i, size in enumerate(sizes) if size]
+    while sum(sizes[i] for i in alive) > room:
+        level = water_level([sizes[i] for i in alive], room)
+        droppable = [i for i in alive if not keep[i]]
+        if level >= max(MIN_CUT_CHARS, room // 8) or not droppable:
+            return [min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))]
+        alive.remove(droppable[0])
+    return [sizes[i] if i in alive else 0 for i in range(len(sizes))]
+
+
+@dataclass
+class Fitted:
+    """A request's turns fitted to its room, with what the user should be told."""
+
+    turns: list[Turn]  # kept turns, cut ones marked, a note where others were left out
+    shortened: list[tuple[int, int]]  # (kept, of) characters of the user's messages cut short
+    omitted: int = 0  # turns left out
+
+
+def fit_turns(turns: list[Turn], room: int) -> Fitted | None:
+    """The turns within `room` characters: the topic (first user message) and the latest user
+    message always stay, cut in the middle if they must; older turns go first, and a note
+    stands where they were. None: not even the kept messages fit."""
+    users = [i for i, t in enumerate(turns) if t.speaker is None]
+    protected = {users[0], users[-1]} if users else set()
+    sizes = [len(_text_of(t.content)) + TURN_OVERHEAD_CHARS for t in turns]
+    if sum(sizes) > room:  # room for the notes of at most two gaps (around the latest message)
+        room -= 2 * (len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS)
+    plan = plan_fit(sizes, [i in protected for i in range(len(turns))], room)
+    if plan is None:
+        return None
+    out: list[Turn] = []
+    shortened: list[tuple[int, int]] = []
+    gap = omitted = 0
+    for turn, size, kept in zip(turns, sizes, plan, strict=True):
+        if not kept and size:
+            gap += 1
+            continue
+        if gap:
+            out.append(Turn(None, omitted_line(gap), note=True))
+            omitted, gap = omitted + gap, 0
+        if kept < size:
+            text = len(_text_of(turn.content))
+            turn = Turn(turn.speaker, cut_content(turn.content, kept - TURN_OVERHEAD_CHARS))
+            if turn.speaker is None:
+                shortened.append((len(_text_of(turn.content)), text))
+        out.append(turn)
+    if gap:
+        out.append(Turn(None, omitted_line(gap), note=True))
+        omitted += gap
+    return Fitted(out, shortened, omitted)
+
+
+def fit_tool_results(messages: list[dict], start: int, room: int) -> list[dict]:
+    """The tool results from `start` on cut in the middle, the longest first, so the request
+    fits `room` characters; what comes before them is fitted already."""
+    excess = message_chars(messages) - room
+    tools = [i for i in range(start, len(messages)) if messages[i].get("role") == "tool"]
+    if excess <= 0 or not tools:
+        return messages
+    sizes = [len(_text_of(messages[i].get("content"))) for i in tools]
+    level = water_level(sizes, max(0, sum(sizes) - excess))
+    out = list(messages)
+    for i, size in zip(tools, sizes, strict=True):
+        if size > level:
+            out[i] = {**out[i], "content": cut_middle(str(out[i]["content"]), level)}
+    return out
 
 
 # ============================================================================
@@ -2051,15 +2247,22 @@ class SpeakerGuard:
 
 
 class ReplyFilter:
-    """A reply's text on its way to the transcript: think tags split off, then the guard."""
+    """A reply's text on its way to the transcript: think tags split off, then the speaker
+    guard, then the echo guard."""
 
-    def __init__(self, guard: SpeakerGuard | None = None) -> None:
+    def __init__(self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None) -> None:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
+        self.echo = echo
 
     @property
     def stopped_by(self) -> str | None:
         return self.guard.stopped_by if self.guard else None
+
+    @property
+    def ended(self) -> bool:
+        """The reply ended early: it spoke as someone else, or began copying."""
+        return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
@@ -2067,21 +2270,271 @@ class ReplyFilter:
     def flush(self) -> list[tuple[str, str]]:
         parts = self._guarded(self._splitter.flush())
         tail = self.guard.flush() if self.guard else ""
+        if self.echo is not None:
+            tail = (self.echo.feed(tail) if tail else "") + self.echo.flush()
         return [*parts, ("content", tail)] if tail else parts
 
     def _guarded(self, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        if self.guard is None:
+        if self.guard is None and self.echo is None:
             return parts
         out = []
         for kind, text in parts:
-            if self.guard.stopped_by is not None:
+            if self.ended:
                 break
             if kind == "content":
-                text = self.guard.feed(text)
+                arrived = bool(text)
+                text = self.guard.feed(text) if self.guard else text
+                text = self.echo.feed(text) if self.echo and text else text
                 if not text:
+                    if arrived:  # held back for now: the reasoning before it has ended
+                        out.append(("reasoning_end", ""))
                     continue
             out.append((kind, text))
         return out
+
+
+# ============================================================================
+# Echoes: a reply that starts copying what was already said ends there
+# ============================================================================
+
+# A reply ends as an echo once it has copied this many consecutive words of its sources
+# (matched without case, punctuation or markup). One long quoted sentence is about 30 words and
+# a few words around a quote may match by chance, so quoting a sentence, in quotes, in a `>`
+# block or plainly, never reaches it; a copied turn or a copied system prompt (the pipe's own
+# rules and shared instruction are about 45 words) does.
+ECHO_RUN_WORDS = 40
+# A whole reply that is a passage of its sources word for word ends as an echo when it has at
+# least this many words: the pipe's note "(6 earlier turns of this conversation left out.)" has
+# 8, while a short agreement that happens to stand in an earlier turn ("I agree with Ben.",
+# "That sounds like fun, Ana!") has 5 or fewer.
+ECHO_WHOLE_WORDS = 6
+_ECHO_WORD_CHARS = 100  # a longer token (a URL, a hash) is no word: it breaks a run
+_ECHO_HELD_CHARS = 4000  # a run spread wider than this (floods of markup) is no copy of words
+_ECHO_FENCES = ("```", "~~~")  # a line starting so opens or closes code, which is never matched
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Chinese, Japanese,
+# full-width forms): each character is a piece of its own that no run goes over, so such text
+# is never held back (nor matched: its words cannot be told apart here).
+_UNSPACED = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
+    "\u3001-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK, kana, full-width
+)
+_PIECE_RE = re.compile(rf"(?P<space>\s+)|(?P<unspaced>[{_UNSPACED}])|[^\s{_UNSPACED}]+")
+_NOT_WORD_RE = re.compile(r"[\W_]+")
+
+
+def echo_word(token: str) -> str:
+    """A token as matched: case, punctuation and markdown emphasis left out ('' for markup)."""
+    return _NOT_WORD_RE.sub("", token.casefold())
+
+
+def echo_sources(system_prompt: str, turns: Iterable[Turn]) -> list[str]:
+    """What a participant's reply must not copy at length: its system prompt, and of the turns
+    it was shown (`fit_turns`' turns), the participants' and the pipe's notes. The user's own
+    messages are not in it: a participant asked to edit a pasted text keeps long runs of it."""
+    shown = [_text_of(t.content) for t in turns if t.note or t.speaker is not None]
+    return [system_prompt, *shown]
+
+
+def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:
+    """The sources' words in order, and a number where a run must not go on: between two
+    sources and at a character of a script without spaces (no word equals a number)."""
+    gaps = 0
+    for text in sources:
+        for piece in _PIECE_RE.finditer(text):
+            if piece.lastgroup is None:
+                if word := echo_word(piece.group()):
+                    yield word
+            elif piece.lastgroup == "unspaced":
+                gaps += 1
+                yield gaps
+        gaps += 1
+        yield gaps
+
+
+class PassageIndex:
+    """Every passage of the sources as a path of words (a suffix automaton, built in linear
+    time), so the longest copied run ending at a reply's next word costs O(1) amortized."""
+
+    def __init__(self, sources: Iterable[str]) -> None:
+        self._next: list[dict[str | int, int]] = [{}]
+        self._link = [-1]
+        self._len = [0]
+        last = 0
+        for word in _indexed_words(sources):
+            last = self._extend(last, word)
+        self.links_followed = 0  # the matching's only loop, counted for the tests
+
+    def step(self, state: int, length: int, word: str) -> tuple[int, int]:
+        """The state and length of the longest run of the sources that ends with `word`, given
+        the run (`state`, `length`) that ended at the word before it."""
+        while state and word not in self._next[state]:
+            state = self._link[state]
+            length = self._len[state]
+            self.links_followed += 1
+        if word in self._next[state]:
+            return self._next[state][word], length + 1
+        return 0, 0
+
+    def _extend(self, last: int, word: str | int) -> int:
+        """Blumer et al.'s online construction: one word more, at most two new states."""
+        cur = self._new(self._len[last] + 1, -1, {})
+        p = last
+        while p != -1 and word not in self._next[p]:
+            self._next[p][word] = cur
+            p = self._link[p]
+        if p == -1:
+            self._link[cur] = 0
+            return cur
+        q = self._next[p][word]
+        if self._len[p] + 1 == self._len[q]:
+            self._link[cur] = q
+            return cur
+        clone = self._new(self._len[p] + 1, self._link[q], dict(self._next[q]))
+        while p != -1 and self._next[p].get(word) == q:
+            self._next[p][word] = clone
+            p = self._link[p]
+        self._link[q] = self._link[cur] = clone
+        return cur
+
+    def _new(self, length: int, link: int, edges: dict[str | int, int]) -> int:
+        self._len.append(length)
+        self._link.append(link)
+        self._next.append(edges)
+        return len(self._len) - 1
+
+
+class EchoGuard:
+    """Ends a streamed reply where it has copied `run_words` consecutive words of its sources
+    (earlier turns, its instructions, the pipe's notes); no copied word is ever shown.
+
+    Holds back only the words of the current run and the word being written, and lets them go
+    as soon as the run breaks. Fenced code is never matched: fixing someone's code keeps most
+    of it. `feed` costs what its chunk costs, however long the reply and the sources are.
+    """
+
+    def __init__(
+        self,
+        sources: Iterable[str],
+        run_words: int = ECHO_RUN_WORDS,
+        whole_words: int = ECHO_WHOLE_WORDS,
+    ) -> None:
+        self.index = PassageIndex(sources)
+        self._run_words = run_words
+        self._whole_words = whole_words
+        self._held = ""  # fed and not shown yet; starts at offset `_base` of the reply
+        self._base = 0
+        self._end = 0  # characters fed so far
+        self._run: deque[int] = deque()  # where each word of the current run starts
+        self._state = 0  # the current run's state in the index
+        self._word_at: int | None = None  # where the word being written starts
+        self._line_start = True  # no word yet on this line
+        self._in_code = False
+        self._words = 0  # the reply's words so far (those in code too)
+        self.echoed = ""  # why the reply ended: "run" | "whole" | "" (it did not)
+        self.copied_words = 0  # the copied run's words when it ended
+        self.withheld = 0  # characters fed and never shown
+
+    def feed(self, text: str) -> str:
+        """The part of the reply that may be shown now ('' once it has ended as an echo)."""
+        if self.echoed:
+            self.withheld += len(text)
+            return ""
+        self._held += text
+        start = self._end
+        for piece in _PIECE_RE.finditer(text):
+            at, kind = start + piece.start(), piece.lastgroup
+            if kind is None:  # a word, or part of one
+                self._word_at = at if self._word_at is None else self._word_at
+                continue
+            if self._word_at is not None:
+                self._end_word(self._word_at, at)
+                self._word_at = None
+                if self.echoed:
+                    break
+            if kind == "space":
+                self._line_start = self._line_start or "\n" in piece.group()
+            else:  # a character of a script without spaces: a word of its own, never matched
+                self._words += 1
+                self._line_start = False
+                self._reset()
+        self._end = start + len(text)
+        return self._stop() if self.echoed else self._release()
+
+    def flush(self) -> str:
+        """The end of the reply: what is held goes out, unless the whole reply was a copy."""
+        if self.echoed:
+            return ""
+        if self._word_at is not None:
+            self._end_word(self._word_at, self._end)
+            self._word_at = None
+        self._expire(self._end)
+        if not self.echoed and self._whole_words <= self._words == len(self._run):
+            self.echoed, self.copied_words = "whole", self._words
+        if self.echoed:
+            return self._stop()
+        shown, self._held, self._base = self._held, "", self._end
+        return shown
+
+    def _end_word(self, start: int, end: int) -> None:
+        """A token is complete: the run goes on, shrinks to what still matches, or trips."""
+        first, self._line_start = self._line_start, False
+        if end - start > _ECHO_WORD_CHARS:
+            self._words += 1
+            self._reset()
+            return
+        token = self._held[start - self._base : end - self._base]
+        fence = first and token.startswith(_ECHO_FENCES)
+        self._in_code ^= fence
+        if fence or self._in_code:
+            self._words += 1
+            self._reset()
+            return
+        word = echo_word(token)
+        if not word:
+            return  # markup between words (`>`, `-`, `**`): the run goes on over it
+        self._words += 1
+        self._expire(end)
+        self._state, length = self.index.step(self._state, len(self._run), word)
+        self._run.append(start)
+        while len(self._run) > length:
+            self._run.popleft()
+        if length >= self._run_words:
+            self.echoed, self.copied_words = "run", length
+
+    def _release(self) -> str:
+        """What is no longer held: all before the run, or before the word being written.
+
+        A run that can no longer go on ends here rather than at the next word: the same end.
+        """
+        long_word = self._word_at is not None and self._end - self._word_at > _ECHO_WORD_CHARS
+        if long_word:
+            self._reset()
+        self._expire(self._end)
+        hold = self._end
+        if self._run:
+            hold = self._run[0]
+        elif self._word_at is not None and not long_word:
+            hold = self._word_at
+        shown, self._held = self._held[: hold - self._base], self._held[hold - self._base :]
+        self._base = hold
+        return shown
+
+    def _stop(self) -> str:
+        """The reply ends where the copy began: the text before it goes out, the rest never."""
+        at = self._run[0]
+        shown = self._held[: at - self._base]
+        self.withheld = self._end - at
+        self._held, self._base = "", self._end
+        return shown
+
+    def _expire(self, end: int) -> None:
+        """A run spread wider than _ECHO_HELD_CHARS is markup, not copied words: it ends."""
+        if self._run and end - self._run[0] > _ECHO_HELD_CHARS:
+            self._reset()
+
+    def _reset(self) -> None:
+        self._run.clear()
+        self._state = 0
 
 
 # ============================================================================
@@ -2140,10 +2593,14 @@ def mention_order(text: str, aliases: list[str]) -> list[int]:
     return sorted(found, key=found.__getitem__)
 
 
-class SpeakerPolicy(Protocol):
+class SpeakerPolicy:
     """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
 
-    async def pick(self, slot: int, last: int | None) -> Pick: ...
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        raise NotImplementedError
+
+    def heard(self, index: int, said: str) -> None:
+        """What participant `index` said; most policies need not know."""
 
 
 @dataclass
@@ -2155,7 +2612,7 @@ class Pick:
     end: str = ""  # non-empty: end the conversation instead, for this reason
 
 
-class FixedOrder:
+class FixedOrder(SpeakerPolicy):
     """Round robin: everyone once per round, in `order` (mentioned participants first)."""
 
     def __init__(self, order: list[int]) -> None:
@@ -2165,24 +2622,101 @@ class FixedOrder:
         return Pick(self.order[slot % len(self.order)])
 
 
-class RandomOrder:
-    """Any participant but the one who just spoke (also the last one of the message before)."""
+class ShuffledRounds(SpeakerPolicy):
+    """Random order that still has rounds: a fresh shuffle each round, so everyone speaks once a
+    round, and nobody twice in a row, across a round's edge or the message before either."""
 
     def __init__(self, count: int, rng: random.Random, previous: int | None = None) -> None:
         self.count = count
         self.rng = rng
-        self.previous = previous
+        self.previous = previous  # the last speaker of the message before, if any
+        self._order: list[int] = []
 
     async def pick(self, slot: int, last: int | None) -> Pick:
-        last = self.previous if last is None else last
-        choices = [i for i in range(self.count) if i != last] or [0]
-        return Pick(self.rng.choice(choices))
+        if slot % self.count == 0 or not self._order:
+            self._order = self._shuffle(self.previous if last is None else last)
+        return Pick(self._order[slot % self.count])
+
+    def _shuffle(self, last: int | None) -> list[int]:
+        order = list(range(self.count))
+        self.rng.shuffle(order)
+        if len(order) > 1 and order[0] == last:
+            swap = self.rng.randrange(1, len(order))
+            order[0], order[swap] = order[swap], order[0]
+        return order
 
 
-ManagerAsk = Callable[[list[dict]], Awaitable[str]]
+class Handoffs(SpeakerPolicy):
+    """@mentions: those the user named first, then the rest, every round; a participant that
+    ends its turn addressing another (`@Name` in its last paragraph) hands it the next turn."""
+
+    def __init__(self, order: list[int], aliases: list[str]) -> None:
+        self.order = order
+        self.aliases = aliases
+        self._left: list[int] = []  # who has not spoken yet this round
+        self._handed: int | None = None
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        if slot % len(self.order) == 0:
+            self._left = list(self.order)
+        index, self._handed = self._handed, None
+        if index is None:
+            index = self._left[0] if self._left else self.order[slot % len(self.order)]
+        if index in self._left:
+            self._left.remove(index)
+        return Pick(index)
+
+    def heard(self, index: int, said: str) -> None:
+        last = said.strip().split("\n\n")[-1]
+        named = [i for i in mention_order(last, self.aliases) if i != index]
+        self._handed = named[-1] if named else None
 
 
-class ManagerChoice:
+# The manager answers with a name: a few tokens. Bounding it keeps a small model from rambling
+# for a minute per attempt; a manager seen thinking (an unclosed think tag) gets room for it.
+MANAGER_ANSWER_TOKENS = 48
+MANAGER_THINKING_TOKENS = 1024
+_OPEN_THINK_RE = re.compile(
+    r"<(?:think|thinking|reasoning|reason|thought)>|\|begin_of_thought\|", re.IGNORECASE
+)
+
+
+def strip_reasoning(text: str) -> str:
+    """An answer without its reasoning: closed think blocks, and an unclosed one to the end."""
+    text = THINK_RE.sub("", text)
+    match = _OPEN_THINK_RE.search(text)
+    return text[: match.start()] if match else text
+
+
+def manager_pick(answer: str, aliases: list[str], last: int | None) -> tuple[int | None, str]:
+    """Who the manager's answer picks, else what is wrong with it.
+
+    A name standing alone on a line picks (the last such line); otherwise the answer must name
+    exactly one participant. One naming several (an echoed prompt or candidate list) picks no one.
+    """
+    alone = [
+        i
+        for line in answer.splitlines()
+        for i, alias in enumerate(aliases)
+        if normalize_name(line) and normalize_name(line) == normalize_name(alias)
+    ]
+    free = [i for i in alone if i != last]
+    if free:
+        return free[-1], ""
+    named = alone or named_aliases(answer, aliases)
+    if len(set(named)) > 1:
+        return None, "Several participants are named; answer with one name only."
+    if named and named[0] != last:
+        return named[0], ""
+    if named:
+        return None, f"{aliases[named[0]]} has just spoken; pick someone else."
+    return None, f"'{_short(answer, 40)}' names none of the participants."
+
+
+ManagerAsk = Callable[[list[dict], int], Awaitable[str]]
+
+
+class ManagerChoice(SpeakerPolicy):
     """The manager model's pick, re-asked with what was wrong up to MANAGER_ATTEMPTS times.
 
     An answer of END ends the conversation. An error or timeout, or no valid name after the
@@ -2196,66 +2730,91 @@ class ManagerChoice:
         system: str,
         aliases: list[str],
         status: Callable[..., None],
+        max_tokens: int = 0,
     ) -> None:
         self.ask = ask
         self.prompt = prompt
         self.system = system
         self.aliases = aliases
         self.status = status
+        self.max_tokens = max_tokens  # the turns' bound (MAX_TOKENS); 0: none
+        self._room = MANAGER_ANSWER_TOKENS
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         aliases = self.aliases
         fallback = next_in_order(last, len(aliases))
         if len(aliases) == 1:
             return Pick(0)
-        choices = ", ".join(aliases)
         messages = [
             {"role": "system", "content": self.system},
             {
                 "role": "user",
-                "content": f"{self.prompt(last)}\n\nIf the conversation has reached its goal "
-                f"and should end now, answer {END_WORD} instead.",
+                "content": f"{self.prompt(last).rstrip()}\n\nIf the conversation has reached its "
+                f"goal and should end now, answer {END_WORD} instead.",
             },
         ]
-        answer = ""
+        answer = problem = ""
         for attempt in range(1, MANAGER_ATTEMPTS + 1):
             try:
-                answer = await self.ask(messages)
+                raw = await self.ask(messages, self._bound())
             except (ModelCallError, TimeoutError) as exc:
                 reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
-                self.status(f"Manager {reason}; {aliases[fallback]} speaks next (round robin).")
+                self.status(
+                    f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next (round robin)."
+                )
                 return Pick(fallback)
-            named = named_aliases(answer, aliases)
-            # "Mia\nTom" after Mia: the first name that may speak now counts.
-            picked = next((i for i in named if i != last), None)
+            if _OPEN_THINK_RE.search(THINK_RE.sub("", raw)):
+                self._room = MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
+            answer = strip_reasoning(raw).strip()
+            picked, problem = manager_pick(answer, aliases, last)
             if picked is not None:
                 self.status(f"Manager picked {aliases[picked]}.", done=False)
-                return Pick(picked, why=answer.strip())
-            if not named and normalize_name(answer) == END_WORD.lower():
+                return Pick(picked, why=answer)
+            if normalize_name(answer) == END_WORD.lower() or (
+                answer and normalize_name(answer.splitlines()[-1]) == END_WORD.lower()
+            ):
                 return Pick(end="the manager ended it")
-            if not named:
-                problem = f"'{_short(answer)}' names none of the participants."
-            else:
-                problem = f"{aliases[named[0]]} has just spoken; pick someone else."
             log.debug("manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem)
             messages += [
-                {"role": "assistant", "content": answer},
+                {"role": "assistant", "content": raw},
                 {
                     "role": "user",
-                    "content": f"{problem} Answer with exactly one of: {choices} "
+                    "content": f"{problem} Answer with exactly one of: {', '.join(aliases)} "
                     f"(or {END_WORD}), and nothing else.",
                 },
             ]
-        why = "picked the same speaker twice" if named else "named no participant"
+        why = "named no participant" if "names none" in problem else "gave no usable name"
+        if "has just spoken" in problem:
+            why = "picked the same speaker twice"
         self.status(
-            f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer)}'); "
+            f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer, 24)}'); "
             f"{aliases[fallback]} speaks next (round robin)."
         )
         return Pick(fallback)
 
+    def _bound(self) -> int:
+        return min(self._room, self.max_tokens) if self.max_tokens else self._room
+
 
 def _short(text: str, limit: int = 60) -> str:
-    return " ".join(text.split())[:limit]
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def manager_prompt(template: str, history: str, aliases: list[str], last: int | None) -> str:
+    """The manager's prompt template filled in; before anyone spoke it says so in words."""
+    if last is None:
+        template = re.sub(
+            r"The last speaker was '\{last_speaker\}'\.\s*", "Nobody has spoken yet. ", template
+        )
+    return fill_template(
+        template,
+        {
+            "history": history,
+            "last_speaker": "None" if last is None else aliases[last],
+            "participant_list": ", ".join(aliases),
+        },
+    )
 
 
 @dataclass
@@ -2265,7 +2824,7 @@ class Progress:
     slots: int = 0  # turns taken, passes included
     spoken: int = 0
     passes: int = 0
-    passes_in_a_row: int = 0
+    passed_since_spoken: set[str] = field(default_factory=set)  # who passed since a real turn
     tokens: int = 0
     last_alias: str = ""
     last_said: str = ""
@@ -2274,12 +2833,14 @@ class Progress:
         self.slots += 1
         self.tokens = tokens
         self.last_alias, self.last_said = alias, said
+        if not said and not passed:
+            return  # nothing was said (it could not answer): neither spoken nor passed
         if passed:
             self.passes += 1
-            self.passes_in_a_row += 1
+            self.passed_since_spoken.add(alias)
         else:
             self.spoken += 1
-            self.passes_in_a_row = 0
+            self.passed_since_spoken.clear()
 
 
 class EndCondition(Protocol):
@@ -2305,16 +2866,19 @@ class RoundsDone:
 
 
 class StopPhraseSaid:
-    """Ends when a participant says the stop phrase (case and spacing ignored)."""
+    """Ends when a participant says the stop phrase as a line of its own (case, spacing and
+    punctuation ignored): a sentence that merely contains the words, or a quote, does not."""
 
     label = "stop phrase said"
 
     def __init__(self, phrase: str) -> None:
         self.phrase = phrase
-        self._folded = " ".join(phrase.split()).casefold()
+        self._folded = normalize_name(phrase)
 
     def check(self, progress: Progress) -> str | None:
-        if self._folded and self._folded in " ".join(progress.last_said.split()).casefold():
+        lines = progress.last_said.splitlines()
+        said = (normalize_name(ln) for ln in lines if not ln.lstrip().startswith(">"))
+        if self._folded and self._folded in said:
             return f"{progress.last_alias} said the stop phrase “{self.phrase}”"
         return None
 
@@ -2348,15 +2912,15 @@ class TokenBudget:
 
 
 class EveryonePassed:
-    """Ends when every participant passed, one after another."""
+    """Ends when every participant passed since the last turn someone spoke."""
 
     label = "everyone passed"
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+    def __init__(self, aliases: list[str]) -> None:
+        self.aliases = set(aliases)
 
     def check(self, progress: Progress) -> str | None:
-        return "everyone passed" if progress.passes_in_a_row >= self.count else None
+        return "everyone passed" if progress.passed_since_spoken >= self.aliases else None
 
 
 def is_pass(said: str) -> bool:
@@ -2364,14 +2928,16 @@ def is_pass(said: str) -> bool:
     return normalize_name(said) == SKIP_WORD.lower()
 
 
-_VOTE_RE = re.compile(r"vote\s*[:：-]\s*(.+)", re.IGNORECASE)
+_VOTE_RE = re.compile(r"^[\s>*_#`-]*vote\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 
 
 def parse_vote(said: str) -> str:
-    """The choice in a `VOTE: <choice>` line (else the first line), without trailing reasons."""
-    match = _VOTE_RE.search(said)
-    line = match.group(1) if match else next((ln for ln in said.splitlines() if ln.strip()), "")
-    line = re.split(r" [—–-] |[.;!?\n]|, because", line, maxsplit=1)[0]
+    """The choice on the reply's last `VOTE: <choice>` line, without trailing reasons; '' when
+    the reply casts no vote (an abstention)."""
+    matches = _VOTE_RE.findall(said)
+    if not matches:
+        return ""
+    line = re.split(r" [—–-] |[.;!?]|, because", matches[-1], maxsplit=1)[0]
     return _short(line.strip(" *_`\"'"), 60)
 
 
@@ -2386,31 +2952,400 @@ def tally(votes: list[tuple[str, str]]) -> str:
     return " · ".join(f"{choice} {len(who)} ({', '.join(who)})" for choice, who in ranked)
 
 
+REVIEW_RULES = (
+    "You review the other participants' answers to the user's last message; yours is not "
+    "among them, and their names are hidden."
+)
+_RANKING_RE = re.compile(
+    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE
+)
+
+
+def review_ask(answers: list[str]) -> str:
+    """The ranking question: the answers as Response A, B, … (the reviewer's own left out)."""
+    shown = "\n\n".join(f'Response {chr(65 + i)}:\n"{text}"' for i, text in enumerate(answers))
+    last = ", ".join(chr(65 + i) for i in reversed(range(len(answers))))
+    return (
+        f"Here are the answers, without names:\n\n{shown}\n\nRank them from best to worst for "
+        f"accuracy and insight: a sentence or two on why, then one last line such as "
+        f"`RANKING: {last}`."
+    )
+
+
+def parse_ranking(said: str, count: int) -> list[int]:
+    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none."""
+    lines = _RANKING_RE.findall(said)
+    if not lines:
+        return []
+    letters = re.findall(r"(?<![A-Za-z])([A-Z])(?![a-z])", lines[-1].upper())
+    order = [ord(x) - 65 for x in letters if 0 <= ord(x) - 65 < count]
+    return list(dict.fromkeys(order))
+
+
+def ranking_table(rankings: dict[str, list[str]], aliases: list[str]) -> str:
+    """The combined peer ranking as a markdown table: points (a first place is worth as many
+    as the answers a reviewer saw, the last one 1), then who placed each where; nobody ranks
+    their own answer."""
+    points = {alias: 0 for alias in aliases}
+    placed: dict[str, list[str]] = {alias: [] for alias in aliases}
+    for reviewer, order in rankings.items():
+        for place, alias in enumerate(order):
+            points[alias] += len(aliases) - 1 - place
+            placed[alias].append(f"{md_text(reviewer)}: {_ordinal(place + 1)}")
+    ranked = sorted(aliases, key=lambda a: -points[a])  # stable: ties keep the turn order
+    rows = [
+        f"| {i} | {md_text(alias)} | {points[alias]} | {', '.join(placed[alias]) or '–'} |"
+        for i, alias in enumerate(ranked, 1)
+    ]
+    return "\n".join(["| # | Answer by | Points | Placed by |", "|---|---|---|---|", *rows])
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n if n < 20 else n % 10, 'th') }"
+
+
+# ============================================================================
+# Direction: who speaks, when it ends, what each speaker is told, and how it closes
+# ============================================================================
+
+
+@dataclass
+class TurnPlan:
+    """One turn the direction asks for: who speaks, what they are told, how it is judged."""
+
+    speaker: Participant
+    kind: Literal["turn", "closing", "vote", "review", "words"] = "turn"  # words: the user's
+    rules: str = ""  # about this turn, in the speaker's system prompt
+    ask: str = ""  # added to the last message (the closing's task, the vote's question)
+    why: str = ""  # the manager's reason, shown under the heading
+    pass_allowed: bool = False
+    hides: int = 0  # the conversation's newest turns this speaker does not see (a review)
+
+    @property
+    def guarded(self) -> bool:
+        """Only conversation turns are held to speaking as themselves; a verdict may quote
+        everyone (`**Pro:** …`)."""
+        return self.kind == "turn"
+
+
+@dataclass
+class Heard:
+    """What a turn came to: the text said (without notices) and whether it was a PASS."""
+
+    said: str
+    passed: bool = False
+    benched: bool = False  # its model cannot hold the conversation: it sits out the rest
+
+
+class Moderator:
+    """Between rounds, the user may add words, or end the conversation, through the host's own
+    input prompt; an empty answer, Cancel, a closed tab or the timeout goes on."""
+
+    def __init__(self, ask: Callable[[dict], Awaitable[Any]], clock: Clock, seconds: float) -> None:
+        self._ask = ask
+        self._clock = clock
+        self._seconds = seconds
+
+    async def between(self, next_round: int, rounds: int) -> str:
+        """What the user typed before round `next_round` ('' to go on, END_WORD to close)."""
+        event = {
+            "type": "input",
+            "data": {
+                "title": f"Before round {next_round} of {rounds}",
+                "message": f"Anything to add before round {next_round}? Everyone will hear it. "
+                "Leave it empty to go on, or type end to close the conversation.",
+                "placeholder": "Your words, or end",
+            },
+        }
+        try:
+            answer = await within(self._clock, self._seconds, self._ask(event))
+        except TimeoutError:
+            log.debug("no moderator answer within %g s; going on", self._seconds)
+            return ""
+        except Exception as exc:  # a closed tab or a host error: the run goes on
+            log.warning("the moderator prompt failed (%s); going on", exc)
+            return ""
+        text = answer.strip() if isinstance(answer, str) else ""  # Cancel answers False
+        return END_WORD if normalize_name(text) == END_WORD.lower() else text
+
+
+class Direction:
+    """The conversation's rules, built once from the config: the policy that picks speakers, the
+    endings checked after each turn, the rules each speaker is told, and the closing."""
+
+    def __init__(
+        self,
+        config: ConversationConfig,
+        participants: list[Participant],
+        closer: Participant | None,
+        policy: SpeakerPolicy,
+        endings: list[EndCondition],
+        moderator: Moderator | None = None,
+    ) -> None:
+        self.config = config
+        self.participants = participants
+        self.closer = closer
+        self.policy = policy
+        self.endings = endings
+        self.moderator = moderator
+        self.council = config.selection == "council"  # a round's turns at once, unseen
+        self.progress = Progress()
+        self.reason = ""  # why it ended
+        self.outcome = ""  # how, for the final status ("" when its rounds ended it)
+        self._last: int | None = None
+        self.benched: set[str] = set()  # participants whose model cannot hold the conversation
+        self._answers: list[tuple[Participant, str]] = []  # the last council round's answers
+        self._asked_at = 0  # the slot before which the moderator was last asked
+        # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
+        self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
+
+    async def next_turns(self) -> list[TurnPlan]:
+        """The next turns to speak: one, or a council round's all at once; [] once it ended.
+
+        Between rounds the moderator, if any, is asked first."""
+        slot, count = self.progress.slots, len(self.participants)
+        if not self.reason and self.moderator and slot % count == 0 < slot != self._asked_at:
+            self._asked_at = slot
+            words = await self.moderator.between(slot // count + 1, self.config.rounds)
+            if words == END_WORD:
+                self.reason, self.outcome, self.explains = "the moderator ended it", "ended", True
+            elif words:
+                return [TurnPlan(self.participants[0], "words", ask=words)]
+        if self.reason:
+            return []
+        if self.council:
+            self._answers = []
+            rules = self.turn_rules(slot)
+            return [TurnPlan(p, rules=rules) for p in self.participants]
+        pick = await self.policy.pick(slot, self._last)
+        if pick.end:
+            self.reason = self.outcome = pick.end
+            return []
+        self._last = pick.index
+        return [
+            TurnPlan(
+                self.participants[pick.index],
+                rules=self.turn_rules(slot),
+                why=pick.why,
+                pass_allowed=self.config.pass_allowed,
+            )
+        ]
+
+    def heard(self, plan: TurnPlan, heard: Heard, tokens: int) -> None:
+        """Record a turn; the first ending that holds ends the conversation."""
+        if plan.kind == "words":
+            return  # the user's own words are not a turn
+        self.progress.record(plan.speaker.alias, heard.said, heard.passed, tokens)
+        self.policy.heard(plan.speaker.index, heard.said)
+        if self.council and heard.said and not heard.passed:
+            self._answers.append((plan.speaker, heard.said))
+        if heard.benched:
+            self.benched.add(plan.speaker.alias)
+            if len(self.benched) == len(self.participants):
+                self.reason = "no participant's model can hold the conversation"
+                self.outcome, self.explains = "nobody could go on", True
+                return
+        for ending in self.endings:
+            if reason := ending.check(self.progress):
+                self.reason, self.outcome = reason, ending.label
+                return
+
+    def where(self, plans: list[TurnPlan]) -> str:
+        """The status while turns run: the round and who speaks ("Round 2 of 3 · Ana")."""
+        plan = plans[0]
+        names = _and([p.speaker.alias for p in plans])
+        if plan.kind != "turn":
+            what = {"closing": "Closing", "vote": "Vote", "review": "Peer review"}.get(plan.kind)
+            return f"{what} · {names}"
+        count, slot = len(self.participants), self.progress.slots
+        if self.council:
+            return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
+        if isinstance(self.policy, ManagerChoice):
+            return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
+        return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
+
+    def turn_rules(self, slot: int) -> str:
+        """What a participant is told about its turn: how many remain, PASS, the stop phrase."""
+        config, count = self.config, len(self.participants)
+        total = config.rounds * count
+        at_most = "at most " if config.max_seconds or config.max_total_tokens else ""
+        rules = [
+            f"This is turn {slot + 1} of {at_most}{total}; {total - slot - 1} more after yours."
+        ]
+        if self.council:
+            rules = [
+                f"Round {slot // count + 1} of {config.rounds}. Everyone answers this round at "
+                "the same time: you do not see the others' answers of this round."
+            ]
+        elif config.selection in ("round_robin", "mention", "random"):
+            rules.insert(0, f"Round {slot // count + 1} of {config.rounds}.")
+        if config.pass_allowed:
+            rules.append(
+                f"If you have nothing useful to add, answer only the word {SKIP_WORD} and "
+                "you will be skipped this turn."
+            )
+        if config.stop_phrase:
+            rules.append(
+                f"When the conversation has reached its goal, say “{config.stop_phrase}” to end it "
+                "(on a line of its own)."
+            )
+        return " ".join(rules)
+
+    def closing_turns(self, done: list[tuple[TurnPlan, Heard]]) -> tuple[str, list[TurnPlan]]:
+        """What follows the conversation, given the closing turns `done` so far: a line to show
+        first, then the next turns (none: it is over). Peer review, then the closing speaker;
+        or everyone's vote."""
+        if self.config.closing == "vote":
+            return ("", []) if done else ("", [self._vote(p) for p in self.participants])
+        reviewing = self.config.peer_review and self.council and len(self._answers) > 1
+        if reviewing and not done:
+            return "", self._reviews()
+        if any(plan.kind == "closing" for plan, _ in done):
+            return "", []
+        if self.closer is None:
+            return (self._ranking(done), []) if reviewing else ("", [])
+        line = self._ranking(done) if reviewing else ""
+        return line, [self._closing(line)]
+
+    def _vote(self, p: Participant) -> TurnPlan:
+        return TurnPlan(p, "vote", rules=VOTE_PROMPT, ask=VOTE_PROMPT)
+
+    def _reviews(self) -> list[TurnPlan]:
+        """Each participant with an answer ranks the others' answers, named A, B, …"""
+        plans = []
+        for p, _ in self._answers:
+            others = [said for q, said in self._answers if q is not p]
+            hides = len(self._answers)
+            plans.append(
+                TurnPlan(p, "review", rules=REVIEW_RULES, ask=review_ask(others), hides=hides)
+            )
+        return plans
+
+    def _ranking(self, done: list[tuple[TurnPlan, Heard]]) -> str:
+        """The combined ranking of the reviews among `done`, as a table under a line."""
+        rankings: dict[str, list[str]] = {}
+        for plan, heard in done:
+            if plan.kind != "review":
+                continue
+            others = [q.alias for q, _ in self._answers if q is not plan.speaker]
+            order = parse_ranking(heard.said, len(others))
+            if order:
+                rankings[plan.speaker.alias] = [others[i] for i in order]
+        aliases = [p.alias for p, _ in self._answers]
+        if not rankings:
+            return "*🏅 Peer review: no reviewer gave a ranking.*"
+        return f"*🏅 Peer review, combined:*\n\n{ranking_table(rankings, aliases)}"
+
+    def _closing(self, ranking: str) -> TurnPlan:
+        assert self.closer is not None
+        prompt = getattr(self.config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
+        if ranking:
+            table = ranking.split("\n\n", 1)[-1]
+            prompt = f"{prompt}\n\nThe participants ranked each other's answers:\n{table}"
+        aliases = ", ".join(p.alias for p in self.participants)
+        rules = (
+            f"You are {self.closer.alias}. The group conversation between {aliases} has ended, "
+            f"and you close it.\n\n{prompt}"
+        )
+        return TurnPlan(self.closer, "closing", rules=rules, ask=prompt)
+
+    def verdict(self, votes: list[tuple[TurnPlan, Heard]]) -> str:
+        """The tally line after a vote ('' without one); a reply without a VOTE line abstains."""
+        cast = [(plan.speaker.alias, parse_vote(heard.said)) for plan, heard in votes]
+        counted = [(alias, choice) for alias, choice in cast if choice]
+        abstained = [alias for alias, choice in cast if not choice]
+        if not cast or votes[0][0].kind != "vote":
+            return ""
+        result = md_text(tally(counted)) if counted else "no votes"
+        if abstained:
+            result += f"; abstained: {md_text(', '.join(abstained))}"
+        return f"*🗳️ Vote: {result}*"
+
+    def end_line(self) -> str:
+        """The line under the conversation saying why it ended ('' when only rounds could)."""
+        if not self.explains:
+            return ""
+        progress = self.progress
+        passes = f", {progress.passes} passed" if progress.passes else ""
+        turns = _count(progress.spoken, "turn")
+        return f"*🏁 The conversation ended after {turns}{passes}: {md_text(self.reason)}.*"
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def make_direction(
+    config: ConversationConfig,
+    participants: list[Participant],
+    closer: Participant | None,
+    earlier: list[Turn],
+    manager: ManagerChoice | None,
+    rng: random.Random,
+    clock: Clock,
+    moderator: Moderator | None = None,
+) -> Direction:
+    """The policy and endings the config asks for; `earlier` turns are the chat so far."""
+    aliases = [p.alias for p in participants]
+    policy: SpeakerPolicy
+    if manager is not None:
+        policy = manager
+    elif config.selection == "random":
+        spoke = next((t.speaker for t in reversed(earlier) if t.speaker is not None), "")
+        policy = ShuffledRounds(len(aliases), rng, match_alias(spoke, aliases) if spoke else None)
+    elif config.selection == "mention":
+        latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
+        named = mention_order(_text_of(latest), aliases)
+        policy = Handoffs(named + [i for i in range(len(aliases)) if i not in named], aliases)
+    else:
+        policy = FixedOrder(list(range(len(aliases))))
+    endings: list[EndCondition] = [RoundsDone(config.rounds, len(aliases))]
+    if config.stop_phrase:
+        endings.append(StopPhraseSaid(config.stop_phrase))
+    if config.max_seconds:
+        endings.append(TimeBudget(config.max_seconds, clock, clock.now()))
+    if config.max_total_tokens:
+        endings.append(TokenBudget(config.max_total_tokens))
+    if config.pass_allowed:
+        endings.append(EveryonePassed(aliases))
+    return Direction(config, participants, closer, policy, endings, moderator)
+
+
 # ============================================================================
 # Turn execution: stream a participant, run its tools, recover from its failures
 # ============================================================================
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """The valve values one run uses, read once at its start."""
+    """What one run reads, once at its start: the admin's valves as they are (a new valve needs
+    no edit here) and the user's own choices with their defaults."""
 
-    max_tool_rounds: int = 5
-    max_tool_corrections: int = 2
-    tool_timeout: float = 120.0
-    tool_result_max_chars: int = 100_000
-    turn_timeout: float = 300.0
-    max_tokens: int = 400  # per turn; 0: no limit
-    turn_time_limit: float = 180.0  # wall-clock seconds per turn; 0: no limit
-    context_tokens: int = 8192  # assumed context size of a model whose params name none
-    stop_sequences: bool = True  # send the other speakers' `\nName:` labels as `stop`
-    manager_timeout: float = 30.0
-    manager_history_chars: int = 8000
+    valves: Any  # a copy of Pipe.Valves: settings.valves.MAX_TOKENS
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
     manager_system: str = DEFAULT_MANAGER_SYSTEM
     manager_prompt: str = DEFAULT_MANAGER_PROMPT
     show_manager_reason: bool = True
     sampling: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, valves: Any, user_valves: Any) -> Settings:
+        def get(name: str, default: Any) -> Any:
+            value = getattr(user_valves, name, None)
+            return default if value in (None, "") else value
+
+        return cls(
+            valves=valves.model_copy(),
+            shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
+            manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
+            manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
+            show_manager_reason=bool(get("ShowManagerReason", True)),
+            sampling={
+                "temperature": get("Temperature", 1.0),
+                "top_p": get("Top_p", 0.8),
+                "top_k": get("Top_k", 50),
+            },
+        )
 
 
 @dataclass
@@ -2452,8 +3387,28 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
 
 
-class Run:
-    """One request's conversation: all of its state lives here, never on the shared Pipe."""
+class LaneEmitter:
+    """The emitter of a turn generated aside: its updates reach the screen only while its lane
+    is the one shown; statuses always do."""
+
+    def __init__(self, emitter: CoalescingEmitter) -> None:
+        self._emitter = emitter
+        self.shown = False
+
+    async def update(self) -> None:
+        if self.shown:
+            await self._emitter.update()
+
+    def post(self, event: dict[str, Any]) -> None:
+        self._emitter.post(event)
+
+
+class TurnStreamer:
+    """One turn end to end: the fitted request, the stream into the transcript, the speaker
+    guard, tools, a plain retry, cut marks and token accounting.
+
+    It keeps the conversation's turns, which every request is built from.
+    """
 
     def __init__(
         self,
@@ -2462,267 +3417,66 @@ class Run:
         settings: Settings,
         transcript: Transcript,
         emitter: CoalescingEmitter,
-        user_name: str,
         clock: Clock,
-        rng: random.Random | None = None,
-        budget: ContextBudget | None = None,
+        budget: ContextBudget,
+        *,
+        profiles: dict[str, ModelProfile],
+        aliases: list[str],
+        user_name: str,
+        turns: list[Turn],
+        chat_system: str = "",
+        want_usage: bool = False,
     ) -> None:
-        self.clock = clock
         self.gateway = gateway
         self.ctx = ctx
         self.settings = settings
         self.transcript = transcript
         self.emitter = emitter
+        self.clock = clock
+        self.budget = budget
+        self.profiles = profiles
+        self.aliases = aliases  # every participant's alias, in turn order
         self.user_name = user_name
-        self.turns: list[Turn] = []
-        self.chat_system = ""  # the chat's own system prompt, if the user set one
+        self.turns = turns  # the chat so far, then every turn spoken in this run
+        self.chat_system = chat_system  # the chat's own system prompt, if the user set one
+        self.want_usage = want_usage  # count tokens for a token budget
+        self.tokens = 0  # used by replies so far (usage, else estimated)
+        self.speaking = False  # a turn is streaming
+        self.guarded = True  # the turn being spoken is held to its own voice
+        self.benched: set[str] = set()  # participants whose model cannot hold the conversation
+        self.sources: list[str] = []  # what the turn being spoken was shown: not to be copied
         self._tool_notice_shown: set[str] = set()
-        self.rng = rng or random.Random()
-        self.tokens = 0  # used by participants' replies so far (usage, else estimated)
-        self.want_usage = False  # count tokens for a token budget
-        self.budget = budget or ContextBudget(settings.context_tokens)
-        self.aliases: list[str] = []  # every participant's alias, in turn order
-        self.progress = Progress()
-        self.started: float | None = None  # when the turns began (after the setup dialog)
-        self.outcome = ""  # how it ended, for the final status ("" after its rounds)
-        self.in_turn = False  # a participant's conversation turn is streaming
-        self.speaking = False  # any turn (closing and votes too) is streaming
+        self._told_shortened: set[str] = set()  # models the user heard their message was cut for
 
-    # -- the conversation ------------------------------------------------------------------
-    async def converse(
-        self,
-        config: ConversationConfig,
-        participants: list[Participant],
-        profiles: dict[str, ModelProfile],
-        manager: ModelProfile | None,
-        closer: Participant | None = None,
-    ) -> str:
-        """Turns until an ending condition holds, then the closing; returns why it ended."""
-        aliases = self.aliases = [p.alias for p in participants]
-        self.started = self.clock.now()
-        self.want_usage = config.max_total_tokens > 0
-        selection = self.selection(config, aliases, manager)
-        endings = self.endings(config, len(participants))
-        progress = self.progress
-        last: int | None = None
-        reason = ""
-        while not reason:
-            pick = await selection.pick(progress.slots, last)
-            if pick.end:
-                reason, self.outcome = pick.end, pick.end
-                break
-            p = participants[pick.index]
-            rules = self.turn_rules(config, progress.slots, len(participants))
-            self.in_turn = True
-            said, passed = await self.run_turn(
-                p,
-                profiles[p.model_id],
-                self.system_prompt(p, profiles[p.model_id], aliases, rules),
-                why=pick.why if self.settings.show_manager_reason else "",
-                pass_allowed=config.pass_allowed,
-            )
-            self.in_turn = False
-            progress.record(p.alias, said, passed, self.tokens)
-            last = pick.index
-            reason, self.outcome = next(
-                ((r, e.label) for e in endings if (r := e.check(progress))), ("", "")
-            )
-        # Only rounds can end it: nothing to explain, and the transcript looks as it always did.
-        explain = len(endings) > 1 or isinstance(selection, ManagerChoice)
-        if explain:
-            self._status(f"Conversation ended: {reason}.")
-        if config.closing == "vote":
-            await self.vote(participants, profiles)
-        elif closer is not None:
-            prompt = getattr(config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
-            await self.closing_turn(closer, profiles[closer.model_id], aliases, prompt)
-        if explain:
-            turns = _count(progress.spoken, "turn")
-            passes = f", {progress.passes} passed" if progress.passes else ""
-            self.transcript.add_notice(
-                f"*🏁 The conversation ended after {turns}{passes}: {md_text(reason)}.*"
-            )
-        return reason
-
-    def selection(
-        self, config: ConversationConfig, aliases: list[str], manager: ModelProfile | None
-    ) -> SpeakerPolicy:
-        """The policy that picks each speaker, as the config's `selection` says."""
-        if config.selection == "manager" and manager is not None:
-            return ManagerChoice(
-                lambda messages: self.ask_manager(manager, messages),
-                self.manager_prompt,
-                self.settings.manager_system,
-                aliases,
-                self._status,
-            )
-        if config.selection == "random":
-            spoke = next((t.speaker for t in reversed(self.turns) if t.speaker is not None), "")
-            previous = match_alias(spoke, aliases) if spoke else None
-            return RandomOrder(len(aliases), self.rng, previous)
-        order = list(range(len(aliases)))
-        if config.selection == "mention":
-            latest = next((t.content for t in reversed(self.turns) if t.speaker is None), "")
-            named = mention_order(_text_of(latest), aliases)
-            order = named + [i for i in order if i not in named]
-        return FixedOrder(order)
-
-    def endings(self, config: ConversationConfig, count: int) -> list[EndCondition]:
-        """The ending conditions this config asks for, checked after every turn."""
-        endings: list[EndCondition] = [RoundsDone(config.rounds, count)]
-        if config.stop_phrase:
-            endings.append(StopPhraseSaid(config.stop_phrase))
-        if config.max_seconds:
-            endings.append(TimeBudget(config.max_seconds, self.clock, self.clock.now()))
-        if config.max_total_tokens:
-            endings.append(TokenBudget(config.max_total_tokens))
-        if config.pass_allowed:
-            endings.append(EveryonePassed(count))
-        return endings
-
-    def turn_rules(self, config: ConversationConfig, slot: int, count: int) -> str:
-        """What a participant is told about this turn: how many remain, PASS, the stop phrase."""
-        total = config.rounds * count
-        left = total - slot - 1
-        at_most = "at most " if config.max_seconds or config.max_total_tokens else ""
-        rules = [f"This is turn {slot + 1} of {at_most}{total}; {left} more after yours."]
-        if config.selection in ("round_robin", "mention"):
-            rules.insert(0, f"Round {slot // count + 1} of {config.rounds}.")
-        if config.pass_allowed:
-            rules.append(
-                f"If you have nothing useful to add, answer only the word {SKIP_WORD} and "
-                "you will be skipped this turn."
-            )
-        if config.stop_phrase:
-            rules.append(
-                f"When the conversation has reached its goal, say “{config.stop_phrase}” to end it."
-            )
-        return " ".join(rules)
-
-    def manager_prompt(self, last: int | None) -> str:
-        """The manager's prompt template filled in with the conversation so far."""
-        aliases = self.aliases
-        return fill_template(
-            self.settings.manager_prompt,
-            {
-                "history": history_digest(
-                    self.turns, self.user_name, self.settings.manager_history_chars
-                ),
-                "last_speaker": "None" if last is None else aliases[last],
-                "participant_list": ", ".join(aliases),
-            },
-        )
-
-    async def ask_manager(self, manager: ModelProfile, messages: list[dict]) -> str:
-        """The manager's answer, bounded like a turn: a rambling manager cannot hold the run."""
-        form: dict[str, Any] = {"model": manager.model_id, "messages": list(messages)}
-        if self.settings.max_tokens:
-            form["max_tokens"] = self.settings.max_tokens
-        return await within(
-            self.clock, self.settings.manager_timeout, self.gateway.complete(form, self.ctx.user)
-        )
-
-    def _status(self, text: str, done: bool = True) -> None:
-        log.debug("status: %s", text)
-        self.emitter.post({"type": "status", "data": {"description": text, "done": done}})
-
-    def end_status(self, outcome: str) -> None:
-        """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
-        its rounds ("· stopped"); it replaces whatever the manager last said."""
-        if self.started is None:
-            return  # no turn began: the message says what happened
-        turns = self.progress.spoken + (1 if self.in_turn else 0)
-        seconds = round(self.clock.now() - self.started)
-        text = f"{_count(len(self.aliases), 'participant')}, {_count(turns, 'turn')}, {seconds} s"
-        self._status(f"{text} · {outcome}" if outcome else text)
-
-    def not_started(self, exc: Exception) -> None:
-        """The status after a setup that cannot run (the message says what to fix); a
-        cancelled setup's own line says it all."""
-        if isinstance(exc, AccessCheckError):
-            self._status("Not started: the access check failed")
-        elif isinstance(exc, ConfigError):
-            self._status("Not started: the setup needs fixing")
-
-    def stopped(self) -> None:
-        """The user pressed Stop: the turn being spoken says so, and so does the status."""
-        if self.speaking:
-            self.transcript.close_live()
-            self.transcript.add_notice(STOPPED_LINE)
-        self.end_status("stopped")
-
-    # -- the end: a closing turn or a vote ---------------------------------------------------
-    async def closing_turn(
-        self, closer: Participant, profile: ModelProfile, aliases: list[str], prompt: str
-    ) -> None:
-        """One more turn by the closing model, with the whole conversation in its context."""
-        system = (
-            f"You are {closer.alias}. The group conversation between {', '.join(aliases)} "
-            f"has ended, and you close it.\n\n{prompt}"
-        )
-        parts = [profile.system_prompt, self.chat_system, system]
-        await self.run_turn(
-            closer, profile, "\n\n".join(x.strip() for x in parts if x.strip()), ask=prompt
-        )
-
-    async def vote(
-        self, participants: list[Participant], profiles: dict[str, ModelProfile]
-    ) -> None:
-        """Every participant casts one short vote in its own turn; the tally follows."""
-        aliases = [p.alias for p in participants]
-        votes: list[tuple[str, str]] = []
-        missing: list[str] = []
-        for p in participants:
-            profile = profiles[p.model_id]
-            system = self.system_prompt(p, profile, aliases, VOTE_PROMPT)
-            said, _ = await self.run_turn(p, profile, system, ask=VOTE_PROMPT)
-            choice = parse_vote(said)
-            if choice:
-                votes.append((p.alias, choice))
-            else:
-                missing.append(p.alias)
-        result = md_text(tally(votes)) if votes else "no votes"
-        if missing:
-            result += f"; no vote from {md_text(', '.join(missing))}"
-        self.transcript.add_notice(f"*🗳️ Vote: {result}*")
-        await self.emitter.update()
-
-    # -- one turn ----------------------------------------------------------------------------
-    async def run_turn(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        system: str,
-        *,
-        why: str = "",
-        ask: str = "",
-        pass_allowed: bool = False,
-    ) -> tuple[str, bool]:
-        """Stream one turn; returns what was said and whether it was a PASS (shown as a line)."""
-        log.debug("turn: %s (%s)", p.alias, p.model_id)
-        self.speaking = True
+    async def turn(self, plan: TurnPlan) -> Heard:
+        """Speak one planned turn; what was said joins the turns (a PASS shows as one line)."""
+        p = plan.speaker
+        if p.alias in self.benched:
+            return Heard("", benched=True)  # it said it sits out: no more requests to it
+        profile = self.profiles[p.model_id]
+        log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
+        self.speaking, self.guarded = True, plan.guarded
         mark = self.transcript.checkpoint()
-        self.transcript.start_turn(p)
-        if why:
-            self.transcript.add_block(manager_block(why))
-        if profile.user_picked_tools and not profile.native_tools:
-            if p.alias not in self._tool_notice_shown:
-                self._tool_notice_shown.add(p.alias)
-                self.transcript.add_notice(
-                    f"*🛠️ Tools are unavailable for {md_text(p.alias)}: its model "
-                    "does not use native function calling.*"
-                )
+        self.transcript.start_turn(p, profile.name if self.settings.valves.SHOW_MODELS else "")
+        if plan.why and self.settings.show_manager_reason:
+            self.transcript.add_block(manager_block(plan.why))
+        self._tools_notice(p, profile)
         await self.emitter.update()
+        system = self.system_prompt(plan, profile)
+        seen = self.turns[: len(self.turns) - plan.hides]  # a reviewer sees no named answers
 
-        def build(shrink: float) -> list[dict]:
-            messages = self.fitted_messages(p, profile, system, shrink)
-            if ask:
-                messages[-1] = {**messages[-1], "content": _merge(messages[-1]["content"], ask)}
+        def build(room: int | None) -> list[dict] | None:
+            if room is not None:
+                room -= len(plan.ask) + 2
+            messages = self.fitted_messages(p, profile, system, room, seen)
+            if messages and plan.ask:
+                last = messages[-1]
+                messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
             return messages
 
         said = await self.reply_with_tools(p, profile, build)
         self.transcript.close_live()
-        passed = pass_allowed and is_pass(said)
+        passed = plan.pass_allowed and is_pass(said)
         if passed:
             self.transcript.rewind(mark)
             self.transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
@@ -2730,57 +3484,190 @@ class Run:
             self.turns.append(Turn(p.alias, said))
         self.speaking = False
         await self.emitter.update()
-        return said, passed
+        return Heard(said, passed, benched=p.alias in self.benched)
 
-    def fitted_messages(
-        self, p: Participant, profile: ModelProfile, system_text: str, shrink: float
-    ) -> list[dict]:
-        """System prompt, then as many of the newest turns as fit the model's context."""
-        system = {"role": "system", "content": system_text}
-        turns, omitted = self.turns, 0
-        limit = self.budget.limit(profile)
-        reserve = min(self.max_tokens(p) or 1024, limit // 2)
-        room = self.budget.room_chars(profile, reserve, shrink)
-        if room is not None:
-            room -= message_chars([system]) + self._tools_chars(profile)
-            turns, omitted = fit_turns(self.turns, room)
-            if omitted:
-                log.debug("%s: %d earlier turns left out to fit %d tokens", p.alias, omitted, limit)
-        return [system, *messages_for(p.alias, turns, self.user_name, omitted)]
+    async def together(self, plans: list[TurnPlan]) -> list[Heard]:
+        """Several turns generated at once, none seeing the others, shown one after another:
+        the first streams live; each next appears at once as far as it has got, then streams.
 
-    @staticmethod
-    def _tools_chars(profile: ModelProfile) -> int:
-        return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
+        So the round takes as long as its slowest turn, and every frame is still an append.
+        """
+        after = self.transcript.has_text()
+        lanes = [Transcript(self.clock.now, continues=after or i > 0) for i in range(len(plans))]
+        emitters = [LaneEmitter(self.emitter) for _ in plans]  # type: ignore[arg-type]
+        forks = [self._fork(lane, emitter) for lane, emitter in zip(lanes, emitters, strict=True)]
+        tasks = [asyncio.ensure_future(f.turn(plan)) for f, plan in zip(forks, plans, strict=True)]
+        heard: list[Heard] = []
+        self.speaking = True
+        try:
+            for lane, emitter, task in zip(lanes, emitters, tasks, strict=True):
+                self.transcript.show_lane(lane)
+                emitter.shown = True
+                await self.emitter.update()
+                heard.append(await task)
+        finally:
+            for task in tasks:
+                task.cancel()  # Stop: the turns not shown yet are dropped
+            self.transcript.show_lane(None)  # what was shown stays (and says it was stopped)
+        self.speaking = False
+        for fork, plan, result in zip(forks, plans, heard, strict=True):
+            self.tokens += fork.tokens
+            if result.said and not result.passed:
+                self.turns.append(Turn(plan.speaker.alias, result.said))
+        await self.emitter.update()
+        return heard
 
-    def system_prompt(
-        self, p: Participant, profile: ModelProfile, aliases: list[str], rules: str = ""
-    ) -> str:
-        others = ", ".join(a for a in aliases if a != p.alias) or "the user"
+    def _fork(self, transcript: Transcript, emitter: LaneEmitter) -> TurnStreamer:
+        """A streamer for one turn generated aside: its own transcript, screen and copy of the
+        turns; the run's budget, profiles and who sits out are shared."""
+        fork = copy.copy(self)
+        fork.transcript, fork.emitter = transcript, emitter  # type: ignore[assignment]
+        fork.turns, fork.tokens, fork.speaking = list(self.turns), 0, False
+        return fork
+
+    async def user_words(self, text: str) -> Heard:
+        """The user's words between rounds: shown under their name, heard by everyone after."""
+        self.transcript.add_user_words(self.user_name, text)
+        self.turns.append(Turn(None, text))
+        await self.emitter.update()
+        return Heard(text)
+
+    def _tools_notice(self, p: Participant, profile: ModelProfile) -> None:
+        """Once per participant: the user picked tools its model cannot call."""
+        if profile.user_picked_tools and not profile.native_tools:
+            if p.alias not in self._tool_notice_shown:
+                self._tool_notice_shown.add(p.alias)
+                self.transcript.add_notice(
+                    f"*🛠️ Tools are unavailable for {md_text(p.alias)}: its model "
+                    "does not use native function calling.*"
+                )
+
+    def system_prompt(self, plan: TurnPlan, profile: ModelProfile) -> str:
+        """The model's own prompt and the chat's, then the persona, the turn's rules and the
+        shared instruction; a closing speaker gets its task instead of the last three."""
+        if plan.kind == "closing":
+            parts = [profile.system_prompt, self.chat_system, plan.rules]
+            return "\n\n".join(x.strip() for x in parts if x.strip())
+        p = plan.speaker
+        others = ", ".join(a for a in self.aliases if a != p.alias) or "the user"
         shared = self.settings.shared_instruction
         if "{alias}" not in shared:
             shared = f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
         shared = fill_template(shared, {"alias": p.alias, "others": others})
         # The shared instruction goes last: v2's ends mid-sentence ("...as <alias>").
-        parts = [profile.system_prompt, self.chat_system, p.persona, rules, shared]
-        parts = [part.strip() for part in parts]
-        return "\n\n".join(part for part in parts if part)
+        parts = [profile.system_prompt, self.chat_system, p.persona, plan.rules, shared]
+        return "\n\n".join(part.strip() for part in parts if part.strip())
+
+    async def ask(
+        self, profile: ModelProfile, messages: list[dict], max_tokens: int, seconds: float
+    ) -> str:
+        """One plain completion (the manager's), bounded in tokens and time."""
+        form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
+        if max_tokens:
+            form["max_tokens"] = max_tokens
+        return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
+
+    def room(
+        self, p: Participant, profile: ModelProfile, shrink: float = 1.0, tools: bool = True
+    ) -> int | None:
+        """Characters a request's messages may take (tool specs and the reply set aside);
+        None when the model's context size is unknown."""
+        reserve = min(self.max_tokens(p) or 1024, self.budget.limit(profile) // 2)
+        room = self.budget.room_chars(profile, reserve, shrink)
+        if room is None or not tools:
+            return room
+        return room - self._tools_chars(profile)
+
+    def first_fit(
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        build: Callable[[int | None], list[dict] | None],
+    ) -> tuple[list[dict] | None, int | None, bool]:
+        """The turn's first request: messages, their room and whether tools are offered.
+
+        A context that is only assumed (`CONTEXT_TOKENS`) never costs a participant its tools
+        or its turns: the request goes as it is, and the server's answer decides. In a known
+        context, tool definitions that leave no room for the conversation are left out."""
+        room = self.room(p, profile)
+        base = build(room)
+        tools = bool(profile.tool_specs)
+        if base is None and not self.budget.known(profile):
+            return build(None), None, tools
+        if base is None and tools:
+            room, tools = self.room(p, profile, tools=False), False
+            base = build(room)
+            if base is not None:
+                self._notice(
+                    f"{md_text(p.alias)} answers without tools this turn: their definitions "
+                    "do not fit its model's context."
+                )
+        return base, room, tools
+
+    def fitted_messages(
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        system_text: str,
+        room: int | None,
+        turns: list[Turn],
+    ) -> list[dict] | None:
+        """System prompt, then `turns` fitted into `room`; None: not even the system prompt,
+        the topic and the latest message fit."""
+        system = {"role": "system", "content": system_text}
+        self.sources = echo_sources(system_text, turns)
+        if room is not None:
+            fitted = fit_turns(turns, room - message_chars([system]))
+            if fitted is None:
+                return None
+            turns = fitted.turns
+            self.sources = echo_sources(system_text, turns)
+            if fitted.omitted:
+                log.debug("%s: %d earlier turns left out", p.alias, fitted.omitted)
+            if fitted.shortened and profile.model_id not in self._told_shortened:
+                self._told_shortened.add(profile.model_id)
+                kept, size = max(fitted.shortened, key=lambda k: k[1] - k[0])
+                self.transcript.add_notice(
+                    f"*✂️ Your message was shortened for {md_text(profile.name)}: {kept:,} of "
+                    f"{size:,} characters kept, the middle left out to fit its context "
+                    f"({self.budget.limit(profile):,} tokens).*"
+                )
+        return [system, *messages_for(p.alias, turns, self.user_name)]
+
+    @staticmethod
+    def _tools_chars(profile: ModelProfile) -> int:
+        return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
 
     async def reply_with_tools(
-        self, p: Participant, profile: ModelProfile, build: Callable[[float], list[dict]]
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        build: Callable[[int | None], list[dict] | None],
     ) -> str:
         """Stream, run tool calls, stream again (bounded); returns what the participant said.
 
-        `build(shrink)` gives the messages fitted into `shrink` of the model's context.
+        `build(room)` gives the messages fitted into `room` characters (None: not fitted).
         """
         said: list[str] = []
-        messages = build(1.0)
+        base, room, tools = self.first_fit(p, profile, build)
+        extra: list[dict] = []  # this turn's tool calls and results
         tool_rounds = corrections = 0
         refitted = False
-        limit = self.settings.turn_time_limit
+        limit = self.settings.valves.TURN_TIME_LIMIT
         ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
         while True:
-            offer = bool(profile.tool_specs) and tool_rounds < self.settings.max_tool_rounds
-            offer = offer and corrections <= self.settings.max_tool_corrections
+            if base is None:
+                return self._bench(
+                    p,
+                    profile,
+                    said,
+                    "its model's context cannot hold even its instructions and the latest message",
+                )
+            messages = base + extra
+            if room is not None and extra:
+                messages = fit_tool_results(messages, len(base), room)
+            offer = tools and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
+            offer = offer and corrections <= self.settings.valves.MAX_TOOL_CORRECTIONS
             result = await self.stream_once(p, profile, messages, offer, ends_at)
             if result.content:
                 said.append(result.content)
@@ -2793,18 +3680,15 @@ class Run:
                     "frame(s), skipped: some of its text may be missing."
                 )
             if is_context_error(result.error) and not result.shown:
-                # A plain retry would fail the same way: trim harder once, then say so.
-                if not refitted and tool_rounds == corrections == 0:
-                    refitted = True
-                    self.budget.learn(profile, result.error or "", message_chars(messages))
-                    messages = build(0.9)
-                    continue
-                self._failure_line(
-                    p,
-                    "the conversation does not fit its model's context, even with older turns "
-                    f"left out ({result.error})",
-                )
-                return "\n\n".join(s for s in said if s)
+                # A plain retry would fail the same way: fit tighter once, then it sits out.
+                if refitted:
+                    why = f"the conversation does not fit its model's context ({result.error})"
+                    return self._bench(p, profile, said, why)
+                refitted = True
+                room = self._refit_room(p, profile, result.error or "", messages)
+                # The tool results are cut to what is left; they may take at most half.
+                base = build(room - min(message_chars(extra), room // 2) if extra else room)
+                continue
             if result.error is not None or not (result.content or result.calls):
                 if not result.shown and not result.calls:
                     recovered = await self.retry_plain(p, profile, messages, result.error)
@@ -2814,7 +3698,7 @@ class Run:
                 return "\n\n".join(s for s in said if s)
             if not result.calls:
                 return "\n\n".join(said)
-            if tool_rounds >= self.settings.max_tool_rounds:
+            if tool_rounds >= self.settings.valves.MAX_TOOL_ROUNDS:
                 # Tools were no longer offered and it called one anyway: nothing more runs.
                 self._notice(
                     f"{md_text(p.alias)} still asked for tools after "
@@ -2822,16 +3706,34 @@ class Run:
                 )
                 return "\n\n".join(said)
             bad = {c.index: why for c in result.calls if (why := self._malformed(profile, c))}
-            if bad and corrections < self.settings.max_tool_corrections:
+            if bad and corrections < self.settings.valves.MAX_TOOL_CORRECTIONS:
                 corrections += 1
                 log.debug("malformed tool call from %s, asking again: %s", p.alias, bad)
-                messages += self._tool_messages(
+                extra += self._tool_messages(
                     result, {i: self._correction(profile, w) for i, w in bad.items()}
                 )
                 continue
             tool_rounds += 1
             outputs = await self.run_tools(profile, result.calls, bad)
-            messages += self._tool_messages(result, outputs)
+            extra += self._tool_messages(result, outputs)
+
+    def _refit_room(
+        self, p: Participant, profile: ModelProfile, error: str, sent: list[dict]
+    ) -> int:
+        """The room for a second try after a context error: the size the server named (learnt
+        for every run), else three quarters of what was sent (for this request only)."""
+        if self.budget.learn(profile, error, message_chars(sent) + self._tools_chars(profile)):
+            room = self.room(p, profile, 0.9)
+            if room is not None:
+                return room
+        return int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
+
+    def _bench(self, p: Participant, profile: ModelProfile, said: list[str], reason: str) -> str:
+        """It cannot take part with this conversation: one line, and no more requests to it."""
+        log.debug("%s (%s) sits out: %s", p.alias, profile.model_id, reason)
+        self.benched.add(p.alias)
+        self._failure_line(p, reason, "; it sits out the rest of this conversation")
+        return "\n\n".join(s for s in said if s)
 
     async def stream_once(
         self,
@@ -2843,7 +3745,7 @@ class Run:
     ) -> StreamResult:
         """Stream one reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
         form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
-        form.update(self._sampling(profile))
+        form.update(self._sampling(profile, p))
         form.update(self._bounds(p))
         if offer_tools:
             form["tools"] = profile.tool_specs
@@ -2851,9 +3753,9 @@ class Run:
             form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
         result = StreamResult()
         decoder, calls = SSEDecoder(), ToolCallAccumulator()
-        splitter = ReplyFilter(self.guard_for(p))
+        splitter = ReplyFilter(self.guard_for(p), self.echo_guard())
         content: list[str] = []
-        silence = self.settings.turn_timeout
+        silence = self.settings.valves.TURN_TIMEOUT
         loop = asyncio.get_running_loop()
         stream = self.gateway.stream_chat(form, self.ctx.user)
         try:
@@ -2868,8 +3770,8 @@ class Run:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
-                    if splitter.stopped_by is not None:
-                        break  # it began someone else's line: the reply ends before it
+                    if splitter.ended:
+                        break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():
                         self._apply(decode_frame(payload), splitter, calls, content, result)
@@ -2889,11 +3791,14 @@ class Run:
             result.cut = "length"
         if splitter.stopped_by is not None:
             log.debug("%s began a line as %s; the reply ends there", p.alias, splitter.stopped_by)
+        content_end = self._end_reply(splitter, content, result)
+        if splitter.echo is not None and splitter.echo.echoed and result.error is None:
+            result.cut = "echo"  # it began copying what was already said
         ended = result.finish_reason or result.done or result.cut or splitter.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
             result.error = "the stream ended before the model finished"
-        result.content = self._end_reply(splitter, content, result)
+        result.content = content_end
         result.calls = calls.calls() if result.error is None and not result.cut else []
         self._count_tokens(result.tokens, form["messages"], result.content)
         return result
@@ -2910,22 +3815,30 @@ class Run:
         bounds: dict[str, Any] = {}
         if self.max_tokens(p):
             bounds["max_tokens"] = self.max_tokens(p)
-        if self.settings.stop_sequences:
+        if self.settings.valves.STOP_SEQUENCES and self.guarded:
             bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
         return bounds
 
-    def guard_for(self, p: Participant) -> SpeakerGuard:
-        """Lines starting with another participant's or the user's name end this reply."""
+    def echo_guard(self) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown."""
+        return EchoGuard(self.sources) if self.guarded and self.sources else None
+
+    def guard_for(self, p: Participant) -> SpeakerGuard | None:
+        """A conversation turn ends at a line where it starts speaking as someone else."""
+        if not self.guarded:
+            return None
         return SpeakerGuard(p.alias, [*self.aliases, self.user_name, "User"])
 
     def max_tokens(self, p: Participant) -> int:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
-        return self.settings.max_tokens if p.max_tokens is None else p.max_tokens
+        return self.settings.valves.MAX_TOKENS if p.max_tokens is None else p.max_tokens
 
     def _cut_line(self, p: Participant, cut: str) -> None:
         """A visible mark that a reply was cut short; history leaves it out like a notice."""
-        if cut == "time":
-            why = f"cut after {self.settings.turn_time_limit:g} s"
+        if cut == "echo":
+            why = "cut: it began repeating what was already said"
+        elif cut == "time":
+            why = f"cut after {self.settings.valves.TURN_TIME_LIMIT:g} s"
         elif self.max_tokens(p):
             why = f"cut at {self.max_tokens(p)} tokens"
         else:
@@ -2987,18 +3900,18 @@ class Run:
         form = {
             "model": profile.model_id,
             "messages": list(messages),
-            **self._sampling(profile),
+            **self._sampling(profile, p),
             **self._bounds(p),
         }
         try:
-            async with asyncio.timeout(self.settings.turn_timeout):
+            async with asyncio.timeout(self.settings.valves.TURN_TIMEOUT):
                 text = await self.gateway.complete(form, self.ctx.user)
         except (ModelCallError, TimeoutError) as exc:
             self._failure_line(p, str(exc) or error or "no reply")
             return ""
         self._count_tokens(None, form["messages"], text)
         content: list[str] = []
-        splitter, scratch = ReplyFilter(self.guard_for(p)), StreamResult()
+        splitter, scratch = ReplyFilter(self.guard_for(p), self.echo_guard()), StreamResult()
         for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
         said = self._end_reply(splitter, content, scratch)
@@ -3006,16 +3919,19 @@ class Run:
             self._failure_line(p, error or "the model returned an empty reply")
         return said
 
-    def _failure_line(self, p: Participant, reason: str) -> None:
+    def _failure_line(self, p: Participant, reason: str, then: str = "") -> None:
         reason = md_text(" ".join(reason.split())[:300])
-        self._notice(f"{md_text(p.alias)} could not answer: {reason}")
+        self._notice(f"{md_text(p.alias)} could not answer: {reason}{then}")
 
     def _notice(self, markdown: str) -> None:
         """A warning line in the transcript; history leaves it out."""
         self.transcript.add_notice(f"{NOTICE_PREFIX}{markdown}*")
 
-    def _sampling(self, profile: ModelProfile) -> dict[str, Any]:
+    def _sampling(self, profile: ModelProfile, p: Participant) -> dict[str, Any]:
+        """The valves' sampling, with the participant's own temperature and top-p."""
         sampling = dict(self.settings.sampling)
+        own = {"temperature": p.temperature, "top_p": p.top_p}
+        sampling.update({k: v for k, v in own.items() if v is not None})
         if profile.owned_by != "ollama":
             sampling.pop("top_k", None)  # OpenAI-style APIs reject top_k
         return sampling
@@ -3067,7 +3983,7 @@ class Run:
                 text, files, embeds = f"Error: {bad[call.index]}", [], []
             else:
                 text, files, embeds = await self.run_tool(profile, call)
-            limit = self.settings.tool_result_max_chars
+            limit = self.settings.valves.TOOL_RESULT_MAX_CHARS
             outputs[call.index] = _clip(text, limit)
             # The block is re-sent in every frame that follows: show less than the model gets.
             shown = _clip(text, limit // 5)
@@ -3086,10 +4002,12 @@ class Run:
                 args = {k: v for k, v in args.items() if k in allowed}
         try:
             result = await within(
-                self.clock, self.settings.tool_timeout, call_tool(tool["callable"], args)
+                self.clock, self.settings.valves.TOOL_TIMEOUT, call_tool(tool["callable"], args)
             )
         except TimeoutError:
-            result = f"Error: the tool did not finish within {self.settings.tool_timeout:g} s."
+            result = (
+                f"Error: the tool did not finish within {self.settings.valves.TOOL_TIMEOUT:g} s."
+            )
         except Exception as exc:  # a tool's own failure is the model's to read, not a crash
             log.debug("tool %s raised: %s", call.name, exc)
             result = {"error": str(exc)}
@@ -3100,6 +4018,117 @@ class Run:
         except Exception as exc:
             log.warning("could not process the result of tool %s: %s", call.name, exc)
             return str(result), [], []
+
+
+def make_manager(
+    streamer: TurnStreamer, profile: ModelProfile, status: Callable[..., None]
+) -> ManagerChoice:
+    """The manager as a speaker policy: asked through the streamer, fed the conversation."""
+    settings, valves = streamer.settings, streamer.settings.valves
+    aliases = streamer.aliases
+
+    def prompt(last: int | None) -> str:
+        limit = valves.MANAGER_HISTORY_CHARS
+        room = streamer.budget.room_chars(profile, 4 * MANAGER_ANSWER_TOKENS, 1.0)
+        if room is not None:  # the prompt's own words and the system message need room too
+            limit = max(0, min(limit, room - len(settings.manager_prompt) - 2000))
+        history = history_digest(streamer.turns, streamer.user_name, limit)
+        return manager_prompt(settings.manager_prompt, history, aliases, last)
+
+    async def ask(messages: list[dict], max_tokens: int) -> str:
+        return await streamer.ask(profile, messages, max_tokens, valves.MANAGER_TIMEOUT)
+
+    return ManagerChoice(ask, prompt, settings.manager_system, aliases, status, valves.MAX_TOKENS)
+
+
+# ============================================================================
+# Run: one request's conversation, told as a story
+# ============================================================================
+
+
+class Run:
+    """The direction names each turn and the streamer speaks it, until an ending holds; then
+    the closing. Also the status line that tells the user how it went."""
+
+    def __init__(self, transcript: Transcript, emitter: CoalescingEmitter, clock: Clock) -> None:
+        self.transcript = transcript
+        self.emitter = emitter
+        self.clock = clock
+        self.direction: Direction | None = None  # both set once the setup is done
+        self.streamer: TurnStreamer | None = None
+        self.started: float | None = None  # when the turns began (after the setup dialog)
+        self.in_turn = False  # a conversation turn (not the closing) is streaming
+
+    async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
+        """Turns until an ending holds, then the closing; returns why it ended."""
+        self.direction, self.streamer, self.started = direction, streamer, self.clock.now()
+        while plans := await direction.next_turns():
+            self.in_turn = True
+            for plan, heard in zip(plans, await self.speak(plans), strict=True):
+                direction.heard(plan, heard, streamer.tokens)
+            self.in_turn = False
+        if direction.explains:
+            self.status(f"Conversation ended: {direction.reason}.")
+        done: list[tuple[TurnPlan, Heard]] = []
+        while True:
+            line, plans = direction.closing_turns(done)
+            if line:
+                self.transcript.add_notice(line)
+            if not plans:
+                break
+            done += zip(plans, await self.speak(plans), strict=True)
+        for line in (direction.verdict(done), direction.end_line()):
+            if line:
+                self.transcript.add_notice(line)
+        await self.emitter.update()
+        return direction.reason
+
+    async def speak(self, plans: list[TurnPlan]) -> list[Heard]:
+        """The planned turns spoken: a council round's or the reviews at once, others in turn."""
+        assert self.streamer is not None and self.direction is not None
+        if plans[0].kind == "words":
+            return [await self.streamer.user_words(plans[0].ask)]
+        if len(plans) > 1 and plans[0].kind in ("turn", "review"):
+            self.status(self.direction.where(plans), done=False)
+            return await self.streamer.together(plans)
+        heard = []
+        for plan in plans:
+            self.status(self.direction.where([plan]), done=False)
+            heard.append(await self.streamer.turn(plan))
+        return heard
+
+    # -- the status line ---------------------------------------------------------------------
+    def status(self, text: str, done: bool = True) -> None:
+        log.debug("status: %s", text)
+        self.emitter.post({"type": "status", "data": {"description": text, "done": done}})
+
+    def end_status(self, outcome: str | None = None) -> None:
+        """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
+        its rounds ("· stopped"); it replaces whatever the manager last said."""
+        direction = self.direction
+        if self.started is None or direction is None:
+            return  # no turn began: the message says what happened
+        outcome = direction.outcome if outcome is None else outcome
+        turns = direction.progress.spoken + (1 if self.in_turn else 0)
+        seconds = round(self.clock.now() - self.started)
+        count = _count(len(direction.participants), "participant")
+        text = f"{count}, {_count(turns, 'turn')}, {seconds} s"
+        self.status(f"{text} · {outcome}" if outcome else text)
+
+    def not_started(self, exc: Exception) -> None:
+        """The status after a setup that cannot run (the message says what to fix); a
+        cancelled setup's own line says it all."""
+        if isinstance(exc, AccessCheckError):
+            self.status("Not started: the access check failed")
+        elif isinstance(exc, ConfigError):
+            self.status("Not started: the setup needs fixing")
+
+    def stopped(self) -> None:
+        """The user pressed Stop: the turn being spoken says so, and so does the status."""
+        if self.streamer is not None and self.streamer.speaking:
+            self.transcript.close_live()
+            self.transcript.add_notice(STOPPED_LINE)
+        self.end_status("stopped")
 
 
 # ============================================================================
@@ -3182,7 +4211,6 @@ async def _first_usable(
 
 
 TASK_MAX_TOKENS = 400  # a title, tags or a few follow-up questions never need more
-CUT_MARK = "\n[…]\n"
 
 
 def fit_task_prompt(messages: list[dict], room: int | None) -> list[dict]:
@@ -3199,10 +4227,9 @@ def fit_task_prompt(messages: list[dict], room: int | None) -> list[dict]:
     start = start + len("<chat_history>") if start >= 0 else 0
     end = text.rfind("</chat_history>")
     end = end if end >= start else len(text)
-    cut = min(excess + len(CUT_MARK), end - start)
-    at = start + (end - start - cut) // 2
-    last = {**messages[-1], "content": text[:at] + CUT_MARK + text[at + cut :]}
-    return [*messages[:-1], last]
+    block = text[start:end]
+    kept = cut_middle(block, max(len(CUT_MARK), len(block) - excess))
+    return [*messages[:-1], {**messages[-1], "content": text[:start] + kept + text[end:]}]
 
 
 async def ask_task_model(
@@ -3218,16 +4245,19 @@ async def ask_task_model(
     The answer may take a quarter of the context (some servers refuse prompt + max_tokens
     over it); the quoted chat needs the room more than a title does.
     """
+    cap: int | None = None  # after an error that named no size: less than was sent
     for shrink in (1.0, 0.9):
         reserve = min(max_tokens, budget.limit(profile) // 4 or max_tokens)
-        fitted = fit_task_prompt(messages, budget.room_chars(profile, reserve, shrink))
+        room = budget.room_chars(profile, reserve, shrink)
+        fitted = fit_task_prompt(messages, room if cap is None else min(room or cap, cap))
         form = {"model": profile.model_id, "messages": fitted, "max_tokens": reserve}
         try:
             return await gateway.complete(form, user)
         except ModelCallError as exc:
             if shrink < 1.0 or not is_context_error(str(exc)):
                 raise
-            budget.learn(profile, str(exc), message_chars(fitted))
+            if not budget.learn(profile, str(exc), message_chars(fitted)):
+                cap = int(message_chars(fitted) * UNNAMED_REFIT_SHRINK)
             log.debug("task prompt did not fit %s: %s", profile.model_id, exc)
     raise AssertionError("unreachable")
 
@@ -3362,33 +4392,10 @@ def _chat_bytes(body: dict) -> int:
     return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
 
 
-def _settings(valves: Any, user_valves: Any) -> Settings:
-    def get(name: str, default: Any) -> Any:
-        value = getattr(user_valves, name, None)
-        return default if value in (None, "") else value
-
-    return Settings(
-        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
-        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
-        tool_timeout=valves.TOOL_TIMEOUT,
-        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
-        turn_timeout=valves.TURN_TIMEOUT,
-        max_tokens=valves.MAX_TOKENS,
-        turn_time_limit=valves.TURN_TIME_LIMIT,
-        context_tokens=valves.CONTEXT_TOKENS,
-        stop_sequences=valves.STOP_SEQUENCES,
-        manager_timeout=valves.MANAGER_TIMEOUT,
-        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
-        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
-        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
-        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
-        show_manager_reason=bool(get("ShowManagerReason", True)),
-        sampling={
-            "temperature": get("Temperature", 1.0),
-            "top_p": get("Top_p", 0.8),
-            "top_k": get("Top_k", 50),
-        },
-    )
+def _chat_system(body: dict) -> str:
+    """The chat's own system prompt (the user's, in the chat's settings), if any."""
+    messages = body.get("messages") or []
+    return "\n\n".join(_text_of(m.get("content")) for m in messages if m.get("role") == "system")
 
 
 def _saved_chat_id(ctx: RequestContext) -> str | None:
@@ -3461,6 +4468,64 @@ def _mark_stopped(run: Run, transcript: Transcript) -> None:
         transcript.add_notice(STOPPED_IN_SETUP)
 
 
+@dataclass
+class Prepared:
+    """A setup that can run: the config, its speakers (the closing one too) and every model."""
+
+    config: ConversationConfig
+    participants: list[Participant]
+    profiles: dict[str, ModelProfile]
+    manager: ModelProfile | None
+    closer: Participant | None
+    budget: ContextBudget  # sizes servers named and prompts that worked: shared (Pipe's)
+    rng: random.Random
+
+
+def _cast(
+    gateway: HostGateway,
+    ctx: RequestContext,
+    settings: Settings,
+    transcript: Transcript,
+    emitter: CoalescingEmitter,
+    run: Run,
+    body: dict,
+    user_info: dict,
+    prepared: Prepared,
+) -> tuple[Direction, TurnStreamer]:
+    """The run's direction and its streamer, which holds the chat so far."""
+    streamer = TurnStreamer(
+        gateway,
+        ctx,
+        settings,
+        transcript,
+        emitter,
+        run.clock,
+        prepared.budget,
+        profiles=prepared.profiles,
+        aliases=[p.alias for p in prepared.participants],
+        user_name=user_info.get("name") or "User",
+        turns=history_turns(body.get("messages") or []),
+        chat_system=_chat_system(body),
+        want_usage=prepared.config.max_total_tokens > 0,
+    )
+    chooser = make_manager(streamer, prepared.manager, run.status) if prepared.manager else None
+    ask = ctx.extra_params.get("__event_call__")  # None without a browser tab (the API)
+    moderator = None
+    if prepared.config.moderator == "between_rounds" and ask is not None:
+        moderator = Moderator(ask, run.clock, settings.valves.MODERATOR_TIMEOUT)
+    direction = make_direction(
+        prepared.config,
+        prepared.participants,
+        prepared.closer,
+        list(streamer.turns),
+        chooser,
+        prepared.rng,
+        run.clock,
+        moderator,
+    )
+    return direction, streamer
+
+
 async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
     """Flush the final state (saved by the host with it); return it for the host to save again.
 
@@ -3499,6 +4564,11 @@ class Pipe:
         self.valves = self.Valves()
         # Context sizes servers named in errors: facts about models, shared by every run.
         self.context_limits: dict[str, int] = {}
+        self.context_proven: dict[str, int] = {}  # largest prompts (tokens) that worked
+
+    def _budget(self) -> ContextBudget:
+        """A run's view of the models' contexts, over what every run has learnt."""
+        return ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits, self.context_proven)
 
     def pipes(self) -> list[dict[str, str]]:
         # v2's pipe id, so chats that used it keep their model after an upgrade.
@@ -3589,18 +4659,8 @@ class Pipe:
             max_save_interval=valves.MAX_SAVE_INTERVAL,
             live_at=transcript.live_block_at,
         )
-        settings = _settings(valves, user_valves)
-        run = Run(
-            gateway,
-            ctx,
-            settings,
-            transcript,
-            emitter,
-            user_info.get("name") or "User",
-            clock,
-            self.rng_factory(),
-            ContextBudget(settings.context_tokens, self.context_limits),
-        )
+        settings = Settings.read(valves, user_valves)
+        run = Run(transcript, emitter, clock)
         dialog = None
         if event_call is not None and valves.CONFIG_OVERLAY:
             message_id = ctx.metadata.get("message_id")
@@ -3608,29 +4668,25 @@ class Pipe:
         started = clock.now()
         try:
             try:
-                config, participants, profiles, manager, closer = await self._prepare(
-                    gateway, ctx, body, user_valves, own_prefix, dialog
-                )
+                prepared = await self._prepare(gateway, ctx, body, user_valves, own_prefix, dialog)
             except (ConfigError, AccessCheckError, SetupCancelled) as exc:
                 transcript.add_notice(_setup_notice(exc))
                 run.not_started(exc)
                 return await _finish(emitter, transcript, handing_over=True)
             log.info(
                 "conversation start: %d participants, %d rounds, manager=%s",
-                len(participants),
-                config.rounds,
-                config.use_manager,
+                len(prepared.participants),
+                prepared.config.rounds,
+                prepared.config.use_manager,
             )
-            messages = body.get("messages") or []
-            run.turns = history_turns(messages)
-            run.chat_system = "\n\n".join(
-                _text_of(m.get("content")) for m in messages if m.get("role") == "system"
+            direction, streamer = _cast(
+                gateway, ctx, settings, transcript, emitter, run, body, user_info, prepared
             )
-            await run.converse(config, participants, profiles, manager, closer)
-            run.end_status(run.outcome)
+            await run.converse(direction, streamer)
+            run.end_status()
             log.info(
                 "conversation end: %d turns in %.1f s, %d events",
-                len(run.turns),
+                direction.progress.spoken,
                 clock.now() - started,
                 emitter.sent_events,
             )
@@ -3652,13 +4708,7 @@ class Pipe:
         user_valves: Any,
         own_prefix: str,
         dialog: SetupDialog | None,
-    ) -> tuple[
-        ConversationConfig,
-        list[Participant],
-        dict[str, ModelProfile],
-        ModelProfile | None,
-        Participant | None,
-    ]:
+    ) -> Prepared:
         """The config, its speakers (closing too) and every model resolved; ConfigError says
         what to fix.
 
@@ -3685,7 +4735,9 @@ class Pipe:
         if not saved:
             await _remember(gateway, ctx, config)
         manager = profiles[manager_id] if config.use_manager else None
-        return config, participants, profiles, manager, closer
+        return Prepared(
+            config, participants, profiles, manager, closer, self._budget(), self.rng_factory()
+        )
 
     async def _choose_config(
         self,
@@ -3763,7 +4815,7 @@ class Pipe:
             if isinstance(wanted, int) and wanted > 0
             else TASK_MAX_TOKENS
         )
-        budget = ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits)
+        budget = self._budget()
         asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
         try:
             # The host holds the message open until its tasks end: they must end soon.
@@ -3863,6 +4915,26 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "follow up on vague answers.",
             },
             {"alias": "Candidate", "system_message": "You are interviewed: answer candidly."},
+        ],
+    },
+    "council": {
+        "label": "Council: answer at once, rank each other, a chair sums up",
+        "config": {
+            "rounds": 1,
+            "selection": "council",
+            "peer_review": True,
+            "closing": {
+                "alias": "Chair",
+                "prompt": "You chair this council. Synthesize the best answer to the user's "
+                "question from the participants' answers and their ranking: keep what the "
+                "best-ranked answers got right, fix what they got wrong, and say where the "
+                "council disagreed.",
+            },
+        },
+        "participants": [
+            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
+            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
+            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
         ],
     },
 }
@@ -4448,7 +5520,8 @@ ADMIN_VALVES: dict[str, Any] = {
             ge=0,
             title="Assumed context size (tokens)",
             description="Context size assumed for a participant model whose Open WebUI "
-            "settings name none (`num_ctx` or `max_context`). Older turns are left out to fit. "
+            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
+            "parts cut in the middle to fit. "
             "0: fit only after the model reports a context-length error.",
         ),
     ),
@@ -4490,6 +5563,25 @@ ADMIN_VALVES: dict[str, Any] = {
             ge=200,
             title="Conversation shown to the manager (characters)",
             description="Newest characters of the conversation shown to the manager.",
+        ),
+    ),
+    "MODERATOR_TIMEOUT": (
+        float,
+        Field(
+            default=120,
+            gt=0,
+            title="Moderator prompt timeout (s)",
+            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
+            "before round N?* waits for an answer; then the conversation goes on.",
+        ),
+    ),
+    "SHOW_MODELS": (
+        bool,
+        Field(
+            default=False,
+            title="Show models in headings",
+            description="Show which model speaks behind each alias, in small type after the "
+            "speaker's name.",
         ),
     ),
     "STOP_SEQUENCES": (
@@ -4623,6 +5715,25 @@ USER_VALVES: dict[str, Any] = {
             description="Show the manager's answer in a collapsed block under each turn it picked.",
         ),
     ),
+    "AskBetweenRounds": (
+        bool,
+        Field(
+            default=False,
+            title="Ask me between rounds",
+            description="After each round, Open WebUI asks *Anything to add before round N?*: "
+            "what you type joins the conversation as your words, `end` closes it, empty goes "
+            "on.",
+        ),
+    ),
+    "PeerReview": (
+        bool,
+        Field(
+            default=False,
+            title="Peer review (council)",
+            description="With *Who speaks next* = `council`: after the round, each participant "
+            "ranks the others' answers, shown without names, and a table sums up the ranking.",
+        ),
+    ),
     "PassAllowed": (
         bool,
         Field(
@@ -4698,7 +5809,7 @@ USER_VALVES: dict[str, Any] = {
             default="",
             title="Preset",
             description="A named setup that fills whatever you leave unset: `debate`, "
-            "`brainstorm`, `review_panel` or `interview`. Empty: none.",
+            "`brainstorm`, `review_panel`, `interview` or `council`. Empty: none.",
         ),
     ),
     "Temperature": (

@@ -77,7 +77,8 @@ def test_a_preset_fills_what_is_left_out_and_what_is_given_wins():
         {"preset": "review panel", "participants": rows, "rounds": 5, "closing": None}, 20
     )
     assert mine.rounds == 5 and mine.pass_allowed and mine.closing == "vote"
-    assert set(mmc.PRESETS) == {"debate", "brainstorm", "review_panel", "interview"}
+    presets = {"debate", "brainstorm", "review_panel", "interview", "council"}  # council: issue 21
+    assert set(mmc.PRESETS) == presets
     for name in mmc.PRESETS:  # every preset is a valid config
         mmc.parse_config({"preset": name, "participants": rows}, 20)
 
@@ -269,7 +270,8 @@ async def test_participants_are_told_which_turn_it_is_and_how_many_remain():
 async def test_a_stop_phrase_from_any_participant_ends_it():
     h = harness("a", "b")
     h.host.chat_configs["chat-1"] = config("a", "b", rounds=3, stop_phrase="We agree")
-    h.host.scripts["b"] = Script(streams=[reply("Fine, we   AGREE then.")])
+    # A line of its own, case, spacing and punctuation ignored (issue 18: not a substring).
+    h.host.scripts["b"] = Script(streams=[reply("Fine, then.\n**we   AGREE!**")])
     emitter = RecordingEmitter(h.clock)
 
     result = await h.run(emitter=emitter)
@@ -326,7 +328,12 @@ async def test_rounds_alone_add_no_end_line_and_only_the_summary_status():
     result = await h.run(emitter=emitter)
 
     assert "🏁" not in result
-    assert emitter.statuses() == ["1 participant, 2 turns, 0 s"]
+    # One status per turn says where it is (issue 21), then the summary.
+    assert emitter.statuses() == [
+        "Round 1 of 2 · A",
+        "Round 2 of 2 · A",
+        "1 participant, 2 turns, 0 s",
+    ]
 
 
 def test_a_usage_frame_decodes_with_or_without_choices():
@@ -407,7 +414,8 @@ async def test_a_vote_asks_everyone_once_and_tallies():
 
 def test_votes_parse_and_tally_in_order_of_count_then_first_cast():
     assert mmc.parse_vote("I thought about it.\nVOTE: Option B - it is cheaper") == "Option B"
-    assert mmc.parse_vote("Reject; too risky") == "Reject"
+    # No VOTE line: an abstention (issue 19), not the reply's first words.
+    assert mmc.parse_vote("Reject; too risky") == ""
     assert mmc.tally([("A", "no"), ("B", "Yes"), ("C", "yes!")]) == "Yes 2 (B, C) · no 1 (A)"
 
 

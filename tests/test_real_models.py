@@ -163,7 +163,10 @@ async def test_the_oldest_turns_are_left_out_to_fit_the_models_context_and_that_
     match = re.search(r"\((\d+) earlier turns of this conversation left out\.\)", text)
     assert match and 0 < int(match.group(1)) < 40
     dropped = int(match.group(1))
-    assert "t0w0" not in text and f"t{dropped}w0" in text and "t39w0" in text
+    # The topic (the first message) stays, the note stands where the left-out turns were
+    # (issue 20; before, the topic went first).
+    assert text.index("t0w0") < match.start() < text.index(f"t{dropped + 1}w0")
+    assert "t1w0" not in text and f"t{dropped}w0" not in text and "t39w0" in text
     assert chars(request) / mmc.DEFAULT_CHARS_PER_TOKEN + 400 <= 1000
 
 
@@ -364,13 +367,14 @@ async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_m
     result = await h.run()
 
     assert speakers(result) == ["TOM", "MIA", "TOM"]
-    # The manager is bounded like a turn (MAX_TOKENS), and not at all when that is 0.
+    # The manager is bounded to what a name needs (issue 18), and never above MAX_TOKENS.
     asked = [r for r in h.host.requests if r["model"] == "boss"]
-    assert len(asked) >= 3 and all(r.get("max_tokens") == 400 for r in asked)
-    h.host.requests.clear()
-    h.pipe.valves.MAX_TOKENS = 0
-    await h.run()
-    assert all("max_tokens" not in r for r in h.host.requests if r["model"] == "boss")
+    assert len(asked) >= 3 and all(r.get("max_tokens") == 48 for r in asked)
+    for limit, sent in ((0, 48), (20, 20)):
+        h.host.requests.clear()
+        h.pipe.valves.MAX_TOKENS = limit
+        await h.run()
+        assert all(r["max_tokens"] == sent for r in h.host.requests if r["model"] == "boss")
 
 
 # -- 5. background tasks -------------------------------------------------------------------------
