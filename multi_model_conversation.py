@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import copy
 import html
 import inspect
 import json
@@ -61,7 +62,9 @@ MARK_COLOURS = (
     "#9e9e9e",
 )
 MAX_PARTICIPANTS = 5
-SELECTIONS = ("round_robin", "manager", "random", "mention")  # how the next speaker is chosen
+# How the next speaker is chosen; "council": everyone answers each round at once, unseen.
+SELECTIONS = ("round_robin", "manager", "random", "mention", "council")
+MODERATORS = ("", "between_rounds")  # when the user is asked for words of their own
 MAX_ALIAS_CHARS = 64
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
 RECONFIGURE_COMMAND = "/reconfigure"
@@ -105,6 +108,9 @@ class ParticipantConfig(BaseModel):
     system_message: str = ""
     # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
     max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
+    # None: the valves' sampling. Its own, so a critic can be cold and a dreamer hot.
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
     # Its place among the rows the user filled in (empty ones are dropped): "Participant N".
     _row: int | None = PrivateAttr(default=None)
 
@@ -158,6 +164,8 @@ class ConversationConfig(BaseModel):
     max_total_tokens: int = Field(default=0, ge=0, le=100_000_000)
     closing: ClosingConfig | Literal["vote"] | None = None
     preset: str = ""
+    peer_review: bool = False  # council: each ranks the others' answers, unnamed
+    moderator: Literal[MODERATORS] = ""  # "between_rounds": the user may add words
 
     @field_validator("manager_model")
     @classmethod
@@ -284,6 +292,10 @@ _FIELD_NAMES = {
     "system_message": "persona",
     "prompt": "task",
     "max_tokens": "max tokens",
+    "temperature": "temperature",
+    "top_p": "top-p",
+    "peer_review": "Peer review",
+    "moderator": "Moderator",
 }
 
 
@@ -398,6 +410,8 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
         "max_seconds": getattr(valves, "MaxSeconds", 0),
         "max_total_tokens": getattr(valves, "MaxTotalTokens", 0),
         "preset": getattr(valves, "Preset", ""),
+        "peer_review": getattr(valves, "PeerReview", False),
+        "moderator": "between_rounds" if getattr(valves, "AskBetweenRounds", False) else "",
     }
     config.update({k: v for k, v in optional.items() if v})
     if getattr(valves, "ClosingVote", False):
@@ -421,6 +435,8 @@ class Participant:
     persona: str
     mark: str
     max_tokens: int | None = None  # None: the MAX_TOKENS valve; 0: no limit
+    temperature: float | None = None  # None: the valves'
+    top_p: float | None = None
 
 
 def make_participants(config: ConversationConfig, names: dict[str, str]) -> list[Participant]:
@@ -431,7 +447,16 @@ def make_participants(config: ConversationConfig, names: dict[str, str]) -> list
         base = row.alias or names.get(row.model, row.model)
         alias = unique_alias(" ".join(base.split())[:MAX_ALIAS_CHARS] or row.model, taken)
         result.append(
-            Participant(i, row.model, alias, row.system_message, mark_for(i), row.max_tokens)
+            Participant(
+                i,
+                row.model,
+                alias,
+                row.system_message,
+                mark_for(i),
+                row.max_tokens,
+                row.temperature,
+                row.top_p,
+            )
         )
     return result
 
@@ -793,7 +818,8 @@ def md_unescape(text: str) -> str:
 
 # A model's line that starts like our heading or notice would split or vanish from history, so
 # one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
-_MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
+MODERATOR_MARK = "🗣️"  # the user's words added between rounds (a user turn in history)
+_MARKS = "|".join(re.escape(m) for m in (*COLOUR_MARKS, MODERATOR_MARK))
 # What our notice lines start with, after their `*`: a warning, a tool notice, a cut reply,
 # a pass, the end of the conversation, a vote's tally.
 _NOTICE_MARKS = "⚠️|🛠️|✂️|⏭️|🏁|🗳️|⏹️"
@@ -814,10 +840,18 @@ def unmark_lookalikes(text: str) -> str:
     return _MARKED_LOOKALIKE_RE.sub(lambda m: m.group(0)[:-1], text)
 
 
-def heading(participant: Participant, first: bool) -> str:
-    """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup."""
+def heading(participant: Participant, first: bool, model: str = "") -> str:
+    """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup;
+    with `model`, the model behind it in small type (history reads the alias alone)."""
     prefix = "" if first else "\n\n"
-    return f"{prefix}### {participant.mark} {md_text(participant.alias)}\n\n"
+    behind = f" <sub>{html.escape(model)}</sub>" if model else ""
+    return f"{prefix}### {participant.mark} {md_text(participant.alias)}{behind}\n\n"
+
+
+def moderator_heading(user_name: str, first: bool) -> str:
+    """The user's words added between rounds, under a heading of their own."""
+    prefix = "" if first else "\n\n"
+    return f"{prefix}### {MODERATOR_MARK} {md_text(user_name)}\n\n"
 
 
 _DETAILS_CLOSE = "</details"
@@ -879,8 +913,12 @@ class Transcript:
     Appending a chunk is O(len(chunk)); render() joins once per frame, not once per chunk.
     """
 
-    def __init__(self, clock: Callable[[], float], prefix: str = "") -> None:
+    def __init__(
+        self, clock: Callable[[], float], prefix: str = "", continues: bool = False
+    ) -> None:
         self._clock = clock
+        self._continues = continues  # a lane: its text goes after text already shown
+        self._lane: Transcript | None = None  # a turn generated aside, shown live at the end
         self._committed: list[str] = [prefix] if prefix else []
         self._committed_text: str | None = None
         self._live_content: list[str] = []
@@ -892,9 +930,24 @@ class Transcript:
         self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
 
     # -- writing ---------------------------------------------------------------------------
-    def start_turn(self, participant: Participant) -> None:
+    def start_turn(self, participant: Participant, model: str = "") -> None:
         self.close_live()
-        self._commit(heading(participant, first=not self._has_text()))
+        self._commit(heading(participant, not self._has_text(), model))
+
+    def add_user_words(self, user_name: str, text: str) -> None:
+        """The user's words between rounds: a heading of their own, then the text as typed."""
+        self.close_live()
+        self._commit(moderator_heading(user_name, not self._has_text()) + md_text(text) + "\n")
+
+    def show_lane(self, lane: Transcript | None) -> None:
+        """Show `lane` live after everything (a turn generated aside); None keeps what it
+        showed as committed text."""
+        if self._lane is not None:
+            self._lane.close_live()
+            text = self._lane.render()
+            if text:
+                self._commit(text)
+        self._lane = lane
 
     def add_content(self, text: str) -> None:
         if self._reasoning is not None:
@@ -989,16 +1042,24 @@ class Transcript:
         tail = "".join(self._live_content)
         if self._reasoning is not None:
             tail += reasoning_block("".join(self._reasoning), done=False, seconds=0)
-        return self._committed_text + tail + self._running_tools
+        lane = self._lane.render() if self._lane is not None else ""
+        return self._committed_text + tail + self._running_tools + lane
 
     def live_block_at(self) -> int | None:
         """Where the open reasoning block starts in render(): it alone changes in place."""
+        if self._lane is not None:
+            at = self._lane.live_block_at()
+            return None if at is None else len(self.render()) - len(self._lane.render()) + at
         if self._reasoning is None:
             return None
         return sum(map(len, self._committed)) + sum(map(len, self._live_content))
 
     def _has_text(self) -> bool:
-        return bool(self._committed or self._live_content)
+        return self._continues or bool(self._committed or self._live_content)
+
+    def has_text(self) -> bool:
+        """Anything written yet (a lane: also what it follows)."""
+        return self._has_text()
 
     def _commit_live_content(self) -> None:
         if self._live_content:
@@ -1631,7 +1692,8 @@ def _as_dict(value: Any) -> dict:
 # History: earlier assistant messages split back into speaker turns
 # ============================================================================
 
-HEADING_RE = re.compile(rf"^### (?:{_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
+HEADING_RE = re.compile(rf"^### ({_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
+_MODEL_BEHIND_RE = re.compile(r"\s*<sub>[^<]*</sub>$")  # a heading's model name (a valve)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
     r'<details type="(?:reasoning|tool_calls|code_interpreter|manager)"[^>]*>.*?</details>\n?',
@@ -1681,8 +1743,11 @@ def split_turns(content: str) -> list[Turn]:
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = _clean_said(content[match.end() : end])
-        if text:
-            turns.append(Turn(md_unescape(match.group(1)), text))
+        if text and match.group(1) == MODERATOR_MARK:
+            turns.append(Turn(None, md_unescape(text)))  # the user's words between rounds
+        elif text:
+            alias = md_unescape(_MODEL_BEHIND_RE.sub("", match.group(2)))
+            turns.append(Turn(alias, text))
     return turns
 
 
@@ -1856,6 +1921,10 @@ class ContextBudget:
 
     def limit(self, profile: ModelProfile) -> int:
         return self._learned.get(profile.model_id) or profile.context_tokens or self._default
+
+    def known(self, profile: ModelProfile) -> bool:
+        """The size is the model's own setting or one a server named, not the assumed one."""
+        return bool(self._learned.get(profile.model_id) or profile.context_tokens)
 
     def chars_per_token(self, profile: ModelProfile) -> float:
         return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
@@ -2107,15 +2176,22 @@ class SpeakerGuard:
 
 
 class ReplyFilter:
-    """A reply's text on its way to the transcript: think tags split off, then the guard."""
+    """A reply's text on its way to the transcript: think tags split off, then the speaker
+    guard, then the echo guard."""
 
-    def __init__(self, guard: SpeakerGuard | None = None) -> None:
+    def __init__(self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None) -> None:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
+        self.echo = echo
 
     @property
     def stopped_by(self) -> str | None:
         return self.guard.stopped_by if self.guard else None
+
+    @property
+    def ended(self) -> bool:
+        """The reply ended early: it spoke as someone else, or began copying."""
+        return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
@@ -2123,18 +2199,24 @@ class ReplyFilter:
     def flush(self) -> list[tuple[str, str]]:
         parts = self._guarded(self._splitter.flush())
         tail = self.guard.flush() if self.guard else ""
+        if self.echo is not None:
+            tail = (self.echo.feed(tail) if tail else "") + self.echo.flush()
         return [*parts, ("content", tail)] if tail else parts
 
     def _guarded(self, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        if self.guard is None:
+        if self.guard is None and self.echo is None:
             return parts
         out = []
         for kind, text in parts:
-            if self.guard.stopped_by is not None:
+            if self.ended:
                 break
             if kind == "content":
-                text = self.guard.feed(text)
+                arrived = bool(text)
+                text = self.guard.feed(text) if self.guard else text
+                text = self.echo.feed(text) if self.echo and text else text
                 if not text:
+                    if arrived:  # held back for now: the reasoning before it has ended
+                        out.append(("reasoning_end", ""))
                     continue
             out.append((kind, text))
         return out
@@ -2440,10 +2522,14 @@ def mention_order(text: str, aliases: list[str]) -> list[int]:
     return sorted(found, key=found.__getitem__)
 
 
-class SpeakerPolicy(Protocol):
+class SpeakerPolicy:
     """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
 
-    async def pick(self, slot: int, last: int | None) -> Pick: ...
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        raise NotImplementedError
+
+    def heard(self, index: int, said: str) -> None:
+        """What participant `index` said; most policies need not know."""
 
 
 @dataclass
@@ -2455,7 +2541,7 @@ class Pick:
     end: str = ""  # non-empty: end the conversation instead, for this reason
 
 
-class FixedOrder:
+class FixedOrder(SpeakerPolicy):
     """Round robin: everyone once per round, in `order` (mentioned participants first)."""
 
     def __init__(self, order: list[int]) -> None:
@@ -2465,7 +2551,7 @@ class FixedOrder:
         return Pick(self.order[slot % len(self.order)])
 
 
-class ShuffledRounds:
+class ShuffledRounds(SpeakerPolicy):
     """Random order that still has rounds: a fresh shuffle each round, so everyone speaks once a
     round, and nobody twice in a row, across a round's edge or the message before either."""
 
@@ -2487,6 +2573,32 @@ class ShuffledRounds:
             swap = self.rng.randrange(1, len(order))
             order[0], order[swap] = order[swap], order[0]
         return order
+
+
+class Handoffs(SpeakerPolicy):
+    """@mentions: those the user named first, then the rest, every round; a participant that
+    ends its turn addressing another (`@Name` in its last paragraph) hands it the next turn."""
+
+    def __init__(self, order: list[int], aliases: list[str]) -> None:
+        self.order = order
+        self.aliases = aliases
+        self._left: list[int] = []  # who has not spoken yet this round
+        self._handed: int | None = None
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        if slot % len(self.order) == 0:
+            self._left = list(self.order)
+        index, self._handed = self._handed, None
+        if index is None:
+            index = self._left[0] if self._left else self.order[slot % len(self.order)]
+        if index in self._left:
+            self._left.remove(index)
+        return Pick(index)
+
+    def heard(self, index: int, said: str) -> None:
+        last = said.strip().split("\n\n")[-1]
+        named = [i for i in mention_order(last, self.aliases) if i != index]
+        self._handed = named[-1] if named else None
 
 
 # The manager answers with a name: a few tokens. Bounding it keeps a small model from rambling
@@ -2533,7 +2645,7 @@ def manager_pick(answer: str, aliases: list[str], last: int | None) -> tuple[int
 ManagerAsk = Callable[[list[dict], int], Awaitable[str]]
 
 
-class ManagerChoice:
+class ManagerChoice(SpeakerPolicy):
     """The manager model's pick, re-asked with what was wrong up to MANAGER_ATTEMPTS times.
 
     An answer of END ends the conversation. An error or timeout, or no valid name after the
@@ -2769,6 +2881,58 @@ def tally(votes: list[tuple[str, str]]) -> str:
     return " · ".join(f"{choice} {len(who)} ({', '.join(who)})" for choice, who in ranked)
 
 
+REVIEW_RULES = (
+    "You review the other participants' answers to the user's last message; yours is not "
+    "among them, and their names are hidden."
+)
+_RANKING_RE = re.compile(
+    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE
+)
+
+
+def review_ask(answers: list[str]) -> str:
+    """The ranking question: the answers as Response A, B, … (the reviewer's own left out)."""
+    shown = "\n\n".join(f'Response {chr(65 + i)}:\n"{text}"' for i, text in enumerate(answers))
+    last = ", ".join(chr(65 + i) for i in reversed(range(len(answers))))
+    return (
+        f"Here are the answers, without names:\n\n{shown}\n\nRank them from best to worst for "
+        f"accuracy and insight: a sentence or two on why, then one last line such as "
+        f"`RANKING: {last}`."
+    )
+
+
+def parse_ranking(said: str, count: int) -> list[int]:
+    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none."""
+    lines = _RANKING_RE.findall(said)
+    if not lines:
+        return []
+    letters = re.findall(r"(?<![A-Za-z])([A-Z])(?![a-z])", lines[-1].upper())
+    order = [ord(x) - 65 for x in letters if 0 <= ord(x) - 65 < count]
+    return list(dict.fromkeys(order))
+
+
+def ranking_table(rankings: dict[str, list[str]], aliases: list[str]) -> str:
+    """The combined peer ranking as a markdown table: points (a first place is worth as many
+    as the answers a reviewer saw, the last one 1), then who placed each where; nobody ranks
+    their own answer."""
+    points = {alias: 0 for alias in aliases}
+    placed: dict[str, list[str]] = {alias: [] for alias in aliases}
+    for reviewer, order in rankings.items():
+        for place, alias in enumerate(order):
+            points[alias] += len(aliases) - 1 - place
+            placed[alias].append(f"{md_text(reviewer)}: {_ordinal(place + 1)}")
+    ranked = sorted(aliases, key=lambda a: -points[a])  # stable: ties keep the turn order
+    rows = [
+        f"| {i} | {md_text(alias)} | {points[alias]} | {', '.join(placed[alias]) or '–'} |"
+        for i, alias in enumerate(ranked, 1)
+    ]
+    return "\n".join(["| # | Answer by | Points | Placed by |", "|---|---|---|---|", *rows])
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n if n < 20 else n % 10, 'th') }"
+
+
 # ============================================================================
 # Direction: who speaks, when it ends, what each speaker is told, and how it closes
 # ============================================================================
@@ -2779,11 +2943,12 @@ class TurnPlan:
     """One turn the direction asks for: who speaks, what they are told, how it is judged."""
 
     speaker: Participant
-    kind: Literal["turn", "closing", "vote"] = "turn"
+    kind: Literal["turn", "closing", "vote", "review", "words"] = "turn"  # words: the user's
     rules: str = ""  # about this turn, in the speaker's system prompt
     ask: str = ""  # added to the last message (the closing's task, the vote's question)
     why: str = ""  # the manager's reason, shown under the heading
     pass_allowed: bool = False
+    hides: int = 0  # the conversation's newest turns this speaker does not see (a review)
 
     @property
     def guarded(self) -> bool:
@@ -2801,6 +2966,38 @@ class Heard:
     benched: bool = False  # its model cannot hold the conversation: it sits out the rest
 
 
+class Moderator:
+    """Between rounds, the user may add words, or end the conversation, through the host's own
+    input prompt; an empty answer, Cancel, a closed tab or the timeout goes on."""
+
+    def __init__(self, ask: Callable[[dict], Awaitable[Any]], clock: Clock, seconds: float) -> None:
+        self._ask = ask
+        self._clock = clock
+        self._seconds = seconds
+
+    async def between(self, next_round: int, rounds: int) -> str:
+        """What the user typed before round `next_round` ('' to go on, END_WORD to close)."""
+        event = {
+            "type": "input",
+            "data": {
+                "title": f"Before round {next_round} of {rounds}",
+                "message": f"Anything to add before round {next_round}? Everyone will hear it. "
+                "Leave it empty to go on, or type end to close the conversation.",
+                "placeholder": "Your words, or end",
+            },
+        }
+        try:
+            answer = await within(self._clock, self._seconds, self._ask(event))
+        except TimeoutError:
+            log.debug("no moderator answer within %g s; going on", self._seconds)
+            return ""
+        except Exception as exc:  # a closed tab or a host error: the run goes on
+            log.warning("the moderator prompt failed (%s); going on", exc)
+            return ""
+        text = answer.strip() if isinstance(answer, str) else ""  # Cancel answers False
+        return END_WORD if normalize_name(text) == END_WORD.lower() else text
+
+
 class Direction:
     """The conversation's rules, built once from the config: the policy that picks speakers, the
     endings checked after each turn, the rules each speaker is told, and the closing."""
@@ -2812,39 +3009,65 @@ class Direction:
         closer: Participant | None,
         policy: SpeakerPolicy,
         endings: list[EndCondition],
+        moderator: Moderator | None = None,
     ) -> None:
         self.config = config
         self.participants = participants
         self.closer = closer
         self.policy = policy
         self.endings = endings
+        self.moderator = moderator
+        self.council = config.selection == "council"  # a round's turns at once, unseen
         self.progress = Progress()
         self.reason = ""  # why it ended
         self.outcome = ""  # how, for the final status ("" when its rounds ended it)
         self._last: int | None = None
         self.benched: set[str] = set()  # participants whose model cannot hold the conversation
+        self._answers: list[tuple[Participant, str]] = []  # the last council round's answers
+        self._asked_at = 0  # the slot before which the moderator was last asked
         # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
         self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
 
-    async def next_turn(self) -> TurnPlan | None:
-        """The next conversation turn, or None once it has ended."""
+    async def next_turns(self) -> list[TurnPlan]:
+        """The next turns to speak: one, or a council round's all at once; [] once it ended.
+
+        Between rounds the moderator, if any, is asked first."""
+        slot, count = self.progress.slots, len(self.participants)
+        if not self.reason and self.moderator and slot % count == 0 < slot != self._asked_at:
+            self._asked_at = slot
+            words = await self.moderator.between(slot // count + 1, self.config.rounds)
+            if words == END_WORD:
+                self.reason, self.outcome, self.explains = "the moderator ended it", "ended", True
+            elif words:
+                return [TurnPlan(self.participants[0], "words", ask=words)]
         if self.reason:
-            return None
-        pick = await self.policy.pick(self.progress.slots, self._last)
+            return []
+        if self.council:
+            self._answers = []
+            rules = self.turn_rules(slot)
+            return [TurnPlan(p, rules=rules) for p in self.participants]
+        pick = await self.policy.pick(slot, self._last)
         if pick.end:
             self.reason = self.outcome = pick.end
-            return None
+            return []
         self._last = pick.index
-        return TurnPlan(
-            self.participants[pick.index],
-            rules=self.turn_rules(self.progress.slots),
-            why=pick.why,
-            pass_allowed=self.config.pass_allowed,
-        )
+        return [
+            TurnPlan(
+                self.participants[pick.index],
+                rules=self.turn_rules(slot),
+                why=pick.why,
+                pass_allowed=self.config.pass_allowed,
+            )
+        ]
 
     def heard(self, plan: TurnPlan, heard: Heard, tokens: int) -> None:
         """Record a turn; the first ending that holds ends the conversation."""
+        if plan.kind == "words":
+            return  # the user's own words are not a turn
         self.progress.record(plan.speaker.alias, heard.said, heard.passed, tokens)
+        self.policy.heard(plan.speaker.index, heard.said)
+        if self.council and heard.said and not heard.passed:
+            self._answers.append((plan.speaker, heard.said))
         if heard.benched:
             self.benched.add(plan.speaker.alias)
             if len(self.benched) == len(self.participants):
@@ -2856,6 +3079,20 @@ class Direction:
                 self.reason, self.outcome = reason, ending.label
                 return
 
+    def where(self, plans: list[TurnPlan]) -> str:
+        """The status while turns run: the round and who speaks ("Round 2 of 3 · Ana")."""
+        plan = plans[0]
+        names = _and([p.speaker.alias for p in plans])
+        if plan.kind != "turn":
+            what = {"closing": "Closing", "vote": "Vote", "review": "Peer review"}.get(plan.kind)
+            return f"{what} · {names}"
+        count, slot = len(self.participants), self.progress.slots
+        if self.council:
+            return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
+        if isinstance(self.policy, ManagerChoice):
+            return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
+        return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
+
     def turn_rules(self, slot: int) -> str:
         """What a participant is told about its turn: how many remain, PASS, the stop phrase."""
         config, count = self.config, len(self.participants)
@@ -2864,7 +3101,12 @@ class Direction:
         rules = [
             f"This is turn {slot + 1} of {at_most}{total}; {total - slot - 1} more after yours."
         ]
-        if config.selection in ("round_robin", "mention", "random"):
+        if self.council:
+            rules = [
+                f"Round {slot // count + 1} of {config.rounds}. Everyone answers this round at "
+                "the same time: you do not see the others' answers of this round."
+            ]
+        elif config.selection in ("round_robin", "mention", "random"):
             rules.insert(0, f"Round {slot // count + 1} of {config.rounds}.")
         if config.pass_allowed:
             rules.append(
@@ -2878,21 +3120,63 @@ class Direction:
             )
         return " ".join(rules)
 
-    def closing_turns(self) -> list[TurnPlan]:
-        """The turns after the conversation: everyone's vote, or the closing speaker's."""
+    def closing_turns(self, done: list[tuple[TurnPlan, Heard]]) -> tuple[str, list[TurnPlan]]:
+        """What follows the conversation, given the closing turns `done` so far: a line to show
+        first, then the next turns (none: it is over). Peer review, then the closing speaker;
+        or everyone's vote."""
         if self.config.closing == "vote":
-            return [
-                TurnPlan(p, "vote", rules=VOTE_PROMPT, ask=VOTE_PROMPT) for p in self.participants
-            ]
+            return ("", []) if done else ("", [self._vote(p) for p in self.participants])
+        reviewing = self.config.peer_review and self.council and len(self._answers) > 1
+        if reviewing and not done:
+            return "", self._reviews()
+        if any(plan.kind == "closing" for plan, _ in done):
+            return "", []
         if self.closer is None:
-            return []
+            return (self._ranking(done), []) if reviewing else ("", [])
+        line = self._ranking(done) if reviewing else ""
+        return line, [self._closing(line)]
+
+    def _vote(self, p: Participant) -> TurnPlan:
+        return TurnPlan(p, "vote", rules=VOTE_PROMPT, ask=VOTE_PROMPT)
+
+    def _reviews(self) -> list[TurnPlan]:
+        """Each participant with an answer ranks the others' answers, named A, B, …"""
+        plans = []
+        for p, _ in self._answers:
+            others = [said for q, said in self._answers if q is not p]
+            hides = len(self._answers)
+            plans.append(
+                TurnPlan(p, "review", rules=REVIEW_RULES, ask=review_ask(others), hides=hides)
+            )
+        return plans
+
+    def _ranking(self, done: list[tuple[TurnPlan, Heard]]) -> str:
+        """The combined ranking of the reviews among `done`, as a table under a line."""
+        rankings: dict[str, list[str]] = {}
+        for plan, heard in done:
+            if plan.kind != "review":
+                continue
+            others = [q.alias for q, _ in self._answers if q is not plan.speaker]
+            order = parse_ranking(heard.said, len(others))
+            if order:
+                rankings[plan.speaker.alias] = [others[i] for i in order]
+        aliases = [p.alias for p, _ in self._answers]
+        if not rankings:
+            return "*🏅 Peer review: no reviewer gave a ranking.*"
+        return f"*🏅 Peer review, combined:*\n\n{ranking_table(rankings, aliases)}"
+
+    def _closing(self, ranking: str) -> TurnPlan:
+        assert self.closer is not None
         prompt = getattr(self.config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
+        if ranking:
+            table = ranking.split("\n\n", 1)[-1]
+            prompt = f"{prompt}\n\nThe participants ranked each other's answers:\n{table}"
         aliases = ", ".join(p.alias for p in self.participants)
         rules = (
             f"You are {self.closer.alias}. The group conversation between {aliases} has ended, "
             f"and you close it.\n\n{prompt}"
         )
-        return [TurnPlan(self.closer, "closing", rules=rules, ask=prompt)]
+        return TurnPlan(self.closer, "closing", rules=rules, ask=prompt)
 
     def verdict(self, votes: list[tuple[TurnPlan, Heard]]) -> str:
         """The tally line after a vote ('' without one); a reply without a VOTE line abstains."""
@@ -2916,6 +3200,10 @@ class Direction:
         return f"*🏁 The conversation ended after {turns}{passes}: {md_text(self.reason)}.*"
 
 
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def make_direction(
     config: ConversationConfig,
     participants: list[Participant],
@@ -2924,6 +3212,7 @@ def make_direction(
     manager: ManagerChoice | None,
     rng: random.Random,
     clock: Clock,
+    moderator: Moderator | None = None,
 ) -> Direction:
     """The policy and endings the config asks for; `earlier` turns are the chat so far."""
     aliases = [p.alias for p in participants]
@@ -2933,13 +3222,12 @@ def make_direction(
     elif config.selection == "random":
         spoke = next((t.speaker for t in reversed(earlier) if t.speaker is not None), "")
         policy = ShuffledRounds(len(aliases), rng, match_alias(spoke, aliases) if spoke else None)
+    elif config.selection == "mention":
+        latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
+        named = mention_order(_text_of(latest), aliases)
+        policy = Handoffs(named + [i for i in range(len(aliases)) if i not in named], aliases)
     else:
-        order = list(range(len(aliases)))
-        if config.selection == "mention":
-            latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
-            named = mention_order(_text_of(latest), aliases)
-            order = named + [i for i in order if i not in named]
-        policy = FixedOrder(order)
+        policy = FixedOrder(list(range(len(aliases))))
     endings: list[EndCondition] = [RoundsDone(config.rounds, len(aliases))]
     if config.stop_phrase:
         endings.append(StopPhraseSaid(config.stop_phrase))
@@ -2949,7 +3237,7 @@ def make_direction(
         endings.append(TokenBudget(config.max_total_tokens))
     if config.pass_allowed:
         endings.append(EveryonePassed(aliases))
-    return Direction(config, participants, closer, policy, endings)
+    return Direction(config, participants, closer, policy, endings, moderator)
 
 
 # ============================================================================
@@ -3028,6 +3316,22 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
 
 
+class LaneEmitter:
+    """The emitter of a turn generated aside: its updates reach the screen only while its lane
+    is the one shown; statuses always do."""
+
+    def __init__(self, emitter: CoalescingEmitter) -> None:
+        self._emitter = emitter
+        self.shown = False
+
+    async def update(self) -> None:
+        if self.shown:
+            await self._emitter.update()
+
+    def post(self, event: dict[str, Any]) -> None:
+        self._emitter.post(event)
+
+
 class TurnStreamer:
     """One turn end to end: the fitted request, the stream into the transcript, the speaker
     guard, tools, a plain retry, cut marks and token accounting.
@@ -3069,6 +3373,7 @@ class TurnStreamer:
         self.speaking = False  # a turn is streaming
         self.guarded = True  # the turn being spoken is held to its own voice
         self.benched: set[str] = set()  # participants whose model cannot hold the conversation
+        self.sources: list[str] = []  # what the turn being spoken was shown: not to be copied
         self._tool_notice_shown: set[str] = set()
         self._told_shortened: set[str] = set()  # models the user heard their message was cut for
 
@@ -3081,17 +3386,18 @@ class TurnStreamer:
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         self.speaking, self.guarded = True, plan.guarded
         mark = self.transcript.checkpoint()
-        self.transcript.start_turn(p)
+        self.transcript.start_turn(p, profile.name if self.settings.valves.SHOW_MODELS else "")
         if plan.why and self.settings.show_manager_reason:
             self.transcript.add_block(manager_block(plan.why))
         self._tools_notice(p, profile)
         await self.emitter.update()
         system = self.system_prompt(plan, profile)
+        seen = self.turns[: len(self.turns) - plan.hides]  # a reviewer sees no named answers
 
         def build(room: int | None) -> list[dict] | None:
             if room is not None:
                 room -= len(plan.ask) + 2
-            messages = self.fitted_messages(p, profile, system, room)
+            messages = self.fitted_messages(p, profile, system, room, seen)
             if messages and plan.ask:
                 last = messages[-1]
                 messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
@@ -3108,6 +3414,52 @@ class TurnStreamer:
         self.speaking = False
         await self.emitter.update()
         return Heard(said, passed, benched=p.alias in self.benched)
+
+    async def together(self, plans: list[TurnPlan]) -> list[Heard]:
+        """Several turns generated at once, none seeing the others, shown one after another:
+        the first streams live; each next appears at once as far as it has got, then streams.
+
+        So the round takes as long as its slowest turn, and every frame is still an append.
+        """
+        after = self.transcript.has_text()
+        lanes = [Transcript(self.clock.now, continues=after or i > 0) for i in range(len(plans))]
+        emitters = [LaneEmitter(self.emitter) for _ in plans]  # type: ignore[arg-type]
+        forks = [self._fork(lane, emitter) for lane, emitter in zip(lanes, emitters, strict=True)]
+        tasks = [asyncio.ensure_future(f.turn(plan)) for f, plan in zip(forks, plans, strict=True)]
+        heard: list[Heard] = []
+        self.speaking = True
+        try:
+            for lane, emitter, task in zip(lanes, emitters, tasks, strict=True):
+                self.transcript.show_lane(lane)
+                emitter.shown = True
+                await self.emitter.update()
+                heard.append(await task)
+        finally:
+            for task in tasks:
+                task.cancel()  # Stop: the turns not shown yet are dropped
+            self.transcript.show_lane(None)  # what was shown stays (and says it was stopped)
+        self.speaking = False
+        for fork, plan, result in zip(forks, plans, heard, strict=True):
+            self.tokens += fork.tokens
+            if result.said and not result.passed:
+                self.turns.append(Turn(plan.speaker.alias, result.said))
+        await self.emitter.update()
+        return heard
+
+    def _fork(self, transcript: Transcript, emitter: LaneEmitter) -> TurnStreamer:
+        """A streamer for one turn generated aside: its own transcript, screen and copy of the
+        turns; the run's budget, profiles and who sits out are shared."""
+        fork = copy.copy(self)
+        fork.transcript, fork.emitter = transcript, emitter  # type: ignore[assignment]
+        fork.turns, fork.tokens, fork.speaking = list(self.turns), 0, False
+        return fork
+
+    async def user_words(self, text: str) -> Heard:
+        """The user's words between rounds: shown under their name, heard by everyone after."""
+        self.transcript.add_user_words(self.user_name, text)
+        self.turns.append(Turn(None, text))
+        await self.emitter.update()
+        return Heard(text)
 
     def _tools_notice(self, p: Participant, profile: ModelProfile) -> None:
         """Once per participant: the user picked tools its model cannot call."""
@@ -3144,25 +3496,61 @@ class TurnStreamer:
             form["max_tokens"] = max_tokens
         return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
 
-    def room(self, p: Participant, profile: ModelProfile, shrink: float = 1.0) -> int | None:
+    def room(
+        self, p: Participant, profile: ModelProfile, shrink: float = 1.0, tools: bool = True
+    ) -> int | None:
         """Characters a request's messages may take (tool specs and the reply set aside);
         None when the model's context size is unknown."""
         reserve = min(self.max_tokens(p) or 1024, self.budget.limit(profile) // 2)
         room = self.budget.room_chars(profile, reserve, shrink)
-        return None if room is None else room - self._tools_chars(profile)
+        if room is None or not tools:
+            return room
+        return room - self._tools_chars(profile)
+
+    def first_fit(
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        build: Callable[[int | None], list[dict] | None],
+    ) -> tuple[list[dict] | None, int | None, bool]:
+        """The turn's first request: messages, their room and whether tools are offered.
+
+        A context that is only assumed (`CONTEXT_TOKENS`) never costs a participant its tools
+        or its turns: the request goes as it is, and the server's answer decides. In a known
+        context, tool definitions that leave no room for the conversation are left out."""
+        room = self.room(p, profile)
+        base = build(room)
+        tools = bool(profile.tool_specs)
+        if base is None and not self.budget.known(profile):
+            return build(None), None, tools
+        if base is None and tools:
+            room, tools = self.room(p, profile, tools=False), False
+            base = build(room)
+            if base is not None:
+                self._notice(
+                    f"{md_text(p.alias)} answers without tools this turn: their definitions "
+                    "do not fit its model's context."
+                )
+        return base, room, tools
 
     def fitted_messages(
-        self, p: Participant, profile: ModelProfile, system_text: str, room: int | None
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        system_text: str,
+        room: int | None,
+        turns: list[Turn],
     ) -> list[dict] | None:
-        """System prompt, then the turns fitted into `room`; None: not even the system prompt,
+        """System prompt, then `turns` fitted into `room`; None: not even the system prompt,
         the topic and the latest message fit."""
         system = {"role": "system", "content": system_text}
-        turns = self.turns
+        self.sources = echo_sources(system_text, turns)
         if room is not None:
-            fitted = fit_turns(self.turns, room - message_chars([system]))
+            fitted = fit_turns(turns, room - message_chars([system]))
             if fitted is None:
                 return None
             turns = fitted.turns
+            self.sources = echo_sources(system_text, turns)
             if fitted.omitted:
                 log.debug("%s: %d earlier turns left out", p.alias, fitted.omitted)
             if fitted.shortened and profile.model_id not in self._told_shortened:
@@ -3190,8 +3578,7 @@ class TurnStreamer:
         `build(room)` gives the messages fitted into `room` characters (None: not fitted).
         """
         said: list[str] = []
-        room = self.room(p, profile)
-        base = build(room)
+        base, room, tools = self.first_fit(p, profile, build)
         extra: list[dict] = []  # this turn's tool calls and results
         tool_rounds = corrections = 0
         refitted = False
@@ -3208,7 +3595,7 @@ class TurnStreamer:
             messages = base + extra
             if room is not None and extra:
                 messages = fit_tool_results(messages, len(base), room)
-            offer = bool(profile.tool_specs) and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
+            offer = tools and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
             offer = offer and corrections <= self.settings.valves.MAX_TOOL_CORRECTIONS
             result = await self.stream_once(p, profile, messages, offer, ends_at)
             if result.content:
@@ -3287,7 +3674,7 @@ class TurnStreamer:
     ) -> StreamResult:
         """Stream one reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
         form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
-        form.update(self._sampling(profile))
+        form.update(self._sampling(profile, p))
         form.update(self._bounds(p))
         if offer_tools:
             form["tools"] = profile.tool_specs
@@ -3295,7 +3682,7 @@ class TurnStreamer:
             form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
         result = StreamResult()
         decoder, calls = SSEDecoder(), ToolCallAccumulator()
-        splitter = ReplyFilter(self.guard_for(p))
+        splitter = ReplyFilter(self.guard_for(p), self.echo_guard())
         content: list[str] = []
         silence = self.settings.valves.TURN_TIMEOUT
         loop = asyncio.get_running_loop()
@@ -3312,8 +3699,8 @@ class TurnStreamer:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
-                    if splitter.stopped_by is not None:
-                        break  # it began someone else's line: the reply ends before it
+                    if splitter.ended:
+                        break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():
                         self._apply(decode_frame(payload), splitter, calls, content, result)
@@ -3333,11 +3720,14 @@ class TurnStreamer:
             result.cut = "length"
         if splitter.stopped_by is not None:
             log.debug("%s began a line as %s; the reply ends there", p.alias, splitter.stopped_by)
+        content_end = self._end_reply(splitter, content, result)
+        if splitter.echo is not None and splitter.echo.echoed and result.error is None:
+            result.cut = "echo"  # it began copying what was already said
         ended = result.finish_reason or result.done or result.cut or splitter.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
             result.error = "the stream ended before the model finished"
-        result.content = self._end_reply(splitter, content, result)
+        result.content = content_end
         result.calls = calls.calls() if result.error is None and not result.cut else []
         self._count_tokens(result.tokens, form["messages"], result.content)
         return result
@@ -3358,6 +3748,10 @@ class TurnStreamer:
             bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
         return bounds
 
+    def echo_guard(self) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown."""
+        return EchoGuard(self.sources) if self.guarded and self.sources else None
+
     def guard_for(self, p: Participant) -> SpeakerGuard | None:
         """A conversation turn ends at a line where it starts speaking as someone else."""
         if not self.guarded:
@@ -3370,7 +3764,9 @@ class TurnStreamer:
 
     def _cut_line(self, p: Participant, cut: str) -> None:
         """A visible mark that a reply was cut short; history leaves it out like a notice."""
-        if cut == "time":
+        if cut == "echo":
+            why = "cut: it began repeating what was already said"
+        elif cut == "time":
             why = f"cut after {self.settings.valves.TURN_TIME_LIMIT:g} s"
         elif self.max_tokens(p):
             why = f"cut at {self.max_tokens(p)} tokens"
@@ -3433,7 +3829,7 @@ class TurnStreamer:
         form = {
             "model": profile.model_id,
             "messages": list(messages),
-            **self._sampling(profile),
+            **self._sampling(profile, p),
             **self._bounds(p),
         }
         try:
@@ -3444,7 +3840,7 @@ class TurnStreamer:
             return ""
         self._count_tokens(None, form["messages"], text)
         content: list[str] = []
-        splitter, scratch = ReplyFilter(self.guard_for(p)), StreamResult()
+        splitter, scratch = ReplyFilter(self.guard_for(p), self.echo_guard()), StreamResult()
         for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
         said = self._end_reply(splitter, content, scratch)
@@ -3460,8 +3856,11 @@ class TurnStreamer:
         """A warning line in the transcript; history leaves it out."""
         self.transcript.add_notice(f"{NOTICE_PREFIX}{markdown}*")
 
-    def _sampling(self, profile: ModelProfile) -> dict[str, Any]:
+    def _sampling(self, profile: ModelProfile, p: Participant) -> dict[str, Any]:
+        """The valves' sampling, with the participant's own temperature and top-p."""
         sampling = dict(self.settings.sampling)
+        own = {"temperature": p.temperature, "top_p": p.top_p}
+        sampling.update({k: v for k, v in own.items() if v is not None})
         if profile.owned_by != "ollama":
             sampling.pop("top_k", None)  # OpenAI-style APIs reject top_k
         return sampling
@@ -3558,7 +3957,11 @@ def make_manager(
     aliases = streamer.aliases
 
     def prompt(last: int | None) -> str:
-        history = history_digest(streamer.turns, streamer.user_name, valves.MANAGER_HISTORY_CHARS)
+        limit = valves.MANAGER_HISTORY_CHARS
+        room = streamer.budget.room_chars(profile, 4 * MANAGER_ANSWER_TOKENS, 1.0)
+        if room is not None:  # the prompt's own words and the system message need room too
+            limit = max(0, min(limit, room - len(settings.manager_prompt) - 2000))
+        history = history_digest(streamer.turns, streamer.user_name, limit)
         return manager_prompt(settings.manager_prompt, history, aliases, last)
 
     async def ask(messages: list[dict], max_tokens: int) -> str:
@@ -3588,19 +3991,40 @@ class Run:
     async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
         """Turns until an ending holds, then the closing; returns why it ended."""
         self.direction, self.streamer, self.started = direction, streamer, self.clock.now()
-        while (plan := await direction.next_turn()) is not None:
+        while plans := await direction.next_turns():
             self.in_turn = True
-            heard = await streamer.turn(plan)
+            for plan, heard in zip(plans, await self.speak(plans), strict=True):
+                direction.heard(plan, heard, streamer.tokens)
             self.in_turn = False
-            direction.heard(plan, heard, streamer.tokens)
         if direction.explains:
             self.status(f"Conversation ended: {direction.reason}.")
-        closing = [(plan, await streamer.turn(plan)) for plan in direction.closing_turns()]
-        for line in (direction.verdict(closing), direction.end_line()):
+        done: list[tuple[TurnPlan, Heard]] = []
+        while True:
+            line, plans = direction.closing_turns(done)
+            if line:
+                self.transcript.add_notice(line)
+            if not plans:
+                break
+            done += zip(plans, await self.speak(plans), strict=True)
+        for line in (direction.verdict(done), direction.end_line()):
             if line:
                 self.transcript.add_notice(line)
         await self.emitter.update()
         return direction.reason
+
+    async def speak(self, plans: list[TurnPlan]) -> list[Heard]:
+        """The planned turns spoken: a council round's or the reviews at once, others in turn."""
+        assert self.streamer is not None and self.direction is not None
+        if plans[0].kind == "words":
+            return [await self.streamer.user_words(plans[0].ask)]
+        if len(plans) > 1 and plans[0].kind in ("turn", "review"):
+            self.status(self.direction.where(plans), done=False)
+            return await self.streamer.together(plans)
+        heard = []
+        for plan in plans:
+            self.status(self.direction.where([plan]), done=False)
+            heard.append(await self.streamer.turn(plan))
+        return heard
 
     # -- the status line ---------------------------------------------------------------------
     def status(self, text: str, done: bool = True) -> None:
@@ -3982,7 +4406,7 @@ class Prepared:
     profiles: dict[str, ModelProfile]
     manager: ModelProfile | None
     closer: Participant | None
-    context_limits: dict[str, int]  # sizes servers named, shared by every run (Pipe's)
+    budget: ContextBudget  # sizes servers named and prompts that worked: shared (Pipe's)
     rng: random.Random
 
 
@@ -4005,7 +4429,7 @@ def _cast(
         transcript,
         emitter,
         run.clock,
-        ContextBudget(settings.valves.CONTEXT_TOKENS, prepared.context_limits),
+        prepared.budget,
         profiles=prepared.profiles,
         aliases=[p.alias for p in prepared.participants],
         user_name=user_info.get("name") or "User",
@@ -4014,6 +4438,10 @@ def _cast(
         want_usage=prepared.config.max_total_tokens > 0,
     )
     chooser = make_manager(streamer, prepared.manager, run.status) if prepared.manager else None
+    ask = ctx.extra_params.get("__event_call__")  # None without a browser tab (the API)
+    moderator = None
+    if prepared.config.moderator == "between_rounds" and ask is not None:
+        moderator = Moderator(ask, run.clock, settings.valves.MODERATOR_TIMEOUT)
     direction = make_direction(
         prepared.config,
         prepared.participants,
@@ -4022,6 +4450,7 @@ def _cast(
         chooser,
         prepared.rng,
         run.clock,
+        moderator,
     )
     return direction, streamer
 
@@ -4064,6 +4493,11 @@ class Pipe:
         self.valves = self.Valves()
         # Context sizes servers named in errors: facts about models, shared by every run.
         self.context_limits: dict[str, int] = {}
+        self.context_proven: dict[str, int] = {}  # largest prompts (tokens) that worked
+
+    def _budget(self) -> ContextBudget:
+        """A run's view of the models' contexts, over what every run has learnt."""
+        return ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits, self.context_proven)
 
     def pipes(self) -> list[dict[str, str]]:
         # v2's pipe id, so chats that used it keep their model after an upgrade.
@@ -4231,7 +4665,7 @@ class Pipe:
             await _remember(gateway, ctx, config)
         manager = profiles[manager_id] if config.use_manager else None
         return Prepared(
-            config, participants, profiles, manager, closer, self.context_limits, self.rng_factory()
+            config, participants, profiles, manager, closer, self._budget(), self.rng_factory()
         )
 
     async def _choose_config(
@@ -4310,7 +4744,7 @@ class Pipe:
             if isinstance(wanted, int) and wanted > 0
             else TASK_MAX_TOKENS
         )
-        budget = ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits)
+        budget = self._budget()
         asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
         try:
             # The host holds the message open until its tasks end: they must end soon.
@@ -4410,6 +4844,26 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "follow up on vague answers.",
             },
             {"alias": "Candidate", "system_message": "You are interviewed: answer candidly."},
+        ],
+    },
+    "council": {
+        "label": "Council: answer at once, rank each other, a chair sums up",
+        "config": {
+            "rounds": 1,
+            "selection": "council",
+            "peer_review": True,
+            "closing": {
+                "alias": "Chair",
+                "prompt": "You chair this council. Synthesize the best answer to the user's "
+                "question from the participants' answers and their ranking: keep what the "
+                "best-ranked answers got right, fix what they got wrong, and say where the "
+                "council disagreed.",
+            },
+        },
+        "participants": [
+            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
+            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
+            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
         ],
     },
 }
@@ -5040,6 +5494,25 @@ ADMIN_VALVES: dict[str, Any] = {
             description="Newest characters of the conversation shown to the manager.",
         ),
     ),
+    "MODERATOR_TIMEOUT": (
+        float,
+        Field(
+            default=120,
+            gt=0,
+            title="Moderator prompt timeout (s)",
+            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
+            "before round N?* waits for an answer; then the conversation goes on.",
+        ),
+    ),
+    "SHOW_MODELS": (
+        bool,
+        Field(
+            default=False,
+            title="Show models in headings",
+            description="Show which model speaks behind each alias, in small type after the "
+            "speaker's name.",
+        ),
+    ),
     "STOP_SEQUENCES": (
         bool,
         Field(
@@ -5171,6 +5644,25 @@ USER_VALVES: dict[str, Any] = {
             description="Show the manager's answer in a collapsed block under each turn it picked.",
         ),
     ),
+    "AskBetweenRounds": (
+        bool,
+        Field(
+            default=False,
+            title="Ask me between rounds",
+            description="After each round, Open WebUI asks *Anything to add before round N?*: "
+            "what you type joins the conversation as your words, `end` closes it, empty goes "
+            "on.",
+        ),
+    ),
+    "PeerReview": (
+        bool,
+        Field(
+            default=False,
+            title="Peer review (council)",
+            description="With *Who speaks next* = `council`: after the round, each participant "
+            "ranks the others' answers, shown without names, and a table sums up the ranking.",
+        ),
+    ),
     "PassAllowed": (
         bool,
         Field(
@@ -5246,7 +5738,7 @@ USER_VALVES: dict[str, Any] = {
             default="",
             title="Preset",
             description="A named setup that fills whatever you leave unset: `debate`, "
-            "`brainstorm`, `review_panel` or `interview`. Empty: none.",
+            "`brainstorm`, `review_panel`, `interview` or `council`. Empty: none.",
         ),
     ),
     "Temperature": (

@@ -288,3 +288,73 @@ def test_fit_turns_leaves_short_conversations_alone(size):
     turns = [mmc.Turn(None, "x" * size), mmc.Turn("A", "y" * size)]
     fitted = mmc.fit_turns(turns, 100_000)
     assert fitted is not None and fitted.turns == turns and fitted.omitted == 0
+
+
+async def test_a_prompt_that_worked_in_one_chat_is_the_floor_for_every_later_guess():
+    h = PipeHarness(models={"a": "Ana"})
+    h.host.chat_configs["chat-1"] = config("a")
+    h.host.chat_configs["chat-2"] = config("a")
+    usage = 'data: {"choices": [], "usage": {"prompt_tokens": 3000, "total_tokens": 3100}}\n\n'
+    h.host.scripts["a"] = Script(
+        streams=[
+            [*reply("fine"), usage],  # chat 1: a 3,000-token prompt worked
+            mmc.ModelCallError("HTTP 400: prompt is too long"),  # chat 2: no size named
+        ]
+    )
+    await h.run("Hi")
+    assert h.pipe.context_proven == {"a": 3000}
+
+    history = [{"role": "user", "content": "old " * 8000}, {"role": "assistant", "content": "ok"}]
+    await h.run("Hi", history=history, chat_id="chat-2")
+
+    assert h.pipe.context_limits == {"a": 3000}  # learnt: what worked, not half of what failed
+    assert tokens(streamed(h)[-1]) <= 3000
+
+
+async def test_the_managers_view_of_the_conversation_fits_its_model():
+    h = PipeHarness(models={"a": "Ana", "b": "Ben", "boss": "Boss"})
+    h.host.records["boss"] = mmc_record(num_ctx=1000)
+    h.host.chat_configs["chat-1"] = config("a", "b", use_manager=True, manager_model="boss")
+    h.host.scripts["boss"] = Script(completions=["B", "A"])
+
+    await h.run(report(20_000))
+
+    for request in (r for r in h.host.requests if r["model"] == "boss"):
+        assert mmc.message_chars(request["messages"]) / 3 + 4 * 48 <= 1000
+
+
+async def test_tool_definitions_that_leave_no_room_are_left_out_for_the_turn():
+    h = PipeHarness(models={"a": "Ana"})
+
+    async def noop() -> str:
+        return ""
+
+    spec = {"name": "noop", "description": "x" * 30_000, "parameters": {}}
+    h.host.tools = {"noop": {"spec": spec, "callable": noop}}
+    h.host.records["a"] = mmc_record(num_ctx=8192)  # a known context, not an assumed one
+    h.host.chat_configs["chat-1"] = config("a")
+
+    result = await h.run("Hello")
+
+    (request,) = streamed(h)
+    assert "tools" not in request and "a reply" in result
+    assert result.count("answers without tools this turn") == 1 and "sits out" not in result
+
+    # With an assumed context (no num_ctx), the tools go as they are: the server decides.
+    h.host.records.clear()
+    h.host.requests.clear()
+    result = await h.run("Hello")
+    assert "tools" in streamed(h)[0] and "without tools" not in result
+
+
+async def test_an_assumed_context_never_makes_a_participant_sit_out():
+    h = PipeHarness(models={"a": "Ana"})  # no num_ctx: CONTEXT_TOKENS is only a guess
+    h.pipe.valves.CONTEXT_TOKENS = 500
+    h.host.chat_configs["chat-1"] = {
+        "rounds": 1,
+        "participants": [{"model": "a", "alias": "Ana", "system_message": "Long persona. " * 200}],
+    }
+
+    result = await h.run("Hello")
+
+    assert len(streamed(h)) == 1 and "sits out" not in result and "a reply" in result
