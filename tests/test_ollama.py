@@ -78,7 +78,7 @@ async def test_every_request_to_an_ollama_model_has_the_same_options_and_num_ctx
         options = request["options"]
         assert {k: options[k] for k in SAMPLING} == SAMPLING
         assert options["num_predict"] == 400 and options["num_ctx"] == 4096
-        assert options["stop"][0] == "\nB:"
+        assert options["stop"][0] == '\nB said: "'
         assert not {"temperature", "top_p", "top_k", "max_tokens", "stop"} & set(request)
     managed = [r for r in h.host.requests if r["model"] == "m"]
     assert len(managed) == 4

@@ -88,7 +88,8 @@ async def test_a_conversation_sends_what_the_user_set_in_options(ollama_owui, ol
         assert request.reply and request.reply in result.saved
         assert_ollama_form(request)
         assert request.truncated == 0
-    assert requests[0].options["stop"][0] == "\nBo:" and requests[1].options["stop"][0] == "\nAda:"
+    assert requests[0].options["stop"][0] == '\nBo said: "'
+    assert requests[1].options["stop"][0] == '\nAda said: "'
     # Ollama's messages: the system prompt first, the other's turn as reported speech.
     second_a = requests[2].messages
     assert second_a[0]["role"] == "system" and "Persona Ada" in second_a[0]["content"]
@@ -241,7 +242,7 @@ async def test_a_mixed_chat_sends_each_backend_its_own_form(
     for request in openai:
         body = request.body
         assert body["temperature"] == 0.3 and body["top_p"] == 0.55 and "top_k" not in body
-        assert body["max_tokens"] == 400 and body["stop"][0] == "\nAda:"
+        assert body["max_tokens"] == 400 and body["stop"][0] == '\nAda said: "'
         assert body["stream_options"] == {"include_usage": True} and "options" not in body
     # Each side reads the other's turns.
     assert f'Ada said: "{ollama.requests[0].reply}"' in text_of(openai[0].messages[-1]["content"])
