@@ -61,6 +61,8 @@ MARK_COLOURS = (
 MAX_PARTICIPANTS = 5
 SELECTIONS = ("round_robin", "manager", "random", "mention")  # how the next speaker is chosen
 MAX_ALIAS_CHARS = 64
+# A persona or a closing task: longer ones could crowd the conversation out of a model's context.
+MAX_PERSONA_CHARS = 4000
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
 RECONFIGURE_COMMAND = "/reconfigure"
 
@@ -88,7 +90,7 @@ class ConfigError(ValueError):
 class ParticipantConfig(BaseModel):
     model: str
     alias: str = ""
-    system_message: str = ""
+    system_message: str = Field(default="", max_length=MAX_PERSONA_CHARS)
     # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
     max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
     # Its place among the rows the user filled in (empty ones are dropped): "Participant N".
@@ -107,12 +109,27 @@ class ParticipantConfig(BaseModel):
     def _alias_one_line(cls, value: str) -> str:
         return one_line_alias(value)
 
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        return not_a_bool(value)
+
 
 def one_line_alias(value: str) -> str:
-    """An alias on one line, within MAX_ALIAS_CHARS (a ValueError names the limit)."""
+    """An alias on one line, within MAX_ALIAS_CHARS, with a letter or digit the manager and
+    @mentions can match (a ValueError says what is wrong)."""
     value = " ".join(value.split())
     if len(value) > MAX_ALIAS_CHARS:
         raise ValueError(f"the alias is longer than {MAX_ALIAS_CHARS} characters")
+    if value and not normalize_name(value):
+        raise ValueError(f"the alias '{value}' needs a letter or a digit, so it can be named")
+    return value
+
+
+def not_a_bool(value: Any) -> Any:
+    """true/false where a number goes is a mistake, not 1/0 (pydantic would take it)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not on/off (true or false)")
     return value
 
 
@@ -135,7 +152,7 @@ class ClosingConfig(BaseModel):
 
     model: str = ""
     alias: str = ""
-    prompt: str = ""
+    prompt: str = Field(default="", max_length=MAX_PERSONA_CHARS)
 
     @field_validator("model", "prompt")
     @classmethod
@@ -173,6 +190,11 @@ class ConversationConfig(BaseModel):
     def _one_line(cls, value: str) -> str:
         return " ".join((value or "").split())
 
+    @field_validator("rounds", "max_seconds", "max_total_tokens", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        return not_a_bool(value)
+
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_v2_keys(cls, data: Any) -> Any:
@@ -180,6 +202,8 @@ class ConversationConfig(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if data.get("preset") is None:
+            data["preset"] = ""  # null: no preset
         if not data.get("selection"):
             data["selection"] = "manager" if data.get("use_manager") else "round_robin"
         closing = data.get("closing")
@@ -196,10 +220,16 @@ class ConversationConfig(BaseModel):
 
 
 V2_KEYS = ("rounds", "use_manager", "manager_model", "participants")
+# Marks a setup whose preset is already turned into values: the dialog's answer and what is
+# stored for a chat. Reading it never consults the preset again, so what the user confirmed runs.
+RESOLVED_KEY = "preset_resolved"
 
 
 def stored_form(config: ConversationConfig) -> dict[str, Any]:
-    """v2's keys always, a newer key only when set: a plain setup is stored as v2 stored it."""
+    """What a chat remembers. v2's keys always; a setup from a preset whole and marked resolved
+    (every value as confirmed); any other one with a newer key only when set, as v2 stored it."""
+    if config.preset:
+        return {**config.model_dump(), RESOLVED_KEY: True}
     fields = ConversationConfig.model_fields
     return {
         key: value
@@ -208,37 +238,55 @@ def stored_form(config: ConversationConfig) -> dict[str, Any]:
     }
 
 
+def preset_name(value: Any) -> str:
+    """A preset as typed ("Review panel", "review-panel") in its key's spelling; "" for none."""
+    return str(value or "").strip().lower().replace(" ", "_").replace("-", "_")
+
+
 def apply_preset(raw: dict) -> dict:
-    """Fill the keys a config leaves out, and its empty aliases and personas, from its preset."""
-    name = str(raw.get("preset") or "").strip().lower().replace(" ", "_").replace("-", "_")
+    """Turn a config's preset into values, once: the preset gives every key the config leaves out
+    (`closing: null` is "no closing", not left out), the empty fields of a closing turn it names,
+    and the empty aliases and personas of its rows. What the config gives always wins."""
+    name = preset_name(raw.get("preset"))
     if not name:
         return raw
     preset = PRESETS.get(name)
     if preset is None:
         raise ConfigError(f"Unknown preset '{raw.get('preset')}'. Presets: {', '.join(PRESETS)}.")
-    given = {k: v for k, v in raw.items() if v is not None}
+    given = {k: v for k, v in raw.items() if v is not None or k == "closing"}
     merged: dict[str, Any] = {**preset["config"], **given, "preset": name}
+    closing, hint = merged.get("closing"), preset["config"].get("closing")
+    if isinstance(closing, dict) and isinstance(hint, dict):
+        merged["closing"] = _filled(closing, hint, ("model", "alias", "prompt"))
     rows = merged.get("participants")
     if isinstance(rows, list):
         hints = preset["participants"]
         merged["participants"] = [
-            {
-                **row,
-                **{
-                    key: hints[i][key]
-                    for key in ("alias", "system_message")
-                    if i < len(hints) and not str(row.get(key) or "").strip()
-                },
-            }
-            if isinstance(row, dict)
+            _filled(row, hints[i], ("alias", "system_message"))
+            if isinstance(row, dict) and i < len(hints)
             else row
             for i, row in enumerate(rows)
         ]
     return merged
 
 
+def _filled(given: dict, hint: dict, keys: tuple[str, ...]) -> dict:
+    """`given` with each of `keys` it leaves empty taken from `hint`."""
+    return {
+        **given,
+        **{k: hint[k] for k in keys if k in hint and not str(given.get(k) or "").strip()},
+    }
+
+
 def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
     """Validate a config from any source (dict or JSON text) into one clear ConfigError."""
+    try:
+        return _parse_config(raw, max_rounds)
+    except RecursionError as exc:  # JSON nested a thousand levels deep
+        raise ConfigError("The configuration is nested too deeply to read.") from exc
+
+
+def _parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
     if isinstance(raw, str | bytes):
         try:
             raw = json.loads(raw)
@@ -252,7 +300,10 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
         given = raw["participants"]
         rows = [i for i, p in enumerate(given) if not _empty_row(p)]
         raw = {**raw, "participants": [given[i] for i in rows]}
-    raw = apply_preset(raw)
+    if raw.get(RESOLVED_KEY) is True:
+        raw = {**raw, "preset": preset_name(raw.get("preset"))}
+    else:
+        raw = apply_preset(raw)
     try:
         config = ConversationConfig.model_validate(raw)
     except ValidationError as exc:

@@ -76,7 +76,7 @@ def test_a_preset_fills_what_is_left_out_and_what_is_given_wins():
     mine = mmc.parse_config(
         {"preset": "review panel", "participants": rows, "rounds": 5, "closing": None}, 20
     )
-    assert mine.rounds == 5 and mine.pass_allowed and mine.closing == "vote"
+    assert mine.rounds == 5 and mine.pass_allowed and mine.closing is None  # null: no closing
     assert set(mmc.PRESETS) == {"debate", "brainstorm", "review_panel", "interview"}
     for name in mmc.PRESETS:  # every preset is a valid config
         mmc.parse_config({"preset": name, "participants": rows}, 20)
@@ -97,7 +97,8 @@ def test_user_valves_carry_the_new_keys_and_a_preset_fills_the_rest():
     parsed = mmc.parse_config(mmc.config_from_user_valves(valves), 20)
     assert parsed.selection == "mention" and parsed.stop_phrase == "DONE"
     assert parsed.max_total_tokens == 500 and parsed.pass_allowed  # from the preset
-    assert parsed.closing == mmc.ClosingConfig(model="c", alias="", prompt="Sum up.")
+    # the closing turn it names keeps the preset's name for it where it leaves the name empty
+    assert parsed.closing == mmc.ClosingConfig(model="c", alias="Summary", prompt="Sum up.")
     voting = mmc.Pipe.UserValves(NUM_PARTICIPANTS=1, Participant1Model="a", ClosingVote=True)
     assert mmc.parse_config(mmc.config_from_user_valves(voting), 20).closing == "vote"
 
