@@ -3224,15 +3224,24 @@ def overlay_script(
     max_rounds: int,
     max_tokens: int = 0,
     message_id: str | None = None,
+    settings: dict | None = None,
+    problem: str = "",
 ) -> str:
     """The overlay's code with its inputs as JSON literals (never spliced in as raw text).
 
+    `defaults` fill the form, `settings` (the user's valves) are what preset "None" restores,
+    `problem` is the server's refusal of the answer the form shows again.
     One pass over the template: a placeholder's name inside a value is left as it is.
     """
     values = {
         "DEFAULTS": defaults,
+        "SETTINGS": settings if settings is not None else defaults,
+        "PROBLEM": problem,
+        "LIMITS": DIALOG_LIMITS,
+        "RESOLVED_KEY": RESOLVED_KEY,
         "OWN_PREFIX": own_prefix,
         "TIMEOUT_MS": int(timeout_s * 1000),
+        "OPEN_MS": int(max(timeout_s, DIALOG_MAX_OPEN) * 1000),
         "MAX_ROUNDS": int(max_rounds),
         "PRESETS": PRESETS,
         "MAX_TOKENS": int(max_tokens),
@@ -3258,12 +3267,40 @@ def _js_literal(value: Any) -> str:
 OVERLAY_CLOSE_EVENT = "mmc-setup-close"
 # The dialog's answer to Cancel, Escape or a click outside it.
 OVERLAY_CANCELLED = "cancelled"
+# Its answer when nobody typed or clicked in it for OVERLAY_TIMEOUT seconds.
+OVERLAY_TIMED_OUT = "timed_out"
+DIALOG_MAX_OPEN = 3600.0  # seconds a dialog stays open however busy; then it times out
+MAX_DIALOG_ASKS = 5  # a refused answer re-opens the dialog this many times at most
+# The server's limits, mirrored in the form so it refuses what the server would, by the field.
+DIALOG_LIMITS = {
+    "participants": MAX_PARTICIPANTS,
+    "alias": MAX_ALIAS_CHARS,
+    "persona": MAX_PERSONA_CHARS,
+    "stop_phrase": MAX_STOP_PHRASE_CHARS,
+    "max_seconds": 86_400,
+    "max_total_tokens": 100_000_000,
+    "max_tokens": 1_000_000,
+}
 SETUP_CANCELLED = f"{NOTICE_PREFIX}Setup cancelled. Send a message to open it again.*"
 STOPPED_IN_SETUP = f"{NOTICE_PREFIX}Stopped before the conversation began.*"
 
 
 class SetupCancelled(Exception):
     """The user closed the setup dialog without an answer: nothing runs."""
+
+
+class NothingToAnswer(SetupCancelled):
+    """A setup chosen by /reconfigure in a chat with no message yet: nothing to talk about."""
+
+
+class _TimedOut:
+    """The dialog's answer when it timed out or failed: the user's valves run, unremembered."""
+
+    def __repr__(self) -> str:
+        return "TIMED_OUT"
+
+
+TIMED_OUT = _TimedOut()
 
 
 class SetupDialog:
@@ -3288,15 +3325,15 @@ class SetupDialog:
         self._timeout = timeout
 
     async def ask(self, script: str) -> Any:
-        """The dialog's answer, or None (use the defaults) if it timed out or failed.
-
-        Raises SetupCancelled for Cancel, Escape or a click outside it.
+        """The dialog's answer: a setup, None for "Use defaults", TIMED_OUT if it timed out or
+        failed. Raises SetupCancelled for Cancel, Escape or a click outside it.
         """
         try:
-            # The dialog closes itself at the timeout; the slack covers a slow network.
+            # The dialog closes itself (after a quiet OVERLAY_TIMEOUT, or DIALOG_MAX_OPEN); the
+            # slack covers a slow network.
             answer = await within(
                 self._clock,
-                self._timeout + 5,
+                max(self._timeout, DIALOG_MAX_OPEN) + 5,
                 self._call({"type": "execute", "data": {"code": script}}),
             )
         except asyncio.CancelledError:
@@ -3305,15 +3342,56 @@ class SetupDialog:
             raise
         except TimeoutError:
             log.debug("configuration overlay timed out; using the user valves")
-            return None
+            return TIMED_OUT
         except Exception as exc:
             log.warning("configuration overlay failed (%s); using the user valves", exc)
-            return None
+            return TIMED_OUT
         if isinstance(answer, dict) and answer.get(OVERLAY_CANCELLED) is True:
             raise SetupCancelled
+        if isinstance(answer, dict) and answer.get(OVERLAY_TIMED_OUT) is True:
+            log.debug("configuration overlay timed out in the tab; using the user valves")
+            return TIMED_OUT
         if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
-            return None  # the host's answer for a closed tab or an error
+            return TIMED_OUT  # the host's answer for a closed tab or an error
         return answer
+
+
+def dialog_form(raw: Any, max_rounds: int) -> dict:
+    """A setup as the dialog shows it: every value resolved when it is valid, else as given
+    (with its preset's values where it names one), so nothing typed is lost."""
+    if not isinstance(raw, dict):
+        return {"rounds": 1, "participants": []}
+    try:
+        return {**parse_config(raw, max_rounds).model_dump(), RESOLVED_KEY: True}
+    except ConfigError:
+        pass
+    try:
+        return raw if raw.get(RESOLVED_KEY) is True else apply_preset(raw)
+    except (ConfigError, RecursionError):
+        return raw
+
+
+async def ask_for_setup(
+    dialog: SetupDialog,
+    script: Callable[[dict, str], str],
+    opening: dict,
+    settings: dict,
+    max_rounds: int,
+) -> tuple[ConversationConfig, bool]:
+    """The dialog's setup and whether to remember it. A refused answer opens the dialog again
+    with what was typed and why; a timed-out dialog runs the user's valves, unremembered."""
+    shown, problem = opening, ""
+    for _ in range(MAX_DIALOG_ASKS):
+        answer = await dialog.ask(script(shown, problem))
+        if answer is TIMED_OUT:
+            return parse_config(settings, max_rounds), False
+        raw = settings if answer in (None, "") else answer
+        try:
+            return parse_config(raw, max_rounds), True
+        except ConfigError as exc:
+            log.debug("setup refused, asking again: %s", exc)
+            shown, problem = (raw if isinstance(raw, dict) else shown), str(exc)
+    raise ConfigError(problem)
 
 
 # ============================================================================
@@ -3384,6 +3462,19 @@ def _last_user_text(body: dict) -> str:
     return ""
 
 
+def is_command(content: Any) -> bool:
+    """A message that talks to the pipe (/reconfigure), not to the participants."""
+    return _text_of(content).strip().lower() == RECONFIGURE_COMMAND
+
+
+def conversation_messages(messages: list[dict]) -> list[dict]:
+    """The chat without its commands: the conversation goes on from the last real message."""
+    return [m for m in messages if not (m.get("role") == "user" and is_command(m.get("content")))]
+
+
+SETUP_SAVED = f"{NOTICE_PREFIX}Setup saved. Send a message to start the conversation.*"
+
+
 _RECONFIGURE_HINT = (
     f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
 )
@@ -3423,6 +3514,8 @@ async def _remember(gateway: HostGateway, ctx: RequestContext, config: Conversat
 
 def _setup_notice(exc: Exception) -> str:
     """The one line a setup that did not end in a conversation leaves in the message."""
+    if isinstance(exc, NothingToAnswer):
+        return SETUP_SAVED
     if isinstance(exc, SetupCancelled):
         return SETUP_CANCELLED
     if isinstance(exc, AccessCheckError):
@@ -3601,7 +3694,7 @@ class Pipe:
                 config.rounds,
                 config.use_manager,
             )
-            messages = body.get("messages") or []
+            messages = conversation_messages(body.get("messages") or [])
             run.turns = history_turns(messages)
             run.chat_system = "\n\n".join(
                 _text_of(m.get("content")) for m in messages if m.get("role") == "system"
@@ -3644,7 +3737,7 @@ class Pipe:
 
         A new config is remembered for the chat only once every model in it passed setup.
         """
-        config, saved = await self._choose_config(
+        config, saved, remember = await self._choose_config(
             gateway, ctx, body, user_valves, own_prefix, dialog
         )
         runtime = gateway.runtime_models()
@@ -3662,8 +3755,10 @@ class Pipe:
             if saved:
                 raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
             raise
-        if not saved:
+        if remember:
             await _remember(gateway, ctx, config)
+        if not any(m.get("role") == "user" for m in conversation_messages(body["messages"])):
+            raise NothingToAnswer  # the chat holds only /reconfigure so far
         manager = profiles[manager_id] if config.use_manager else None
         return config, participants, profiles, manager, closer
 
@@ -3675,39 +3770,42 @@ class Pipe:
         user_valves: Any,
         own_prefix: str,
         dialog: SetupDialog | None,
-    ) -> tuple[ConversationConfig, bool]:
-        """Saved for this chat, else the overlay's answer, else the user valves; SetupCancelled
-        if the user closed the overlay.
+    ) -> tuple[ConversationConfig, bool, bool]:
+        """Saved for this chat, else the dialog's answer, else the user valves; SetupCancelled
+        if the user closed the dialog.
 
-        Returns the config and whether it was the saved one (a new one is remembered later,
-        once every model in it has passed setup).
+        Returns the config, whether it was the saved one, and whether to remember it (once
+        every model in it has passed setup): not a saved one, nor a timed-out dialog's fallback.
         """
         max_rounds = self.valves.MAX_ROUNDS
         chat_id = _saved_chat_id(ctx)
-        reconfigure = _last_user_text(body).strip().lower() == RECONFIGURE_COMMAND
-        if chat_id and not reconfigure:
-            saved = await gateway.load_chat_config(chat_id)
-            if saved:
-                try:
-                    return parse_config(saved, max_rounds), True
-                except ConfigError as exc:
-                    raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
-        defaults = config_from_user_valves(user_valves)
-        answer = None
-        if dialog is not None:
+        saved = await gateway.load_chat_config(chat_id) if chat_id else None
+        if saved and not is_command(_last_user_text(body)):
+            try:
+                return parse_config(saved, max_rounds), True, False
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
+        settings = config_from_user_valves(user_valves)
+        if dialog is None:
+            return parse_config(settings, max_rounds), False, True
+
+        def script(shown: dict, problem: str) -> str:
             # No status line around the dialog: it shows itself, and every status event
             # makes the host rewrite the whole chat.
-            answer = await dialog.ask(
-                overlay_script(
-                    defaults,
-                    own_prefix,
-                    self.valves.OVERLAY_TIMEOUT,
-                    self.valves.MAX_ROUNDS,
-                    self.valves.MAX_TOKENS,
-                    ctx.metadata.get("message_id"),
-                )
+            return overlay_script(
+                shown,
+                own_prefix,
+                self.valves.OVERLAY_TIMEOUT,
+                max_rounds,
+                self.valves.MAX_TOKENS,
+                ctx.metadata.get("message_id"),
+                settings={k: v for k, v in settings.items() if k != "preset"},
+                problem=problem,
             )
-        return parse_config(answer if answer not in (None, "") else defaults, max_rounds), False
+
+        opening = dialog_form(saved or settings, max_rounds)  # /reconfigure: this chat's setup
+        config, remember = await ask_for_setup(dialog, script, opening, settings, max_rounds)
+        return config, False, remember
 
     # -- title, tags, follow-ups -------------------------------------------------------------
     async def _background_task(
@@ -3849,8 +3947,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 OVERLAY_JS = r"""
 const DEFAULTS = __DEFAULTS__;
+const SETTINGS = __SETTINGS__;
+const PROBLEM = __PROBLEM__;
+const LIMITS = __LIMITS__;
+const RESOLVED_KEY = __RESOLVED_KEY__;
 const OWN_PREFIX = __OWN_PREFIX__;
 const TIMEOUT_MS = __TIMEOUT_MS__;
+const OPEN_MS = __OPEN_MS__;
 const MAX_ROUNDS = __MAX_ROUNDS__;
 const PRESETS = __PRESETS__;
 const MAX_TOKENS = __MAX_TOKENS__;
@@ -3858,6 +3961,7 @@ const MARKS = __MARKS__;
 const MESSAGE_ID = __MESSAGE_ID__;
 const CLOSE_EVENT = __CLOSE_EVENT__;
 const CANCELLED = { cancelled: true };
+const TIMED_OUT = { timed_out: true };
 let models = [];
 try {
   const res = await fetch('/api/models', {
@@ -3889,28 +3993,41 @@ html.dark #mmc-config-overlay { --bg: #1e1e21; --fg: #e5e7eb; --muted: #a1a1aa; 
 #mmc-config-overlay .mmc-head p { margin: 2px 0 0; color: var(--muted); }
 #mmc-config-overlay .mmc-body { flex: 1 1 auto; min-height: 0; overflow-y: auto;
   overscroll-behavior: contain; padding: 4px 20px 12px; }
-#mmc-config-overlay .mmc-foot { flex: none; display: flex; align-items: center; gap: 8px;
-  padding: 12px 20px; border-top: 1px solid var(--line); background: var(--bg); }
-#mmc-config-overlay .mmc-foot .mmc-error { flex: 1; color: #dc2626; font-weight: 600; }
-html.dark #mmc-config-overlay .mmc-foot .mmc-error { color: #f87171; }
+#mmc-config-overlay .mmc-foot { flex: none; display: flex; flex-wrap: wrap; align-items: center;
+  justify-content: flex-end; gap: 8px; padding: 12px 20px; border-top: 1px solid var(--line);
+  background: var(--bg); }
+#mmc-config-overlay .mmc-foot .mmc-error { flex: 1 1 100%; }
+#mmc-config-overlay .mmc-foot .mmc-error:empty { display: none; }
+#mmc-config-overlay .mmc-error, #mmc-config-overlay .mmc-field-error { color: #dc2626;
+  font-weight: 600; }
+#mmc-config-overlay .mmc-field-error { margin: 3px 0 0; font-size: 12px; }
+html.dark #mmc-config-overlay .mmc-error,
+html.dark #mmc-config-overlay .mmc-field-error { color: #f87171; }
 #mmc-config-overlay h3 { margin: 14px 0 6px; font-size: 12px; font-weight: 700;
   letter-spacing: .04em; text-transform: uppercase; color: var(--muted); }
 #mmc-config-overlay .mmc-grid { display: grid; gap: 8px 12px;
   grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); }
+#mmc-config-overlay .mmc-grid > * { min-width: 0; }
 #mmc-config-overlay .mmc-wide { grid-column: 1 / -1; }
 #mmc-config-overlay .mmc-top { grid-template-columns: 2fr 1fr 1fr; }
 #mmc-config-overlay .mmc-row { grid-template-columns: 3fr 3fr 2fr; }
 @media (max-width: 560px) {
-  #mmc-config-overlay .mmc-top, #mmc-config-overlay .mmc-row { grid-template-columns: 1fr; }
+  #mmc-config-overlay { padding: 8px; }
+  #mmc-config-overlay .mmc-grid { grid-template-columns: 1fr; }
+  #mmc-config-overlay .mmc-head, #mmc-config-overlay .mmc-body,
+  #mmc-config-overlay .mmc-foot { padding-left: 14px; padding-right: 14px; }
 }
 #mmc-config-overlay label { display: block; margin: 0 0 3px; font-size: 12px; font-weight: 600;
   color: var(--muted); }
 #mmc-config-overlay label.mmc-check { display: flex; gap: 8px; align-items: center;
   margin: 8px 0 0; font-size: 14px; font-weight: 400; color: var(--fg); }
-#mmc-config-overlay input, #mmc-config-overlay select, #mmc-config-overlay textarea {
-  width: 100%; margin: 0; padding: 6px 9px; border: 1px solid var(--line); border-radius: 8px;
-  background: var(--field); color: var(--fg); font: inherit; }
-#mmc-config-overlay input[type=checkbox] { width: auto; }
+#mmc-config-overlay input:not([type=checkbox]), #mmc-config-overlay select,
+#mmc-config-overlay textarea { width: 100%; max-width: 100%; margin: 0; padding: 6px 9px;
+  border: 1px solid var(--line); border-radius: 8px; background-color: var(--field);
+  color: var(--fg); font: inherit; }
+#mmc-config-overlay select { padding-right: 2.2em; text-overflow: ellipsis; }
+#mmc-config-overlay input[type=checkbox] { flex: none; width: 1.1em; height: 1.1em; margin: 0;
+  accent-color: var(--accent); }
 #mmc-config-overlay textarea { resize: vertical; min-height: 2.6em; }
 #mmc-config-overlay [aria-invalid=true] { border-color: #dc2626; }
 #mmc-config-overlay :focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
@@ -3927,7 +4044,7 @@ html.dark #mmc-config-overlay .mmc-foot .mmc-error { color: #f87171; }
 #mmc-config-overlay [role=option] small { margin-left: 8px; opacity: .7; }
 #mmc-config-overlay li.mmc-none { padding: 5px 8px; color: var(--muted); }
 #mmc-config-overlay button { padding: 8px 14px; border: 1px solid var(--line); border-radius: 10px;
-  background: transparent; color: inherit; font: inherit; cursor: pointer; }
+  background: transparent; color: inherit; font: inherit; cursor: pointer; white-space: nowrap; }
 #mmc-config-overlay button:hover { background: var(--hover); }
 #mmc-config-overlay button.mmc-primary { background: var(--accent); border-color: var(--accent);
   color: #fff; font-weight: 600; }
@@ -3946,10 +4063,14 @@ return await new Promise((resolve) => {
     return node;
   };
   // A labelled field: <label for> names the control for screen readers.
+  // Each control gets a message slot under it (aria-describedby) for what is wrong with it.
   const field = (text, control, extra = '') => {
     const target = control.input || control;
     if (!target.id) target.id = nextId('field');
-    return el('div', { className: extra }, [el('label', { for: target.id, textContent: text }), control.node || control]);
+    const message = el('p', { className: 'mmc-field-error', id: target.id + '-error', hidden: true });
+    target.setAttribute('aria-describedby', message.id);
+    target.mmcMessage = message;
+    return el('div', { className: extra }, [el('label', { for: target.id, textContent: text }), control.node || control, message]);
   };
   const nameOf = (id) => (models.find((m) => m.id === id) || {}).name || id;
   // The user's models whose id or name holds `text` (case ignored); all of them for ''.
@@ -4052,29 +4173,32 @@ return await new Promise((resolve) => {
     for (const [v, label] of options) select.append(el('option', { value: v, textContent: label, selected: v === value }));
     return select;
   };
-  const number = (name, value, min, max) => el('input', { type: 'number', name, min, ...(max ? { max } : {}), value });
+  const number = (name, value, min, max, step = 1) => el('input', { type: 'number', name, min, step, ...(max ? { max } : {}), value });
+  const closingOf = (c) => (c && typeof c === 'object' ? c : {});
+  const orderOf = (c) => c.selection || (c.use_manager ? 'manager' : 'round_robin');
+  const kindOf = (c) => (c.closing === 'vote' ? 'vote' : (c.closing ? 'turn' : ''));
   const preset = choice('preset', [['', 'None: start from your settings']].concat(Object.entries(PRESETS).map(([k, p]) => [k, p.label])), DEFAULTS.preset || '');
   const rounds = number('rounds', DEFAULTS.rounds, 1, MAX_ROUNDS);
-  const count = number('count', Math.max(1, DEFAULTS.participants.length || 2), 1, 5);
+  const count = number('count', Math.min(LIMITS.participants, Math.max(1, DEFAULTS.participants.length || 2)), 1, LIMITS.participants);
   const selection = choice('selection', [
     ['round_robin', 'Round robin: everyone once per round, in order'],
     ['manager', 'A manager model picks who speaks next'],
     ['random', 'Random (never the same speaker twice in a row)'],
     ['mention', 'Mentioned first: @Alias in your message speaks first'],
-  ], DEFAULTS.selection || (DEFAULTS.use_manager ? 'manager' : 'round_robin'));
+  ], orderOf(DEFAULTS));
   const managerModel = picker(DEFAULTS.manager_model, 'manager_model', 'The first participant\'s model');
   const managerRow = field('Manager model', managerModel, 'mmc-wide');
   const passAllowed = el('input', { type: 'checkbox', checked: !!DEFAULTS.pass_allowed, name: 'pass_allowed', id: nextId('pass') });
-  const stopPhrase = el('input', { value: DEFAULTS.stop_phrase || '', placeholder: 'e.g. WE AGREE (empty: none)', name: 'stop_phrase' });
-  const maxSeconds = number('max_seconds', DEFAULTS.max_seconds || 0, 0);
-  const maxTotal = number('max_total_tokens', DEFAULTS.max_total_tokens || 0, 0);
-  const closingDefault = DEFAULTS.closing || null;
+  const stopPhrase = el('input', { value: DEFAULTS.stop_phrase || '', placeholder: 'e.g. WE AGREE (empty: none)', name: 'stop_phrase', maxLength: LIMITS.stop_phrase });
+  const maxSeconds = number('max_seconds', DEFAULTS.max_seconds || 0, 0, LIMITS.max_seconds, 'any');
+  const maxTotal = number('max_total_tokens', DEFAULTS.max_total_tokens || 0, 0, LIMITS.max_total_tokens);
+  const closingDefault = closingOf(DEFAULTS.closing);
   const closingKind = choice('closing_kind', [
     ['', 'Nothing: the last round ends it'], ['turn', 'A closing turn by a chosen model (verdict, summary…)'], ['vote', 'A vote of every participant, tallied'],
-  ], closingDefault === 'vote' ? 'vote' : (closingDefault ? 'turn' : ''));
-  const closingModel = picker((closingDefault && closingDefault.model) || '', 'closing_model', 'The first participant\'s model');
-  const closingAlias = el('input', { value: (closingDefault && closingDefault.alias) || '', placeholder: 'Closing', name: 'closing_alias' });
-  const closingPrompt = el('textarea', { value: (closingDefault && closingDefault.prompt) || '', placeholder: 'Sum up and conclude', rows: 2, name: 'closing_prompt' });
+  ], kindOf(DEFAULTS));
+  const closingModel = picker(closingDefault.model || '', 'closing_model', 'The first participant\'s model');
+  const closingAlias = el('input', { value: closingDefault.alias || '', placeholder: 'Closing', name: 'closing_alias', maxLength: LIMITS.alias });
+  const closingPrompt = el('textarea', { value: closingDefault.prompt || '', placeholder: 'Sum up and conclude', rows: 2, name: 'closing_prompt' });
   const closingLegend = el('legend');
   const closingBox = el('fieldset', {}, [closingLegend, el('div', { className: 'mmc-grid mmc-row' }, [
     field('Closing model', closingModel), field('Name', closingAlias), field('What it should do', closingPrompt, 'mmc-wide'),
@@ -4082,7 +4206,7 @@ return await new Promise((resolve) => {
 
   const rows = el('div');
   const rowInputs = [];
-  const participantCount = () => Math.min(5, Math.max(1, parseInt(count.value, 10) || 1));
+  const participantCount = () => Math.min(LIMITS.participants, Math.max(1, parseInt(count.value, 10) || 1));
   const paint = (box, legend, index, text) => {
     const [mark, colour] = MARKS[index % MARKS.length];
     box.style.setProperty('--mark', colour);
@@ -4094,10 +4218,10 @@ return await new Promise((resolve) => {
       const i = rowInputs.length;
       const d = DEFAULTS.participants[i] || {};
       const model = picker(d.model || '', 'model', 'Search your models…');
-      const alias = el('input', { value: d.alias || '', placeholder: 'The model\'s name', name: 'alias' });
+      const alias = el('input', { value: d.alias || '', placeholder: 'The model\'s name', name: 'alias', maxLength: LIMITS.alias });
       const persona = el('textarea', { value: d.system_message || '', placeholder: 'Who they are and how they talk', rows: 2, name: 'system_message' });
       const maxTokens = el('input', {
-        type: 'number', min: 0, value: d.max_tokens ?? '', name: 'max_tokens',
+        type: 'number', min: 0, max: LIMITS.max_tokens, step: 1, value: d.max_tokens ?? '', name: 'max_tokens',
         placeholder: MAX_TOKENS ? MAX_TOKENS + ' (default)' : 'No limit', title: 'Empty: the default. 0: no limit.',
       });
       const legend = el('legend');
@@ -4113,6 +4237,8 @@ return await new Promise((resolve) => {
     paint(closingBox, closingLegend, n, 'Closing turn');  // the colour its heading will get
   };
   count.addEventListener('input', drawRows);
+  // The field says what the cards show: 9 becomes 5 when the field is left.
+  count.addEventListener('change', () => { count.value = participantCount(); drawRows(); });
   drawRows();
   const showRows = () => {
     managerRow.hidden = selection.value !== 'manager';
@@ -4121,30 +4247,42 @@ return await new Promise((resolve) => {
   selection.addEventListener('change', showRows);
   closingKind.addEventListener('change', showRows);
   showRows();
-  // A preset fills the fields (models stay as chosen); everything stays editable.
-  preset.addEventListener('change', () => {
-    const p = PRESETS[preset.value];
-    if (!p) return;
-    const c = p.config;
-    if (c.rounds) rounds.value = c.rounds;
-    selection.value = c.selection || 'round_robin';
-    passAllowed.checked = !!c.pass_allowed;
-    stopPhrase.value = c.stop_phrase || '';
-    maxSeconds.value = c.max_seconds || 0;
-    maxTotal.value = c.max_total_tokens || 0;
-    closingKind.value = c.closing === 'vote' ? 'vote' : (c.closing ? 'turn' : '');
-    closingAlias.value = (c.closing && c.closing.alias) || '';
-    closingPrompt.value = (c.closing && c.closing.prompt) || '';
-    count.value = Math.max(p.participants.length, 1);
+
+  // What the user typed or picked is theirs: a preset (or None: the user's settings) fills only
+  // the fields nobody touched. Models stay as chosen.
+  const touched = new Set();
+  card.addEventListener('input', (e) => touched.add(e.target));
+  card.addEventListener('change', (e) => { if (e.target !== preset) touched.add(e.target); });
+  const put = (control, value) => {
+    if (touched.has(control)) return;
+    if (control.type === 'checkbox') control.checked = !!value;
+    else control.value = value ?? '';
+  };
+  const fillFrom = (c, hints) => {
+    put(rounds, c.rounds || 1);
+    put(count, Math.min(LIMITS.participants, Math.max(hints.length, 1)));
     drawRows();
-    p.participants.forEach((hint, i) => {
-      rowInputs[i].alias.value = hint.alias || '';
-      rowInputs[i].persona.value = hint.system_message || '';
+    put(selection, orderOf(c));
+    put(passAllowed, c.pass_allowed);
+    put(stopPhrase, c.stop_phrase || '');
+    put(maxSeconds, c.max_seconds || 0);
+    put(maxTotal, c.max_total_tokens || 0);
+    put(closingKind, kindOf(c));
+    put(closingAlias, closingOf(c.closing).alias || '');
+    put(closingPrompt, closingOf(c.closing).prompt || '');
+    rowInputs.slice(0, participantCount()).forEach((r, i) => {
+      put(r.alias, (hints[i] || {}).alias || '');
+      put(r.persona, (hints[i] || {}).system_message || '');
     });
     showRows();
+  };
+  preset.addEventListener('change', () => {
+    const p = PRESETS[preset.value];
+    if (p) fillFrom(p.config, p.participants);
+    else fillFrom(SETTINGS, SETTINGS.participants || []);
   });
 
-  const error = el('div', { className: 'mmc-error', role: 'status', 'aria-live': 'polite' });
+  const error = el('div', { className: 'mmc-error', role: 'status', 'aria-live': 'polite', textContent: PROBLEM });
   const cancel = el('button', { type: 'button', id: 'mmc-cancel', textContent: 'Cancel' });
   const skip = el('button', { type: 'button', id: 'mmc-skip', textContent: 'Use defaults', title: 'Your user valves (Settings → Valves)' });
   const start = el('button', { type: 'submit', id: 'mmc-start', className: 'mmc-primary', textContent: 'Start conversation' });
@@ -4152,40 +4290,79 @@ return await new Promise((resolve) => {
   const answer = () => {
     const n = participantCount();
     const managed = selection.value === 'manager';
+    const closing = { model: closingModel.value, alias: closingAlias.value.trim(), prompt: closingPrompt.value.trim() };
+    if (!closing.model && !closing.alias && !closing.prompt) closing.alias = 'Closing';  // chosen, all defaults
     return {
-      rounds: parseInt(rounds.value, 10) || 1,
+      rounds: Number(rounds.value),
       selection: selection.value,
       use_manager: managed,
       manager_model: managed ? managerModel.value : '',
       participants: rowInputs.slice(0, n).map((r) => ({
         model: r.model.value, alias: r.alias.value.trim(), system_message: r.persona.value,
-        max_tokens: r.maxTokens.value === '' ? null : Math.max(0, parseInt(r.maxTokens.value, 10) || 0),
+        max_tokens: r.maxTokens.value === '' ? null : Number(r.maxTokens.value),
       })),
       pass_allowed: passAllowed.checked,
       stop_phrase: stopPhrase.value.trim(),
-      max_seconds: Math.max(0, parseFloat(maxSeconds.value) || 0),
-      max_total_tokens: Math.max(0, parseInt(maxTotal.value, 10) || 0),
-      closing: closingKind.value === 'vote' ? 'vote' : (closingKind.value === 'turn'
-        ? { model: closingModel.value, alias: closingAlias.value.trim(), prompt: closingPrompt.value.trim() }
-        : null),
+      max_seconds: Number(maxSeconds.value || 0),
+      max_total_tokens: Number(maxTotal.value || 0),
+      closing: closingKind.value === 'vote' ? 'vote' : (closingKind.value === 'turn' ? closing : null),
       preset: preset.value,
+      [RESOLVED_KEY]: true,  // every value is as shown: the server applies no preset to it
     };
+  };
+
+  // The server's limits, checked here so a refused value is named next to its field and
+  // nothing typed is lost.
+  const whole = (input, lo, hi, empty) => {
+    if (input.value === '' && empty) return true;
+    const v = Number(input.value);
+    return input.value !== '' && !input.validity.badInput && Number.isInteger(v) && v >= lo && v <= hi;
+  };
+  const named = (text) => !text || /[\p{L}\p{N}]/u.test(text);
+  const problems = () => {
+    const out = [];
+    const need = (ok, control, text) => { if (!ok) out.push([control, text]); };
+    need(whole(rounds, 1, MAX_ROUNDS), rounds, 'A whole number from 1 to ' + MAX_ROUNDS + '.');
+    need(whole(count, 1, LIMITS.participants), count, 'From 1 to ' + LIMITS.participants + '.');
+    const seen = new Map();
+    rowInputs.slice(0, participantCount()).forEach((r, i) => {
+      need(r.model.value, r.model.input, 'Choose a model for Participant ' + (i + 1) + '.');
+      const alias = r.alias.value.trim();
+      need(named(alias), r.alias, 'Give the name a letter or a digit.');
+      const key = alias.toLowerCase().replace(/\s+/g, ' ');
+      need(!key || !seen.has(key), r.alias, 'Participant ' + (seen.get(key) + 1) + ' has this name too.');
+      if (key && !seen.has(key)) seen.set(key, i);
+      need(r.persona.value.length <= LIMITS.persona, r.persona, 'At most ' + LIMITS.persona + ' characters (now ' + r.persona.value.length + ').');
+      need(whole(r.maxTokens, 0, LIMITS.max_tokens, true), r.maxTokens, 'Empty, or a whole number from 0 to ' + LIMITS.max_tokens + '.');
+    });
+    need(stopPhrase.value.trim().length <= LIMITS.stop_phrase, stopPhrase, 'At most ' + LIMITS.stop_phrase + ' characters.');
+    const secs = Number(maxSeconds.value || 0);
+    need(!maxSeconds.validity.badInput && secs >= 0 && secs <= LIMITS.max_seconds, maxSeconds, 'From 0 to ' + LIMITS.max_seconds + ' seconds.');
+    need(whole(maxTotal, 0, LIMITS.max_total_tokens, true), maxTotal, 'A whole number from 0 to ' + LIMITS.max_total_tokens + '.');
+    if (closingKind.value === 'turn') {
+      need(named(closingAlias.value.trim()), closingAlias, 'Give the name a letter or a digit.');
+      need(closingPrompt.value.trim().length <= LIMITS.persona, closingPrompt, 'At most ' + LIMITS.persona + ' characters.');
+    }
+    return out;
+  };
+  const mark = (control, text) => {
+    const message = control.mmcMessage;
+    if (text) control.setAttribute('aria-invalid', 'true');
+    else control.removeAttribute('aria-invalid');
+    if (message) { message.textContent = text; message.hidden = !text; }
   };
   card.addEventListener('submit', (e) => {
     e.preventDefault();
-    const missing = rowInputs.slice(0, participantCount()).findIndex((r) => !r.model.value);
-    if (missing >= 0) {
-      const input = rowInputs[missing].model.input;
-      input.setAttribute('aria-invalid', 'true');
-      error.textContent = 'Choose a model for Participant ' + (missing + 1) + '.';
-      input.focus();
+    card.querySelectorAll('[aria-invalid]').forEach((node) => mark(node, ''));
+    const found = problems();
+    for (const [control, text] of found) mark(control, text);
+    if (found.length) {
+      error.textContent = found.length === 1 ? 'One field needs fixing.' : found.length + ' fields need fixing.';
+      found[0][0].focus();
       return;
     }
     finish(answer());
   });
-  cancel.addEventListener('click', () => finish(CANCELLED));
-  close.addEventListener('click', () => finish(CANCELLED));
-  skip.addEventListener('click', () => finish(null));
   card.append(
     el('div', { className: 'mmc-head' }, [
       el('div', {}, [
@@ -4273,9 +4450,17 @@ return await new Promise((resolve) => {
   window.addEventListener(CLOSE_EVENT, onClose);
   document.head.append(style);
   document.body.append(overlay);
-  const firstEmpty = rowInputs.find((r) => !r.model.value);
-  (firstEmpty ? firstEmpty.model.input : start).focus();
-  timer = setTimeout(() => finish(null), TIMEOUT_MS);
+  preset.focus();  // the first field: a stray Enter does not start the run
+  // It times out after TIMEOUT_MS without a key, click or edit in it (and after OPEN_MS in
+  // any case); a timed-out dialog is not remembered as the chat's setup.
+  const openedAt = Date.now();
+  const wait = () => {
+    clearTimeout(timer);
+    const left = Math.min(TIMEOUT_MS, OPEN_MS - (Date.now() - openedAt));
+    timer = setTimeout(() => finish(TIMED_OUT), Math.max(0, left));
+  };
+  for (const kind of ['keydown', 'input', 'pointerdown', 'change']) overlay.addEventListener(kind, wait, true);
+  wait();
 });
 """
 
