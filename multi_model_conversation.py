@@ -25,9 +25,10 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, get_args
+from typing import Annotated, Any, Literal, Protocol, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Field,
     PrivateAttr,
@@ -87,34 +88,6 @@ class ConfigError(ValueError):
     """A configuration the user must fix; its message is shown in the chat as is."""
 
 
-class ParticipantConfig(BaseModel):
-    model: str
-    alias: str = ""
-    system_message: str = Field(default="", max_length=MAX_PERSONA_CHARS)
-    # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
-    max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
-    # Its place among the rows the user filled in (empty ones are dropped): "Participant N".
-    _row: int | None = PrivateAttr(default=None)
-
-    @field_validator("model")
-    @classmethod
-    def _model_given(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("a participant has no model")
-        return value
-
-    @field_validator("alias")
-    @classmethod
-    def _alias_one_line(cls, value: str) -> str:
-        return one_line_alias(value)
-
-    @field_validator("max_tokens", mode="before")
-    @classmethod
-    def _no_bool(cls, value: Any) -> Any:
-        return not_a_bool(value)
-
-
 def one_line_alias(value: str) -> str:
     """An alias on one line, within MAX_ALIAS_CHARS, with a letter or digit the manager and
     @mentions can match (a ValueError says what is wrong)."""
@@ -131,6 +104,33 @@ def not_a_bool(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("must be a number, not on/off (true or false)")
     return value
+
+
+# A speaker's name as the setup takes it: one line, at most MAX_ALIAS_CHARS.
+Alias = Annotated[str, AfterValidator(one_line_alias)]
+
+
+class ParticipantConfig(BaseModel):
+    model: str
+    alias: Alias = ""
+    system_message: str = Field(default="", max_length=MAX_PERSONA_CHARS)
+    # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
+    max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
+    # Its place among the rows the user filled in (empty ones are dropped): "Participant N".
+    _row: int | None = PrivateAttr(default=None)
+
+    @field_validator("model")
+    @classmethod
+    def _model_given(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("a participant has no model")
+        return value
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        return not_a_bool(value)
 
 
 SKIP_WORD = "PASS"  # a participant's whole answer when it passes its turn
@@ -151,18 +151,13 @@ class ClosingConfig(BaseModel):
     """A last turn by a chosen model (default: the first participant's) with the whole chat."""
 
     model: str = ""
-    alias: str = ""
+    alias: Alias = ""
     prompt: str = Field(default="", max_length=MAX_PERSONA_CHARS)
 
     @field_validator("model", "prompt")
     @classmethod
     def _strip(cls, value: str) -> str:
         return (value or "").strip()
-
-    @field_validator("alias")
-    @classmethod
-    def _alias_one_line(cls, value: str) -> str:
-        return one_line_alias(value)
 
 
 class ConversationConfig(BaseModel):
@@ -484,11 +479,7 @@ def make_participants(config: ConversationConfig, names: dict[str, str]) -> list
     taken: set[str] = set()
     for i, row in enumerate(config.participants):
         base = row.alias or names.get(row.model, row.model)
-        base = " ".join(base.split())[:MAX_ALIAS_CHARS] or row.model
-        alias, n = base, 2
-        while normalize_name(alias) in taken:
-            alias, n = f"{base} {n}", n + 1
-        taken.add(normalize_name(alias))
+        alias = unique_alias(" ".join(base.split())[:MAX_ALIAS_CHARS] or row.model, taken)
         result.append(
             Participant(i, row.model, alias, row.system_message, mark_for(i), row.max_tokens)
         )
@@ -503,13 +494,20 @@ def make_closer(
     if not isinstance(closing, ClosingConfig):
         return None
     model_id = closing.model or participants[0].model_id
-    base = closing.alias or "Closing"
-    taken = {normalize_name(p.alias) for p in participants}
+    alias = unique_alias(
+        closing.alias or "Closing", {normalize_name(p.alias) for p in participants}
+    )
+    index = len(participants)
+    return Participant(index, model_id, alias, "", mark_for(index))
+
+
+def unique_alias(base: str, taken: set[str]) -> str:
+    """`base`, else `base 2`, `base 3`…: the first whose matching form is free; it is taken."""
     alias, n = base, 2
     while normalize_name(alias) in taken:
         alias, n = f"{base} {n}", n + 1
-    index = len(participants)
-    return Participant(index, model_id, alias, "", mark_for(index))
+    taken.add(normalize_name(alias))
+    return alias
 
 
 def mark_for(index: int) -> str:
@@ -2145,21 +2143,72 @@ class FixedOrder:
         return Pick(self.order[slot % len(self.order)])
 
 
-class RandomOrder:
-    """Any participant but the one who just spoke (also the last one of the message before)."""
+class ShuffledRounds:
+    """Random order that still has rounds: a fresh shuffle each round, so everyone speaks once a
+    round, and nobody twice in a row, across a round's edge or the message before either."""
 
     def __init__(self, count: int, rng: random.Random, previous: int | None = None) -> None:
         self.count = count
         self.rng = rng
-        self.previous = previous
+        self.previous = previous  # the last speaker of the message before, if any
+        self._order: list[int] = []
 
     async def pick(self, slot: int, last: int | None) -> Pick:
-        last = self.previous if last is None else last
-        choices = [i for i in range(self.count) if i != last] or [0]
-        return Pick(self.rng.choice(choices))
+        if slot % self.count == 0 or not self._order:
+            self._order = self._shuffle(self.previous if last is None else last)
+        return Pick(self._order[slot % self.count])
+
+    def _shuffle(self, last: int | None) -> list[int]:
+        order = list(range(self.count))
+        self.rng.shuffle(order)
+        if len(order) > 1 and order[0] == last:
+            swap = self.rng.randrange(1, len(order))
+            order[0], order[swap] = order[swap], order[0]
+        return order
 
 
-ManagerAsk = Callable[[list[dict]], Awaitable[str]]
+# The manager answers with a name: a few tokens. Bounding it keeps a small model from rambling
+# for a minute per attempt; a manager seen thinking (an unclosed think tag) gets room for it.
+MANAGER_ANSWER_TOKENS = 48
+MANAGER_THINKING_TOKENS = 1024
+_OPEN_THINK_RE = re.compile(
+    r"<(?:think|thinking|reasoning|reason|thought)>|\|begin_of_thought\|", re.IGNORECASE
+)
+
+
+def strip_reasoning(text: str) -> str:
+    """An answer without its reasoning: closed think blocks, and an unclosed one to the end."""
+    text = THINK_RE.sub("", text)
+    match = _OPEN_THINK_RE.search(text)
+    return text[: match.start()] if match else text
+
+
+def manager_pick(answer: str, aliases: list[str], last: int | None) -> tuple[int | None, str]:
+    """Who the manager's answer picks, else what is wrong with it.
+
+    A name standing alone on a line picks (the last such line); otherwise the answer must name
+    exactly one participant. One naming several (an echoed prompt or candidate list) picks no one.
+    """
+    alone = [
+        i
+        for line in answer.splitlines()
+        for i, alias in enumerate(aliases)
+        if normalize_name(line) and normalize_name(line) == normalize_name(alias)
+    ]
+    free = [i for i in alone if i != last]
+    if free:
+        return free[-1], ""
+    named = alone or named_aliases(answer, aliases)
+    if len(set(named)) > 1:
+        return None, "Several participants are named; answer with one name only."
+    if named and named[0] != last:
+        return named[0], ""
+    if named:
+        return None, f"{aliases[named[0]]} has just spoken; pick someone else."
+    return None, f"'{_short(answer, 40)}' names none of the participants."
+
+
+ManagerAsk = Callable[[list[dict], int], Awaitable[str]]
 
 
 class ManagerChoice:
@@ -2176,66 +2225,89 @@ class ManagerChoice:
         system: str,
         aliases: list[str],
         status: Callable[..., None],
+        max_tokens: int = 0,
     ) -> None:
         self.ask = ask
         self.prompt = prompt
         self.system = system
         self.aliases = aliases
         self.status = status
+        self.max_tokens = max_tokens  # the turns' bound (MAX_TOKENS); 0: none
+        self._room = MANAGER_ANSWER_TOKENS
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         aliases = self.aliases
         fallback = next_in_order(last, len(aliases))
         if len(aliases) == 1:
             return Pick(0)
-        choices = ", ".join(aliases)
         messages = [
             {"role": "system", "content": self.system},
             {
                 "role": "user",
-                "content": f"{self.prompt(last)}\n\nIf the conversation has reached its goal "
-                f"and should end now, answer {END_WORD} instead.",
+                "content": f"{self.prompt(last).rstrip()}\n\nIf the conversation has reached its "
+                f"goal and should end now, answer {END_WORD} instead.",
             },
         ]
-        answer = ""
+        answer = problem = ""
         for attempt in range(1, MANAGER_ATTEMPTS + 1):
             try:
-                answer = await self.ask(messages)
+                raw = await self.ask(messages, self._bound())
             except (ModelCallError, TimeoutError) as exc:
                 reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
-                self.status(f"Manager {reason}; {aliases[fallback]} speaks next (round robin).")
+                self.status(f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next.")
                 return Pick(fallback)
-            named = named_aliases(answer, aliases)
-            # "Mia\nTom" after Mia: the first name that may speak now counts.
-            picked = next((i for i in named if i != last), None)
+            if _OPEN_THINK_RE.search(THINK_RE.sub("", raw)):
+                self._room = MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
+            answer = strip_reasoning(raw).strip()
+            picked, problem = manager_pick(answer, aliases, last)
             if picked is not None:
                 self.status(f"Manager picked {aliases[picked]}.", done=False)
-                return Pick(picked, why=answer.strip())
-            if not named and normalize_name(answer) == END_WORD.lower():
+                return Pick(picked, why=answer)
+            if normalize_name(answer) == END_WORD.lower() or (
+                answer and normalize_name(answer.splitlines()[-1]) == END_WORD.lower()
+            ):
                 return Pick(end="the manager ended it")
-            if not named:
-                problem = f"'{_short(answer)}' names none of the participants."
-            else:
-                problem = f"{aliases[named[0]]} has just spoken; pick someone else."
             log.debug("manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem)
             messages += [
-                {"role": "assistant", "content": answer},
+                {"role": "assistant", "content": raw},
                 {
                     "role": "user",
-                    "content": f"{problem} Answer with exactly one of: {choices} "
+                    "content": f"{problem} Answer with exactly one of: {', '.join(aliases)} "
                     f"(or {END_WORD}), and nothing else.",
                 },
             ]
-        why = "picked the same speaker twice" if named else "named no participant"
+        why = "named no participant" if "names none" in problem else "gave no usable name"
+        if "has just spoken" in problem:
+            why = "picked the same speaker twice"
         self.status(
-            f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer)}'); "
+            f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer, 24)}'); "
             f"{aliases[fallback]} speaks next (round robin)."
         )
         return Pick(fallback)
 
+    def _bound(self) -> int:
+        return min(self._room, self.max_tokens) if self.max_tokens else self._room
+
 
 def _short(text: str, limit: int = 60) -> str:
-    return " ".join(text.split())[:limit]
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def manager_prompt(template: str, history: str, aliases: list[str], last: int | None) -> str:
+    """The manager's prompt template filled in; before anyone spoke it says so in words."""
+    if last is None:
+        template = re.sub(
+            r"The last speaker was '\{last_speaker\}'\.\s*", "Nobody has spoken yet. ", template
+        )
+    return fill_template(
+        template,
+        {
+            "history": history,
+            "last_speaker": "None" if last is None else aliases[last],
+            "participant_list": ", ".join(aliases),
+        },
+    )
 
 
 @dataclass
@@ -2245,7 +2317,7 @@ class Progress:
     slots: int = 0  # turns taken, passes included
     spoken: int = 0
     passes: int = 0
-    passes_in_a_row: int = 0
+    passed_since_spoken: set[str] = field(default_factory=set)  # who passed since a real turn
     tokens: int = 0
     last_alias: str = ""
     last_said: str = ""
@@ -2256,10 +2328,10 @@ class Progress:
         self.last_alias, self.last_said = alias, said
         if passed:
             self.passes += 1
-            self.passes_in_a_row += 1
+            self.passed_since_spoken.add(alias)
         else:
             self.spoken += 1
-            self.passes_in_a_row = 0
+            self.passed_since_spoken.clear()
 
 
 class EndCondition(Protocol):
@@ -2285,16 +2357,19 @@ class RoundsDone:
 
 
 class StopPhraseSaid:
-    """Ends when a participant says the stop phrase (case and spacing ignored)."""
+    """Ends when a participant says the stop phrase as a line of its own (case, spacing and
+    punctuation ignored): a sentence that merely contains the words, or a quote, does not."""
 
     label = "stop phrase said"
 
     def __init__(self, phrase: str) -> None:
         self.phrase = phrase
-        self._folded = " ".join(phrase.split()).casefold()
+        self._folded = normalize_name(phrase)
 
     def check(self, progress: Progress) -> str | None:
-        if self._folded and self._folded in " ".join(progress.last_said.split()).casefold():
+        lines = progress.last_said.splitlines()
+        said = (normalize_name(ln) for ln in lines if not ln.lstrip().startswith(">"))
+        if self._folded and self._folded in said:
             return f"{progress.last_alias} said the stop phrase “{self.phrase}”"
         return None
 
@@ -2328,15 +2403,15 @@ class TokenBudget:
 
 
 class EveryonePassed:
-    """Ends when every participant passed, one after another."""
+    """Ends when every participant passed since the last turn someone spoke."""
 
     label = "everyone passed"
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+    def __init__(self, aliases: list[str]) -> None:
+        self.aliases = set(aliases)
 
     def check(self, progress: Progress) -> str | None:
-        return "everyone passed" if progress.passes_in_a_row >= self.count else None
+        return "everyone passed" if progress.passed_since_spoken >= self.aliases else None
 
 
 def is_pass(said: str) -> bool:
@@ -2344,14 +2419,16 @@ def is_pass(said: str) -> bool:
     return normalize_name(said) == SKIP_WORD.lower()
 
 
-_VOTE_RE = re.compile(r"vote\s*[:：-]\s*(.+)", re.IGNORECASE)
+_VOTE_RE = re.compile(r"^[\s>*_#`-]*vote\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 
 
 def parse_vote(said: str) -> str:
-    """The choice in a `VOTE: <choice>` line (else the first line), without trailing reasons."""
-    match = _VOTE_RE.search(said)
-    line = match.group(1) if match else next((ln for ln in said.splitlines() if ln.strip()), "")
-    line = re.split(r" [—–-] |[.;!?\n]|, because", line, maxsplit=1)[0]
+    """The choice on the reply's last `VOTE: <choice>` line, without trailing reasons; '' when
+    the reply casts no vote (an abstention)."""
+    matches = _VOTE_RE.findall(said)
+    if not matches:
+        return ""
+    line = re.split(r" [—–-] |[.;!?]|, because", matches[-1], maxsplit=1)[0]
     return _short(line.strip(" *_`\"'"), 60)
 
 
@@ -2367,30 +2444,215 @@ def tally(votes: list[tuple[str, str]]) -> str:
 
 
 # ============================================================================
-# Turn execution: stream a participant, run its tools, recover from its failures
+# Direction: who speaks, when it ends, what each speaker is told, and how it closes
 # ============================================================================
 
 
 @dataclass
-class Settings:
-    """The valve values one run uses, read once at its start."""
+class TurnPlan:
+    """One turn the direction asks for: who speaks, what they are told, how it is judged."""
 
-    max_tool_rounds: int = 5
-    max_tool_corrections: int = 2
-    tool_timeout: float = 120.0
-    tool_result_max_chars: int = 100_000
-    turn_timeout: float = 300.0
-    max_tokens: int = 400  # per turn; 0: no limit
-    turn_time_limit: float = 180.0  # wall-clock seconds per turn; 0: no limit
-    context_tokens: int = 8192  # assumed context size of a model whose params name none
-    stop_sequences: bool = True  # send the other speakers' `\nName:` labels as `stop`
-    manager_timeout: float = 30.0
-    manager_history_chars: int = 8000
+    speaker: Participant
+    kind: Literal["turn", "closing", "vote"] = "turn"
+    rules: str = ""  # about this turn, in the speaker's system prompt
+    ask: str = ""  # added to the last message (the closing's task, the vote's question)
+    why: str = ""  # the manager's reason, shown under the heading
+    pass_allowed: bool = False
+
+    @property
+    def guarded(self) -> bool:
+        """Only conversation turns are held to speaking as themselves; a verdict may quote
+        everyone (`**Pro:** …`)."""
+        return self.kind == "turn"
+
+
+@dataclass
+class Heard:
+    """What a turn came to: the text said (without notices) and whether it was a PASS."""
+
+    said: str
+    passed: bool = False
+
+
+class Direction:
+    """The conversation's rules, built once from the config: the policy that picks speakers, the
+    endings checked after each turn, the rules each speaker is told, and the closing."""
+
+    def __init__(
+        self,
+        config: ConversationConfig,
+        participants: list[Participant],
+        closer: Participant | None,
+        policy: SpeakerPolicy,
+        endings: list[EndCondition],
+    ) -> None:
+        self.config = config
+        self.participants = participants
+        self.closer = closer
+        self.policy = policy
+        self.endings = endings
+        self.progress = Progress()
+        self.reason = ""  # why it ended
+        self.outcome = ""  # how, for the final status ("" when its rounds ended it)
+        self._last: int | None = None
+        # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
+        self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
+
+    async def next_turn(self) -> TurnPlan | None:
+        """The next conversation turn, or None once it has ended."""
+        if self.reason:
+            return None
+        pick = await self.policy.pick(self.progress.slots, self._last)
+        if pick.end:
+            self.reason = self.outcome = pick.end
+            return None
+        self._last = pick.index
+        return TurnPlan(
+            self.participants[pick.index],
+            rules=self.turn_rules(self.progress.slots),
+            why=pick.why,
+            pass_allowed=self.config.pass_allowed,
+        )
+
+    def heard(self, plan: TurnPlan, heard: Heard, tokens: int) -> None:
+        """Record a turn; the first ending that holds ends the conversation."""
+        self.progress.record(plan.speaker.alias, heard.said, heard.passed, tokens)
+        for ending in self.endings:
+            if reason := ending.check(self.progress):
+                self.reason, self.outcome = reason, ending.label
+                return
+
+    def turn_rules(self, slot: int) -> str:
+        """What a participant is told about its turn: how many remain, PASS, the stop phrase."""
+        config, count = self.config, len(self.participants)
+        total = config.rounds * count
+        at_most = "at most " if config.max_seconds or config.max_total_tokens else ""
+        rules = [
+            f"This is turn {slot + 1} of {at_most}{total}; {total - slot - 1} more after yours."
+        ]
+        if config.selection in ("round_robin", "mention", "random"):
+            rules.insert(0, f"Round {slot // count + 1} of {config.rounds}.")
+        if config.pass_allowed:
+            rules.append(
+                f"If you have nothing useful to add, answer only the word {SKIP_WORD} and "
+                "you will be skipped this turn."
+            )
+        if config.stop_phrase:
+            rules.append(
+                f"When the conversation has reached its goal, say “{config.stop_phrase}” to end it "
+                "(on a line of its own)."
+            )
+        return " ".join(rules)
+
+    def closing_turns(self) -> list[TurnPlan]:
+        """The turns after the conversation: everyone's vote, or the closing speaker's."""
+        if self.config.closing == "vote":
+            return [
+                TurnPlan(p, "vote", rules=VOTE_PROMPT, ask=VOTE_PROMPT) for p in self.participants
+            ]
+        if self.closer is None:
+            return []
+        prompt = getattr(self.config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
+        aliases = ", ".join(p.alias for p in self.participants)
+        rules = (
+            f"You are {self.closer.alias}. The group conversation between {aliases} has ended, "
+            f"and you close it.\n\n{prompt}"
+        )
+        return [TurnPlan(self.closer, "closing", rules=rules, ask=prompt)]
+
+    def verdict(self, votes: list[tuple[TurnPlan, Heard]]) -> str:
+        """The tally line after a vote ('' without one); a reply without a VOTE line abstains."""
+        cast = [(plan.speaker.alias, parse_vote(heard.said)) for plan, heard in votes]
+        counted = [(alias, choice) for alias, choice in cast if choice]
+        abstained = [alias for alias, choice in cast if not choice]
+        if not cast or votes[0][0].kind != "vote":
+            return ""
+        result = md_text(tally(counted)) if counted else "no votes"
+        if abstained:
+            result += f"; abstained: {md_text(', '.join(abstained))}"
+        return f"*🗳️ Vote: {result}*"
+
+    def end_line(self) -> str:
+        """The line under the conversation saying why it ended ('' when only rounds could)."""
+        if not self.explains:
+            return ""
+        progress = self.progress
+        passes = f", {progress.passes} passed" if progress.passes else ""
+        turns = _count(progress.spoken, "turn")
+        return f"*🏁 The conversation ended after {turns}{passes}: {md_text(self.reason)}.*"
+
+
+def make_direction(
+    config: ConversationConfig,
+    participants: list[Participant],
+    closer: Participant | None,
+    earlier: list[Turn],
+    manager: ManagerChoice | None,
+    rng: random.Random,
+    clock: Clock,
+) -> Direction:
+    """The policy and endings the config asks for; `earlier` turns are the chat so far."""
+    aliases = [p.alias for p in participants]
+    policy: SpeakerPolicy
+    if manager is not None:
+        policy = manager
+    elif config.selection == "random":
+        spoke = next((t.speaker for t in reversed(earlier) if t.speaker is not None), "")
+        policy = ShuffledRounds(len(aliases), rng, match_alias(spoke, aliases) if spoke else None)
+    else:
+        order = list(range(len(aliases)))
+        if config.selection == "mention":
+            latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
+            named = mention_order(_text_of(latest), aliases)
+            order = named + [i for i in order if i not in named]
+        policy = FixedOrder(order)
+    endings: list[EndCondition] = [RoundsDone(config.rounds, len(aliases))]
+    if config.stop_phrase:
+        endings.append(StopPhraseSaid(config.stop_phrase))
+    if config.max_seconds:
+        endings.append(TimeBudget(config.max_seconds, clock, clock.now()))
+    if config.max_total_tokens:
+        endings.append(TokenBudget(config.max_total_tokens))
+    if config.pass_allowed:
+        endings.append(EveryonePassed(aliases))
+    return Direction(config, participants, closer, policy, endings)
+
+
+# ============================================================================
+# Turn execution: stream a participant, run its tools, recover from its failures
+# ============================================================================
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run reads, once at its start: the admin's valves as they are (a new valve needs
+    no edit here) and the user's own choices with their defaults."""
+
+    valves: Any  # a copy of Pipe.Valves: settings.valves.MAX_TOKENS
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
     manager_system: str = DEFAULT_MANAGER_SYSTEM
     manager_prompt: str = DEFAULT_MANAGER_PROMPT
     show_manager_reason: bool = True
     sampling: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, valves: Any, user_valves: Any) -> Settings:
+        def get(name: str, default: Any) -> Any:
+            value = getattr(user_valves, name, None)
+            return default if value in (None, "") else value
+
+        return cls(
+            valves=valves.model_copy(),
+            shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
+            manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
+            manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
+            show_manager_reason=bool(get("ShowManagerReason", True)),
+            sampling={
+                "temperature": get("Temperature", 1.0),
+                "top_p": get("Top_p", 0.8),
+                "top_k": get("Top_k", 50),
+            },
+        )
 
 
 @dataclass
@@ -2432,8 +2694,12 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
 
 
-class Run:
-    """One request's conversation: all of its state lives here, never on the shared Pipe."""
+class TurnStreamer:
+    """One turn end to end: the fitted request, the stream into the transcript, the speaker
+    guard, tools, a plain retry, cut marks and token accounting.
+
+    It keeps the conversation's turns, which every request is built from.
+    """
 
     def __init__(
         self,
@@ -2442,267 +2708,58 @@ class Run:
         settings: Settings,
         transcript: Transcript,
         emitter: CoalescingEmitter,
-        user_name: str,
         clock: Clock,
-        rng: random.Random | None = None,
-        budget: ContextBudget | None = None,
+        budget: ContextBudget,
+        *,
+        profiles: dict[str, ModelProfile],
+        aliases: list[str],
+        user_name: str,
+        turns: list[Turn],
+        chat_system: str = "",
+        want_usage: bool = False,
     ) -> None:
-        self.clock = clock
         self.gateway = gateway
         self.ctx = ctx
         self.settings = settings
         self.transcript = transcript
         self.emitter = emitter
+        self.clock = clock
+        self.budget = budget
+        self.profiles = profiles
+        self.aliases = aliases  # every participant's alias, in turn order
         self.user_name = user_name
-        self.turns: list[Turn] = []
-        self.chat_system = ""  # the chat's own system prompt, if the user set one
+        self.turns = turns  # the chat so far, then every turn spoken in this run
+        self.chat_system = chat_system  # the chat's own system prompt, if the user set one
+        self.want_usage = want_usage  # count tokens for a token budget
+        self.tokens = 0  # used by replies so far (usage, else estimated)
+        self.speaking = False  # a turn is streaming
+        self.guarded = True  # the turn being spoken is held to its own voice
         self._tool_notice_shown: set[str] = set()
-        self.rng = rng or random.Random()
-        self.tokens = 0  # used by participants' replies so far (usage, else estimated)
-        self.want_usage = False  # count tokens for a token budget
-        self.budget = budget or ContextBudget(settings.context_tokens)
-        self.aliases: list[str] = []  # every participant's alias, in turn order
-        self.progress = Progress()
-        self.started: float | None = None  # when the turns began (after the setup dialog)
-        self.outcome = ""  # how it ended, for the final status ("" after its rounds)
-        self.in_turn = False  # a participant's conversation turn is streaming
-        self.speaking = False  # any turn (closing and votes too) is streaming
 
-    # -- the conversation ------------------------------------------------------------------
-    async def converse(
-        self,
-        config: ConversationConfig,
-        participants: list[Participant],
-        profiles: dict[str, ModelProfile],
-        manager: ModelProfile | None,
-        closer: Participant | None = None,
-    ) -> str:
-        """Turns until an ending condition holds, then the closing; returns why it ended."""
-        aliases = self.aliases = [p.alias for p in participants]
-        self.started = self.clock.now()
-        self.want_usage = config.max_total_tokens > 0
-        selection = self.selection(config, aliases, manager)
-        endings = self.endings(config, len(participants))
-        progress = self.progress
-        last: int | None = None
-        reason = ""
-        while not reason:
-            pick = await selection.pick(progress.slots, last)
-            if pick.end:
-                reason, self.outcome = pick.end, pick.end
-                break
-            p = participants[pick.index]
-            rules = self.turn_rules(config, progress.slots, len(participants))
-            self.in_turn = True
-            said, passed = await self.run_turn(
-                p,
-                profiles[p.model_id],
-                self.system_prompt(p, profiles[p.model_id], aliases, rules),
-                why=pick.why if self.settings.show_manager_reason else "",
-                pass_allowed=config.pass_allowed,
-            )
-            self.in_turn = False
-            progress.record(p.alias, said, passed, self.tokens)
-            last = pick.index
-            reason, self.outcome = next(
-                ((r, e.label) for e in endings if (r := e.check(progress))), ("", "")
-            )
-        # Only rounds can end it: nothing to explain, and the transcript looks as it always did.
-        explain = len(endings) > 1 or isinstance(selection, ManagerChoice)
-        if explain:
-            self._status(f"Conversation ended: {reason}.")
-        if config.closing == "vote":
-            await self.vote(participants, profiles)
-        elif closer is not None:
-            prompt = getattr(config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
-            await self.closing_turn(closer, profiles[closer.model_id], aliases, prompt)
-        if explain:
-            turns = _count(progress.spoken, "turn")
-            passes = f", {progress.passes} passed" if progress.passes else ""
-            self.transcript.add_notice(
-                f"*🏁 The conversation ended after {turns}{passes}: {md_text(reason)}.*"
-            )
-        return reason
-
-    def selection(
-        self, config: ConversationConfig, aliases: list[str], manager: ModelProfile | None
-    ) -> SpeakerPolicy:
-        """The policy that picks each speaker, as the config's `selection` says."""
-        if config.selection == "manager" and manager is not None:
-            return ManagerChoice(
-                lambda messages: self.ask_manager(manager, messages),
-                self.manager_prompt,
-                self.settings.manager_system,
-                aliases,
-                self._status,
-            )
-        if config.selection == "random":
-            spoke = next((t.speaker for t in reversed(self.turns) if t.speaker is not None), "")
-            previous = match_alias(spoke, aliases) if spoke else None
-            return RandomOrder(len(aliases), self.rng, previous)
-        order = list(range(len(aliases)))
-        if config.selection == "mention":
-            latest = next((t.content for t in reversed(self.turns) if t.speaker is None), "")
-            named = mention_order(_text_of(latest), aliases)
-            order = named + [i for i in order if i not in named]
-        return FixedOrder(order)
-
-    def endings(self, config: ConversationConfig, count: int) -> list[EndCondition]:
-        """The ending conditions this config asks for, checked after every turn."""
-        endings: list[EndCondition] = [RoundsDone(config.rounds, count)]
-        if config.stop_phrase:
-            endings.append(StopPhraseSaid(config.stop_phrase))
-        if config.max_seconds:
-            endings.append(TimeBudget(config.max_seconds, self.clock, self.clock.now()))
-        if config.max_total_tokens:
-            endings.append(TokenBudget(config.max_total_tokens))
-        if config.pass_allowed:
-            endings.append(EveryonePassed(count))
-        return endings
-
-    def turn_rules(self, config: ConversationConfig, slot: int, count: int) -> str:
-        """What a participant is told about this turn: how many remain, PASS, the stop phrase."""
-        total = config.rounds * count
-        left = total - slot - 1
-        at_most = "at most " if config.max_seconds or config.max_total_tokens else ""
-        rules = [f"This is turn {slot + 1} of {at_most}{total}; {left} more after yours."]
-        if config.selection in ("round_robin", "mention"):
-            rules.insert(0, f"Round {slot // count + 1} of {config.rounds}.")
-        if config.pass_allowed:
-            rules.append(
-                f"If you have nothing useful to add, answer only the word {SKIP_WORD} and "
-                "you will be skipped this turn."
-            )
-        if config.stop_phrase:
-            rules.append(
-                f"When the conversation has reached its goal, say “{config.stop_phrase}” to end it."
-            )
-        return " ".join(rules)
-
-    def manager_prompt(self, last: int | None) -> str:
-        """The manager's prompt template filled in with the conversation so far."""
-        aliases = self.aliases
-        return fill_template(
-            self.settings.manager_prompt,
-            {
-                "history": history_digest(
-                    self.turns, self.user_name, self.settings.manager_history_chars
-                ),
-                "last_speaker": "None" if last is None else aliases[last],
-                "participant_list": ", ".join(aliases),
-            },
-        )
-
-    async def ask_manager(self, manager: ModelProfile, messages: list[dict]) -> str:
-        """The manager's answer, bounded like a turn: a rambling manager cannot hold the run."""
-        form: dict[str, Any] = {"model": manager.model_id, "messages": list(messages)}
-        if self.settings.max_tokens:
-            form["max_tokens"] = self.settings.max_tokens
-        return await within(
-            self.clock, self.settings.manager_timeout, self.gateway.complete(form, self.ctx.user)
-        )
-
-    def _status(self, text: str, done: bool = True) -> None:
-        log.debug("status: %s", text)
-        self.emitter.post({"type": "status", "data": {"description": text, "done": done}})
-
-    def end_status(self, outcome: str) -> None:
-        """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
-        its rounds ("· stopped"); it replaces whatever the manager last said."""
-        if self.started is None:
-            return  # no turn began: the message says what happened
-        turns = self.progress.spoken + (1 if self.in_turn else 0)
-        seconds = round(self.clock.now() - self.started)
-        text = f"{_count(len(self.aliases), 'participant')}, {_count(turns, 'turn')}, {seconds} s"
-        self._status(f"{text} · {outcome}" if outcome else text)
-
-    def not_started(self, exc: Exception) -> None:
-        """The status after a setup that cannot run (the message says what to fix); a
-        cancelled setup's own line says it all."""
-        if isinstance(exc, AccessCheckError):
-            self._status("Not started: the access check failed")
-        elif isinstance(exc, ConfigError):
-            self._status("Not started: the setup needs fixing")
-
-    def stopped(self) -> None:
-        """The user pressed Stop: the turn being spoken says so, and so does the status."""
-        if self.speaking:
-            self.transcript.close_live()
-            self.transcript.add_notice(STOPPED_LINE)
-        self.end_status("stopped")
-
-    # -- the end: a closing turn or a vote ---------------------------------------------------
-    async def closing_turn(
-        self, closer: Participant, profile: ModelProfile, aliases: list[str], prompt: str
-    ) -> None:
-        """One more turn by the closing model, with the whole conversation in its context."""
-        system = (
-            f"You are {closer.alias}. The group conversation between {', '.join(aliases)} "
-            f"has ended, and you close it.\n\n{prompt}"
-        )
-        parts = [profile.system_prompt, self.chat_system, system]
-        await self.run_turn(
-            closer, profile, "\n\n".join(x.strip() for x in parts if x.strip()), ask=prompt
-        )
-
-    async def vote(
-        self, participants: list[Participant], profiles: dict[str, ModelProfile]
-    ) -> None:
-        """Every participant casts one short vote in its own turn; the tally follows."""
-        aliases = [p.alias for p in participants]
-        votes: list[tuple[str, str]] = []
-        missing: list[str] = []
-        for p in participants:
-            profile = profiles[p.model_id]
-            system = self.system_prompt(p, profile, aliases, VOTE_PROMPT)
-            said, _ = await self.run_turn(p, profile, system, ask=VOTE_PROMPT)
-            choice = parse_vote(said)
-            if choice:
-                votes.append((p.alias, choice))
-            else:
-                missing.append(p.alias)
-        result = md_text(tally(votes)) if votes else "no votes"
-        if missing:
-            result += f"; no vote from {md_text(', '.join(missing))}"
-        self.transcript.add_notice(f"*🗳️ Vote: {result}*")
-        await self.emitter.update()
-
-    # -- one turn ----------------------------------------------------------------------------
-    async def run_turn(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        system: str,
-        *,
-        why: str = "",
-        ask: str = "",
-        pass_allowed: bool = False,
-    ) -> tuple[str, bool]:
-        """Stream one turn; returns what was said and whether it was a PASS (shown as a line)."""
-        log.debug("turn: %s (%s)", p.alias, p.model_id)
-        self.speaking = True
+    async def turn(self, plan: TurnPlan) -> Heard:
+        """Speak one planned turn; what was said joins the turns (a PASS shows as one line)."""
+        p = plan.speaker
+        profile = self.profiles[p.model_id]
+        log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
+        self.speaking, self.guarded = True, plan.guarded
         mark = self.transcript.checkpoint()
         self.transcript.start_turn(p)
-        if why:
-            self.transcript.add_block(manager_block(why))
-        if profile.user_picked_tools and not profile.native_tools:
-            if p.alias not in self._tool_notice_shown:
-                self._tool_notice_shown.add(p.alias)
-                self.transcript.add_notice(
-                    f"*🛠️ Tools are unavailable for {md_text(p.alias)}: its model "
-                    "does not use native function calling.*"
-                )
+        if plan.why and self.settings.show_manager_reason:
+            self.transcript.add_block(manager_block(plan.why))
+        self._tools_notice(p, profile)
         await self.emitter.update()
+        system = self.system_prompt(plan, profile)
 
         def build(shrink: float) -> list[dict]:
             messages = self.fitted_messages(p, profile, system, shrink)
-            if ask:
-                messages[-1] = {**messages[-1], "content": _merge(messages[-1]["content"], ask)}
+            if plan.ask:
+                last = messages[-1]
+                messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
             return messages
 
         said = await self.reply_with_tools(p, profile, build)
         self.transcript.close_live()
-        passed = pass_allowed and is_pass(said)
+        passed = plan.pass_allowed and is_pass(said)
         if passed:
             self.transcript.rewind(mark)
             self.transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
@@ -2710,7 +2767,42 @@ class Run:
             self.turns.append(Turn(p.alias, said))
         self.speaking = False
         await self.emitter.update()
-        return said, passed
+        return Heard(said, passed)
+
+    def _tools_notice(self, p: Participant, profile: ModelProfile) -> None:
+        """Once per participant: the user picked tools its model cannot call."""
+        if profile.user_picked_tools and not profile.native_tools:
+            if p.alias not in self._tool_notice_shown:
+                self._tool_notice_shown.add(p.alias)
+                self.transcript.add_notice(
+                    f"*🛠️ Tools are unavailable for {md_text(p.alias)}: its model "
+                    "does not use native function calling.*"
+                )
+
+    def system_prompt(self, plan: TurnPlan, profile: ModelProfile) -> str:
+        """The model's own prompt and the chat's, then the persona, the turn's rules and the
+        shared instruction; a closing speaker gets its task instead of the last three."""
+        if plan.kind == "closing":
+            parts = [profile.system_prompt, self.chat_system, plan.rules]
+            return "\n\n".join(x.strip() for x in parts if x.strip())
+        p = plan.speaker
+        others = ", ".join(a for a in self.aliases if a != p.alias) or "the user"
+        shared = self.settings.shared_instruction
+        if "{alias}" not in shared:
+            shared = f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
+        shared = fill_template(shared, {"alias": p.alias, "others": others})
+        # The shared instruction goes last: v2's ends mid-sentence ("...as <alias>").
+        parts = [profile.system_prompt, self.chat_system, p.persona, plan.rules, shared]
+        return "\n\n".join(part.strip() for part in parts if part.strip())
+
+    async def ask(
+        self, profile: ModelProfile, messages: list[dict], max_tokens: int, seconds: float
+    ) -> str:
+        """One plain completion (the manager's), bounded in tokens and time."""
+        form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
+        if max_tokens:
+            form["max_tokens"] = max_tokens
+        return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
 
     def fitted_messages(
         self, p: Participant, profile: ModelProfile, system_text: str, shrink: float
@@ -2732,19 +2824,6 @@ class Run:
     def _tools_chars(profile: ModelProfile) -> int:
         return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
 
-    def system_prompt(
-        self, p: Participant, profile: ModelProfile, aliases: list[str], rules: str = ""
-    ) -> str:
-        others = ", ".join(a for a in aliases if a != p.alias) or "the user"
-        shared = self.settings.shared_instruction
-        if "{alias}" not in shared:
-            shared = f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
-        shared = fill_template(shared, {"alias": p.alias, "others": others})
-        # The shared instruction goes last: v2's ends mid-sentence ("...as <alias>").
-        parts = [profile.system_prompt, self.chat_system, p.persona, rules, shared]
-        parts = [part.strip() for part in parts]
-        return "\n\n".join(part for part in parts if part)
-
     async def reply_with_tools(
         self, p: Participant, profile: ModelProfile, build: Callable[[float], list[dict]]
     ) -> str:
@@ -2756,11 +2835,11 @@ class Run:
         messages = build(1.0)
         tool_rounds = corrections = 0
         refitted = False
-        limit = self.settings.turn_time_limit
+        limit = self.settings.valves.TURN_TIME_LIMIT
         ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
         while True:
-            offer = bool(profile.tool_specs) and tool_rounds < self.settings.max_tool_rounds
-            offer = offer and corrections <= self.settings.max_tool_corrections
+            offer = bool(profile.tool_specs) and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
+            offer = offer and corrections <= self.settings.valves.MAX_TOOL_CORRECTIONS
             result = await self.stream_once(p, profile, messages, offer, ends_at)
             if result.content:
                 said.append(result.content)
@@ -2794,7 +2873,7 @@ class Run:
                 return "\n\n".join(s for s in said if s)
             if not result.calls:
                 return "\n\n".join(said)
-            if tool_rounds >= self.settings.max_tool_rounds:
+            if tool_rounds >= self.settings.valves.MAX_TOOL_ROUNDS:
                 # Tools were no longer offered and it called one anyway: nothing more runs.
                 self._notice(
                     f"{md_text(p.alias)} still asked for tools after "
@@ -2802,7 +2881,7 @@ class Run:
                 )
                 return "\n\n".join(said)
             bad = {c.index: why for c in result.calls if (why := self._malformed(profile, c))}
-            if bad and corrections < self.settings.max_tool_corrections:
+            if bad and corrections < self.settings.valves.MAX_TOOL_CORRECTIONS:
                 corrections += 1
                 log.debug("malformed tool call from %s, asking again: %s", p.alias, bad)
                 messages += self._tool_messages(
@@ -2833,7 +2912,7 @@ class Run:
         decoder, calls = SSEDecoder(), ToolCallAccumulator()
         splitter = ReplyFilter(self.guard_for(p))
         content: list[str] = []
-        silence = self.settings.turn_timeout
+        silence = self.settings.valves.TURN_TIMEOUT
         loop = asyncio.get_running_loop()
         stream = self.gateway.stream_chat(form, self.ctx.user)
         try:
@@ -2890,22 +2969,24 @@ class Run:
         bounds: dict[str, Any] = {}
         if self.max_tokens(p):
             bounds["max_tokens"] = self.max_tokens(p)
-        if self.settings.stop_sequences:
+        if self.settings.valves.STOP_SEQUENCES and self.guarded:
             bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
         return bounds
 
-    def guard_for(self, p: Participant) -> SpeakerGuard:
-        """Lines starting with another participant's or the user's name end this reply."""
+    def guard_for(self, p: Participant) -> SpeakerGuard | None:
+        """A conversation turn ends at a line where it starts speaking as someone else."""
+        if not self.guarded:
+            return None
         return SpeakerGuard(p.alias, [*self.aliases, self.user_name, "User"])
 
     def max_tokens(self, p: Participant) -> int:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
-        return self.settings.max_tokens if p.max_tokens is None else p.max_tokens
+        return self.settings.valves.MAX_TOKENS if p.max_tokens is None else p.max_tokens
 
     def _cut_line(self, p: Participant, cut: str) -> None:
         """A visible mark that a reply was cut short; history leaves it out like a notice."""
         if cut == "time":
-            why = f"cut after {self.settings.turn_time_limit:g} s"
+            why = f"cut after {self.settings.valves.TURN_TIME_LIMIT:g} s"
         elif self.max_tokens(p):
             why = f"cut at {self.max_tokens(p)} tokens"
         else:
@@ -2971,7 +3052,7 @@ class Run:
             **self._bounds(p),
         }
         try:
-            async with asyncio.timeout(self.settings.turn_timeout):
+            async with asyncio.timeout(self.settings.valves.TURN_TIMEOUT):
                 text = await self.gateway.complete(form, self.ctx.user)
         except (ModelCallError, TimeoutError) as exc:
             self._failure_line(p, str(exc) or error or "no reply")
@@ -3047,7 +3128,7 @@ class Run:
                 text, files, embeds = f"Error: {bad[call.index]}", [], []
             else:
                 text, files, embeds = await self.run_tool(profile, call)
-            limit = self.settings.tool_result_max_chars
+            limit = self.settings.valves.TOOL_RESULT_MAX_CHARS
             outputs[call.index] = _clip(text, limit)
             # The block is re-sent in every frame that follows: show less than the model gets.
             shown = _clip(text, limit // 5)
@@ -3066,10 +3147,12 @@ class Run:
                 args = {k: v for k, v in args.items() if k in allowed}
         try:
             result = await within(
-                self.clock, self.settings.tool_timeout, call_tool(tool["callable"], args)
+                self.clock, self.settings.valves.TOOL_TIMEOUT, call_tool(tool["callable"], args)
             )
         except TimeoutError:
-            result = f"Error: the tool did not finish within {self.settings.tool_timeout:g} s."
+            result = (
+                f"Error: the tool did not finish within {self.settings.valves.TOOL_TIMEOUT:g} s."
+            )
         except Exception as exc:  # a tool's own failure is the model's to read, not a crash
             log.debug("tool %s raised: %s", call.name, exc)
             result = {"error": str(exc)}
@@ -3080,6 +3163,92 @@ class Run:
         except Exception as exc:
             log.warning("could not process the result of tool %s: %s", call.name, exc)
             return str(result), [], []
+
+
+def make_manager(
+    streamer: TurnStreamer, profile: ModelProfile, status: Callable[..., None]
+) -> ManagerChoice:
+    """The manager as a speaker policy: asked through the streamer, fed the conversation."""
+    settings, valves = streamer.settings, streamer.settings.valves
+    aliases = streamer.aliases
+
+    def prompt(last: int | None) -> str:
+        history = history_digest(streamer.turns, streamer.user_name, valves.MANAGER_HISTORY_CHARS)
+        return manager_prompt(settings.manager_prompt, history, aliases, last)
+
+    async def ask(messages: list[dict], max_tokens: int) -> str:
+        return await streamer.ask(profile, messages, max_tokens, valves.MANAGER_TIMEOUT)
+
+    return ManagerChoice(ask, prompt, settings.manager_system, aliases, status, valves.MAX_TOKENS)
+
+
+# ============================================================================
+# Run: one request's conversation, told as a story
+# ============================================================================
+
+
+class Run:
+    """The direction names each turn and the streamer speaks it, until an ending holds; then
+    the closing. Also the status line that tells the user how it went."""
+
+    def __init__(self, transcript: Transcript, emitter: CoalescingEmitter, clock: Clock) -> None:
+        self.transcript = transcript
+        self.emitter = emitter
+        self.clock = clock
+        self.direction: Direction | None = None  # both set once the setup is done
+        self.streamer: TurnStreamer | None = None
+        self.started: float | None = None  # when the turns began (after the setup dialog)
+        self.in_turn = False  # a conversation turn (not the closing) is streaming
+
+    async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
+        """Turns until an ending holds, then the closing; returns why it ended."""
+        self.direction, self.streamer, self.started = direction, streamer, self.clock.now()
+        while (plan := await direction.next_turn()) is not None:
+            self.in_turn = True
+            heard = await streamer.turn(plan)
+            self.in_turn = False
+            direction.heard(plan, heard, streamer.tokens)
+        if direction.explains:
+            self.status(f"Conversation ended: {direction.reason}.")
+        closing = [(plan, await streamer.turn(plan)) for plan in direction.closing_turns()]
+        for line in (direction.verdict(closing), direction.end_line()):
+            if line:
+                self.transcript.add_notice(line)
+        await self.emitter.update()
+        return direction.reason
+
+    # -- the status line ---------------------------------------------------------------------
+    def status(self, text: str, done: bool = True) -> None:
+        log.debug("status: %s", text)
+        self.emitter.post({"type": "status", "data": {"description": text, "done": done}})
+
+    def end_status(self, outcome: str | None = None) -> None:
+        """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
+        its rounds ("· stopped"); it replaces whatever the manager last said."""
+        direction = self.direction
+        if self.started is None or direction is None:
+            return  # no turn began: the message says what happened
+        outcome = direction.outcome if outcome is None else outcome
+        turns = direction.progress.spoken + (1 if self.in_turn else 0)
+        seconds = round(self.clock.now() - self.started)
+        count = _count(len(direction.participants), "participant")
+        text = f"{count}, {_count(turns, 'turn')}, {seconds} s"
+        self.status(f"{text} · {outcome}" if outcome else text)
+
+    def not_started(self, exc: Exception) -> None:
+        """The status after a setup that cannot run (the message says what to fix); a
+        cancelled setup's own line says it all."""
+        if isinstance(exc, AccessCheckError):
+            self.status("Not started: the access check failed")
+        elif isinstance(exc, ConfigError):
+            self.status("Not started: the setup needs fixing")
+
+    def stopped(self) -> None:
+        """The user pressed Stop: the turn being spoken says so, and so does the status."""
+        if self.streamer is not None and self.streamer.speaking:
+            self.transcript.close_live()
+            self.transcript.add_notice(STOPPED_LINE)
+        self.end_status("stopped")
 
 
 # ============================================================================
@@ -3420,33 +3589,10 @@ def _chat_bytes(body: dict) -> int:
     return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
 
 
-def _settings(valves: Any, user_valves: Any) -> Settings:
-    def get(name: str, default: Any) -> Any:
-        value = getattr(user_valves, name, None)
-        return default if value in (None, "") else value
-
-    return Settings(
-        max_tool_rounds=valves.MAX_TOOL_ROUNDS,
-        max_tool_corrections=valves.MAX_TOOL_CORRECTIONS,
-        tool_timeout=valves.TOOL_TIMEOUT,
-        tool_result_max_chars=valves.TOOL_RESULT_MAX_CHARS,
-        turn_timeout=valves.TURN_TIMEOUT,
-        max_tokens=valves.MAX_TOKENS,
-        turn_time_limit=valves.TURN_TIME_LIMIT,
-        context_tokens=valves.CONTEXT_TOKENS,
-        stop_sequences=valves.STOP_SEQUENCES,
-        manager_timeout=valves.MANAGER_TIMEOUT,
-        manager_history_chars=valves.MANAGER_HISTORY_CHARS,
-        shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
-        manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
-        manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
-        show_manager_reason=bool(get("ShowManagerReason", True)),
-        sampling={
-            "temperature": get("Temperature", 1.0),
-            "top_p": get("Top_p", 0.8),
-            "top_k": get("Top_k", 50),
-        },
-    )
+def _chat_system(body: dict) -> str:
+    """The chat's own system prompt (the user's, in the chat's settings), if any."""
+    messages = body.get("messages") or []
+    return "\n\n".join(_text_of(m.get("content")) for m in messages if m.get("role") == "system")
 
 
 def _saved_chat_id(ctx: RequestContext) -> str | None:
@@ -3532,6 +3678,59 @@ def _mark_stopped(run: Run, transcript: Transcript) -> None:
     run.stopped()
     if not transcript.render():
         transcript.add_notice(STOPPED_IN_SETUP)
+
+
+@dataclass
+class Prepared:
+    """A setup that can run: the config, its speakers (the closing one too) and every model."""
+
+    config: ConversationConfig
+    participants: list[Participant]
+    profiles: dict[str, ModelProfile]
+    manager: ModelProfile | None
+    closer: Participant | None
+    context_limits: dict[str, int]  # sizes servers named, shared by every run (Pipe's)
+    rng: random.Random
+
+
+def _cast(
+    gateway: HostGateway,
+    ctx: RequestContext,
+    settings: Settings,
+    transcript: Transcript,
+    emitter: CoalescingEmitter,
+    run: Run,
+    body: dict,
+    user_info: dict,
+    prepared: Prepared,
+) -> tuple[Direction, TurnStreamer]:
+    """The run's direction and its streamer, which holds the chat so far."""
+    streamer = TurnStreamer(
+        gateway,
+        ctx,
+        settings,
+        transcript,
+        emitter,
+        run.clock,
+        ContextBudget(settings.valves.CONTEXT_TOKENS, prepared.context_limits),
+        profiles=prepared.profiles,
+        aliases=[p.alias for p in prepared.participants],
+        user_name=user_info.get("name") or "User",
+        turns=history_turns(conversation_messages(body.get("messages") or [])),
+        chat_system=_chat_system(body),
+        want_usage=prepared.config.max_total_tokens > 0,
+    )
+    chooser = make_manager(streamer, prepared.manager, run.status) if prepared.manager else None
+    direction = make_direction(
+        prepared.config,
+        prepared.participants,
+        prepared.closer,
+        list(streamer.turns),
+        chooser,
+        prepared.rng,
+        run.clock,
+    )
+    return direction, streamer
 
 
 async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
@@ -3662,18 +3861,8 @@ class Pipe:
             max_save_interval=valves.MAX_SAVE_INTERVAL,
             live_at=transcript.live_block_at,
         )
-        settings = _settings(valves, user_valves)
-        run = Run(
-            gateway,
-            ctx,
-            settings,
-            transcript,
-            emitter,
-            user_info.get("name") or "User",
-            clock,
-            self.rng_factory(),
-            ContextBudget(settings.context_tokens, self.context_limits),
-        )
+        settings = Settings.read(valves, user_valves)
+        run = Run(transcript, emitter, clock)
         dialog = None
         if event_call is not None and valves.CONFIG_OVERLAY:
             message_id = ctx.metadata.get("message_id")
@@ -3681,29 +3870,25 @@ class Pipe:
         started = clock.now()
         try:
             try:
-                config, participants, profiles, manager, closer = await self._prepare(
-                    gateway, ctx, body, user_valves, own_prefix, dialog
-                )
+                prepared = await self._prepare(gateway, ctx, body, user_valves, own_prefix, dialog)
             except (ConfigError, AccessCheckError, SetupCancelled) as exc:
                 transcript.add_notice(_setup_notice(exc))
                 run.not_started(exc)
                 return await _finish(emitter, transcript, handing_over=True)
             log.info(
                 "conversation start: %d participants, %d rounds, manager=%s",
-                len(participants),
-                config.rounds,
-                config.use_manager,
+                len(prepared.participants),
+                prepared.config.rounds,
+                prepared.config.use_manager,
             )
-            messages = conversation_messages(body.get("messages") or [])
-            run.turns = history_turns(messages)
-            run.chat_system = "\n\n".join(
-                _text_of(m.get("content")) for m in messages if m.get("role") == "system"
+            direction, streamer = _cast(
+                gateway, ctx, settings, transcript, emitter, run, body, user_info, prepared
             )
-            await run.converse(config, participants, profiles, manager, closer)
-            run.end_status(run.outcome)
+            await run.converse(direction, streamer)
+            run.end_status()
             log.info(
                 "conversation end: %d turns in %.1f s, %d events",
-                len(run.turns),
+                direction.progress.spoken,
                 clock.now() - started,
                 emitter.sent_events,
             )
@@ -3725,13 +3910,7 @@ class Pipe:
         user_valves: Any,
         own_prefix: str,
         dialog: SetupDialog | None,
-    ) -> tuple[
-        ConversationConfig,
-        list[Participant],
-        dict[str, ModelProfile],
-        ModelProfile | None,
-        Participant | None,
-    ]:
+    ) -> Prepared:
         """The config, its speakers (closing too) and every model resolved; ConfigError says
         what to fix.
 
@@ -3760,7 +3939,9 @@ class Pipe:
         if not any(m.get("role") == "user" for m in conversation_messages(body["messages"])):
             raise NothingToAnswer  # the chat holds only /reconfigure so far
         manager = profiles[manager_id] if config.use_manager else None
-        return config, participants, profiles, manager, closer
+        return Prepared(
+            config, participants, profiles, manager, closer, self.context_limits, self.rng_factory()
+        )
 
     async def _choose_config(
         self,

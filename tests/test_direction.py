@@ -270,7 +270,8 @@ async def test_participants_are_told_which_turn_it_is_and_how_many_remain():
 async def test_a_stop_phrase_from_any_participant_ends_it():
     h = harness("a", "b")
     h.host.chat_configs["chat-1"] = config("a", "b", rounds=3, stop_phrase="We agree")
-    h.host.scripts["b"] = Script(streams=[reply("Fine, we   AGREE then.")])
+    # A line of its own, case, spacing and punctuation ignored (issue 18: not a substring).
+    h.host.scripts["b"] = Script(streams=[reply("Fine, then.\n**we   AGREE!**")])
     emitter = RecordingEmitter(h.clock)
 
     result = await h.run(emitter=emitter)
@@ -408,7 +409,8 @@ async def test_a_vote_asks_everyone_once_and_tallies():
 
 def test_votes_parse_and_tally_in_order_of_count_then_first_cast():
     assert mmc.parse_vote("I thought about it.\nVOTE: Option B - it is cheaper") == "Option B"
-    assert mmc.parse_vote("Reject; too risky") == "Reject"
+    # No VOTE line: an abstention (issue 19), not the reply's first words.
+    assert mmc.parse_vote("Reject; too risky") == ""
     assert mmc.tally([("A", "no"), ("B", "Yes"), ("C", "yes!")]) == "Yes 2 (B, C) · no 1 (A)"
 
 

@@ -1087,7 +1087,7 @@ async def test_the_managers_last_fallback_is_not_the_final_status():
 async def test_an_end_condition_says_how_it_ended_in_the_final_status():
     h = PipeHarness(models={"a": "A", "b": "B"})
     h.host.chat_configs["chat-1"] = config("a", "b", rounds=3, stop_phrase="We agree")
-    h.host.scripts["b"] = Script(streams=[reply("Fine, we agree.")])
+    h.host.scripts["b"] = Script(streams=[reply("Fine.\nWe agree.")])  # a line of its own
     emitter = RecordingEmitter(h.clock)
 
     await h.run(emitter=emitter)

@@ -352,13 +352,14 @@ async def test_a_manager_naming_several_people_gives_the_turn_to_the_first_who_m
     result = await h.run()
 
     assert speakers(result) == ["TOM", "MIA", "TOM"]
-    # The manager is bounded like a turn (MAX_TOKENS), and not at all when that is 0.
+    # The manager is bounded to what a name needs (issue 18), and never above MAX_TOKENS.
     asked = [r for r in h.host.requests if r["model"] == "boss"]
-    assert len(asked) >= 3 and all(r.get("max_tokens") == 400 for r in asked)
-    h.host.requests.clear()
-    h.pipe.valves.MAX_TOKENS = 0
-    await h.run()
-    assert all("max_tokens" not in r for r in h.host.requests if r["model"] == "boss")
+    assert len(asked) >= 3 and all(r.get("max_tokens") == 48 for r in asked)
+    for limit, sent in ((0, 48), (20, 20)):
+        h.host.requests.clear()
+        h.pipe.valves.MAX_TOKENS = limit
+        await h.run()
+        assert all(r["max_tokens"] == sent for r in h.host.requests if r["model"] == "boss")
 
 
 # -- 5. background tasks -------------------------------------------------------------------------
