@@ -422,9 +422,17 @@ def valve_choice(value: Any, choices: Any) -> str:
     return ""
 
 
+def manager_switch_as_selection(data: Any) -> Any:
+    """Saved valves with v2's `UseGroupChatManager` on and no *Who speaks next*: the manager."""
+    if isinstance(data, dict) and data.get("UseGroupChatManager") and not data.get("Selection"):
+        data = {**data, "Selection": "manager"}
+    return data
+
+
 def config_from_user_valves(valves: Any) -> dict[str, Any]:
     """Read v2's user-valve names (and the newer ones, when set) into the overlay's shape."""
     count = int(getattr(valves, "NUM_PARTICIPANTS", 0) or 0)
+    selection = getattr(valves, "Selection", "") or ""
     participants = []
     for i in range(1, min(count, MAX_PARTICIPANTS) + 1):
         participants.append(
@@ -436,13 +444,13 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
         )
     config: dict[str, Any] = {
         "rounds": getattr(valves, "ROUNDS_PER_CONVERSATION", 1),
-        "use_manager": bool(getattr(valves, "UseGroupChatManager", False)),
+        "use_manager": selection == "manager",  # v2's key says it, as v2 stored it
         "manager_model": getattr(valves, "ManagerModel", "") or "",
         "participants": participants,
     }
     # Only what the user set, so a preset's values fill the rest.
     optional = {
-        "selection": getattr(valves, "Selection", ""),
+        "selection": selection if selection != "manager" else "",
         "pass_allowed": getattr(valves, "PassAllowed", False),
         "stop_phrase": getattr(valves, "StopPhrase", ""),
         "max_seconds": getattr(valves, "MaxSeconds", 0),
@@ -3936,7 +3944,9 @@ class Pipe:
             raise
         if remember:
             await _remember(gateway, ctx, config)
-        if not any(m.get("role") == "user" for m in conversation_messages(body["messages"])):
+        if not any(
+            m.get("role") == "user" for m in conversation_messages(body.get("messages") or [])
+        ):
             raise NothingToAnswer  # the chat holds only /reconfigure so far
         manager = profiles[manager_id] if config.use_manager else None
         return Prepared(
@@ -4645,8 +4655,181 @@ return await new Promise((resolve) => {
 });
 """
 
-# The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them.
+# The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them: what
+# admins tune first (rounds, tokens, time limits, tools, the dialog), the streaming internals last.
 ADMIN_VALVES: dict[str, Any] = {
+    "MAX_ROUNDS": (
+        int,
+        Field(
+            default=20,
+            ge=1,
+            le=1000,
+            title="Most rounds",
+            description="Highest number of rounds a user may ask for.",
+        ),
+    ),
+    "MAX_TOKENS": (
+        int,
+        Field(
+            default=400,
+            ge=0,
+            title="Max tokens per turn",
+            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
+            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
+            "give them more. 0: no limit.",
+        ),
+    ),
+    "TURN_TIME_LIMIT": (
+        float,
+        Field(
+            default=180,
+            ge=0,
+            title="Time limit per turn (s)",
+            description="Seconds one turn may stream, however busy the model is; the turn keeps "
+            "what arrived and is marked as cut. 0: no limit.",
+        ),
+    ),
+    "TURN_TIMEOUT": (
+        float,
+        Field(
+            default=300,
+            gt=0,
+            title="Silence timeout (s)",
+            description="Seconds a participant's model may stay silent (no chunk) before its "
+            "turn ends with an error; also the limit for a non-streamed retry.",
+        ),
+    ),
+    "CONTEXT_TOKENS": (
+        int,
+        Field(
+            default=8192,
+            ge=0,
+            title="Assumed context size (tokens)",
+            description="Context size assumed for a participant model whose Open WebUI "
+            "settings name none (`num_ctx` or `max_context`). Older turns are left out to fit. "
+            "0: fit only after the model reports a context-length error.",
+        ),
+    ),
+    "MAX_TOOL_ROUNDS": (
+        int,
+        Field(
+            default=5,
+            ge=0,
+            le=50,
+            title="Tool rounds per turn",
+            description="Tool-call rounds per turn before the model must answer.",
+        ),
+    ),
+    "MAX_TOOL_CORRECTIONS": (
+        int,
+        Field(
+            default=2,
+            ge=0,
+            le=10,
+            title="Retries after a malformed tool call",
+            description="Silent retries per turn when a model calls an unknown tool or sends "
+            "arguments that are not a JSON object.",
+        ),
+    ),
+    "TOOL_TIMEOUT": (
+        float,
+        Field(
+            default=120,
+            gt=0,
+            title="Tool timeout (s)",
+            description="Seconds one tool call may run; then the model is told it timed out. A "
+            "synchronous tool runs in a thread, which finishes in the background.",
+        ),
+    ),
+    "TOOL_RESULT_MAX_CHARS": (
+        int,
+        Field(
+            default=100_000,
+            ge=1000,
+            title="Longest tool result (characters)",
+            description="Longest tool result given back to the model; the tool block in the "
+            "chat shows at most a fifth of it.",
+        ),
+    ),
+    "BUILTIN_TOOLS": (
+        bool,
+        Field(
+            default=False,
+            title="Offer built-in tools",
+            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
+            "...) to every participant whose model uses native function calling. Off: a "
+            "participant gets tools only when some are picked for the chat or its model, or a "
+            "feature such as web search is switched on.",
+        ),
+    ),
+    "CONFIG_OVERLAY": (
+        bool,
+        Field(
+            default=True,
+            title="Setup dialog",
+            description="Open the setup dialog in the browser for a chat that has no setup yet. "
+            "Off: the user valves are used.",
+        ),
+    ),
+    "OVERLAY_TIMEOUT": (
+        float,
+        Field(
+            default=180,
+            ge=5,
+            title="Setup dialog timeout (s)",
+            description="Seconds the dialog waits without a key, click or edit before it "
+            "closes; the conversation then runs with the user valves and the next message asks "
+            "again. Typing keeps it open (an hour at most).",
+        ),
+    ),
+    "MANAGER_TIMEOUT": (
+        float,
+        Field(
+            default=30,
+            gt=0,
+            title="Manager timeout (s)",
+            description="Seconds the manager may take to pick a speaker; then the next "
+            "participant in order speaks.",
+        ),
+    ),
+    "MANAGER_HISTORY_CHARS": (
+        int,
+        Field(
+            default=8000,
+            ge=200,
+            title="Conversation shown to the manager (characters)",
+            description="Newest characters of the conversation shown to the manager.",
+        ),
+    ),
+    "TASK_TIMEOUT": (
+        float,
+        Field(
+            default=30,
+            gt=0,
+            title="Title and tags timeout (s)",
+            description="Seconds a background task (title, tags, follow-ups) may take. Open "
+            "WebUI keeps the message busy until its tasks end; one that takes longer is "
+            "dropped.",
+        ),
+    ),
+    "STOP_SEQUENCES": (
+        bool,
+        Field(
+            default=True,
+            title="Stop at other speakers' names",
+            description="Send the other participants' and the user's `Name:` labels as stop "
+            "sequences, so a model ends its turn instead of writing their lines (a reply that "
+            "still does is cut there anyway). Switch off for models that reject `stop`.",
+        ),
+    ),
+    "PIPE_NAME": (
+        str,
+        Field(
+            default="Multi-Model Conversation",
+            title="Name in the model picker",
+            description="What users pick in the model list to start a conversation.",
+        ),
+    ),
     "EMIT_INTERVAL": (
         float,
         Field(
@@ -4695,176 +4878,6 @@ ADMIN_VALVES: dict[str, Any] = {
             title="Longest gap between saves (s)",
             description="Longest gap between two whole copies of the message (saves, or "
             "updates that change earlier text), however long the chat.",
-        ),
-    ),
-    "MAX_ROUNDS": (
-        int,
-        Field(
-            default=20,
-            ge=1,
-            le=1000,
-            title="Most rounds",
-            description="Highest number of rounds a user may ask for.",
-        ),
-    ),
-    "CONFIG_OVERLAY": (
-        bool,
-        Field(
-            default=True,
-            title="Setup dialog",
-            description="Open the setup dialog in the browser for a chat that has no setup yet. "
-            "Off: the user valves are used.",
-        ),
-    ),
-    "OVERLAY_TIMEOUT": (
-        float,
-        Field(
-            default=180,
-            ge=5,
-            title="Setup dialog timeout (s)",
-            description="Seconds to wait for the dialog before falling back to the user valves.",
-        ),
-    ),
-    "MAX_TOOL_ROUNDS": (
-        int,
-        Field(
-            default=5,
-            ge=0,
-            le=50,
-            title="Tool rounds per turn",
-            description="Tool-call rounds per turn before the model must answer.",
-        ),
-    ),
-    "MAX_TOOL_CORRECTIONS": (
-        int,
-        Field(
-            default=2,
-            ge=0,
-            le=10,
-            title="Retries after a malformed tool call",
-            description="Silent retries per turn when a model calls an unknown tool or sends "
-            "arguments that are not a JSON object.",
-        ),
-    ),
-    "TOOL_TIMEOUT": (
-        float,
-        Field(
-            default=120,
-            gt=0,
-            title="Tool timeout (s)",
-            description="Seconds one tool call may run; then the model is told it timed out. A "
-            "synchronous tool runs in a thread, which finishes in the background.",
-        ),
-    ),
-    "TURN_TIMEOUT": (
-        float,
-        Field(
-            default=300,
-            gt=0,
-            title="Silence timeout (s)",
-            description="Seconds a participant's model may stay silent (no chunk) before its "
-            "turn ends with an error; also the limit for a non-streamed retry.",
-        ),
-    ),
-    "MAX_TOKENS": (
-        int,
-        Field(
-            default=400,
-            ge=0,
-            title="Max tokens per turn",
-            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
-            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
-            "give them more. 0: no limit.",
-        ),
-    ),
-    "TURN_TIME_LIMIT": (
-        float,
-        Field(
-            default=180,
-            ge=0,
-            title="Time limit per turn (s)",
-            description="Seconds one turn may stream, however busy the model is; the turn keeps "
-            "what arrived and is marked as cut. 0: no limit.",
-        ),
-    ),
-    "CONTEXT_TOKENS": (
-        int,
-        Field(
-            default=8192,
-            ge=0,
-            title="Assumed context size (tokens)",
-            description="Context size assumed for a participant model whose Open WebUI "
-            "settings name none (`num_ctx` or `max_context`). Older turns are left out to fit. "
-            "0: fit only after the model reports a context-length error.",
-        ),
-    ),
-    "TOOL_RESULT_MAX_CHARS": (
-        int,
-        Field(
-            default=100_000,
-            ge=1000,
-            title="Longest tool result (characters)",
-            description="Longest tool result given back to the model; the tool block in the "
-            "chat shows at most a fifth of it.",
-        ),
-    ),
-    "TASK_TIMEOUT": (
-        float,
-        Field(
-            default=30,
-            gt=0,
-            title="Title and tags timeout (s)",
-            description="Seconds a background task (title, tags, follow-ups) may take. Open "
-            "WebUI keeps the message busy until its tasks end; one that takes longer is "
-            "dropped.",
-        ),
-    ),
-    "MANAGER_TIMEOUT": (
-        float,
-        Field(
-            default=30,
-            gt=0,
-            title="Manager timeout (s)",
-            description="Seconds the manager may take to pick a speaker; then the next "
-            "participant in order speaks.",
-        ),
-    ),
-    "MANAGER_HISTORY_CHARS": (
-        int,
-        Field(
-            default=8000,
-            ge=200,
-            title="Conversation shown to the manager (characters)",
-            description="Newest characters of the conversation shown to the manager.",
-        ),
-    ),
-    "STOP_SEQUENCES": (
-        bool,
-        Field(
-            default=True,
-            title="Stop at other speakers' names",
-            description="Send the other participants' and the user's `Name:` labels as stop "
-            "sequences, so a model ends its turn instead of writing their lines (a reply that "
-            "still does is cut there anyway). Switch off for models that reject `stop`.",
-        ),
-    ),
-    "BUILTIN_TOOLS": (
-        bool,
-        Field(
-            default=False,
-            title="Offer built-in tools",
-            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
-            "...) to every participant whose model uses native function calling. Off: a "
-            "participant gets tools only when some are picked for the chat or its model, or a "
-            "feature such as web search is switched on.",
-        ),
-    ),
-    "PIPE_NAME": (
-        str,
-        Field(
-            default="Multi-Model Conversation",
-            title="Name in the model picker",
-            description="What users pick in the model list to start a conversation.",
         ),
     ),
 }
@@ -4917,15 +4930,6 @@ USER_VALVES: dict[str, Any] = {
             "are filled in; text without `{alias}` gets the alias appended (as v2 did).",
         ),
     ),
-    "UseGroupChatManager": (
-        bool,
-        Field(
-            default=False,
-            title="Use a manager",
-            description="Let a manager model pick who speaks next (when *Who speaks next* is "
-            "empty).",
-        ),
-    ),
     "ManagerModel": (
         str,
         Field(
@@ -4958,7 +4962,7 @@ USER_VALVES: dict[str, Any] = {
             title="Who speaks next",
             description="`round_robin`: everyone in order; `manager`: the manager model picks; "
             "`random`: anyone but the last speaker; `mention`: those you @name in your message "
-            "first. Empty: *Use a manager* decides.",
+            "first. Empty: round robin (or what a preset says).",
         ),
     ),
     "ShowManagerReason": (
@@ -5064,6 +5068,10 @@ Pipe.Valves = create_model("Valves", **ADMIN_VALVES)
 Pipe.UserValves = create_model(
     "UserValves",
     __validators__={
+        # v2's "Use a manager" switch, still in saved valves, is *Who speaks next: manager*.
+        "_a_manager_switch": model_validator(mode="before")(
+            lambda cls, data: manager_switch_as_selection(data)
+        ),
         # The host resets every user valve when one fails: old free-text values must still load.
         "_a_count": field_validator("NUM_PARTICIPANTS", mode="before")(
             lambda cls, value: participant_count(value)

@@ -282,3 +282,24 @@ def _nested(depth: int) -> dict:
     for _ in range(depth):
         node = {"x": node}
     return node
+
+
+def test_admin_valves_open_with_what_admins_tune_and_end_with_the_streaming_internals():
+    names = list(mmc.Pipe.Valves.model_fields)
+    assert names[:3] == ["MAX_ROUNDS", "MAX_TOKENS", "TURN_TIME_LIMIT"]
+    internals = ["EMIT_INTERVAL", "SAVE_INTERVAL", "SAVE_BUDGET_KB", "MAX_SAVE_INTERVAL"]
+    assert names[-4:] == internals
+    tools = [n for n in names if "TOOL" in n]
+    assert max(names.index(n) for n in tools) < names.index("PIPE_NAME")
+
+
+def test_one_switch_for_who_speaks_next_and_old_manager_switches_still_load():
+    fields = mmc.Pipe.UserValves.model_fields
+    assert "UseGroupChatManager" not in fields and "Selection" in fields
+    old = mmc.Pipe.UserValves(UseGroupChatManager=True, NUM_PARTICIPANTS=1, Participant1Model="a")
+    assert old.Selection == "manager" and old.Participant1Model == "a"
+    assert mmc.parse_config(mmc.config_from_user_valves(old), 20).selection == "manager"
+    # A choice made in the select wins over the old switch; the switch off changes nothing.
+    chosen = mmc.Pipe.UserValves(UseGroupChatManager=True, Selection="random")
+    assert chosen.Selection == "random"
+    assert mmc.Pipe.UserValves(UseGroupChatManager=False).Selection == ""
