@@ -872,10 +872,15 @@ def unmark_lookalikes(text: str) -> str:
     return _MARKED_LOOKALIKE_RE.sub(lambda m: m.group(0)[:-1], text)
 
 
-def heading(participant: Participant, first: bool) -> str:
+# Follows the alias in the heading of a vote's turn, so a vote does not read as a turn; the
+# history reads the turn as the participant's own.
+VOTE_LABEL = " · 🗳️ vote"
+
+
+def heading(participant: Participant, first: bool, label: str = "") -> str:
     """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup."""
     prefix = "" if first else "\n\n"
-    return f"{prefix}### {participant.mark} {md_text(participant.alias)}\n\n"
+    return f"{prefix}### {participant.mark} {md_text(participant.alias)}{label}\n\n"
 
 
 _DETAILS_CLOSE = "</details"
@@ -939,6 +944,7 @@ class Transcript:
 
     def __init__(self, clock: Callable[[], float], prefix: str = "") -> None:
         self._clock = clock
+        self._prefix_chars = len(prefix)  # a message this one continues (Continue Response)
         self._committed: list[str] = [prefix] if prefix else []
         self._committed_text: str | None = None
         self._live_content: list[str] = []
@@ -950,9 +956,9 @@ class Transcript:
         self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
 
     # -- writing ---------------------------------------------------------------------------
-    def start_turn(self, participant: Participant) -> None:
+    def start_turn(self, participant: Participant, label: str = "") -> None:
         self.close_live()
-        self._commit(heading(participant, first=not self._has_text()))
+        self._commit(heading(participant, first=not self._has_text(), label=label))
 
     def add_content(self, text: str) -> None:
         if self._reasoning is not None:
@@ -1040,6 +1046,10 @@ class Transcript:
             self.clear_running_tools()
 
     # -- reading ---------------------------------------------------------------------------
+    def added(self) -> str:
+        """What this request wrote after the message it continues (all of it otherwise)."""
+        return self.render()[self._prefix_chars :]
+
     def render(self) -> str:
         if self._committed_text is None:
             self._committed_text = "".join(self._committed)
@@ -1739,7 +1749,7 @@ def split_turns(content: str) -> list[Turn]:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = _clean_said(content[match.end() : end])
         if text:
-            turns.append(Turn(md_unescape(match.group(1)), text))
+            turns.append(Turn(md_unescape(match.group(1).removesuffix(VOTE_LABEL)), text))
     return turns
 
 
@@ -2751,7 +2761,7 @@ class TurnStreamer:
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         self.speaking, self.guarded = True, plan.guarded
         mark = self.transcript.checkpoint()
-        self.transcript.start_turn(p)
+        self.transcript.start_turn(p, VOTE_LABEL if plan.kind == "vote" else "")
         if plan.why and self.settings.show_manager_reason:
             self.transcript.add_block(manager_block(plan.why))
         self._tools_notice(p, profile)
@@ -3597,6 +3607,31 @@ def _chat_bytes(body: dict) -> int:
     return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
 
 
+def continued_content(body: dict, metadata: dict) -> str:
+    """The message Open WebUI's Continue Response asks to go on ('' for any other request): the
+    host names it as `assistant_message_id` and sends it as the last message, and it appends
+    what the pipe returns to it."""
+    messages = body.get("messages") or []
+    if not metadata.get("assistant_message_id") or not messages:
+        return ""
+    last = messages[-1]
+    return _text_of(last.get("content")) if last.get("role") == "assistant" else ""
+
+
+def one_more_round(config: ConversationConfig) -> ConversationConfig:
+    """What Continue means for a conversation: one more round of its participants, in its order,
+    without closing it again (the closing turn or vote already spoke)."""
+    return config.model_copy(update={"rounds": 1, "closing": None})
+
+
+def earlier_turns(content: str, participants: list[Participant]) -> int:
+    """The participants' turns in a message (not passes, the closing, or votes), as its status
+    counted them."""
+    aliases = {p.alias for p in participants}
+    names = HEADING_RE.findall(BLOCK_RE.sub("", content))
+    return sum(1 for name in names if md_unescape(name) in aliases)
+
+
 def _chat_system(body: dict) -> str:
     """The chat's own system prompt (the user's, in the chat's settings), if any."""
     messages = body.get("messages") or []
@@ -3738,6 +3773,9 @@ def _cast(
         prepared.rng,
         run.clock,
     )
+    # Continue Response: the status counts the message's earlier turns too.
+    earlier = continued_content(body, ctx.metadata)
+    direction.progress.spoken = earlier_turns(earlier, prepared.participants) if earlier else 0
     return direction, streamer
 
 
@@ -3751,7 +3789,7 @@ async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_ov
     """
     transcript.finish()
     await emitter.flush()
-    final = transcript.render()
+    final = transcript.added()  # on Continue the host puts it after the message it continues
     if handing_over:
         await emitter.hand_over()
     return final
@@ -3857,7 +3895,7 @@ class Pipe:
     ) -> str:
         valves = self.valves
         clock = self.clock
-        transcript = Transcript(clock.now)
+        transcript = Transcript(clock.now, prefix=continued_content(body, ctx.metadata))
         emitter = CoalescingEmitter(
             emit,
             transcript.render,
@@ -3924,9 +3962,10 @@ class Pipe:
 
         A new config is remembered for the chat only once every model in it passed setup.
         """
-        config, saved, remember = await self._choose_config(
+        chosen, saved, remember = await self._choose_config(
             gateway, ctx, body, user_valves, own_prefix, dialog
         )
+        config = one_more_round(chosen) if continued_content(body, ctx.metadata) else chosen
         runtime = gateway.runtime_models()
         names = {m: d.get("name") or m for m, d in runtime.items()}
         participants = make_participants(config, names)
@@ -3943,7 +3982,7 @@ class Pipe:
                 raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
             raise
         if remember:
-            await _remember(gateway, ctx, config)
+            await _remember(gateway, ctx, chosen)
         if not any(
             m.get("role") == "user" for m in conversation_messages(body.get("messages") or [])
         ):

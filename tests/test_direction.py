@@ -401,7 +401,9 @@ async def test_a_vote_asks_everyone_once_and_tallies():
 
     result = await h.run()
 
-    assert speakers(result) == ["A", "B", "C", "A", "B", "C"]
+    # issue 19: the vote turns are labelled as votes
+    votes = [f"{alias}{mmc.VOTE_LABEL}" for alias in "ABC"]
+    assert speakers(result) == ["A", "B", "C", *votes]
     assert mmc.md_unescape(result).endswith("*🗳️ Vote: Tea 2 (A, C) · coffee 1 (B)*")
     for request in streamed(h)[3:]:
         assert request["messages"][-1]["content"].endswith(mmc.VOTE_PROMPT)
