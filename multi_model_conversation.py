@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import copy
 import html
 import inspect
 import json
@@ -60,10 +61,12 @@ MARK_COLOURS = (
     "#9e9e9e",
 )
 MAX_PARTICIPANTS = 5
-SELECTIONS = ("round_robin", "manager", "random", "mention")  # how the next speaker is chosen
+# How the next speaker is chosen; "council": everyone answers each round at once, unseen.
+SELECTIONS = ("round_robin", "manager", "random", "mention", "council")
+MODERATORS = ("", "between_rounds")  # when the user is asked for words of their own
 MAX_ALIAS_CHARS = 64
 # A persona or a closing task: longer ones could crowd the conversation out of a model's context.
-MAX_PERSONA_CHARS = 4000
+MAX_PERSONA_CHARS = 8000
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
 RECONFIGURE_COMMAND = "/reconfigure"
 
@@ -116,6 +119,9 @@ class ParticipantConfig(BaseModel):
     system_message: str = Field(default="", max_length=MAX_PERSONA_CHARS)
     # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
     max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
+    # None: the valves' sampling. Its own, so a critic can be cold and a dreamer hot.
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
     # Its place among the rows the user filled in (empty ones are dropped): "Participant N".
     _row: int | None = PrivateAttr(default=None)
 
@@ -174,6 +180,8 @@ class ConversationConfig(BaseModel):
     max_total_tokens: int = Field(default=0, ge=0, le=100_000_000)
     closing: ClosingConfig | Literal["vote"] | None = None
     preset: str = ""
+    peer_review: bool = False  # council: each ranks the others' answers, unnamed
+    moderator: Literal[MODERATORS] = ""  # "between_rounds": the user may add words
 
     @field_validator("manager_model")
     @classmethod
@@ -334,6 +342,10 @@ _FIELD_NAMES = {
     "system_message": "persona",
     "prompt": "task",
     "max_tokens": "max tokens",
+    "temperature": "temperature",
+    "top_p": "top-p",
+    "peer_review": "Peer review",
+    "moderator": "Moderator",
 }
 
 
@@ -456,6 +468,8 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
         "max_seconds": getattr(valves, "MaxSeconds", 0),
         "max_total_tokens": getattr(valves, "MaxTotalTokens", 0),
         "preset": getattr(valves, "Preset", ""),
+        "peer_review": getattr(valves, "PeerReview", False),
+        "moderator": "between_rounds" if getattr(valves, "AskBetweenRounds", False) else "",
     }
     config.update({k: v for k, v in optional.items() if v})
     if getattr(valves, "ClosingVote", False):
@@ -479,6 +493,8 @@ class Participant:
     persona: str
     mark: str
     max_tokens: int | None = None  # None: the MAX_TOKENS valve; 0: no limit
+    temperature: float | None = None  # None: the valves'
+    top_p: float | None = None
 
 
 def make_participants(config: ConversationConfig, names: dict[str, str]) -> list[Participant]:
@@ -489,7 +505,16 @@ def make_participants(config: ConversationConfig, names: dict[str, str]) -> list
         base = row.alias or names.get(row.model, row.model)
         alias = unique_alias(" ".join(base.split())[:MAX_ALIAS_CHARS] or row.model, taken)
         result.append(
-            Participant(i, row.model, alias, row.system_message, mark_for(i), row.max_tokens)
+            Participant(
+                i,
+                row.model,
+                alias,
+                row.system_message,
+                mark_for(i),
+                row.max_tokens,
+                row.temperature,
+                row.top_p,
+            )
         )
     return result
 
@@ -851,7 +876,8 @@ def md_unescape(text: str) -> str:
 
 # A model's line that starts like our heading or notice would split or vanish from history, so
 # one zero-width space goes after its `### ` or `*`: it renders the same, history takes it out.
-_MARKS = "|".join(re.escape(m) for m in COLOUR_MARKS)
+MODERATOR_MARK = "🗣️"  # the user's words added between rounds (a user turn in history)
+_MARKS = "|".join(re.escape(m) for m in (*COLOUR_MARKS, MODERATOR_MARK))
 # What our notice lines start with, after their `*`: a warning, a tool notice, a cut reply,
 # a pass, the end of the conversation, a vote's tally.
 _NOTICE_MARKS = "⚠️|🛠️|✂️|⏭️|🏁|🗳️|⏹️"
@@ -877,10 +903,19 @@ def unmark_lookalikes(text: str) -> str:
 VOTE_LABEL = " · 🗳️ vote"
 
 
-def heading(participant: Participant, first: bool, label: str = "") -> str:
-    """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup."""
+def heading(participant: Participant, first: bool, model: str = "", label: str = "") -> str:
+    """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup;
+    then `label` (a vote's), and with `model`, the model behind it in small type (history
+    reads the alias alone)."""
     prefix = "" if first else "\n\n"
-    return f"{prefix}### {participant.mark} {md_text(participant.alias)}{label}\n\n"
+    behind = f" <sub>{html.escape(model)}</sub>" if model else ""
+    return f"{prefix}### {participant.mark} {md_text(participant.alias)}{label}{behind}\n\n"
+
+
+def moderator_heading(user_name: str, first: bool) -> str:
+    """The user's words added between rounds, under a heading of their own."""
+    prefix = "" if first else "\n\n"
+    return f"{prefix}### {MODERATOR_MARK} {md_text(user_name)}\n\n"
 
 
 _DETAILS_CLOSE = "</details"
@@ -942,9 +977,13 @@ class Transcript:
     Appending a chunk is O(len(chunk)); render() joins once per frame, not once per chunk.
     """
 
-    def __init__(self, clock: Callable[[], float], prefix: str = "") -> None:
+    def __init__(
+        self, clock: Callable[[], float], prefix: str = "", continues: bool = False
+    ) -> None:
         self._clock = clock
         self._prefix_chars = len(prefix)  # a message this one continues (Continue Response)
+        self._continues = continues  # a lane: its text goes after text already shown
+        self._lane: Transcript | None = None  # a turn generated aside, shown live at the end
         self._committed: list[str] = [prefix] if prefix else []
         self._committed_text: str | None = None
         self._live_content: list[str] = []
@@ -956,9 +995,24 @@ class Transcript:
         self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
 
     # -- writing ---------------------------------------------------------------------------
-    def start_turn(self, participant: Participant, label: str = "") -> None:
+    def start_turn(self, participant: Participant, model: str = "", label: str = "") -> None:
         self.close_live()
-        self._commit(heading(participant, first=not self._has_text(), label=label))
+        self._commit(heading(participant, not self._has_text(), model, label))
+
+    def add_user_words(self, user_name: str, text: str) -> None:
+        """The user's words between rounds: a heading of their own, then the text as typed."""
+        self.close_live()
+        self._commit(moderator_heading(user_name, not self._has_text()) + md_text(text) + "\n")
+
+    def show_lane(self, lane: Transcript | None) -> None:
+        """Show `lane` live after everything (a turn generated aside); None keeps what it
+        showed as committed text."""
+        if self._lane is not None:
+            self._lane.close_live()
+            text = self._lane.render()
+            if text:
+                self._commit(text)
+        self._lane = lane
 
     def add_content(self, text: str) -> None:
         if self._reasoning is not None:
@@ -1057,16 +1111,24 @@ class Transcript:
         tail = "".join(self._live_content)
         if self._reasoning is not None:
             tail += reasoning_block("".join(self._reasoning), done=False, seconds=0)
-        return self._committed_text + tail + self._running_tools
+        lane = self._lane.render() if self._lane is not None else ""
+        return self._committed_text + tail + self._running_tools + lane
 
     def live_block_at(self) -> int | None:
         """Where the open reasoning block starts in render(): it alone changes in place."""
+        if self._lane is not None:
+            at = self._lane.live_block_at()
+            return None if at is None else len(self.render()) - len(self._lane.render()) + at
         if self._reasoning is None:
             return None
         return sum(map(len, self._committed)) + sum(map(len, self._live_content))
 
     def _has_text(self) -> bool:
-        return bool(self._committed or self._live_content)
+        return self._continues or bool(self._committed or self._live_content)
+
+    def has_text(self) -> bool:
+        """Anything written yet (a lane: also what it follows)."""
+        return self._has_text()
 
     def _commit_live_content(self) -> None:
         if self._live_content:
@@ -1699,7 +1761,8 @@ def _as_dict(value: Any) -> dict:
 # History: earlier assistant messages split back into speaker turns
 # ============================================================================
 
-HEADING_RE = re.compile(rf"^### (?:{_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
+HEADING_RE = re.compile(rf"^### ({_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
+_MODEL_BEHIND_RE = re.compile(r"\s*<sub>[^<]*</sub>$")  # a heading's model name (a valve)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
     r'<details type="(?:reasoning|tool_calls|code_interpreter|manager)"[^>]*>.*?</details>\n?',
@@ -1720,6 +1783,7 @@ class Turn:
 
     speaker: str | None
     content: Any  # str, or the human's list of content parts (text and images)
+    note: bool = False  # the pipe's own line (turns left out here), not said by anyone
 
 
 def clean_turn_text(text: str) -> str:
@@ -1748,8 +1812,11 @@ def split_turns(content: str) -> list[Turn]:
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = _clean_said(content[match.end() : end])
-        if text:
-            turns.append(Turn(md_unescape(match.group(1).removesuffix(VOTE_LABEL)), text))
+        if text and match.group(1) == MODERATOR_MARK:
+            turns.append(Turn(None, md_unescape(text)))  # the user's words between rounds
+        elif text:
+            alias = md_unescape(_MODEL_BEHIND_RE.sub("", match.group(2)).removesuffix(VOTE_LABEL))
+            turns.append(Turn(alias, text))
     return turns
 
 
@@ -1798,19 +1865,19 @@ def _merge(a: Any, b: Any) -> Any:
     return [*_as_parts(a), *_as_parts(b)]
 
 
-def messages_for(alias: str, turns: list[Turn], user_name: str, omitted: int = 0) -> list[dict]:
+def messages_for(alias: str, turns: list[Turn], user_name: str) -> list[dict]:
     """A participant's view: its own turns as assistant, everyone else's as labelled user turns.
 
     Consecutive same-role messages are merged so roles alternate, and it always ends on a user
-    message so the model answers rather than continues its own text. `omitted` earlier turns
-    left out to fit the model's context are named in one short line first.
+    message so the model answers rather than continues its own text. A note (turns left out
+    to fit the model's context) stands as it is, where the gap is.
     """
     own = normalize_name(alias)
     out: list[dict] = []
-    if omitted:
-        out.append({"role": "user", "content": omitted_line(omitted)})
     for turn in turns:
-        if turn.speaker is None:
+        if turn.note:
+            role, content = "user", turn.content
+        elif turn.speaker is None:
             role, content = "user", turn.content
             if out and out[-1]["role"] == "user":
                 content = _labelled(user_name, content)
@@ -1844,20 +1911,34 @@ def history_digest(turns: list[Turn], user_name: str, limit: int) -> str:
 
 DEFAULT_CHARS_PER_TOKEN = 3.0  # on the safe side for prose; calibrated by the server's usage
 MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
+TURN_OVERHEAD_CHARS = 40  # a turn's `Name said: "…"` label and separators
 _CONTEXT_ERROR_RE = re.compile(
     r"context[ _-]?(?:length|window|size)|maximum context|too many tokens|prompt is too long|"
     r"input is too long|n_ctx|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context",
+    re.IGNORECASE,
+)
+# Rate limits and quotas also speak of "too many tokens": waiting helps them, shortening does not.
+_NOT_CONTEXT_RE = re.compile(
+    r"rate[ _-]?limit|per (?:minute|second|hour|day)|quota|\b[TR]PM\b|billing|insufficient",
     re.IGNORECASE,
 )
 _CONTEXT_LIMIT_RE = re.compile(
     r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
 )
 CONTEXT_PARAM_KEYS = ("num_ctx", "max_context", "context_length", "n_ctx", "max_context_length")
+# A limit guessed from a failure (no size named) never goes below this, nor below the largest
+# prompt that succeeded: one odd error must not starve every later chat with that model.
+CONTEXT_FLOOR_TOKENS = 1024
+UNNAMED_REFIT_SHRINK = 0.75  # a refit after an error naming no size: this share of what was sent
+CUT_MARK = "\n[…]\n"
+MIN_CUT_CHARS = 1000  # a part is not cut shorter while older turns can be left out instead
+MIN_KEPT_CHARS = 400  # the least a request keeps of the topic and of the latest message
 
 
 def is_context_error(text: str | None) -> bool:
     """An error that says the prompt does not fit the model (a plain retry cannot help)."""
-    return bool(text) and bool(_CONTEXT_ERROR_RE.search(text or ""))
+    text = text or ""
+    return bool(_CONTEXT_ERROR_RE.search(text)) and not _NOT_CONTEXT_RE.search(text)
 
 
 def reported_context_limit(text: str) -> int | None:
@@ -1889,15 +1970,22 @@ def message_chars(messages: list[dict]) -> int:
 
 
 class ContextBudget:
-    """Knows each model's context size and its characters per token, for one run.
+    """Knows each model's context size and its characters per token.
 
-    The size is the one an error reported (remembered across runs in `learned`), else the
-    model's own setting, else the default; the ratio follows the server's `usage`.
+    The size is one a server named in an error, else the model's own setting, else the
+    default. `learned` (sizes) and `proven` (largest prompts that worked, in tokens) are
+    shared by every run: facts about models, and a guess never goes below what was proven.
     """
 
-    def __init__(self, default_tokens: int, learned: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        default_tokens: int,
+        learned: dict[str, int] | None = None,
+        proven: dict[str, int] | None = None,
+    ) -> None:
         self._default = default_tokens
         self._learned = {} if learned is None else learned
+        self._proven = {} if proven is None else proven
         self._ratio: dict[str, float] = {}
 
     def limit(self, profile: ModelProfile) -> int:
@@ -1907,19 +1995,27 @@ class ContextBudget:
         return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
 
     def calibrate(self, profile: ModelProfile, chars: int, prompt_tokens: int) -> None:
-        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low)."""
+        """The server counted `prompt_tokens` for `chars` characters: use its ratio (a bit low),
+        and remember that a prompt this large works."""
         if prompt_tokens > 0 and chars > 0:
             ratio = min(8.0, max(1.0, 0.9 * chars / prompt_tokens))
             self._ratio[profile.model_id] = ratio
+            proven = self._proven.get(profile.model_id, 0)
+            self._proven[profile.model_id] = max(proven, prompt_tokens)
             log.debug("%s: %.2f characters per token", profile.model_id, ratio)
 
-    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> None:
-        """After a context-length error: the size it names, else half of what was sent."""
-        reported = reported_context_limit(error)
-        if reported is None:
-            reported = int(sent_chars / self.chars_per_token(profile) / 2)
-        current = self.limit(profile)
-        self._learned[profile.model_id] = min(reported, current) if current else reported
+    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> bool:
+        """After a context-length error: the size it names, or, when a smaller prompt worked
+        before, that size (never under CONTEXT_FLOOR_TOKENS). False: nothing can be learnt."""
+        model, current = profile.model_id, self.limit(profile)
+        named = reported_context_limit(error)
+        proven = self._proven.get(model, 0)
+        sent = int(sent_chars / self.chars_per_token(profile))
+        if named is None and not 0 < proven < sent:
+            return False
+        size = named if named is not None else max(proven, CONTEXT_FLOOR_TOKENS)
+        self._learned[model] = min(size, current) if current else size
+        return True
 
     def room_chars(self, profile: ModelProfile, reserve_tokens: int, shrink: float) -> int | None:
         """Characters the messages may take, or None when the context size is unknown."""
@@ -1930,24 +2026,122 @@ class ContextBudget:
         return max(0, int(tokens * self.chars_per_token(profile)))
 
 
-def fit_turns(turns: list[Turn], room: int) -> tuple[list[Turn], int]:
-    """Drop the oldest turns until the rest fit `room` characters; never the user's latest.
+# -- one fitter for every request: leave out the oldest, cut the longest in the middle -------
 
-    Returns the kept turns and how many were dropped. It may still not fit: the latest user
-    message is kept whatever its size.
-    """
-    keep = max((i for i, t in enumerate(turns) if t.speaker is None), default=-1)
-    costs = [len(_text_of(t.content)) + len(t.speaker or "") + 24 for t in turns]
-    total = sum(costs) + len(omitted_line(len(turns)))
-    dropped: set[int] = set()
-    for i in range(len(turns)):
-        if total <= room:
+
+def cut_middle(text: str, keep: int) -> str:
+    """`text` in at most `keep` characters: its start and its end, the middle marked `[…]`."""
+    if len(text) <= keep:
+        return text
+    room = max(0, keep - len(CUT_MARK))
+    head = room - room // 2
+    return text[:head] + CUT_MARK + text[len(text) - (room - head) :]
+
+
+def cut_content(content: Any, keep: int) -> Any:
+    """A message's content (text, or the user's parts with images) cut to `keep` characters."""
+    if not isinstance(content, list):
+        return cut_middle(str(content), keep)
+    texts = [i for i, part in enumerate(content) if isinstance(part, dict) and "text" in part]
+    excess = len(_text_of(content)) - keep
+    out = list(content)
+    for i in sorted(texts, key=lambda j: -len(str(content[j]["text"]))):
+        if excess <= 0:
             break
-        if i != keep:
-            dropped.add(i)
-            total -= costs[i]
-    kept = [t for i, t in enumerate(turns) if i not in dropped]
-    return kept, len(dropped)
+        text = str(out[i]["text"])
+        kept = max(0, len(text) - excess - len(CUT_MARK))
+        out[i] = {**out[i], "text": cut_middle(text, kept + len(CUT_MARK))}
+        excess -= len(text) - len(out[i]["text"])
+    return out
+
+
+def water_level(sizes: list[int], room: int) -> int:
+    """The largest level L with sum(min(size, L)) <= room: cut every part longer than L to L."""
+    rest, count = room, len(sizes)
+    for size in sorted(sizes):
+        if size * count > rest:
+            return max(0, rest // count)
+        rest -= size
+        count -= 1
+    return max(sizes, default=0)
+
+
+def plan_fit(sizes: list[int], keep: list[bool], room: int) -> list[int] | None:
+    """Characters each part keeps (0: left out) so that all fit in `room`, or None.
+
+    The oldest parts that may go are left out while fitting would cut the longest shorter than
+    MIN_CUT_CHARS; then every part longer than one level is cut to it. Parts marked `keep`
+    are never left out; None when even they, cut to MIN_KEPT_CHARS, do not fit.
+    """
+    if sum(min(s, MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k) > room:
+        return None
+    alive = [i for i, size in enumerate(sizes) if size]
+    while sum(sizes[i] for i in alive) > room:
+        level = water_level([sizes[i] for i in alive], room)
+        droppable = [i for i in alive if not keep[i]]
+        if level >= max(MIN_CUT_CHARS, room // 8) or not droppable:
+            return [min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))]
+        alive.remove(droppable[0])
+    return [sizes[i] if i in alive else 0 for i in range(len(sizes))]
+
+
+@dataclass
+class Fitted:
+    """A request's turns fitted to its room, with what the user should be told."""
+
+    turns: list[Turn]  # kept turns, cut ones marked, a note where others were left out
+    shortened: list[tuple[int, int]]  # (kept, of) characters of the user's messages cut short
+    omitted: int = 0  # turns left out
+
+
+def fit_turns(turns: list[Turn], room: int) -> Fitted | None:
+    """The turns within `room` characters: the topic (first user message) and the latest user
+    message always stay, cut in the middle if they must; older turns go first, and a note
+    stands where they were. None: not even the kept messages fit."""
+    users = [i for i, t in enumerate(turns) if t.speaker is None]
+    protected = {users[0], users[-1]} if users else set()
+    sizes = [len(_text_of(t.content)) + TURN_OVERHEAD_CHARS for t in turns]
+    if sum(sizes) > room:  # room for the notes of at most two gaps (around the latest message)
+        room -= 2 * (len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS)
+    plan = plan_fit(sizes, [i in protected for i in range(len(turns))], room)
+    if plan is None:
+        return None
+    out: list[Turn] = []
+    shortened: list[tuple[int, int]] = []
+    gap = omitted = 0
+    for turn, size, kept in zip(turns, sizes, plan, strict=True):
+        if not kept and size:
+            gap += 1
+            continue
+        if gap:
+            out.append(Turn(None, omitted_line(gap), note=True))
+            omitted, gap = omitted + gap, 0
+        if kept < size:
+            text = len(_text_of(turn.content))
+            turn = Turn(turn.speaker, cut_content(turn.content, kept - TURN_OVERHEAD_CHARS))
+            if turn.speaker is None:
+                shortened.append((len(_text_of(turn.content)), text))
+        out.append(turn)
+    if gap:
+        out.append(Turn(None, omitted_line(gap), note=True))
+        omitted += gap
+    return Fitted(out, shortened, omitted)
+
+
+def fit_tool_results(messages: list[dict], start: int, room: int) -> list[dict]:
+    """The tool results from `start` on cut in the middle, the longest first, so the request
+    fits `room` characters; what comes before them is fitted already."""
+    excess = message_chars(messages) - room
+    tools = [i for i in range(start, len(messages)) if messages[i].get("role") == "tool"]
+    if excess <= 0 or not tools:
+        return messages
+    sizes = [len(_text_of(messages[i].get("content"))) for i in tools]
+    level = water_level(sizes, max(0, sum(sizes) - excess))
+    out = list(messages)
+    for i, size in zip(tools, sizes, strict=True):
+        if size > level:
+            out[i] = {**out[i], "content": cut_middle(str(out[i]["content"]), level)}
+    return out
 
 
 # ============================================================================
@@ -2136,10 +2330,14 @@ def mention_order(text: str, aliases: list[str]) -> list[int]:
     return sorted(found, key=found.__getitem__)
 
 
-class SpeakerPolicy(Protocol):
+class SpeakerPolicy:
     """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
 
-    async def pick(self, slot: int, last: int | None) -> Pick: ...
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        raise NotImplementedError
+
+    def heard(self, index: int, said: str) -> None:
+        """What participant `index` said; most policies need not know."""
 
 
 @dataclass
@@ -2151,7 +2349,7 @@ class Pick:
     end: str = ""  # non-empty: end the conversation instead, for this reason
 
 
-class FixedOrder:
+class FixedOrder(SpeakerPolicy):
     """Round robin: everyone once per round, in `order` (mentioned participants first)."""
 
     def __init__(self, order: list[int]) -> None:
@@ -2161,7 +2359,7 @@ class FixedOrder:
         return Pick(self.order[slot % len(self.order)])
 
 
-class ShuffledRounds:
+class ShuffledRounds(SpeakerPolicy):
     """Random order that still has rounds: a fresh shuffle each round, so everyone speaks once a
     round, and nobody twice in a row, across a round's edge or the message before either."""
 
@@ -2183,6 +2381,32 @@ class ShuffledRounds:
             swap = self.rng.randrange(1, len(order))
             order[0], order[swap] = order[swap], order[0]
         return order
+
+
+class Handoffs(SpeakerPolicy):
+    """@mentions: those the user named first, then the rest, every round; a participant that
+    ends its turn addressing another (`@Name` in its last paragraph) hands it the next turn."""
+
+    def __init__(self, order: list[int], aliases: list[str]) -> None:
+        self.order = order
+        self.aliases = aliases
+        self._left: list[int] = []  # who has not spoken yet this round
+        self._handed: int | None = None
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        if slot % len(self.order) == 0:
+            self._left = list(self.order)
+        index, self._handed = self._handed, None
+        if index is None:
+            index = self._left[0] if self._left else self.order[slot % len(self.order)]
+        if index in self._left:
+            self._left.remove(index)
+        return Pick(index)
+
+    def heard(self, index: int, said: str) -> None:
+        last = said.strip().split("\n\n")[-1]
+        named = [i for i in mention_order(last, self.aliases) if i != index]
+        self._handed = named[-1] if named else None
 
 
 # The manager answers with a name: a few tokens. Bounding it keeps a small model from rambling
@@ -2229,7 +2453,7 @@ def manager_pick(answer: str, aliases: list[str], last: int | None) -> tuple[int
 ManagerAsk = Callable[[list[dict], int], Awaitable[str]]
 
 
-class ManagerChoice:
+class ManagerChoice(SpeakerPolicy):
     """The manager model's pick, re-asked with what was wrong up to MANAGER_ATTEMPTS times.
 
     An answer of END ends the conversation. An error or timeout, or no valid name after the
@@ -2272,7 +2496,9 @@ class ManagerChoice:
                 raw = await self.ask(messages, self._bound())
             except (ModelCallError, TimeoutError) as exc:
                 reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
-                self.status(f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next.")
+                self.status(
+                    f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next (round robin)."
+                )
                 return Pick(fallback)
             if _OPEN_THINK_RE.search(THINK_RE.sub("", raw)):
                 self._room = MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
@@ -2344,6 +2570,8 @@ class Progress:
         self.slots += 1
         self.tokens = tokens
         self.last_alias, self.last_said = alias, said
+        if not said and not passed:
+            return  # nothing was said (it could not answer): neither spoken nor passed
         if passed:
             self.passes += 1
             self.passed_since_spoken.add(alias)
@@ -2461,6 +2689,58 @@ def tally(votes: list[tuple[str, str]]) -> str:
     return " · ".join(f"{choice} {len(who)} ({', '.join(who)})" for choice, who in ranked)
 
 
+REVIEW_RULES = (
+    "You review the other participants' answers to the user's last message; yours is not "
+    "among them, and their names are hidden."
+)
+_RANKING_RE = re.compile(
+    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE
+)
+
+
+def review_ask(answers: list[str]) -> str:
+    """The ranking question: the answers as Response A, B, … (the reviewer's own left out)."""
+    shown = "\n\n".join(f'Response {chr(65 + i)}:\n"{text}"' for i, text in enumerate(answers))
+    last = ", ".join(chr(65 + i) for i in reversed(range(len(answers))))
+    return (
+        f"Here are the answers, without names:\n\n{shown}\n\nRank them from best to worst for "
+        f"accuracy and insight: a sentence or two on why, then one last line such as "
+        f"`RANKING: {last}`."
+    )
+
+
+def parse_ranking(said: str, count: int) -> list[int]:
+    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none."""
+    lines = _RANKING_RE.findall(said)
+    if not lines:
+        return []
+    letters = re.findall(r"(?<![A-Za-z])([A-Z])(?![a-z])", lines[-1].upper())
+    order = [ord(x) - 65 for x in letters if 0 <= ord(x) - 65 < count]
+    return list(dict.fromkeys(order))
+
+
+def ranking_table(rankings: dict[str, list[str]], aliases: list[str]) -> str:
+    """The combined peer ranking as a markdown table: points (a first place is worth as many
+    as the answers a reviewer saw, the last one 1), then who placed each where; nobody ranks
+    their own answer."""
+    points = {alias: 0 for alias in aliases}
+    placed: dict[str, list[str]] = {alias: [] for alias in aliases}
+    for reviewer, order in rankings.items():
+        for place, alias in enumerate(order):
+            points[alias] += len(aliases) - 1 - place
+            placed[alias].append(f"{md_text(reviewer)}: {_ordinal(place + 1)}")
+    ranked = sorted(aliases, key=lambda a: -points[a])  # stable: ties keep the turn order
+    rows = [
+        f"| {i} | {md_text(alias)} | {points[alias]} | {', '.join(placed[alias]) or '–'} |"
+        for i, alias in enumerate(ranked, 1)
+    ]
+    return "\n".join(["| # | Answer by | Points | Placed by |", "|---|---|---|---|", *rows])
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n if n < 20 else n % 10, 'th') }"
+
+
 # ============================================================================
 # Direction: who speaks, when it ends, what each speaker is told, and how it closes
 # ============================================================================
@@ -2471,11 +2751,12 @@ class TurnPlan:
     """One turn the direction asks for: who speaks, what they are told, how it is judged."""
 
     speaker: Participant
-    kind: Literal["turn", "closing", "vote"] = "turn"
+    kind: Literal["turn", "closing", "vote", "review", "words"] = "turn"  # words: the user's
     rules: str = ""  # about this turn, in the speaker's system prompt
     ask: str = ""  # added to the last message (the closing's task, the vote's question)
     why: str = ""  # the manager's reason, shown under the heading
     pass_allowed: bool = False
+    hides: int = 0  # the conversation's newest turns this speaker does not see (a review)
 
     @property
     def guarded(self) -> bool:
@@ -2490,6 +2771,39 @@ class Heard:
 
     said: str
     passed: bool = False
+    benched: bool = False  # its model cannot hold the conversation: it sits out the rest
+
+
+class Moderator:
+    """Between rounds, the user may add words, or end the conversation, through the host's own
+    input prompt; an empty answer, Cancel, a closed tab or the timeout goes on."""
+
+    def __init__(self, ask: Callable[[dict], Awaitable[Any]], clock: Clock, seconds: float) -> None:
+        self._ask = ask
+        self._clock = clock
+        self._seconds = seconds
+
+    async def between(self, next_round: int, rounds: int) -> str:
+        """What the user typed before round `next_round` ('' to go on, END_WORD to close)."""
+        event = {
+            "type": "input",
+            "data": {
+                "title": f"Before round {next_round} of {rounds}",
+                "message": f"Anything to add before round {next_round}? Everyone will hear it. "
+                "Leave it empty to go on, or type end to close the conversation.",
+                "placeholder": "Your words, or end",
+            },
+        }
+        try:
+            answer = await within(self._clock, self._seconds, self._ask(event))
+        except TimeoutError:
+            log.debug("no moderator answer within %g s; going on", self._seconds)
+            return ""
+        except Exception as exc:  # a closed tab or a host error: the run goes on
+            log.warning("the moderator prompt failed (%s); going on", exc)
+            return ""
+        text = answer.strip() if isinstance(answer, str) else ""  # Cancel answers False
+        return END_WORD if normalize_name(text) == END_WORD.lower() else text
 
 
 class Direction:
@@ -2503,42 +2817,89 @@ class Direction:
         closer: Participant | None,
         policy: SpeakerPolicy,
         endings: list[EndCondition],
+        moderator: Moderator | None = None,
     ) -> None:
         self.config = config
         self.participants = participants
         self.closer = closer
         self.policy = policy
         self.endings = endings
+        self.moderator = moderator
+        self.council = config.selection == "council"  # a round's turns at once, unseen
         self.progress = Progress()
         self.reason = ""  # why it ended
         self.outcome = ""  # how, for the final status ("" when its rounds ended it)
         self._last: int | None = None
+        self.benched: set[str] = set()  # participants whose model cannot hold the conversation
+        self._answers: list[tuple[Participant, str]] = []  # the last council round's answers
+        self._asked_at = 0  # the slot before which the moderator was last asked
         # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
         self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
 
-    async def next_turn(self) -> TurnPlan | None:
-        """The next conversation turn, or None once it has ended."""
+    async def next_turns(self) -> list[TurnPlan]:
+        """The next turns to speak: one, or a council round's all at once; [] once it ended.
+
+        Between rounds the moderator, if any, is asked first."""
+        slot, count = self.progress.slots, len(self.participants)
+        if not self.reason and self.moderator and slot % count == 0 < slot != self._asked_at:
+            self._asked_at = slot
+            words = await self.moderator.between(slot // count + 1, self.config.rounds)
+            if words == END_WORD:
+                self.reason, self.outcome, self.explains = "the moderator ended it", "ended", True
+            elif words:
+                return [TurnPlan(self.participants[0], "words", ask=words)]
         if self.reason:
-            return None
-        pick = await self.policy.pick(self.progress.slots, self._last)
+            return []
+        if self.council:
+            self._answers = []
+            rules = self.turn_rules(slot)
+            return [TurnPlan(p, rules=rules) for p in self.participants]
+        pick = await self.policy.pick(slot, self._last)
         if pick.end:
             self.reason = self.outcome = pick.end
-            return None
+            return []
         self._last = pick.index
-        return TurnPlan(
-            self.participants[pick.index],
-            rules=self.turn_rules(self.progress.slots),
-            why=pick.why,
-            pass_allowed=self.config.pass_allowed,
-        )
+        return [
+            TurnPlan(
+                self.participants[pick.index],
+                rules=self.turn_rules(slot),
+                why=pick.why,
+                pass_allowed=self.config.pass_allowed,
+            )
+        ]
 
     def heard(self, plan: TurnPlan, heard: Heard, tokens: int) -> None:
         """Record a turn; the first ending that holds ends the conversation."""
+        if plan.kind == "words":
+            return  # the user's own words are not a turn
         self.progress.record(plan.speaker.alias, heard.said, heard.passed, tokens)
+        self.policy.heard(plan.speaker.index, heard.said)
+        if self.council and heard.said and not heard.passed:
+            self._answers.append((plan.speaker, heard.said))
+        if heard.benched:
+            self.benched.add(plan.speaker.alias)
+            if len(self.benched) == len(self.participants):
+                self.reason = "no participant's model can hold the conversation"
+                self.outcome, self.explains = "nobody could go on", True
+                return
         for ending in self.endings:
             if reason := ending.check(self.progress):
                 self.reason, self.outcome = reason, ending.label
                 return
+
+    def where(self, plans: list[TurnPlan]) -> str:
+        """The status while turns run: the round and who speaks ("Round 2 of 3 · Ana")."""
+        plan = plans[0]
+        names = _and([p.speaker.alias for p in plans])
+        if plan.kind != "turn":
+            what = {"closing": "Closing", "vote": "Vote", "review": "Peer review"}.get(plan.kind)
+            return f"{what} · {names}"
+        count, slot = len(self.participants), self.progress.slots
+        if self.council:
+            return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
+        if isinstance(self.policy, ManagerChoice):
+            return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
+        return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
 
     def turn_rules(self, slot: int) -> str:
         """What a participant is told about its turn: how many remain, PASS, the stop phrase."""
@@ -2548,7 +2909,12 @@ class Direction:
         rules = [
             f"This is turn {slot + 1} of {at_most}{total}; {total - slot - 1} more after yours."
         ]
-        if config.selection in ("round_robin", "mention", "random"):
+        if self.council:
+            rules = [
+                f"Round {slot // count + 1} of {config.rounds}. Everyone answers this round at "
+                "the same time: you do not see the others' answers of this round."
+            ]
+        elif config.selection in ("round_robin", "mention", "random"):
             rules.insert(0, f"Round {slot // count + 1} of {config.rounds}.")
         if config.pass_allowed:
             rules.append(
@@ -2562,21 +2928,63 @@ class Direction:
             )
         return " ".join(rules)
 
-    def closing_turns(self) -> list[TurnPlan]:
-        """The turns after the conversation: everyone's vote, or the closing speaker's."""
+    def closing_turns(self, done: list[tuple[TurnPlan, Heard]]) -> tuple[str, list[TurnPlan]]:
+        """What follows the conversation, given the closing turns `done` so far: a line to show
+        first, then the next turns (none: it is over). Peer review, then the closing speaker;
+        or everyone's vote."""
         if self.config.closing == "vote":
-            return [
-                TurnPlan(p, "vote", rules=VOTE_PROMPT, ask=VOTE_PROMPT) for p in self.participants
-            ]
+            return ("", []) if done else ("", [self._vote(p) for p in self.participants])
+        reviewing = self.config.peer_review and self.council and len(self._answers) > 1
+        if reviewing and not done:
+            return "", self._reviews()
+        if any(plan.kind == "closing" for plan, _ in done):
+            return "", []
         if self.closer is None:
-            return []
+            return (self._ranking(done), []) if reviewing else ("", [])
+        line = self._ranking(done) if reviewing else ""
+        return line, [self._closing(line)]
+
+    def _vote(self, p: Participant) -> TurnPlan:
+        return TurnPlan(p, "vote", rules=VOTE_PROMPT, ask=VOTE_PROMPT)
+
+    def _reviews(self) -> list[TurnPlan]:
+        """Each participant with an answer ranks the others' answers, named A, B, …"""
+        plans = []
+        for p, _ in self._answers:
+            others = [said for q, said in self._answers if q is not p]
+            hides = len(self._answers)
+            plans.append(
+                TurnPlan(p, "review", rules=REVIEW_RULES, ask=review_ask(others), hides=hides)
+            )
+        return plans
+
+    def _ranking(self, done: list[tuple[TurnPlan, Heard]]) -> str:
+        """The combined ranking of the reviews among `done`, as a table under a line."""
+        rankings: dict[str, list[str]] = {}
+        for plan, heard in done:
+            if plan.kind != "review":
+                continue
+            others = [q.alias for q, _ in self._answers if q is not plan.speaker]
+            order = parse_ranking(heard.said, len(others))
+            if order:
+                rankings[plan.speaker.alias] = [others[i] for i in order]
+        aliases = [p.alias for p, _ in self._answers]
+        if not rankings:
+            return "*🏅 Peer review: no reviewer gave a ranking.*"
+        return f"*🏅 Peer review, combined:*\n\n{ranking_table(rankings, aliases)}"
+
+    def _closing(self, ranking: str) -> TurnPlan:
+        assert self.closer is not None
         prompt = getattr(self.config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
+        if ranking:
+            table = ranking.split("\n\n", 1)[-1]
+            prompt = f"{prompt}\n\nThe participants ranked each other's answers:\n{table}"
         aliases = ", ".join(p.alias for p in self.participants)
         rules = (
             f"You are {self.closer.alias}. The group conversation between {aliases} has ended, "
             f"and you close it.\n\n{prompt}"
         )
-        return [TurnPlan(self.closer, "closing", rules=rules, ask=prompt)]
+        return TurnPlan(self.closer, "closing", rules=rules, ask=prompt)
 
     def verdict(self, votes: list[tuple[TurnPlan, Heard]]) -> str:
         """The tally line after a vote ('' without one); a reply without a VOTE line abstains."""
@@ -2600,6 +3008,10 @@ class Direction:
         return f"*🏁 The conversation ended after {turns}{passes}: {md_text(self.reason)}.*"
 
 
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def make_direction(
     config: ConversationConfig,
     participants: list[Participant],
@@ -2608,6 +3020,7 @@ def make_direction(
     manager: ManagerChoice | None,
     rng: random.Random,
     clock: Clock,
+    moderator: Moderator | None = None,
 ) -> Direction:
     """The policy and endings the config asks for; `earlier` turns are the chat so far."""
     aliases = [p.alias for p in participants]
@@ -2617,13 +3030,12 @@ def make_direction(
     elif config.selection == "random":
         spoke = next((t.speaker for t in reversed(earlier) if t.speaker is not None), "")
         policy = ShuffledRounds(len(aliases), rng, match_alias(spoke, aliases) if spoke else None)
+    elif config.selection == "mention":
+        latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
+        named = mention_order(_text_of(latest), aliases)
+        policy = Handoffs(named + [i for i in range(len(aliases)) if i not in named], aliases)
     else:
-        order = list(range(len(aliases)))
-        if config.selection == "mention":
-            latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
-            named = mention_order(_text_of(latest), aliases)
-            order = named + [i for i in order if i not in named]
-        policy = FixedOrder(order)
+        policy = FixedOrder(list(range(len(aliases))))
     endings: list[EndCondition] = [RoundsDone(config.rounds, len(aliases))]
     if config.stop_phrase:
         endings.append(StopPhraseSaid(config.stop_phrase))
@@ -2633,7 +3045,7 @@ def make_direction(
         endings.append(TokenBudget(config.max_total_tokens))
     if config.pass_allowed:
         endings.append(EveryonePassed(aliases))
-    return Direction(config, participants, closer, policy, endings)
+    return Direction(config, participants, closer, policy, endings, moderator)
 
 
 # ============================================================================
@@ -2712,6 +3124,22 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
 
 
+class LaneEmitter:
+    """The emitter of a turn generated aside: its updates reach the screen only while its lane
+    is the one shown; statuses always do."""
+
+    def __init__(self, emitter: CoalescingEmitter) -> None:
+        self._emitter = emitter
+        self.shown = False
+
+    async def update(self) -> None:
+        if self.shown:
+            await self._emitter.update()
+
+    def post(self, event: dict[str, Any]) -> None:
+        self._emitter.post(event)
+
+
 class TurnStreamer:
     """One turn end to end: the fitted request, the stream into the transcript, the speaker
     guard, tools, a plain retry, cut marks and token accounting.
@@ -2752,25 +3180,36 @@ class TurnStreamer:
         self.tokens = 0  # used by replies so far (usage, else estimated)
         self.speaking = False  # a turn is streaming
         self.guarded = True  # the turn being spoken is held to its own voice
+        self.benched: set[str] = set()  # participants whose model cannot hold the conversation
         self._tool_notice_shown: set[str] = set()
+        self._told_shortened: set[str] = set()  # models the user heard their message was cut for
 
     async def turn(self, plan: TurnPlan) -> Heard:
         """Speak one planned turn; what was said joins the turns (a PASS shows as one line)."""
         p = plan.speaker
+        if p.alias in self.benched:
+            return Heard("", benched=True)  # it said it sits out: no more requests to it
         profile = self.profiles[p.model_id]
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         self.speaking, self.guarded = True, plan.guarded
         mark = self.transcript.checkpoint()
-        self.transcript.start_turn(p, VOTE_LABEL if plan.kind == "vote" else "")
+        self.transcript.start_turn(
+            p,
+            profile.name if self.settings.valves.SHOW_MODELS else "",
+            VOTE_LABEL if plan.kind == "vote" else "",
+        )
         if plan.why and self.settings.show_manager_reason:
             self.transcript.add_block(manager_block(plan.why))
         self._tools_notice(p, profile)
         await self.emitter.update()
         system = self.system_prompt(plan, profile)
+        seen = self.turns[: len(self.turns) - plan.hides]  # a reviewer sees no named answers
 
-        def build(shrink: float) -> list[dict]:
-            messages = self.fitted_messages(p, profile, system, shrink)
-            if plan.ask:
+        def build(room: int | None) -> list[dict] | None:
+            if room is not None:
+                room -= len(plan.ask) + 2
+            messages = self.fitted_messages(p, profile, system, room, seen)
+            if messages and plan.ask:
                 last = messages[-1]
                 messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
             return messages
@@ -2785,7 +3224,53 @@ class TurnStreamer:
             self.turns.append(Turn(p.alias, said))
         self.speaking = False
         await self.emitter.update()
-        return Heard(said, passed)
+        return Heard(said, passed, benched=p.alias in self.benched)
+
+    async def together(self, plans: list[TurnPlan]) -> list[Heard]:
+        """Several turns generated at once, none seeing the others, shown one after another:
+        the first streams live; each next appears at once as far as it has got, then streams.
+
+        So the round takes as long as its slowest turn, and every frame is still an append.
+        """
+        after = self.transcript.has_text()
+        lanes = [Transcript(self.clock.now, continues=after or i > 0) for i in range(len(plans))]
+        emitters = [LaneEmitter(self.emitter) for _ in plans]  # type: ignore[arg-type]
+        forks = [self._fork(lane, emitter) for lane, emitter in zip(lanes, emitters, strict=True)]
+        tasks = [asyncio.ensure_future(f.turn(plan)) for f, plan in zip(forks, plans, strict=True)]
+        heard: list[Heard] = []
+        self.speaking = True
+        try:
+            for lane, emitter, task in zip(lanes, emitters, tasks, strict=True):
+                self.transcript.show_lane(lane)
+                emitter.shown = True
+                await self.emitter.update()
+                heard.append(await task)
+        finally:
+            for task in tasks:
+                task.cancel()  # Stop: the turns not shown yet are dropped
+            self.transcript.show_lane(None)  # what was shown stays (and says it was stopped)
+        self.speaking = False
+        for fork, plan, result in zip(forks, plans, heard, strict=True):
+            self.tokens += fork.tokens
+            if result.said and not result.passed:
+                self.turns.append(Turn(plan.speaker.alias, result.said))
+        await self.emitter.update()
+        return heard
+
+    def _fork(self, transcript: Transcript, emitter: LaneEmitter) -> TurnStreamer:
+        """A streamer for one turn generated aside: its own transcript, screen and copy of the
+        turns; the run's budget, profiles and who sits out are shared."""
+        fork = copy.copy(self)
+        fork.transcript, fork.emitter = transcript, emitter  # type: ignore[assignment]
+        fork.turns, fork.tokens, fork.speaking = list(self.turns), 0, False
+        return fork
+
+    async def user_words(self, text: str) -> Heard:
+        """The user's words between rounds: shown under their name, heard by everyone after."""
+        self.transcript.add_user_words(self.user_name, text)
+        self.turns.append(Turn(None, text))
+        await self.emitter.update()
+        return Heard(text)
 
     def _tools_notice(self, p: Participant, profile: ModelProfile) -> None:
         """Once per participant: the user picked tools its model cannot call."""
@@ -2822,40 +3307,74 @@ class TurnStreamer:
             form["max_tokens"] = max_tokens
         return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
 
-    def fitted_messages(
-        self, p: Participant, profile: ModelProfile, system_text: str, shrink: float
-    ) -> list[dict]:
-        """System prompt, then as many of the newest turns as fit the model's context."""
-        system = {"role": "system", "content": system_text}
-        turns, omitted = self.turns, 0
-        limit = self.budget.limit(profile)
-        reserve = min(self.max_tokens(p) or 1024, limit // 2)
+    def room(self, p: Participant, profile: ModelProfile, shrink: float = 1.0) -> int | None:
+        """Characters a request's messages may take (tool specs and the reply set aside);
+        None when the model's context size is unknown."""
+        reserve = min(self.max_tokens(p) or 1024, self.budget.limit(profile) // 2)
         room = self.budget.room_chars(profile, reserve, shrink)
+        return None if room is None else room - self._tools_chars(profile)
+
+    def fitted_messages(
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        system_text: str,
+        room: int | None,
+        turns: list[Turn],
+    ) -> list[dict] | None:
+        """System prompt, then `turns` fitted into `room`; None: not even the system prompt,
+        the topic and the latest message fit."""
+        system = {"role": "system", "content": system_text}
         if room is not None:
-            room -= message_chars([system]) + self._tools_chars(profile)
-            turns, omitted = fit_turns(self.turns, room)
-            if omitted:
-                log.debug("%s: %d earlier turns left out to fit %d tokens", p.alias, omitted, limit)
-        return [system, *messages_for(p.alias, turns, self.user_name, omitted)]
+            fitted = fit_turns(turns, room - message_chars([system]))
+            if fitted is None:
+                return None
+            turns = fitted.turns
+            if fitted.omitted:
+                log.debug("%s: %d earlier turns left out", p.alias, fitted.omitted)
+            if fitted.shortened and profile.model_id not in self._told_shortened:
+                self._told_shortened.add(profile.model_id)
+                kept, size = max(fitted.shortened, key=lambda k: k[1] - k[0])
+                self.transcript.add_notice(
+                    f"*✂️ Your message was shortened for {md_text(profile.name)}: {kept:,} of "
+                    f"{size:,} characters kept, the middle left out to fit its context "
+                    f"({self.budget.limit(profile):,} tokens).*"
+                )
+        return [system, *messages_for(p.alias, turns, self.user_name)]
 
     @staticmethod
     def _tools_chars(profile: ModelProfile) -> int:
         return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
 
     async def reply_with_tools(
-        self, p: Participant, profile: ModelProfile, build: Callable[[float], list[dict]]
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        build: Callable[[int | None], list[dict] | None],
     ) -> str:
         """Stream, run tool calls, stream again (bounded); returns what the participant said.
 
-        `build(shrink)` gives the messages fitted into `shrink` of the model's context.
+        `build(room)` gives the messages fitted into `room` characters (None: not fitted).
         """
         said: list[str] = []
-        messages = build(1.0)
+        room = self.room(p, profile)
+        base = build(room)
+        extra: list[dict] = []  # this turn's tool calls and results
         tool_rounds = corrections = 0
         refitted = False
         limit = self.settings.valves.TURN_TIME_LIMIT
         ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
         while True:
+            if base is None:
+                return self._bench(
+                    p,
+                    profile,
+                    said,
+                    "its model's context cannot hold even its instructions and the latest message",
+                )
+            messages = base + extra
+            if room is not None and extra:
+                messages = fit_tool_results(messages, len(base), room)
             offer = bool(profile.tool_specs) and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
             offer = offer and corrections <= self.settings.valves.MAX_TOOL_CORRECTIONS
             result = await self.stream_once(p, profile, messages, offer, ends_at)
@@ -2870,18 +3389,15 @@ class TurnStreamer:
                     "frame(s), skipped: some of its text may be missing."
                 )
             if is_context_error(result.error) and not result.shown:
-                # A plain retry would fail the same way: trim harder once, then say so.
-                if not refitted and tool_rounds == corrections == 0:
-                    refitted = True
-                    self.budget.learn(profile, result.error or "", message_chars(messages))
-                    messages = build(0.9)
-                    continue
-                self._failure_line(
-                    p,
-                    "the conversation does not fit its model's context, even with older turns "
-                    f"left out ({result.error})",
-                )
-                return "\n\n".join(s for s in said if s)
+                # A plain retry would fail the same way: fit tighter once, then it sits out.
+                if refitted:
+                    why = f"the conversation does not fit its model's context ({result.error})"
+                    return self._bench(p, profile, said, why)
+                refitted = True
+                room = self._refit_room(p, profile, result.error or "", messages)
+                # The tool results are cut to what is left; they may take at most half.
+                base = build(room - min(message_chars(extra), room // 2) if extra else room)
+                continue
             if result.error is not None or not (result.content or result.calls):
                 if not result.shown and not result.calls:
                     recovered = await self.retry_plain(p, profile, messages, result.error)
@@ -2902,13 +3418,31 @@ class TurnStreamer:
             if bad and corrections < self.settings.valves.MAX_TOOL_CORRECTIONS:
                 corrections += 1
                 log.debug("malformed tool call from %s, asking again: %s", p.alias, bad)
-                messages += self._tool_messages(
+                extra += self._tool_messages(
                     result, {i: self._correction(profile, w) for i, w in bad.items()}
                 )
                 continue
             tool_rounds += 1
             outputs = await self.run_tools(profile, result.calls, bad)
-            messages += self._tool_messages(result, outputs)
+            extra += self._tool_messages(result, outputs)
+
+    def _refit_room(
+        self, p: Participant, profile: ModelProfile, error: str, sent: list[dict]
+    ) -> int:
+        """The room for a second try after a context error: the size the server named (learnt
+        for every run), else three quarters of what was sent (for this request only)."""
+        if self.budget.learn(profile, error, message_chars(sent) + self._tools_chars(profile)):
+            room = self.room(p, profile, 0.9)
+            if room is not None:
+                return room
+        return int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
+
+    def _bench(self, p: Participant, profile: ModelProfile, said: list[str], reason: str) -> str:
+        """It cannot take part with this conversation: one line, and no more requests to it."""
+        log.debug("%s (%s) sits out: %s", p.alias, profile.model_id, reason)
+        self.benched.add(p.alias)
+        self._failure_line(p, reason, "; it sits out the rest of this conversation")
+        return "\n\n".join(s for s in said if s)
 
     async def stream_once(
         self,
@@ -2920,7 +3454,7 @@ class TurnStreamer:
     ) -> StreamResult:
         """Stream one reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
         form: dict[str, Any] = {"model": profile.model_id, "messages": list(messages)}
-        form.update(self._sampling(profile))
+        form.update(self._sampling(profile, p))
         form.update(self._bounds(p))
         if offer_tools:
             form["tools"] = profile.tool_specs
@@ -3066,7 +3600,7 @@ class TurnStreamer:
         form = {
             "model": profile.model_id,
             "messages": list(messages),
-            **self._sampling(profile),
+            **self._sampling(profile, p),
             **self._bounds(p),
         }
         try:
@@ -3085,16 +3619,19 @@ class TurnStreamer:
             self._failure_line(p, error or "the model returned an empty reply")
         return said
 
-    def _failure_line(self, p: Participant, reason: str) -> None:
+    def _failure_line(self, p: Participant, reason: str, then: str = "") -> None:
         reason = md_text(" ".join(reason.split())[:300])
-        self._notice(f"{md_text(p.alias)} could not answer: {reason}")
+        self._notice(f"{md_text(p.alias)} could not answer: {reason}{then}")
 
     def _notice(self, markdown: str) -> None:
         """A warning line in the transcript; history leaves it out."""
         self.transcript.add_notice(f"{NOTICE_PREFIX}{markdown}*")
 
-    def _sampling(self, profile: ModelProfile) -> dict[str, Any]:
+    def _sampling(self, profile: ModelProfile, p: Participant) -> dict[str, Any]:
+        """The valves' sampling, with the participant's own temperature and top-p."""
         sampling = dict(self.settings.sampling)
+        own = {"temperature": p.temperature, "top_p": p.top_p}
+        sampling.update({k: v for k, v in own.items() if v is not None})
         if profile.owned_by != "ollama":
             sampling.pop("top_k", None)  # OpenAI-style APIs reject top_k
         return sampling
@@ -3191,7 +3728,11 @@ def make_manager(
     aliases = streamer.aliases
 
     def prompt(last: int | None) -> str:
-        history = history_digest(streamer.turns, streamer.user_name, valves.MANAGER_HISTORY_CHARS)
+        limit = valves.MANAGER_HISTORY_CHARS
+        room = streamer.budget.room_chars(profile, 4 * MANAGER_ANSWER_TOKENS, 1.0)
+        if room is not None:  # the prompt's own words and the system message need room too
+            limit = max(0, min(limit, room - len(settings.manager_prompt) - 2000))
+        history = history_digest(streamer.turns, streamer.user_name, limit)
         return manager_prompt(settings.manager_prompt, history, aliases, last)
 
     async def ask(messages: list[dict], max_tokens: int) -> str:
@@ -3221,19 +3762,40 @@ class Run:
     async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
         """Turns until an ending holds, then the closing; returns why it ended."""
         self.direction, self.streamer, self.started = direction, streamer, self.clock.now()
-        while (plan := await direction.next_turn()) is not None:
+        while plans := await direction.next_turns():
             self.in_turn = True
-            heard = await streamer.turn(plan)
+            for plan, heard in zip(plans, await self.speak(plans), strict=True):
+                direction.heard(plan, heard, streamer.tokens)
             self.in_turn = False
-            direction.heard(plan, heard, streamer.tokens)
         if direction.explains:
             self.status(f"Conversation ended: {direction.reason}.")
-        closing = [(plan, await streamer.turn(plan)) for plan in direction.closing_turns()]
-        for line in (direction.verdict(closing), direction.end_line()):
+        done: list[tuple[TurnPlan, Heard]] = []
+        while True:
+            line, plans = direction.closing_turns(done)
+            if line:
+                self.transcript.add_notice(line)
+            if not plans:
+                break
+            done += zip(plans, await self.speak(plans), strict=True)
+        for line in (direction.verdict(done), direction.end_line()):
             if line:
                 self.transcript.add_notice(line)
         await self.emitter.update()
         return direction.reason
+
+    async def speak(self, plans: list[TurnPlan]) -> list[Heard]:
+        """The planned turns spoken: a council round's or the reviews at once, others in turn."""
+        assert self.streamer is not None and self.direction is not None
+        if plans[0].kind == "words":
+            return [await self.streamer.user_words(plans[0].ask)]
+        if len(plans) > 1 and plans[0].kind in ("turn", "review"):
+            self.status(self.direction.where(plans), done=False)
+            return await self.streamer.together(plans)
+        heard = []
+        for plan in plans:
+            self.status(self.direction.where([plan]), done=False)
+            heard.append(await self.streamer.turn(plan))
+        return heard
 
     # -- the status line ---------------------------------------------------------------------
     def status(self, text: str, done: bool = True) -> None:
@@ -3349,7 +3911,6 @@ async def _first_usable(
 
 
 TASK_MAX_TOKENS = 400  # a title, tags or a few follow-up questions never need more
-CUT_MARK = "\n[…]\n"
 
 
 def fit_task_prompt(messages: list[dict], room: int | None) -> list[dict]:
@@ -3366,10 +3927,9 @@ def fit_task_prompt(messages: list[dict], room: int | None) -> list[dict]:
     start = start + len("<chat_history>") if start >= 0 else 0
     end = text.rfind("</chat_history>")
     end = end if end >= start else len(text)
-    cut = min(excess + len(CUT_MARK), end - start)
-    at = start + (end - start - cut) // 2
-    last = {**messages[-1], "content": text[:at] + CUT_MARK + text[at + cut :]}
-    return [*messages[:-1], last]
+    block = text[start:end]
+    kept = cut_middle(block, max(len(CUT_MARK), len(block) - excess))
+    return [*messages[:-1], {**messages[-1], "content": text[:start] + kept + text[end:]}]
 
 
 async def ask_task_model(
@@ -3385,16 +3945,19 @@ async def ask_task_model(
     The answer may take a quarter of the context (some servers refuse prompt + max_tokens
     over it); the quoted chat needs the room more than a title does.
     """
+    cap: int | None = None  # after an error that named no size: less than was sent
     for shrink in (1.0, 0.9):
         reserve = min(max_tokens, budget.limit(profile) // 4 or max_tokens)
-        fitted = fit_task_prompt(messages, budget.room_chars(profile, reserve, shrink))
+        room = budget.room_chars(profile, reserve, shrink)
+        fitted = fit_task_prompt(messages, room if cap is None else min(room or cap, cap))
         form = {"model": profile.model_id, "messages": fitted, "max_tokens": reserve}
         try:
             return await gateway.complete(form, user)
         except ModelCallError as exc:
             if shrink < 1.0 or not is_context_error(str(exc)):
                 raise
-            budget.learn(profile, str(exc), message_chars(fitted))
+            if not budget.learn(profile, str(exc), message_chars(fitted)):
+                cap = int(message_chars(fitted) * UNNAMED_REFIT_SHRINK)
             log.debug("task prompt did not fit %s: %s", profile.model_id, exc)
     raise AssertionError("unreachable")
 
@@ -3628,8 +4191,8 @@ def earlier_turns(content: str, participants: list[Participant]) -> int:
     """The participants' turns in a message (not passes, the closing, or votes), as its status
     counted them."""
     aliases = {p.alias for p in participants}
-    names = HEADING_RE.findall(BLOCK_RE.sub("", content))
-    return sum(1 for name in names if md_unescape(name) in aliases)
+    names = [m.group(2) for m in HEADING_RE.finditer(BLOCK_RE.sub("", content))]
+    return sum(1 for name in names if md_unescape(_MODEL_BEHIND_RE.sub("", name)) in aliases)
 
 
 def _chat_system(body: dict) -> str:
@@ -3732,7 +4295,7 @@ class Prepared:
     profiles: dict[str, ModelProfile]
     manager: ModelProfile | None
     closer: Participant | None
-    context_limits: dict[str, int]  # sizes servers named, shared by every run (Pipe's)
+    budget: ContextBudget  # sizes servers named and prompts that worked: shared (Pipe's)
     rng: random.Random
 
 
@@ -3755,7 +4318,7 @@ def _cast(
         transcript,
         emitter,
         run.clock,
-        ContextBudget(settings.valves.CONTEXT_TOKENS, prepared.context_limits),
+        prepared.budget,
         profiles=prepared.profiles,
         aliases=[p.alias for p in prepared.participants],
         user_name=user_info.get("name") or "User",
@@ -3764,6 +4327,10 @@ def _cast(
         want_usage=prepared.config.max_total_tokens > 0,
     )
     chooser = make_manager(streamer, prepared.manager, run.status) if prepared.manager else None
+    ask = ctx.extra_params.get("__event_call__")  # None without a browser tab (the API)
+    moderator = None
+    if prepared.config.moderator == "between_rounds" and ask is not None:
+        moderator = Moderator(ask, run.clock, settings.valves.MODERATOR_TIMEOUT)
     direction = make_direction(
         prepared.config,
         prepared.participants,
@@ -3772,6 +4339,7 @@ def _cast(
         chooser,
         prepared.rng,
         run.clock,
+        moderator,
     )
     # Continue Response: the status counts the message's earlier turns too.
     earlier = continued_content(body, ctx.metadata)
@@ -3817,6 +4385,11 @@ class Pipe:
         self.valves = self.Valves()
         # Context sizes servers named in errors: facts about models, shared by every run.
         self.context_limits: dict[str, int] = {}
+        self.context_proven: dict[str, int] = {}  # largest prompts (tokens) that worked
+
+    def _budget(self) -> ContextBudget:
+        """A run's view of the models' contexts, over what every run has learnt."""
+        return ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits, self.context_proven)
 
     def pipes(self) -> list[dict[str, str]]:
         # v2's pipe id, so chats that used it keep their model after an upgrade.
@@ -3989,7 +4562,7 @@ class Pipe:
             raise NothingToAnswer  # the chat holds only /reconfigure so far
         manager = profiles[manager_id] if config.use_manager else None
         return Prepared(
-            config, participants, profiles, manager, closer, self.context_limits, self.rng_factory()
+            config, participants, profiles, manager, closer, self._budget(), self.rng_factory()
         )
 
     async def _choose_config(
@@ -4071,7 +4644,7 @@ class Pipe:
             if isinstance(wanted, int) and wanted > 0
             else TASK_MAX_TOKENS
         )
-        budget = ContextBudget(self.valves.CONTEXT_TOKENS, self.context_limits)
+        budget = self._budget()
         asked = ask_task_model(gateway, ctx.user, profile, budget, messages, max_tokens)
         try:
             # The host holds the message open until its tasks end: they must end soon.
@@ -4151,6 +4724,26 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"alias": "Correctness", "system_message": "Review for correctness and edge cases."},
             {"alias": "Security", "system_message": "Review for security and privacy risks."},
             {"alias": "Clarity", "system_message": "Review for clarity and maintainability."},
+        ],
+    },
+    "council": {
+        "label": "Council: answer at once, rank each other, a chair sums up",
+        "config": {
+            "rounds": 1,
+            "selection": "council",
+            "peer_review": True,
+            "closing": {
+                "alias": "Chair",
+                "prompt": "You chair this council. Synthesize the best answer to the user's "
+                "question from the participants' answers and their ranking: keep what the "
+                "best-ranked answers got right, fix what they got wrong, and say where the "
+                "council disagreed.",
+            },
+        },
+        "participants": [
+            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
+            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
+            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
         ],
     },
     "interview": {
@@ -4415,6 +5008,7 @@ return await new Promise((resolve) => {
     ['manager', 'A manager model picks who speaks next'],
     ['random', 'Random (never the same speaker twice in a row)'],
     ['mention', 'Mentioned first: @Alias in your message speaks first'],
+    ['council', 'Council: everyone answers each round at once, unseen'],
   ], orderOf(DEFAULTS));
   const managerModel = picker(DEFAULTS.manager_model, 'manager_model', 'The first participant\'s model');
   const managerRow = field('Manager model', managerModel, 'mmc-wide');
@@ -4506,8 +5100,15 @@ return await new Promise((resolve) => {
     });
     showRows();
   };
+  // Keys the form does not show (peer review, a moderator…) go back as they came, or as the
+  // chosen preset (None: the user's settings) sets them.
+  const SHOWN = new Set(['rounds', 'selection', 'use_manager', 'manager_model', 'participants', 'pass_allowed',
+    'stop_phrase', 'max_seconds', 'max_total_tokens', 'closing', 'preset', RESOLVED_KEY]);
+  const extraOf = (c) => Object.fromEntries(Object.entries(c || {}).filter(([k]) => !SHOWN.has(k)));
+  let extra = extraOf(DEFAULTS);
   preset.addEventListener('change', () => {
     const p = PRESETS[preset.value];
+    extra = { ...extraOf(DEFAULTS), ...extraOf(p ? p.config : SETTINGS) };
     if (p) fillFrom(p.config, p.participants);
     else fillFrom(SETTINGS, SETTINGS.participants || []);
   });
@@ -4523,11 +5124,13 @@ return await new Promise((resolve) => {
     const closing = { model: closingModel.value, alias: closingAlias.value.trim(), prompt: closingPrompt.value.trim() };
     if (!closing.model && !closing.alias && !closing.prompt) closing.alias = 'Closing';  // chosen, all defaults
     return {
+      ...extra,
       rounds: Number(rounds.value),
       selection: selection.value,
       use_manager: managed,
       manager_model: managed ? managerModel.value : '',
-      participants: rowInputs.slice(0, n).map((r) => ({
+      participants: rowInputs.slice(0, n).map((r, i) => ({
+        ...(DEFAULTS.participants[i] || {}),  // what a row holds beyond its fields (own sampling)
         model: r.model.value, alias: r.alias.value.trim(), system_message: r.persona.value,
         max_tokens: r.maxTokens.value === '' ? null : Number(r.maxTokens.value),
       })),
@@ -4745,7 +5348,8 @@ ADMIN_VALVES: dict[str, Any] = {
             ge=0,
             title="Assumed context size (tokens)",
             description="Context size assumed for a participant model whose Open WebUI "
-            "settings name none (`num_ctx` or `max_context`). Older turns are left out to fit. "
+            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
+            "parts cut in the middle to fit. "
             "0: fit only after the model reports a context-length error.",
         ),
     ),
@@ -4821,6 +5425,16 @@ ADMIN_VALVES: dict[str, Any] = {
             "again. Typing keeps it open (an hour at most).",
         ),
     ),
+    "MODERATOR_TIMEOUT": (
+        float,
+        Field(
+            default=120,
+            gt=0,
+            title="Moderator prompt timeout (s)",
+            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
+            "before round N?* waits for an answer; then the conversation goes on.",
+        ),
+    ),
     "MANAGER_TIMEOUT": (
         float,
         Field(
@@ -4849,6 +5463,15 @@ ADMIN_VALVES: dict[str, Any] = {
             description="Seconds a background task (title, tags, follow-ups) may take. Open "
             "WebUI keeps the message busy until its tasks end; one that takes longer is "
             "dropped.",
+        ),
+    ),
+    "SHOW_MODELS": (
+        bool,
+        Field(
+            default=False,
+            title="Show models in headings",
+            description="Show which model speaks behind each alias, in small type after the "
+            "speaker's name.",
         ),
     ),
     "STOP_SEQUENCES": (
@@ -5012,6 +5635,25 @@ USER_VALVES: dict[str, Any] = {
             description="Show the manager's answer in a collapsed block under each turn it picked.",
         ),
     ),
+    "AskBetweenRounds": (
+        bool,
+        Field(
+            default=False,
+            title="Ask me between rounds",
+            description="After each round, Open WebUI asks *Anything to add before round N?*: "
+            "what you type joins the conversation as your words, `end` closes it, empty goes "
+            "on.",
+        ),
+    ),
+    "PeerReview": (
+        bool,
+        Field(
+            default=False,
+            title="Peer review (council)",
+            description="With *Who speaks next* = `council`: after the round, each participant "
+            "ranks the others' answers, shown without names, and a table sums up the ranking.",
+        ),
+    ),
     "PassAllowed": (
         bool,
         Field(
@@ -5087,7 +5729,7 @@ USER_VALVES: dict[str, Any] = {
             default="",
             title="Preset",
             description="A named setup that fills whatever you leave unset: `debate`, "
-            "`brainstorm`, `review_panel` or `interview`. Empty: none.",
+            "`brainstorm`, `review_panel`, `interview` or `council`. Empty: none.",
         ),
     ),
     "Temperature": (

@@ -77,7 +77,8 @@ def test_a_preset_fills_what_is_left_out_and_what_is_given_wins():
         {"preset": "review panel", "participants": rows, "rounds": 5, "closing": None}, 20
     )
     assert mine.rounds == 5 and mine.pass_allowed and mine.closing is None  # null: no closing
-    assert set(mmc.PRESETS) == {"debate", "brainstorm", "review_panel", "interview"}
+    presets = {"debate", "brainstorm", "review_panel", "interview", "council"}  # council: issue 21
+    assert set(mmc.PRESETS) == presets
     for name in mmc.PRESETS:  # every preset is a valid config
         mmc.parse_config({"preset": name, "participants": rows}, 20)
 
@@ -328,7 +329,12 @@ async def test_rounds_alone_add_no_end_line_and_only_the_summary_status():
     result = await h.run(emitter=emitter)
 
     assert "🏁" not in result
-    assert emitter.statuses() == ["1 participant, 2 turns, 0 s"]
+    # One status per turn says where it is (issue 21), then the summary.
+    assert emitter.statuses() == [
+        "Round 1 of 2 · A",
+        "Round 2 of 2 · A",
+        "1 participant, 2 turns, 0 s",
+    ]
 
 
 def test_a_usage_frame_decodes_with_or_without_choices():

@@ -94,8 +94,9 @@ def test_a_vote_is_the_last_vote_line_of_the_reply():
 
 def test_a_vote_without_a_vote_line_is_shown_as_an_abstention():
     d = direction({"rounds": 1, "closing": "vote"})
-    plans = d.closing_turns()
-    assert [p.kind for p in plans] == ["vote"] * 3 and not any(p.guarded for p in plans)
+    line, plans = d.closing_turns([])
+    assert line == "" and [p.kind for p in plans] == ["vote"] * 3
+    assert not any(p.guarded for p in plans)
     said = ["VOTE: Tea", "Tea is nice and coffee too, I cannot decide.", "VOTE: tea!"]
     line = d.verdict([(p, mmc.Heard(s)) for p, s in zip(plans, said, strict=True)])
     assert mmc.md_unescape(line) == "*🗳️ Vote: Tea 2 (Alice, Carol); abstained: Bob*"

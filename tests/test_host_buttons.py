@@ -99,7 +99,7 @@ def test_earlier_turns_counts_the_participants_turns_only():
     t.start_turn(judge)
     t.add_content("Verdict.")
     for p in people:
-        t.start_turn(p, mmc.VOTE_LABEL)
+        t.start_turn(p, label=mmc.VOTE_LABEL)
         t.add_content("VOTE: tea")
     assert mmc.earlier_turns(t.render(), people) == 4
 
@@ -109,7 +109,7 @@ def test_a_vote_turn_is_labelled_and_reads_back_as_its_speakers():
     t = mmc.Transcript(lambda: 0.0)
     t.start_turn(ada)
     t.add_content("Tea.")
-    t.start_turn(ada, mmc.VOTE_LABEL)
+    t.start_turn(ada, label=mmc.VOTE_LABEL)
     t.add_content("VOTE: tea")
     assert "### 🔴 Ada · 🗳️ vote\n" in t.render()
     assert [(x.speaker, x.content) for x in mmc.split_turns(t.render())] == [

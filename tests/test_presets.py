@@ -33,27 +33,38 @@ def harness() -> PipeHarness:
 
 
 def observe(h: PipeHarness, since: int, result: str) -> dict:
-    """What ran, read off the requests of this run and its transcript."""
+    """What ran, read off the requests of this run (each turn's kind by its system prompt) and
+    its transcript."""
     streamed = [r for r in h.host.requests[since:] if r["stream"]]
     asked_manager = any(not r["stream"] for r in h.host.requests[since:])
-    systems = [
-        r["messages"][0]["content"] for r in streamed if r["messages"][0]["role"] == "system"
+    systems = [str(r["messages"][0]["content"]) for r in streamed]
+    turns = [
+        r["model"]
+        for r, system in zip(streamed, systems, strict=True)
+        if not any(x in system for x in (mmc.REVIEW_RULES, "and you close it", mmc.VOTE_PROMPT))
     ]
     headings = re.findall(r"^### \S+ (.+)$", result, re.MULTILINE)
-    vote = "🗳️ Vote" in result
-    spoken = headings[: len(headings) - len(ALIASES)] if vote else headings
-    closing = "vote" if vote else None
-    if spoken and spoken[-1] not in ALIASES:
-        closing = spoken[-1]
-        spoken = spoken[:-1]
-    round_robin = spoken == (ALIASES * len(spoken))[: len(spoken)]
+    closing = None
+    if "🗳️ Vote" in result:
+        closing = "vote"
+    elif headings and headings[-1] not in ALIASES:
+        closing = headings[-1]
+    if asked_manager:
+        selection = "manager"
+    elif any("Everyone answers this round at the same time" in x for x in systems):
+        selection = "council"
+    elif turns == (list(MODELS) * len(turns))[: len(turns)]:
+        selection = "round_robin"
+    else:
+        selection = "other"
     return {
-        "rounds": len(spoken) // len(ALIASES),
-        "selection": "manager" if asked_manager else ("round_robin" if round_robin else "other"),
-        "pass_allowed": any(PASS_RULE in s for s in systems),
-        "stop_phrase": next((p for p in STOP_PHRASES if any(p in s for s in systems)), ""),
+        "rounds": len(turns) // len(ALIASES),
+        "selection": selection,
+        "pass_allowed": any(PASS_RULE in x for x in systems),
+        "peer_review": any(mmc.REVIEW_RULES in x for x in systems),
+        "stop_phrase": next((p for p in STOP_PHRASES if any(p in x for x in systems)), ""),
         "closing": closing,
-        "personas": all(any(row["system_message"] in s for s in systems) for row in ROWS),
+        "personas": all(any(row["system_message"] in x for x in systems) for row in ROWS),
     }
 
 
@@ -65,9 +76,7 @@ def expected(key: str, value) -> object:
     if key == "closing":
         return value if value in (None, "vote") else value["alias"]
     if key == "selection":
-        return (
-            value if value == "manager" else ("round_robin" if value == "round_robin" else "other")
-        )
+        return value if value in ("manager", "round_robin", "council") else "other"
     return value
 
 
@@ -76,10 +85,10 @@ def overrides(preset: dict) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
     for key, value in preset["config"].items():
         if key == "rounds":
-            out.append((key, value - 1))
+            out.append((key, value - 1 if value > 1 else value + 1))
         elif key == "selection":
             out.append((key, "round_robin" if value != "round_robin" else "manager"))
-        elif key == "pass_allowed":
+        elif key in ("pass_allowed", "peer_review"):
             out.append((key, not value))
         elif key == "stop_phrase":
             out.append((key, ""))
@@ -228,12 +237,12 @@ def test_the_readmes_debate_example_keeps_the_verdict_prompt():
         ({"max_total_tokens": True}, "Token budget: must be a number, not on/off"),
         ({"participants": [{"model": "a", "max_tokens": True}]}, "Participant 1: must be a number"),
         (
-            {"participants": [{"model": "a", "system_message": "x" * 4001}]},
-            "Participant 1, persona: must be at most 4000 characters",
+            {"participants": [{"model": "a", "system_message": "x" * 8001}]},
+            "Participant 1, persona: must be at most 8000 characters",
         ),
         (
-            {"closing": {"prompt": "x" * 4001}},
-            "Closing turn, task: must be at most 4000 characters",
+            {"closing": {"prompt": "x" * 8001}},
+            "Closing turn, task: must be at most 8000 characters",
         ),
         (
             {"participants": [{"model": "a", "alias": "🦊🦊"}]},
@@ -257,10 +266,10 @@ def test_what_must_not_be_refused():
             "rounds": 1,
             "preset": None,
             "participants": [
-                {"model": "a", "alias": "🦊 Fox", "system_message": "x" * 4000, "max_tokens": 0},
+                {"model": "a", "alias": "🦊 Fox", "system_message": "x" * 8000, "max_tokens": 0},
                 {"model": "b", "alias": "Ünï 2"},
             ],
-            "closing": {"prompt": "y" * 4000},
+            "closing": {"prompt": "y" * 8000},
             "max_seconds": 0.5,
         },
         20,

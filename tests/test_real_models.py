@@ -163,7 +163,10 @@ async def test_the_oldest_turns_are_left_out_to_fit_the_models_context_and_that_
     match = re.search(r"\((\d+) earlier turns of this conversation left out\.\)", text)
     assert match and 0 < int(match.group(1)) < 40
     dropped = int(match.group(1))
-    assert "t0w0" not in text and f"t{dropped}w0" in text and "t39w0" in text
+    # The topic (the first message) stays, the note stands where the left-out turns were
+    # (issue 20; before, the topic went first).
+    assert text.index("t0w0") < match.start() < text.index(f"t{dropped + 1}w0")
+    assert "t1w0" not in text and f"t{dropped}w0" not in text and "t39w0" in text
     assert chars(request) / mmc.DEFAULT_CHARS_PER_TOKEN + 400 <= 1000
 
 

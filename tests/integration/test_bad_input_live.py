@@ -83,9 +83,13 @@ async def test_odd_but_valid_setups_and_a_megabyte_message_run_and_keep_every_tu
     requests = backend.requests
     assert [r.model for r in requests] == ["model-a", "model-a", "model-b", "model-b"]
     for request in requests:
-        # The whole megabyte reached every participant (the others' turns may be left out to
-        # fit the context: the user's latest message never is).
-        assert huge in text_of(request.messages[1]["content"])
+        # The megabyte's start and end reached every participant, its middle cut to fit the
+        # assumed context (issue 20; before, all of it was sent and overflowed every model).
+        message = text_of(request.messages[1]["content"])
+        assert "MEGA-start" in message and "MEGA-end" in message and "[…]" in message
+        assert len(message) < 100_000, len(message)  # the scripted server counts few tokens
+    # The user is told once per model that their message was shortened.
+    assert first.saved.count("Your message was shortened for") == 2
     assert persona in requests[0].messages[0]["content"]  # placeholders left alone
     assert "Second persona" in requests[1].messages[0]["content"]
 

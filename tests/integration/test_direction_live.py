@@ -78,7 +78,7 @@ async def test_manager_wrong_twice_then_right_then_end(owui, backend, admin_sock
 
 async def test_pass_and_a_stop_phrase(owui, backend, admin_socket, pipe):
     backend.set_script("model-b", reply="PASS")
-    backend.set_script("model-c", reply="I think we agree on tea. WE AGREE.")
+    backend.set_script("model-c", reply="I think we agree on tea.\nWE AGREE.")  # a line of its own
     answer = overlay_answer("model-a", "model-b", "model-c", rounds=3)
     admin_socket.answer("execute", {**answer, "pass_allowed": True, "stop_phrase": "we agree"})
 

@@ -129,7 +129,8 @@ async def test_requests_are_trimmed_to_fit_and_a_full_context_gets_one_clear_lin
             request.messages[0]["role"] == "system" and "Persona" in request.messages[0]["content"]
         )
         assert said_by("Admin", "LATEST one") in text_of(request.messages[-1]["content"])
-        assert "m0w0" not in view(request) and "m39w0" in view(request)
+        # The topic (the first message) stays; the turns after it go first (issue 20).
+        assert "m0w0" in view(request) and "m1w0" not in view(request) and "m39w0" in view(request)
 
     backend.reset()
     backend.set_script("model-a", context_limit=1)
