@@ -5196,6 +5196,9 @@ return await new Promise((resolve) => {
     }
     finish(answer());
   });
+  cancel.addEventListener('click', () => finish(CANCELLED));
+  close.addEventListener('click', () => finish(CANCELLED));
+  skip.addEventListener('click', () => finish(null));
   card.append(
     el('div', { className: 'mmc-head' }, [
       el('div', {}, [

@@ -232,3 +232,11 @@ def test_what_is_not_a_command():
     )
     for text in ("/reconfigure please", "please /reconfigure", "reconfigure", "/reconfig", ""):
         assert not mmc.is_command(text), text
+
+
+def test_every_button_of_the_dialog_answers():
+    """Cancel, × and Use defaults each end the dialog (a button without a handler leaves it
+    open forever)."""
+    script = mmc.overlay_script({"rounds": 1, "participants": []}, "mmc.", 60, 20)
+    for button, answer in (("cancel", "CANCELLED"), ("close", "CANCELLED"), ("skip", "null")):
+        assert f"{button}.addEventListener('click', () => finish({answer}))" in script, button
