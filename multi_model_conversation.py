@@ -24,7 +24,8 @@ import random
 import re
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, get_args
 
@@ -1991,6 +1992,10 @@ class ContextBudget:
     def limit(self, profile: ModelProfile) -> int:
         return self._learned.get(profile.model_id) or profile.context_tokens or self._default
 
+    def known(self, profile: ModelProfile) -> bool:
+        """The size is the model's own setting or one a server named, not the assumed one."""
+        return bool(self._learned.get(profile.model_id) or profile.context_tokens)
+
     def chars_per_token(self, profile: ModelProfile) -> float:
         return self._ratio.get(profile.model_id, DEFAULT_CHARS_PER_TOKEN)
 
@@ -2241,15 +2246,22 @@ class SpeakerGuard:
 
 
 class ReplyFilter:
-    """A reply's text on its way to the transcript: think tags split off, then the guard."""
+    """A reply's text on its way to the transcript: think tags split off, then the speaker
+    guard, then the echo guard."""
 
-    def __init__(self, guard: SpeakerGuard | None = None) -> None:
+    def __init__(self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None) -> None:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
+        self.echo = echo
 
     @property
     def stopped_by(self) -> str | None:
         return self.guard.stopped_by if self.guard else None
+
+    @property
+    def ended(self) -> bool:
+        """The reply ended early: it spoke as someone else, or began copying."""
+        return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
@@ -2257,21 +2269,271 @@ class ReplyFilter:
     def flush(self) -> list[tuple[str, str]]:
         parts = self._guarded(self._splitter.flush())
         tail = self.guard.flush() if self.guard else ""
+        if self.echo is not None:
+            tail = (self.echo.feed(tail) if tail else "") + self.echo.flush()
         return [*parts, ("content", tail)] if tail else parts
 
     def _guarded(self, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        if self.guard is None:
+        if self.guard is None and self.echo is None:
             return parts
         out = []
         for kind, text in parts:
-            if self.guard.stopped_by is not None:
+            if self.ended:
                 break
             if kind == "content":
-                text = self.guard.feed(text)
+                arrived = bool(text)
+                text = self.guard.feed(text) if self.guard else text
+                text = self.echo.feed(text) if self.echo and text else text
                 if not text:
+                    if arrived:  # held back for now: the reasoning before it has ended
+                        out.append(("reasoning_end", ""))
                     continue
             out.append((kind, text))
         return out
+
+
+# ============================================================================
+# Echoes: a reply that starts copying what was already said ends there
+# ============================================================================
+
+# A reply ends as an echo once it has copied this many consecutive words of its sources
+# (matched without case, punctuation or markup). One long quoted sentence is about 30 words and
+# a few words around a quote may match by chance, so quoting a sentence, in quotes, in a `>`
+# block or plainly, never reaches it; a copied turn or a copied system prompt (the pipe's own
+# rules and shared instruction are about 45 words) does.
+ECHO_RUN_WORDS = 40
+# A whole reply that is a passage of its sources word for word ends as an echo when it has at
+# least this many words: the pipe's note "(6 earlier turns of this conversation left out.)" has
+# 8, while a short agreement that happens to stand in an earlier turn ("I agree with Ben.",
+# "That sounds like fun, Ana!") has 5 or fewer.
+ECHO_WHOLE_WORDS = 6
+_ECHO_WORD_CHARS = 100  # a longer token (a URL, a hash) is no word: it breaks a run
+_ECHO_HELD_CHARS = 4000  # a run spread wider than this (floods of markup) is no copy of words
+_ECHO_FENCES = ("```", "~~~")  # a line starting so opens or closes code, which is never matched
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Chinese, Japanese,
+# full-width forms): each character is a piece of its own that no run goes over, so such text
+# is never held back (nor matched: its words cannot be told apart here).
+_UNSPACED = (
+    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
+    "\u3001-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK, kana, full-width
+)
+_PIECE_RE = re.compile(rf"(?P<space>\s+)|(?P<unspaced>[{_UNSPACED}])|[^\s{_UNSPACED}]+")
+_NOT_WORD_RE = re.compile(r"[\W_]+")
+
+
+def echo_word(token: str) -> str:
+    """A token as matched: case, punctuation and markdown emphasis left out ('' for markup)."""
+    return _NOT_WORD_RE.sub("", token.casefold())
+
+
+def echo_sources(system_prompt: str, turns: Iterable[Turn]) -> list[str]:
+    """What a participant's reply must not copy at length: its system prompt, and of the turns
+    it was shown (`fit_turns`' turns), the participants' and the pipe's notes. The user's own
+    messages are not in it: a participant asked to edit a pasted text keeps long runs of it."""
+    shown = [_text_of(t.content) for t in turns if t.note or t.speaker is not None]
+    return [system_prompt, *shown]
+
+
+def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:
+    """The sources' words in order, and a number where a run must not go on: between two
+    sources and at a character of a script without spaces (no word equals a number)."""
+    gaps = 0
+    for text in sources:
+        for piece in _PIECE_RE.finditer(text):
+            if piece.lastgroup is None:
+                if word := echo_word(piece.group()):
+                    yield word
+            elif piece.lastgroup == "unspaced":
+                gaps += 1
+                yield gaps
+        gaps += 1
+        yield gaps
+
+
+class PassageIndex:
+    """Every passage of the sources as a path of words (a suffix automaton, built in linear
+    time), so the longest copied run ending at a reply's next word costs O(1) amortized."""
+
+    def __init__(self, sources: Iterable[str]) -> None:
+        self._next: list[dict[str | int, int]] = [{}]
+        self._link = [-1]
+        self._len = [0]
+        last = 0
+        for word in _indexed_words(sources):
+            last = self._extend(last, word)
+        self.links_followed = 0  # the matching's only loop, counted for the tests
+
+    def step(self, state: int, length: int, word: str) -> tuple[int, int]:
+        """The state and length of the longest run of the sources that ends with `word`, given
+        the run (`state`, `length`) that ended at the word before it."""
+        while state and word not in self._next[state]:
+            state = self._link[state]
+            length = self._len[state]
+            self.links_followed += 1
+        if word in self._next[state]:
+            return self._next[state][word], length + 1
+        return 0, 0
+
+    def _extend(self, last: int, word: str | int) -> int:
+        """Blumer et al.'s online construction: one word more, at most two new states."""
+        cur = self._new(self._len[last] + 1, -1, {})
+        p = last
+        while p != -1 and word not in self._next[p]:
+            self._next[p][word] = cur
+            p = self._link[p]
+        if p == -1:
+            self._link[cur] = 0
+            return cur
+        q = self._next[p][word]
+        if self._len[p] + 1 == self._len[q]:
+            self._link[cur] = q
+            return cur
+        clone = self._new(self._len[p] + 1, self._link[q], dict(self._next[q]))
+        while p != -1 and self._next[p].get(word) == q:
+            self._next[p][word] = clone
+            p = self._link[p]
+        self._link[q] = self._link[cur] = clone
+        return cur
+
+    def _new(self, length: int, link: int, edges: dict[str | int, int]) -> int:
+        self._len.append(length)
+        self._link.append(link)
+        self._next.append(edges)
+        return len(self._len) - 1
+
+
+class EchoGuard:
+    """Ends a streamed reply where it has copied `run_words` consecutive words of its sources
+    (earlier turns, its instructions, the pipe's notes); no copied word is ever shown.
+
+    Holds back only the words of the current run and the word being written, and lets them go
+    as soon as the run breaks. Fenced code is never matched: fixing someone's code keeps most
+    of it. `feed` costs what its chunk costs, however long the reply and the sources are.
+    """
+
+    def __init__(
+        self,
+        sources: Iterable[str],
+        run_words: int = ECHO_RUN_WORDS,
+        whole_words: int = ECHO_WHOLE_WORDS,
+    ) -> None:
+        self.index = PassageIndex(sources)
+        self._run_words = run_words
+        self._whole_words = whole_words
+        self._held = ""  # fed and not shown yet; starts at offset `_base` of the reply
+        self._base = 0
+        self._end = 0  # characters fed so far
+        self._run: deque[int] = deque()  # where each word of the current run starts
+        self._state = 0  # the current run's state in the index
+        self._word_at: int | None = None  # where the word being written starts
+        self._line_start = True  # no word yet on this line
+        self._in_code = False
+        self._words = 0  # the reply's words so far (those in code too)
+        self.echoed = ""  # why the reply ended: "run" | "whole" | "" (it did not)
+        self.copied_words = 0  # the copied run's words when it ended
+        self.withheld = 0  # characters fed and never shown
+
+    def feed(self, text: str) -> str:
+        """The part of the reply that may be shown now ('' once it has ended as an echo)."""
+        if self.echoed:
+            self.withheld += len(text)
+            return ""
+        self._held += text
+        start = self._end
+        for piece in _PIECE_RE.finditer(text):
+            at, kind = start + piece.start(), piece.lastgroup
+            if kind is None:  # a word, or part of one
+                self._word_at = at if self._word_at is None else self._word_at
+                continue
+            if self._word_at is not None:
+                self._end_word(self._word_at, at)
+                self._word_at = None
+                if self.echoed:
+                    break
+            if kind == "space":
+                self._line_start = self._line_start or "\n" in piece.group()
+            else:  # a character of a script without spaces: a word of its own, never matched
+                self._words += 1
+                self._line_start = False
+                self._reset()
+        self._end = start + len(text)
+        return self._stop() if self.echoed else self._release()
+
+    def flush(self) -> str:
+        """The end of the reply: what is held goes out, unless the whole reply was a copy."""
+        if self.echoed:
+            return ""
+        if self._word_at is not None:
+            self._end_word(self._word_at, self._end)
+            self._word_at = None
+        self._expire(self._end)
+        if not self.echoed and self._whole_words <= self._words == len(self._run):
+            self.echoed, self.copied_words = "whole", self._words
+        if self.echoed:
+            return self._stop()
+        shown, self._held, self._base = self._held, "", self._end
+        return shown
+
+    def _end_word(self, start: int, end: int) -> None:
+        """A token is complete: the run goes on, shrinks to what still matches, or trips."""
+        first, self._line_start = self._line_start, False
+        if end - start > _ECHO_WORD_CHARS:
+            self._words += 1
+            self._reset()
+            return
+        token = self._held[start - self._base : end - self._base]
+        fence = first and token.startswith(_ECHO_FENCES)
+        self._in_code ^= fence
+        if fence or self._in_code:
+            self._words += 1
+            self._reset()
+            return
+        word = echo_word(token)
+        if not word:
+            return  # markup between words (`>`, `-`, `**`): the run goes on over it
+        self._words += 1
+        self._expire(end)
+        self._state, length = self.index.step(self._state, len(self._run), word)
+        self._run.append(start)
+        while len(self._run) > length:
+            self._run.popleft()
+        if length >= self._run_words:
+            self.echoed, self.copied_words = "run", length
+
+    def _release(self) -> str:
+        """What is no longer held: all before the run, or before the word being written.
+
+        A run that can no longer go on ends here rather than at the next word: the same end.
+        """
+        long_word = self._word_at is not None and self._end - self._word_at > _ECHO_WORD_CHARS
+        if long_word:
+            self._reset()
+        self._expire(self._end)
+        hold = self._end
+        if self._run:
+            hold = self._run[0]
+        elif self._word_at is not None and not long_word:
+            hold = self._word_at
+        shown, self._held = self._held[: hold - self._base], self._held[hold - self._base :]
+        self._base = hold
+        return shown
+
+    def _stop(self) -> str:
+        """The reply ends where the copy began: the text before it goes out, the rest never."""
+        at = self._run[0]
+        shown = self._held[: at - self._base]
+        self.withheld = self._end - at
+        self._held, self._base = "", self._end
+        return shown
+
+    def _expire(self, end: int) -> None:
+        """A run spread wider than _ECHO_HELD_CHARS is markup, not copied words: it ends."""
+        if self._run and end - self._run[0] > _ECHO_HELD_CHARS:
+            self._reset()
+
+    def _reset(self) -> None:
+        self._run.clear()
+        self._state = 0
 
 
 # ============================================================================
@@ -3181,6 +3443,7 @@ class TurnStreamer:
         self.speaking = False  # a turn is streaming
         self.guarded = True  # the turn being spoken is held to its own voice
         self.benched: set[str] = set()  # participants whose model cannot hold the conversation
+        self.sources: list[str] = []  # what the turn being spoken was shown: not to be copied
         self._tool_notice_shown: set[str] = set()
         self._told_shortened: set[str] = set()  # models the user heard their message was cut for
 
@@ -3307,12 +3570,42 @@ class TurnStreamer:
             form["max_tokens"] = max_tokens
         return await within(self.clock, seconds, self.gateway.complete(form, self.ctx.user))
 
-    def room(self, p: Participant, profile: ModelProfile, shrink: float = 1.0) -> int | None:
+    def room(
+        self, p: Participant, profile: ModelProfile, shrink: float = 1.0, tools: bool = True
+    ) -> int | None:
         """Characters a request's messages may take (tool specs and the reply set aside);
         None when the model's context size is unknown."""
         reserve = min(self.max_tokens(p) or 1024, self.budget.limit(profile) // 2)
         room = self.budget.room_chars(profile, reserve, shrink)
-        return None if room is None else room - self._tools_chars(profile)
+        if room is None or not tools:
+            return room
+        return room - self._tools_chars(profile)
+
+    def first_fit(
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        build: Callable[[int | None], list[dict] | None],
+    ) -> tuple[list[dict] | None, int | None, bool]:
+        """The turn's first request: messages, their room and whether tools are offered.
+
+        A context that is only assumed (`CONTEXT_TOKENS`) never costs a participant its tools
+        or its turns: the request goes as it is, and the server's answer decides. In a known
+        context, tool definitions that leave no room for the conversation are left out."""
+        room = self.room(p, profile)
+        base = build(room)
+        tools = bool(profile.tool_specs)
+        if base is None and not self.budget.known(profile):
+            return build(None), None, tools
+        if base is None and tools:
+            room, tools = self.room(p, profile, tools=False), False
+            base = build(room)
+            if base is not None:
+                self._notice(
+                    f"{md_text(p.alias)} answers without tools this turn: their definitions "
+                    "do not fit its model's context."
+                )
+        return base, room, tools
 
     def fitted_messages(
         self,
@@ -3325,11 +3618,13 @@ class TurnStreamer:
         """System prompt, then `turns` fitted into `room`; None: not even the system prompt,
         the topic and the latest message fit."""
         system = {"role": "system", "content": system_text}
+        self.sources = echo_sources(system_text, turns)
         if room is not None:
             fitted = fit_turns(turns, room - message_chars([system]))
             if fitted is None:
                 return None
             turns = fitted.turns
+            self.sources = echo_sources(system_text, turns)
             if fitted.omitted:
                 log.debug("%s: %d earlier turns left out", p.alias, fitted.omitted)
             if fitted.shortened and profile.model_id not in self._told_shortened:
@@ -3357,8 +3652,7 @@ class TurnStreamer:
         `build(room)` gives the messages fitted into `room` characters (None: not fitted).
         """
         said: list[str] = []
-        room = self.room(p, profile)
-        base = build(room)
+        base, room, tools = self.first_fit(p, profile, build)
         extra: list[dict] = []  # this turn's tool calls and results
         tool_rounds = corrections = 0
         refitted = False
@@ -3375,7 +3669,7 @@ class TurnStreamer:
             messages = base + extra
             if room is not None and extra:
                 messages = fit_tool_results(messages, len(base), room)
-            offer = bool(profile.tool_specs) and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
+            offer = tools and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
             offer = offer and corrections <= self.settings.valves.MAX_TOOL_CORRECTIONS
             result = await self.stream_once(p, profile, messages, offer, ends_at)
             if result.content:
@@ -3462,7 +3756,7 @@ class TurnStreamer:
             form["stream_options"] = {"include_usage": True}  # calibrates the token estimate
         result = StreamResult()
         decoder, calls = SSEDecoder(), ToolCallAccumulator()
-        splitter = ReplyFilter(self.guard_for(p))
+        splitter = ReplyFilter(self.guard_for(p), self.echo_guard())
         content: list[str] = []
         silence = self.settings.valves.TURN_TIMEOUT
         loop = asyncio.get_running_loop()
@@ -3479,8 +3773,8 @@ class TurnStreamer:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload), splitter, calls, content, result)
                     await self.emitter.update()
-                    if splitter.stopped_by is not None:
-                        break  # it began someone else's line: the reply ends before it
+                    if splitter.ended:
+                        break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():
                         self._apply(decode_frame(payload), splitter, calls, content, result)
@@ -3500,11 +3794,14 @@ class TurnStreamer:
             result.cut = "length"
         if splitter.stopped_by is not None:
             log.debug("%s began a line as %s; the reply ends there", p.alias, splitter.stopped_by)
+        content_end = self._end_reply(splitter, content, result)
+        if splitter.echo is not None and splitter.echo.echoed and result.error is None:
+            result.cut = "echo"  # it began copying what was already said
         ended = result.finish_reason or result.done or result.cut or splitter.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
             result.error = "the stream ended before the model finished"
-        result.content = self._end_reply(splitter, content, result)
+        result.content = content_end
         result.calls = calls.calls() if result.error is None and not result.cut else []
         self._count_tokens(result.tokens, form["messages"], result.content)
         return result
@@ -3525,6 +3822,10 @@ class TurnStreamer:
             bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
         return bounds
 
+    def echo_guard(self) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown."""
+        return EchoGuard(self.sources) if self.guarded and self.sources else None
+
     def guard_for(self, p: Participant) -> SpeakerGuard | None:
         """A conversation turn ends at a line where it starts speaking as someone else."""
         if not self.guarded:
@@ -3537,7 +3838,9 @@ class TurnStreamer:
 
     def _cut_line(self, p: Participant, cut: str) -> None:
         """A visible mark that a reply was cut short; history leaves it out like a notice."""
-        if cut == "time":
+        if cut == "echo":
+            why = "cut: it began repeating what was already said"
+        elif cut == "time":
             why = f"cut after {self.settings.valves.TURN_TIME_LIMIT:g} s"
         elif self.max_tokens(p):
             why = f"cut at {self.max_tokens(p)} tokens"
@@ -3611,7 +3914,7 @@ class TurnStreamer:
             return ""
         self._count_tokens(None, form["messages"], text)
         content: list[str] = []
-        splitter, scratch = ReplyFilter(self.guard_for(p)), StreamResult()
+        splitter, scratch = ReplyFilter(self.guard_for(p), self.echo_guard()), StreamResult()
         for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
         said = self._end_reply(splitter, content, scratch)
@@ -4726,26 +5029,6 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"alias": "Clarity", "system_message": "Review for clarity and maintainability."},
         ],
     },
-    "council": {
-        "label": "Council: answer at once, rank each other, a chair sums up",
-        "config": {
-            "rounds": 1,
-            "selection": "council",
-            "peer_review": True,
-            "closing": {
-                "alias": "Chair",
-                "prompt": "You chair this council. Synthesize the best answer to the user's "
-                "question from the participants' answers and their ranking: keep what the "
-                "best-ranked answers got right, fix what they got wrong, and say where the "
-                "council disagreed.",
-            },
-        },
-        "participants": [
-            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
-            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
-            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
-        ],
-    },
     "interview": {
         "label": "Interview",
         "config": {
@@ -4764,6 +5047,26 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "follow up on vague answers.",
             },
             {"alias": "Candidate", "system_message": "You are interviewed: answer candidly."},
+        ],
+    },
+    "council": {
+        "label": "Council: answer at once, rank each other, a chair sums up",
+        "config": {
+            "rounds": 1,
+            "selection": "council",
+            "peer_review": True,
+            "closing": {
+                "alias": "Chair",
+                "prompt": "You chair this council. Synthesize the best answer to the user's "
+                "question from the participants' answers and their ranking: keep what the "
+                "best-ranked answers got right, fix what they got wrong, and say where the "
+                "council disagreed.",
+            },
+        },
+        "participants": [
+            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
+            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
+            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
         ],
     },
 }

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 from pathlib import Path
 
-from bench.run import CONTENT_TYPES, FUNCTION_ID, PIPE_FRAME_TYPES, PIPE_MODEL, windows
+from bench.run import CONTENT_TYPES, PIPE_FRAME_TYPES, PIPE_MODEL, booted, windows
 from tests.backend import BackendThread, ModelScript
-from tests.integration.owui import OpenWebUIServer, Owui, run_chat
+from tests.integration.owui import Owui, run_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEEDS = {"model-a": 0.002, "model-b": 0.005, "model-c": 0.010}  # seconds a token
@@ -66,26 +65,14 @@ def setup(*models: str) -> dict:
 async def bench(tokens: int) -> dict:
     scripts = {m: ModelScript(tokens=tokens, delay=d) for m, d in SPEEDS.items()}
     scripts["native"] = ModelScript(tokens=3 * tokens, delay=0.002)
-    backend = BackendThread(scripts=scripts)
-    backend.start()
-    server = OpenWebUIServer(backend.url, Path(tempfile.mkdtemp(prefix="mmc-council-")))
-    print(f"booting Open WebUI (log: {server.log_path}) ...", flush=True)
-    server.start()
-    try:
-        owui = Owui(server, backend)
-        owui.signup_admin_sync()
-        await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
-        for model in [*SPEEDS, "native"]:
-            await owui.set_model_params(model, meta={"capabilities": {"builtin_tools": False}})
+    async with booted(scripts, "mmc-council-") as owui:
+        backend = owui.backend
         await measure(owui, backend, PIPE_MODEL, setup("model-a"))  # warm-up
         rows = {
             "council": await measure(owui, backend, PIPE_MODEL, setup(*SPEEDS)),
             "slowest": await measure(owui, backend, PIPE_MODEL, setup("model-c")),
             "native": await measure(owui, backend, "native", None),
         }
-    finally:
-        server.stop()
-        backend.stop()
     rows["ratios"] = {
         "council_wall_over_slowest": round(
             rows["council"]["wall_s"] / rows["slowest"]["wall_s"], 2

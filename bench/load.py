@@ -22,7 +22,6 @@ import asyncio
 import json
 import re
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,15 +30,14 @@ import psutil
 
 from bench.run import (
     CONTENT_TYPES,
-    FUNCTION_ID,
     PIPE_FRAME_TYPES,
     PIPE_MODEL,
-    ROOT,
     ServerMeter,
+    booted,
     windows,
 )
 from tests.backend import BackendThread, ModelScript, RecordedRequest
-from tests.integration.owui import ChatResult, OpenWebUIServer, Owui, start_chat
+from tests.integration.owui import ChatResult, Owui, start_chat
 
 MODELS = ("model-a", "model-b", "model-c", "model-d", "model-e")
 TAG = re.compile(r"\bconv(\d+)x\b")  # in each conversation's user message: tells requests apart
@@ -169,17 +167,8 @@ async def run_at_once(owui: Owui, backend: BackendThread, count: int, args) -> R
 
 
 async def bench(args) -> tuple[list[Run], list[Run]]:
-    backend = BackendThread(scripts={m: ModelScript() for m in MODELS})
-    backend.start()
-    server = OpenWebUIServer(backend.url, Path(tempfile.mkdtemp(prefix="mmc-load-")))
-    print(f"booting Open WebUI (log: {server.log_path}) ...", flush=True)
-    server.start()
-    try:
-        owui = Owui(server, backend)
-        owui.signup_admin_sync()
-        await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
-        for model in MODELS:
-            await owui.set_model_params(model, meta={"capabilities": {"builtin_tools": False}})
+    async with booted({m: ModelScript() for m in MODELS}, "mmc-load-") as owui:
+        backend = owui.backend
         script = ModelScript(tokens=args.tokens, delay=args.delay, reasoning_tokens=args.reasoning)
         small = argparse.Namespace(**{**vars(args), "rounds": 1})
         for model in MODELS:
@@ -193,9 +182,6 @@ async def bench(args) -> tuple[list[Run], list[Run]]:
             alone.append(await run_at_once(owui, backend, 1, args))
             print(f"[{i}/{args.repeat}] {args.conversations} at once ...", flush=True)
             many.append(await run_at_once(owui, backend, args.conversations, args))
-    finally:
-        server.stop()
-        backend.stop()
     return alone, many
 
 

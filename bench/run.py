@@ -23,6 +23,8 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,6 +356,27 @@ def plot(rows: list[Measure], path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+@asynccontextmanager
+async def booted(scripts: dict[str, ModelScript], prefix: str) -> AsyncIterator[Owui]:
+    """The scripted backend and a fresh Open WebUI with the pipe installed and the scripts'
+    models offered no built-in tools; both stopped at the end."""
+    backend = BackendThread(scripts=scripts)
+    backend.start()
+    server = OpenWebUIServer(backend.url, Path(tempfile.mkdtemp(prefix=prefix)))
+    print(f"booting Open WebUI (log: {server.log_path}) ...", flush=True)
+    server.start()
+    try:
+        owui = Owui(server, backend)
+        owui.signup_admin_sync()
+        await owui.install_function(ROOT / "multi_model_conversation.py", FUNCTION_ID)
+        for model in scripts:
+            await owui.set_model_params(model, meta={"capabilities": {"builtin_tools": False}})
+        yield owui
+    finally:
+        server.stop()
+        backend.stop()
 
 
 async def bench(args) -> list[Measure]:

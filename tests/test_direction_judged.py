@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -303,3 +304,66 @@ async def test_the_streamer_speaks_a_turn_and_remembers_it_and_a_pass_leaves_one
     first = host.requests[0]
     assert first["stop"] and "Round 1 of 1." in first["messages"][0]["content"]
     assert first["messages"][-1] == {"role": "user", "content": "Tea or coffee?"}
+
+
+# -- the echo guard, wired into a participant's turn ----------------------------------------------
+
+LONG = (
+    "We should ship the smaller model first because it answers fast enough on the laptops we "
+    "have, costs nothing per request, and lets us learn what users actually ask before we spend "
+    "money on a bigger one that we may not need at all in the end."
+)
+
+
+async def test_a_turn_that_copies_an_earlier_turn_ends_there_and_the_copy_is_not_heard():
+    h = PipeHarness(models={"a": "Ana", "b": "Ben", "c": "Chen"})
+    h.host.chat_configs["chat-1"] = config("a", "b", "c")
+    h.host.scripts["a"] = Script(streams=[reply(LONG)])
+    h.host.scripts["b"] = Script(streams=[reply(f"I agree. {LONG} And more.")])
+
+    result = await h.run()
+
+    b_turn = result[result.index("### 🔵 B") : result.index("### 🟢 C")]
+    assert b_turn.count("money on a bigger one") == 0 and "I agree." in b_turn
+    assert "*✂️ …(cut: it began repeating what was already said)*" in b_turn
+    c_view = json.dumps(streamed(h)[2]["messages"])
+    assert c_view.count("laptops we have") == 1 and "repeating" not in c_view
+
+
+async def test_a_turn_that_is_only_the_pipes_own_note_is_cut_and_a_quote_is_not():
+    h = PipeHarness(models={"a": "Ana", "b": "Ben"})
+    h.host.records["a"] = mmc_record(num_ctx=1500)
+    h.host.chat_configs["chat-1"] = config("a", "b")
+    history = []
+    for i in range(12):
+        history += [
+            {"role": "user", "content": f"question {i} " + "word " * 60},
+            {"role": "assistant", "content": f"### 🔴 A\n\nanswer {i} " + "text " * 60},
+        ]
+    original = h.host.stream_chat
+
+    async def parrot(form, user):  # A answers with the very note the pipe showed it
+        if form["model"] != "a":
+            async for piece in original(form, user):
+                yield piece
+            return
+        h.host.requests.append({**form, "stream": True})
+        shown = " ".join(mmc._text_of(m["content"]) for m in form["messages"])
+        note = re.search(r"\(\d+ earlier turns of this conversation left out\.\)", shown)
+        for piece in reply(note.group(0)):
+            yield piece
+
+    h.host.stream_chat = parrot
+    quoted = f'Ana said "{LONG[:120]}" and I only half agree.'
+    h.host.scripts["b"] = Script(streams=[reply(quoted)])
+
+    result = await h.run("Go on", history=history)
+
+    assert "left out" not in result.split("### 🔵 B")[0] and "repeating" in result
+    assert quoted.replace('"', "") in mmc.md_unescape(result).replace('"', "")  # a quote stays
+
+
+def mmc_record(**params):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(params=params, meta={})

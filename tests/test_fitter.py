@@ -321,3 +321,40 @@ async def test_the_managers_view_of_the_conversation_fits_its_model():
 
     for request in (r for r in h.host.requests if r["model"] == "boss"):
         assert mmc.message_chars(request["messages"]) / 3 + 4 * 48 <= 1000
+
+
+async def test_tool_definitions_that_leave_no_room_are_left_out_for_the_turn():
+    h = PipeHarness(models={"a": "Ana"})
+
+    async def noop() -> str:
+        return ""
+
+    spec = {"name": "noop", "description": "x" * 30_000, "parameters": {}}
+    h.host.tools = {"noop": {"spec": spec, "callable": noop}}
+    h.host.records["a"] = mmc_record(num_ctx=8192)  # a known context, not an assumed one
+    h.host.chat_configs["chat-1"] = config("a")
+
+    result = await h.run("Hello")
+
+    (request,) = streamed(h)
+    assert "tools" not in request and "a reply" in result
+    assert result.count("answers without tools this turn") == 1 and "sits out" not in result
+
+    # With an assumed context (no num_ctx), the tools go as they are: the server decides.
+    h.host.records.clear()
+    h.host.requests.clear()
+    result = await h.run("Hello")
+    assert "tools" in streamed(h)[0] and "without tools" not in result
+
+
+async def test_an_assumed_context_never_makes_a_participant_sit_out():
+    h = PipeHarness(models={"a": "Ana"})  # no num_ctx: CONTEXT_TOKENS is only a guess
+    h.pipe.valves.CONTEXT_TOKENS = 500
+    h.host.chat_configs["chat-1"] = {
+        "rounds": 1,
+        "participants": [{"model": "a", "alias": "Ana", "system_message": "Long persona. " * 200}],
+    }
+
+    result = await h.run("Hello")
+
+    assert len(streamed(h)) == 1 and "sits out" not in result and "a reply" in result

@@ -248,9 +248,11 @@ def test_a_tab_that_loads_midway_is_exact_again_at_the_next_whole_copy(steps, wa
 # -- the whole pipe ----------------------------------------------------------------------------
 
 
-def reasoning_reply(words: int, thoughts: int) -> list[str]:
+def reasoning_reply(words: int, thoughts: int, tag: str = "") -> list[str]:
+    """`tag` makes each reply's words its own: a reply copying an earlier one word for word is
+    an echo the pipe cuts (issue 18)."""
     out = [chunk(reasoning_content=f"idea{i} ") for i in range(thoughts)]
-    out += [chunk(content=f"w{i} ") for i in range(words)]
+    out += [chunk(content=f"{tag}w{i} ") for i in range(words)]
     return out + ["data: [DONE]\n\n"]
 
 
@@ -268,7 +270,8 @@ async def _pipe_run(monkeypatch, rounds: int, words: int, delay: float = 0.0, sa
     h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=rounds)
     for model in ("m1", "m2"):
         h.host.scripts[model] = Script(
-            streams=[reasoning_reply(words, 30) for _ in range(rounds)], chunk_delay=0.005
+            streams=[reasoning_reply(words, 30, f"{model}r{r}") for r in range(rounds)],
+            chunk_delay=0.005,
         )
     sent = RecordingEmitter(h.clock, delay=delay, save_delay=save_delay)
     run = asyncio.ensure_future(h.run(emitter=sent))

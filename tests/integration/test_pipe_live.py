@@ -174,11 +174,15 @@ async def test_three_participants_two_rounds(owui, backend, admin_socket: Socket
     assert max_in_window(times) >= 10, "the conversation should stream, not arrive at once"
     saves = [e.t for e in frames if e.type == "replace"]
     assert max_in_window(saves) <= 2, "the chat is rewritten about once a second, not per frame"
-    # The status line ends on what happened.
-    (status,) = result.view.statuses
+    # One status per turn says where it is (issue 21), then the status line ends on what
+    # happened.
+    *turns, status = result.view.statuses
+    assert [t["description"] for t in turns] == [
+        f"Round {r} of 2 · {who}" for r in (1, 2) for who in "ABC"
+    ]
     assert re.fullmatch(r"3 participants, 6 turns, \d+ s", status["description"]), status
     assert status["done"] is True
-    assert result.saved_message["statusHistory"] == [status]
+    assert result.saved_message["statusHistory"] == [*turns, status]
 
 
 # ==========================================================================================
@@ -695,8 +699,16 @@ async def test_valves_specs_carry_titles_descriptions_and_select_choices(owui, p
     assert admin["EMIT_INTERVAL"]["title"] == "Screen update interval (s)"
     assert admin["EMIT_INTERVAL"]["default"] == 0.033
     assert "rewrites the whole chat" not in admin["EMIT_INTERVAL"]["description"].split("0:")[0]
-    assert user["Selection"]["enum"] == ["", "round_robin", "manager", "random", "mention"]
-    assert user["Preset"]["enum"] == ["", "debate", "brainstorm", "review_panel", "interview"]
+    assert user["Selection"]["enum"] == [
+        "",
+        "round_robin",
+        "manager",
+        "random",
+        "mention",
+        "council",
+    ]
+    presets = ["", "debate", "brainstorm", "review_panel", "interview", "council"]  # issue 21
+    assert user["Preset"]["enum"] == presets
     assert user["NUM_PARTICIPANTS"]["enum"] == [1, 2, 3, 4, 5]
 
 
