@@ -53,15 +53,6 @@ async def headings_of(page: Page, index: int) -> list[str]:
     return [h.strip().split(" ", 1)[-1] for h in headings]
 
 
-async def roomy_models(owui: Owui) -> None:
-    """A 64k context for the participants' models. The page sends `features.memory: true`,
-    which brings Open WebUI's 36 built-in tools (about 26,000 characters of specs) into every
-    request, and with the 8192-token default context the fitter benches every participant
-    (seen on main 915d9c8, reported; not what this file tests)."""
-    for model in ("model-a", "model-b", "model-c"):
-        await owui.set_model_params(model, params={"num_ctx": 65536})
-
-
 def chat_id_of(page: Page) -> str:
     return page.url.rsplit("/", 1)[-1]
 
@@ -69,7 +60,6 @@ def chat_id_of(page: Page) -> str:
 async def test_a_preset_with_two_changes_runs_as_chosen_every_time(owui: Owui, backend) -> None:
     script_participants(backend)
     await install_pipe(owui)
-    await roomy_models(owui)
 
     async with browser_page() as (_, page, dialogs):
         await sign_in(page, owui)
@@ -125,7 +115,6 @@ async def test_a_preset_with_two_changes_runs_as_chosen_every_time(owui: Owui, b
 async def test_the_dialog_keeps_what_was_typed(owui: Owui, backend) -> None:
     script_participants(backend)
     await install_pipe(owui)
-    await roomy_models(owui)
 
     async with browser_page() as (_, page, dialogs):
         await sign_in(page, owui)
@@ -185,7 +174,6 @@ async def test_the_dialog_keeps_what_was_typed(owui: Owui, backend) -> None:
 
 async def test_typing_keeps_the_dialog_open_past_its_timeout(owui: Owui, backend) -> None:
     await install_pipe(owui)
-    await roomy_models(owui)
     await owui.set_function_valves(FUNCTION_ID, {"OVERLAY_TIMEOUT": 5})
 
     async with browser_page() as (_, page, dialogs):
@@ -219,8 +207,10 @@ CONTROLS_JS = """() => {
 async def pass_box_pixels(page: Page) -> tuple[bytes, bytes]:
     box = page.locator(f"{OVERLAY} input[name=pass_allowed]")
     await box.set_checked(False)
+    await page.wait_for_timeout(300)  # past any transition of the host's control
     off = await box.screenshot()
     await box.set_checked(True)
+    await page.wait_for_timeout(300)
     on = await box.screenshot()
     await box.set_checked(False)
     return off, on
@@ -231,7 +221,6 @@ async def test_checkbox_and_selects_look_like_what_they_are(
     owui: Owui, backend, theme: str, tmp_path: Path
 ) -> None:
     await install_pipe(owui)
-    await roomy_models(owui)
 
     async with browser_page() as (_, page, dialogs):
         await sign_in(page, owui)
@@ -254,7 +243,6 @@ async def test_checkbox_and_selects_look_like_what_they_are(
 
 async def test_the_dialog_is_usable_on_a_phone(owui: Owui, backend, tmp_path: Path) -> None:
     await install_pipe(owui)
-    await roomy_models(owui)
 
     async with browser_page(390, 844) as (_, page, dialogs):
         await sign_in(page, owui)
@@ -303,7 +291,6 @@ async def test_continue_response_adds_a_round_on_its_own_lines(owui: Owui, backe
     for model in ("model-a", "model-b"):
         backend.set_script(model, ModelScript(delay=0.01))
     await install_pipe(owui)
-    await roomy_models(owui)
 
     async with browser_page() as (_, page, dialogs):
         await sign_in(page, owui)
