@@ -315,4 +315,22 @@ async def test_continue_response_adds_a_round_on_its_own_lines(owui: Owui, backe
         await wait_finished(page)
         assert await speaker_headings(page) == ["Ada", "Grace", "Ada", "Grace"]
         assert (await end_status(page)).startswith("2 participants, 4 turns")
+
+        # Regenerate: the conversation again, from the user's message, as a new response.
+        asked = len(backend.requests)
+        await page.locator(CONTENT).last.hover()
+        await page.locator('button[aria-label="Regenerate"]').last.click()
+        await page.get_by_text("Try Again", exact=True).click()  # the menu's plain regenerate
+        await page.wait_for_function(
+            f"() => document.querySelectorAll('{CONTENT}').length && "
+            f"[...document.querySelectorAll('{CONTENT}')].at(-1).querySelectorAll('h3').length"
+            " === 2",
+        )
+        await wait_finished(page)
+        assert await speaker_headings(page) == ["Ada", "Grace"]
+        assert len([r for r in backend.requests[asked:] if r.stream]) == 2
+        content = await saved_content(owui, page)
+        headings_on_their_own_lines(content)
+        assert len(re.findall(r"^### ", content, re.MULTILINE)) == 2
+        assert (await end_status(page)).startswith("2 participants, 2 turns")
         assert dialogs == []
