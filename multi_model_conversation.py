@@ -2154,34 +2154,107 @@ def fit_tool_results(messages: list[dict], start: int, room: int) -> list[dict]:
 # ============================================================================
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit; most servers take more, none fewer
-_LABEL_LEAD = " \t*_#>[("  # markup a model may put before an imitated `Name:` label
-_LABEL_TAIL = " \t*_])"
+_REPORTING = (" said", " says", " wrote")  # `Name said:` starts a turn as `Name:` does
+_EMPHASIS = "*_"
+_LIST_ITEM = re.compile(r"[-+*] |\d{1,3}[.)] ")
+_NEVER_A_TURN = ">|#[(<"  # a quote, table, heading, link, aside or tag at the line start
+_OPENING_QUOTES = '"“«'  # `Alice: "…"` is how a transcript shows Alice speaking
 
 
 def stop_sequences(own: str, aliases: list[str], user_name: str) -> list[str]:
-    """`\nName:` for the speakers after `own` in turn order, then the user (at most four)."""
+    """`Name said: "` and `Name: "` at a line start, for the next two speakers after `own` in
+    turn order (or the user): a transcript line in the pipe's own format, which the guard
+    always cuts too. The server cuts wherever a sequence occurs, so a bare `Name:` would also
+    cut `Alice: you are right` and a `Note:` remark (bench/guard.py measures both)."""
     if own in aliases:
         at = aliases.index(own)
         aliases = aliases[at + 1 :] + aliases[:at]
     names = [a for a in aliases if a != own] + [user_name]
     unique = [n for n in dict.fromkeys(n for n in names if n.strip())]
-    return [f"\n{n}:" for n in unique[:MAX_STOP_SEQUENCES]]
+    forms = (' said: "', ': "')
+    return [f"\n{n}{form}" for n in unique[: MAX_STOP_SEQUENCES // len(forms)] for form in forms]
+
+
+@dataclass
+class LineStart:
+    """What a line's start says: `label` (a `Name:` / `Name said:` label), `maybe` (too
+    little seen yet) or `no`; for a label, whose, the text after it, and whether it opens a turn."""
+
+    verdict: Literal["label", "maybe", "no"]
+    name: str = ""
+    rest: str = ""
+    marked: bool = False  # in bold or italics: a field label, `**Security:** ...`
+    opens_turn: bool = False
+
+
+def read_line_start(line: str, names: list[str], ended: bool) -> LineStart:
+    """Reads `line` (a line's start; `ended`: nothing more will come) for a speaker label.
+
+    A label opens a turn when it is plain (no bold), at the line's start (no quote, list,
+    indent) and what follows begins like a sentence: `Alice: I think…`, not `Alice: you…`."""
+    body = line.lstrip(" ")
+    if body.startswith("\t") or len(line) - len(body) > 3:
+        return LineStart("no")  # an indented code block
+    if body.strip(_EMPHASIS) in ("", "\n"):
+        return LineStart("no" if ended else "maybe")  # `*` may open `**Name:**` or a list
+    if body[0] in _NEVER_A_TURN or _LIST_ITEM.match(body):
+        return LineStart("no")
+    inner = body.lstrip(_EMPHASIS)
+    marked = inner != body
+    verdict: Literal["maybe", "no"] = "no"
+    for name in names:  # longest first, so `Mia 2` wins over `Mia`
+        start = _read_label(inner, name, ended)
+        if start.verdict == "label":
+            start.marked = start.marked or marked
+            start.opens_turn = start.opens_turn and not start.marked
+            return start
+        verdict = "maybe" if start.verdict == "maybe" else verdict
+    return LineStart(verdict)
+
+
+def _read_label(text: str, name: str, ended: bool) -> LineStart:
+    """`text` read as `name`, then `said`, `:` and the text after it; see read_line_start."""
+    low = text.casefold()
+    if not low.startswith(name):
+        return LineStart("maybe" if name.startswith(low) and not ended else "no")
+    after = low[len(name) :]
+    closing = after.lstrip(_EMPHASIS)
+    marked = closing != after
+    for verb in _REPORTING:
+        if closing.startswith(verb):
+            closing = closing[len(verb) :].lstrip(_EMPHASIS)
+            break
+        if verb.startswith(closing) and closing and not ended:
+            return LineStart("maybe")
+    if not closing:
+        return LineStart("no" if ended else "maybe")
+    if not closing.startswith(":"):
+        return LineStart("no")
+    rest = text[len(text) - len(closing) + 1 :]
+    shown = rest.lstrip(_EMPHASIS)
+    marked = marked or shown != rest
+    first = shown.strip()[:1]
+    if not first and not ended:
+        return LineStart("maybe")
+    opens = first in _OPENING_QUOTES or not first.islower()
+    return LineStart("label", name, shown.lstrip(" \t"), marked, opens)
 
 
 class SpeakerGuard:
     """Filters a streamed reply: drops a leading `Name:` label and ends the reply at a line
-    where the model starts speaking as another participant or the user.
+    where the model starts speaking as another participant or the user (read_line_start).
 
-    Holds back only the start of a line while it could still become such a label.
-    """
+    Holds back only the start of a line while it could still become such a label; lines in
+    a fenced code block are never read."""
 
     def __init__(self, own: str, others: list[str]) -> None:
         self._own = own.casefold()
-        self._names = [n.casefold() for n in dict.fromkeys([own, *others]) if n.strip()]
+        names = [n.casefold() for n in dict.fromkeys([own, *others]) if n.strip()]
+        self._names = sorted(names, key=len, reverse=True)
         self._line = ""  # the start of the current line, held back
         self._holding = True  # at a line start, still deciding
         self._started = False  # some text went out already
-        self._after_label = False  # a label was just dropped: its closing markup goes too
+        self._fence = ""  # the open code fence's character, if any
         self.stopped_by: str | None = None  # whose line ended the reply
 
     def feed(self, text: str) -> str:
@@ -2192,11 +2265,8 @@ class SpeakerGuard:
             piece, text = (text, "") if cut < 0 else (text[: cut + 1], text[cut + 1 :])
             if self._holding:
                 self._line += piece
-                piece = self._decide(final=cut >= 0)
+                piece = self._decide(final=False)
             else:
-                if self._after_label:  # the `**` or spaces of a dropped label, split off
-                    piece = piece.lstrip(_LABEL_TAIL)
-                    self._after_label = not piece
                 self._holding = cut >= 0  # the next piece starts a line
             self._started = self._started or bool(piece.strip())
             out.append(piece)
@@ -2209,40 +2279,41 @@ class SpeakerGuard:
         return self._decide(final=True)
 
     def _decide(self, final: bool) -> str:
-        verdict, name, rest = self._label(self._line)
-        if verdict == "maybe" and not final:
-            return ""
+        ended = final or self._line.endswith("\n")
+        fence = self._fence_mark(self._line)
+        if fence is None and not ended:
+            return ""  # `` could still open a fence
+        if fence or self._fence:
+            start = LineStart("no")
+            if fence and fence == (self._fence or fence):
+                self._fence = "" if self._fence else fence
+        else:
+            start = read_line_start(self._line, self._names, ended)
+            if start.verdict == "maybe":
+                return ""
         line, self._line = self._line, ""
         self._holding = line.endswith("\n")
-        if verdict != "label":
+        if start.verdict != "label":
             return line
-        if name == self._own or not self._started:
-            # Its own name, or a reply that opens with a label: drop the label.
-            self._after_label = not rest and not self._holding
-            return rest
-        self.stopped_by = name
+        if start.name == self._own and (not start.marked or not self._started):
+            return start.rest  # its own name: the label goes
+        if not start.opens_turn:
+            return line  # a field label, or someone addressed: `Alice: you…`
+        if not self._started:
+            return start.rest  # a reply that opens with a label: the label goes
+        self.stopped_by = start.name
         return ""
 
-    def _label(self, line: str) -> tuple[str, str, str]:
-        """("label", name, text after it) | ("maybe", "", "") | ("no", "", "")."""
-        body = line.lstrip(_LABEL_LEAD)
-        low = body.casefold()
-        maybe = False
-        for name in self._names:
-            if name.startswith(low.rstrip("\n")):
-                maybe = True
-                continue
-            if not low.startswith(name):
-                continue
-            after = low[len(name) :].lstrip(_LABEL_TAIL)
-            if after.startswith("said"):
-                after = after[4:].lstrip(_LABEL_TAIL)
-            if after.startswith(":"):
-                rest = body[len(body) - len(after) + 1 :]
-                return "label", name, rest.lstrip(_LABEL_TAIL)
-            if "said".startswith(after.strip()):
-                maybe = True
-        return ("maybe", "", "") if maybe else ("no", "", "")
+    @staticmethod
+    def _fence_mark(line: str) -> str | None:
+        """The fence's character if `line` opens or closes a code fence; None while unsure."""
+        body = line.lstrip(" ")
+        for mark in ("`", "~"):
+            if body.startswith(mark * 3):
+                return mark
+            if body and (mark * 3).startswith(body):
+                return None
+        return ""
 
 
 class ReplyFilter:

@@ -123,7 +123,7 @@ def conversation(server, seed: int, rounds: int, n_ctx: int) -> list[dict]:
                 "reply": reply,
             }
         )
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "reply"}), flush=True)
+        print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
         turns.append(mmc.Turn(alias, reply))
     return rows
 

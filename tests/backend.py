@@ -129,9 +129,17 @@ def split_tokens(text: str) -> list[str]:
     return tokens or ([text] if text else [])
 
 
+ECHO_BREAK = 25  # every 25th word names the reply again (below)
+
+
 def default_reply(model: str, n: int, tokens: int) -> str:
-    """The deterministic default reply: "<model>#<n> w1 w2 ..." with `tokens` words."""
-    words = [f"{model}#{n}"] + [f"w{i}" for i in range(1, max(tokens, 1))]
+    """The deterministic default reply: "<model>#<n> w1 w2 ..." with `tokens` words.
+
+    Every ECHO_BREAK-th word is "<model>#<n>" again, so no two replies share a run of 40
+    words: a reply copying an earlier one word for word is an echo the pipe cuts."""
+    words = [f"{model}#{n}"] + [
+        f"w{i}" if i % ECHO_BREAK else f"{model}#{n}" for i in range(1, max(tokens, 1))
+    ]
     return " ".join(words)
 
 

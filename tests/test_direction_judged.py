@@ -286,7 +286,7 @@ def streamer(host: FakeHost, clock: FakeClock, turns: list[mmc.Turn]) -> mmc.Tur
 async def test_the_streamer_speaks_a_turn_and_remembers_it_and_a_pass_leaves_one_line():
     clock = FakeClock()
     host = FakeHost(clock, {"a": "A", "b": "B"})
-    host.scripts["a"] = Script(streams=[reply("Tea is best.\nB: no, coffee!")])
+    host.scripts["a"] = Script(streams=[reply("Tea is best.\nB: No, coffee!")])
     host.scripts["b"] = Script(streams=[reply("PASS")])
     turns = [mmc.Turn(None, "Tea or coffee?")]
     s = streamer(host, clock, turns)
@@ -300,7 +300,7 @@ async def test_the_streamer_speaks_a_turn_and_remembers_it_and_a_pass_leaves_one
     assert heard_a == mmc.Heard("Tea is best.", False)  # the guard ended it at B's line
     assert heard_b.passed and [t.speaker for t in turns] == [None, "A"]
     text = s.transcript.render()
-    assert "B: no, coffee" not in text and text.endswith("*⏭️ B passed.*\n\n")
+    assert "B: No, coffee" not in text and text.endswith("*⏭️ B passed.*\n\n")
     first = host.requests[0]
     assert first["stop"] and "Round 1 of 1." in first["messages"][0]["content"]
     assert first["messages"][-1] == {"role": "user", "content": "Tea or coffee?"}

@@ -301,9 +301,20 @@ def test_the_guard_drops_a_leading_label_and_ends_at_someone_elses_line_however_
 
 
 def test_each_participant_stops_on_the_next_speakers_and_the_users_labels_at_most_four():
-    assert mmc.stop_sequences("B", ["A", "B", "C"], "Ann") == ["\nC:", "\nA:", "\nAnn:"]
+    assert mmc.stop_sequences("B", ["A", "B", "C"], "Ann") == [
+        '\nC said: "',
+        '\nC: "',
+        '\nA said: "',
+        '\nA: "',
+    ]
     five = ["A", "B", "C", "D", "E"]
-    assert mmc.stop_sequences("C", five, "Ann") == ["\nD:", "\nE:", "\nA:", "\nB:"]
+    assert mmc.stop_sequences("C", five, "Ann") == [
+        '\nD said: "',
+        '\nD: "',
+        '\nE said: "',
+        '\nE: "',
+    ]
+    assert mmc.stop_sequences("A", ["A"], "Ann") == ['\nAnn said: "', '\nAnn: "']
 
 
 async def test_a_model_writing_other_participants_lines_is_cut_before_them():
@@ -319,7 +330,8 @@ async def test_a_model_writing_other_participants_lines_is_cut_before_them():
     assert "I am B" not in result and "and the user" not in result and "A: I start" not in result
     assert speakers(result) == ["A", "B"] and "could not answer" not in result
     a_request, b_request = streamed(h)
-    assert a_request["stop"] == ["\nB:", "\nAnn:"] and b_request["stop"] == ["\nA:", "\nAnn:"]
+    assert a_request["stop"] == ['\nB said: "', '\nB: "', '\nAnn said: "', '\nAnn: "']
+    assert b_request["stop"] == ['\nA said: "', '\nA: "', '\nAnn said: "', '\nAnn: "']
     assert "I am B" not in viewed(b_request) and "And go on." in viewed(b_request)
 
 
@@ -327,7 +339,7 @@ async def test_stop_sequences_can_be_switched_off_and_the_guard_still_cuts():
     h = PipeHarness(models={"a": "A", "b": "B"})
     h.pipe.valves.STOP_SEQUENCES = False
     h.host.chat_configs["chat-1"] = config("a", "b")
-    h.host.scripts["a"] = Script(streams=[reply("Mine.\nB: not mine")])
+    h.host.scripts["a"] = Script(streams=[reply("Mine.\nB: Not mine, not mine")])
 
     result = await h.run()
 
@@ -519,7 +531,7 @@ async def test_the_plain_retry_is_bounded_like_the_stream():
 
     retry = [r for r in h.host.requests if not r["stream"]]
     assert [(r["model"], r["max_tokens"], r["stop"]) for r in retry] == [
-        ("a", 400, ["\nB:", "\nAnn:"])
+        ("a", 400, ['\nB said: "', '\nB: "', '\nAnn said: "', '\nAnn: "'])
     ]
 
 

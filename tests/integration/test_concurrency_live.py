@@ -89,7 +89,8 @@ def marked_reply(request: RecordedRequest) -> str:
     """A reply whose every word names the conversation found in the system prompt."""
     found = MARKER.findall(str(request.messages[0].get("content"))) or ["nomarker"]
     words = [f"{found[0]}-{request.model}-{request.n}"]
-    words += [f"{found[0]}w{i}" for i in range(1, TOKENS)]
+    # Every 25th word names the reply again: replies share no 40-word run (an echo, cut).
+    words += [f"{found[0]}w{i}" if i % 25 else words[0] for i in range(1, TOKENS)]
     return " ".join(words)
 
 

@@ -78,7 +78,8 @@ async def test_manager_wrong_twice_then_right_then_end(owui, backend, admin_sock
 
 async def test_pass_and_a_stop_phrase(owui, backend, admin_socket, pipe):
     backend.set_script("model-b", reply="PASS")
-    backend.set_script("model-c", reply="I think we agree on tea.\nWE AGREE.")  # a line of its own
+    # The stop phrase on a line of its own; each reply its own (a repeated one is an echo).
+    backend.set_script("model-c", reply="I think we agree on tea (reply {n}).\nWE AGREE.")
     answer = overlay_answer("model-a", "model-b", "model-c", rounds=3)
     admin_socket.answer("execute", {**answer, "pass_allowed": True, "stop_phrase": "we agree"})
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from tests.backend import ToolCallScript
+from tests.backend import ToolCallScript, default_reply
 from tests.integration.owui import Owui, SocketEvent, run_chat, start_chat
 from tests.integration.test_pipe_live import (
     details_tags,
@@ -45,7 +45,7 @@ def first_line(text: str) -> str:
 
 def words(model: str, n: int, count: int) -> str:
     """The first `count` words of the backend's default reply."""
-    return " ".join([f"{model}#{n}"] + [f"w{i}" for i in range(1, count)])
+    return default_reply(model, n, count)
 
 
 async def until(condition, timeout: float, every: float = 0.05) -> bool:

@@ -162,10 +162,12 @@ async def test_models_writing_other_participants_lines_are_cut_before_them(
     owui, backend, admin_socket, pipe
 ):
     # A's server honours `stop`; B's ignores it, so only the pipe's own guard can cut it.
-    backend.set_script("model-a", reply="A: Opening words.\nStill A.\nB: a line for B\nC: and C")
+    # A line speaking as someone else opens like a sentence; `B: a line…` in lower case reads
+    # as addressing B, which issue 18 says must not be cut.
+    backend.set_script("model-a", reply="A: Opening words.\nStill A.\nB: A line for B\nC: And C")
     backend.set_script(
         "model-b",
-        reply="I am B.\nAnd more B.\nC: a line for C\nAdmin: and the user",
+        reply="I am B.\nAnd more B.\nC: A line for C\nAdmin: And the user",
         honor_stop=False,
     )
     admin_socket.answer("execute", overlay_answer("model-a", "model-b", "model-c"))
@@ -179,10 +181,11 @@ async def test_models_writing_other_participants_lines_are_cut_before_them(
     assert turn["B"] == "I am B.\nAnd more B."
     assert imitation_lines(saved, ["A", "B", "C", "Admin"]) == []
     a, b, c = (backend.requests_for(m)[0] for m in ("model-a", "model-b", "model-c"))
-    assert a.body["stop"] == ["\nB:", "\nC:", "\nAdmin:"]
-    assert b.body["stop"] == ["\nC:", "\nA:", "\nAdmin:"]
+    # Stops in the pipe's own transcript format only (issue 18), for the next two speakers.
+    assert a.body["stop"] == ['\nB said: "', '\nB: "', '\nC said: "', '\nC: "']
+    assert b.body["stop"] == ['\nC said: "', '\nC: "', '\nA said: "', '\nA: "']
     c_view = view(c)
-    assert "a line for" not in c_view and "and the user" not in c_view
+    assert "A line for" not in c_view and "And the user" not in c_view
     assert "And more B." in c_view and "Still A." in c_view
 
 

@@ -1,6 +1,6 @@
 """Opt-in: a real model (SmolLM2-135M through llama-cpp-python's server) in a real Open WebUI.
 
-Run with `scripts/test --real-model` (it builds the server's venv once, ~6.5 min on 2 cores).
+Run with `scripts/test --real-model` (it builds the server's venv once, ~7 min on 2 cores).
 Skipped otherwise. Three participants talk for two rounds, then the user follows up; every turn
 must stay within its token limit, no follow-up request may overflow the model's context, no
 participant may write another's lines, and the title must not be a placeholder.
