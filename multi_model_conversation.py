@@ -5387,6 +5387,9 @@ return await new Promise((resolve) => {
   const managerModel = picker(DEFAULTS.manager_model, 'manager_model', 'The first participant\'s model');
   const managerRow = field('Manager model', managerModel, 'mmc-wide');
   const passAllowed = el('input', { type: 'checkbox', checked: !!DEFAULTS.pass_allowed, name: 'pass_allowed', id: nextId('pass') });
+  const peerReview = el('input', { type: 'checkbox', checked: !!DEFAULTS.peer_review, name: 'peer_review', id: nextId('review') });
+  const peerRow = el('label', { className: 'mmc-check', for: peerReview.id }, [peerReview, 'Council: each ranks the others\' answers, unnamed, before the closing turn']);
+  const moderator = el('input', { type: 'checkbox', checked: DEFAULTS.moderator === 'between_rounds', name: 'moderator', id: nextId('moderator') });
   const stopPhrase = el('input', { value: DEFAULTS.stop_phrase || '', placeholder: 'e.g. WE AGREE (empty: none)', name: 'stop_phrase', maxLength: LIMITS.stop_phrase });
   const maxSeconds = number('max_seconds', DEFAULTS.max_seconds || 0, 0, LIMITS.max_seconds, 'any');
   const maxTotal = number('max_total_tokens', DEFAULTS.max_total_tokens || 0, 0, LIMITS.max_total_tokens);
@@ -5422,14 +5425,23 @@ return await new Promise((resolve) => {
         type: 'number', min: 0, max: LIMITS.max_tokens, step: 1, value: d.max_tokens ?? '', name: 'max_tokens',
         placeholder: MAX_TOKENS ? MAX_TOKENS + ' (default)' : 'No limit', title: 'Empty: the default. 0: no limit.',
       });
+      const temperature = el('input', {
+        type: 'number', min: 0, max: 2, step: 'any', value: d.temperature ?? '', name: 'temperature',
+        placeholder: 'Default', title: 'Empty: your Temperature setting. 0 to 2.',
+      });
+      const topP = el('input', {
+        type: 'number', min: 0, max: 1, step: 'any', value: d.top_p ?? '', name: 'top_p',
+        placeholder: 'Default', title: 'Empty: your Top-p setting. Above 0, at most 1.',
+      });
       const legend = el('legend');
       const box = el('fieldset', {}, [legend, el('div', { className: 'mmc-grid mmc-row' }, [
         field('Model', model), field('Alias', alias), field('Max tokens per turn', maxTokens),
+        field('Temperature', temperature), field('Top-p', topP),
         field('Persona', persona, 'mmc-wide'),
       ])]);
       box.dataset.participant = String(i + 1);
       paint(box, legend, i, 'Participant ' + (i + 1));
-      rowInputs.push({ box, model, alias, persona, maxTokens });
+      rowInputs.push({ box, model, alias, persona, maxTokens, temperature, topP });
     }
     rows.replaceChildren(...rowInputs.slice(0, n).map((r) => r.box));
     paint(closingBox, closingLegend, n, 'Closing turn');  // the colour its heading will get
@@ -5440,6 +5452,7 @@ return await new Promise((resolve) => {
   drawRows();
   const showRows = () => {
     managerRow.hidden = selection.value !== 'manager';
+    peerRow.hidden = selection.value !== 'council';
     closingBox.hidden = closingKind.value !== 'turn';
   };
   selection.addEventListener('change', showRows);
@@ -5462,6 +5475,8 @@ return await new Promise((resolve) => {
     drawRows();
     put(selection, orderOf(c));
     put(passAllowed, c.pass_allowed);
+    put(peerReview, c.peer_review);
+    put(moderator, c.moderator === 'between_rounds');
     put(stopPhrase, c.stop_phrase || '');
     put(maxSeconds, c.max_seconds || 0);
     put(maxTotal, c.max_total_tokens || 0);
@@ -5477,7 +5492,7 @@ return await new Promise((resolve) => {
   // Keys the form does not show (peer review, a moderator…) go back as they came, or as the
   // chosen preset (None: the user's settings) sets them.
   const SHOWN = new Set(['rounds', 'selection', 'use_manager', 'manager_model', 'participants', 'pass_allowed',
-    'stop_phrase', 'max_seconds', 'max_total_tokens', 'closing', 'preset', RESOLVED_KEY]);
+    'stop_phrase', 'max_seconds', 'max_total_tokens', 'closing', 'preset', 'peer_review', 'moderator', RESOLVED_KEY]);
   const extraOf = (c) => Object.fromEntries(Object.entries(c || {}).filter(([k]) => !SHOWN.has(k)));
   let extra = extraOf(DEFAULTS);
   preset.addEventListener('change', () => {
@@ -5507,8 +5522,12 @@ return await new Promise((resolve) => {
         ...(DEFAULTS.participants[i] || {}),  // what a row holds beyond its fields (own sampling)
         model: r.model.value, alias: r.alias.value.trim(), system_message: r.persona.value,
         max_tokens: r.maxTokens.value === '' ? null : Number(r.maxTokens.value),
+        temperature: r.temperature.value === '' ? null : Number(r.temperature.value),
+        top_p: r.topP.value === '' ? null : Number(r.topP.value),
       })),
       pass_allowed: passAllowed.checked,
+      peer_review: selection.value === 'council' && peerReview.checked,
+      moderator: moderator.checked ? 'between_rounds' : '',
       stop_phrase: stopPhrase.value.trim(),
       max_seconds: Number(maxSeconds.value || 0),
       max_total_tokens: Number(maxTotal.value || 0),
@@ -5541,6 +5560,9 @@ return await new Promise((resolve) => {
       if (key && !seen.has(key)) seen.set(key, i);
       need(r.persona.value.length <= LIMITS.persona, r.persona, 'At most ' + LIMITS.persona + ' characters (now ' + r.persona.value.length + ').');
       need(whole(r.maxTokens, 0, LIMITS.max_tokens, true), r.maxTokens, 'Empty, or a whole number from 0 to ' + LIMITS.max_tokens + '.');
+      const within = (input, lo, hi, open) => input.value === '' || (!input.validity.badInput && Number(input.value) <= hi && (open ? Number(input.value) > lo : Number(input.value) >= lo));
+      need(within(r.temperature, 0, 2, false), r.temperature, 'Empty, or from 0 to 2.');
+      need(within(r.topP, 0, 1, true), r.topP, 'Empty, or above 0 and at most 1.');
     });
     need(stopPhrase.value.trim().length <= LIMITS.stop_phrase, stopPhrase, 'At most ' + LIMITS.stop_phrase + ' characters.');
     const secs = Number(maxSeconds.value || 0);
@@ -5591,7 +5613,9 @@ return await new Promise((resolve) => {
       rows,
       el('h3', { textContent: 'Who speaks next' }),
       el('div', { className: 'mmc-grid' }, [field('Order', selection, 'mmc-wide'), managerRow]),
+      peerRow,
       el('label', { className: 'mmc-check', for: passAllowed.id }, [passAllowed, 'Participants may answer PASS to skip a turn']),
+      el('label', { className: 'mmc-check', for: moderator.id }, [moderator, 'Ask me between rounds: I may add words, or end it']),
       el('h3', { textContent: 'When it ends' }),
       el('div', { className: 'mmc-grid mmc-top' }, [
         field('Stop phrase (anyone saying it ends it)', stopPhrase),
