@@ -66,6 +66,8 @@ MAX_PARTICIPANTS = 5
 SELECTIONS = ("round_robin", "manager", "random", "mention", "council")
 MODERATORS = ("", "between_rounds")  # when the user is asked for words of their own
 MAX_ALIAS_CHARS = 64
+# A persona or a closing task: longer ones could crowd the conversation out of a model's context.
+MAX_PERSONA_CHARS = 8000
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
 RECONFIGURE_COMMAND = "/reconfigure"
 
@@ -91,10 +93,20 @@ class ConfigError(ValueError):
 
 
 def one_line_alias(value: str) -> str:
-    """An alias on one line, within MAX_ALIAS_CHARS (a ValueError names the limit)."""
+    """An alias on one line, within MAX_ALIAS_CHARS, with a letter or digit the manager and
+    @mentions can match (a ValueError says what is wrong)."""
     value = " ".join(value.split())
     if len(value) > MAX_ALIAS_CHARS:
         raise ValueError(f"the alias is longer than {MAX_ALIAS_CHARS} characters")
+    if value and not normalize_name(value):
+        raise ValueError(f"the alias '{value}' needs a letter or a digit, so it can be named")
+    return value
+
+
+def not_a_bool(value: Any) -> Any:
+    """true/false where a number goes is a mistake, not 1/0 (pydantic would take it)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not on/off (true or false)")
     return value
 
 
@@ -105,7 +117,7 @@ Alias = Annotated[str, AfterValidator(one_line_alias)]
 class ParticipantConfig(BaseModel):
     model: str
     alias: Alias = ""
-    system_message: str = ""
+    system_message: str = Field(default="", max_length=MAX_PERSONA_CHARS)
     # None: the MAX_TOKENS valve; 0: no limit. Configs saved before this field load unchanged.
     max_tokens: int | None = Field(default=None, ge=0, le=1_000_000)
     # None: the valves' sampling. Its own, so a critic can be cold and a dreamer hot.
@@ -121,6 +133,11 @@ class ParticipantConfig(BaseModel):
         if not value:
             raise ValueError("a participant has no model")
         return value
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        return not_a_bool(value)
 
 
 SKIP_WORD = "PASS"  # a participant's whole answer when it passes its turn
@@ -142,7 +159,7 @@ class ClosingConfig(BaseModel):
 
     model: str = ""
     alias: Alias = ""
-    prompt: str = ""
+    prompt: str = Field(default="", max_length=MAX_PERSONA_CHARS)
 
     @field_validator("model", "prompt")
     @classmethod
@@ -177,6 +194,11 @@ class ConversationConfig(BaseModel):
     def _one_line(cls, value: str) -> str:
         return " ".join((value or "").split())
 
+    @field_validator("rounds", "max_seconds", "max_total_tokens", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        return not_a_bool(value)
+
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_v2_keys(cls, data: Any) -> Any:
@@ -184,6 +206,8 @@ class ConversationConfig(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if data.get("preset") is None:
+            data["preset"] = ""  # null: no preset
         if not data.get("selection"):
             data["selection"] = "manager" if data.get("use_manager") else "round_robin"
         closing = data.get("closing")
@@ -200,10 +224,16 @@ class ConversationConfig(BaseModel):
 
 
 V2_KEYS = ("rounds", "use_manager", "manager_model", "participants")
+# Marks a setup whose preset is already turned into values: the dialog's answer and what is
+# stored for a chat. Reading it never consults the preset again, so what the user confirmed runs.
+RESOLVED_KEY = "preset_resolved"
 
 
 def stored_form(config: ConversationConfig) -> dict[str, Any]:
-    """v2's keys always, a newer key only when set: a plain setup is stored as v2 stored it."""
+    """What a chat remembers. v2's keys always; a setup from a preset whole and marked resolved
+    (every value as confirmed); any other one with a newer key only when set, as v2 stored it."""
+    if config.preset:
+        return {**config.model_dump(), RESOLVED_KEY: True}
     fields = ConversationConfig.model_fields
     return {
         key: value
@@ -212,37 +242,55 @@ def stored_form(config: ConversationConfig) -> dict[str, Any]:
     }
 
 
+def preset_name(value: Any) -> str:
+    """A preset as typed ("Review panel", "review-panel") in its key's spelling; "" for none."""
+    return str(value or "").strip().lower().replace(" ", "_").replace("-", "_")
+
+
 def apply_preset(raw: dict) -> dict:
-    """Fill the keys a config leaves out, and its empty aliases and personas, from its preset."""
-    name = str(raw.get("preset") or "").strip().lower().replace(" ", "_").replace("-", "_")
+    """Turn a config's preset into values, once: the preset gives every key the config leaves out
+    (`closing: null` is "no closing", not left out), the empty fields of a closing turn it names,
+    and the empty aliases and personas of its rows. What the config gives always wins."""
+    name = preset_name(raw.get("preset"))
     if not name:
         return raw
     preset = PRESETS.get(name)
     if preset is None:
         raise ConfigError(f"Unknown preset '{raw.get('preset')}'. Presets: {', '.join(PRESETS)}.")
-    given = {k: v for k, v in raw.items() if v is not None}
+    given = {k: v for k, v in raw.items() if v is not None or k == "closing"}
     merged: dict[str, Any] = {**preset["config"], **given, "preset": name}
+    closing, hint = merged.get("closing"), preset["config"].get("closing")
+    if isinstance(closing, dict) and isinstance(hint, dict):
+        merged["closing"] = _filled(closing, hint, ("model", "alias", "prompt"))
     rows = merged.get("participants")
     if isinstance(rows, list):
         hints = preset["participants"]
         merged["participants"] = [
-            {
-                **row,
-                **{
-                    key: hints[i][key]
-                    for key in ("alias", "system_message")
-                    if i < len(hints) and not str(row.get(key) or "").strip()
-                },
-            }
-            if isinstance(row, dict)
+            _filled(row, hints[i], ("alias", "system_message"))
+            if isinstance(row, dict) and i < len(hints)
             else row
             for i, row in enumerate(rows)
         ]
     return merged
 
 
+def _filled(given: dict, hint: dict, keys: tuple[str, ...]) -> dict:
+    """`given` with each of `keys` it leaves empty taken from `hint`."""
+    return {
+        **given,
+        **{k: hint[k] for k in keys if k in hint and not str(given.get(k) or "").strip()},
+    }
+
+
 def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
     """Validate a config from any source (dict or JSON text) into one clear ConfigError."""
+    try:
+        return _parse_config(raw, max_rounds)
+    except RecursionError as exc:  # JSON nested a thousand levels deep
+        raise ConfigError("The configuration is nested too deeply to read.") from exc
+
+
+def _parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
     if isinstance(raw, str | bytes):
         try:
             raw = json.loads(raw)
@@ -256,7 +304,10 @@ def parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
         given = raw["participants"]
         rows = [i for i, p in enumerate(given) if not _empty_row(p)]
         raw = {**raw, "participants": [given[i] for i in rows]}
-    raw = apply_preset(raw)
+    if raw.get(RESOLVED_KEY) is True:
+        raw = {**raw, "preset": preset_name(raw.get("preset"))}
+    else:
+        raw = apply_preset(raw)
     try:
         config = ConversationConfig.model_validate(raw)
     except ValidationError as exc:
@@ -384,9 +435,17 @@ def valve_choice(value: Any, choices: Any) -> str:
     return ""
 
 
+def manager_switch_as_selection(data: Any) -> Any:
+    """Saved valves with v2's `UseGroupChatManager` on and no *Who speaks next*: the manager."""
+    if isinstance(data, dict) and data.get("UseGroupChatManager") and not data.get("Selection"):
+        data = {**data, "Selection": "manager"}
+    return data
+
+
 def config_from_user_valves(valves: Any) -> dict[str, Any]:
     """Read v2's user-valve names (and the newer ones, when set) into the overlay's shape."""
     count = int(getattr(valves, "NUM_PARTICIPANTS", 0) or 0)
+    selection = getattr(valves, "Selection", "") or ""
     participants = []
     for i in range(1, min(count, MAX_PARTICIPANTS) + 1):
         participants.append(
@@ -398,13 +457,13 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
         )
     config: dict[str, Any] = {
         "rounds": getattr(valves, "ROUNDS_PER_CONVERSATION", 1),
-        "use_manager": bool(getattr(valves, "UseGroupChatManager", False)),
+        "use_manager": selection == "manager",  # v2's key says it, as v2 stored it
         "manager_model": getattr(valves, "ManagerModel", "") or "",
         "participants": participants,
     }
     # Only what the user set, so a preset's values fill the rest.
     optional = {
-        "selection": getattr(valves, "Selection", ""),
+        "selection": selection if selection != "manager" else "",
         "pass_allowed": getattr(valves, "PassAllowed", False),
         "stop_phrase": getattr(valves, "StopPhrase", ""),
         "max_seconds": getattr(valves, "MaxSeconds", 0),
@@ -844,12 +903,18 @@ def unmark_lookalikes(text: str) -> str:
     return _MARKED_LOOKALIKE_RE.sub(lambda m: m.group(0)[:-1], text)
 
 
-def heading(participant: Participant, first: bool, model: str = "") -> str:
+# Follows the alias in the heading of a vote's turn, so a vote does not read as a turn; the
+# history reads the turn as the participant's own.
+VOTE_LABEL = " · 🗳️ vote"
+
+
+def heading(participant: Participant, first: bool, model: str = "", label: str = "") -> str:
     """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup;
-    with `model`, the model behind it in small type (history reads the alias alone)."""
+    then `label` (a vote's), and with `model`, the model behind it in small type (history
+    reads the alias alone)."""
     prefix = "" if first else "\n\n"
     behind = f" <sub>{html.escape(model)}</sub>" if model else ""
-    return f"{prefix}### {participant.mark} {md_text(participant.alias)}{behind}\n\n"
+    return f"{prefix}### {participant.mark} {md_text(participant.alias)}{label}{behind}\n\n"
 
 
 def moderator_heading(user_name: str, first: bool) -> str:
@@ -921,6 +986,7 @@ class Transcript:
         self, clock: Callable[[], float], prefix: str = "", continues: bool = False
     ) -> None:
         self._clock = clock
+        self._prefix_chars = len(prefix)  # a message this one continues (Continue Response)
         self._continues = continues  # a lane: its text goes after text already shown
         self._lane: Transcript | None = None  # a turn generated aside, shown live at the end
         self._committed: list[str] = [prefix] if prefix else []
@@ -934,9 +1000,9 @@ class Transcript:
         self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
 
     # -- writing ---------------------------------------------------------------------------
-    def start_turn(self, participant: Participant, model: str = "") -> None:
+    def start_turn(self, participant: Participant, model: str = "", label: str = "") -> None:
         self.close_live()
-        self._commit(heading(participant, not self._has_text(), model))
+        self._commit(heading(participant, not self._has_text(), model, label))
 
     def add_user_words(self, user_name: str, text: str) -> None:
         """The user's words between rounds: a heading of their own, then the text as typed."""
@@ -1039,6 +1105,10 @@ class Transcript:
             self.clear_running_tools()
 
     # -- reading ---------------------------------------------------------------------------
+    def added(self) -> str:
+        """What this request wrote after the message it continues (all of it otherwise)."""
+        return self.render()[self._prefix_chars :]
+
     def render(self) -> str:
         if self._committed_text is None:
             self._committed_text = "".join(self._committed)
@@ -1760,7 +1830,7 @@ def split_turns(content: str) -> list[Turn]:
         if text and match.group(1) == MODERATOR_MARK:
             turns.append(Turn(None, md_unescape(text)))  # the user's words between rounds
         elif text:
-            alias = md_unescape(_MODEL_BEHIND_RE.sub("", match.group(2)))
+            alias = md_unescape(_MODEL_BEHIND_RE.sub("", match.group(2)).removesuffix(VOTE_LABEL))
             turns.append(Turn(alias, text))
     return turns
 
@@ -3611,7 +3681,11 @@ class TurnStreamer:
         self._row = self.ledger.row(label, profile.name)
         self._row.turns += 1
         mark = self.transcript.checkpoint()
-        self.transcript.start_turn(p, profile.name if self.settings.valves.SHOW_MODELS else "")
+        self.transcript.start_turn(
+            p,
+            profile.name if self.settings.valves.SHOW_MODELS else "",
+            VOTE_LABEL if plan.kind == "vote" else "",
+        )
         if plan.why and self.settings.show_manager_reason:
             self.transcript.add_block(manager_block(plan.why))
         self._tools_notice(p, profile)
@@ -4465,15 +4539,24 @@ def overlay_script(
     max_rounds: int,
     max_tokens: int = 0,
     message_id: str | None = None,
+    settings: dict | None = None,
+    problem: str = "",
 ) -> str:
     """The overlay's code with its inputs as JSON literals (never spliced in as raw text).
 
+    `defaults` fill the form, `settings` (the user's valves) are what preset "None" restores,
+    `problem` is the server's refusal of the answer the form shows again.
     One pass over the template: a placeholder's name inside a value is left as it is.
     """
     values = {
         "DEFAULTS": defaults,
+        "SETTINGS": settings if settings is not None else defaults,
+        "PROBLEM": problem,
+        "LIMITS": DIALOG_LIMITS,
+        "RESOLVED_KEY": RESOLVED_KEY,
         "OWN_PREFIX": own_prefix,
         "TIMEOUT_MS": int(timeout_s * 1000),
+        "OPEN_MS": int(max(timeout_s, DIALOG_MAX_OPEN) * 1000),
         "MAX_ROUNDS": int(max_rounds),
         "PRESETS": PRESETS,
         "MAX_TOKENS": int(max_tokens),
@@ -4499,12 +4582,40 @@ def _js_literal(value: Any) -> str:
 OVERLAY_CLOSE_EVENT = "mmc-setup-close"
 # The dialog's answer to Cancel, Escape or a click outside it.
 OVERLAY_CANCELLED = "cancelled"
+# Its answer when nobody typed or clicked in it for OVERLAY_TIMEOUT seconds.
+OVERLAY_TIMED_OUT = "timed_out"
+DIALOG_MAX_OPEN = 3600.0  # seconds a dialog stays open however busy; then it times out
+MAX_DIALOG_ASKS = 5  # a refused answer re-opens the dialog this many times at most
+# The server's limits, mirrored in the form so it refuses what the server would, by the field.
+DIALOG_LIMITS = {
+    "participants": MAX_PARTICIPANTS,
+    "alias": MAX_ALIAS_CHARS,
+    "persona": MAX_PERSONA_CHARS,
+    "stop_phrase": MAX_STOP_PHRASE_CHARS,
+    "max_seconds": 86_400,
+    "max_total_tokens": 100_000_000,
+    "max_tokens": 1_000_000,
+}
 SETUP_CANCELLED = f"{NOTICE_PREFIX}Setup cancelled. Send a message to open it again.*"
 STOPPED_IN_SETUP = f"{NOTICE_PREFIX}Stopped before the conversation began.*"
 
 
 class SetupCancelled(Exception):
     """The user closed the setup dialog without an answer: nothing runs."""
+
+
+class NothingToAnswer(SetupCancelled):
+    """A setup chosen by /reconfigure in a chat with no message yet: nothing to talk about."""
+
+
+class _TimedOut:
+    """The dialog's answer when it timed out or failed: the user's valves run, unremembered."""
+
+    def __repr__(self) -> str:
+        return "TIMED_OUT"
+
+
+TIMED_OUT = _TimedOut()
 
 
 class SetupDialog:
@@ -4529,15 +4640,15 @@ class SetupDialog:
         self._timeout = timeout
 
     async def ask(self, script: str) -> Any:
-        """The dialog's answer, or None (use the defaults) if it timed out or failed.
-
-        Raises SetupCancelled for Cancel, Escape or a click outside it.
+        """The dialog's answer: a setup, None for "Use defaults", TIMED_OUT if it timed out or
+        failed. Raises SetupCancelled for Cancel, Escape or a click outside it.
         """
         try:
-            # The dialog closes itself at the timeout; the slack covers a slow network.
+            # The dialog closes itself (after a quiet OVERLAY_TIMEOUT, or DIALOG_MAX_OPEN); the
+            # slack covers a slow network.
             answer = await within(
                 self._clock,
-                self._timeout + 5,
+                max(self._timeout, DIALOG_MAX_OPEN) + 5,
                 self._call({"type": "execute", "data": {"code": script}}),
             )
         except asyncio.CancelledError:
@@ -4546,15 +4657,56 @@ class SetupDialog:
             raise
         except TimeoutError:
             log.debug("configuration overlay timed out; using the user valves")
-            return None
+            return TIMED_OUT
         except Exception as exc:
             log.warning("configuration overlay failed (%s); using the user valves", exc)
-            return None
+            return TIMED_OUT
         if isinstance(answer, dict) and answer.get(OVERLAY_CANCELLED) is True:
             raise SetupCancelled
+        if isinstance(answer, dict) and answer.get(OVERLAY_TIMED_OUT) is True:
+            log.debug("configuration overlay timed out in the tab; using the user valves")
+            return TIMED_OUT
         if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
-            return None  # the host's answer for a closed tab or an error
+            return TIMED_OUT  # the host's answer for a closed tab or an error
         return answer
+
+
+def dialog_form(raw: Any, max_rounds: int) -> dict:
+    """A setup as the dialog shows it: every value resolved when it is valid, else as given
+    (with its preset's values where it names one), so nothing typed is lost."""
+    if not isinstance(raw, dict):
+        return {"rounds": 1, "participants": []}
+    try:
+        return {**parse_config(raw, max_rounds).model_dump(), RESOLVED_KEY: True}
+    except ConfigError:
+        pass
+    try:
+        return raw if raw.get(RESOLVED_KEY) is True else apply_preset(raw)
+    except (ConfigError, RecursionError):
+        return raw
+
+
+async def ask_for_setup(
+    dialog: SetupDialog,
+    script: Callable[[dict, str], str],
+    opening: dict,
+    settings: dict,
+    max_rounds: int,
+) -> tuple[ConversationConfig, bool]:
+    """The dialog's setup and whether to remember it. A refused answer opens the dialog again
+    with what was typed and why; a timed-out dialog runs the user's valves, unremembered."""
+    shown, problem = opening, ""
+    for _ in range(MAX_DIALOG_ASKS):
+        answer = await dialog.ask(script(shown, problem))
+        if answer is TIMED_OUT:
+            return parse_config(settings, max_rounds), False
+        raw = settings if answer in (None, "") else answer
+        try:
+            return parse_config(raw, max_rounds), True
+        except ConfigError as exc:
+            log.debug("setup refused, asking again: %s", exc)
+            shown, problem = (raw if isinstance(raw, dict) else shown), str(exc)
+    raise ConfigError(problem)
 
 
 # ============================================================================
@@ -4583,6 +4735,31 @@ def _chat_bytes(body: dict) -> int:
     return 2 * sum(len(_text_of(m.get("content"))) + 200 for m in messages)
 
 
+def continued_content(body: dict, metadata: dict) -> str:
+    """The message Open WebUI's Continue Response asks to go on ('' for any other request): the
+    host names it as `assistant_message_id` and sends it as the last message, and it appends
+    what the pipe returns to it."""
+    messages = body.get("messages") or []
+    if not metadata.get("assistant_message_id") or not messages:
+        return ""
+    last = messages[-1]
+    return _text_of(last.get("content")) if last.get("role") == "assistant" else ""
+
+
+def one_more_round(config: ConversationConfig) -> ConversationConfig:
+    """What Continue means for a conversation: one more round of its participants, in its order,
+    without closing it again (the closing turn or vote already spoke)."""
+    return config.model_copy(update={"rounds": 1, "closing": None})
+
+
+def earlier_turns(content: str, participants: list[Participant]) -> int:
+    """The participants' turns in a message (not passes, the closing, or votes), as its status
+    counted them."""
+    aliases = {p.alias for p in participants}
+    names = [m.group(2) for m in HEADING_RE.finditer(BLOCK_RE.sub("", content))]
+    return sum(1 for name in names if md_unescape(_MODEL_BEHIND_RE.sub("", name)) in aliases)
+
+
 def _chat_system(body: dict) -> str:
     """The chat's own system prompt (the user's, in the chat's settings), if any."""
     messages = body.get("messages") or []
@@ -4600,6 +4777,19 @@ def _last_user_text(body: dict) -> str:
         if message.get("role") == "user":
             return _text_of(message.get("content"))
     return ""
+
+
+def is_command(content: Any) -> bool:
+    """A message that talks to the pipe (/reconfigure), not to the participants."""
+    return _text_of(content).strip().lower() == RECONFIGURE_COMMAND
+
+
+def conversation_messages(messages: list[dict]) -> list[dict]:
+    """The chat without its commands: the conversation goes on from the last real message."""
+    return [m for m in messages if not (m.get("role") == "user" and is_command(m.get("content")))]
+
+
+SETUP_SAVED = f"{NOTICE_PREFIX}Setup saved. Send a message to start the conversation.*"
 
 
 _RECONFIGURE_HINT = (
@@ -4641,6 +4831,8 @@ async def _remember(gateway: HostGateway, ctx: RequestContext, config: Conversat
 
 def _setup_notice(exc: Exception) -> str:
     """The one line a setup that did not end in a conversation leaves in the message."""
+    if isinstance(exc, NothingToAnswer):
+        return SETUP_SAVED
     if isinstance(exc, SetupCancelled):
         return SETUP_CANCELLED
     if isinstance(exc, AccessCheckError):
@@ -4695,7 +4887,7 @@ def _cast(
         profiles=prepared.profiles,
         aliases=[p.alias for p in prepared.participants],
         user_name=user_info.get("name") or "User",
-        turns=history_turns(body.get("messages") or []),
+        turns=history_turns(conversation_messages(body.get("messages") or [])),
         chat_system=_chat_system(body),
         want_usage=prepared.config.max_total_tokens > 0,
     )
@@ -4714,6 +4906,9 @@ def _cast(
         run.clock,
         moderator,
     )
+    # Continue Response: the status counts the message's earlier turns too.
+    earlier = continued_content(body, ctx.metadata)
+    direction.progress.spoken = earlier_turns(earlier, prepared.participants) if earlier else 0
     return direction, streamer
 
 
@@ -4734,7 +4929,7 @@ async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_ov
     """
     transcript.finish()
     await emitter.flush()
-    final = transcript.render()
+    final = transcript.added()  # on Continue the host puts it after the message it continues
     if handing_over:
         await emitter.hand_over()
     return final
@@ -4856,7 +5051,7 @@ class Pipe:
         """The conversation; returns the final transcript and fills in `usage` (its totals)."""
         valves = self.valves
         clock = self.clock
-        transcript = Transcript(clock.now)
+        transcript = Transcript(clock.now, prefix=continued_content(body, ctx.metadata))
         emitter = CoalescingEmitter(
             emit,
             transcript.render,
@@ -4924,9 +5119,10 @@ class Pipe:
 
         A new config is remembered for the chat only once every model in it passed setup.
         """
-        config, saved = await self._choose_config(
+        chosen, saved, remember = await self._choose_config(
             gateway, ctx, body, user_valves, own_prefix, dialog
         )
+        config = one_more_round(chosen) if continued_content(body, ctx.metadata) else chosen
         runtime = gateway.runtime_models()
         names = {m: d.get("name") or m for m, d in runtime.items()}
         participants = make_participants(config, names)
@@ -4942,8 +5138,12 @@ class Pipe:
             if saved:
                 raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
             raise
-        if not saved:
-            await _remember(gateway, ctx, config)
+        if remember:
+            await _remember(gateway, ctx, chosen)
+        if not any(
+            m.get("role") == "user" for m in conversation_messages(body.get("messages") or [])
+        ):
+            raise NothingToAnswer  # the chat holds only /reconfigure so far
         manager = profiles[manager_id] if config.use_manager else None
         return Prepared(
             config, participants, profiles, manager, closer, self._budget(), self.rng_factory()
@@ -4957,39 +5157,42 @@ class Pipe:
         user_valves: Any,
         own_prefix: str,
         dialog: SetupDialog | None,
-    ) -> tuple[ConversationConfig, bool]:
-        """Saved for this chat, else the overlay's answer, else the user valves; SetupCancelled
-        if the user closed the overlay.
+    ) -> tuple[ConversationConfig, bool, bool]:
+        """Saved for this chat, else the dialog's answer, else the user valves; SetupCancelled
+        if the user closed the dialog.
 
-        Returns the config and whether it was the saved one (a new one is remembered later,
-        once every model in it has passed setup).
+        Returns the config, whether it was the saved one, and whether to remember it (once
+        every model in it has passed setup): not a saved one, nor a timed-out dialog's fallback.
         """
         max_rounds = self.valves.MAX_ROUNDS
         chat_id = _saved_chat_id(ctx)
-        reconfigure = _last_user_text(body).strip().lower() == RECONFIGURE_COMMAND
-        if chat_id and not reconfigure:
-            saved = await gateway.load_chat_config(chat_id)
-            if saved:
-                try:
-                    return parse_config(saved, max_rounds), True
-                except ConfigError as exc:
-                    raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
-        defaults = config_from_user_valves(user_valves)
-        answer = None
-        if dialog is not None:
+        saved = await gateway.load_chat_config(chat_id) if chat_id else None
+        if saved and not is_command(_last_user_text(body)):
+            try:
+                return parse_config(saved, max_rounds), True, False
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} {_RECONFIGURE_HINT}") from exc
+        settings = config_from_user_valves(user_valves)
+        if dialog is None:
+            return parse_config(settings, max_rounds), False, True
+
+        def script(shown: dict, problem: str) -> str:
             # No status line around the dialog: it shows itself, and every status event
             # makes the host rewrite the whole chat.
-            answer = await dialog.ask(
-                overlay_script(
-                    defaults,
-                    own_prefix,
-                    self.valves.OVERLAY_TIMEOUT,
-                    self.valves.MAX_ROUNDS,
-                    self.valves.MAX_TOKENS,
-                    ctx.metadata.get("message_id"),
-                )
+            return overlay_script(
+                shown,
+                own_prefix,
+                self.valves.OVERLAY_TIMEOUT,
+                max_rounds,
+                self.valves.MAX_TOKENS,
+                ctx.metadata.get("message_id"),
+                settings={k: v for k, v in settings.items() if k != "preset"},
+                problem=problem,
             )
-        return parse_config(answer if answer not in (None, "") else defaults, max_rounds), False
+
+        opening = dialog_form(saved or settings, max_rounds)  # /reconfigure: this chat's setup
+        config, remember = await ask_for_setup(dialog, script, opening, settings, max_rounds)
+        return config, False, remember
 
     # -- title, tags, follow-ups -------------------------------------------------------------
     async def _background_task(
@@ -5151,8 +5354,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 OVERLAY_JS = r"""
 const DEFAULTS = __DEFAULTS__;
+const SETTINGS = __SETTINGS__;
+const PROBLEM = __PROBLEM__;
+const LIMITS = __LIMITS__;
+const RESOLVED_KEY = __RESOLVED_KEY__;
 const OWN_PREFIX = __OWN_PREFIX__;
 const TIMEOUT_MS = __TIMEOUT_MS__;
+const OPEN_MS = __OPEN_MS__;
 const MAX_ROUNDS = __MAX_ROUNDS__;
 const PRESETS = __PRESETS__;
 const MAX_TOKENS = __MAX_TOKENS__;
@@ -5160,6 +5368,7 @@ const MARKS = __MARKS__;
 const MESSAGE_ID = __MESSAGE_ID__;
 const CLOSE_EVENT = __CLOSE_EVENT__;
 const CANCELLED = { cancelled: true };
+const TIMED_OUT = { timed_out: true };
 let models = [];
 try {
   const res = await fetch('/api/models', {
@@ -5191,28 +5400,41 @@ html.dark #mmc-config-overlay { --bg: #1e1e21; --fg: #e5e7eb; --muted: #a1a1aa; 
 #mmc-config-overlay .mmc-head p { margin: 2px 0 0; color: var(--muted); }
 #mmc-config-overlay .mmc-body { flex: 1 1 auto; min-height: 0; overflow-y: auto;
   overscroll-behavior: contain; padding: 4px 20px 12px; }
-#mmc-config-overlay .mmc-foot { flex: none; display: flex; align-items: center; gap: 8px;
-  padding: 12px 20px; border-top: 1px solid var(--line); background: var(--bg); }
-#mmc-config-overlay .mmc-foot .mmc-error { flex: 1; color: #dc2626; font-weight: 600; }
-html.dark #mmc-config-overlay .mmc-foot .mmc-error { color: #f87171; }
+#mmc-config-overlay .mmc-foot { flex: none; display: flex; flex-wrap: wrap; align-items: center;
+  justify-content: flex-end; gap: 8px; padding: 12px 20px; border-top: 1px solid var(--line);
+  background: var(--bg); }
+#mmc-config-overlay .mmc-foot .mmc-error { flex: 1 1 100%; }
+#mmc-config-overlay .mmc-foot .mmc-error:empty { display: none; }
+#mmc-config-overlay .mmc-error, #mmc-config-overlay .mmc-field-error { color: #dc2626;
+  font-weight: 600; }
+#mmc-config-overlay .mmc-field-error { margin: 3px 0 0; font-size: 12px; }
+html.dark #mmc-config-overlay .mmc-error,
+html.dark #mmc-config-overlay .mmc-field-error { color: #f87171; }
 #mmc-config-overlay h3 { margin: 14px 0 6px; font-size: 12px; font-weight: 700;
   letter-spacing: .04em; text-transform: uppercase; color: var(--muted); }
 #mmc-config-overlay .mmc-grid { display: grid; gap: 8px 12px;
   grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); }
+#mmc-config-overlay .mmc-grid > * { min-width: 0; }
 #mmc-config-overlay .mmc-wide { grid-column: 1 / -1; }
 #mmc-config-overlay .mmc-top { grid-template-columns: 2fr 1fr 1fr; }
 #mmc-config-overlay .mmc-row { grid-template-columns: 3fr 3fr 2fr; }
 @media (max-width: 560px) {
-  #mmc-config-overlay .mmc-top, #mmc-config-overlay .mmc-row { grid-template-columns: 1fr; }
+  #mmc-config-overlay { padding: 8px; }
+  #mmc-config-overlay .mmc-grid { grid-template-columns: 1fr; }
+  #mmc-config-overlay .mmc-head, #mmc-config-overlay .mmc-body,
+  #mmc-config-overlay .mmc-foot { padding-left: 14px; padding-right: 14px; }
 }
 #mmc-config-overlay label { display: block; margin: 0 0 3px; font-size: 12px; font-weight: 600;
   color: var(--muted); }
 #mmc-config-overlay label.mmc-check { display: flex; gap: 8px; align-items: center;
   margin: 8px 0 0; font-size: 14px; font-weight: 400; color: var(--fg); }
-#mmc-config-overlay input, #mmc-config-overlay select, #mmc-config-overlay textarea {
-  width: 100%; margin: 0; padding: 6px 9px; border: 1px solid var(--line); border-radius: 8px;
-  background: var(--field); color: var(--fg); font: inherit; }
-#mmc-config-overlay input[type=checkbox] { width: auto; }
+#mmc-config-overlay input:not([type=checkbox]), #mmc-config-overlay select,
+#mmc-config-overlay textarea { width: 100%; max-width: 100%; margin: 0; padding: 6px 9px;
+  border: 1px solid var(--line); border-radius: 8px; background-color: var(--field);
+  color: var(--fg); font: inherit; }
+#mmc-config-overlay select { padding-right: 2.2em; text-overflow: ellipsis; }
+#mmc-config-overlay input[type=checkbox] { flex: none; width: 1.1em; height: 1.1em; margin: 0;
+  accent-color: var(--accent); }
 #mmc-config-overlay textarea { resize: vertical; min-height: 2.6em; }
 #mmc-config-overlay [aria-invalid=true] { border-color: #dc2626; }
 #mmc-config-overlay :focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
@@ -5229,7 +5451,7 @@ html.dark #mmc-config-overlay .mmc-foot .mmc-error { color: #f87171; }
 #mmc-config-overlay [role=option] small { margin-left: 8px; opacity: .7; }
 #mmc-config-overlay li.mmc-none { padding: 5px 8px; color: var(--muted); }
 #mmc-config-overlay button { padding: 8px 14px; border: 1px solid var(--line); border-radius: 10px;
-  background: transparent; color: inherit; font: inherit; cursor: pointer; }
+  background: transparent; color: inherit; font: inherit; cursor: pointer; white-space: nowrap; }
 #mmc-config-overlay button:hover { background: var(--hover); }
 #mmc-config-overlay button.mmc-primary { background: var(--accent); border-color: var(--accent);
   color: #fff; font-weight: 600; }
@@ -5248,10 +5470,14 @@ return await new Promise((resolve) => {
     return node;
   };
   // A labelled field: <label for> names the control for screen readers.
+  // Each control gets a message slot under it (aria-describedby) for what is wrong with it.
   const field = (text, control, extra = '') => {
     const target = control.input || control;
     if (!target.id) target.id = nextId('field');
-    return el('div', { className: extra }, [el('label', { for: target.id, textContent: text }), control.node || control]);
+    const message = el('p', { className: 'mmc-field-error', id: target.id + '-error', hidden: true });
+    target.setAttribute('aria-describedby', message.id);
+    target.mmcMessage = message;
+    return el('div', { className: extra }, [el('label', { for: target.id, textContent: text }), control.node || control, message]);
   };
   const nameOf = (id) => (models.find((m) => m.id === id) || {}).name || id;
   // The user's models whose id or name holds `text` (case ignored); all of them for ''.
@@ -5354,29 +5580,36 @@ return await new Promise((resolve) => {
     for (const [v, label] of options) select.append(el('option', { value: v, textContent: label, selected: v === value }));
     return select;
   };
-  const number = (name, value, min, max) => el('input', { type: 'number', name, min, ...(max ? { max } : {}), value });
+  const number = (name, value, min, max, step = 1) => el('input', { type: 'number', name, min, step, ...(max ? { max } : {}), value });
+  const closingOf = (c) => (c && typeof c === 'object' ? c : {});
+  const orderOf = (c) => c.selection || (c.use_manager ? 'manager' : 'round_robin');
+  const kindOf = (c) => (c.closing === 'vote' ? 'vote' : (c.closing ? 'turn' : ''));
   const preset = choice('preset', [['', 'None: start from your settings']].concat(Object.entries(PRESETS).map(([k, p]) => [k, p.label])), DEFAULTS.preset || '');
   const rounds = number('rounds', DEFAULTS.rounds, 1, MAX_ROUNDS);
-  const count = number('count', Math.max(1, DEFAULTS.participants.length || 2), 1, 5);
+  const count = number('count', Math.min(LIMITS.participants, Math.max(1, DEFAULTS.participants.length || 2)), 1, LIMITS.participants);
   const selection = choice('selection', [
     ['round_robin', 'Round robin: everyone once per round, in order'],
     ['manager', 'A manager model picks who speaks next'],
     ['random', 'Random (never the same speaker twice in a row)'],
     ['mention', 'Mentioned first: @Alias in your message speaks first'],
-  ], DEFAULTS.selection || (DEFAULTS.use_manager ? 'manager' : 'round_robin'));
+    ['council', 'Council: everyone answers each round at once, unseen'],
+  ], orderOf(DEFAULTS));
   const managerModel = picker(DEFAULTS.manager_model, 'manager_model', 'The first participant\'s model');
   const managerRow = field('Manager model', managerModel, 'mmc-wide');
   const passAllowed = el('input', { type: 'checkbox', checked: !!DEFAULTS.pass_allowed, name: 'pass_allowed', id: nextId('pass') });
-  const stopPhrase = el('input', { value: DEFAULTS.stop_phrase || '', placeholder: 'e.g. WE AGREE (empty: none)', name: 'stop_phrase' });
-  const maxSeconds = number('max_seconds', DEFAULTS.max_seconds || 0, 0);
-  const maxTotal = number('max_total_tokens', DEFAULTS.max_total_tokens || 0, 0);
-  const closingDefault = DEFAULTS.closing || null;
+  const peerReview = el('input', { type: 'checkbox', checked: !!DEFAULTS.peer_review, name: 'peer_review', id: nextId('review') });
+  const peerRow = el('label', { className: 'mmc-check', for: peerReview.id }, [peerReview, 'Council: each ranks the others\' answers, unnamed, before the closing turn']);
+  const moderator = el('input', { type: 'checkbox', checked: DEFAULTS.moderator === 'between_rounds', name: 'moderator', id: nextId('moderator') });
+  const stopPhrase = el('input', { value: DEFAULTS.stop_phrase || '', placeholder: 'e.g. WE AGREE (empty: none)', name: 'stop_phrase', maxLength: LIMITS.stop_phrase });
+  const maxSeconds = number('max_seconds', DEFAULTS.max_seconds || 0, 0, LIMITS.max_seconds, 'any');
+  const maxTotal = number('max_total_tokens', DEFAULTS.max_total_tokens || 0, 0, LIMITS.max_total_tokens);
+  const closingDefault = closingOf(DEFAULTS.closing);
   const closingKind = choice('closing_kind', [
     ['', 'Nothing: the last round ends it'], ['turn', 'A closing turn by a chosen model (verdict, summary…)'], ['vote', 'A vote of every participant, tallied'],
-  ], closingDefault === 'vote' ? 'vote' : (closingDefault ? 'turn' : ''));
-  const closingModel = picker((closingDefault && closingDefault.model) || '', 'closing_model', 'The first participant\'s model');
-  const closingAlias = el('input', { value: (closingDefault && closingDefault.alias) || '', placeholder: 'Closing', name: 'closing_alias' });
-  const closingPrompt = el('textarea', { value: (closingDefault && closingDefault.prompt) || '', placeholder: 'Sum up and conclude', rows: 2, name: 'closing_prompt' });
+  ], kindOf(DEFAULTS));
+  const closingModel = picker(closingDefault.model || '', 'closing_model', 'The first participant\'s model');
+  const closingAlias = el('input', { value: closingDefault.alias || '', placeholder: 'Closing', name: 'closing_alias', maxLength: LIMITS.alias });
+  const closingPrompt = el('textarea', { value: closingDefault.prompt || '', placeholder: 'Sum up and conclude', rows: 2, name: 'closing_prompt' });
   const closingLegend = el('legend');
   const closingBox = el('fieldset', {}, [closingLegend, el('div', { className: 'mmc-grid mmc-row' }, [
     field('Closing model', closingModel), field('Name', closingAlias), field('What it should do', closingPrompt, 'mmc-wide'),
@@ -5384,7 +5617,7 @@ return await new Promise((resolve) => {
 
   const rows = el('div');
   const rowInputs = [];
-  const participantCount = () => Math.min(5, Math.max(1, parseInt(count.value, 10) || 1));
+  const participantCount = () => Math.min(LIMITS.participants, Math.max(1, parseInt(count.value, 10) || 1));
   const paint = (box, legend, index, text) => {
     const [mark, colour] = MARKS[index % MARKS.length];
     box.style.setProperty('--mark', colour);
@@ -5396,57 +5629,90 @@ return await new Promise((resolve) => {
       const i = rowInputs.length;
       const d = DEFAULTS.participants[i] || {};
       const model = picker(d.model || '', 'model', 'Search your models…');
-      const alias = el('input', { value: d.alias || '', placeholder: 'The model\'s name', name: 'alias' });
+      const alias = el('input', { value: d.alias || '', placeholder: 'The model\'s name', name: 'alias', maxLength: LIMITS.alias });
       const persona = el('textarea', { value: d.system_message || '', placeholder: 'Who they are and how they talk', rows: 2, name: 'system_message' });
       const maxTokens = el('input', {
-        type: 'number', min: 0, value: d.max_tokens ?? '', name: 'max_tokens',
+        type: 'number', min: 0, max: LIMITS.max_tokens, step: 1, value: d.max_tokens ?? '', name: 'max_tokens',
         placeholder: MAX_TOKENS ? MAX_TOKENS + ' (default)' : 'No limit', title: 'Empty: the default. 0: no limit.',
+      });
+      const temperature = el('input', {
+        type: 'number', min: 0, max: 2, step: 'any', value: d.temperature ?? '', name: 'temperature',
+        placeholder: 'Default', title: 'Empty: your Temperature setting. 0 to 2.',
+      });
+      const topP = el('input', {
+        type: 'number', min: 0, max: 1, step: 'any', value: d.top_p ?? '', name: 'top_p',
+        placeholder: 'Default', title: 'Empty: your Top-p setting. Above 0, at most 1.',
       });
       const legend = el('legend');
       const box = el('fieldset', {}, [legend, el('div', { className: 'mmc-grid mmc-row' }, [
         field('Model', model), field('Alias', alias), field('Max tokens per turn', maxTokens),
+        field('Temperature', temperature), field('Top-p', topP),
         field('Persona', persona, 'mmc-wide'),
       ])]);
       box.dataset.participant = String(i + 1);
       paint(box, legend, i, 'Participant ' + (i + 1));
-      rowInputs.push({ box, model, alias, persona, maxTokens });
+      rowInputs.push({ box, model, alias, persona, maxTokens, temperature, topP });
     }
     rows.replaceChildren(...rowInputs.slice(0, n).map((r) => r.box));
     paint(closingBox, closingLegend, n, 'Closing turn');  // the colour its heading will get
   };
   count.addEventListener('input', drawRows);
+  // The field says what the cards show: 9 becomes 5 when the field is left.
+  count.addEventListener('change', () => { count.value = participantCount(); drawRows(); });
   drawRows();
   const showRows = () => {
     managerRow.hidden = selection.value !== 'manager';
+    peerRow.hidden = selection.value !== 'council';
     closingBox.hidden = closingKind.value !== 'turn';
   };
   selection.addEventListener('change', showRows);
   closingKind.addEventListener('change', showRows);
   showRows();
-  // A preset fills the fields (models stay as chosen); everything stays editable.
-  preset.addEventListener('change', () => {
-    const p = PRESETS[preset.value];
-    if (!p) return;
-    const c = p.config;
-    if (c.rounds) rounds.value = c.rounds;
-    selection.value = c.selection || 'round_robin';
-    passAllowed.checked = !!c.pass_allowed;
-    stopPhrase.value = c.stop_phrase || '';
-    maxSeconds.value = c.max_seconds || 0;
-    maxTotal.value = c.max_total_tokens || 0;
-    closingKind.value = c.closing === 'vote' ? 'vote' : (c.closing ? 'turn' : '');
-    closingAlias.value = (c.closing && c.closing.alias) || '';
-    closingPrompt.value = (c.closing && c.closing.prompt) || '';
-    count.value = Math.max(p.participants.length, 1);
+
+  // What the user typed or picked is theirs: a preset (or None: the user's settings) fills only
+  // the fields nobody touched. Models stay as chosen.
+  const touched = new Set();
+  card.addEventListener('input', (e) => touched.add(e.target));
+  card.addEventListener('change', (e) => { if (e.target !== preset) touched.add(e.target); });
+  const put = (control, value) => {
+    if (touched.has(control)) return;
+    if (control.type === 'checkbox') control.checked = !!value;
+    else control.value = value ?? '';
+  };
+  const fillFrom = (c, hints) => {
+    put(rounds, c.rounds || 1);
+    put(count, Math.min(LIMITS.participants, Math.max(hints.length, 1)));
     drawRows();
-    p.participants.forEach((hint, i) => {
-      rowInputs[i].alias.value = hint.alias || '';
-      rowInputs[i].persona.value = hint.system_message || '';
+    put(selection, orderOf(c));
+    put(passAllowed, c.pass_allowed);
+    put(peerReview, c.peer_review);
+    put(moderator, c.moderator === 'between_rounds');
+    put(stopPhrase, c.stop_phrase || '');
+    put(maxSeconds, c.max_seconds || 0);
+    put(maxTotal, c.max_total_tokens || 0);
+    put(closingKind, kindOf(c));
+    put(closingAlias, closingOf(c.closing).alias || '');
+    put(closingPrompt, closingOf(c.closing).prompt || '');
+    rowInputs.slice(0, participantCount()).forEach((r, i) => {
+      put(r.alias, (hints[i] || {}).alias || '');
+      put(r.persona, (hints[i] || {}).system_message || '');
     });
     showRows();
+  };
+  // Keys the form does not show (peer review, a moderator…) go back as they came, or as the
+  // chosen preset (None: the user's settings) sets them.
+  const SHOWN = new Set(['rounds', 'selection', 'use_manager', 'manager_model', 'participants', 'pass_allowed',
+    'stop_phrase', 'max_seconds', 'max_total_tokens', 'closing', 'preset', 'peer_review', 'moderator', RESOLVED_KEY]);
+  const extraOf = (c) => Object.fromEntries(Object.entries(c || {}).filter(([k]) => !SHOWN.has(k)));
+  let extra = extraOf(DEFAULTS);
+  preset.addEventListener('change', () => {
+    const p = PRESETS[preset.value];
+    extra = { ...extraOf(DEFAULTS), ...extraOf(p ? p.config : SETTINGS) };
+    if (p) fillFrom(p.config, p.participants);
+    else fillFrom(SETTINGS, SETTINGS.participants || []);
   });
 
-  const error = el('div', { className: 'mmc-error', role: 'status', 'aria-live': 'polite' });
+  const error = el('div', { className: 'mmc-error', role: 'status', 'aria-live': 'polite', textContent: PROBLEM });
   const cancel = el('button', { type: 'button', id: 'mmc-cancel', textContent: 'Cancel' });
   const skip = el('button', { type: 'button', id: 'mmc-skip', textContent: 'Use defaults', title: 'Your user valves (Settings → Valves)' });
   const start = el('button', { type: 'submit', id: 'mmc-start', className: 'mmc-primary', textContent: 'Start conversation' });
@@ -5454,33 +5720,84 @@ return await new Promise((resolve) => {
   const answer = () => {
     const n = participantCount();
     const managed = selection.value === 'manager';
+    const closing = { model: closingModel.value, alias: closingAlias.value.trim(), prompt: closingPrompt.value.trim() };
+    if (!closing.model && !closing.alias && !closing.prompt) closing.alias = 'Closing';  // chosen, all defaults
     return {
-      rounds: parseInt(rounds.value, 10) || 1,
+      ...extra,
+      rounds: Number(rounds.value),
       selection: selection.value,
       use_manager: managed,
       manager_model: managed ? managerModel.value : '',
-      participants: rowInputs.slice(0, n).map((r) => ({
+      participants: rowInputs.slice(0, n).map((r, i) => ({
+        ...(DEFAULTS.participants[i] || {}),  // what a row holds beyond its fields (own sampling)
         model: r.model.value, alias: r.alias.value.trim(), system_message: r.persona.value,
-        max_tokens: r.maxTokens.value === '' ? null : Math.max(0, parseInt(r.maxTokens.value, 10) || 0),
+        max_tokens: r.maxTokens.value === '' ? null : Number(r.maxTokens.value),
+        temperature: r.temperature.value === '' ? null : Number(r.temperature.value),
+        top_p: r.topP.value === '' ? null : Number(r.topP.value),
       })),
       pass_allowed: passAllowed.checked,
+      peer_review: selection.value === 'council' && peerReview.checked,
+      moderator: moderator.checked ? 'between_rounds' : '',
       stop_phrase: stopPhrase.value.trim(),
-      max_seconds: Math.max(0, parseFloat(maxSeconds.value) || 0),
-      max_total_tokens: Math.max(0, parseInt(maxTotal.value, 10) || 0),
-      closing: closingKind.value === 'vote' ? 'vote' : (closingKind.value === 'turn'
-        ? { model: closingModel.value, alias: closingAlias.value.trim(), prompt: closingPrompt.value.trim() }
-        : null),
+      max_seconds: Number(maxSeconds.value || 0),
+      max_total_tokens: Number(maxTotal.value || 0),
+      closing: closingKind.value === 'vote' ? 'vote' : (closingKind.value === 'turn' ? closing : null),
       preset: preset.value,
+      [RESOLVED_KEY]: true,  // every value is as shown: the server applies no preset to it
     };
+  };
+
+  // The server's limits, checked here so a refused value is named next to its field and
+  // nothing typed is lost.
+  const whole = (input, lo, hi, empty) => {
+    if (input.value === '' && empty) return true;
+    const v = Number(input.value);
+    return input.value !== '' && !input.validity.badInput && Number.isInteger(v) && v >= lo && v <= hi;
+  };
+  const named = (text) => !text || /[\p{L}\p{N}]/u.test(text);
+  const problems = () => {
+    const out = [];
+    const need = (ok, control, text) => { if (!ok) out.push([control, text]); };
+    need(whole(rounds, 1, MAX_ROUNDS), rounds, 'A whole number from 1 to ' + MAX_ROUNDS + '.');
+    need(whole(count, 1, LIMITS.participants), count, 'From 1 to ' + LIMITS.participants + '.');
+    const seen = new Map();
+    rowInputs.slice(0, participantCount()).forEach((r, i) => {
+      need(r.model.value, r.model.input, 'Choose a model for Participant ' + (i + 1) + '.');
+      const alias = r.alias.value.trim();
+      need(named(alias), r.alias, 'Give the name a letter or a digit.');
+      const key = alias.toLowerCase().replace(/\s+/g, ' ');
+      need(!key || !seen.has(key), r.alias, 'Participant ' + (seen.get(key) + 1) + ' has this name too.');
+      if (key && !seen.has(key)) seen.set(key, i);
+      need(r.persona.value.length <= LIMITS.persona, r.persona, 'At most ' + LIMITS.persona + ' characters (now ' + r.persona.value.length + ').');
+      need(whole(r.maxTokens, 0, LIMITS.max_tokens, true), r.maxTokens, 'Empty, or a whole number from 0 to ' + LIMITS.max_tokens + '.');
+      const within = (input, lo, hi, open) => input.value === '' || (!input.validity.badInput && Number(input.value) <= hi && (open ? Number(input.value) > lo : Number(input.value) >= lo));
+      need(within(r.temperature, 0, 2, false), r.temperature, 'Empty, or from 0 to 2.');
+      need(within(r.topP, 0, 1, true), r.topP, 'Empty, or above 0 and at most 1.');
+    });
+    need(stopPhrase.value.trim().length <= LIMITS.stop_phrase, stopPhrase, 'At most ' + LIMITS.stop_phrase + ' characters.');
+    const secs = Number(maxSeconds.value || 0);
+    need(!maxSeconds.validity.badInput && secs >= 0 && secs <= LIMITS.max_seconds, maxSeconds, 'From 0 to ' + LIMITS.max_seconds + ' seconds.');
+    need(whole(maxTotal, 0, LIMITS.max_total_tokens, true), maxTotal, 'A whole number from 0 to ' + LIMITS.max_total_tokens + '.');
+    if (closingKind.value === 'turn') {
+      need(named(closingAlias.value.trim()), closingAlias, 'Give the name a letter or a digit.');
+      need(closingPrompt.value.trim().length <= LIMITS.persona, closingPrompt, 'At most ' + LIMITS.persona + ' characters.');
+    }
+    return out;
+  };
+  const mark = (control, text) => {
+    const message = control.mmcMessage;
+    if (text) control.setAttribute('aria-invalid', 'true');
+    else control.removeAttribute('aria-invalid');
+    if (message) { message.textContent = text; message.hidden = !text; }
   };
   card.addEventListener('submit', (e) => {
     e.preventDefault();
-    const missing = rowInputs.slice(0, participantCount()).findIndex((r) => !r.model.value);
-    if (missing >= 0) {
-      const input = rowInputs[missing].model.input;
-      input.setAttribute('aria-invalid', 'true');
-      error.textContent = 'Choose a model for Participant ' + (missing + 1) + '.';
-      input.focus();
+    card.querySelectorAll('[aria-invalid]').forEach((node) => mark(node, ''));
+    const found = problems();
+    for (const [control, text] of found) mark(control, text);
+    if (found.length) {
+      error.textContent = found.length === 1 ? 'One field needs fixing.' : found.length + ' fields need fixing.';
+      found[0][0].focus();
       return;
     }
     finish(answer());
@@ -5506,7 +5823,9 @@ return await new Promise((resolve) => {
       rows,
       el('h3', { textContent: 'Who speaks next' }),
       el('div', { className: 'mmc-grid' }, [field('Order', selection, 'mmc-wide'), managerRow]),
+      peerRow,
       el('label', { className: 'mmc-check', for: passAllowed.id }, [passAllowed, 'Participants may answer PASS to skip a turn']),
+      el('label', { className: 'mmc-check', for: moderator.id }, [moderator, 'Ask me between rounds: I may add words, or end it']),
       el('h3', { textContent: 'When it ends' }),
       el('div', { className: 'mmc-grid mmc-top' }, [
         field('Stop phrase (anyone saying it ends it)', stopPhrase),
@@ -5575,14 +5894,239 @@ return await new Promise((resolve) => {
   window.addEventListener(CLOSE_EVENT, onClose);
   document.head.append(style);
   document.body.append(overlay);
-  const firstEmpty = rowInputs.find((r) => !r.model.value);
-  (firstEmpty ? firstEmpty.model.input : start).focus();
-  timer = setTimeout(() => finish(null), TIMEOUT_MS);
+  preset.focus();  // the first field: a stray Enter does not start the run
+  // It times out after TIMEOUT_MS without a key, click or edit in it (and after OPEN_MS in
+  // any case); a timed-out dialog is not remembered as the chat's setup.
+  const openedAt = Date.now();
+  const wait = () => {
+    clearTimeout(timer);
+    const left = Math.min(TIMEOUT_MS, OPEN_MS - (Date.now() - openedAt));
+    timer = setTimeout(() => finish(TIMED_OUT), Math.max(0, left));
+  };
+  for (const kind of ['keydown', 'input', 'pointerdown', 'change']) overlay.addEventListener(kind, wait, true);
+  wait();
 });
 """
 
-# The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them.
+# The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them: what
+# admins tune first (rounds, tokens, time limits, tools, the dialog), the streaming internals last.
 ADMIN_VALVES: dict[str, Any] = {
+    "MAX_ROUNDS": (
+        int,
+        Field(
+            default=20,
+            ge=1,
+            le=1000,
+            title="Most rounds",
+            description="Highest number of rounds a user may ask for.",
+        ),
+    ),
+    "MAX_TOKENS": (
+        int,
+        Field(
+            default=400,
+            ge=0,
+            title="Max tokens per turn",
+            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
+            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
+            "give them more. 0: no limit.",
+        ),
+    ),
+    "TURN_TIME_LIMIT": (
+        float,
+        Field(
+            default=180,
+            ge=0,
+            title="Time limit per turn (s)",
+            description="Seconds one turn may stream, however busy the model is; the turn keeps "
+            "what arrived and is marked as cut. 0: no limit.",
+        ),
+    ),
+    "TURN_TIMEOUT": (
+        float,
+        Field(
+            default=300,
+            gt=0,
+            title="Silence timeout (s)",
+            description="Seconds a participant's model may stay silent (no chunk) before its "
+            "turn ends with an error; also the limit for a non-streamed retry.",
+        ),
+    ),
+    "CONTEXT_TOKENS": (
+        int,
+        Field(
+            default=8192,
+            ge=0,
+            title="Assumed context size (tokens)",
+            description="Context size assumed for a participant model whose Open WebUI "
+            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
+            "parts cut in the middle to fit. "
+            "0: fit only after the model reports a context-length error.",
+        ),
+    ),
+    "OLLAMA_CONTEXT_TOKENS": (
+        int,
+        Field(
+            default=4096,
+            ge=0,
+            title="Ollama context size (tokens)",
+            description="Context size for an Ollama model whose Open WebUI settings name no "
+            "`num_ctx`: Ollama's default below 24 GiB of VRAM (OLLAMA_CONTEXT_LENGTH sets it on "
+            "the server). Requests are fitted to it and ask for it as `num_ctx`, so Ollama "
+            "drops nothing silently. 0: ask for none and fit as for other models.",
+        ),
+    ),
+    "MAX_TOOL_ROUNDS": (
+        int,
+        Field(
+            default=5,
+            ge=0,
+            le=50,
+            title="Tool rounds per turn",
+            description="Tool-call rounds per turn before the model must answer.",
+        ),
+    ),
+    "MAX_TOOL_CORRECTIONS": (
+        int,
+        Field(
+            default=2,
+            ge=0,
+            le=10,
+            title="Retries after a malformed tool call",
+            description="Silent retries per turn when a model calls an unknown tool or sends "
+            "arguments that are not a JSON object.",
+        ),
+    ),
+    "TOOL_TIMEOUT": (
+        float,
+        Field(
+            default=120,
+            gt=0,
+            title="Tool timeout (s)",
+            description="Seconds one tool call may run; then the model is told it timed out. A "
+            "synchronous tool runs in a thread, which finishes in the background.",
+        ),
+    ),
+    "TOOL_RESULT_MAX_CHARS": (
+        int,
+        Field(
+            default=100_000,
+            ge=1000,
+            title="Longest tool result (characters)",
+            description="Longest tool result given back to the model; the tool block in the "
+            "chat shows at most a fifth of it.",
+        ),
+    ),
+    "BUILTIN_TOOLS": (
+        bool,
+        Field(
+            default=False,
+            title="Offer built-in tools",
+            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
+            "...) to every participant whose model uses native function calling. Off: a "
+            "participant gets tools only when some are picked for the chat or its model, or a "
+            "feature such as web search is switched on.",
+        ),
+    ),
+    "CONFIG_OVERLAY": (
+        bool,
+        Field(
+            default=True,
+            title="Setup dialog",
+            description="Open the setup dialog in the browser for a chat that has no setup yet. "
+            "Off: the user valves are used.",
+        ),
+    ),
+    "OVERLAY_TIMEOUT": (
+        float,
+        Field(
+            default=180,
+            ge=5,
+            title="Setup dialog timeout (s)",
+            description="Seconds the dialog waits without a key, click or edit before it "
+            "closes; the conversation then runs with the user valves and the next message asks "
+            "again. Typing keeps it open (an hour at most).",
+        ),
+    ),
+    "MODERATOR_TIMEOUT": (
+        float,
+        Field(
+            default=120,
+            gt=0,
+            title="Moderator prompt timeout (s)",
+            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
+            "before round N?* waits for an answer; then the conversation goes on.",
+        ),
+    ),
+    "MANAGER_TIMEOUT": (
+        float,
+        Field(
+            default=30,
+            gt=0,
+            title="Manager timeout (s)",
+            description="Seconds the manager may take to pick a speaker; then the next "
+            "participant in order speaks.",
+        ),
+    ),
+    "MANAGER_HISTORY_CHARS": (
+        int,
+        Field(
+            default=8000,
+            ge=200,
+            title="Conversation shown to the manager (characters)",
+            description="Newest characters of the conversation shown to the manager.",
+        ),
+    ),
+    "TASK_TIMEOUT": (
+        float,
+        Field(
+            default=30,
+            gt=0,
+            title="Title and tags timeout (s)",
+            description="Seconds a background task (title, tags, follow-ups) may take. Open "
+            "WebUI keeps the message busy until its tasks end; one that takes longer is "
+            "dropped. A task model that gave no usable answer gets a third of it (and 120 "
+            "tokens) until it answers one.",
+        ),
+    ),
+    "SHOW_MODELS": (
+        bool,
+        Field(
+            default=False,
+            title="Show models in headings",
+            description="Show which model speaks behind each alias, in small type after the "
+            "speaker's name.",
+        ),
+    ),
+    "SHOW_USAGE": (
+        bool,
+        Field(
+            default=True,
+            title="Usage table at the end",
+            description="End each conversation with a collapsed table of what it cost: per "
+            "participant, the manager and the closing turn, turns, prompt and completion tokens "
+            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
+            "Never part of what the models read.",
+        ),
+    ),
+    "STOP_SEQUENCES": (
+        bool,
+        Field(
+            default=True,
+            title="Stop at other speakers' names",
+            description="Send the other participants' and the user's `Name:` labels as stop "
+            "sequences, so a model ends its turn instead of writing their lines (a reply that "
+            "still does is cut there anyway). Switch off for models that reject `stop`.",
+        ),
+    ),
+    "PIPE_NAME": (
+        str,
+        Field(
+            default="Multi-Model Conversation",
+            title="Name in the model picker",
+            description="What users pick in the model list to start a conversation.",
+        ),
+    ),
     "EMIT_INTERVAL": (
         float,
         Field(
@@ -5631,220 +6175,6 @@ ADMIN_VALVES: dict[str, Any] = {
             title="Longest gap between saves (s)",
             description="Longest gap between two whole copies of the message (saves, or "
             "updates that change earlier text), however long the chat.",
-        ),
-    ),
-    "MAX_ROUNDS": (
-        int,
-        Field(
-            default=20,
-            ge=1,
-            le=1000,
-            title="Most rounds",
-            description="Highest number of rounds a user may ask for.",
-        ),
-    ),
-    "CONFIG_OVERLAY": (
-        bool,
-        Field(
-            default=True,
-            title="Setup dialog",
-            description="Open the setup dialog in the browser for a chat that has no setup yet. "
-            "Off: the user valves are used.",
-        ),
-    ),
-    "OVERLAY_TIMEOUT": (
-        float,
-        Field(
-            default=180,
-            ge=5,
-            title="Setup dialog timeout (s)",
-            description="Seconds to wait for the dialog before falling back to the user valves.",
-        ),
-    ),
-    "MAX_TOOL_ROUNDS": (
-        int,
-        Field(
-            default=5,
-            ge=0,
-            le=50,
-            title="Tool rounds per turn",
-            description="Tool-call rounds per turn before the model must answer.",
-        ),
-    ),
-    "MAX_TOOL_CORRECTIONS": (
-        int,
-        Field(
-            default=2,
-            ge=0,
-            le=10,
-            title="Retries after a malformed tool call",
-            description="Silent retries per turn when a model calls an unknown tool or sends "
-            "arguments that are not a JSON object.",
-        ),
-    ),
-    "TOOL_TIMEOUT": (
-        float,
-        Field(
-            default=120,
-            gt=0,
-            title="Tool timeout (s)",
-            description="Seconds one tool call may run; then the model is told it timed out. A "
-            "synchronous tool runs in a thread, which finishes in the background.",
-        ),
-    ),
-    "TURN_TIMEOUT": (
-        float,
-        Field(
-            default=300,
-            gt=0,
-            title="Silence timeout (s)",
-            description="Seconds a participant's model may stay silent (no chunk) before its "
-            "turn ends with an error; also the limit for a non-streamed retry.",
-        ),
-    ),
-    "MAX_TOKENS": (
-        int,
-        Field(
-            default=400,
-            ge=0,
-            title="Max tokens per turn",
-            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
-            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
-            "give them more. 0: no limit.",
-        ),
-    ),
-    "TURN_TIME_LIMIT": (
-        float,
-        Field(
-            default=180,
-            ge=0,
-            title="Time limit per turn (s)",
-            description="Seconds one turn may stream, however busy the model is; the turn keeps "
-            "what arrived and is marked as cut. 0: no limit.",
-        ),
-    ),
-    "CONTEXT_TOKENS": (
-        int,
-        Field(
-            default=8192,
-            ge=0,
-            title="Assumed context size (tokens)",
-            description="Context size assumed for a participant model whose Open WebUI "
-            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
-            "parts cut in the middle to fit. "
-            "0: fit only after the model reports a context-length error.",
-        ),
-    ),
-    "OLLAMA_CONTEXT_TOKENS": (
-        int,
-        Field(
-            default=4096,
-            ge=0,
-            title="Ollama context size (tokens)",
-            description="Context size for an Ollama model whose Open WebUI settings name no "
-            "`num_ctx`: Ollama's default below 24 GiB of VRAM (OLLAMA_CONTEXT_LENGTH sets it on "
-            "the server). Requests are fitted to it and ask for it as `num_ctx`, so Ollama "
-            "drops nothing silently. 0: ask for none and fit as for other models.",
-        ),
-    ),
-    "TOOL_RESULT_MAX_CHARS": (
-        int,
-        Field(
-            default=100_000,
-            ge=1000,
-            title="Longest tool result (characters)",
-            description="Longest tool result given back to the model; the tool block in the "
-            "chat shows at most a fifth of it.",
-        ),
-    ),
-    "TASK_TIMEOUT": (
-        float,
-        Field(
-            default=30,
-            gt=0,
-            title="Title and tags timeout (s)",
-            description="Seconds a background task (title, tags, follow-ups) may take. Open "
-            "WebUI keeps the message busy until its tasks end; one that takes longer is "
-            "dropped. A task model that gave no usable answer gets a third of it (and 120 "
-            "tokens) until it answers one.",
-        ),
-    ),
-    "MANAGER_TIMEOUT": (
-        float,
-        Field(
-            default=30,
-            gt=0,
-            title="Manager timeout (s)",
-            description="Seconds the manager may take to pick a speaker; then the next "
-            "participant in order speaks.",
-        ),
-    ),
-    "MANAGER_HISTORY_CHARS": (
-        int,
-        Field(
-            default=8000,
-            ge=200,
-            title="Conversation shown to the manager (characters)",
-            description="Newest characters of the conversation shown to the manager.",
-        ),
-    ),
-    "MODERATOR_TIMEOUT": (
-        float,
-        Field(
-            default=120,
-            gt=0,
-            title="Moderator prompt timeout (s)",
-            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
-            "before round N?* waits for an answer; then the conversation goes on.",
-        ),
-    ),
-    "SHOW_MODELS": (
-        bool,
-        Field(
-            default=False,
-            title="Show models in headings",
-            description="Show which model speaks behind each alias, in small type after the "
-            "speaker's name.",
-        ),
-    ),
-    "SHOW_USAGE": (
-        bool,
-        Field(
-            default=True,
-            title="Usage table at the end",
-            description="End each conversation with a collapsed table of what it cost: per "
-            "participant, the manager and the closing turn, turns, prompt and completion tokens "
-            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
-            "Never part of what the models read.",
-        ),
-    ),
-    "STOP_SEQUENCES": (
-        bool,
-        Field(
-            default=True,
-            title="Stop at other speakers' names",
-            description="Send the other participants' and the user's `Name:` labels as stop "
-            "sequences, so a model ends its turn instead of writing their lines (a reply that "
-            "still does is cut there anyway). Switch off for models that reject `stop`.",
-        ),
-    ),
-    "BUILTIN_TOOLS": (
-        bool,
-        Field(
-            default=False,
-            title="Offer built-in tools",
-            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
-            "...) to every participant whose model uses native function calling. Off: a "
-            "participant gets tools only when some are picked for the chat or its model, or a "
-            "feature such as web search is switched on.",
-        ),
-    ),
-    "PIPE_NAME": (
-        str,
-        Field(
-            default="Multi-Model Conversation",
-            title="Name in the model picker",
-            description="What users pick in the model list to start a conversation.",
         ),
     ),
 }
@@ -5897,15 +6227,6 @@ USER_VALVES: dict[str, Any] = {
             "are filled in; text without `{alias}` gets the alias appended (as v2 did).",
         ),
     ),
-    "UseGroupChatManager": (
-        bool,
-        Field(
-            default=False,
-            title="Use a manager",
-            description="Let a manager model pick who speaks next (when *Who speaks next* is "
-            "empty).",
-        ),
-    ),
     "ManagerModel": (
         str,
         Field(
@@ -5938,7 +6259,7 @@ USER_VALVES: dict[str, Any] = {
             title="Who speaks next",
             description="`round_robin`: everyone in order; `manager`: the manager model picks; "
             "`random`: anyone but the last speaker; `mention`: those you @name in your message "
-            "first. Empty: *Use a manager* decides.",
+            "first. Empty: round robin (or what a preset says).",
         ),
     ),
     "ShowManagerReason": (
@@ -6063,6 +6384,10 @@ Pipe.Valves = create_model("Valves", **ADMIN_VALVES)
 Pipe.UserValves = create_model(
     "UserValves",
     __validators__={
+        # v2's "Use a manager" switch, still in saved valves, is *Who speaks next: manager*.
+        "_a_manager_switch": model_validator(mode="before")(
+            lambda cls, data: manager_switch_as_selection(data)
+        ),
         # The host resets every user valve when one fails: old free-text values must still load.
         "_a_count": field_validator("NUM_PARTICIPANTS", mode="before")(
             lambda cls, value: participant_count(value)

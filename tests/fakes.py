@@ -307,6 +307,16 @@ class Overlay:
         return self.answer
 
 
+async def streamed_text(result: Any) -> tuple[str, list[dict]]:
+    """What the host makes of a pipe's answer: its text, and the frames (dicts) after it,
+    which carry the message's usage. A streamed conversation is an async generator."""
+    if isinstance(result, str):
+        return result, []
+    parts = [part async for part in result]
+    frames = [part for part in parts if isinstance(part, dict)]
+    return "".join(part for part in parts if isinstance(part, str)), frames
+
+
 class PipeHarness:
     """A Pipe wired to a FakeHost and FakeClock, called the way Open WebUI calls it."""
 
@@ -353,9 +363,5 @@ class PipeHarness:
             __metadata__=meta,
             __task__=task,
         )
-        if isinstance(result, str):
-            return result
-        # A streamed conversation ends with a frame carrying the message's usage.
-        parts = [part async for part in result]
-        self.usage_frames = [part for part in parts if isinstance(part, dict)]
-        return "".join(part for part in parts if isinstance(part, str))
+        text, self.usage_frames = await streamed_text(result)
+        return text

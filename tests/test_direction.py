@@ -76,7 +76,7 @@ def test_a_preset_fills_what_is_left_out_and_what_is_given_wins():
     mine = mmc.parse_config(
         {"preset": "review panel", "participants": rows, "rounds": 5, "closing": None}, 20
     )
-    assert mine.rounds == 5 and mine.pass_allowed and mine.closing == "vote"
+    assert mine.rounds == 5 and mine.pass_allowed and mine.closing is None  # null: no closing
     presets = {"debate", "brainstorm", "review_panel", "interview", "council"}  # council: issue 21
     assert set(mmc.PRESETS) == presets
     for name in mmc.PRESETS:  # every preset is a valid config
@@ -98,7 +98,8 @@ def test_user_valves_carry_the_new_keys_and_a_preset_fills_the_rest():
     parsed = mmc.parse_config(mmc.config_from_user_valves(valves), 20)
     assert parsed.selection == "mention" and parsed.stop_phrase == "DONE"
     assert parsed.max_total_tokens == 500 and parsed.pass_allowed  # from the preset
-    assert parsed.closing == mmc.ClosingConfig(model="c", alias="", prompt="Sum up.")
+    # the closing turn it names keeps the preset's name for it where it leaves the name empty
+    assert parsed.closing == mmc.ClosingConfig(model="c", alias="Summary", prompt="Sum up.")
     voting = mmc.Pipe.UserValves(NUM_PARTICIPANTS=1, Participant1Model="a", ClosingVote=True)
     assert mmc.parse_config(mmc.config_from_user_valves(voting), 20).closing == "vote"
 
@@ -406,7 +407,9 @@ async def test_a_vote_asks_everyone_once_and_tallies():
 
     result = await h.run()
 
-    assert speakers(result) == ["A", "B", "C", "A", "B", "C"]
+    # issue 19: the vote turns are labelled as votes
+    votes = [f"{alias}{mmc.VOTE_LABEL}" for alias in "ABC"]
+    assert speakers(result) == ["A", "B", "C", *votes]
     assert mmc.md_unescape(result).endswith("*🗳️ Vote: Tea 2 (A, C) · coffee 1 (B)*")
     for request in streamed(h)[3:]:
         assert request["messages"][-1]["content"].endswith(mmc.VOTE_PROMPT)

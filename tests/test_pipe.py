@@ -135,7 +135,9 @@ async def test_an_unanswered_overlay_times_out_to_the_valves():
     for _ in range(10):
         await asyncio.sleep(0)
     assert not run.done()
-    h.clock.advance(64.9)
+    # issue 19: the tab's dialog times out after 60 quiet seconds; the server waits for its
+    # answer up to the longest a dialog stays open (typing keeps it open), and the slack.
+    h.clock.advance(mmc.DIALOG_MAX_OPEN + 4.9)
     await asyncio.sleep(0)
     assert not run.done(), "gave up before the overlay's timeout"
     h.clock.advance(0.2)
@@ -206,7 +208,8 @@ async def test_a_broken_saved_config_says_how_to_choose_again():
 
     overlay = Overlay(config("m1"))
     result = await h.run("/reconfigure", event_call=overlay)
-    assert len(overlay.calls) == 1 and speakers(result) == ["M1"]
+    # issue 19: the command is not a topic; with nothing else in the chat nobody speaks yet
+    assert len(overlay.calls) == 1 and result == mmc.SETUP_SAVED
 
 
 async def test_the_pipe_cannot_be_its_own_participant():

@@ -15,8 +15,10 @@ from tests.integration.test_browser import (
     CHROMIUM,
     CONTENT,
     FUNCTION_ID,
+    OVERLAY,
     browser_page,
     install_pipe,
+    pick_model,
     send_to_pipe,
     sign_in,
     speaker_headings,
@@ -135,3 +137,47 @@ async def test_the_moderator_prompt_between_rounds_in_the_browser(owui: Owui, ba
             assert await speaker_headings(page) == ["Ada", "Bob", "Admin", "Ada", "Bob"]
     finally:
         await owui.set_user_valves(FUNCTION_ID, {}, merge=False)
+
+
+async def test_the_dialog_sets_up_a_council_a_moderator_and_own_sampling(
+    owui: Owui, backend
+) -> None:
+    for model in ANSWERS:
+        backend.set_script(model, ModelScript(reply=council_reply, delay=0.01))
+    await install_pipe(owui)
+    await owui.set_user_valves(FUNCTION_ID, {}, merge=False)
+    async with browser_page() as (_, page, dialogs):
+        await sign_in(page, owui)
+        await send_to_pipe(page, owui, "Best first language?")
+        overlay = page.locator(OVERLAY)
+        await overlay.wait_for()
+        await overlay.locator("input[name=rounds]").fill("1")
+        await overlay.locator("input[name=count]").fill("3")
+        review = overlay.locator("input[name=peer_review]")
+        assert not await review.is_visible()  # shown for a council only
+        await overlay.locator("select[name=selection]").select_option("council")
+        await review.check()
+        boxes = overlay.locator("fieldset[data-participant]")
+        for i, model in enumerate(ANSWERS):
+            await pick_model(boxes.nth(i), "model", model)
+        # A temperature out of range is named by its field, and nothing is lost.
+        await boxes.nth(0).locator("input[name=temperature]").fill("3")
+        await overlay.locator("#mmc-start").click()
+        assert await overlay.is_visible()
+        assert "from 0 to 2" in await overlay.inner_text()
+        await boxes.nth(0).locator("input[name=temperature]").fill("0.3")
+        await boxes.nth(2).locator("input[name=top_p]").fill("0.5")
+        await overlay.locator("#mmc-start").click()
+        await overlay.wait_for(state="detached")
+        await wait_finished(page)
+
+        assert len(await speaker_headings(page)) == 6  # three answers, three reviews
+        assert await page.locator(CONTENT).last.locator("table").count() == 1
+        firsts = [r for r in backend.requests if r.stream][:3]
+        by_model = {r.model: r for r in firsts}
+        assert by_model["model-a"].body["temperature"] == 0.3
+        assert by_model["model-c"].body["top_p"] == 0.5
+        saved = (await owui.get_chat(page.url.rsplit("/", 1)[-1]))["meta"]["multi_model_config"]
+        assert saved["selection"] == "council" and saved["peer_review"] is True
+        assert saved["participants"][0]["temperature"] == 0.3
+        assert dialogs == []
