@@ -6114,9 +6114,11 @@ ADMIN_VALVES: dict[str, Any] = {
         Field(
             default=True,
             title="Stop at other speakers' names",
-            description="Send the other participants' and the user's `Name:` labels as stop "
-            "sequences, so a model ends its turn instead of writing their lines (a reply that "
-            "still does is cut there anyway). Switch off for models that reject `stop`.",
+            description='Send `Name said: "` and `Name: "` at a line start for the next two '
+            "speakers (or the user) as stop sequences, so a model ends its turn instead of "
+            "writing their lines (only forms the guard cuts anyway: a bare `Name:` would also "
+            "cut `Alice: you are right`). Switch off for models that reject `stop`; the pipe "
+            "still cuts such lines itself.",
         ),
     ),
     "PIPE_NAME": (

@@ -672,11 +672,16 @@ class BackendThread:
         self.backend.reset()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI: serve the given models until interrupted."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def serve_cli(
+    argv: list[str] | None, make: Callable[..., Any], models: str, what: str, doc: str
+) -> None:
+    """A scripted server's command line: serve the given models until interrupted.
+
+    `make(scripts, default=..., port=...)` builds the server (ScriptedBackend, ScriptedOllama).
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--models", default="model-a,model-b,model-c", help="comma separated")
+    parser.add_argument("--models", default=models, help="comma separated")
     parser.add_argument("--tokens", type=int, default=ModelScript.tokens)
     parser.add_argument("--delay", type=float, default=ModelScript.delay)
     parser.add_argument("--reasoning-tokens", type=int, default=0)
@@ -684,21 +689,26 @@ def main(argv: list[str] | None = None) -> None:
     script = ModelScript(
         tokens=args.tokens, delay=args.delay, reasoning_tokens=args.reasoning_tokens
     )
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
 
     async def serve() -> None:
-        backend = ScriptedBackend({m: script for m in models}, default=script, port=args.port)
-        await backend.start()
+        server = make({m: script for m in names}, default=script, port=args.port)
+        await server.start()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        print(f"scripted backend serving {', '.join(models)} at {backend.url}", flush=True)
+        print(f"scripted {what} serving {', '.join(names)} at {server.url}", flush=True)
         try:
             await stop.wait()
         finally:
-            await backend.stop()
+            await server.stop()
 
     asyncio.run(serve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: serve the given models until interrupted."""
+    serve_cli(argv, ScriptedBackend, "model-a,model-b,model-c", "backend", __doc__)
 
 
 if __name__ == "__main__":

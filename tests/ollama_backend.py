@@ -12,11 +12,9 @@ One token is one word, as in the OpenAI-style backend. Every request is recorded
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +31,7 @@ from tests.backend import (
     _reasoning_of,
     bound_tokens,
     prompt_tokens,
+    serve_cli,
     split_tokens,
     wants_tool_call,
 )
@@ -320,31 +319,8 @@ def ollama_thread(*models: str, **kwargs: Any) -> BackendThread:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: serve the given models as an Ollama server until interrupted."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--models", default="llama-a:latest,llama-b:latest,llama-c:latest")
-    parser.add_argument("--tokens", type=int, default=ModelScript.tokens)
-    parser.add_argument("--delay", type=float, default=ModelScript.delay)
-    parser.add_argument("--reasoning-tokens", type=int, default=0)
-    args = parser.parse_args(argv)
-    script = ModelScript(
-        tokens=args.tokens, delay=args.delay, reasoning_tokens=args.reasoning_tokens
-    )
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-
-    async def serve() -> None:
-        server = ScriptedOllama({m: script for m in models}, default=script, port=args.port)
-        await server.start()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        print(f"scripted Ollama serving {', '.join(models)} at {server.url}", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await server.stop()
-
-    asyncio.run(serve())
+    models = "llama-a:latest,llama-b:latest,llama-c:latest"
+    serve_cli(argv, ScriptedOllama, models, "Ollama", __doc__)
 
 
 if __name__ == "__main__":
