@@ -159,3 +159,12 @@ async def test_hand_offs_and_own_sampling_in_the_real_host(owui, backend, admin_
     a, c, b = backend.requests
     assert a.body["temperature"] == 0.3 and c.body["top_p"] == 0.5
     assert b.body["temperature"] == 1.0 and b.body["top_p"] == 0.8
+
+    # A follow-up: the stored setup keeps each one's sampling, and the hand-off works again.
+    backend.reset()
+    backend.set_script("model-b", reply="Fine by me.\n\n@A, your call.")
+    follow = await run_chat(admin_socket, None, pipe, "@b first, please.", chat_id=result.chat_id)
+    assert follow.calls == [] and speakers(follow.saved) == ["B", "A", "C"]
+    by_model = {r.model: r for r in backend.requests}
+    assert by_model["model-a"].body["temperature"] == 0.3
+    assert by_model["model-c"].body["top_p"] == 0.5
