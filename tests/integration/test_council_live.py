@@ -22,15 +22,16 @@ def seen_by(request) -> str:
 async def test_a_council_round_runs_at_once_and_a_follow_up_hears_it(
     owui, backend, admin_socket, pipe
 ):
-    for model, delay in (("model-a", 0.02), ("model-b", 0.01), ("model-c", 0.005)):
+    # A streams for 3 s: long enough that a loaded machine still starts B and C meanwhile.
+    for model, delay in (("model-a", 0.075), ("model-b", 0.03), ("model-c", 0.01)):
         backend.set_script(model, tokens=40, delay=delay)
     admin_socket.answer("execute", council("model-a", "model-b", "model-c"))
 
     first = await run_chat(admin_socket, None, pipe, "Tea or coffee?", timeout=120)
 
     assert speakers(first.saved) == ["A", "B", "C"] and first.saved == first.delivered
-    a, b, c = backend.requests
-    # All three were asked before the slowest (A, 0.8 s of tokens) finished.
+    a, b, c = (backend.requests_for(m)[0] for m in ("model-a", "model-b", "model-c"))
+    # All three were asked before the slowest (A, 3 s of tokens) finished.
     assert max(r.received_at for r in (a, b, c)) < a.last_token_at
     for request in (a, b, c):  # nobody heard another's answer of the round
         assert not any(r.reply.strip() in seen_by(request) for r in (a, b, c))

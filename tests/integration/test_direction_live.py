@@ -174,7 +174,9 @@ async def test_a_vote_is_cast_and_tallied(owui, backend, admin_socket, pipe):
     result = await run_chat(admin_socket, None, pipe, "Tea or coffee?")
 
     assert [r.model for r in backend.requests] == ["model-a", "model-b", "model-c"] * 2
-    assert speakers(result.saved) == ["A", "B", "C"] * 2 and result.saved == result.delivered
+    # Vote turns are labelled as votes (issue 19).
+    voters = [f"{x} · 🗳️ vote" for x in "ABC"]
+    assert speakers(result.saved) == ["A", "B", "C", *voters] and result.saved == result.delivered
     assert unescaped(result.saved).endswith("*🗳️ Vote: tea 2 (A, C) · Coffee 1 (B)*")
     assert all("VOTE: <your choice" in str(r.messages[-1]) for r in backend.requests[3:])
 
