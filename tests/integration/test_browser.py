@@ -18,6 +18,7 @@ MMC_SCREENSHOTS=1, else into the test's temporary directory, so a run leaves the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -166,12 +167,14 @@ async def sign_in(page: Page, owui: Owui, through_form: bool = False) -> None:
     Open WebUI 0.12.4 refuses a 16th sign-in of one account within 3 minutes
     (`signin_rate_limiter`), and a test session opens more pages than that: one test signs in
     through the form, the others reuse the token the form would have stored."""
-    await page.goto(f"{owui.url}/auth")
     if not through_form:
-        await page.evaluate("t => localStorage.setItem('token', t)", owui.admin_token)
+        # Before any of the app's scripts run, on every page load: the app never sees a page
+        # without it (set after loading /auth, it raced the page's own start in 2 of 12 runs).
+        await page.add_init_script(f"localStorage.setItem('token', {json.dumps(owui.admin_token)})")
         await page.goto(owui.url)
         await page.locator("#chat-input").wait_for()
         return
+    await page.goto(f"{owui.url}/auth")
     await page.fill("#email", ADMIN_EMAIL)
     await page.fill("#password", ADMIN_PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
