@@ -3852,13 +3852,11 @@ class TurnStreamer:
         """System prompt, then `turns` fitted into `room`; None: not even the system prompt,
         the topic and the latest message fit."""
         system = {"role": "system", "content": system_text}
-        self.sources = echo_sources(system_text, turns)
         if room is not None:
             fitted = fit_turns(turns, room - message_chars([system]))
             if fitted is None:
                 return None
             turns = fitted.turns
-            self.sources = echo_sources(system_text, turns)
             if fitted.omitted:
                 log.debug("%s: %d earlier turns left out", p.alias, fitted.omitted)
             if fitted.shortened and profile.model_id not in self._told_shortened:
@@ -3869,6 +3867,7 @@ class TurnStreamer:
                     f"{size:,} characters kept, the middle left out to fit its context "
                     f"({self.budget.limit(profile):,} tokens).*"
                 )
+        self.sources = echo_sources(system_text, turns)  # what it is shown, once fitted
         return [system, *messages_for(p.alias, turns, self.user_name)]
 
     @staticmethod
