@@ -99,7 +99,9 @@ def one_line_alias(value: str) -> str:
     if len(value) > MAX_ALIAS_CHARS:
         raise ValueError(f"the alias is longer than {MAX_ALIAS_CHARS} characters")
     if value and not normalize_name(value):
-        raise ValueError(f"the alias '{value}' needs a letter or a digit, so it can be named")
+        raise ValueError(
+            f"the alias '{value}' needs a letter or a digit, so it can be named"
+        )
     return value
 
 
@@ -173,7 +175,9 @@ class ConversationConfig(BaseModel):
     rounds: int = Field(ge=1)
     use_manager: bool = False  # v2's key; kept equal to selection == "manager"
     manager_model: str = ""
-    participants: list[ParticipantConfig] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
+    participants: list[ParticipantConfig] = Field(
+        min_length=1, max_length=MAX_PARTICIPANTS
+    )
     selection: Literal[SELECTIONS] = "round_robin"
     pass_allowed: bool = False
     stop_phrase: str = Field(default="", max_length=MAX_STOP_PHRASE_CHARS)
@@ -211,10 +215,14 @@ class ConversationConfig(BaseModel):
         if not data.get("selection"):
             data["selection"] = "manager" if data.get("use_manager") else "round_robin"
         closing = data.get("closing")
-        if closing in ("", "none", False) or (isinstance(closing, dict) and _empty_row(closing)):
+        if closing in ("", "none", False) or (
+            isinstance(closing, dict) and _empty_row(closing)
+        ):
             data["closing"] = None
         elif isinstance(closing, str) and closing != "vote":
-            raise ValueError('Closing turn: choose "vote" or a closing model, alias and task')
+            raise ValueError(
+                'Closing turn: choose "vote" or a closing model, alias and task'
+            )
         return data
 
     @model_validator(mode="after")
@@ -231,7 +239,8 @@ RESOLVED_KEY = "preset_resolved"
 
 def stored_form(config: ConversationConfig) -> dict[str, Any]:
     """What a chat remembers. v2's keys always; a setup from a preset whole and marked resolved
-    (every value as confirmed); any other one with a newer key only when set, as v2 stored it."""
+    (every value as confirmed); any other one with a newer key only when set, as v2 stored it.
+    """
     if config.preset:
         return {**config.model_dump(), RESOLVED_KEY: True}
     fields = ConversationConfig.model_fields
@@ -250,13 +259,16 @@ def preset_name(value: Any) -> str:
 def apply_preset(raw: dict) -> dict:
     """Turn a config's preset into values, once: the preset gives every key the config leaves out
     (`closing: null` is "no closing", not left out), the empty fields of a closing turn it names,
-    and the empty aliases and personas of its rows. What the config gives always wins."""
+    and the empty aliases and personas of its rows. What the config gives always wins.
+    """
     name = preset_name(raw.get("preset"))
     if not name:
         return raw
     preset = PRESETS.get(name)
     if preset is None:
-        raise ConfigError(f"Unknown preset '{raw.get('preset')}'. Presets: {', '.join(PRESETS)}.")
+        raise ConfigError(
+            f"Unknown preset '{raw.get('preset')}'. Presets: {', '.join(PRESETS)}."
+        )
     given = {k: v for k, v in raw.items() if v is not None or k == "closing"}
     merged: dict[str, Any] = {**preset["config"], **given, "preset": name}
     closing, hint = merged.get("closing"), preset["config"].get("closing")
@@ -266,9 +278,11 @@ def apply_preset(raw: dict) -> dict:
     if isinstance(rows, list):
         hints = preset["participants"]
         merged["participants"] = [
-            _filled(row, hints[i], ("alias", "system_message"))
-            if isinstance(row, dict) and i < len(hints)
-            else row
+            (
+                _filled(row, hints[i], ("alias", "system_message"))
+                if isinstance(row, dict) and i < len(hints)
+                else row
+            )
             for i, row in enumerate(rows)
         ]
     return merged
@@ -278,7 +292,11 @@ def _filled(given: dict, hint: dict, keys: tuple[str, ...]) -> dict:
     """`given` with each of `keys` it leaves empty taken from `hint`."""
     return {
         **given,
-        **{k: hint[k] for k in keys if k in hint and not str(given.get(k) or "").strip()},
+        **{
+            k: hint[k]
+            for k in keys
+            if k in hint and not str(given.get(k) or "").strip()
+        },
     }
 
 
@@ -295,10 +313,15 @@ def _parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"The configuration is not valid JSON ({exc.msg}).") from exc
+            raise ConfigError(
+                f"The configuration is not valid JSON ({exc.msg})."
+            ) from exc
     if not isinstance(raw, dict):
-        raise ConfigError("The configuration must be an object with participants and rounds.")
-    rows: list[int] = []  # the position of each row kept, to name it as the user sees it
+        raise ConfigError(
+            "The configuration must be an object with participants and rounds."
+        )
+    # The position of each row kept, to name it as the user sees it
+    rows: list[int] = []
     if isinstance(raw.get("participants"), list):
         # The overlay and v2 leave empty rows for unused participant slots.
         given = raw["participants"]
@@ -313,7 +336,9 @@ def _parse_config(raw: Any, max_rounds: int) -> ConversationConfig:
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, rows)) from exc
     if config.rounds > max_rounds:
-        raise ConfigError(f"Rounds must be between 1 and {max_rounds}; got {config.rounds}.")
+        raise ConfigError(
+            f"Rounds must be between 1 and {max_rounds}; got {config.rounds}."
+        )
     for participant, row in zip(config.participants, rows, strict=False):
         participant._row = row
     return config
@@ -350,7 +375,9 @@ _FIELD_NAMES = {
 }
 
 
-def _describe_validation_error(exc: ValidationError, rows: list[int] | None = None) -> str:
+def _describe_validation_error(
+    exc: ValidationError, rows: list[int] | None = None
+) -> str:
     """Every problem as the dialog names it ("Participant 4: choose a model"), one sentence each.
 
     `rows` maps the validated participants back to the rows the user filled in (empty rows
@@ -359,10 +386,13 @@ def _describe_validation_error(exc: ValidationError, rows: list[int] | None = No
     problems = [
         _problem([p for p in err["loc"] if p != "ClosingConfig"], err, rows or [])
         for err in exc.errors()
-        if "literal['vote']" not in err["loc"]  # closing's other branch: the first one says it
+        if "literal['vote']"
+        not in err["loc"]  # closing's other branch: the first one says it
     ]
     unique = list(dict.fromkeys(problems))
-    return "The setup is not valid. " + " ".join(f"{p[0].upper()}{p[1:]}." for p in unique)
+    return "The setup is not valid. " + " ".join(
+        f"{p[0].upper()}{p[1:]}." for p in unique
+    )
 
 
 def _problem(loc: list, err: dict, rows: list[int]) -> str:
@@ -384,7 +414,10 @@ def _problem(loc: list, err: dict, rows: list[int]) -> str:
         if not field and kind in ("model_type", "dict_type"):
             return f"{place}: must be an object with model, alias and persona"
     else:
-        place, field = _FIELD_NAMES.get(str(loc[0]), str(loc[0])) if loc else "", loc[1:]
+        place, field = (
+            _FIELD_NAMES.get(str(loc[0]), str(loc[0])) if loc else "",
+            loc[1:],
+        )
     if kind == "value_error":  # our validators' own words name what they check
         return f"{place}: {str(err['msg']).removeprefix('Value error, ')}".lstrip(": ")
     where = ", ".join([place, *(_FIELD_NAMES.get(str(f), str(f)) for f in field)])
@@ -437,7 +470,11 @@ def valve_choice(value: Any, choices: Any) -> str:
 
 def manager_switch_as_selection(data: Any) -> Any:
     """Saved valves with v2's `UseGroupChatManager` on and no *Who speaks next*: the manager."""
-    if isinstance(data, dict) and data.get("UseGroupChatManager") and not data.get("Selection"):
+    if (
+        isinstance(data, dict)
+        and data.get("UseGroupChatManager")
+        and not data.get("Selection")
+    ):
         data = {**data, "Selection": "manager"}
     return data
 
@@ -452,7 +489,8 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
             {
                 "model": getattr(valves, f"Participant{i}Model", "") or "",
                 "alias": getattr(valves, f"Participant{i}Alias", "") or "",
-                "system_message": getattr(valves, f"Participant{i}SystemMessage", "") or "",
+                "system_message": getattr(valves, f"Participant{i}SystemMessage", "")
+                or "",
             }
         )
     config: dict[str, Any] = {
@@ -470,7 +508,9 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
         "max_total_tokens": getattr(valves, "MaxTotalTokens", 0),
         "preset": getattr(valves, "Preset", ""),
         "peer_review": getattr(valves, "PeerReview", False),
-        "moderator": "between_rounds" if getattr(valves, "AskBetweenRounds", False) else "",
+        "moderator": (
+            "between_rounds" if getattr(valves, "AskBetweenRounds", False) else ""
+        ),
     }
     config.update({k: v for k, v in optional.items() if v})
     if getattr(valves, "ClosingVote", False):
@@ -498,13 +538,17 @@ class Participant:
     top_p: float | None = None
 
 
-def make_participants(config: ConversationConfig, names: dict[str, str]) -> list[Participant]:
+def make_participants(
+    config: ConversationConfig, names: dict[str, str]
+) -> list[Participant]:
     """Give every participant a unique alias (model name by default) and its colour mark."""
     result: list[Participant] = []
     taken: set[str] = set()
     for i, row in enumerate(config.participants):
         base = row.alias or names.get(row.model, row.model)
-        alias = unique_alias(" ".join(base.split())[:MAX_ALIAS_CHARS] or row.model, taken)
+        alias = unique_alias(
+            " ".join(base.split())[:MAX_ALIAS_CHARS] or row.model, taken
+        )
         result.append(
             Participant(
                 i,
@@ -588,7 +632,9 @@ class SSEDecoder:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def feed(self, chunk: bytes | str) -> list[str]:
-        text = self._utf8.decode(chunk) if isinstance(chunk, bytes | bytearray) else chunk
+        text = (
+            self._utf8.decode(chunk) if isinstance(chunk, bytes | bytearray) else chunk
+        )
         if not text:
             return []
         if self._pending_cr and text.startswith("\n"):
@@ -606,7 +652,9 @@ class SSEDecoder:
 
     def flush(self) -> list[str]:
         """End of stream: a last event without its blank line still counts."""
-        events = self.feed(self._utf8.decode(b"", final=True))  # a character cut off at the end
+        events = self.feed(
+            self._utf8.decode(b"", final=True)
+        )  # a character cut off at the end
         if self._partial:
             self._line(self._partial, events)
             self._partial = ""
@@ -651,7 +699,10 @@ def decode_frame(payload: str) -> list[StreamEvent]:
         return []  # an empty data line: a keep-alive
     try:
         frame = json.loads(payload)
-    except (ValueError, RecursionError):  # not JSON, or JSON too deep or too large to read
+    except (
+        ValueError,
+        RecursionError,
+    ):  # not JSON, or JSON too deep or too large to read
         frame = None
     if not isinstance(frame, dict):
         log.debug("skipping a stream frame that is not a JSON object: %.80r", payload)
@@ -661,7 +712,10 @@ def decode_frame(payload: str) -> list[StreamEvent]:
     events: list[StreamEvent] = []
     usage = frame.get("usage")
     if isinstance(usage, dict):
-        total, prompt = _count_of(usage.get("total_tokens")), _count_of(usage.get("prompt_tokens"))
+        total, prompt = (
+            _count_of(usage.get("total_tokens")),
+            _count_of(usage.get("prompt_tokens")),
+        )
         total = total or prompt + _count_of(usage.get("completion_tokens"))
         if total or prompt or "prompt_tokens" in usage:
             # index: the reply's total tokens (a token budget); count: its prompt tokens
@@ -685,12 +739,18 @@ def decode_frame(payload: str) -> list[StreamEvent]:
     for call in calls if isinstance(calls, list) else []:
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = (
+            call.get("function") if isinstance(call.get("function"), dict) else {}
+        )
         index = call.get("index")
         events.append(
             StreamEvent(
                 "tool_call",
-                index=index if isinstance(index, int) and not isinstance(index, bool) else 0,
+                index=(
+                    index
+                    if isinstance(index, int) and not isinstance(index, bool)
+                    else 0
+                ),
                 call_id=_as_text(call.get("id")),
                 name=_as_text(function.get("name")),
                 arguments=_as_text(function.get("arguments")),
@@ -749,7 +809,9 @@ class ThinkTagSplitter:
         self._held = ""
         out: list[tuple[str, str]] = []
         while text:
-            lower = text.translate(_ASCII_LOWER)  # same length as text, unlike str.lower()
+            lower = text.translate(
+                _ASCII_LOWER
+            )  # same length as text, unlike str.lower()
             if self._close is None:
                 hit = min(
                     ((lower.find(o), o, c) for o, c in THINK_TAGS if o in lower),
@@ -888,7 +950,9 @@ _MARKS = "|".join(re.escape(m) for m in (*COLOUR_MARKS, MODERATOR_MARK))
 _NOTICE_MARKS = "⚠️|🛠️|✂️|⏭️|🏁|🗳️|⏹️"
 _BEFORE_MARK = rf"(?=\u200b*(?:{_MARKS}))"
 _BEFORE_NOTICE_MARK = rf"(?=\u200b*(?:{_NOTICE_MARKS}))"
-_LOOKALIKE_RE = re.compile(rf"^(?:### {_BEFORE_MARK}|\*{_BEFORE_NOTICE_MARK})", re.MULTILINE)
+_LOOKALIKE_RE = re.compile(
+    rf"^(?:### {_BEFORE_MARK}|\*{_BEFORE_NOTICE_MARK})", re.MULTILINE
+)
 _MARKED_LOOKALIKE_RE = re.compile(
     rf"^(?:### \u200b{_BEFORE_MARK}|\*\u200b{_BEFORE_NOTICE_MARK})", re.MULTILINE
 )
@@ -908,7 +972,9 @@ def unmark_lookalikes(text: str) -> str:
 VOTE_LABEL = " · 🗳️ vote"
 
 
-def heading(participant: Participant, first: bool, model: str = "", label: str = "") -> str:
+def heading(
+    participant: Participant, first: bool, model: str = "", label: str = ""
+) -> str:
     """`### <mark> <alias>`, the alias escaped so it shows exactly as typed, never as markup;
     then `label` (a vote's), and with `model`, the model behind it in small type (history
     reads the alias alone)."""
@@ -949,7 +1015,11 @@ def details_close_start(text: str) -> int:
 def reasoning_block(body: str, done: bool, seconds: int) -> str:
     if not done:
         return f'<details type="reasoning" done="false">\n<summary>Thinking…</summary>\n{body}\n</details>\n'
-    summary = "Thought for less than a second" if seconds < 1 else f"Thought for {seconds} seconds"
+    summary = (
+        "Thought for less than a second"
+        if seconds < 1
+        else f"Thought for {seconds} seconds"
+    )
     return (
         f'<details type="reasoning" done="true" duration="{seconds}">\n'
         f"<summary>{summary}</summary>\n{body}\n</details>\n"
@@ -962,7 +1032,9 @@ def manager_block(answer: str) -> str:
     return f'<details type="manager" done="true">\n<summary>Why this speaker</summary>\n{body}\n</details>\n'
 
 
-def tool_block(call: ToolCall, result: str | None, files: list | None, embeds: list | None) -> str:
+def tool_block(
+    call: ToolCall, result: str | None, files: list | None, embeds: list | None
+) -> str:
     head = (
         f'<details type="tool_calls" done="{"false" if result is None else "true"}" '
         f'id="{attr(call.call_id)}" name="{attr(call.name)}" arguments="{attr(call.arguments)}"'
@@ -986,28 +1058,40 @@ class Transcript:
         self, clock: Callable[[], float], prefix: str = "", continues: bool = False
     ) -> None:
         self._clock = clock
-        self._prefix_chars = len(prefix)  # a message this one continues (Continue Response)
+        self._prefix_chars = len(
+            prefix
+        )  # a message this one continues (Continue Response)
         self._continues = continues  # a lane: its text goes after text already shown
-        self._lane: Transcript | None = None  # a turn generated aside, shown live at the end
+        self._lane: Transcript | None = (
+            None  # a turn generated aside, shown live at the end
+        )
         self._committed: list[str] = [prefix] if prefix else []
         self._committed_text: str | None = None
         self._live_content: list[str] = []
         self._reasoning: list[str] | None = None
         self._reasoning_started = 0.0
         self._reasoning_at_line_start = True
-        self._reasoning_held = ""  # a possible `</details` cut at a chunk's end, until it ends
+        self._reasoning_held = (
+            ""  # a possible `</details` cut at a chunk's end, until it ends
+        )
         self._running: list[ToolCall] = []  # the batch's calls still executing
-        self._running_tools: str = ""  # their "Executing..." blocks, rendered once per change
+        self._running_tools: str = (
+            ""  # their "Executing..." blocks, rendered once per change
+        )
 
     # -- writing ---------------------------------------------------------------------------
-    def start_turn(self, participant: Participant, model: str = "", label: str = "") -> None:
+    def start_turn(
+        self, participant: Participant, model: str = "", label: str = ""
+    ) -> None:
         self.close_live()
         self._commit(heading(participant, not self._has_text(), model, label))
 
     def add_user_words(self, user_name: str, text: str) -> None:
         """The user's words between rounds: a heading of their own, then the text as typed."""
         self.close_live()
-        self._commit(moderator_heading(user_name, not self._has_text()) + md_text(text) + "\n")
+        self._commit(
+            moderator_heading(user_name, not self._has_text()) + md_text(text) + "\n"
+        )
 
     def show_lane(self, lane: Transcript | None) -> None:
         """Show `lane` live after everything (a turn generated aside); None keeps what it
@@ -1123,7 +1207,11 @@ class Transcript:
         """Where the open reasoning block starts in render(): it alone changes in place."""
         if self._lane is not None:
             at = self._lane.live_block_at()
-            return None if at is None else len(self.render()) - len(self._lane.render()) + at
+            return (
+                None
+                if at is None
+                else len(self.render()) - len(self._lane.render()) + at
+            )
         if self._reasoning is None:
             return None
         return sum(map(len, self._committed)) + sum(map(len, self._live_content))
@@ -1230,15 +1318,21 @@ class CoalescingEmitter:
         self._clock = clock
         # The first save is due one interval in (the first frame holds little but a heading).
         self._last_saved_at = clock.now()
-        self._whole_at = self._last_saved_at  # the last whole copy sent: a save or a frame
-        self._budget_until = self._whole_at  # whole copies so far have used the budget up to here
+        self._whole_at = (
+            self._last_saved_at
+        )  # the last whole copy sent: a save or a frame
+        self._budget_until = (
+            self._whole_at
+        )  # whole copies so far have used the budget up to here
         self._dirty = False
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._flushing = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._saving: asyncio.Future | None = None  # the save in flight, if any
-        self._shown: str | None = None  # the tab's copy after our last content event; None: unknown
+        self._shown: str | None = (
+            None  # the tab's copy after our last content event; None: unknown
+        )
         self._shown_live_at: int | None = None  # where that copy's growing block starts
         self._last_sent_at = float("-inf")
         self._failures = 0
@@ -1309,15 +1403,23 @@ class CoalescingEmitter:
 
     def _refresh_wait(self) -> float:
         """Seconds to hold a frame that only grows the block the tab shows growing; else 0."""
-        if self._live_at is None or self._shown_live_at is None or self._flushing.is_set():
+        if (
+            self._live_at is None
+            or self._shown_live_at is None
+            or self._flushing.is_set()
+        ):
             return 0.0
-        if self._shown is None:  # the tab missed a frame: the next one goes whole, at once
+        if (
+            self._shown is None
+        ):  # the tab missed a frame: the next one goes whole, at once
             return 0.0
         if self._live_at() != self._shown_live_at:
             return 0.0
         due = self._next_save_at() - self._clock.now()
         if due <= 0 and self._saving is not None and not self._saving.done():
-            return self._interval  # it goes as the next save, once the one in flight is done
+            return (
+                self._interval
+            )  # it goes as the next save, once the one in flight is done
         return max(0.0, due)
 
     def _next_save_at(self) -> float:
@@ -1341,7 +1443,9 @@ class CoalescingEmitter:
         await self._first_of(self._clock.sleep(seconds), self._flushing.wait())
 
     async def _sleep_unless_woken(self, seconds: float) -> None:
-        await self._first_of(self._clock.sleep(seconds), self._flushing.wait(), self._wake.wait())
+        await self._first_of(
+            self._clock.sleep(seconds), self._flushing.wait(), self._wake.wait()
+        )
 
     @staticmethod
     async def _first_of(*awaitables: Awaitable[Any]) -> None:
@@ -1362,7 +1466,9 @@ class CoalescingEmitter:
     async def _send_content(self, final: bool = False) -> None:
         saving = self._saving is not None and not self._saving.done()
         if final and saving:
-            await asyncio.shield(self._saving)  # the last save lands after the one in flight
+            await asyncio.shield(
+                self._saving
+            )  # the last save lands after the one in flight
             saving = False
         payload = self._render()
         live_at = self._live_at() if self._live_at is not None else None
@@ -1371,7 +1477,9 @@ class CoalescingEmitter:
             return
         self._last_sent_at = now
         shown, self._shown, self._shown_live_at = self._shown, payload, live_at
-        save = final or self._interval == 0 or (not saving and now >= self._next_save_at())
+        save = (
+            final or self._interval == 0 or (not saving and now >= self._next_save_at())
+        )
         appends = shown is not None and payload.startswith(shown)
         if not save and not appends:
             # A rewrite: the whole message goes anyway; it is stored too unless a save was
@@ -1394,7 +1502,10 @@ class CoalescingEmitter:
     async def _frame(self, payload: str, shown: str | None) -> None:
         """Show `payload`: only its new text when it extends `shown`, else all of it."""
         if shown is not None:
-            event = {"type": "chat:message:delta", "data": {"content": payload[len(shown) :]}}
+            event = {
+                "type": "chat:message:delta",
+                "data": {"content": payload[len(shown) :]},
+            }
         else:
             event = {"type": "chat:message", "data": {"content": payload}}
         if not await self._deliver(event):
@@ -1421,7 +1532,9 @@ class CoalescingEmitter:
         except Exception as exc:
             self._failures += 1
             if self._failures == 1:
-                log.warning("could not deliver an event to the browser (%s); continuing", exc)
+                log.warning(
+                    "could not deliver an event to the browser (%s); continuing", exc
+                )
             else:
                 log.debug("event delivery failed again: %s", exc)
             return False
@@ -1472,7 +1585,9 @@ class HostGateway:
 
     def runtime_models(self) -> dict[str, dict]:
         """The host's runtime model list (what the model picker shows)."""
-        models = getattr(getattr(getattr(self.request, "app", None), "state", None), "MODELS", {})
+        models = getattr(
+            getattr(getattr(self.request, "app", None), "state", None), "MODELS", {}
+        )
         return dict(models.items()) if models else {}
 
     async def get_model_record(self, model_id: str) -> Any:
@@ -1488,7 +1603,9 @@ class HostGateway:
 
         try:
             await check_model_access(user, model, model_info=record)
-        except Exception as exc:  # the host signals a refusal by raising, and so does a fault
+        except (
+            Exception
+        ) as exc:  # the host signals a refusal by raising, and so does a fault
             if _is_refusal(exc):
                 return False
             raise AccessCheckError(str(model.get("id")), exc) from exc
@@ -1501,7 +1618,9 @@ class HostGateway:
         from sqlalchemy import select
 
         async with get_async_db_context() as db:
-            row = (await db.execute(select(Chat.meta).filter_by(id=chat_id))).one_or_none()
+            row = (
+                await db.execute(select(Chat.meta).filter_by(id=chat_id))
+            ).one_or_none()
         return ((row[0] if row else None) or {}).get(CONFIG_META_KEY)
 
     async def save_chat_config(self, chat_id: str, config: dict) -> None:
@@ -1511,7 +1630,9 @@ class HostGateway:
         from sqlalchemy import select, update
 
         async with get_async_db_context() as db:
-            row = (await db.execute(select(Chat.meta).filter_by(id=chat_id))).one_or_none()
+            row = (
+                await db.execute(select(Chat.meta).filter_by(id=chat_id))
+            ).one_or_none()
             if row is None:
                 return
             meta = {**(row[0] or {}), CONFIG_META_KEY: config}
@@ -1529,7 +1650,11 @@ class HostGateway:
         extra_params: dict,
         builtin: bool = True,
     ) -> dict[str, dict]:
-        from open_webui.utils.tools import get_builtin_tools, get_terminal_tools, get_tools
+        from open_webui.utils.tools import (
+            get_builtin_tools,
+            get_terminal_tools,
+            get_tools,
+        )
 
         params = {**extra_params, "__model__": model}
         tools: dict[str, dict] = {}
@@ -1539,10 +1664,14 @@ class HostGateway:
             found = await get_terminal_tools(self.request, terminal_id, user, params)
             tools.update(found[0] if isinstance(found, tuple) else found or {})
         if builtin:
-            found = await get_builtin_tools(self.request, params, features=features, model=model)
+            found = await get_builtin_tools(
+                self.request, params, features=features, model=model
+            )
             for name, tool in found.items():
                 tools.setdefault(name, tool)
-        return {name: tool for name, tool in tools.items() if callable(tool.get("callable"))}
+        return {
+            name: tool for name, tool in tools.items() if callable(tool.get("callable"))
+        }
 
     async def process_tool_result(
         self, name: str, result: Any, tool_type: str, metadata: dict, user: Any
@@ -1552,7 +1681,11 @@ class HostGateway:
         text, files, embeds = await process_tool_result(
             self.request, name, result, tool_type, False, metadata, user
         )
-        return ("" if text is None else str(text)), list(files or []), list(embeds or [])
+        return (
+            ("" if text is None else str(text)),
+            list(files or []),
+            list(embeds or []),
+        )
 
     async def task_models(self) -> tuple[str, str]:
         """The admin's task models: (TASK_MODEL_EXTERNAL, TASK_MODEL); '' where unset."""
@@ -1574,7 +1707,9 @@ class HostGateway:
         try:
             async for chunk in iterator:
                 yield chunk
-        except Exception as exc:  # the body broke midway (e.g. the backend dropped the socket)
+        except (
+            Exception
+        ) as exc:  # the body broke midway (e.g. the backend dropped the socket)
             raise ModelCallError(
                 f"the stream broke off ({str(exc) or type(exc).__name__})"
             ) from exc
@@ -1588,13 +1723,17 @@ class HostGateway:
     async def complete(self, form: dict, user: Any) -> str:
         return (await self.complete_counted(form, user))[0]
 
-    async def complete_counted(self, form: dict, user: Any) -> tuple[str, tuple[int, int] | None]:
+    async def complete_counted(
+        self, form: dict, user: Any
+    ) -> tuple[str, tuple[int, int] | None]:
         """A plain completion's text and its (prompt, completion) tokens, if the server said."""
         response = await self._completion({**form, "stream": False}, user)
         if isinstance(response, dict) and not response.get("error"):
             choices = response.get("choices") or [{}]
             message = (choices[0] or {}).get("message") or {}
-            usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+            usage = (
+                response.get("usage") if isinstance(response.get("usage"), dict) else {}
+            )
             prompt, completion = (_count_of(usage.get(k)) for k in _USAGE_KEYS)
             counted = (prompt, completion) if prompt or completion else None
             return str(message.get("content") or ""), counted
@@ -1623,7 +1762,9 @@ _USAGE_KEYS = ("prompt_tokens", "completion_tokens")
 
 def _with_status(status: Any, text: str) -> str:
     """`HTTP 500: text` for an error status, so an admin sees at once what failed."""
-    return f"HTTP {status}: {text}" if isinstance(status, int) and status >= 400 else text
+    return (
+        f"HTTP {status}: {text}" if isinstance(status, int) and status >= 400 else text
+    )
 
 
 def _error_text(response: Any) -> str:
@@ -1638,7 +1779,9 @@ def _error_text(response: Any) -> str:
         except (json.JSONDecodeError, UnicodeDecodeError):
             text = body.decode("utf-8", "replace")[:300]
             return _with_status(status, text) if text else f"HTTP {status}"
-    return f"unexpected reply from the model (HTTP {status})" if status else "empty reply"
+    return (
+        f"unexpected reply from the model (HTTP {status})" if status else "empty reply"
+    )
 
 
 # ============================================================================
@@ -1659,7 +1802,9 @@ class ModelProfile:
     tool_specs: list[dict] = field(default_factory=list)
     user_picked_tools: bool = False
     owned_by: str = ""
-    context_tokens: int = 0  # from the model's params (num_ctx, max_context); 0: not set
+    context_tokens: int = (
+        0  # from the model's params (num_ctx, max_context); 0: not set
+    )
 
 
 @dataclass
@@ -1672,7 +1817,9 @@ class RequestContext:
     features: dict
     terminal_id: str | None
     extra_params: dict
-    builtin_tools: bool = False  # offer Open WebUI's built-in tools without a feature switched on
+    builtin_tools: bool = (
+        False  # offer Open WebUI's built-in tools without a feature switched on
+    )
 
 
 async def resolve_profiles(
@@ -1691,12 +1838,16 @@ async def resolve_profiles(
     roles = roles or {}
 
     def named(ids: list[str]) -> str:
-        return ", ".join(f"'{m}'" + (f" ({roles[m]})" if m in roles else "") for m in ids)
+        return ", ".join(
+            f"'{m}'" + (f" ({roles[m]})" if m in roles else "") for m in ids
+        )
 
     unique = list(dict.fromkeys(model_ids))
     missing = [m for m in unique if m not in runtime]
     if missing:
-        raise ConfigError(f"Unknown model: {named(missing)}. Pick models from the list.")
+        raise ConfigError(
+            f"Unknown model: {named(missing)}. Pick models from the list."
+        )
     results = await asyncio.gather(
         *(_resolve_one(gateway, ctx, runtime[m], with_tools) for m in unique)
     )
@@ -1732,7 +1883,9 @@ async def _resolve_one(
         system_prompt=str(params.get("system") or ""),
         native_tools=(params.get("function_calling") or "native") != "legacy",
         owned_by=str(model.get("owned_by") or ""),
-        context_tokens=context_size(params, (model.get("info") or {}).get("params") or {}),
+        context_tokens=context_size(
+            params, (model.get("info") or {}).get("params") or {}
+        ),
     )
     if not with_tools:
         return profile
@@ -1741,7 +1894,9 @@ async def _resolve_one(
     if not profile.native_tools:
         return profile
     features = dict(ctx.features)
-    for feature in meta.get("defaultFeatureIds") or info_meta.get("defaultFeatureIds") or []:
+    for feature in (
+        meta.get("defaultFeatureIds") or info_meta.get("defaultFeatureIds") or []
+    ):
         features.setdefault(feature, True)
     # Built-in tools are dozens of definitions in every request: only when asked for, by
     # the valve or by a feature (web search, ...) switched on for the chat or the model.
@@ -1750,7 +1905,13 @@ async def _resolve_one(
         return profile
     try:
         profile.tools = await gateway.load_tools(
-            ctx.user, model, tool_ids, features, ctx.terminal_id, ctx.extra_params, builtin
+            ctx.user,
+            model,
+            tool_ids,
+            features,
+            ctx.terminal_id,
+            ctx.extra_params,
+            builtin,
         )
     except Exception as exc:
         log.warning("could not load tools for %s: %s", model_id, exc)
@@ -1777,7 +1938,9 @@ def _as_dict(value: Any) -> dict:
 # ============================================================================
 
 HEADING_RE = re.compile(rf"^### ({_MARKS})\s+(.+?)[ \t]*$", re.MULTILINE)
-_MODEL_BEHIND_RE = re.compile(r"\s*<sub>[^<]*</sub>$")  # a heading's model name (a valve)
+_MODEL_BEHIND_RE = re.compile(
+    r"\s*<sub>[^<]*</sub>$"
+)  # a heading's model name (a valve)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
     r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage)"[^>]*>.*?</details>\n?',
@@ -1788,7 +1951,9 @@ THINK_RE = re.compile(
     re.DOTALL | re.IGNORECASE,
 )
 NOTICE_PREFIX = "*⚠️ "
-STOPPED_LINE = "*⏹️ …(stopped)*"  # ends a turn cut by the user's Stop, like the ✂️ cut line
+STOPPED_LINE = (
+    "*⏹️ …(stopped)*"  # ends a turn cut by the user's Stop, like the ✂️ cut line
+)
 NOTICE_RE = re.compile(rf"^\*(?:{_NOTICE_MARKS}) .*\*$\n?", re.MULTILINE)
 
 
@@ -1828,9 +1993,13 @@ def split_turns(content: str) -> list[Turn]:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = _clean_said(content[match.end() : end])
         if text and match.group(1) == MODERATOR_MARK:
-            turns.append(Turn(None, md_unescape(text)))  # the user's words between rounds
+            turns.append(
+                Turn(None, md_unescape(text))
+            )  # the user's words between rounds
         elif text:
-            alias = md_unescape(_MODEL_BEHIND_RE.sub("", match.group(2)).removesuffix(VOTE_LABEL))
+            alias = md_unescape(
+                _MODEL_BEHIND_RE.sub("", match.group(2)).removesuffix(VOTE_LABEL)
+            )
             turns.append(Turn(alias, text))
     return turns
 
@@ -1858,7 +2027,11 @@ def _text_of(content: Any) -> str:
 
 
 def _as_parts(content: Any) -> list[dict]:
-    return content if isinstance(content, list) else [{"type": "text", "text": str(content)}]
+    return (
+        content
+        if isinstance(content, list)
+        else [{"type": "text", "text": str(content)}]
+    )
 
 
 def speaker_label(name: str, text: str) -> str:
@@ -1906,7 +2079,9 @@ def messages_for(alias: str, turns: list[Turn], user_name: str) -> list[dict]:
         else:
             out.append({"role": role, "content": content})
     if not out or out[-1]["role"] != "user":
-        out.append({"role": "user", "content": f"(Continue the conversation as {alias}.)"})
+        out.append(
+            {"role": "user", "content": f"(Continue the conversation as {alias}.)"}
+        )
     return out
 
 
@@ -1924,7 +2099,9 @@ def history_digest(turns: list[Turn], user_name: str, limit: int) -> str:
 # Context: each request fitted into its model's context window
 # ============================================================================
 
-DEFAULT_CHARS_PER_TOKEN = 3.0  # on the safe side for prose; calibrated by the server's usage
+DEFAULT_CHARS_PER_TOKEN = (
+    3.0  # on the safe side for prose; calibrated by the server's usage
+)
 MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
 TURN_OVERHEAD_CHARS = 40  # a turn's `Name said: "…"` label and separators
 _CONTEXT_ERROR_RE = re.compile(
@@ -1940,13 +2117,23 @@ _NOT_CONTEXT_RE = re.compile(
 _CONTEXT_LIMIT_RE = re.compile(
     r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
 )
-CONTEXT_PARAM_KEYS = ("num_ctx", "max_context", "context_length", "n_ctx", "max_context_length")
+CONTEXT_PARAM_KEYS = (
+    "num_ctx",
+    "max_context",
+    "context_length",
+    "n_ctx",
+    "max_context_length",
+)
 # A limit guessed from a failure (no size named) never goes below this, nor below the largest
 # prompt that succeeded: one odd error must not starve every later chat with that model.
 CONTEXT_FLOOR_TOKENS = 1024
-UNNAMED_REFIT_SHRINK = 0.75  # a refit after an error naming no size: this share of what was sent
+UNNAMED_REFIT_SHRINK = (
+    0.75  # a refit after an error naming no size: this share of what was sent
+)
 CUT_MARK = "\n[…]\n"
-MIN_CUT_CHARS = 1000  # a part is not cut shorter while older turns can be left out instead
+MIN_CUT_CHARS = (
+    1000  # a part is not cut shorter while older turns can be left out instead
+)
 MIN_KEPT_CHARS = 400  # the least a request keeps of the topic and of the latest message
 
 
@@ -1981,7 +2168,9 @@ def omitted_line(count: int) -> str:
 
 
 def message_chars(messages: list[dict]) -> int:
-    return sum(len(_text_of(m.get("content"))) + MESSAGE_OVERHEAD_CHARS for m in messages)
+    return sum(
+        len(_text_of(m.get("content"))) + MESSAGE_OVERHEAD_CHARS for m in messages
+    )
 
 
 class ContextBudget:
@@ -2010,7 +2199,10 @@ class ContextBudget:
     def limit(self, profile: ModelProfile) -> int:
         ollama = self._ollama if profile.owned_by == "ollama" else 0
         return (
-            self._learned.get(profile.model_id) or profile.context_tokens or ollama or self._default
+            self._learned.get(profile.model_id)
+            or profile.context_tokens
+            or ollama
+            or self._default
         )
 
     def num_ctx(self, profile: ModelProfile) -> int:
@@ -2019,7 +2211,9 @@ class ContextBudget:
         model nor OLLAMA_CONTEXT_TOKENS names one."""
         if profile.owned_by != "ollama":
             return 0
-        if not (profile.context_tokens or self._ollama or profile.model_id in self._learned):
+        if not (
+            profile.context_tokens or self._ollama or profile.model_id in self._learned
+        ):
             return 0
         return self.limit(profile)
 
@@ -2048,7 +2242,8 @@ class ContextBudget:
 
     def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> bool:
         """After a context-length error: the size it names, or, when a smaller prompt worked
-        before, that size (never under CONTEXT_FLOOR_TOKENS). False: nothing can be learnt."""
+        before, that size (never under CONTEXT_FLOOR_TOKENS). False: nothing can be learnt.
+        """
         model, current = profile.model_id, self.limit(profile)
         named = reported_context_limit(error)
         proven = self._proven.get(model, 0)
@@ -2059,12 +2254,16 @@ class ContextBudget:
         self._learned[model] = min(size, current) if current else size
         return True
 
-    def room_chars(self, profile: ModelProfile, reserve_tokens: int, shrink: float) -> int | None:
+    def room_chars(
+        self, profile: ModelProfile, reserve_tokens: int, shrink: float
+    ) -> int | None:
         """Characters the messages may take, or None when the context size is unknown."""
         limit = self.limit(profile)
         if not limit:
             return None
-        tokens = int(limit * shrink) - reserve_tokens - 16  # a little slack for the template
+        tokens = (
+            int(limit * shrink) - reserve_tokens - 16
+        )  # a little slack for the template
         return max(0, int(tokens * self.chars_per_token(profile)))
 
 
@@ -2084,7 +2283,9 @@ def cut_content(content: Any, keep: int) -> Any:
     """A message's content (text, or the user's parts with images) cut to `keep` characters."""
     if not isinstance(content, list):
         return cut_middle(str(content), keep)
-    texts = [i for i, part in enumerate(content) if isinstance(part, dict) and "text" in part]
+    texts = [
+        i for i, part in enumerate(content) if isinstance(part, dict) and "text" in part
+    ]
     excess = len(_text_of(content)) - keep
     out = list(content)
     for i in sorted(texts, key=lambda j: -len(str(content[j]["text"]))):
@@ -2115,14 +2316,19 @@ def plan_fit(sizes: list[int], keep: list[bool], room: int) -> list[int] | None:
     MIN_CUT_CHARS; then every part longer than one level is cut to it. Parts marked `keep`
     are never left out; None when even they, cut to MIN_KEPT_CHARS, do not fit.
     """
-    if sum(min(s, MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k) > room:
+    if (
+        sum(min(s, MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k)
+        > room
+    ):
         return None
     alive = [i for i, size in enumerate(sizes) if size]
     while sum(sizes[i] for i in alive) > room:
         level = water_level([sizes[i] for i in alive], room)
         droppable = [i for i in alive if not keep[i]]
         if level >= max(MIN_CUT_CHARS, room // 8) or not droppable:
-            return [min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))]
+            return [
+                min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))
+            ]
         alive.remove(droppable[0])
     return [sizes[i] if i in alive else 0 for i in range(len(sizes))]
 
@@ -2132,7 +2338,9 @@ class Fitted:
     """A request's turns fitted to its room, with what the user should be told."""
 
     turns: list[Turn]  # kept turns, cut ones marked, a note where others were left out
-    shortened: list[tuple[int, int]]  # (kept, of) characters of the user's messages cut short
+    shortened: list[
+        tuple[int, int]
+    ]  # (kept, of) characters of the user's messages cut short
     omitted: int = 0  # turns left out
 
 
@@ -2143,7 +2351,9 @@ def fit_turns(turns: list[Turn], room: int) -> Fitted | None:
     users = [i for i, t in enumerate(turns) if t.speaker is None]
     protected = {users[0], users[-1]} if users else set()
     sizes = [len(_text_of(t.content)) + TURN_OVERHEAD_CHARS for t in turns]
-    if sum(sizes) > room:  # room for the notes of at most two gaps (around the latest message)
+    if (
+        sum(sizes) > room
+    ):  # room for the notes of at most two gaps (around the latest message)
         room -= 2 * (len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS)
     plan = plan_fit(sizes, [i in protected for i in range(len(turns))], room)
     if plan is None:
@@ -2160,7 +2370,9 @@ def fit_turns(turns: list[Turn], room: int) -> Fitted | None:
             omitted, gap = omitted + gap, 0
         if kept < size:
             text = len(_text_of(turn.content))
-            turn = Turn(turn.speaker, cut_content(turn.content, kept - TURN_OVERHEAD_CHARS))
+            turn = Turn(
+                turn.speaker, cut_content(turn.content, kept - TURN_OVERHEAD_CHARS)
+            )
             if turn.speaker is None:
                 shortened.append((len(_text_of(turn.content)), text))
         out.append(turn)
@@ -2174,7 +2386,9 @@ def fit_tool_results(messages: list[dict], start: int, room: int) -> list[dict]:
     """The tool results from `start` on cut in the middle, the longest first, so the request
     fits `room` characters; what comes before them is fitted already."""
     excess = message_chars(messages) - room
-    tools = [i for i in range(start, len(messages)) if messages[i].get("role") == "tool"]
+    tools = [
+        i for i in range(start, len(messages)) if messages[i].get("role") == "tool"
+    ]
     if excess <= 0 or not tools:
         return messages
     sizes = [len(_text_of(messages[i].get("content"))) for i in tools]
@@ -2194,7 +2408,9 @@ MAX_STOP_SEQUENCES = 4  # OpenAI's limit; most servers take more, none fewer
 _REPORTING = (" said", " says", " wrote")  # `Name said:` starts a turn as `Name:` does
 _EMPHASIS = "*_"
 _LIST_ITEM = re.compile(r"[-+*] |\d{1,3}[.)] ")
-_NEVER_A_TURN = ">|#[(<"  # a quote, table, heading, link, aside or tag at the line start
+_NEVER_A_TURN = (
+    ">|#[(<"  # a quote, table, heading, link, aside or tag at the line start
+)
 _OPENING_QUOTES = '"“«'  # `Alice: "…"` is how a transcript shows Alice speaking
 
 
@@ -2209,13 +2425,18 @@ def stop_sequences(own: str, aliases: list[str], user_name: str) -> list[str]:
     names = [a for a in aliases if a != own] + [user_name]
     unique = [n for n in dict.fromkeys(n for n in names if n.strip())]
     forms = (' said: "', ': "')
-    return [f"\n{n}{form}" for n in unique[: MAX_STOP_SEQUENCES // len(forms)] for form in forms]
+    return [
+        f"\n{n}{form}"
+        for n in unique[: MAX_STOP_SEQUENCES // len(forms)]
+        for form in forms
+    ]
 
 
 @dataclass
 class LineStart:
     """What a line's start says: `label` (a `Name:` / `Name said:` label), `maybe` (too
-    little seen yet) or `no`; for a label, whose, the text after it, and whether it opens a turn."""
+    little seen yet) or `no`; for a label, whose, the text after it, and whether it opens a turn.
+    """
 
     verdict: Literal["label", "maybe", "no"]
     name: str = ""
@@ -2228,12 +2449,15 @@ def read_line_start(line: str, names: list[str], ended: bool) -> LineStart:
     """Reads `line` (a line's start; `ended`: nothing more will come) for a speaker label.
 
     A label opens a turn when it is plain (no bold), at the line's start (no quote, list,
-    indent) and what follows begins like a sentence: `Alice: I think…`, not `Alice: you…`."""
+    indent) and what follows begins like a sentence: `Alice: I think…`, not `Alice: you…`.
+    """
     body = line.lstrip(" ")
     if body.startswith("\t") or len(line) - len(body) > 3:
         return LineStart("no")  # an indented code block
     if body.strip(_EMPHASIS) in ("", "\n"):
-        return LineStart("no" if ended else "maybe")  # `*` may open `**Name:**` or a list
+        return LineStart(
+            "no" if ended else "maybe"
+        )  # `*` may open `**Name:**` or a list
     if body[0] in _NEVER_A_TURN or _LIST_ITEM.match(body):
         return LineStart("no")
     inner = body.lstrip(_EMPHASIS)
@@ -2357,7 +2581,9 @@ class ReplyFilter:
     """A reply's text on its way to the transcript: think tags split off, then the speaker
     guard, then the echo guard."""
 
-    def __init__(self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None) -> None:
+    def __init__(
+        self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None
+    ) -> None:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
         self.echo = echo
@@ -2416,8 +2642,13 @@ ECHO_RUN_WORDS = 40
 # "That sounds like fun, Ana!") has 5 or fewer.
 ECHO_WHOLE_WORDS = 6
 _ECHO_WORD_CHARS = 100  # a longer token (a URL, a hash) is no word: it breaks a run
-_ECHO_HELD_CHARS = 4000  # a run spread wider than this (floods of markup) is no copy of words
-_ECHO_FENCES = ("```", "~~~")  # a line starting so opens or closes code, which is never matched
+_ECHO_HELD_CHARS = (
+    4000  # a run spread wider than this (floods of markup) is no copy of words
+)
+_ECHO_FENCES = (
+    "```",
+    "~~~",
+)  # a line starting so opens or closes code, which is never matched
 # Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Chinese, Japanese,
 # full-width forms): each character is a piece of its own that no run goes over, so such text
 # is never held back (nor matched: its words cannot be told apart here).
@@ -2437,7 +2668,8 @@ def echo_word(token: str) -> str:
 def echo_sources(system_prompt: str, turns: Iterable[Turn]) -> list[str]:
     """What a participant's reply must not copy at length: its system prompt, and of the turns
     it was shown (`fit_turns`' turns), the participants' and the pipe's notes. The user's own
-    messages are not in it: a participant asked to edit a pasted text keeps long runs of it."""
+    messages are not in it: a participant asked to edit a pasted text keeps long runs of it.
+    """
     shown = [_text_of(t.content) for t in turns if t.note or t.speaker is not None]
     return [system_prompt, *shown]
 
@@ -2460,7 +2692,8 @@ def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:
 
 class PassageIndex:
     """Every passage of the sources as a path of words (a suffix automaton, built in linear
-    time), so the longest copied run ending at a reply's next word costs O(1) amortized."""
+    time), so the longest copied run ending at a reply's next word costs O(1) amortized.
+    """
 
     def __init__(self, sources: Iterable[str]) -> None:
         self._next: list[dict[str | int, int]] = [{}]
@@ -2613,7 +2846,9 @@ class EchoGuard:
 
         A run that can no longer go on ends here rather than at the next word: the same end.
         """
-        long_word = self._word_at is not None and self._end - self._word_at > _ECHO_WORD_CHARS
+        long_word = (
+            self._word_at is not None and self._end - self._word_at > _ECHO_WORD_CHARS
+        )
         if long_word:
             self._reset()
         self._expire(self._end)
@@ -2622,7 +2857,10 @@ class EchoGuard:
             hold = self._run[0]
         elif self._word_at is not None and not long_word:
             hold = self._word_at
-        shown, self._held = self._held[: hold - self._base], self._held[hold - self._base :]
+        shown, self._held = (
+            self._held[: hold - self._base],
+            self._held[hold - self._base :],
+        )
         self._base = hold
         return shown
 
@@ -2657,7 +2895,8 @@ def match_alias(answer: str, aliases: list[str]) -> int | None:
 
 def named_aliases(answer: str, aliases: list[str]) -> list[int]:
     """Indexes of every alias the answer names, an exact (normalized) answer first, then in
-    the order they are mentioned (the longer name wins where two start at the same place)."""
+    the order they are mentioned (the longer name wins where two start at the same place).
+    """
     said = normalize_name(answer)
     if not said:
         return []
@@ -2672,7 +2911,8 @@ def named_aliases(answer: str, aliases: list[str]) -> list[int]:
         while pos >= 0:
             found.append((pos, -len(name), i))
             pos = padded.find(f" {name} ", pos + 1)
-    kept: list[tuple[int, int, int]] = []  # a name inside a longer one ("Mia" in "Mia 2") is not
+    # A name inside a longer one ("Mia" in "Mia 2") is not
+    kept: list[tuple[int, int, int]] = []
     for pos, neg, i in sorted(found):
         if not any(p <= pos and pos - neg <= p - n for p, n, _ in kept):
             kept.append((pos, neg, i))
@@ -2731,9 +2971,12 @@ class FixedOrder(SpeakerPolicy):
 
 class ShuffledRounds(SpeakerPolicy):
     """Random order that still has rounds: a fresh shuffle each round, so everyone speaks once a
-    round, and nobody twice in a row, across a round's edge or the message before either."""
+    round, and nobody twice in a row, across a round's edge or the message before either.
+    """
 
-    def __init__(self, count: int, rng: random.Random, previous: int | None = None) -> None:
+    def __init__(
+        self, count: int, rng: random.Random, previous: int | None = None
+    ) -> None:
         self.count = count
         self.rng = rng
         self.previous = previous  # the last speaker of the message before, if any
@@ -2755,7 +2998,8 @@ class ShuffledRounds(SpeakerPolicy):
 
 class Handoffs(SpeakerPolicy):
     """@mentions: those the user named first, then the rest, every round; a participant that
-    ends its turn addressing another (`@Name` in its last paragraph) hands it the next turn."""
+    ends its turn addressing another (`@Name` in its last paragraph) hands it the next turn.
+    """
 
     def __init__(self, order: list[int], aliases: list[str]) -> None:
         self.order = order
@@ -2795,7 +3039,9 @@ def strip_reasoning(text: str) -> str:
     return text[: match.start()] if match else text
 
 
-def manager_pick(answer: str, aliases: list[str], last: int | None) -> tuple[int | None, str]:
+def manager_pick(
+    answer: str, aliases: list[str], last: int | None
+) -> tuple[int | None, str]:
     """Who the manager's answer picks, else what is wrong with it.
 
     A name standing alone on a line picks (the last such line); otherwise the answer must name
@@ -2865,13 +3111,19 @@ class ManagerChoice(SpeakerPolicy):
             try:
                 raw = await self.ask(messages, self._bound())
             except (ModelCallError, TimeoutError) as exc:
-                reason = "took too long" if isinstance(exc, TimeoutError) else f"failed ({exc})"
+                reason = (
+                    "took too long"
+                    if isinstance(exc, TimeoutError)
+                    else f"failed ({exc})"
+                )
                 self.status(
                     f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next (round robin)."
                 )
                 return Pick(fallback)
             if _OPEN_THINK_RE.search(THINK_RE.sub("", raw)):
-                self._room = MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
+                self._room = (
+                    MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
+                )
             answer = strip_reasoning(raw).strip()
             picked, problem = manager_pick(answer, aliases, last)
             if picked is not None:
@@ -2881,7 +3133,9 @@ class ManagerChoice(SpeakerPolicy):
                 answer and normalize_name(answer.splitlines()[-1]) == END_WORD.lower()
             ):
                 return Pick(end="the manager ended it")
-            log.debug("manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem)
+            log.debug(
+                "manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem
+            )
             messages += [
                 {"role": "assistant", "content": raw},
                 {
@@ -2890,7 +3144,9 @@ class ManagerChoice(SpeakerPolicy):
                     f"(or {END_WORD}), and nothing else.",
                 },
             ]
-        why = "named no participant" if "names none" in problem else "gave no usable name"
+        why = (
+            "named no participant" if "names none" in problem else "gave no usable name"
+        )
         if "has just spoken" in problem:
             why = "picked the same speaker twice"
         self.status(
@@ -2908,11 +3164,15 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def manager_prompt(template: str, history: str, aliases: list[str], last: int | None) -> str:
+def manager_prompt(
+    template: str, history: str, aliases: list[str], last: int | None
+) -> str:
     """The manager's prompt template filled in; before anyone spoke it says so in words."""
     if last is None:
         template = re.sub(
-            r"The last speaker was '\{last_speaker\}'\.\s*", "Nobody has spoken yet. ", template
+            r"The last speaker was '\{last_speaker\}'\.\s*",
+            "Nobody has spoken yet. ",
+            template,
         )
     return fill_template(
         template,
@@ -2931,7 +3191,9 @@ class Progress:
     slots: int = 0  # turns taken, passes included
     spoken: int = 0
     passes: int = 0
-    passed_since_spoken: set[str] = field(default_factory=set)  # who passed since a real turn
+    passed_since_spoken: set[str] = field(
+        default_factory=set
+    )  # who passed since a real turn
     tokens: int = 0
     last_alias: str = ""
     last_said: str = ""
@@ -2974,7 +3236,8 @@ class RoundsDone:
 
 class StopPhraseSaid:
     """Ends when a participant says the stop phrase as a line of its own (case, spacing and
-    punctuation ignored): a sentence that merely contains the words, or a quote, does not."""
+    punctuation ignored): a sentence that merely contains the words, or a quote, does not.
+    """
 
     label = "stop phrase said"
 
@@ -3027,7 +3290,9 @@ class EveryonePassed:
         self.aliases = set(aliases)
 
     def check(self, progress: Progress) -> str | None:
-        return "everyone passed" if progress.passed_since_spoken >= self.aliases else None
+        return (
+            "everyone passed" if progress.passed_since_spoken >= self.aliases else None
+        )
 
 
 def is_pass(said: str) -> bool:
@@ -3035,7 +3300,9 @@ def is_pass(said: str) -> bool:
     return normalize_name(said) == SKIP_WORD.lower()
 
 
-_VOTE_RE = re.compile(r"^[\s>*_#`-]*vote\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_VOTE_RE = re.compile(
+    r"^[\s>*_#`-]*vote\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE
+)
 
 
 def parse_vote(said: str) -> str:
@@ -3055,8 +3322,12 @@ def tally(votes: list[tuple[str, str]]) -> str:
         key = normalize_name(choice)
         if key:
             groups.setdefault(key, (choice, []))[1].append(alias)
-    ranked = sorted(groups.values(), key=lambda g: -len(g[1]))  # stable: first cast first
-    return " · ".join(f"{choice} {len(who)} ({', '.join(who)})" for choice, who in ranked)
+    ranked = sorted(
+        groups.values(), key=lambda g: -len(g[1])
+    )  # stable: first cast first
+    return " · ".join(
+        f"{choice} {len(who)} ({', '.join(who)})" for choice, who in ranked
+    )
 
 
 REVIEW_RULES = (
@@ -3070,7 +3341,9 @@ _RANKING_RE = re.compile(
 
 def review_ask(answers: list[str]) -> str:
     """The ranking question: the answers as Response A, B, … (the reviewer's own left out)."""
-    shown = "\n\n".join(f'Response {chr(65 + i)}:\n"{text}"' for i, text in enumerate(answers))
+    shown = "\n\n".join(
+        f'Response {chr(65 + i)}:\n"{text}"' for i, text in enumerate(answers)
+    )
     last = ", ".join(chr(65 + i) for i in reversed(range(len(answers))))
     return (
         f"Here are the answers, without names:\n\n{shown}\n\nRank them from best to worst for "
@@ -3099,12 +3372,16 @@ def ranking_table(rankings: dict[str, list[str]], aliases: list[str]) -> str:
         for place, alias in enumerate(order):
             points[alias] += len(aliases) - 1 - place
             placed[alias].append(f"{md_text(reviewer)}: {_ordinal(place + 1)}")
-    ranked = sorted(aliases, key=lambda a: -points[a])  # stable: ties keep the turn order
+    ranked = sorted(
+        aliases, key=lambda a: -points[a]
+    )  # stable: ties keep the turn order
     rows = [
         f"| {i} | {md_text(alias)} | {points[alias]} | {', '.join(placed[alias]) or '–'} |"
         for i, alias in enumerate(ranked, 1)
     ]
-    return "\n".join(["| # | Answer by | Points | Placed by |", "|---|---|---|---|", *rows])
+    return "\n".join(
+        ["| # | Answer by | Points | Placed by |", "|---|---|---|---|", *rows]
+    )
 
 
 def _ordinal(n: int) -> str:
@@ -3121,12 +3398,16 @@ class TurnPlan:
     """One turn the direction asks for: who speaks, what they are told, how it is judged."""
 
     speaker: Participant
-    kind: Literal["turn", "closing", "vote", "review", "words"] = "turn"  # words: the user's
+    kind: Literal["turn", "closing", "vote", "review", "words"] = (
+        "turn"  # words: the user's
+    )
     rules: str = ""  # about this turn, in the speaker's system prompt
     ask: str = ""  # added to the last message (the closing's task, the vote's question)
     why: str = ""  # the manager's reason, shown under the heading
     pass_allowed: bool = False
-    hides: int = 0  # the conversation's newest turns this speaker does not see (a review)
+    hides: int = (
+        0  # the conversation's newest turns this speaker does not see (a review)
+    )
 
     @property
     def guarded(self) -> bool:
@@ -3141,14 +3422,18 @@ class Heard:
 
     said: str
     passed: bool = False
-    benched: bool = False  # its model cannot hold the conversation: it sits out the rest
+    benched: bool = (
+        False  # its model cannot hold the conversation: it sits out the rest
+    )
 
 
 class Moderator:
     """Between rounds, the user may add words, or end the conversation, through the host's own
     input prompt; an empty answer, Cancel, a closed tab or the timeout goes on."""
 
-    def __init__(self, ask: Callable[[dict], Awaitable[Any]], clock: Clock, seconds: float) -> None:
+    def __init__(
+        self, ask: Callable[[dict], Awaitable[Any]], clock: Clock, seconds: float
+    ) -> None:
         self._ask = ask
         self._clock = clock
         self._seconds = seconds
@@ -3200,8 +3485,11 @@ class Direction:
         self.reason = ""  # why it ended
         self.outcome = ""  # how, for the final status ("" when its rounds ended it)
         self._last: int | None = None
-        self.benched: set[str] = set()  # participants whose model cannot hold the conversation
-        self._answers: list[tuple[Participant, str]] = []  # the last council round's answers
+        self.benched: set[str] = (
+            set()
+        )  # participants whose model cannot hold the conversation
+        # The last council round's answers
+        self._answers: list[tuple[Participant, str]] = []
         self._asked_at = 0  # the slot before which the moderator was last asked
         # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
         self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
@@ -3211,11 +3499,19 @@ class Direction:
 
         Between rounds the moderator, if any, is asked first."""
         slot, count = self.progress.slots, len(self.participants)
-        if not self.reason and self.moderator and slot % count == 0 < slot != self._asked_at:
+        if (
+            not self.reason
+            and self.moderator
+            and slot % count == 0 < slot != self._asked_at
+        ):
             self._asked_at = slot
             words = await self.moderator.between(slot // count + 1, self.config.rounds)
             if words == END_WORD:
-                self.reason, self.outcome, self.explains = "the moderator ended it", "ended", True
+                self.reason, self.outcome, self.explains = (
+                    "the moderator ended it",
+                    "ended",
+                    True,
+                )
             elif words:
                 return [TurnPlan(self.participants[0], "words", ask=words)]
         if self.reason:
@@ -3262,7 +3558,9 @@ class Direction:
         plan = plans[0]
         names = _and([p.speaker.alias for p in plans])
         if plan.kind != "turn":
-            what = {"closing": "Closing", "vote": "Vote", "review": "Peer review"}.get(plan.kind)
+            what = {"closing": "Closing", "vote": "Vote", "review": "Peer review"}.get(
+                plan.kind
+            )
             return f"{what} · {names}"
         count, slot = len(self.participants), self.progress.slots
         if self.council:
@@ -3298,12 +3596,16 @@ class Direction:
             )
         return " ".join(rules)
 
-    def closing_turns(self, done: list[tuple[TurnPlan, Heard]]) -> tuple[str, list[TurnPlan]]:
+    def closing_turns(
+        self, done: list[tuple[TurnPlan, Heard]]
+    ) -> tuple[str, list[TurnPlan]]:
         """What follows the conversation, given the closing turns `done` so far: a line to show
         first, then the next turns (none: it is over). Peer review, then the closing speaker;
         or everyone's vote."""
         if self.config.closing == "vote":
-            return ("", []) if done else ("", [self._vote(p) for p in self.participants])
+            return (
+                ("", []) if done else ("", [self._vote(p) for p in self.participants])
+            )
         reviewing = self.config.peer_review and self.council and len(self._answers) > 1
         if reviewing and not done:
             return "", self._reviews()
@@ -3324,7 +3626,9 @@ class Direction:
             others = [said for q, said in self._answers if q is not p]
             hides = len(self._answers)
             plans.append(
-                TurnPlan(p, "review", rules=REVIEW_RULES, ask=review_ask(others), hides=hides)
+                TurnPlan(
+                    p, "review", rules=REVIEW_RULES, ask=review_ask(others), hides=hides
+                )
             )
         return plans
 
@@ -3348,7 +3652,9 @@ class Direction:
         prompt = getattr(self.config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
         if ranking:
             table = ranking.split("\n\n", 1)[-1]
-            prompt = f"{prompt}\n\nThe participants ranked each other's answers:\n{table}"
+            prompt = (
+                f"{prompt}\n\nThe participants ranked each other's answers:\n{table}"
+            )
         aliases = ", ".join(p.alias for p in self.participants)
         rules = (
             f"You are {self.closer.alias}. The group conversation between {aliases} has ended, "
@@ -3398,12 +3704,18 @@ def make_direction(
     if manager is not None:
         policy = manager
     elif config.selection == "random":
-        spoke = next((t.speaker for t in reversed(earlier) if t.speaker is not None), "")
-        policy = ShuffledRounds(len(aliases), rng, match_alias(spoke, aliases) if spoke else None)
+        spoke = next(
+            (t.speaker for t in reversed(earlier) if t.speaker is not None), ""
+        )
+        policy = ShuffledRounds(
+            len(aliases), rng, match_alias(spoke, aliases) if spoke else None
+        )
     elif config.selection == "mention":
         latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
         named = mention_order(_text_of(latest), aliases)
-        policy = Handoffs(named + [i for i in range(len(aliases)) if i not in named], aliases)
+        policy = Handoffs(
+            named + [i for i in range(len(aliases)) if i not in named], aliases
+        )
     else:
         policy = FixedOrder(list(range(len(aliases))))
     endings: list[EndCondition] = [RoundsDone(config.rounds, len(aliases))]
@@ -3443,7 +3755,9 @@ class Settings:
 
         return cls(
             valves=valves.model_copy(),
-            shared_instruction=get("AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION),
+            shared_instruction=get(
+                "AllParticipantsApendedMessage", DEFAULT_SHARED_INSTRUCTION
+            ),
             manager_system=get("ManagerSystemMessage", DEFAULT_MANAGER_SYSTEM),
             manager_prompt=get("ManagerSelectionPrompt", DEFAULT_MANAGER_PROMPT),
             show_manager_reason=bool(get("ShowManagerReason", True)),
@@ -3494,7 +3808,9 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:limit]}\n… [{len(text) - limit} more characters cut]"
 
 
-CHARS_PER_TOKEN_ESTIMATE = 4  # a count the backend did not send: about 4 characters a token
+CHARS_PER_TOKEN_ESTIMATE = (
+    4  # a count the backend did not send: about 4 characters a token
+)
 
 
 @dataclass
@@ -3574,14 +3890,23 @@ def usage_block(ledger: UsageLedger) -> str:
             f"{mark}{row.completion:,} | {row.seconds:,.1f} | {speed} |"
         )
     if total.estimated:
-        lines.append("\n~ estimated (the backend sent no counts): about 4 characters a token.")
-    summary = f"Usage: {total.prompt + total.completion:,} tokens, {total.seconds:,.0f} s"
+        lines.append(
+            "\n~ estimated (the backend sent no counts): about 4 characters a token."
+        )
+    summary = (
+        f"Usage: {total.prompt + total.completion:,} tokens, {total.seconds:,.0f} s"
+    )
     body = "\n".join(lines)
     head = f'<details type="usage" done="true">\n<summary>{summary}</summary>'
     return f"\n{head}\n\n{body}\n</details>\n"  # a blank line after the last turn
 
 
-OLLAMA_OPTIONS = ("temperature", "top_p", "top_k", "stop")  # read by Ollama only in `options`
+OLLAMA_OPTIONS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+)  # read by Ollama only in `options`
 
 
 def for_backend(form: dict, profile: ModelProfile, num_ctx: int = 0) -> dict:
@@ -3657,23 +3982,32 @@ class TurnStreamer:
         self.aliases = aliases  # every participant's alias, in turn order
         self.user_name = user_name
         self.turns = turns  # the chat so far, then every turn spoken in this run
-        self.chat_system = chat_system  # the chat's own system prompt, if the user set one
+        self.chat_system = (
+            chat_system  # the chat's own system prompt, if the user set one
+        )
         self.want_usage = want_usage  # count tokens for a token budget
         self.tokens = 0  # used by replies so far (usage, else estimated)
         self.ledger = UsageLedger()
         self._row = UsageRow("", "")  # the ledger's row of the turn being spoken
         self.speaking = False  # a turn is streaming
         self.guarded = True  # the turn being spoken is held to its own voice
-        self.benched: set[str] = set()  # participants whose model cannot hold the conversation
-        self.sources: list[str] = []  # what the turn being spoken was shown: not to be copied
+        self.benched: set[str] = (
+            set()
+        )  # participants whose model cannot hold the conversation
+        # What the turn being spoken was shown: not to be copied
+        self.sources: list[str] = []
         self._tool_notice_shown: set[str] = set()
-        self._told_shortened: set[str] = set()  # models the user heard their message was cut for
+        self._told_shortened: set[str] = (
+            set()
+        )  # models the user heard their message was cut for
 
     async def turn(self, plan: TurnPlan) -> Heard:
         """Speak one planned turn; what was said joins the turns (a PASS shows as one line)."""
         p = plan.speaker
         if p.alias in self.benched:
-            return Heard("", benched=True)  # it said it sits out: no more requests to it
+            return Heard(
+                "", benched=True
+            )  # it said it sits out: no more requests to it
         profile = self.profiles[p.model_id]
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         self.speaking, self.guarded = True, plan.guarded
@@ -3691,7 +4025,9 @@ class TurnStreamer:
         self._tools_notice(p, profile)
         await self.emitter.update()
         system = self.system_prompt(plan, profile)
-        seen = self.turns[: len(self.turns) - plan.hides]  # a reviewer sees no named answers
+        seen = self.turns[
+            : len(self.turns) - plan.hides
+        ]  # a reviewer sees no named answers
 
         def build(room: int | None) -> list[dict] | None:
             if room is not None:
@@ -3721,10 +4057,19 @@ class TurnStreamer:
         So the round takes as long as its slowest turn, and every frame is still an append.
         """
         after = self.transcript.has_text()
-        lanes = [Transcript(self.clock.now, continues=after or i > 0) for i in range(len(plans))]
+        lanes = [
+            Transcript(self.clock.now, continues=after or i > 0)
+            for i in range(len(plans))
+        ]
         emitters = [LaneEmitter(self.emitter) for _ in plans]  # type: ignore[arg-type]
-        forks = [self._fork(lane, emitter) for lane, emitter in zip(lanes, emitters, strict=True)]
-        tasks = [asyncio.ensure_future(f.turn(plan)) for f, plan in zip(forks, plans, strict=True)]
+        forks = [
+            self._fork(lane, emitter)
+            for lane, emitter in zip(lanes, emitters, strict=True)
+        ]
+        tasks = [
+            asyncio.ensure_future(f.turn(plan))
+            for f, plan in zip(forks, plans, strict=True)
+        ]
         heard: list[Heard] = []
         self.speaking = True
         try:
@@ -3736,7 +4081,9 @@ class TurnStreamer:
         finally:
             for task in tasks:
                 task.cancel()  # Stop: the turns not shown yet are dropped
-            self.transcript.show_lane(None)  # what was shown stays (and says it was stopped)
+            self.transcript.show_lane(
+                None
+            )  # what was shown stays (and says it was stopped)
         self.speaking = False
         for fork, plan, result in zip(forks, plans, heard, strict=True):
             self.tokens += fork.tokens
@@ -3772,7 +4119,8 @@ class TurnStreamer:
 
     def system_prompt(self, plan: TurnPlan, profile: ModelProfile) -> str:
         """The model's own prompt and the chat's, then the persona, the turn's rules and the
-        shared instruction; a closing speaker gets its task instead of the last three."""
+        shared instruction; a closing speaker gets its task instead of the last three.
+        """
         if plan.kind == "closing":
             parts = [profile.system_prompt, self.chat_system, plan.rules]
             return "\n\n".join(x.strip() for x in parts if x.strip())
@@ -3780,19 +4128,27 @@ class TurnStreamer:
         others = ", ".join(a for a in self.aliases if a != p.alias) or "the user"
         shared = self.settings.shared_instruction
         if "{alias}" not in shared:
-            shared = f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
+            shared = (
+                f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
+            )
         shared = fill_template(shared, {"alias": p.alias, "others": others})
         # The shared instruction goes last: v2's ends mid-sentence ("...as <alias>").
         parts = [profile.system_prompt, self.chat_system, p.persona, plan.rules, shared]
         return "\n\n".join(part.strip() for part in parts if part.strip())
 
-    def request(self, profile: ModelProfile, messages: list[dict], **fields: Any) -> dict:
+    def request(
+        self, profile: ModelProfile, messages: list[dict], **fields: Any
+    ) -> dict:
         """Every request of the run, in the shape its model's backend reads (`for_backend`)."""
         form = {"model": profile.model_id, "messages": list(messages), **fields}
         return for_backend(form, profile, self.budget.num_ctx(profile))
 
     async def ask(
-        self, profile: ModelProfile, messages: list[dict], max_tokens: int, seconds: float
+        self,
+        profile: ModelProfile,
+        messages: list[dict],
+        max_tokens: int,
+        seconds: float,
     ) -> str:
         """One plain completion (the manager's), bounded in tokens and time."""
         bound = {"max_tokens": max_tokens} if max_tokens else {}
@@ -3801,11 +4157,17 @@ class TurnStreamer:
         asked = self.gateway.complete_counted(form, self.ctx.user)
         text, counted = await within(self.clock, seconds, asked)
         row.turns += 1
-        self.ledger.count(row, counted, form["messages"], text, self.clock.now() - started)
+        self.ledger.count(
+            row, counted, form["messages"], text, self.clock.now() - started
+        )
         return text
 
     def room(
-        self, p: Participant, profile: ModelProfile, shrink: float = 1.0, tools: bool = True
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        shrink: float = 1.0,
+        tools: bool = True,
     ) -> int | None:
         """Characters a request's messages may take (tool specs and the reply set aside);
         None when the model's context size is unknown."""
@@ -3825,7 +4187,8 @@ class TurnStreamer:
 
         A context that is only assumed (`CONTEXT_TOKENS`) never costs a participant its tools
         or its turns: the request goes as it is, and the server's answer decides. In a known
-        context, tool definitions that leave no room for the conversation are left out."""
+        context, tool definitions that leave no room for the conversation are left out.
+        """
         room = self.room(p, profile)
         base = build(room)
         tools = bool(profile.tool_specs)
@@ -3889,8 +4252,7 @@ class TurnStreamer:
         extra: list[dict] = []  # this turn's tool calls and results
         tool_rounds = corrections = 0
         refitted = False
-        limit = self.settings.valves.TURN_TIME_LIMIT
-        ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
+        ends_at = self._turn_ends_at()
         while True:
             if base is None:
                 return self._bench(
@@ -3911,10 +4273,7 @@ class TurnStreamer:
                 self._cut_line(p, result.cut)
                 return "\n\n".join(said)
             if result.malformed:
-                self._notice(
-                    f"{md_text(p.alias)}'s reply had {result.malformed} unreadable stream "
-                    "frame(s), skipped: some of its text may be missing."
-                )
+                self._note_malformed(p, result.malformed)
             if is_context_error(result.error) and not result.shown:
                 # A plain retry would fail the same way: fit tighter once, then it sits out.
                 if refitted:
@@ -3923,11 +4282,15 @@ class TurnStreamer:
                 refitted = True
                 room = self._refit_room(p, profile, result.error or "", messages)
                 # The tool results are cut to what is left; they may take at most half.
-                base = build(room - min(message_chars(extra), room // 2) if extra else room)
+                base = build(
+                    room - min(message_chars(extra), room // 2) if extra else room
+                )
                 continue
             if result.error is not None or not (result.content or result.calls):
                 if not result.shown and not result.calls:
-                    recovered = await self.retry_plain(p, profile, messages, result.error)
+                    recovered = await self.retry_plain(
+                        p, profile, messages, result.error
+                    )
                     said.append(recovered)
                 else:
                     self._failure_line(p, result.error or "the reply ended early")
@@ -3936,12 +4299,12 @@ class TurnStreamer:
                 return "\n\n".join(said)
             if tool_rounds >= self.settings.valves.MAX_TOOL_ROUNDS:
                 # Tools were no longer offered and it called one anyway: nothing more runs.
-                self._notice(
-                    f"{md_text(p.alias)} still asked for tools after "
-                    f"{_count(tool_rounds, 'tool round')}; its turn ends here."
-                )
-                return "\n\n".join(said)
-            bad = {c.index: why for c in result.calls if (why := self._malformed(profile, c))}
+                return self._tools_refused(p, tool_rounds, said)
+            bad = {
+                c.index: why
+                for c in result.calls
+                if (why := self._malformed(profile, c))
+            }
             if bad and corrections < self.settings.valves.MAX_TOOL_CORRECTIONS:
                 corrections += 1
                 log.debug("malformed tool call from %s, asking again: %s", p.alias, bad)
@@ -3953,18 +4316,40 @@ class TurnStreamer:
             outputs = await self.run_tools(profile, result.calls, bad)
             extra += self._tool_messages(result, outputs)
 
+    def _turn_ends_at(self) -> float:
+        """The loop time at which a turn is cut (TURN_TIME_LIMIT; 0: never)."""
+        limit = self.settings.valves.TURN_TIME_LIMIT
+        return asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
+
+    def _note_malformed(self, p: Participant, frames: int) -> None:
+        self._notice(
+            f"{md_text(p.alias)}'s reply had {frames} unreadable stream "
+            "frame(s), skipped: some of its text may be missing."
+        )
+
+    def _tools_refused(self, p: Participant, tool_rounds: int, said: list[str]) -> str:
+        self._notice(
+            f"{md_text(p.alias)} still asked for tools after "
+            f"{_count(tool_rounds, 'tool round')}; its turn ends here."
+        )
+        return "\n\n".join(said)
+
     def _refit_room(
         self, p: Participant, profile: ModelProfile, error: str, sent: list[dict]
     ) -> int:
         """The room for a second try after a context error: the size the server named (learnt
         for every run), else three quarters of what was sent (for this request only)."""
-        if self.budget.learn(profile, error, message_chars(sent) + self._tools_chars(profile)):
+        if self.budget.learn(
+            profile, error, message_chars(sent) + self._tools_chars(profile)
+        ):
             room = self.room(p, profile, 0.9)
             if room is not None:
                 return room
         return int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
 
-    def _bench(self, p: Participant, profile: ModelProfile, said: list[str], reason: str) -> str:
+    def _bench(
+        self, p: Participant, profile: ModelProfile, said: list[str], reason: str
+    ) -> str:
         """It cannot take part with this conversation: one line, and no more requests to it."""
         log.debug("%s (%s) sits out: %s", p.alias, profile.model_id, reason)
         self.benched.add(p.alias)
@@ -3984,7 +4369,9 @@ class TurnStreamer:
         # The usage frame calibrates the token estimate.
         usage = {"stream_options": {"include_usage": True}}
         sampling = self._sampling(p)
-        form = self.request(profile, messages, **sampling, **self._bounds(p), **tools, **usage)
+        form = self.request(
+            profile, messages, **sampling, **self._bounds(p), **tools, **usage
+        )
         result = StreamResult()
         decoder, calls = SSEDecoder(), ToolCallAccumulator()
         splitter = ReplyFilter(self.guard_for(p), self.echo_guard())
@@ -3995,21 +4382,30 @@ class TurnStreamer:
         stream = self.gateway.stream_chat(form, self.ctx.user)
         try:
             # A model may not go silent for `silence` s, nor stream past the turn's end.
-            async with asyncio.timeout_at(min(loop.time() + silence, turn_ends_at)) as deadline:
+            async with asyncio.timeout_at(
+                min(loop.time() + silence, turn_ends_at)
+            ) as deadline:
                 async for chunk in stream:
                     now = loop.time()
                     # Moving the deadline costs a timer; do it once per tenth of the window,
                     # so a model is cut off after 90-100 % of `silence` without a chunk.
-                    if deadline.when() - now < silence * 0.9 and deadline.when() < turn_ends_at:
+                    if (
+                        deadline.when() - now < silence * 0.9
+                        and deadline.when() < turn_ends_at
+                    ):
                         deadline.reschedule(min(now + silence, turn_ends_at))
                     for payload in decoder.feed(chunk):
-                        self._apply(decode_frame(payload), splitter, calls, content, result)
+                        self._apply(
+                            decode_frame(payload), splitter, calls, content, result
+                        )
                     await self.emitter.update()
                     if splitter.ended:
                         break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():
-                        self._apply(decode_frame(payload), splitter, calls, content, result)
+                        self._apply(
+                            decode_frame(payload), splitter, calls, content, result
+                        )
         except ModelCallError as exc:
             result.error = str(exc)
         except TimeoutError:
@@ -4019,13 +4415,46 @@ class TurnStreamer:
                 result.error = f"the model sent nothing for {silence:g} s"
         finally:
             await stream.aclose()  # a cut reply also stops the model upstream
+        self._settle(p, profile, form, offer_tools, splitter, calls, content, result)
+        self.ledger.count(
+            self._row,
+            (
+                (result.prompt_tokens, result.tokens - result.prompt_tokens)
+                if result.tokens
+                else None
+            ),
+            form["messages"],
+            result.content + "".join(c.arguments for c in result.calls),
+            self.clock.now() - started,
+        )
+        return result
+
+    def _settle(
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        form: dict,
+        offer_tools: bool,
+        splitter: ReplyFilter,
+        calls: ToolCallAccumulator,
+        content: list[str],
+        result: StreamResult,
+    ) -> None:
+        """What an ended stream amounts to: its cut, error, content, calls and token count."""
+        messages = form["messages"]
         if result.prompt_tokens:
-            chars = message_chars(messages) + (self._tools_chars(profile) if offer_tools else 0)
+            chars = message_chars(messages) + (
+                self._tools_chars(profile) if offer_tools else 0
+            )
             self.budget.calibrate(profile, chars, result.prompt_tokens)
         if result.finish_reason == "length" and result.error is None:
             result.cut = "length"
         if splitter.stopped_by is not None:
-            log.debug("%s began a line as %s; the reply ends there", p.alias, splitter.stopped_by)
+            log.debug(
+                "%s began a line as %s; the reply ends there",
+                p.alias,
+                splitter.stopped_by,
+            )
         content_end = self._end_reply(splitter, content, result)
         if splitter.echo is not None and splitter.echo.echoed and result.error is None:
             result.cut = "echo"  # it began copying what was already said
@@ -4036,14 +4465,10 @@ class TurnStreamer:
         result.content = content_end
         result.calls = calls.calls() if result.error is None and not result.cut else []
         self._count_tokens(result.tokens, form["messages"], result.content)
-        counted = (
-            (result.prompt_tokens, result.tokens - result.prompt_tokens) if result.tokens else None
-        )
-        reply = result.content + "".join(c.arguments for c in result.calls)
-        self.ledger.count(self._row, counted, form["messages"], reply, self.clock.now() - started)
-        return result
 
-    def _count_tokens(self, reported: int | None, messages: list[dict], reply: str) -> None:
+    def _count_tokens(
+        self, reported: int | None, messages: list[dict], reply: str
+    ) -> None:
         """Add what a reply used: the backend's usage, else about 4 characters a token."""
         if not reported and self.want_usage:
             chars = sum(len(_text_of(m.get("content"))) for m in messages) + len(reply)
@@ -4085,7 +4510,9 @@ class TurnStreamer:
             why = "cut by the model's length limit"
         self.transcript.add_notice(f"*✂️ …({why})*")
 
-    def _end_reply(self, splitter: ReplyFilter, content: list[str], result: StreamResult) -> str:
+    def _end_reply(
+        self, splitter: ReplyFilter, content: list[str], result: StreamResult
+    ) -> str:
         """Show what the splitter held back, close any open reasoning; return what was said."""
         for kind, text in splitter.flush():
             self._show(kind, text, content, result)
@@ -4120,7 +4547,9 @@ class TurnStreamer:
                 result.prompt_tokens = event.count
                 result.tokens = event.index or result.tokens
 
-    def _show(self, kind: str, text: str, content: list[str], result: StreamResult) -> None:
+    def _show(
+        self, kind: str, text: str, content: list[str], result: StreamResult
+    ) -> None:
         if kind == "content":
             if not content and not text.strip():
                 return  # leading whitespace of a reply stays out of the transcript
@@ -4133,7 +4562,11 @@ class TurnStreamer:
         result.shown = result.shown or kind != "reasoning_end"
 
     async def retry_plain(
-        self, p: Participant, profile: ModelProfile, messages: list[dict], error: str | None
+        self,
+        p: Participant,
+        profile: ModelProfile,
+        messages: list[dict],
+        error: str | None,
     ) -> str:
         """One non-streamed retry for a reply that failed or came back empty."""
         log.debug("retrying %s without streaming (%s)", p.alias, error or "empty reply")
@@ -4146,9 +4579,14 @@ class TurnStreamer:
             self._failure_line(p, str(exc) or error or "no reply")
             return ""
         self._count_tokens(None, form["messages"], text)
-        self.ledger.count(self._row, counted, form["messages"], text, self.clock.now() - started)
+        self.ledger.count(
+            self._row, counted, form["messages"], text, self.clock.now() - started
+        )
         content: list[str] = []
-        splitter, scratch = ReplyFilter(self.guard_for(p), self.echo_guard()), StreamResult()
+        splitter, scratch = (
+            ReplyFilter(self.guard_for(p), self.echo_guard()),
+            StreamResult(),
+        )
         for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
         said = self._end_reply(splitter, content, scratch)
@@ -4202,7 +4640,11 @@ class TurnStreamer:
                 "tool_calls": [c.as_message_part() for c in result.calls],
             },
             *(
-                {"role": "tool", "tool_call_id": c.call_id, "content": outputs.get(c.index, "")}
+                {
+                    "role": "tool",
+                    "tool_call_id": c.call_id,
+                    "content": outputs.get(c.index, ""),
+                }
                 for c in result.calls
             ),
         ]
@@ -4229,27 +4671,37 @@ class TurnStreamer:
         await self.emitter.update()
         return outputs
 
-    async def run_tool(self, profile: ModelProfile, call: ToolCall) -> tuple[str, list, list]:
+    async def run_tool(
+        self, profile: ModelProfile, call: ToolCall
+    ) -> tuple[str, list, list]:
         tool = profile.tools[call.name]
         args = json.loads(call.arguments or "{}")
         if tool.get("type") != "mcp":
-            allowed = ((tool.get("spec") or {}).get("parameters") or {}).get("properties")
+            allowed = ((tool.get("spec") or {}).get("parameters") or {}).get(
+                "properties"
+            )
             if isinstance(allowed, dict):
                 args = {k: v for k, v in args.items() if k in allowed}
         try:
             result = await within(
-                self.clock, self.settings.valves.TOOL_TIMEOUT, call_tool(tool["callable"], args)
+                self.clock,
+                self.settings.valves.TOOL_TIMEOUT,
+                call_tool(tool["callable"], args),
             )
         except TimeoutError:
-            result = (
-                f"Error: the tool did not finish within {self.settings.valves.TOOL_TIMEOUT:g} s."
-            )
-        except Exception as exc:  # a tool's own failure is the model's to read, not a crash
+            result = f"Error: the tool did not finish within {self.settings.valves.TOOL_TIMEOUT:g} s."
+        except (
+            Exception
+        ) as exc:  # a tool's own failure is the model's to read, not a crash
             log.debug("tool %s raised: %s", call.name, exc)
             result = {"error": str(exc)}
         try:
             return await self.gateway.process_tool_result(
-                call.name, result, str(tool.get("type") or ""), self.ctx.metadata, self.ctx.user
+                call.name,
+                result,
+                str(tool.get("type") or ""),
+                self.ctx.metadata,
+                self.ctx.user,
             )
         except Exception as exc:
             log.warning("could not process the result of tool %s: %s", call.name, exc)
@@ -4266,7 +4718,9 @@ def make_manager(
     def prompt(last: int | None) -> str:
         limit = valves.MANAGER_HISTORY_CHARS
         room = streamer.budget.room_chars(profile, 4 * MANAGER_ANSWER_TOKENS, 1.0)
-        if room is not None:  # the prompt's own words and the system message need room too
+        if (
+            room is not None
+        ):  # the prompt's own words and the system message need room too
             limit = max(0, min(limit, room - len(settings.manager_prompt) - 2000))
         history = history_digest(streamer.turns, streamer.user_name, limit)
         return manager_prompt(settings.manager_prompt, history, aliases, last)
@@ -4274,7 +4728,9 @@ def make_manager(
     async def ask(messages: list[dict], max_tokens: int) -> str:
         return await streamer.ask(profile, messages, max_tokens, valves.MANAGER_TIMEOUT)
 
-    return ManagerChoice(ask, prompt, settings.manager_system, aliases, status, valves.MAX_TOKENS)
+    return ManagerChoice(
+        ask, prompt, settings.manager_system, aliases, status, valves.MAX_TOKENS
+    )
 
 
 # ============================================================================
@@ -4286,18 +4742,26 @@ class Run:
     """The direction names each turn and the streamer speaks it, until an ending holds; then
     the closing. Also the status line that tells the user how it went."""
 
-    def __init__(self, transcript: Transcript, emitter: CoalescingEmitter, clock: Clock) -> None:
+    def __init__(
+        self, transcript: Transcript, emitter: CoalescingEmitter, clock: Clock
+    ) -> None:
         self.transcript = transcript
         self.emitter = emitter
         self.clock = clock
         self.direction: Direction | None = None  # both set once the setup is done
         self.streamer: TurnStreamer | None = None
-        self.started: float | None = None  # when the turns began (after the setup dialog)
+        self.started: float | None = (
+            None  # when the turns began (after the setup dialog)
+        )
         self.in_turn = False  # a conversation turn (not the closing) is streaming
 
     async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
         """Turns until an ending holds, then the closing; returns why it ended."""
-        self.direction, self.streamer, self.started = direction, streamer, self.clock.now()
+        self.direction, self.streamer, self.started = (
+            direction,
+            streamer,
+            self.clock.now(),
+        )
         while plans := await direction.next_turns():
             self.in_turn = True
             for plan, heard in zip(plans, await self.speak(plans), strict=True):
@@ -4338,7 +4802,9 @@ class Run:
     # -- the status line ---------------------------------------------------------------------
     def status(self, text: str, done: bool = True) -> None:
         log.debug("status: %s", text)
-        self.emitter.post({"type": "status", "data": {"description": text, "done": done}})
+        self.emitter.post(
+            {"type": "status", "data": {"description": text, "done": done}}
+        )
 
     def end_status(self, outcome: str | None = None) -> None:
         """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
@@ -4399,7 +4865,9 @@ def task_answer(task: str, text: str, prompt: str) -> str:
     value = data.get(key) if isinstance(data, dict) else None
     values = value if is_list and isinstance(value, list) else [value]
     limit = TASK_VALUE_MAX_CHARS[key]
-    quoted = prompt.split("<chat_history>")[0].casefold()  # the instructions, not the chat
+    quoted = prompt.split("<chat_history>")[
+        0
+    ].casefold()  # the instructions, not the chat
     kept = [
         v.strip()
         for v in values
@@ -4440,7 +4908,9 @@ async def _first_usable(
     for model_id in dict.fromkeys(candidates):
         try:
             _refuse_self([model_id], own_prefix)
-            profiles = await resolve_profiles(gateway, ctx, runtime, [model_id], with_tools=False)
+            profiles = await resolve_profiles(
+                gateway, ctx, runtime, [model_id], with_tools=False
+            )
         except ConfigError as exc:
             log.debug("task model %s not used: %s", model_id, exc)
             continue
@@ -4458,12 +4928,15 @@ TASK_RETRY_TIME_SHARE = 1 / 3
 class TaskBudget:
     """A task model that did not give the JSON asked for (prose, or too slow) gets a short
     budget for its next tasks, so the message it keeps busy ends sooner; one good answer
-    gives it the full budget back. Its record is shared by every request, like context sizes."""
+    gives it the full budget back. Its record is shared by every request, like context sizes.
+    """
 
     def __init__(self, failures: dict[str, int]) -> None:
         self.failures = failures
 
-    def limits(self, model_id: str, max_tokens: int, seconds: float) -> tuple[int, float]:
+    def limits(
+        self, model_id: str, max_tokens: int, seconds: float
+    ) -> tuple[int, float]:
         """(max tokens, seconds) for this model's next task."""
         if not self.failures.get(model_id):
             return max_tokens, seconds
@@ -4492,7 +4965,10 @@ def fit_task_prompt(messages: list[dict], room: int | None) -> list[dict]:
     end = end if end >= start else len(text)
     block = text[start:end]
     kept = cut_middle(block, max(len(CUT_MARK), len(block) - excess))
-    return [*messages[:-1], {**messages[-1], "content": text[:start] + kept + text[end:]}]
+    return [
+        *messages[:-1],
+        {**messages[-1], "content": text[:start] + kept + text[end:]},
+    ]
 
 
 async def ask_task_model(
@@ -4512,7 +4988,9 @@ async def ask_task_model(
     for shrink in (1.0, 0.9):
         reserve = min(max_tokens, budget.limit(profile) // 4 or max_tokens)
         room = budget.room_chars(profile, reserve, shrink)
-        fitted = fit_task_prompt(messages, room if cap is None else min(room or cap, cap))
+        fitted = fit_task_prompt(
+            messages, room if cap is None else min(room or cap, cap)
+        )
         form = {"model": profile.model_id, "messages": fitted, "max_tokens": reserve}
         form = for_backend(form, profile, budget.num_ctx(profile))
         try:
@@ -4563,7 +5041,9 @@ def overlay_script(
         "MESSAGE_ID": message_id,
         "CLOSE_EVENT": OVERLAY_CLOSE_EVENT,
     }
-    return re.sub(r"__([A-Z_]+)__", lambda m: _js_literal(values[m.group(1)]), OVERLAY_JS)
+    return re.sub(
+        r"__([A-Z_]+)__", lambda m: _js_literal(values[m.group(1)]), OVERLAY_JS
+    )
 
 
 def overlay_close_script(message_id: str | None) -> str:
@@ -4663,7 +5143,9 @@ class SetupDialog:
         if isinstance(answer, dict) and answer.get(OVERLAY_CANCELLED) is True:
             raise SetupCancelled
         if isinstance(answer, dict) and answer.get(OVERLAY_TIMED_OUT) is True:
-            log.debug("configuration overlay timed out in the tab; using the user valves")
+            log.debug(
+                "configuration overlay timed out in the tab; using the user valves"
+            )
             return TIMED_OUT
         if isinstance(answer, dict) and set(answer) <= {"error", "detail"}:
             return TIMED_OUT  # the host's answer for a closed tab or an error
@@ -4693,7 +5175,8 @@ async def ask_for_setup(
     max_rounds: int,
 ) -> tuple[ConversationConfig, bool]:
     """The dialog's setup and whether to remember it. A refused answer opens the dialog again
-    with what was typed and why; a timed-out dialog runs the user's valves, unremembered."""
+    with what was typed and why; a timed-out dialog runs the user's valves, unremembered.
+    """
     shown, problem = opening, ""
     for _ in range(MAX_DIALOG_ASKS):
         answer = await dialog.ask(script(shown, problem))
@@ -4719,7 +5202,11 @@ def _tool_event_filter(emit: EmitFn | None) -> EmitFn | None:
         return None
 
     async def forward(event: dict) -> Any:
-        if isinstance(event, dict) and event.get("type") in ("message", "replace", "chat:message"):
+        if isinstance(event, dict) and event.get("type") in (
+            "message",
+            "replace",
+            "chat:message",
+        ):
             log.debug("dropped a %s event from a tool", event.get("type"))
             return None
         return await emit(event)
@@ -4756,19 +5243,25 @@ def earlier_turns(content: str, participants: list[Participant]) -> int:
     counted them."""
     aliases = {p.alias for p in participants}
     names = [m.group(2) for m in HEADING_RE.finditer(BLOCK_RE.sub("", content))]
-    return sum(1 for name in names if md_unescape(_MODEL_BEHIND_RE.sub("", name)) in aliases)
+    return sum(
+        1 for name in names if md_unescape(_MODEL_BEHIND_RE.sub("", name)) in aliases
+    )
 
 
 def _chat_system(body: dict) -> str:
     """The chat's own system prompt (the user's, in the chat's settings), if any."""
     messages = body.get("messages") or []
-    return "\n\n".join(_text_of(m.get("content")) for m in messages if m.get("role") == "system")
+    return "\n\n".join(
+        _text_of(m.get("content")) for m in messages if m.get("role") == "system"
+    )
 
 
 def _saved_chat_id(ctx: RequestContext) -> str | None:
     """The chat id when the chat is stored on the server (not a temporary or channel chat)."""
     chat_id = str(ctx.metadata.get("chat_id") or "")
-    return chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
+    return (
+        chat_id if chat_id and not chat_id.startswith(("local:", "channel:")) else None
+    )
 
 
 def _last_user_text(body: dict) -> str:
@@ -4785,15 +5278,17 @@ def is_command(content: Any) -> bool:
 
 def conversation_messages(messages: list[dict]) -> list[dict]:
     """The chat without its commands: the conversation goes on from the last real message."""
-    return [m for m in messages if not (m.get("role") == "user" and is_command(m.get("content")))]
+    return [
+        m
+        for m in messages
+        if not (m.get("role") == "user" and is_command(m.get("content")))
+    ]
 
 
 SETUP_SAVED = f"{NOTICE_PREFIX}Setup saved. Send a message to start the conversation.*"
 
 
-_RECONFIGURE_HINT = (
-    f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
-)
+_RECONFIGURE_HINT = f"(This is the configuration saved for this chat: send {RECONFIGURE_COMMAND} to choose again.)"
 
 
 def _model_roles(
@@ -4815,10 +5310,14 @@ def _model_roles(
 def _refuse_self(model_ids: list[str], own_prefix: str) -> None:
     own = [m for m in model_ids if own_prefix != "." and m.startswith(own_prefix)]
     if own:
-        raise ConfigError(f"'{own[0]}' is this conversation pipe itself and cannot take part.")
+        raise ConfigError(
+            f"'{own[0]}' is this conversation pipe itself and cannot take part."
+        )
 
 
-async def _remember(gateway: HostGateway, ctx: RequestContext, config: ConversationConfig) -> None:
+async def _remember(
+    gateway: HostGateway, ctx: RequestContext, config: ConversationConfig
+) -> None:
     chat_id = _saved_chat_id(ctx)
     if chat_id is None:
         return
@@ -4840,6 +5339,23 @@ def _setup_notice(exc: Exception) -> str:
     return f"{NOTICE_PREFIX}{md_text(str(exc))}*"
 
 
+def _emitter_for(
+    valves: Any, emit: EmitFn | None, transcript: Transcript, clock: Clock, body: dict
+) -> CoalescingEmitter:
+    """The run's emitter, paced and budgeted by the admin's valves."""
+    return CoalescingEmitter(
+        emit,
+        transcript.render,
+        valves.EMIT_INTERVAL,
+        clock,
+        host_bytes=_chat_bytes(body),
+        save_interval=valves.SAVE_INTERVAL,
+        budget=valves.SAVE_BUDGET_KB * 1024,
+        max_save_interval=valves.MAX_SAVE_INTERVAL,
+        live_at=transcript.live_block_at,
+    )
+
+
 def _mark_stopped(run: Run, transcript: Transcript) -> None:
     """The user pressed Stop: the cut turn and the status say so, and a message stopped in the
     setup is not left blank."""
@@ -4859,7 +5375,9 @@ class Prepared:
     profiles: dict[str, ModelProfile]
     manager: ModelProfile | None
     closer: Participant | None
-    budget: ContextBudget  # sizes servers named and prompts that worked: shared (Pipe's)
+    budget: (
+        ContextBudget  # sizes servers named and prompts that worked: shared (Pipe's)
+    )
     rng: random.Random
 
 
@@ -4890,7 +5408,11 @@ def _cast(
         chat_system=_chat_system(body),
         want_usage=prepared.config.max_total_tokens > 0,
     )
-    chooser = make_manager(streamer, prepared.manager, run.status) if prepared.manager else None
+    chooser = (
+        make_manager(streamer, prepared.manager, run.status)
+        if prepared.manager
+        else None
+    )
     ask = ctx.extra_params.get("__event_call__")  # None without a browser tab (the API)
     moderator = None
     if prepared.config.moderator == "between_rounds" and ask is not None:
@@ -4907,7 +5429,9 @@ def _cast(
     )
     # Continue Response: the status counts the message's earlier turns too.
     earlier = continued_content(body, ctx.metadata)
-    direction.progress.spoken = earlier_turns(earlier, prepared.participants) if earlier else 0
+    direction.progress.spoken = (
+        earlier_turns(earlier, prepared.participants) if earlier else 0
+    )
     return direction, streamer
 
 
@@ -4918,7 +5442,9 @@ async def _with_usage(text: str, usage: dict[str, int]) -> AsyncIterator[str | d
     yield {"choices": [], "usage": usage}
 
 
-async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool) -> str:
+async def _finish(
+    emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool
+) -> str:
     """Flush the final state (saved by the host with it); return it for the host to save again.
 
     The host turns the returned text into one delta that the open tab appends to what our
@@ -4928,7 +5454,9 @@ async def _finish(emitter: CoalescingEmitter, transcript: Transcript, handing_ov
     """
     transcript.finish()
     await emitter.flush()
-    final = transcript.added()  # on Continue the host puts it after the message it continues
+    final = (
+        transcript.added()
+    )  # on Continue the host puts it after the message it continues
     if handing_over:
         await emitter.hand_over()
     return final
@@ -4957,7 +5485,8 @@ class Pipe:
         # Context sizes servers named in errors: facts about models, shared by every run.
         self.context_limits: dict[str, int] = {}
         self.context_proven: dict[str, int] = {}  # largest prompts (tokens) that worked
-        self.task_failures: dict[str, int] = {}  # task models' unanswered tasks in a row
+        # Task models' unanswered tasks in a row
+        self.task_failures: dict[str, int] = {}
 
     def _budget(self) -> ContextBudget:
         """A run's view of the models' contexts, over what every run has learnt."""
@@ -5051,27 +5580,21 @@ class Pipe:
         valves = self.valves
         clock = self.clock
         transcript = Transcript(clock.now, prefix=continued_content(body, ctx.metadata))
-        emitter = CoalescingEmitter(
-            emit,
-            transcript.render,
-            valves.EMIT_INTERVAL,
-            clock,
-            host_bytes=_chat_bytes(body),
-            save_interval=valves.SAVE_INTERVAL,
-            budget=valves.SAVE_BUDGET_KB * 1024,
-            max_save_interval=valves.MAX_SAVE_INTERVAL,
-            live_at=transcript.live_block_at,
-        )
+        emitter = _emitter_for(valves, emit, transcript, clock, body)
         settings = Settings.read(valves, user_valves)
         run = Run(transcript, emitter, clock)
         dialog = None
         if event_call is not None and valves.CONFIG_OVERLAY:
             message_id = ctx.metadata.get("message_id")
-            dialog = SetupDialog(event_call, emitter, message_id, clock, valves.OVERLAY_TIMEOUT)
+            dialog = SetupDialog(
+                event_call, emitter, message_id, clock, valves.OVERLAY_TIMEOUT
+            )
         started = clock.now()
         try:
             try:
-                prepared = await self._prepare(gateway, ctx, body, user_valves, own_prefix, dialog)
+                prepared = await self._prepare(
+                    gateway, ctx, body, user_valves, own_prefix, dialog
+                )
             except (ConfigError, AccessCheckError, SetupCancelled) as exc:
                 transcript.add_notice(_setup_notice(exc))
                 run.not_started(exc)
@@ -5083,7 +5606,15 @@ class Pipe:
                 prepared.config.use_manager,
             )
             direction, streamer = _cast(
-                gateway, ctx, settings, transcript, emitter, run, body, user_info, prepared
+                gateway,
+                ctx,
+                settings,
+                transcript,
+                emitter,
+                run,
+                body,
+                user_info,
+                prepared,
             )
             await run.converse(direction, streamer)
             usage.update(streamer.ledger.message_usage())
@@ -5100,7 +5631,9 @@ class Pipe:
             raise
         except Exception as exc:
             log.exception("conversation failed")
-            transcript.add_notice(f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*")
+            transcript.add_notice(
+                f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*"
+            )
             run.end_status("stopped by an error")
         return await _finish(emitter, transcript, handing_over=True)
 
@@ -5121,7 +5654,9 @@ class Pipe:
         chosen, saved, remember = await self._choose_config(
             gateway, ctx, body, user_valves, own_prefix, dialog
         )
-        config = one_more_round(chosen) if continued_content(body, ctx.metadata) else chosen
+        config = (
+            one_more_round(chosen) if continued_content(body, ctx.metadata) else chosen
+        )
         runtime = gateway.runtime_models()
         names = {m: d.get("name") or m for m, d in runtime.items()}
         participants = make_participants(config, names)
@@ -5140,12 +5675,19 @@ class Pipe:
         if remember:
             await _remember(gateway, ctx, chosen)
         if not any(
-            m.get("role") == "user" for m in conversation_messages(body.get("messages") or [])
+            m.get("role") == "user"
+            for m in conversation_messages(body.get("messages") or [])
         ):
             raise NothingToAnswer  # the chat holds only /reconfigure so far
         manager = profiles[manager_id] if config.use_manager else None
         return Prepared(
-            config, participants, profiles, manager, closer, self._budget(), self.rng_factory()
+            config,
+            participants,
+            profiles,
+            manager,
+            closer,
+            self._budget(),
+            self.rng_factory(),
         )
 
     async def _choose_config(
@@ -5189,8 +5731,12 @@ class Pipe:
                 problem=problem,
             )
 
-        opening = dialog_form(saved or settings, max_rounds)  # /reconfigure: this chat's setup
-        config, remember = await ask_for_setup(dialog, script, opening, settings, max_rounds)
+        opening = dialog_form(
+            saved or settings, max_rounds
+        )  # /reconfigure: this chat's setup
+        config, remember = await ask_for_setup(
+            dialog, script, opening, settings, max_rounds
+        )
         return config, False, remember
 
     # -- title, tags, follow-ups -------------------------------------------------------------
@@ -5204,7 +5750,8 @@ class Pipe:
         task: str,
     ) -> str:
         """Answer the host's background task with one bounded plain completion from Open
-        WebUI's task model, else the first participant's; an answer of the wrong shape is ''."""
+        WebUI's task model, else the first participant's; an answer of the wrong shape is ''.
+        """
         chat_id = _saved_chat_id(ctx)
         raw = await gateway.load_chat_config(chat_id) if chat_id else None
         runtime = gateway.runtime_models()
@@ -5228,13 +5775,22 @@ class Pipe:
             else TASK_MAX_TOKENS
         )
         tasks = TaskBudget(self.task_failures)
-        max_tokens, seconds = tasks.limits(profile.model_id, max_tokens, self.valves.TASK_TIMEOUT)
-        asked = ask_task_model(gateway, ctx.user, profile, self._budget(), messages, max_tokens)
+        max_tokens, seconds = tasks.limits(
+            profile.model_id, max_tokens, self.valves.TASK_TIMEOUT
+        )
+        asked = ask_task_model(
+            gateway, ctx.user, profile, self._budget(), messages, max_tokens
+        )
         try:
             # The host holds the message open until its tasks end: they must end soon.
             text = await within(self.clock, seconds, asked)
         except TimeoutError:
-            log.debug("background task %s took over %g s on %s", task, seconds, profile.model_id)
+            log.debug(
+                "background task %s took over %g s on %s",
+                task,
+                seconds,
+                profile.model_id,
+            )
             tasks.record(profile.model_id, answered=False)
             return ""
         except ModelCallError as exc:
@@ -5291,8 +5847,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "participants": [
             {"alias": "Dreamer", "system_message": "Propose bold, unusual ideas."},
-            {"alias": "Builder", "system_message": "Build on the others' ideas; make them work."},
-            {"alias": "Skeptic", "system_message": "Point out the weak spot of the latest idea."},
+            {
+                "alias": "Builder",
+                "system_message": "Build on the others' ideas; make them work.",
+            },
+            {
+                "alias": "Skeptic",
+                "system_message": "Point out the weak spot of the latest idea.",
+            },
         ],
     },
     "review_panel": {
@@ -5304,9 +5866,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             "closing": "vote",
         },
         "participants": [
-            {"alias": "Correctness", "system_message": "Review for correctness and edge cases."},
-            {"alias": "Security", "system_message": "Review for security and privacy risks."},
-            {"alias": "Clarity", "system_message": "Review for clarity and maintainability."},
+            {
+                "alias": "Correctness",
+                "system_message": "Review for correctness and edge cases.",
+            },
+            {
+                "alias": "Security",
+                "system_message": "Review for security and privacy risks.",
+            },
+            {
+                "alias": "Clarity",
+                "system_message": "Review for clarity and maintainability.",
+            },
         ],
     },
     "interview": {
@@ -5326,7 +5897,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "system_message": "You lead the interview: ask one question at a time and "
                 "follow up on vague answers.",
             },
-            {"alias": "Candidate", "system_message": "You are interviewed: answer candidly."},
+            {
+                "alias": "Candidate",
+                "system_message": "You are interviewed: answer candidly.",
+            },
         ],
     },
     "council": {
@@ -5344,9 +5918,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             },
         },
         "participants": [
-            {"alias": "Analyst", "system_message": "Answer carefully, with the reasoning shown."},
-            {"alias": "Expert", "system_message": "Answer as a domain expert, precisely."},
-            {"alias": "Contrarian", "system_message": "Answer, and test the obvious answer."},
+            {
+                "alias": "Analyst",
+                "system_message": "Answer carefully, with the reasoning shown.",
+            },
+            {
+                "alias": "Expert",
+                "system_message": "Answer as a domain expert, precisely.",
+            },
+            {
+                "alias": "Contrarian",
+                "system_message": "Answer, and test the obvious answer.",
+            },
         ],
     },
 }
@@ -6210,7 +6793,11 @@ USER_VALVES: dict[str, Any] = {
     **{
         f"Participant{i}{key}": (
             str,
-            Field(default="", title=f"Participant {i}: {what}", description=text.format(i=i)),
+            Field(
+                default="",
+                title=f"Participant {i}: {what}",
+                description=text.format(i=i),
+            ),
         )
         for i in range(1, MAX_PARTICIPANTS + 1)
         for key, what, text in (
@@ -6375,10 +6962,15 @@ USER_VALVES: dict[str, Any] = {
     "Top_k": (
         int,
         Field(
-            default=50, title="Top-k", description="Top-k sampling (sent to Ollama models only)."
+            default=50,
+            title="Top-k",
+            description="Top-k sampling (sent to Ollama models only).",
         ),
     ),
-    "Top_p": (float, Field(default=0.8, title="Top-p", description="Top-p (nucleus) sampling.")),
+    "Top_p": (
+        float,
+        Field(default=0.8, title="Top-p", description="Top-p (nucleus) sampling."),
+    ),
 }
 
 Pipe.Valves = create_model("Valves", **ADMIN_VALVES)

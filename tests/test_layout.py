@@ -70,3 +70,12 @@ def test_every_user_valve_is_in_the_readme_by_name_and_title():
         numbered = re.sub(r"Participant[2-5]", "Participant1", name)
         assert f"`{numbered}`" in table, f"{name} is not in the README's user valves table"
         assert info.title.split(": ")[-1] in table, (name, info.title)  # "Closing turn: name"
+
+
+def test_the_functions_editor_saves_the_file_unchanged():
+    """Open WebUI's editor runs `black.format_str(code, mode=black.Mode())` before it saves
+    (`/api/v1/utils/code/format`): the file must already be in that form, or what an admin
+    saves differs from the release on every long line."""
+    import black
+
+    assert black.format_str(SOURCE, mode=black.Mode()) == SOURCE
