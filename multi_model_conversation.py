@@ -2401,122 +2401,226 @@ def fit_tool_results(messages: list[dict], start: int, room: int) -> list[dict]:
 
 
 # ============================================================================
-# Speakers stay themselves: stop at a line where a reply speaks as someone else
+# Speakers stay themselves: stop where a reply goes on as someone else
 # ============================================================================
+#
+# A reply is read line by line. A line that starts with a name of this conversation and a
+# colon (`Ben: …`, `Ben said: "…"`, `ベン：…`) is a *label line*. Most label lines are
+# legitimate: a scorecard item named like a reviewer, a note by a participant called Note,
+# a line of a dialogue the user asked for, a name addressed. So a label line of someone else
+# is held back until the evidence decides (`SpeakerGuard._judge`), and only then shown or cut:
+#
+#   cut  - the pipe's own transcript format, `Ben said: "…"` (what a model sees in history);
+#        - the same voice labelled twice in a row: a script going on;
+#        - the line reads as speech (I, we, you, a greeting, a question: `Ben: I agree!`),
+#          or the next label line of the conversation's voices does.
+#   keep - a bold or italic label (`**Security:** …`), a lowercase start (`Ben: you are
+#          right`: addressed), a list, quote, table, heading or code around it;
+#        - a block the reply presents: after a line ending with a colon ("A scorecard:"), or
+#          beside a label that is no name of this conversation (`Agent:` in a sample dialogue);
+#        - a plain statement (`Note: The deposit is due on Friday.`).
+#
+# Full-width colons count as colons. Whatever a cut held back is kept (`held_back`), so the
+# caller can fold it under the turn instead of losing it.
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit; most servers take more, none fewer
-_REPORTING = (" said", " says", " wrote")  # `Name said:` starts a turn as `Name:` does
+_REPORTING = (
+    " said",
+    " says",
+    " wrote",
+)  # `Name said:` is the pipe's own transcript form
+_COLONS = ":："
 _EMPHASIS = "*_"
 _LIST_ITEM = re.compile(r"[-+*] |\d{1,3}[.)] ")
 _NEVER_A_TURN = (
     ">|#[(<"  # a quote, table, heading, link, aside or tag at the line start
 )
-_OPENING_QUOTES = '"“«'  # `Alice: "…"` is how a transcript shows Alice speaking
+_FENCES = ("```", "~~~")
+_PRONOUN_LABELS = ("you", "me", "i", "we")
+_OPENING_QUOTES = '"“«「'  # `Ben said: "…"` is how a transcript shows Ben speaking
+# A label that is no name of the conversation: one to three words, the first capitalised (or
+# of a script without case), then a colon: `Agent:`, `Edge cases:`, `顧客：`.
+_OTHER_LABEL = re.compile(r"[^\W\d_][\w'’-]*(?: [^\W\d_][\w'’-]*){0,2}")
+# Words that make a line speech rather than a statement: persons and openers of a reply.
+_SPEECH_WORDS = frozenset(
+    "i i'm i'd i'll i've me my mine myself we we're we'll we've we'd us our ours let's "
+    "you you're you'll you've you'd your yours "
+    "je j' moi nous vous tu toi yo nosotros tú usted ich wir du uns euch io noi eu nós você".split()
+)
+_SPEECH_OPENERS = frozenset(
+    "yes yeah yep no nope oh ah hi hello hey great sounds absolutely okay ok alright sure "
+    "thanks thank well wow agreed exactly indeed hmm right sorry please welcome".split()
+)
+_SPEECH_MARKS = (
+    "?",
+    "!",
+    "？",
+    "！",
+    "¿",
+    "¡",
+    "私",
+    "僕",
+    "俺",
+    "我",
+    "你",
+    "您",
+    "あなた",
+)
+_WORDS = re.compile(r"[\w']+")
+# A label line whose text repeats this many consecutive words of what the others said before
+# recites their part (`Pro: Remote work saves hours of commuting…` in Con's reply).
+RECITED_WORDS = 6
 
 
-def stop_sequences(own: str, aliases: list[str], user_name: str) -> list[str]:
-    """`Name said: "` and `Name: "` at a line start, for the next two speakers after `own` in
-    turn order (or the user): a transcript line in the pipe's own format, which the guard
-    always cuts too. The server cuts wherever a sequence occurs, so a bare `Name:` would also
-    cut `Alice: you are right` and a `Note:` remark (bench/guard.py measures both)."""
+def word_runs(text: str, size: int) -> set[tuple[str, ...]]:
+    """Every run of `size` consecutive words of `text` (casefolded), to spot a recital."""
+    words = _WORDS.findall(text.replace("’", "'").casefold())
+    return {tuple(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+def stop_sequences(
+    own: str, aliases: list[str], user_name: str, closing: str = ""
+) -> list[str]:
+    """`Name said: "` at a line start, the pipe's own transcript format, for the speakers after
+    `own` in turn order, the closing speaker and the user: the one form the guard always cuts,
+    so the server may stop there too. A bare `Name:` would also cut `Note: …` or a scorecard.
+    """
     if own in aliases:
         at = aliases.index(own)
         aliases = aliases[at + 1 :] + aliases[:at]
-    names = [a for a in aliases if a != own] + [user_name]
-    unique = [n for n in dict.fromkeys(n for n in names if n.strip())]
-    forms = (' said: "', ': "')
-    return [
-        f"\n{n}{form}"
-        for n in unique[: MAX_STOP_SEQUENCES // len(forms)]
-        for form in forms
-    ]
+    names = [a for a in (*aliases, closing, user_name) if a != own and a.strip()]
+    return [f'\n{n} said: "' for n in dict.fromkeys(names)][:MAX_STOP_SEQUENCES]
 
 
 @dataclass
-class LineStart:
-    """What a line's start says: `label` (a `Name:` / `Name said:` label), `maybe` (too
-    little seen yet) or `no`; for a label, whose, the text after it, and whether it opens a turn.
-    """
+class Label:
+    """A line's `Name:` / `Name said:` start: whose (`own`, `other`, or `unknown`: a name not
+    in this conversation), how it is written and the text after its colon."""
 
-    verdict: Literal["label", "maybe", "no"]
-    name: str = ""
-    rest: str = ""
-    marked: bool = False  # in bold or italics: a field label, `**Security:** ...`
-    opens_turn: bool = False
+    name: str  # as the conversation spells it (an unknown label: as written)
+    who: Literal["own", "other", "unknown"]
+    rest: str  # after the colon and its spaces, up to the line's end
+    said: bool = False  # `Name said:`, the pipe's transcript form
+    marked: bool = False  # in bold or italics: a field label, `**Security:** …`
+
+    @property
+    def addressed(self) -> bool:
+        """`Ben: you are right`: a lowercase start speaks to Ben, not as Ben."""
+        first = self.rest.lstrip(" \"'“«")[:1]
+        return first.islower()
+
+    def speaks(self, after: str = "") -> bool:
+        """The label's text (or, when it is bare, `after`) reads as speech, not a statement."""
+        text = (self.rest or after).replace("’", "'").casefold()
+        words = _WORDS.findall(text)
+        return bool(
+            any(w in _SPEECH_WORDS for w in words)
+            or (words and words[0] in _SPEECH_OPENERS)
+            or any(m in text for m in _SPEECH_MARKS)
+        )
 
 
-def read_line_start(line: str, names: list[str], ended: bool) -> LineStart:
-    """Reads `line` (a line's start; `ended`: nothing more will come) for a speaker label.
-
-    A label opens a turn when it is plain (no bold), at the line's start (no quote, list,
-    indent) and what follows begins like a sentence: `Alice: I think…`, not `Alice: you…`.
-    """
+def read_label(line: str, names: dict[str, str], own: str) -> Label | None:
+    """`line` (a whole line) read as a label line; None when it is none, or sits in a list,
+    quote, table, heading, aside or indented code. `names`: casefolded → as spelled, longest
+    first; `own` casefolded."""
     body = line.lstrip(" ")
-    if body.startswith("\t") or len(line) - len(body) > 3:
-        return LineStart("no")  # an indented code block
-    if body.strip(_EMPHASIS) in ("", "\n"):
-        return LineStart(
-            "no" if ended else "maybe"
-        )  # `*` may open `**Name:**` or a list
+    if body.startswith("\t") or len(line) - len(body) > 3 or not body.strip():
+        return None
     if body[0] in _NEVER_A_TURN or _LIST_ITEM.match(body):
-        return LineStart("no")
+        return None
     inner = body.lstrip(_EMPHASIS)
-    marked = inner != body
-    verdict: Literal["maybe", "no"] = "no"
-    for name in names:  # longest first, so `Mia 2` wins over `Mia`
-        start = _read_label(inner, name, ended)
-        if start.verdict == "label":
-            start.marked = start.marked or marked
-            start.opens_turn = start.opens_turn and not start.marked
-            return start
-        verdict = "maybe" if start.verdict == "maybe" else verdict
-    return LineStart(verdict)
-
-
-def _read_label(text: str, name: str, ended: bool) -> LineStart:
-    """`text` read as `name`, then `said`, `:` and the text after it; see read_line_start."""
-    low = text.casefold()
-    if not low.startswith(name):
-        return LineStart("maybe" if name.startswith(low) and not ended else "no")
-    after = low[len(name) :]
+    low = inner.casefold()
+    key = next((n for n in names if low.startswith(n)), None)
+    if key is not None:
+        after, who = inner[len(key) :], "own" if key == own else "other"
+        name = names[key]
+    elif (m := _OTHER_LABEL.match(inner)) and not m.group()[0].islower():
+        if m.group().casefold() in _PRONOUN_LABELS:
+            return None  # `You: …` in a continued script is no list of the reply's own
+        after, who, name = inner[m.end() :], "unknown", m.group()
+    else:
+        return None
     closing = after.lstrip(_EMPHASIS)
-    marked = closing != after
-    for verb in _REPORTING:
-        if closing.startswith(verb):
-            closing = closing[len(verb) :].lstrip(_EMPHASIS)
-            break
-        if verb.startswith(closing) and closing and not ended:
-            return LineStart("maybe")
-    if not closing:
-        return LineStart("no" if ended else "maybe")
-    if not closing.startswith(":"):
-        return LineStart("no")
-    rest = text[len(text) - len(closing) + 1 :]
+    said = next((v for v in _REPORTING if closing.casefold().startswith(v)), "")
+    closing = closing[len(said) :].lstrip(_EMPHASIS)
+    if not closing or closing[0] not in _COLONS:
+        return None
+    rest = closing[1:]
     shown = rest.lstrip(_EMPHASIS)
-    marked = marked or shown != rest
-    first = shown.strip()[:1]
-    if not first and not ended:
-        return LineStart("maybe")
-    opens = first in _OPENING_QUOTES or not first.islower()
-    return LineStart("label", name, shown.lstrip(" \t"), marked, opens)
+    marked = inner != body or closing != after[len(said) :] or shown != rest
+    if said and who == "unknown":
+        return None  # `Everyone said: …` is prose
+    return Label(name, who, shown.strip(), bool(said), marked)  # type: ignore[arg-type]
+
+
+def _may_be_label(start: str, names: dict[str, str]) -> bool:
+    """A line's start (no newline yet) may still become a label line of a conversation name."""
+    body = start.lstrip(" ")
+    if body.startswith("\t") or len(start) - len(body) > 3:
+        return False
+    inner = body.lstrip(_EMPHASIS)
+    if not inner:
+        return True
+    if body[0] in _NEVER_A_TURN or _LIST_ITEM.match(body):
+        return False
+    low = inner.casefold()
+    for name in names:
+        if name.startswith(low):
+            return True
+        if low.startswith(name):
+            closing = low[len(name) :].lstrip(_EMPHASIS)
+            for verb in ("", *_REPORTING):
+                tail = (
+                    closing[len(verb) :].lstrip(_EMPHASIS)
+                    if closing.startswith(verb)
+                    else None
+                )
+                if tail is not None and (not tail or tail[0] in _COLONS):
+                    return True
+                if verb and verb.startswith(closing):
+                    return True
+    return False
 
 
 class SpeakerGuard:
-    """Filters a streamed reply: drops a leading `Name:` label and ends the reply at a line
-    where the model starts speaking as another participant or the user (read_line_start).
+    """Filters a streamed reply: ends it before a line where it goes on as another speaker,
+    and drops its own leading `Name:` label; see the section's comment for the evidence.
 
-    Holds back only the start of a line while it could still become such a label; lines in
-    a fenced code block are never read."""
+    Lines stream through as they come, except a line that starts with a conversation name's
+    label: that one is held until it and the next line with text are read."""
 
-    def __init__(self, own: str, others: list[str]) -> None:
+    def __init__(
+        self, own: str, others: list[str], said: dict[str, str] | None = None
+    ) -> None:
+        """`others`: every other voice (participants, the closing speaker, the user);
+        `said`: what each of them said before, by name."""
+        spelled = {n.casefold(): n for n in [*others, own] if n.strip()}
+        self._names = dict(sorted(spelled.items(), key=lambda kv: -len(kv[0])))
         self._own = own.casefold()
-        names = [n.casefold() for n in dict.fromkeys([own, *others]) if n.strip()]
-        self._names = sorted(names, key=len, reverse=True)
-        self._line = ""  # the start of the current line, held back
-        self._holding = True  # at a line start, still deciding
+        said = said or {}
+        self._runs = set().union(  # what the others said, to spot a recital of it
+            *(word_runs(t, RECITED_WORDS) for n, t in said.items() if n != own)
+        )
+        # Labels the conversation itself used (`Motion: …`): voices of it, not a list's own.
+        self._used = {
+            label.name.casefold()
+            for text in said.values()
+            for line in text.splitlines()
+            if (label := read_label(line, {}, "")) is not None
+        }
+        self.stopped_by: str | None = None  # whose line ended the reply, as spelled
+        self.held_back = ""  # what the guard kept out of the reply when it ended it
+        self._line = ""  # the current line's start, held while it may be a label
+        self._current = ""  # the current line as passed through so far
+        self._passing = False  # the current line is passed through as it comes
+        self._pending: list[str] = []  # a held label line, then blank lines after it
+        self._label: Label | None = None  # the held line's label
+        self._listed = False  # the held line was introduced or is in a list
+        self._block: Literal["", "list", "script"] = ""  # the label lines around
+        self._intro = False  # the last line with text ended with a colon
         self._started = False  # some text went out already
-        self._fence = ""  # the open code fence's character, if any
-        self.stopped_by: str | None = None  # whose line ended the reply
+        self._fence = ""  # the open code fence, if any
 
     def feed(self, text: str) -> str:
         """The part of `text` that may be shown now ('' once the reply has ended)."""
@@ -2524,57 +2628,148 @@ class SpeakerGuard:
         while text and self.stopped_by is None:
             cut = text.find("\n")
             piece, text = (text, "") if cut < 0 else (text[: cut + 1], text[cut + 1 :])
-            if self._holding:
-                self._line += piece
-                piece = self._decide(final=False)
-            else:
-                self._holding = cut >= 0  # the next piece starts a line
-            self._started = self._started or bool(piece.strip())
-            out.append(piece)
+            if self._passing:
+                out.append(piece)
+                self._current += piece
+                if cut >= 0:
+                    self._passing = False
+                    self._line_done(self._current)
+                continue
+            self._line += piece
+            out.append(self._read(ended=cut >= 0))
+        if self.stopped_by is not None:
+            self.held_back += text
         return "".join(out)
 
     def flush(self) -> str:
-        """End of the reply: whatever is still held back goes out."""
-        if self.stopped_by is not None or not self._line:
-            return ""
-        return self._decide(final=True)
+        """End of the reply: what is still held is judged with nothing after it."""
+        out = ""
+        if self._line and self.stopped_by is None:
+            out = self._read(ended=True)
+        if self._pending and self.stopped_by is None:
+            out += self._judge(None)
+        return out
 
-    def _decide(self, final: bool) -> str:
-        ended = final or self._line.endswith("\n")
-        fence = self._fence_mark(self._line)
-        if fence is None and not ended:
-            return ""  # `` could still open a fence
-        if fence or self._fence:
-            start = LineStart("no")
-            if fence and fence == (self._fence or fence):
-                self._fence = "" if self._fence else fence
-        else:
-            start = read_line_start(self._line, self._names, ended)
-            if start.verdict == "maybe":
+    def _read(self, ended: bool) -> str:
+        """The current line's start: passed through, held, or (a whole line) judged."""
+        line = self._line
+        if not self._pending and not ended:
+            if not self._fence and _may_be_label(line, self._names):
                 return ""
-        line, self._line = self._line, ""
-        self._holding = line.endswith("\n")
-        if start.verdict != "label":
+            self._line, self._current, self._passing = "", line, True
             return line
-        if start.name == self._own and (not start.marked or not self._started):
-            return start.rest  # its own name: the label goes
-        if not start.opens_turn:
-            return line  # a field label, or someone addressed: `Alice: you…`
-        if not self._started:
-            return start.rest  # a reply that opens with a label: the label goes
-        self.stopped_by = start.name
+        if not ended:
+            return ""  # the line after a held label line is read whole
+        self._line = ""
+        out = ""
+        if self._pending:
+            if not line.strip():
+                self._pending.append(line)
+                return ""
+            out = self._judge(self._label_of(line), line)
+            if self.stopped_by is not None:
+                return out
+        return out + self._whole_line(line)
+
+    def _label_of(self, line: str) -> Label | None:
+        """The line's label, unless it is in code or is a label the conversation used."""
+        label = None if self._fence else read_label(line, self._names, self._own)
+        used = label is not None and label.who == "unknown"
+        return None if used and label.name.casefold() in self._used else label
+
+    def _whole_line(self, line: str) -> str:
+        """A complete line no held label waits on: shown, or held as a label line."""
+        label = self._label_of(line)
+        if label is None or label.who == "unknown" or self._block == "script":
+            self._line_done(line)
+            return line
+        quoted = label.rest[:1] in _OPENING_QUOTES and not label.marked
+        if label.said and quoted and label.who == "other" and self._started:
+            return self._stop(label, line)  # the pipe's own transcript format
+        if label.marked or (label.addressed and label.who != "own"):
+            if label.who == "own" and not self._started:
+                self._started = True
+                return label.rest + line[len(line.rstrip("\r\n")) :]
+            self._line_done(line)
+            return line
+        listed = self._intro or self._block == "list"
+        if label.said and label.who == "other" and self._started and not listed:
+            return self._stop(
+                label, line
+            )  # `Ben said: We agree.`: a report opening a line
+        self._pending, self._label, self._listed = [line], label, listed
         return ""
 
-    @staticmethod
-    def _fence_mark(line: str) -> str | None:
-        """The fence's character if `line` opens or closes a code fence; None while unsure."""
-        body = line.lstrip(" ")
-        for mark in ("`", "~"):
-            if body.startswith(mark * 3):
-                return mark
-            if body and (mark * 3).startswith(body):
-                return None
+    def _judge(self, nxt: Label | None, line: str = "") -> str:
+        """The held label line, given the next line (`line`, its label `nxt`; None: no label
+        or the end). Its own label, or one opening the reply, goes unless a list follows.
+        """
+        held, self._pending = self._pending, []
+        label, self._label = self._label, None
+        assert label is not None
+        first, blanks, cut = held[0], "".join(held[1:]), "".join(held) + line
+        if nxt is not None and nxt.who == "unknown":
+            return self._keep(first, blanks, "script")  # a script of its own: `Agent:`
+        listing = nxt is not None and nxt.name != label.name and not self._speaks(nxt)
+        if label.who == "own" or not self._started:
+            if listing:
+                return self._keep(
+                    first, blanks, "list"
+                )  # a list opening with this label
+            self._started = self._started or bool(label.rest)
+            return label.rest + first[len(first.rstrip("\r\n")) :] + blanks
+        if (
+            self._listed
+        ):  # introduced ("A scorecard:") or in a list: only speech is a turn
+            if label.speaks(line):
+                return self._stop(label, cut)
+            return self._keep(first, blanks, "list")
+        if nxt is not None and nxt.name == label.name and not nxt.marked:
+            return self._stop(label, cut)  # the same voice again: a script
+        if self._speaks(label, line) or (nxt is not None and self._speaks(nxt)):
+            return self._stop(label, cut)
+        return self._keep(first, blanks, "list" if listing else "")
+
+    def _speaks(self, label: Label, after: str = "") -> bool:
+        """A label line of this conversation that reads as that speaker's own words: speech
+        (I, you, a greeting, a question) or a run of what the others said before."""
+        if label.who == "unknown" or label.addressed or label.marked:
+            return False
+        if label.speaks(after):
+            return True
+        words = _WORDS.findall((label.rest or after).replace("’", "'").casefold())
+        return any(
+            tuple(words[i : i + RECITED_WORDS]) in self._runs
+            for i in range(len(words) - RECITED_WORDS + 1)
+        )
+
+    def _keep(
+        self, first: str, blanks: str, block: Literal["", "list", "script"]
+    ) -> str:
+        self._line_done(first)
+        self._block = block
+        return first + blanks
+
+    def _stop(self, label: Label, held: str) -> str:
+        self.stopped_by, self.held_back = label.name, held
         return ""
+
+    def _line_done(self, line: str) -> None:
+        """Bookkeeping once a line is shown whole: code fences, blocks, introductions."""
+        text = line.strip()
+        if not text:
+            return
+        self._started = True
+        mark = text[:3]
+        if mark in _FENCES and (not self._fence or mark == self._fence):
+            self._fence = "" if self._fence else mark
+            self._block, self._intro = "", False
+            return
+        if self._fence:
+            return
+        if self._label_of(line) is None:
+            self._block = ""  # a line of prose ends a block of label lines
+        self._intro = text[-1] in _COLONS
 
 
 class ReplyFilter:
@@ -2591,6 +2786,12 @@ class ReplyFilter:
     @property
     def stopped_by(self) -> str | None:
         return self.guard.stopped_by if self.guard else None
+
+    @property
+    def held_back(self) -> str:
+        """The text the speaker guard kept out of the transcript when it ended the reply
+        (for the caller to fold under the turn); '' when it did not end it."""
+        return self.guard.held_back if self.guard else ""
 
     @property
     def ended(self) -> bool:
@@ -3970,6 +4171,7 @@ class TurnStreamer:
         turns: list[Turn],
         chat_system: str = "",
         want_usage: bool = False,
+        closing_alias: str = "",
     ) -> None:
         self.gateway = gateway
         self.ctx = ctx
@@ -3981,6 +4183,7 @@ class TurnStreamer:
         self.profiles = profiles
         self.aliases = aliases  # every participant's alias, in turn order
         self.user_name = user_name
+        self.closing_alias = closing_alias  # who speaks the closing turn, if anyone
         self.turns = turns  # the chat so far, then every turn spoken in this run
         self.chat_system = (
             chat_system  # the chat's own system prompt, if the user set one
@@ -4481,7 +4684,9 @@ class TurnStreamer:
         if self.max_tokens(p):
             bounds["max_tokens"] = self.max_tokens(p)
         if self.settings.valves.STOP_SEQUENCES and self.guarded:
-            bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
+            bounds["stop"] = stop_sequences(
+                p.alias, self.aliases, self.user_name, self.closing_alias
+            )
         return bounds
 
     def echo_guard(self) -> EchoGuard | None:
@@ -4489,10 +4694,16 @@ class TurnStreamer:
         return EchoGuard(self.sources) if self.guarded and self.sources else None
 
     def guard_for(self, p: Participant) -> SpeakerGuard | None:
-        """A conversation turn ends at a line where it starts speaking as someone else."""
+        """A conversation turn ends at a line where it goes on as someone else: another
+        participant, the closing speaker or the user."""
         if not self.guarded:
             return None
-        return SpeakerGuard(p.alias, [*self.aliases, self.user_name, "User"])
+        said: dict[str, str] = {}
+        for turn in self.turns:
+            name = self.user_name if turn.speaker is None else turn.speaker
+            said[name] = f"{said.get(name, '')}\n{_text_of(turn.content)}"
+        voices = [*self.aliases, self.closing_alias, self.user_name]
+        return SpeakerGuard(p.alias, voices, said)
 
     def max_tokens(self, p: Participant) -> int:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
@@ -5406,6 +5617,7 @@ def _cast(
         user_name=user_info.get("name") or "User",
         turns=history_turns(conversation_messages(body.get("messages") or [])),
         chat_system=_chat_system(body),
+        closing_alias=prepared.closer.alias if prepared.closer else "",
         want_usage=prepared.config.max_total_tokens > 0,
     )
     chooser = (

@@ -92,6 +92,20 @@ def no_stops(*_: Any) -> list[str]:
     return []
 
 
+def said_before(item: dict) -> dict[str, str]:
+    """What each speaker said before the reply: the item's own record, else its scenario's."""
+    if "said" in item:
+        return item["said"]
+    source = item.get("source")
+    if not isinstance(source, dict) or source.get("scenario") not in SCENARIOS:
+        return {}
+    said: dict[str, str] = {}
+    for speaker, text in SCENARIOS[source["scenario"]][2]:
+        name = item["user"] if speaker is None else speaker
+        said[name] = f"{said.get(name, '')}\n{text}"
+    return said
+
+
 def cut_line(
     item: dict, guard: type, stops: Callable[..., list[str]]
 ) -> tuple[int | None, bool, str]:
@@ -102,15 +116,24 @@ def cut_line(
     text = item["text"]
     at = min((i for s in stops(own, [own, *others], user) if (i := text.find(s)) >= 0), default=-1)
     sent = text[:at] if at >= 0 else text
-    g = guard(own, [own, *others, user, "User"])
-    shown = []
-    for index, line in enumerate(sent.splitlines(keepends=True)):
-        shown.append(g.feed(line))
+    if hasattr(guard, "_speaks"):
+        g = guard(own, [own, *others, user], said_before(item))
+    else:
+        g = guard(own, [own, *others, user, "User"])
+    if hasattr(g, "held_back"):
+        shown = g.feed(sent) + g.flush()
         if g.stopped_by is not None:
-            return index, False, "".join(shown)
-    shown.append(g.flush())
+            return sent[: len(sent) - len(g.held_back)].count("\n"), False, shown
+    else:
+        shown = []
+        for index, line in enumerate(sent.splitlines(keepends=True)):
+            shown.append(g.feed(line))
+            if g.stopped_by is not None:
+                return index, False, "".join(shown)
+        shown.append(g.flush())
+        shown = "".join(shown)
     at_line = text[:at].count("\n") + 1 if at >= 0 else None
-    return at_line, at >= 0, "".join(shown)
+    return at_line, at >= 0, shown
 
 
 def outcomes(corpus: dict, guard: type, stops: Callable[..., list[str]]) -> dict[str, list[str]]:

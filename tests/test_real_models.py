@@ -295,7 +295,7 @@ def test_the_guard_drops_a_leading_label_and_ends_at_someone_elses_line_however_
     expected = "Hello there.\nMiami is warm, Mia said so.\nstill me\n"
     for cut in range(len(text) + 1):
         for second in (cut, min(len(text), cut + 3)):
-            assert guarded([text[:cut], text[cut:second], text[second:]]) == (expected, "mia")
+            assert guarded([text[:cut], text[cut:second], text[second:]]) == (expected, "Mia")
     assert guarded(["Mia said: I open as Mia\nthen me"]) == ("I open as Mia\nthen me", None)
     assert guarded(["Ann"]) == ("Ann", None), "a held name with no colon is released at the end"
 
@@ -303,18 +303,20 @@ def test_the_guard_drops_a_leading_label_and_ends_at_someone_elses_line_however_
 def test_each_participant_stops_on_the_next_speakers_and_the_users_labels_at_most_four():
     assert mmc.stop_sequences("B", ["A", "B", "C"], "Ann") == [
         '\nC said: "',
-        '\nC: "',
         '\nA said: "',
-        '\nA: "',
+        '\nAnn said: "',
     ]
     five = ["A", "B", "C", "D", "E"]
-    assert mmc.stop_sequences("C", five, "Ann") == [
+    assert mmc.stop_sequences("C", five, "Ann", "Judge") == [
         '\nD said: "',
-        '\nD: "',
         '\nE said: "',
-        '\nE: "',
+        '\nA said: "',
+        '\nB said: "',
     ]
-    assert mmc.stop_sequences("A", ["A"], "Ann") == ['\nAnn said: "', '\nAnn: "']
+    assert mmc.stop_sequences("A", ["A"], "Ann", "Judge") == [
+        '\nJudge said: "',
+        '\nAnn said: "',
+    ]
 
 
 async def test_a_model_writing_other_participants_lines_is_cut_before_them():
@@ -330,8 +332,8 @@ async def test_a_model_writing_other_participants_lines_is_cut_before_them():
     assert "I am B" not in result and "and the user" not in result and "A: I start" not in result
     assert speakers(result) == ["A", "B"] and "could not answer" not in result
     a_request, b_request = streamed(h)
-    assert a_request["stop"] == ['\nB said: "', '\nB: "', '\nAnn said: "', '\nAnn: "']
-    assert b_request["stop"] == ['\nA said: "', '\nA: "', '\nAnn said: "', '\nAnn: "']
+    assert a_request["stop"] == ['\nB said: "', '\nAnn said: "']
+    assert b_request["stop"] == ['\nA said: "', '\nAnn said: "']
     assert "I am B" not in viewed(b_request) and "And go on." in viewed(b_request)
 
 
@@ -533,7 +535,7 @@ async def test_the_plain_retry_is_bounded_like_the_stream():
 
     retry = [r for r in h.host.requests if not r["stream"]]
     assert [(r["model"], r["max_tokens"], r["stop"]) for r in retry] == [
-        ("a", 400, ['\nB said: "', '\nB: "', '\nAnn said: "', '\nAnn: "'])
+        ("a", 400, ['\nB said: "', '\nAnn said: "'])
     ]
 
 

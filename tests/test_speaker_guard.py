@@ -62,7 +62,7 @@ def test_a_note_is_not_cut_when_a_participant_is_called_note():
     assert kept_whole("Budget fixed.\n**Note:** The deposit is refundable.", "Ana", aliases)
     # Capitalised, it reads as Note's turn: that is how SmolLM2 spoke as Note in the corpus.
     spoken = "Bye.\nNote: So far, we've got a budget of 3000 euros."
-    assert guarded(spoken, "Ana", aliases, "User") == {("Bye.\n", "note")}
+    assert guarded(spoken, "Ana", aliases, "User") == {("Bye.\n", "Note")}
 
 
 def test_lists_code_asides_and_names_inside_words_are_not_cut():
@@ -84,14 +84,14 @@ def test_lists_code_asides_and_names_inside_words_are_not_cut():
 @pytest.mark.parametrize(
     ("line", "who"),
     [
-        ("Alice: I think we should ship on Friday.", "alice"),
-        ("Alice said: Ship it.", "alice"),
-        ("Alice says: We are done.", "alice"),
-        ('Carol: "I love this plan."', "carol"),
-        ('carol said: "the cache."', "carol"),
-        ("Dana: Thanks, all.", "dana"),
-        ("User: What next?", "user"),
-        ("Alice:", "alice"),
+        ("Alice: I think we should ship on Friday.", "Alice"),
+        ("Alice said: Ship it.", "Alice"),
+        ("Alice says: We are done.", "Alice"),
+        ('Carol: "I love this plan."', "Carol"),
+        ('carol said: "the cache."', "Carol"),
+        ("Dana: Thanks, all.", "Dana"),
+        ("User: What next?", "User"),
+        ("Alice:\nI think so too.", "Alice"),
     ],
 )
 def test_a_line_that_opens_a_turn_as_someone_else_ends_the_reply_before_it(line, who):
@@ -101,7 +101,7 @@ def test_a_line_that_opens_a_turn_as_someone_else_ends_the_reply_before_it(line,
 
 def test_a_fence_closes_and_the_lines_after_it_are_guarded_again():
     text = "```\nAlice: Inside\n```\nAlice: I speak now."
-    assert guarded(text, "Bob", PANEL) == {("```\nAlice: Inside\n```\n", "alice")}
+    assert guarded(text, "Bob", PANEL) == {("```\nAlice: Inside\n```\n", "Alice")}
 
 
 def test_its_own_label_goes_and_a_turn_opening_label_at_the_start_goes_but_addressing_stays():
@@ -112,11 +112,13 @@ def test_its_own_label_goes_and_a_turn_opening_label_at_the_start_goes_but_addre
     assert kept_whole("Alice: you open this reply.", "Bob", PANEL)
 
 
-def test_the_stop_sequences_are_turn_openings_the_guard_cuts_too():
-    stops = mmc.stop_sequences("Bob", PANEL, "Dana")
-    assert stops == ['\nCarol said: "', '\nCarol: "', '\nAlice said: "', '\nAlice: "']
-    for stop, who in zip(stops, ["carol", "carol", "alice", "alice"], strict=True):
-        assert guarded(f"Mine.{stop}Yes.\nMore.", "Bob", PANEL) == {("Mine.\n", who)}
+def test_the_stop_sequences_are_the_pipes_own_transcript_lines_the_guard_cuts_too():
+    stops = mmc.stop_sequences("Bob", PANEL, "Dana", "Judge")
+    assert stops == ['\nCarol said: "', '\nAlice said: "', '\nJudge said: "', '\nDana said: "']
+    for stop, who in zip(stops, ["Carol", "Alice", "Judge", "Dana"], strict=True):
+        guard = mmc.SpeakerGuard("Bob", [*PANEL, "Judge", "Dana"])
+        shown = guard.feed(f"Mine.{stop}yes.\nMore.") + guard.flush()
+        assert (shown, guard.stopped_by) == ("Mine.\n", who)
 
 
 # -- through the pipe --------------------------------------------------------------------------
