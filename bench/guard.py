@@ -16,6 +16,7 @@ git; `--record-baseline` stores its outcomes in the corpus for the unit test to 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -58,6 +59,31 @@ NOTES = [
     ("Note", "We have a budget of 3000 euros and twelve people."),
     ("Summary", "So far: budget 3000, twelve people, no date yet."),
 ]
+STANDUP = [
+    (None, "Daily standup: what did everyone do yesterday, and what is blocking you?"),
+    ("Marta", "Yesterday I finished the login page. Today the password reset. No blockers."),
+    ("Omar", "I'm still waiting for the API keys from the vendor, so the sync job is stuck."),
+]
+DINNER = [
+    (None, "Plan a three-course dinner for six, one of them vegan."),
+    ("Critic", "Last time the starter was far too salty. Keep it simple this time."),
+    ("Guest", "I'd love something with mushrooms, and please no coriander!"),
+]
+PANEL = [
+    (None, "Review this:\n\ndef load(path):\n    return json.load(open(path))"),
+    ("Correctness", "The file is never closed, and a missing file raises an unhelpful error."),
+    ("Security", "If path comes from a user, this reads any file on the server."),
+]
+COUNCIL = [
+    (None, "Should a five-person startup use microservices?"),
+    ("Analyst", "No: the overhead of deploying and monitoring many services outweighs the gain."),
+    ("Expert", "A modular monolith gives the same boundaries without the network calls."),
+]
+JAPANESE = [
+    (None, "週末の旅行の計画を立てましょう。"),
+    ("ベン", "山に行きたいです。湖の近くに良い小屋があります。"),
+    ("チェン", "私は食べ物を担当します。カレーを作れます。"),
+]
 PLAIN: Callable[[str, str], str] = lambda name, text: f"{name}: {text}"  # noqa: E731
 # name: (speaker, others, turns, label format, persona)
 SCENARIOS: dict[str, tuple[str, tuple[str, ...], list, Callable[[str, str], str], str]] = {
@@ -68,6 +94,14 @@ SCENARIOS: dict[str, tuple[str, tuple[str, ...], list, Callable[[str, str], str]
     "brainstorm-plain": ("Builder", ("Dreamer", "Skeptic"), BRAINSTORM, PLAIN, "a builder"),
     "interview-plain": ("Candidate", ("Interviewer",), INTERVIEW, PLAIN, "a job candidate"),
     "notes-plain": ("Ana", ("Note", "Summary"), NOTES, PLAIN, "an organiser"),
+    # Added for issue 26 (never tuned on): more voices, formats and languages.
+    "standup-pipe": ("Liu", ("Marta", "Omar"), STANDUP, mmc.speaker_label, "a backend developer"),
+    "standup-plain": ("Liu", ("Marta", "Omar"), STANDUP, PLAIN, "a backend developer"),
+    "dinner-pipe": ("Chef", ("Critic", "Guest"), DINNER, mmc.speaker_label, "a chef"),
+    "dinner-plain": ("Chef", ("Critic", "Guest"), DINNER, PLAIN, "a chef"),
+    "panel-pipe": ("Clarity", ("Correctness", "Security"), PANEL, mmc.speaker_label, "a reviewer"),
+    "council-plain": ("Contrarian", ("Analyst", "Expert"), COUNCIL, PLAIN, "a contrarian"),
+    "japanese-plain": ("アナ", ("ベン", "チェン"), JAPANESE, PLAIN, "旅行の計画係"),
 }
 
 
@@ -266,6 +300,96 @@ def report(corpus: dict, old: types.ModuleType | None) -> None:
         print(f"  {form}: {count}")
 
 
+# -- the echo guard, through the pipe ---------------------------------------------------------
+#
+# An echo case is a short conversation on the scripted backend (tests/fakes.py): every
+# participant's replies are scripted, one of them is the case's reply. The case is measured
+# through the whole pipe, so the bench measures whatever guard the tree holds, whatever its
+# interface: the reply is "kept" when its whole text reaches the transcript and no ✂️ mark
+# is shown, else it was cut.
+
+
+def pipe_at(rev: str | None) -> tuple[types.ModuleType, types.ModuleType] | None:
+    """The pipe module and the fakes of the tests bound to it: this checkout's, or `rev`'s."""
+    if rev is None:
+        from tests import fakes
+
+        return mmc, fakes
+    old = old_pipe(rev)
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{rev}:tests/fakes.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    if old is None:
+        return None
+    fakes = types.ModuleType(f"fakes_{rev}")
+    saved = sys.modules.get("multi_model_conversation")
+    sys.modules["multi_model_conversation"] = old  # the fakes import the pipe by that name
+    sys.modules[fakes.__name__] = fakes
+    try:
+        exec(compile(source, f"{rev}:tests/fakes.py", "exec"), fakes.__dict__)  # noqa: S102
+    finally:
+        if saved is not None:
+            sys.modules["multi_model_conversation"] = saved
+    return old, fakes
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def run_case(pipe: tuple[types.ModuleType, types.ModuleType], case: dict) -> str:
+    """The case's conversation on the scripted backend: the pipe's answer (the transcript)."""
+    _, fakes = pipe
+    people = case["participants"]
+    models = {f"m{i}": f"Model {i}" for i in range(len(people))}
+    closing = case.get("closing")
+    if closing:
+        models["mc"] = "Closing model"
+    h = fakes.PipeHarness(models=models)
+    config = {
+        "rounds": 1,
+        **case.get("config", {}),
+        "participants": [
+            {"model": f"m{i}", "alias": alias, "system_message": persona}
+            for i, (alias, persona) in enumerate(people)
+        ],
+    }
+    if closing:
+        config["closing"] = {"model": "mc", "alias": closing[0], "prompt": closing[1]}
+    h.host.chat_configs["chat-1"] = config
+    ids = {alias: f"m{i}" for i, (alias, _) in enumerate(people)}
+    if closing:
+        ids[closing[0]] = "mc"
+    for alias, model in ids.items():
+        texts = case["script"].get(alias, [])
+        h.host.scripts[model] = fakes.Script(
+            streams=[fakes.reply(t) for t in texts], default_text="Fine."
+        )
+    return await h.run(case.get("user", "Hello everyone"))
+
+
+def echo_outcomes(cases: list[dict], pipe: tuple) -> dict[str, list[str]]:
+    """Case ids by outcome: caught (a copy cut), missed, legit_cut, kept."""
+    out: dict[str, list[str]] = {k: [] for k in ("caught", "missed", "legit_cut", "kept")}
+    for case in cases:
+        alias, nth = case["case"]
+        reply = case["script"][alias][nth]
+        result = asyncio.run(run_case(pipe, case))
+        kept = flat(reply) in flat(result) and "✂️" not in result
+        if case["echo"]:
+            out["missed" if kept else "caught"].append(case["id"])
+        else:
+            out["kept" if kept else "legit_cut"].append(case["id"])
+    return out
+
+
 # -- generating replies -----------------------------------------------------------------------
 
 
@@ -305,13 +429,14 @@ if __name__ == "__main__":
     parser.add_argument("--generate", type=int, metavar="N", help="N seeds per scenario")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--max-tokens", type=int, default=SAMPLING["max_tokens"])
+    parser.add_argument("--temperature", type=float, default=SAMPLING["temperature"])
     parser.add_argument("--record-baseline", action="store_true", help="write the old outcomes")
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="default: all")
     parser.add_argument("--out", type=Path, default=Path("guard-replies.json"))
     args = parser.parse_args()
     if args.generate:
         seeds = range(args.first_seed, args.first_seed + args.generate)
-        sampling = {**SAMPLING, "max_tokens": args.max_tokens}
+        sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature}
         generate(seeds, args.scenario or list(SCENARIOS), sampling, args.out)
     elif args.record_baseline:
         record_baseline(load(), old_pipe())

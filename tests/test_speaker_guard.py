@@ -134,3 +134,114 @@ async def test_a_reply_addressing_and_quoting_others_reaches_the_transcript_whol
 
     assert kept in result and "I am B now" not in result and "And more" not in result
     assert not any(s in kept for s in h.host.requests[0]["stop"])
+
+
+# -- issue 26: on evidence, not on a name and a colon --------------------------------------------
+
+
+async def converse(aliases: list[str], replies: dict[str, str], closing: str = "") -> tuple:
+    """One round on the scripted backend; the transcript and what the last speaker heard."""
+    models = {f"m{i}": f"Model {i}" for i in range(len(aliases))} | {"mc": "Closer"}
+    h = PipeHarness(models=models)
+    cfg = config(*[f"m{i}" for i in range(len(aliases))])
+    for row, alias in zip(cfg["participants"], aliases, strict=True):
+        row["alias"] = alias
+    if closing:
+        cfg["closing"] = {"model": "mc", "alias": closing, "prompt": "Sum up."}
+    h.host.chat_configs["chat-1"] = cfg
+    for i, alias in enumerate(aliases):
+        h.host.scripts[f"m{i}"] = Script(streams=[reply(replies.get(alias, "Fine."))])
+    h.host.scripts["mc"] = Script(default_text="Summed up.")
+    result = await h.run()
+    heard = "\n".join(str(m.get("content")) for m in h.host.requests[-1]["messages"])
+    return result, heard
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def test_a_reviewers_scorecard_named_like_the_panel_is_kept_whole_and_heard():
+    scorecard = (
+        "A scorecard across the three areas:\n\nCorrectness: Off-by-one in the loop.\n"
+        "Security: The API key is written to the debug log.\nClarity: Fine.\n\n"
+        "I would block on the key leak."
+    )
+    result, heard = await converse(
+        ["Correctness", "Security", "Clarity"], {"Correctness": scorecard}
+    )
+    assert flat(scorecard) in flat(result) and flat(scorecard) in flat(heard)
+
+
+async def test_a_sample_dialogue_the_user_asked_for_is_kept_whole_and_heard():
+    sample = (
+        "User: How do I reset my password?\n"
+        'Agent: Click "Forgot password" and follow the link we email you.'
+    )
+    result, heard = await converse(["A", "B"], {"A": f"Here it is:\n\n{sample}"})
+    assert flat(sample) in flat(result) and flat(sample) in flat(heard)
+
+
+async def test_a_common_word_alias_does_not_own_every_line_starting_with_it():
+    text = "The venue is free.\nNote: The deposit is due on Friday.\nI can pay it."
+    result, heard = await converse(["Ana", "Ben", "Note"], {"Ben": text})
+    assert flat(text) in flat(result) and flat(text) in flat(heard)
+
+
+async def test_a_full_width_colon_is_a_colon():
+    result, heard = await converse(
+        ["アナ", "ベン"], {"アナ": "予算は三千ユーロです。\nベン：私もそう思います。"}
+    )
+    assert "予算は三千ユーロです。" in heard and "私もそう思います" not in heard
+    assert "私もそう思います" not in result.split("### ")[1]
+
+
+async def test_the_closing_speaker_is_someone_else_too():
+    text = 'Lanterns first.\n\nSummary said: "The group chose lanterns."'
+    result, heard = await converse(["Dreamer", "Builder"], {"Dreamer": text}, "Summary")
+    assert "Lanterns first." in heard and "The group chose lanterns" not in heard
+
+
+def test_what_the_guard_holds_back_is_reported_as_text_however_the_stream_splits():
+    text = "Mine.\n\nAlice: I take over now.\nStill Alice."
+    for size in (1, 4, len(text)):
+        guard = mmc.SpeakerGuard("Bob", PANEL)
+        filt = mmc.ReplyFilter(guard)
+        shown = [p for i in range(0, len(text), size) for p in filt.feed(text[i : i + size])]
+        shown += filt.flush()
+        assert "".join(t for kind, t in shown if kind == "content") == "Mine.\n\n"
+        assert filt.held_back == "Alice: I take over now.\nStill Alice."
+        assert filt.stopped_by == "Alice"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Bob, I think you're right.\nCarol, can you check?",  # addressed with a comma
+        "Bob: you're right about Friday.",  # addressed, lowercase
+        "| Who | Task |\n|---|---|\n| Bob: | tests |",  # a table
+        '**Carol:** "Tests first."\nThat is the claim to beat.',  # a quoted claim, bold label
+        "Date: Saturday\nPlace: The hut\nCost: 95 euros",  # key-value lines
+        "要点：\n予算：三千ユーロ\n日程：未定",  # full-width colons, not names
+    ],
+)
+def test_formats_that_only_look_like_a_script_are_kept_whole(text):
+    assert kept_whole(text, "Alice", PANEL)
+
+
+@pytest.mark.parametrize(
+    ("text", "cut_at"),
+    [
+        ("Fine.\nBob: I agree, ship it.", 1),  # speech: I
+        ("Fine.\nBob: Ship it.\nBob: Today.", 1),  # the same voice twice: a script
+        ("Fine.\nBob: Ship it.\nCarol: Sure, why not?", 1),  # the next voice speaks
+        ('Fine.\nBob said: "ship it."', 1),  # the pipe's transcript form
+        ("Fine.\nBob: Tests for the migration come first here.", 1),  # a recital of Bob
+    ],
+)
+def test_a_continued_script_is_cut_where_it_starts(text, cut_at):
+    said = {"Bob": "Tests for the migration come first here, then the release."}
+    guard = mmc.SpeakerGuard("Alice", [*PANEL, "Dana"], said)
+    shown = guard.feed(text) + guard.flush()
+    lines = text.splitlines(keepends=True)
+    assert shown == "".join(lines[:cut_at]) and guard.held_back == "".join(lines[cut_at:])
