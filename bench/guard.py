@@ -1,21 +1,30 @@
-"""Precision and recall of the speaker guard and its stop sequences, on a labelled corpus.
+"""Precision and recall of the speaker guard and the echo guard, this tree's beside today's
+main's, on the whole labelled corpus and on its held-out part.
 
-    python -m bench.guard                                 # the figures, new guard beside old
+    python -m bench.guard                                 # the figures, both guards, new and old
     python -m bench.guard --generate 10 --out raw.json   # fresh SmolLM2 replies, to label
 
-The corpus (tests/guard_corpus.json) holds legitimate replies and impersonations: replies in
-which a participant starts a line as someone else. Each impersonation came from SmolLM2-135M
-(the server of tests/integration/real_model.py) answering one of the SCENARIOS below with no
-stop sequences and no guard; the corpus records the scenario's messages, the seed and the
+Speaker guard: tests/guard_corpus.json (issue 18's corpus, all of it tuned on) and the
+`speaker` items of tests/guard_corpus_wide.json (issue 26) hold legitimate replies and
+impersonations: replies in which a participant starts a line as someone else. Each model reply
+came from SmolLM2-135M (the server of tests/integration/real_model.py) answering one of the
+SCENARIOS below with no stop sequences and no guard; an item records its scenario, seed and
 sampling. A reply is "cut" where the server's stop sequence or the guard ends it; an
 impersonation is caught when the cut falls on its first impersonating line, and a cut on any
-other line of any reply cuts legitimate text. The old guard is main's at 09aa316, read from
-git; `--record-baseline` stores its outcomes in the corpus for the unit test to compare with.
+other line of any reply cuts legitimate text.
+
+Echo guard: the `echo` cases of tests/guard_corpus_wide.json are short conversations run
+through the whole pipe on the scripted backend, so whatever guard the tree holds is measured;
+a copy must be cut, a legitimate reply kept whole (see `run_case`).
+
+Items marked `"split": "held_out"` were never tuned on. Today's guards are main's at 16ddf33,
+read from git.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import asyncio
 import json
 import subprocess
@@ -29,7 +38,9 @@ import multi_model_conversation as mmc
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "guard_corpus.json"
-BASELINE = "09aa316"  # main before issue 18's guard
+WIDE = ROOT / "tests" / "guard_corpus_wide.json"
+BASELINE = "09aa316"  # main before issue 18's guard (guard_corpus.json records its outcomes)
+TODAY = "16ddf33"  # main when issue 26 was filed: the guards it found
 SAMPLING = {"max_tokens": 220, "temperature": 0.8}
 TRIP = [
     (None, "Let's plan a weekend trip to the mountains."),
@@ -145,32 +156,35 @@ def cut_line(
 ) -> tuple[int | None, bool, str]:
     """The index of the line where the reply is cut (None: not cut), whether the server's stop
     sequence cut it (it ends the text where the sequence begins, wherever that is), and what
-    the guard let through."""
+    the guard let through. Guards of issue 26 on know the closing speaker and what each
+    speaker said before; older ones had `User` always on their list."""
     own, others, user = item["own"], item["others"], item["user"]
+    closing = item.get("closing", "")
     text = item["text"]
-    at = min((i for s in stops(own, [own, *others], user) if (i := text.find(s)) >= 0), default=-1)
+    evidence = "said" in inspect.signature(guard).parameters
+    sequences = stops(own, [own, *others], user, closing) if evidence else stops(own, [own, *others], user)
+    at = min((i for s in sequences if (i := text.find(s)) >= 0), default=-1)
     sent = text[:at] if at >= 0 else text
-    if hasattr(guard, "_speaks"):
-        g = guard(own, [own, *others, user], said_before(item))
-    else:
-        g = guard(own, [own, *others, user, "User"])
-    if hasattr(g, "held_back"):
+    if evidence:
+        g = guard(own, [own, *others, closing, user], said_before(item))
         shown = g.feed(sent) + g.flush()
         if g.stopped_by is not None:
             return sent[: len(sent) - len(g.held_back)].count("\n"), False, shown
     else:
-        shown = []
+        g = guard(own, [own, *others, user, "User"])
+        pieces = []
         for index, line in enumerate(sent.splitlines(keepends=True)):
-            shown.append(g.feed(line))
+            pieces.append(g.feed(line))
             if g.stopped_by is not None:
-                return index, False, "".join(shown)
-        shown.append(g.flush())
-        shown = "".join(shown)
+                return index, False, "".join(pieces)
+        shown = "".join(pieces) + g.flush()
     at_line = text[:at].count("\n") + 1 if at >= 0 else None
     return at_line, at >= 0, shown
 
 
-def outcomes(corpus: dict, guard: type, stops: Callable[..., list[str]]) -> dict[str, list[str]]:
+def outcomes(
+    corpus: dict, guard: type, stops: Callable[..., list[str]]
+) -> dict[str, list[str]]:
     """Item ids by outcome: caught, missed, legit_cut (a cut on a legitimate line), kept;
     by_server (the caught ones that the stop sequence ended before the guard saw them) and
     changed (legitimate replies not cut whose text the guard changed: a label it dropped)."""
@@ -210,60 +224,33 @@ def old_pipe(rev: str = BASELINE) -> types.ModuleType | None:
     return module
 
 
-def guards(old: types.ModuleType | None) -> dict[str, tuple[type, Callable[..., list[str]]]]:
-    """The guards measured side by side: this checkout's, and the old one's when at hand."""
-    rows = {
-        "this branch: guard + stop sequences": (mmc.SpeakerGuard, mmc.stop_sequences),
-        "this branch: guard alone": (mmc.SpeakerGuard, no_stops),
-    }
-    if old is not None:
-        rows[f"this branch's guard + {BASELINE}'s `\\nName:` stops"] = (
-            mmc.SpeakerGuard,
-            old.stop_sequences,
-        )
-        rows[f"{BASELINE}: guard + stop sequences"] = (old.SpeakerGuard, old.stop_sequences)
-        rows[f"{BASELINE}: guard alone"] = (old.SpeakerGuard, no_stops)
-    return rows
-
-
-def figures(corpus: dict, old: types.ModuleType | None) -> dict[str, dict[str, Any]]:
-    """Counts, precision and recall of each guard on the corpus."""
-    result = {}
-    impersonations = sum(1 for i in corpus["items"] if i["line"] is not None)
-    for name, (guard, stops) in guards(old).items():
-        o = outcomes(corpus, guard, stops)
-        cuts = len(o["caught"]) + len(o["legit_cut"])
-        result[name] = {
-            **{k: len(v) for k, v in o.items()},
-            "precision": len(o["caught"]) / cuts if cuts else 1.0,
-            "recall": len(o["caught"]) / impersonations if impersonations else 1.0,
-            "ids": o,
-        }
-    return result
-
-
 def load(path: Path = CORPUS) -> dict:
     return json.loads(path.read_text())
 
 
-def label_forms(corpus: dict) -> dict[str, int]:
+def speaker_items() -> list[dict]:
+    """Every speaker item: issue 18's corpus (tuned on), then issue 26's."""
+    old = [{**item, "split": "tuning"} for item in load()["items"]]
+    return old + load(WIDE)["speaker"]
+
+
+def label_forms(items: list[dict]) -> dict[str, int]:
     """How the impersonations' first lines begin: the evidence for what opens a turn."""
-    forms = {"plain label, then a capital or a quote": 0, "plain label, then lowercase": 0}
-    forms |= {"bold or italic label": 0, "no label read": 0}
-    for item in corpus["items"]:
+    forms: dict[str, int] = {}
+    for item in items:
         if item["line"] is None:
             continue
         line = item["text"].splitlines()[item["line"]]
-        names = [n.casefold() for n in (item["own"], *item["others"], item["user"], "User")]
-        start = mmc.read_line_start(line, sorted(names, key=len, reverse=True), ended=True)
-        if start.verdict != "label":
-            forms["no label read"] += 1
-        elif start.marked:
-            forms["bold or italic label"] += 1
-        else:
-            forms[
-                "plain label, then " + ("a capital or a quote" if start.opens_turn else "lowercase")
-            ] += 1
+        names = {n.casefold(): n for n in (item["own"], *item["others"], item["user"])}
+        label = mmc.read_label(line, names, item["own"].casefold())
+        form = (
+            "no label read"
+            if label is None
+            else f"{'`Name said:`' if label.said else '`Name:`'}"
+            f"{', bold or italic' if label.marked else ''}"
+            f"{', then lowercase' if label.addressed else ''}"
+        )
+        forms[form] = forms.get(form, 0) + 1
     return forms
 
 
@@ -274,29 +261,68 @@ def record_baseline(corpus: dict, old: types.ModuleType) -> None:
     CORPUS.write_text(json.dumps(corpus, indent=1, ensure_ascii=False) + "\n")
 
 
-def report(corpus: dict, old: types.ModuleType | None) -> None:
-    legit = sum(1 for i in corpus["items"] if i["line"] is None)
-    print(f"{legit} legitimate replies, {len(corpus['items']) - legit} impersonations\n")
+def rates(o: dict[str, list[str]]) -> dict[str, Any]:
+    """Precision (of the cuts, how many cut a real impersonation or copy) and recall."""
+    positives = len(o["caught"]) + len(o["missed"])
+    cuts = len(o["caught"]) + len(o["legit_cut"])
+    negatives = len(o["kept"]) + len(o["legit_cut"])
+    return {
+        "caught": f"{len(o['caught'])}/{positives}",
+        "legit_cut": f"{len(o['legit_cut'])}/{negatives}",
+        "precision": len(o["caught"]) / cuts if cuts else 1.0,
+        "recall": len(o["caught"]) / positives if positives else 1.0,
+    }
+
+
+def parts(items: list[dict]) -> dict[str, list[dict]]:
+    return {"whole": items, "held out": [i for i in items if i.get("split") == "held_out"]}
+
+
+def measure() -> list[dict[str, Any]]:
+    """Every row of the table: guard, version, part, outcomes and rates."""
+    rows = []
+    today = old_pipe(TODAY)
+    speakers = {"this tree": (mmc.SpeakerGuard, mmc.stop_sequences)}
+    if today is not None:
+        speakers[f"{TODAY} (today)"] = (today.SpeakerGuard, today.stop_sequences)
+    for part, items in parts(speaker_items()).items():
+        for version, (guard, stops) in speakers.items():
+            o = outcomes({"items": items}, guard, stops)
+            rows.append({"guard": "speaker", "version": version, "part": part, "ids": o, **rates(o)})
+    pipes = {"this tree": pipe_at(None), f"{TODAY} (today)": pipe_at(TODAY)}
+    for part, cases in parts(load(WIDE)["echo"]).items():
+        for version, pipe in pipes.items():
+            if pipe is None:
+                continue
+            o = echo_outcomes(cases, pipe)
+            rows.append({"guard": "echo", "version": version, "part": part, "ids": o, **rates(o)})
+    return rows
+
+
+def report() -> None:
+    items, cases = speaker_items(), load(WIDE)["echo"]
+    held = sum(i.get("split") == "held_out" for i in items)
     print(
-        "| guard | caught (by the server) | missed | legitimate replies cut (label dropped) "
-        "| precision | recall |"
+        f"speaker: {len(items)} replies ({sum(i['line'] is not None for i in items)} "
+        f"impersonations), {held} held out; echo: {len(cases)} cases "
+        f"({sum(c['echo'] for c in cases)} copies), "
+        f"{sum(c.get('split') == 'held_out' for c in cases)} held out\n"
     )
-    print("|---|---|---|---|---|---|")
-    if old is None:
-        print(f"({BASELINE} is not in this checkout's git history: the old guard is left out)")
-    results = figures(corpus, old)
-    for name, f in results.items():
+    print("| guard | version | part | cut / impersonations or copies | legitimate cut | precision | recall |")
+    print("|---|---|---|---|---|---|---|")
+    rows = measure()
+    for r in rows:
         print(
-            f"| {name} | {f['caught']} ({f['by_server']}) | {f['missed']} "
-            f"| {f['legit_cut']} ({f['changed']}) "
-            f"| {f['precision']:.2f} | {f['recall']:.2f} |"
+            f"| {r['guard']} | {r['version']} | {r['part']} | {r['caught']} | {r['legit_cut']} "
+            f"| {r['precision']:.2f} | {r['recall']:.2f} |"
         )
-    for name, f in results.items():
-        print(f"\n{name}:\n  legitimate cut: {', '.join(f['ids']['legit_cut']) or '-'}")
-        print(f"  label dropped: {', '.join(f['ids']['changed']) or '-'}")
-        print(f"  missed: {', '.join(f['ids']['missed']) or '-'}")
+    for r in rows:
+        if r["part"] == "whole":
+            print(f"\n{r['guard']} guard, {r['version']}:")
+            print(f"  legitimate cut: {', '.join(r['ids']['legit_cut']) or '-'}")
+            print(f"  missed: {', '.join(r['ids']['missed']) or '-'}")
     print("\nThe impersonations' first lines:")
-    for form, count in label_forms(corpus).items():
+    for form, count in label_forms(items).items():
         print(f"  {form}: {count}")
 
 
@@ -441,4 +467,4 @@ if __name__ == "__main__":
     elif args.record_baseline:
         record_baseline(load(), old_pipe())
     else:
-        report(load(), old_pipe())
+        report()
