@@ -24,8 +24,8 @@ read from git.
 from __future__ import annotations
 
 import argparse
-import inspect
 import asyncio
+import inspect
 import json
 import subprocess
 import sys
@@ -162,7 +162,8 @@ def cut_line(
     closing = item.get("closing", "")
     text = item["text"]
     evidence = "said" in inspect.signature(guard).parameters
-    sequences = stops(own, [own, *others], user, closing) if evidence else stops(own, [own, *others], user)
+    voices = [own, *others]
+    sequences = stops(own, voices, user, closing) if evidence else stops(own, voices, user)
     at = min((i for s in sequences if (i := text.find(s)) >= 0), default=-1)
     sent = text[:at] if at >= 0 else text
     if evidence:
@@ -182,9 +183,7 @@ def cut_line(
     return at_line, at >= 0, shown
 
 
-def outcomes(
-    corpus: dict, guard: type, stops: Callable[..., list[str]]
-) -> dict[str, list[str]]:
+def outcomes(corpus: dict, guard: type, stops: Callable[..., list[str]]) -> dict[str, list[str]]:
     """Item ids by outcome: caught, missed, legit_cut (a cut on a legitimate line), kept;
     by_server (the caught ones that the stop sequence ended before the guard saw them) and
     changed (legitimate replies not cut whose text the guard changed: a label it dropped)."""
@@ -288,14 +287,16 @@ def measure() -> list[dict[str, Any]]:
     for part, items in parts(speaker_items()).items():
         for version, (guard, stops) in speakers.items():
             o = outcomes({"items": items}, guard, stops)
-            rows.append({"guard": "speaker", "version": version, "part": part, "ids": o, **rates(o)})
+            row = {"guard": "speaker", "version": version, "part": part, "ids": o}
+            rows.append({**row, **rates(o)})
     pipes = {"this tree": pipe_at(None), f"{TODAY} (today)": pipe_at(TODAY)}
     for part, cases in parts(load(WIDE)["echo"]).items():
         for version, pipe in pipes.items():
             if pipe is None:
                 continue
             o = echo_outcomes(cases, pipe)
-            rows.append({"guard": "echo", "version": version, "part": part, "ids": o, **rates(o)})
+            row = {"guard": "echo", "version": version, "part": part, "ids": o}
+            rows.append({**row, **rates(o)})
     return rows
 
 
@@ -308,7 +309,10 @@ def report() -> None:
         f"({sum(c['echo'] for c in cases)} copies), "
         f"{sum(c.get('split') == 'held_out' for c in cases)} held out\n"
     )
-    print("| guard | version | part | cut / impersonations or copies | legitimate cut | precision | recall |")
+    print(
+        "| guard | version | part | cut / impersonations or copies | legitimate cut "
+        "| precision | recall |"
+    )
     print("|---|---|---|---|---|---|---|")
     rows = measure()
     for r in rows:
