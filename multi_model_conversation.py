@@ -6908,11 +6908,11 @@ ADMIN_VALVES: dict[str, Any] = {
         Field(
             default=True,
             title="Stop at other speakers' names",
-            description='Send `Name said: "` and `Name: "` at a line start for the next two '
-            "speakers (or the user) as stop sequences, so a model ends its turn instead of "
-            "writing their lines (only forms the guard cuts anyway: a bare `Name:` would also "
-            "cut `Alice: you are right`). Switch off for models that reject `stop`; the pipe "
-            "still cuts such lines itself.",
+            description="Send `Name said: \"` at a line start (the pipe's own transcript "
+            "form) for the next speakers, the closing speaker and the user as stop sequences, "
+            "so a model ends its turn instead of writing their lines (the one form the guard "
+            "always cuts: a bare `Name:` would also cut a scorecard). Switch off for models "
+            "that reject `stop`; the pipe still cuts such lines itself.",
         ),
     ),
     "PIPE_NAME": (

@@ -454,6 +454,150 @@ def generate(seeds: range, scenarios: list[str], sampling: dict, out: Path) -> N
     out.write_text(json.dumps(replies, indent=1, ensure_ascii=False))
 
 
+# Setups for real echo cases: earlier turns scripted, the case speaker's reply from SmolLM2.
+TRIO = [
+    ["Ana", "You plan trips carefully."],
+    ["Ben", "You care about costs."],
+    ["Chen", "You love food."],
+]
+ECHO_SETUPS: dict[str, dict] = {
+    "trip": {
+        "participants": TRIO,
+        "user": "Plan a weekend in the mountains for the three of us.",
+        "script": {
+            "Ana": [
+                "Let's take the early train on Saturday, sleep in the hut by the lake and "
+                "walk down through the forest on Sunday afternoon."
+            ],
+            "Ben": [
+                "The hut costs 30 euros a night each, the train 24 return, so about 55 "
+                "euros each if we cook our own food."
+            ],
+        },
+        "case": ["Chen", 0],
+    },
+    "debate": {
+        "participants": [["Pro", "You argue FOR the motion."], ["Con", "You argue AGAINST."]],
+        "user": "Motion: cities should ban cars from their centres.",
+        "config": {"rounds": 2},
+        "script": {
+            "Pro": [
+                "Car-free centres cut pollution and noise, make streets safe for children "
+                "and bring shoppers back to small businesses.",
+                "Delivery vans can keep early-morning slots.",
+            ],
+            "Con": [
+                "A ban hurts people who cannot walk far, and shops lose customers from "
+                "the suburbs who have no train."
+            ],
+        },
+        "case": ["Con", 1],
+    },
+    "stop": {
+        "participants": [["Ana", "You plan carefully."], ["Ben", "You care about costs."]],
+        "user": "Agree on a date for the team dinner.",
+        "config": {"stop_phrase": "We have reached a final agreement", "rounds": 2},
+        "script": {
+            "Ana": ["Friday the 14th works for me, at the Italian place near the office."],
+            "Ben": ["Friday the 14th is fine by me as well."],
+        },
+        "case": ["Ana", 1],
+    },
+    "council": {
+        "participants": [
+            ["Analyst", "Answer carefully, with the reasoning shown."],
+            ["Expert", "Answer as a domain expert, precisely."],
+            ["Contrarian", "Answer, and test the obvious answer."],
+        ],
+        "user": "Should a five-person startup use microservices?",
+        "config": {"selection": "council", "rounds": 2},
+        "script": {
+            "Expert": [
+                "No. A modular monolith gives clear boundaries without the cost of "
+                "running many services.",
+                "Same answer.",
+            ],
+            "Contrarian": [
+                "Usually no, unless parts of the product scale very differently.",
+                "Same answer.",
+            ],
+        },
+        "case": ["Analyst", 1],
+        "first": "Analyst",  # its round-1 answer comes from the model too
+    },
+}
+
+
+def generate_echo(seeds: range, sampling: dict, out: Path) -> None:
+    """Real echo cases: each setup's request as the pipe builds it, answered by SmolLM2."""
+    import tempfile
+
+    from bench.labels import ask
+    from tests.integration import real_model
+
+    if not real_model.available():
+        raise SystemExit("no llama server venv or GGUF in the cache: run scripts/test --real-model")
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="mmc-echo-") as tmp:
+        server = real_model.LlamaServer(Path(tmp))
+        server.start()
+        try:
+            for name, setup in ECHO_SETUPS.items():
+                for seed in seeds:
+                    case = json.loads(json.dumps(setup))
+                    alias, nth = case["case"]
+                    case["script"].setdefault(alias, [])
+                    for at in range(nth + 1) if case.get("first") else [nth]:
+                        request = asyncio.run(asked(case, alias, at))
+                        body = {
+                            "model": real_model.MODEL,
+                            "messages": request["messages"],
+                            "seed": seed,
+                            **sampling,
+                        }
+                        if request.get("stop"):
+                            body["stop"] = request["stop"]
+                        text = ask(server, body).strip()
+                        script = case["script"][alias]
+                        script[at : at + 1] = [text]
+                    case.pop("first", None)
+                    case.update(
+                        {
+                            "id": f"echo-{name}-{seed}-t{sampling['temperature']}",
+                            "source": {"setup": name, "seed": seed, **sampling},
+                        }
+                    )
+                    cases.append(case)
+                    print(json.dumps(case, ensure_ascii=False), flush=True)
+        finally:
+            server.stop()
+    out.write_text(json.dumps(cases, indent=1, ensure_ascii=False))
+
+
+async def asked(case: dict, alias: str, nth: int) -> dict:
+    """The request the pipe makes for `alias`'s `nth` reply in the case's conversation."""
+    _, fakes = pipe_at(None)
+    probe = json.loads(json.dumps(case))
+    probe["script"][alias] = [*probe["script"][alias][:nth], "(placeholder)"]
+    h_requests: list[dict] = []
+    original = fakes.PipeHarness.run
+
+    async def run(self, *args, **kwargs):
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            h_requests.extend(self.host.requests)
+
+    fakes.PipeHarness.run = run
+    try:
+        await run_case((mmc, fakes), probe)
+    finally:
+        fakes.PipeHarness.run = original
+    model = f"m{[a for a, _ in case['participants']].index(alias)}"
+    mine = [r for r in h_requests if r["model"] == model and r.get("stream")]
+    return mine[nth]
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generate", type=int, metavar="N", help="N seeds per scenario")
@@ -462,9 +606,14 @@ if __name__ == "__main__":
     parser.add_argument("--temperature", type=float, default=SAMPLING["temperature"])
     parser.add_argument("--record-baseline", action="store_true", help="write the old outcomes")
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="default: all")
+    parser.add_argument("--generate-echo", type=int, metavar="N", help="N seeds per echo setup")
     parser.add_argument("--out", type=Path, default=Path("guard-replies.json"))
     args = parser.parse_args()
-    if args.generate:
+    if args.generate_echo:
+        seeds = range(args.first_seed, args.first_seed + args.generate_echo)
+        sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+        generate_echo(seeds, sampling, args.out)
+    elif args.generate:
         seeds = range(args.first_seed, args.first_seed + args.generate)
         sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature}
         generate(seeds, args.scenario or list(SCENARIOS), sampling, args.out)
