@@ -2424,11 +2424,7 @@ def fit_tool_results(messages: list[dict], start: int, room: int) -> list[dict]:
 # caller can fold it under the turn instead of losing it.
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit; most servers take more, none fewer
-_REPORTING = (
-    " said",
-    " says",
-    " wrote",
-)  # `Name said:` is the pipe's own transcript form
+_REPORTING = (" said", " says", " wrote")  # `Name said:`: the pipe's transcript form
 _COLONS = ":："
 _EMPHASIS = "*_"
 _LIST_ITEM = re.compile(r"[-+*] |\d{1,3}[.)] ")
@@ -2447,25 +2443,17 @@ _SPEECH_WORDS = frozenset(
     "you you're you'll you've you'd your yours "
     "je j' moi nous vous tu toi yo nosotros tú usted ich wir du uns euch io noi eu nós você".split()
 )
-_SPEECH_OPENERS = frozenset(
-    "yes yeah yep no nope oh ah hi hello hey great sounds absolutely okay ok alright sure "
-    "thanks thank well wow agreed exactly indeed hmm right sorry please welcome".split()
+# A reply's opening words: a greeting anyhow, an interjection when a comma or a stop follows
+# ("No, …" speaks; "No tests yet." states).
+_GREETINGS = frozenset("hi hello hey thanks thank sounds please welcome".split())
+_INTERJECTIONS = frozenset(
+    "yes yeah yep no nope oh ah well okay ok alright sure right agreed exactly indeed hmm "
+    "wow great absolutely sorry".split()
 )
 _SPEECH_MARKS = (
-    "?",
-    "!",
-    "？",
-    "！",
-    "¿",
-    "¡",
-    "私",
-    "僕",
-    "俺",
-    "我",
-    "你",
-    "您",
+    *"?!？！¿¡私僕俺我你您",
     "あなた",
-)
+)  # a question, an exclamation, I, you
 _WORDS = re.compile(r"[\w']+")
 # A label line whose text repeats this many consecutive words of what the others said before
 # recites their part (`Pro: Remote work saves hours of commuting…` in Con's reply).
@@ -2511,13 +2499,17 @@ class Label:
 
     def speaks(self, after: str = "") -> bool:
         """The label's text (or, when it is bare, `after`) reads as speech, not a statement."""
-        text = (self.rest or after).replace("’", "'").casefold()
-        words = _WORDS.findall(text)
-        return bool(
-            any(w in _SPEECH_WORDS for w in words)
-            or (words and words[0] in _SPEECH_OPENERS)
-            or any(m in text for m in _SPEECH_MARKS)
-        )
+        text = (self.rest or after).replace("’", "'").casefold().lstrip(" \"'“«「")
+        if any(w in _SPEECH_WORDS for w in _WORDS.findall(text)):
+            return True
+        if any(m in text for m in _SPEECH_MARKS):
+            return True
+        first = _WORDS.match(text)
+        if first is None:
+            return False
+        then = text[first.end() : first.end() + 1]
+        word = first.group()
+        return word in _GREETINGS or (word in _INTERJECTIONS and then in ",.!…")
 
 
 def read_label(line: str, names: dict[str, str], own: str) -> Label | None:
@@ -2531,24 +2523,41 @@ def read_label(line: str, names: dict[str, str], own: str) -> Label | None:
         return None
     inner = body.lstrip(_EMPHASIS)
     low = inner.casefold()
-    key = next((n for n in names if low.startswith(n)), None)
-    if key is not None:
-        after, who = inner[len(key) :], "own" if key == own else "other"
-        name = names[key]
-    elif (m := _OTHER_LABEL.match(inner)) and not m.group()[0].islower():
-        if m.group().casefold() in _PRONOUN_LABELS:
-            return None  # `You: …` in a continued script is no list of the reply's own
-        after, who, name = inner[m.end() :], "unknown", m.group()
-    else:
-        return None
+    for key in (*(n for n in names if low.startswith(n)), None):
+        if key is not None:
+            after, who, name = (
+                inner[len(key) :],
+                "own" if key == own else "other",
+                names[key],
+            )
+        elif (m := _OTHER_LABEL.match(inner)) and not m.group()[0].islower():
+            if m.group().casefold() in _PRONOUN_LABELS:
+                return (
+                    None  # `You: …` in a continued script is no list of the reply's own
+                )
+            after, who, name = inner[m.end() :], "unknown", m.group()
+        else:
+            return None
+        label = _label_after(body, inner, after, name, who)
+        if label is not None or key is None:
+            return label
+    return None
+
+
+def _label_after(
+    body: str, inner: str, after: str, name: str, who: str
+) -> Label | None:
+    """The label whose name ends where `after` begins, if a colon follows (see read_label)."""
     closing = after.lstrip(_EMPHASIS)
+    marked = inner != body or closing != after  # `**Ben:**`, `**Ben**:`, `*Ben said:*`
     said = next((v for v in _REPORTING if closing.casefold().startswith(v)), "")
-    closing = closing[len(said) :].lstrip(_EMPHASIS)
+    tail = closing[len(said) :]
+    closing = tail.lstrip(_EMPHASIS)
     if not closing or closing[0] not in _COLONS:
         return None
     rest = closing[1:]
     shown = rest.lstrip(_EMPHASIS)
-    marked = inner != body or closing != after[len(said) :] or shown != rest
+    marked = marked or closing != tail or shown != rest
     if said and who == "unknown":
         return None  # `Everyone said: …` is prose
     return Label(name, who, shown.strip(), bool(said), marked)  # type: ignore[arg-type]
