@@ -512,6 +512,10 @@ ECHO_SETUPS: dict[str, dict] = {
         "user": "Should a five-person startup use microservices?",
         "config": {"selection": "council", "rounds": 2},
         "script": {
+            "Analyst": [
+                "No. With five people, every extra service is another deploy, another "
+                "dashboard and another failure mode; keep one codebase with clear modules."
+            ],
             "Expert": [
                 "No. A modular monolith gives clear boundaries without the cost of "
                 "running many services.",
@@ -523,7 +527,6 @@ ECHO_SETUPS: dict[str, dict] = {
             ],
         },
         "case": ["Analyst", 1],
-        "first": "Analyst",  # its round-1 answer comes from the model too
     },
 }
 
