@@ -120,6 +120,8 @@ def read_request(messages: list[dict]) -> Request:
         req.alias = match.group("alias").strip()
         req.others = [n.strip() for n in match.group("names").split(",") if n.strip()]
         req.rules = system[match.end() :]
+    else:
+        req.persona = system  # an admin's own shared instruction: the persona is in there
     names = {req.alias, *req.others}
     for message in messages[1:]:
         content = text_of(message.get("content"))
@@ -368,7 +370,10 @@ BY_MODEL = {"optimist": "optimist", "engineer": "engineer", "critic": "critic"}
 
 # What a turn argued, in a few words, by the words it used (its "gist" for the next speaker).
 GISTS = (
-    (r"weakest|not a reason|no evidence|taste, not|a wish|adjectives", "the missing evidence"),
+    (
+        r"weakest|not a reason|no evidence|taste, not|a wish|adjectives|show me",
+        "the missing evidence",
+    ),
     (r"risk|security|attack", "the risk nobody owns yet"),
     (r"maintain|read it|readable|design note", "keeping it readable for whoever comes next"),
     (r"step by step|in order|on balance", "the pilot the evidence points to"),
@@ -640,9 +645,12 @@ def task_reply(prompt: str) -> str:
     first = re.search(r"USER:\s*(.+)", history)
     topic = Topic.of(first.group(1) if first else "")
     if '"title"' in prompt:
-        return json.dumps({"title": "💬 " + _cap(_short(topic.idea.strip("“”"), 6).rstrip("…"))})
+        subject = re.sub(r"^(?:the plan to|how to) ", "", topic.idea.strip("“”"))
+        title = "💬 " + _cap(_short(subject, 6).rstrip("…"))
+        return json.dumps({"title": title}, ensure_ascii=False)
     if '"tags"' in prompt:
-        return json.dumps({"tags": ["Decision making", topic.focus.capitalize(), "Engineering"]})
+        tags = ["Decision making", _cap(topic.focus), "Engineering"]
+        return json.dumps({"tags": tags}, ensure_ascii=False)
     if '"follow_ups"' in prompt:
         return json.dumps(
             {
