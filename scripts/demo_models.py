@@ -189,10 +189,18 @@ def _cap(text: str) -> str:
 
 
 def _focus(core: str) -> str:
+    """The name the topic turns on: its last run of capitalised words after the first word
+    ("GitHub Actions"), else its longest plain word."""
     words = re.findall(r"[A-Za-z][\w+#.-]*", core)
-    proper = [w for w in words[1:] if w[0].isupper() and w.lower() not in STOPWORDS]
-    if proper:
-        return proper[-1].rstrip(".")
+    runs: list[list[str]] = []
+    for i, word in enumerate(words[1:], 1):
+        if word[0].isupper() and word.lower() not in STOPWORDS:
+            if runs and runs[-1][-1] == words[i - 1]:
+                runs[-1].append(word)
+            else:
+                runs.append([word])
+    if runs:
+        return " ".join(runs[-1]).rstrip(".")
     plain = [w for w in words if w.lower() not in STOPWORDS]
     return max(plain, key=len, default="it")
 
@@ -228,6 +236,10 @@ VOICES = (
         (
             "The risk nobody has owned yet is the data migration: two systems holding customer "
             "records at once, with two sets of access rules.",
+            "Before anything ships, someone has to own the secrets and the access rules; today "
+            "nobody does.",
+            "Every shortcut in a migration becomes an attack path later, so the risk review "
+            "comes first, not last.",
         ),
         0.5,
         ("{prev} makes a fair point about {gist}, and I'd add one condition.",),
@@ -247,6 +259,9 @@ VOICES = (
         (
             "A plan only the author can read is not maintainable; write the one-page design "
             "note before the first line of code.",
+            "If we can't explain the design on one page, we don't understand it well enough "
+            "to maintain it.",
+            "Readable beats clever: the next maintainer will thank us, or curse us.",
         ),
         0.7,
         ("I agree with {prev} on {gist}, and clarity is the cheap way to get there.",),
@@ -267,6 +282,9 @@ VOICES = (
         (
             "Taking the arguments in order, the strongest one is the measurable one; the rest "
             "are guesses until a pilot gives us data.",
+            "On balance the case is still open: the costs are concrete, the benefits are "
+            "estimates.",
+            "The edge cases are where the estimates break, so the pilot should start there.",
         ),
         0.6,
         ("{prev}'s reasoning on {gist} holds up, step by step.",),
@@ -297,6 +315,8 @@ VOICES = (
         (
             "Nobody has shown a number yet, and a plan without one is a wish.",
             "Strip the adjectives out and there is no evidence left in it.",
+            "Enthusiasm is not a plan; show me what breaks today and what it costs us.",
+            "Every rewrite looks cheap from the outside; the weakest part is always the estimate.",
         ),
         0.15,
         ("Fine, {prev} has a point on {gist}.",),
@@ -332,6 +352,10 @@ VOICES = (
             "So let's make it testable: a two-week spike, one number to beat, and a date when "
             "we stop if it doesn't.",
             "The cheapest next step is a spike: two weeks, one metric, and a written stop rule.",
+            "If the spike misses its one metric, we stop and keep the old system; that caps "
+            "what we can lose.",
+            "Measure first: a week of profiling tells us where the time goes before anyone "
+            "writes new code.",
         ),
         0.75,
         ("{prev} is right about {gist}.", "I'll build on {prev}'s point about {gist}."),
@@ -353,6 +377,8 @@ VOICES = (
         (
             "Caution has a cost too: every month we wait, the old way gets harder to leave.",
             "Imagine where we are in a year if this works; that upside is worth a bold start.",
+            "The teams that get ahead are the ones that try; a bold pilot is a cheap ticket.",
+            "Small bets, made boldly and often, beat one big careful bet made too late.",
         ),
         0.5,
         ("{prev} is right about {gist}, and that's exactly why I'd move now.",),
@@ -371,12 +397,12 @@ BY_MODEL = {"optimist": "optimist", "engineer": "engineer", "critic": "critic"}
 # What a turn argued, in a few words, by the words it used (its "gist" for the next speaker).
 GISTS = (
     (
-        r"weakest|not a reason|no evidence|taste, not|a wish|adjectives|show me",
+        r"weakest|not a reason|no evidence|taste, not|a wish|adjectives|show me|not a plan",
         "the missing evidence",
     ),
-    (r"risk|security|attack", "the risk nobody owns yet"),
-    (r"maintain|read it|readable|design note", "keeping it readable for whoever comes next"),
-    (r"step by step|in order|on balance", "the pilot the evidence points to"),
+    (r"risk|security|attack|secrets", "the risk nobody owns yet"),
+    (r"maintain|read it|readable|design|one page", "keeping it readable for whoever comes next"),
+    (r"step by step|in order|on balance|edge case", "the pilot the evidence points to"),
     (r"spike|measur|one metric|one number|testable", "a short, measured trial first"),
     (r"bold|aim high|get ahead|upside|caution has a cost", "moving boldly while the pain is fresh"),
 )
@@ -479,12 +505,27 @@ def turn_reply(req: Request, voice: Voice, topic: Topic, rng: random.Random) -> 
         lead = rng.choice(voice.builds if rng.random() < voice.agrees else voice.disputes)
         parts.append(_fill(lead, prev=prev.who, gist=gist(prev.text)))
     if first_turn or not parts:
-        parts.append(_fill(rng.choice(voice.opens), idea=topic.idea, focus=topic.focus))
+        opens = [_fill(o, idea=topic.idea, focus=topic.focus) for o in voice.opens]
+        parts.append(rng.choice(fresh(opens, req) or opens))
     elif prev:
-        parts.append(rng.choice(voice.replies))
+        parts.append(rng.choice(fresh(list(voice.replies), req) or [_held(req, voice)]))
     text = " ".join(parts)
     handoff = _handoff(req, topic)
     return f"{text}\n\n{handoff}" if handoff else text
+
+
+def fresh(lines: list[str], req: Request) -> list[str]:
+    """The lines nobody has said yet in this conversation (a repeated line is an echo the
+    pipe would cut)."""
+    said = " ".join(s.text for s in req.said)
+    return [line for line in lines if line not in said]
+
+
+def _held(req: Request, voice: Voice) -> str:
+    """When every line of the voice is spent: its position, dated by the turn."""
+    turn = _TURN_RE.search(req.rules)
+    when = f"At turn {turn.group(1)}" if turn else "Still"
+    return f"{when}, my view holds: {voice.why_vote}"
 
 
 def _short(text: str, words: int) -> str:
@@ -655,7 +696,7 @@ def task_reply(prompt: str) -> str:
         return json.dumps(
             {
                 "follow_ups": [
-                    f"What would a two-week pilot of {topic.idea} look like?",
+                    "What would a two-week pilot look like?",
                     "Which risk should we address first?",
                     "How would we measure success?",
                 ]

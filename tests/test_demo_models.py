@@ -215,3 +215,20 @@ def test_the_same_request_gets_the_same_reply_and_another_request_another():
         {"role": "user", "content": messages[1]["content"].replace("Ada", "Linus")},
     ]
     assert demo.write("scripted-engineer", other) != first
+
+
+async def test_a_long_conversation_never_repeats_a_line_so_nothing_is_cut_as_an_echo():
+    h = harness(rounds=5, pass_allowed=True, moderator="between_rounds")
+    transcript = await h.run(TOPIC, event_call=Words("", "What would it cost?", "", ""))
+    assert "began repeating" not in transcript
+    said = [t for texts in turns(transcript).values() for t in texts]
+    assert len(said) == len(set(said)) > 10
+
+
+def test_the_topic_is_read_for_its_idea_its_name_and_its_options():
+    topic = demo.Topic.of("Should we move our CI from Jenkins to GitHub Actions?")
+    assert topic.idea == "the plan to move our CI from Jenkins to GitHub Actions"
+    assert topic.focus == "GitHub Actions"
+    assert topic.options == ("Yes, with a pilot first", "Not yet")
+    assert demo.Topic.of("Tea or coffee?").options == ("Tea", "Coffee")
+    assert demo.Topic.of("@Linus you go first: how do we cut costs?").idea == "how to cut costs"
