@@ -175,7 +175,7 @@ class Topic:
         if match := _ASKS_RE.match(core):
             idea = f"the plan to {match.group('act')}"
         elif match := _HOW_RE.match(core):
-            idea = f"how to {match.group('act')}"
+            idea = f"a plan to {match.group('act')}"
         elif match := _WHAT_RE.match(core):
             idea = match.group("thing")
         else:
@@ -272,7 +272,7 @@ VOICES = (
     ),
     Voice(
         "analyst",
-        ("careful", "reasoning shown", "correctness", "edge case", "analy"),
+        ("careful", "reasoning shown", "correctness", "edge case", "analy", "lead the interview"),
         (
             "Step by step: first, what problem does {idea} solve, and how often does it hurt "
             "today? Second, what would it cost to measure that for a month? Third, which edge "
@@ -338,7 +338,7 @@ VOICES = (
             "make them work",
             "expert",
             "precise",
-            "candidate",
+            "candidly",
         ),
         (
             "Before we commit to {idea}, what does it cost? I'd put two engineers on a "
@@ -366,7 +366,7 @@ VOICES = (
     ),
     Voice(
         "optimist",
-        ("optimis", "bold", "inventor", "dream", "unusual", "for the motion", "interview"),
+        ("optimis", "bold", "inventor", "dream", "unusual", "for the motion"),
         (
             "I'm for {idea}. Done well, it pays back every week after: fewer surprises, "
             "faster changes and a team that enjoys the work. Aim high, then cut scope, not "
@@ -406,6 +406,10 @@ GISTS = (
     (r"spike|measur|one metric|one number|testable", "a short, measured trial first"),
     (r"bold|aim high|get ahead|upside|caution has a cost", "moving boldly while the pain is fresh"),
 )
+
+
+# The claim a voice never agrees with.
+OPPOSED = {"optimist": "the missing evidence", "critic": "moving boldly while the pain is fresh"}
 
 
 def voice_for(persona: str, model: str) -> Voice:
@@ -502,8 +506,10 @@ def turn_reply(req: Request, voice: Voice, topic: Topic, rng: random.Random) -> 
             )
     first_turn = all(s.who != req.alias for s in req.said)
     if prev:
-        lead = rng.choice(voice.builds if rng.random() < voice.agrees else voice.disputes)
-        parts.append(_fill(lead, prev=prev.who, gist=gist(prev.text)))
+        claim = gist(prev.text)
+        agrees = rng.random() < voice.agrees and claim != OPPOSED.get(voice.name)
+        lead = rng.choice(voice.builds if agrees else voice.disputes)
+        parts.append(_fill(lead, prev=prev.who, gist=claim))
     if first_turn or not parts:
         opens = [_fill(o, idea=topic.idea, focus=topic.focus) for o in voice.opens]
         parts.append(rng.choice(fresh(opens, req) or opens))
@@ -663,7 +669,8 @@ def closing_reply(req: Request, topic: Topic) -> str:
 
 
 def manager_reply(prompt: str) -> str:
-    """A manager's pick: someone the last line names, else the next one after the last speaker."""
+    """A manager's pick: someone the last turn hands over to (`@Name`), else whoever has waited
+    longest (never spoken first, in the listed order), never the last speaker."""
     names = re.search(r"Choose exactly one of: ([^\n]+)", prompt)
     if not names:
         return ""
@@ -671,12 +678,13 @@ def manager_reply(prompt: str) -> str:
     last = re.search(r"The last speaker was '([^']*)'", prompt)
     last_name = last.group(1) if last else ""
     history = prompt.split("Conversation so far:", 1)[-1].split("The last speaker was", 1)[0]
-    last_line = history.strip().splitlines()[-1] if history.strip() else ""
-    named = [n for n in choices if n != last_name and re.search(rf"@?{re.escape(n)}\b", last_line)]
-    if named:
-        return named[0]
-    after = choices.index(last_name) + 1 if last_name in choices else 0
-    return choices[after % len(choices)]
+    lines = history.strip().splitlines()
+    handed = [n for n in choices if n != last_name and lines and f"@{n}" in lines[-1]]
+    if handed:
+        return handed[0]
+    spoke = {n: i for i, line in enumerate(lines) for n in choices if line.startswith(f"{n}:")}
+    waiting = [n for n in choices if n != last_name] or choices
+    return min(waiting, key=lambda n: spoke.get(n, -1))
 
 
 def task_reply(prompt: str) -> str:

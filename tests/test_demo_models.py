@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import multi_model_conversation as mmc
-from tests.fakes import FakeHost, PipeHarness, reply
+from tests.fakes import FakeHost, PipeHarness, Script, reply
 
 spec = importlib.util.spec_from_file_location(
     "demo_models", Path(__file__).parents[1] / "scripts" / "demo_models.py"
@@ -48,6 +48,7 @@ class DemoHost(FakeHost):
 
     async def complete(self, form: dict, user) -> str:
         self.requests.append({**form, "stream": False})
+        self.scripts.setdefault(form["model"], Script())
         return demo.write(form["model"], form["messages"])
 
 
@@ -231,4 +232,17 @@ def test_the_topic_is_read_for_its_idea_its_name_and_its_options():
     assert topic.focus == "GitHub Actions"
     assert topic.options == ("Yes, with a pilot first", "Not yet")
     assert demo.Topic.of("Tea or coffee?").options == ("Tea", "Coffee")
-    assert demo.Topic.of("@Linus you go first: how do we cut costs?").idea == "how to cut costs"
+    assert demo.Topic.of("@Linus you go first: how do we cut costs?").idea == "a plan to cut costs"
+
+
+async def test_a_mention_picks_the_first_speaker_and_each_turn_hands_over_to_one_still_waiting():
+    h = harness(rounds=1, selection="mention")
+    transcript = await h.run("@Linus you go first: should we rewrite our billing service in Rust?")
+    said = turns(transcript)
+    assert list(said) == ["Linus", "Ada", "Grace"]
+    assert said["Linus"][0].endswith("@Ada, what would you change?")
+    assert said["Ada"][0].endswith("@Grace, what would you change?")
+    assert "@" not in said["Grace"][0]  # nobody is left to hand over to
+    # Without a mention in the user's message nobody hands over.
+    plain = turns(await harness(rounds=1, selection="mention").run(TOPIC))
+    assert not any("@" in t for texts in plain.values() for t in texts)
