@@ -26,6 +26,13 @@ from tests.integration import demo_tour  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 SIZE = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+SHOTS = (
+    "setup-dialog.png",
+    "conversation.png",
+    "vote.png",
+    "council.png",
+    "setup-dialog-phone.png",
+)
 
 
 def shrink(path: Path) -> None:
@@ -52,10 +59,7 @@ async def tour(page: Page, url: str, out: Path) -> None:
     await demo_tour.moderated(page, url, shoot)
     await demo_tour.scroll_to(page, demo_tour.WORDS, offset=100)
     await shoot("conversation.png")
-    await page.evaluate(
-        "() => { const m = document.getElementById('messages-container');"
-        " m.scrollTop = m.scrollHeight; }"
-    )
+    await demo_tour.scroll_to(page, "passed", offset=150)
     await shoot("vote.png")
     await demo_tour.council(page, url)
     await demo_tour.scroll_to(page, "Peer review, combined", offset=260)
@@ -89,7 +93,7 @@ async def main(argv: list[str] | None = None) -> None:
             await tour(page, args.url.rstrip("/"), args.out)
         finally:
             await browser.close()
-    print(f"wrote {', '.join(sorted(p.name for p in args.out.glob('*.png')))} in {args.out}")
+    print(f"wrote {', '.join(SHOTS)} in {args.out}")
 
 
 if __name__ == "__main__":
