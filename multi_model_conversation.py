@@ -34,7 +34,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
@@ -69,6 +68,11 @@ MAX_ALIAS_CHARS = 64
 MAX_PERSONA_CHARS = 8000
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
 RECONFIGURE_COMMAND = "/reconfigure"
+# The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a
+# <select> of its values. "" is each one's "not set".
+# Built from what the setup accepts, so a select never offers a value the setup refuses.
+ParticipantCount = Literal[tuple(range(1, MAX_PARTICIPANTS + 1))]
+SelectionChoice = Literal[("", *SELECTIONS)]
 
 DEFAULT_SHARED_INSTRUCTION = (
     "You are {alias}, one participant in a group conversation with {others}. "
@@ -3786,7 +3790,7 @@ class Settings:
     """What one run reads, once at its start: the admin's valves as they are (a new valve needs
     no edit here) and the user's own choices with their defaults."""
 
-    valves: Any  # a copy of Pipe.Valves: settings.valves.MAX_TOKENS
+    valves: Pipe.Valves  # a copy of the admin's valves: settings.valves.MAX_TOKENS
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
     manager_system: str = DEFAULT_MANAGER_SYSTEM
     manager_prompt: str = DEFAULT_MANAGER_PROMPT
@@ -5614,9 +5618,424 @@ async def _finish(
 class Pipe:
     """Open WebUI entry point. Shared by every request: it holds only valves and factories."""
 
-    # Declared in the data section at the end of the file (ADMIN_VALVES, USER_VALVES).
-    Valves: type[BaseModel]
-    UserValves: type[BaseModel]
+    # The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them:
+    # what admins tune first (rounds, tokens, time limits, tools, the dialog), the streaming
+    # internals last. (No class docstring: it would become the schema's description.)
+    class Valves(BaseModel):
+        MAX_ROUNDS: int = Field(
+            default=20,
+            ge=1,
+            le=1000,
+            title="Most rounds",
+            description="Highest number of rounds a user may ask for.",
+        )
+        MAX_TOKENS: int = Field(
+            default=400,
+            ge=0,
+            title="Max tokens per turn",
+            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
+            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
+            "give them more. 0: no limit.",
+        )
+        TURN_TIME_LIMIT: float = Field(
+            default=180,
+            ge=0,
+            title="Time limit per turn (s)",
+            description="Seconds one turn may stream, however busy the model is; the turn keeps "
+            "what arrived and is marked as cut. 0: no limit.",
+        )
+        TURN_TIMEOUT: float = Field(
+            default=300,
+            gt=0,
+            title="Silence timeout (s)",
+            description="Seconds a participant's model may stay silent (no chunk) before its "
+            "turn ends with an error; also the limit for a non-streamed retry.",
+        )
+        CONTEXT_TOKENS: int = Field(
+            default=8192,
+            ge=0,
+            title="Assumed context size (tokens)",
+            description="Context size assumed for a participant model whose Open WebUI "
+            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
+            "parts cut in the middle to fit. "
+            "0: fit only after the model reports a context-length error.",
+        )
+        OLLAMA_CONTEXT_TOKENS: int = Field(
+            default=4096,
+            ge=0,
+            title="Ollama context size (tokens)",
+            description="Context size for an Ollama model whose Open WebUI settings name no "
+            "`num_ctx`: Ollama's default below 24 GiB of VRAM (OLLAMA_CONTEXT_LENGTH sets it on "
+            "the server). Requests are fitted to it and ask for it as `num_ctx`, so Ollama "
+            "drops nothing silently. 0: ask for none and fit as for other models.",
+        )
+        MAX_TOOL_ROUNDS: int = Field(
+            default=5,
+            ge=0,
+            le=50,
+            title="Tool rounds per turn",
+            description="Tool-call rounds per turn before the model must answer.",
+        )
+        MAX_TOOL_CORRECTIONS: int = Field(
+            default=2,
+            ge=0,
+            le=10,
+            title="Retries after a malformed tool call",
+            description="Silent retries per turn when a model calls an unknown tool or sends "
+            "arguments that are not a JSON object.",
+        )
+        TOOL_TIMEOUT: float = Field(
+            default=120,
+            gt=0,
+            title="Tool timeout (s)",
+            description="Seconds one tool call may run; then the model is told it timed out. A "
+            "synchronous tool runs in a thread, which finishes in the background.",
+        )
+        TOOL_RESULT_MAX_CHARS: int = Field(
+            default=100_000,
+            ge=1000,
+            title="Longest tool result (characters)",
+            description="Longest tool result given back to the model; the tool block in the "
+            "chat shows at most a fifth of it.",
+        )
+        BUILTIN_TOOLS: bool = Field(
+            default=False,
+            title="Offer built-in tools",
+            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
+            "...) to every participant whose model uses native function calling. Off: a "
+            "participant gets tools only when some are picked for the chat or its model, or a "
+            "feature such as web search is switched on.",
+        )
+        CONFIG_OVERLAY: bool = Field(
+            default=True,
+            title="Setup dialog",
+            description="Open the setup dialog in the browser for a chat that has no setup yet. "
+            "Off: the user valves are used.",
+        )
+        OVERLAY_TIMEOUT: float = Field(
+            default=180,
+            ge=5,
+            title="Setup dialog timeout (s)",
+            description="Seconds the dialog waits without a key, click or edit before it "
+            "closes; the conversation then runs with the user valves and the next message asks "
+            "again. Typing keeps it open (an hour at most).",
+        )
+        MODERATOR_TIMEOUT: float = Field(
+            default=120,
+            gt=0,
+            title="Moderator prompt timeout (s)",
+            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
+            "before round N?* waits for an answer; then the conversation goes on.",
+        )
+        MANAGER_TIMEOUT: float = Field(
+            default=30,
+            gt=0,
+            title="Manager timeout (s)",
+            description="Seconds the manager may take to pick a speaker; then the next "
+            "participant in order speaks.",
+        )
+        MANAGER_HISTORY_CHARS: int = Field(
+            default=8000,
+            ge=200,
+            title="Conversation shown to the manager (characters)",
+            description="Newest characters of the conversation shown to the manager.",
+        )
+        TASK_TIMEOUT: float = Field(
+            default=30,
+            gt=0,
+            title="Title and tags timeout (s)",
+            description="Seconds a background task (title, tags, follow-ups) may take. Open "
+            "WebUI keeps the message busy until its tasks end; one that takes longer is "
+            "dropped. A task model that gave no usable answer gets a third of it (and 120 "
+            "tokens) until it answers one.",
+        )
+        SHOW_MODELS: bool = Field(
+            default=False,
+            title="Show models in headings",
+            description="Show which model speaks behind each alias, in small type after the "
+            "speaker's name.",
+        )
+        SHOW_USAGE: bool = Field(
+            default=True,
+            title="Usage table at the end",
+            description="End each conversation with a collapsed table of what it cost: per "
+            "participant, the manager and the closing turn, turns, prompt and completion tokens "
+            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
+            "Never part of what the models read.",
+        )
+        STOP_SEQUENCES: bool = Field(
+            default=True,
+            title="Stop at other speakers' names",
+            description='Send `Name said: "` and `Name: "` at a line start for the next two '
+            "speakers (or the user) as stop sequences, so a model ends its turn instead of "
+            "writing their lines (only forms the guard cuts anyway: a bare `Name:` would also "
+            "cut `Alice: you are right`). Switch off for models that reject `stop`; the pipe "
+            "still cuts such lines itself.",
+        )
+        PIPE_NAME: str = Field(
+            default="Multi-Model Conversation",
+            title="Name in the model picker",
+            description="What users pick in the model list to start a conversation.",
+        )
+        EMIT_INTERVAL: float = Field(
+            default=0.033,
+            ge=0,
+            le=5,
+            title="Screen update interval (s)",
+            description="Seconds between two updates of the message on screen while it streams "
+            "(0.033: about 30 a second). An update carries only the new text "
+            "(`chat:message:delta`), or the whole message when earlier text changed "
+            "(`chat:message`); Open WebUI forwards both to the tab without writing its database. "
+            "Saves follow *Save interval*. 0: no coalescing, every chunk is sent and saved whole "
+            "(a `replace` that rewrites the whole chat), for comparisons only.",
+        )
+        SAVE_INTERVAL: float = Field(
+            default=1.0,
+            ge=0,
+            le=60,
+            title="Save interval (s)",
+            description="Seconds between two saves of the message while it streams. A save "
+            "rewrites the whole chat in Open WebUI's database; the screen updates in between, "
+            "and the end is always saved.",
+        )
+        SAVE_BUDGET_KB: float = Field(
+            default=12,
+            ge=0,
+            title="Save budget (KB per second)",
+            description="KB of chat Open WebUI may rewrite per second while a message streams: "
+            "long chats and long messages are saved less often (at most *Longest gap between "
+            "saves* apart), so whole copies of the message reach the tab at a rate that does "
+            "not grow with it. 0: *Save interval* only.",
+        )
+        MAX_SAVE_INTERVAL: float = Field(
+            default=15.0,
+            ge=0,
+            le=120,
+            title="Longest gap between saves (s)",
+            description="Longest gap between two whole copies of the message (saves, or "
+            "updates that change earlier text), however long the chat.",
+        )
+
+    # The user's valves; the names are those of "Multi Model Conversations v2", so saved
+    # settings carry over (only the titles shown in Open WebUI are new).
+    class UserValves(BaseModel):
+        NUM_PARTICIPANTS: ParticipantCount = Field(
+            default=2,
+            title="Participants",
+            description="How many participants take part when the setup dialog is skipped.",
+        )
+        ROUNDS_PER_CONVERSATION: int = Field(
+            default=3,
+            ge=1,
+            title="Rounds",
+            description="Every participant speaks once per round.",
+        )
+        Participant1Model: str = Field(
+            default="",
+            title="Participant 1: model",
+            description="Model id of participant 1.",
+        )
+        Participant1Alias: str = Field(
+            default="",
+            title="Participant 1: alias",
+            description="Name of participant 1 (empty: the model's name).",
+        )
+        Participant1SystemMessage: str = Field(
+            default="",
+            title="Participant 1: persona",
+            description="Persona of participant 1.",
+        )
+        Participant2Model: str = Field(
+            default="",
+            title="Participant 2: model",
+            description="Model id of participant 2.",
+        )
+        Participant2Alias: str = Field(
+            default="",
+            title="Participant 2: alias",
+            description="Name of participant 2 (empty: the model's name).",
+        )
+        Participant2SystemMessage: str = Field(
+            default="",
+            title="Participant 2: persona",
+            description="Persona of participant 2.",
+        )
+        Participant3Model: str = Field(
+            default="",
+            title="Participant 3: model",
+            description="Model id of participant 3.",
+        )
+        Participant3Alias: str = Field(
+            default="",
+            title="Participant 3: alias",
+            description="Name of participant 3 (empty: the model's name).",
+        )
+        Participant3SystemMessage: str = Field(
+            default="",
+            title="Participant 3: persona",
+            description="Persona of participant 3.",
+        )
+        Participant4Model: str = Field(
+            default="",
+            title="Participant 4: model",
+            description="Model id of participant 4.",
+        )
+        Participant4Alias: str = Field(
+            default="",
+            title="Participant 4: alias",
+            description="Name of participant 4 (empty: the model's name).",
+        )
+        Participant4SystemMessage: str = Field(
+            default="",
+            title="Participant 4: persona",
+            description="Persona of participant 4.",
+        )
+        Participant5Model: str = Field(
+            default="",
+            title="Participant 5: model",
+            description="Model id of participant 5.",
+        )
+        Participant5Alias: str = Field(
+            default="",
+            title="Participant 5: alias",
+            description="Name of participant 5 (empty: the model's name).",
+        )
+        Participant5SystemMessage: str = Field(
+            default="",
+            title="Participant 5: persona",
+            description="Persona of participant 5.",
+        )
+        AllParticipantsApendedMessage: str = Field(
+            default=DEFAULT_SHARED_INSTRUCTION,
+            title="Shared instruction",
+            description="Added to every participant's system prompt. `{alias}` and `{others}` "
+            "are filled in; text without `{alias}` gets the alias appended (as v2 did).",
+        )
+        ManagerModel: str = Field(
+            default="",
+            title="Manager model",
+            description="Model id of the manager (empty: the first participant's model).",
+        )
+        ManagerSystemMessage: str = Field(
+            default=DEFAULT_MANAGER_SYSTEM,
+            title="Manager: system message",
+            description="The manager's system message.",
+        )
+        ManagerSelectionPrompt: str = Field(
+            default=DEFAULT_MANAGER_PROMPT,
+            title="Manager: selection prompt",
+            description="What the manager is asked before each turn; `{history}`, "
+            "`{last_speaker}` and `{participant_list}` are filled in.",
+        )
+        Selection: SelectionChoice = Field(
+            default="",
+            title="Who speaks next",
+            description="`round_robin`: everyone in order; `manager`: the manager model picks; "
+            "`random`: anyone but the last speaker; `mention`: those you @name in your message "
+            "first. Empty: round robin (or what a preset says).",
+        )
+        ShowManagerReason: bool = Field(
+            default=True,
+            title="Show the manager's reason",
+            description="Show the manager's answer in a collapsed block under each turn it picked.",
+        )
+        AskBetweenRounds: bool = Field(
+            default=False,
+            title="Ask me between rounds",
+            description="After each round, Open WebUI asks *Anything to add before round N?*: "
+            "what you type joins the conversation as your words, `end` closes it, empty goes "
+            "on.",
+        )
+        PeerReview: bool = Field(
+            default=False,
+            title="Peer review (council)",
+            description="With *Who speaks next* = `council`: after the round, each participant "
+            "ranks the others' answers, shown without names, and a table sums up the ranking.",
+        )
+        PassAllowed: bool = Field(
+            default=False,
+            title="Allow PASS",
+            description="A participant may answer PASS to skip its turn.",
+        )
+        StopPhrase: str = Field(
+            default="",
+            title="Stop phrase",
+            description="Any participant saying this ends the conversation (empty: none).",
+        )
+        MaxSeconds: float = Field(
+            default=0,
+            ge=0,
+            title="Time budget (s)",
+            description="Ends the conversation after the turn that uses it up. 0: none.",
+        )
+        MaxTotalTokens: int = Field(
+            default=0,
+            ge=0,
+            title="Token budget",
+            description="Tokens of all replies together (prompt and reply), checked after each "
+            "turn. 0: none.",
+        )
+        ClosingModel: str = Field(
+            default="",
+            title="Closing turn: model",
+            description="Model id of a closing turn (verdict, summary) after the conversation. "
+            "Empty: no closing turn, unless a task is set (then the first participant's model).",
+        )
+        ClosingAlias: str = Field(
+            default="",
+            title="Closing turn: name",
+            description="Name of the closing speaker (empty: Closing).",
+        )
+        ClosingPrompt: str = Field(
+            default="",
+            title="Closing turn: task",
+            description="What the closing turn should do (empty: sum up and conclude).",
+        )
+        ClosingVote: bool = Field(
+            default=False,
+            title="End with a vote",
+            description="Every participant votes in a short turn of its own, and the votes are "
+            "tallied (instead of a closing turn).",
+        )
+        Preset: PresetChoice = Field(
+            default="",
+            title="Preset",
+            description="A named setup that fills whatever you leave unset: `debate`, "
+            "`brainstorm`, `review_panel`, `interview` or `council`. Empty: none.",
+        )
+        Temperature: float = Field(
+            default=1.0, title="Temperature", description="Sampling temperature."
+        )
+        Top_k: int = Field(
+            default=50,
+            title="Top-k",
+            description="Top-k sampling (sent to Ollama models only).",
+        )
+        Top_p: float = Field(
+            default=0.8, title="Top-p", description="Top-p (nucleus) sampling."
+        )
+
+        @model_validator(mode="before")
+        @classmethod
+        def manager_switch(cls, data: Any) -> Any:
+            """v2's "Use a manager" switch, still in saved valves, is *Who speaks next*."""
+            return manager_switch_as_selection(data)
+
+        # The host resets every user valve when one fails: old free-text values must load.
+        @field_validator("NUM_PARTICIPANTS", mode="before")
+        @classmethod
+        def old_count(cls, value: Any) -> Any:
+            return participant_count(value)
+
+        @field_validator("Selection", mode="before")
+        @classmethod
+        def old_selection(cls, value: Any) -> Any:
+            return valve_choice(value, SelectionChoice)
+
+        @field_validator("Preset", mode="before")
+        @classmethod
+        def old_preset(cls, value: Any) -> Any:
+            return valve_choice(value, PresetChoice)
 
     # Replaceable by tests: how to reach the host, and what time is.
     gateway_factory: Callable[[Any], HostGateway] = HostGateway
@@ -6632,507 +7051,7 @@ return await new Promise((resolve) => {
 });
 """
 
-# The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them: what
-# admins tune first (rounds, tokens, time limits, tools, the dialog), the streaming internals last.
-ADMIN_VALVES: dict[str, Any] = {
-    "MAX_ROUNDS": (
-        int,
-        Field(
-            default=20,
-            ge=1,
-            le=1000,
-            title="Most rounds",
-            description="Highest number of rounds a user may ask for.",
-        ),
-    ),
-    "MAX_TOKENS": (
-        int,
-        Field(
-            default=400,
-            ge=0,
-            title="Max tokens per turn",
-            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
-            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
-            "give them more. 0: no limit.",
-        ),
-    ),
-    "TURN_TIME_LIMIT": (
-        float,
-        Field(
-            default=180,
-            ge=0,
-            title="Time limit per turn (s)",
-            description="Seconds one turn may stream, however busy the model is; the turn keeps "
-            "what arrived and is marked as cut. 0: no limit.",
-        ),
-    ),
-    "TURN_TIMEOUT": (
-        float,
-        Field(
-            default=300,
-            gt=0,
-            title="Silence timeout (s)",
-            description="Seconds a participant's model may stay silent (no chunk) before its "
-            "turn ends with an error; also the limit for a non-streamed retry.",
-        ),
-    ),
-    "CONTEXT_TOKENS": (
-        int,
-        Field(
-            default=8192,
-            ge=0,
-            title="Assumed context size (tokens)",
-            description="Context size assumed for a participant model whose Open WebUI "
-            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
-            "parts cut in the middle to fit. "
-            "0: fit only after the model reports a context-length error.",
-        ),
-    ),
-    "OLLAMA_CONTEXT_TOKENS": (
-        int,
-        Field(
-            default=4096,
-            ge=0,
-            title="Ollama context size (tokens)",
-            description="Context size for an Ollama model whose Open WebUI settings name no "
-            "`num_ctx`: Ollama's default below 24 GiB of VRAM (OLLAMA_CONTEXT_LENGTH sets it on "
-            "the server). Requests are fitted to it and ask for it as `num_ctx`, so Ollama "
-            "drops nothing silently. 0: ask for none and fit as for other models.",
-        ),
-    ),
-    "MAX_TOOL_ROUNDS": (
-        int,
-        Field(
-            default=5,
-            ge=0,
-            le=50,
-            title="Tool rounds per turn",
-            description="Tool-call rounds per turn before the model must answer.",
-        ),
-    ),
-    "MAX_TOOL_CORRECTIONS": (
-        int,
-        Field(
-            default=2,
-            ge=0,
-            le=10,
-            title="Retries after a malformed tool call",
-            description="Silent retries per turn when a model calls an unknown tool or sends "
-            "arguments that are not a JSON object.",
-        ),
-    ),
-    "TOOL_TIMEOUT": (
-        float,
-        Field(
-            default=120,
-            gt=0,
-            title="Tool timeout (s)",
-            description="Seconds one tool call may run; then the model is told it timed out. A "
-            "synchronous tool runs in a thread, which finishes in the background.",
-        ),
-    ),
-    "TOOL_RESULT_MAX_CHARS": (
-        int,
-        Field(
-            default=100_000,
-            ge=1000,
-            title="Longest tool result (characters)",
-            description="Longest tool result given back to the model; the tool block in the "
-            "chat shows at most a fifth of it.",
-        ),
-    ),
-    "BUILTIN_TOOLS": (
-        bool,
-        Field(
-            default=False,
-            title="Offer built-in tools",
-            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
-            "...) to every participant whose model uses native function calling. Off: a "
-            "participant gets tools only when some are picked for the chat or its model, or a "
-            "feature such as web search is switched on.",
-        ),
-    ),
-    "CONFIG_OVERLAY": (
-        bool,
-        Field(
-            default=True,
-            title="Setup dialog",
-            description="Open the setup dialog in the browser for a chat that has no setup yet. "
-            "Off: the user valves are used.",
-        ),
-    ),
-    "OVERLAY_TIMEOUT": (
-        float,
-        Field(
-            default=180,
-            ge=5,
-            title="Setup dialog timeout (s)",
-            description="Seconds the dialog waits without a key, click or edit before it "
-            "closes; the conversation then runs with the user valves and the next message asks "
-            "again. Typing keeps it open (an hour at most).",
-        ),
-    ),
-    "MODERATOR_TIMEOUT": (
-        float,
-        Field(
-            default=120,
-            gt=0,
-            title="Moderator prompt timeout (s)",
-            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
-            "before round N?* waits for an answer; then the conversation goes on.",
-        ),
-    ),
-    "MANAGER_TIMEOUT": (
-        float,
-        Field(
-            default=30,
-            gt=0,
-            title="Manager timeout (s)",
-            description="Seconds the manager may take to pick a speaker; then the next "
-            "participant in order speaks.",
-        ),
-    ),
-    "MANAGER_HISTORY_CHARS": (
-        int,
-        Field(
-            default=8000,
-            ge=200,
-            title="Conversation shown to the manager (characters)",
-            description="Newest characters of the conversation shown to the manager.",
-        ),
-    ),
-    "TASK_TIMEOUT": (
-        float,
-        Field(
-            default=30,
-            gt=0,
-            title="Title and tags timeout (s)",
-            description="Seconds a background task (title, tags, follow-ups) may take. Open "
-            "WebUI keeps the message busy until its tasks end; one that takes longer is "
-            "dropped. A task model that gave no usable answer gets a third of it (and 120 "
-            "tokens) until it answers one.",
-        ),
-    ),
-    "SHOW_MODELS": (
-        bool,
-        Field(
-            default=False,
-            title="Show models in headings",
-            description="Show which model speaks behind each alias, in small type after the "
-            "speaker's name.",
-        ),
-    ),
-    "SHOW_USAGE": (
-        bool,
-        Field(
-            default=True,
-            title="Usage table at the end",
-            description="End each conversation with a collapsed table of what it cost: per "
-            "participant, the manager and the closing turn, turns, prompt and completion tokens "
-            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
-            "Never part of what the models read.",
-        ),
-    ),
-    "STOP_SEQUENCES": (
-        bool,
-        Field(
-            default=True,
-            title="Stop at other speakers' names",
-            description='Send `Name said: "` and `Name: "` at a line start for the next two '
-            "speakers (or the user) as stop sequences, so a model ends its turn instead of "
-            "writing their lines (only forms the guard cuts anyway: a bare `Name:` would also "
-            "cut `Alice: you are right`). Switch off for models that reject `stop`; the pipe "
-            "still cuts such lines itself.",
-        ),
-    ),
-    "PIPE_NAME": (
-        str,
-        Field(
-            default="Multi-Model Conversation",
-            title="Name in the model picker",
-            description="What users pick in the model list to start a conversation.",
-        ),
-    ),
-    "EMIT_INTERVAL": (
-        float,
-        Field(
-            default=0.033,
-            ge=0,
-            le=5,
-            title="Screen update interval (s)",
-            description="Seconds between two updates of the message on screen while it streams "
-            "(0.033: about 30 a second). An update carries only the new text "
-            "(`chat:message:delta`), or the whole message when earlier text changed "
-            "(`chat:message`); Open WebUI forwards both to the tab without writing its database. "
-            "Saves follow *Save interval*. 0: no coalescing, every chunk is sent and saved whole "
-            "(a `replace` that rewrites the whole chat), for comparisons only.",
-        ),
-    ),
-    "SAVE_INTERVAL": (
-        float,
-        Field(
-            default=1.0,
-            ge=0,
-            le=60,
-            title="Save interval (s)",
-            description="Seconds between two saves of the message while it streams. A save "
-            "rewrites the whole chat in Open WebUI's database; the screen updates in between, "
-            "and the end is always saved.",
-        ),
-    ),
-    "SAVE_BUDGET_KB": (
-        float,
-        Field(
-            default=12,
-            ge=0,
-            title="Save budget (KB per second)",
-            description="KB of chat Open WebUI may rewrite per second while a message streams: "
-            "long chats and long messages are saved less often (at most *Longest gap between "
-            "saves* apart), so whole copies of the message reach the tab at a rate that does "
-            "not grow with it. 0: *Save interval* only.",
-        ),
-    ),
-    "MAX_SAVE_INTERVAL": (
-        float,
-        Field(
-            default=15.0,
-            ge=0,
-            le=120,
-            title="Longest gap between saves (s)",
-            description="Longest gap between two whole copies of the message (saves, or "
-            "updates that change earlier text), however long the chat.",
-        ),
-    ),
-}
-
-# The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a
-# <select> of its values. "" is each one's "not set".
-# Built from what the setup accepts, so a select never offers a value the setup refuses.
-ParticipantCount = Literal[tuple(range(1, MAX_PARTICIPANTS + 1))]
-SelectionChoice = Literal[("", *SELECTIONS)]
+# The user valves' preset select (see SelectionChoice): built from the presets above, so it
+# never offers one the setup refuses. Pipe.UserValves names it before it exists, hence the rebuild.
 PresetChoice = Literal[("", *PRESETS)]
-
-# The user's valves; the names are those of "Multi Model Conversations v2", so saved settings
-# carry over (only the titles shown in Open WebUI are new).
-USER_VALVES: dict[str, Any] = {
-    "NUM_PARTICIPANTS": (
-        ParticipantCount,
-        Field(
-            default=2,
-            title="Participants",
-            description="How many participants take part when the setup dialog is skipped.",
-        ),
-    ),
-    "ROUNDS_PER_CONVERSATION": (
-        int,
-        Field(
-            default=3,
-            ge=1,
-            title="Rounds",
-            description="Every participant speaks once per round.",
-        ),
-    ),
-    **{
-        f"Participant{i}{key}": (
-            str,
-            Field(
-                default="",
-                title=f"Participant {i}: {what}",
-                description=text.format(i=i),
-            ),
-        )
-        for i in range(1, MAX_PARTICIPANTS + 1)
-        for key, what, text in (
-            ("Model", "model", "Model id of participant {i}."),
-            ("Alias", "alias", "Name of participant {i} (empty: the model's name)."),
-            ("SystemMessage", "persona", "Persona of participant {i}."),
-        )
-    },
-    "AllParticipantsApendedMessage": (
-        str,
-        Field(
-            default=DEFAULT_SHARED_INSTRUCTION,
-            title="Shared instruction",
-            description="Added to every participant's system prompt. `{alias}` and `{others}` "
-            "are filled in; text without `{alias}` gets the alias appended (as v2 did).",
-        ),
-    ),
-    "ManagerModel": (
-        str,
-        Field(
-            default="",
-            title="Manager model",
-            description="Model id of the manager (empty: the first participant's model).",
-        ),
-    ),
-    "ManagerSystemMessage": (
-        str,
-        Field(
-            default=DEFAULT_MANAGER_SYSTEM,
-            title="Manager: system message",
-            description="The manager's system message.",
-        ),
-    ),
-    "ManagerSelectionPrompt": (
-        str,
-        Field(
-            default=DEFAULT_MANAGER_PROMPT,
-            title="Manager: selection prompt",
-            description="What the manager is asked before each turn; `{history}`, "
-            "`{last_speaker}` and `{participant_list}` are filled in.",
-        ),
-    ),
-    "Selection": (
-        SelectionChoice,
-        Field(
-            default="",
-            title="Who speaks next",
-            description="`round_robin`: everyone in order; `manager`: the manager model picks; "
-            "`random`: anyone but the last speaker; `mention`: those you @name in your message "
-            "first. Empty: round robin (or what a preset says).",
-        ),
-    ),
-    "ShowManagerReason": (
-        bool,
-        Field(
-            default=True,
-            title="Show the manager's reason",
-            description="Show the manager's answer in a collapsed block under each turn it picked.",
-        ),
-    ),
-    "AskBetweenRounds": (
-        bool,
-        Field(
-            default=False,
-            title="Ask me between rounds",
-            description="After each round, Open WebUI asks *Anything to add before round N?*: "
-            "what you type joins the conversation as your words, `end` closes it, empty goes "
-            "on.",
-        ),
-    ),
-    "PeerReview": (
-        bool,
-        Field(
-            default=False,
-            title="Peer review (council)",
-            description="With *Who speaks next* = `council`: after the round, each participant "
-            "ranks the others' answers, shown without names, and a table sums up the ranking.",
-        ),
-    ),
-    "PassAllowed": (
-        bool,
-        Field(
-            default=False,
-            title="Allow PASS",
-            description="A participant may answer PASS to skip its turn.",
-        ),
-    ),
-    "StopPhrase": (
-        str,
-        Field(
-            default="",
-            title="Stop phrase",
-            description="Any participant saying this ends the conversation (empty: none).",
-        ),
-    ),
-    "MaxSeconds": (
-        float,
-        Field(
-            default=0,
-            ge=0,
-            title="Time budget (s)",
-            description="Ends the conversation after the turn that uses it up. 0: none.",
-        ),
-    ),
-    "MaxTotalTokens": (
-        int,
-        Field(
-            default=0,
-            ge=0,
-            title="Token budget",
-            description="Tokens of all replies together (prompt and reply), checked after each "
-            "turn. 0: none.",
-        ),
-    ),
-    "ClosingModel": (
-        str,
-        Field(
-            default="",
-            title="Closing turn: model",
-            description="Model id of a closing turn (verdict, summary) after the conversation. "
-            "Empty: no closing turn, unless a task is set (then the first participant's model).",
-        ),
-    ),
-    "ClosingAlias": (
-        str,
-        Field(
-            default="",
-            title="Closing turn: name",
-            description="Name of the closing speaker (empty: Closing).",
-        ),
-    ),
-    "ClosingPrompt": (
-        str,
-        Field(
-            default="",
-            title="Closing turn: task",
-            description="What the closing turn should do (empty: sum up and conclude).",
-        ),
-    ),
-    "ClosingVote": (
-        bool,
-        Field(
-            default=False,
-            title="End with a vote",
-            description="Every participant votes in a short turn of its own, and the votes are "
-            "tallied (instead of a closing turn).",
-        ),
-    ),
-    "Preset": (
-        PresetChoice,
-        Field(
-            default="",
-            title="Preset",
-            description="A named setup that fills whatever you leave unset: `debate`, "
-            "`brainstorm`, `review_panel`, `interview` or `council`. Empty: none.",
-        ),
-    ),
-    "Temperature": (
-        float,
-        Field(default=1.0, title="Temperature", description="Sampling temperature."),
-    ),
-    "Top_k": (
-        int,
-        Field(
-            default=50,
-            title="Top-k",
-            description="Top-k sampling (sent to Ollama models only).",
-        ),
-    ),
-    "Top_p": (
-        float,
-        Field(default=0.8, title="Top-p", description="Top-p (nucleus) sampling."),
-    ),
-}
-
-Pipe.Valves = create_model("Valves", **ADMIN_VALVES)
-Pipe.UserValves = create_model(
-    "UserValves",
-    __validators__={
-        # v2's "Use a manager" switch, still in saved valves, is *Who speaks next: manager*.
-        "_a_manager_switch": model_validator(mode="before")(
-            lambda cls, data: manager_switch_as_selection(data)
-        ),
-        # The host resets every user valve when one fails: old free-text values must still load.
-        "_a_count": field_validator("NUM_PARTICIPANTS", mode="before")(
-            lambda cls, value: participant_count(value)
-        ),
-        "_a_selection": field_validator("Selection", mode="before")(
-            lambda cls, value: valve_choice(value, SelectionChoice)
-        ),
-        "_a_preset": field_validator("Preset", mode="before")(
-            lambda cls, value: valve_choice(value, PresetChoice)
-        ),
-    },
-    **USER_VALVES,
-)
+Pipe.UserValves.model_rebuild()
