@@ -162,12 +162,14 @@ async def test_models_writing_other_participants_lines_are_cut_before_them(
     owui, backend, admin_socket, pipe
 ):
     # A's server honours `stop`; B's ignores it, so only the pipe's own guard can cut it.
-    # A line speaking as someone else opens like a sentence; `B: a line…` in lower case reads
-    # as addressing B, which issue 18 says must not be cut.
-    backend.set_script("model-a", reply="A: Opening words.\nStill A.\nB: A line for B\nC: And C")
+    # A line speaking as someone else reads as speech (issue 26: `B: a line…` in lower case
+    # addresses B, `Note: The deposit…` states; neither is cut).
+    backend.set_script(
+        "model-a", reply='A: Opening words.\nStill A.\nB said: "I am B now."\nC: And C'
+    )
     backend.set_script(
         "model-b",
-        reply="I am B.\nAnd more B.\nC: A line for C\nAdmin: And the user",
+        reply="I am B.\nAnd more B.\nC: I take over for C.\nAdmin: Thanks, all!",
         honor_stop=False,
     )
     admin_socket.answer("execute", overlay_answer("model-a", "model-b", "model-c"))
@@ -181,11 +183,13 @@ async def test_models_writing_other_participants_lines_are_cut_before_them(
     assert turn["B"] == "I am B.\nAnd more B."
     assert imitation_lines(saved, ["A", "B", "C", "Admin"]) == []
     a, b, c = (backend.requests_for(m)[0] for m in ("model-a", "model-b", "model-c"))
-    # Stops in the pipe's own transcript format only (issue 18), for the next two speakers.
-    assert a.body["stop"] == ['\nB said: "', '\nB: "', '\nC said: "', '\nC: "']
-    assert b.body["stop"] == ['\nC said: "', '\nC: "', '\nA said: "', '\nA: "']
+    # Stops in the pipe's own transcript form only (issue 26), the next speakers and the user.
+    assert a.body["stop"] == ['\nB said: "', '\nC said: "', '\nAdmin said: "']
+    assert b.body["stop"] == ['\nC said: "', '\nA said: "', '\nAdmin said: "']
     c_view = view(c)
-    assert "A line for" not in c_view and "And the user" not in c_view
+    assert (
+        "I am B now" not in c_view and "I take over" not in c_view and "Thanks, all" not in c_view
+    )
     assert "And more B." in c_view and "Still A." in c_view
 
 
