@@ -967,9 +967,12 @@ def unmark_lookalikes(text: str) -> str:
     return _MARKED_LOOKALIKE_RE.sub(lambda m: m.group(0)[:-1], text)
 
 
-# Follows the alias in the heading of a vote's turn, so a vote does not read as a turn; the
-# history reads the turn as the participant's own.
+# Follow the alias in the heading of a vote's or a peer review's turn, so neither reads as a
+# turn of the conversation; the history reads the turn as the participant's own.
 VOTE_LABEL = " · 🗳️ vote"
+REVIEW_LABEL = " · 🏅 review"
+# The label each kind of turn carries in its heading (a conversation turn, the closing: none).
+TURN_LABELS = {"vote": VOTE_LABEL, "review": REVIEW_LABEL}
 
 
 def heading(
@@ -1998,10 +2001,17 @@ def split_turns(content: str) -> list[Turn]:
             )  # the user's words between rounds
         elif text:
             alias = md_unescape(
-                _MODEL_BEHIND_RE.sub("", match.group(2)).removesuffix(VOTE_LABEL)
+                _without_label(_MODEL_BEHIND_RE.sub("", match.group(2)))
             )
             turns.append(Turn(alias, text))
     return turns
+
+
+def _without_label(name: str) -> str:
+    """A heading's alias without the label of its kind of turn (a vote's, a review's)."""
+    for label in TURN_LABELS.values():
+        name = name.removesuffix(label)
+    return name
 
 
 def history_turns(messages: list[dict]) -> list[Turn]:
@@ -4018,7 +4028,7 @@ class TurnStreamer:
         self.transcript.start_turn(
             p,
             profile.name if self.settings.valves.SHOW_MODELS else "",
-            VOTE_LABEL if plan.kind == "vote" else "",
+            TURN_LABELS.get(plan.kind, ""),
         )
         if plan.why and self.settings.show_manager_reason:
             self.transcript.add_block(manager_block(plan.why))
