@@ -1272,6 +1272,14 @@ async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any
     raise TimeoutError
 
 
+# The event Chat.svelte answers with autoScrollToBottom() alone: a `context_compaction` whose
+# data is not a compaction's status (`handleContextCompactionStatus` returns at once). Neither
+# `chat:message:delta` nor `replace` scrolls, so without it the page does not follow the text.
+FOLLOW_EVENT: dict[str, Any] = {"type": "context_compaction"}
+# Seconds between follows while the text grows: the page is at most this much text behind.
+FOLLOW_INTERVAL = 0.2
+
+
 class CoalescingEmitter:
     """Sends the latest transcript, at most once a frame: leading and trailing edge.
 
@@ -1294,6 +1302,9 @@ class CoalescingEmitter:
     At most one frame and one save are in flight: the host emits a save to the tab before it
     writes the chat, so a slow database write must not hold back the frames that follow it.
     A save's send starts before any later frame's, so the tab applies it in order.
+
+    After the tab's copy grows, a follow (`FOLLOW_EVENT`) asks the page to keep the newest line
+    in view, at most once per `follow_interval` and once more after the last change (`_follow`).
     """
 
     def __init__(
@@ -1307,6 +1318,7 @@ class CoalescingEmitter:
         budget: float = 0.0,
         max_save_interval: float = 5.0,
         live_at: Callable[[], int | None] | None = None,
+        follow_interval: float = 0.0,
     ) -> None:
         self._send = send
         self._render = render
@@ -1340,6 +1352,10 @@ class CoalescingEmitter:
         self._last_sent_at = float("-inf")
         self._failures = 0
         self.sent_events = 0
+        self._follow_interval = follow_interval
+        self._followed_at = float("-inf")
+        self._unfollowed = False  # the tab's copy changed since the last follow
+        self._follow_timer: asyncio.Future | None = None
 
     async def update(self) -> None:
         """Record that the transcript changed; never waits for the socket when coalescing."""
@@ -1369,6 +1385,7 @@ class CoalescingEmitter:
         self._task = None
         await self._drain_queue()
         await self._send_content(final=True)
+        await self._follow(last=True)
         self._flushing.clear()
 
     async def hand_over(self) -> None:
@@ -1388,6 +1405,7 @@ class CoalescingEmitter:
             await self._wake.wait()
             self._wake.clear()
             await self._drain_queue()
+            await self._follow()
             if self._dirty:
                 wait = self._last_sent_at + self._interval - self._clock.now()
                 if wait > 0:
@@ -1401,6 +1419,7 @@ class CoalescingEmitter:
                 self._dirty = False
                 # While a flush waits, this frame is the last one: it is the save.
                 await self._send_content(final=self._flushing.is_set())
+                await self._follow()
             if self._flushing.is_set() and not self._dirty and not self._queue:
                 return
 
@@ -1513,6 +1532,8 @@ class CoalescingEmitter:
             event = {"type": "chat:message", "data": {"content": payload}}
         if not await self._deliver(event):
             self._shown = None  # the tab may have missed it: the next frame goes whole
+            return
+        self._moved()
 
     async def _save(self, payload: str, now: float) -> None:
         if not await self._deliver({"type": "replace", "data": {"content": payload}}):
@@ -1524,6 +1545,39 @@ class CoalescingEmitter:
                 self._kick()
             return
         self._last_saved, self._last_saved_at = payload, now
+        self._moved()
+
+    # -- following: the page keeps the newest line in view, as for a native answer -----------
+    def _moved(self) -> None:
+        """The tab's copy changed: the sender follows once the last follow is an interval old
+        (at once if it is already)."""
+        self._unfollowed = True
+        if self._follow_timer is None and self._follow_interval > 0:
+            wait = self._followed_at + self._follow_interval - self._clock.now()
+            self._follow_timer = asyncio.ensure_future(self._follow_after(wait))
+
+    async def _follow_after(self, seconds: float) -> None:
+        if seconds > 0:
+            await self._clock.sleep(seconds)
+        self._follow_timer = None
+        self._kick()  # the sender follows: one event in flight, in order
+
+    async def _follow(self, last: bool = False) -> None:
+        """Send the follow if the tab's copy changed and the interval allows (`last`: always;
+        a pending trailing follow is then this one).
+
+        Open WebUI 0.12.4's Chat.svelte scrolls on it (autoScrollToBottom, which leaves a user
+        who scrolled up where they are) and changes nothing else; the host stores nothing.
+        """
+        if last and self._follow_timer is not None:
+            self._follow_timer.cancel()
+            self._follow_timer = None
+        due = self._followed_at + self._follow_interval <= self._clock.now()
+        if not self._unfollowed or self._follow_interval <= 0 or not (last or due):
+            return
+        self._unfollowed = False
+        self._followed_at = self._clock.now()
+        await self._deliver(dict(FOLLOW_EVENT))
 
     async def _deliver(self, event: dict[str, Any]) -> bool:
         try:
@@ -5363,6 +5417,7 @@ def _emitter_for(
         budget=valves.SAVE_BUDGET_KB * 1024,
         max_save_interval=valves.MAX_SAVE_INTERVAL,
         live_at=transcript.live_block_at,
+        follow_interval=FOLLOW_INTERVAL,
     )
 
 
