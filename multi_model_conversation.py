@@ -603,6 +603,15 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def duration(seconds: float) -> str:
+    """ "42 s", "2 min", "2 min 5 s": how long, as the status and the usage say it."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
 def fill_template(template: str, values: dict[str, str]) -> str:
     """Substitute only the named {placeholders}; other braces (JSON, code) stay as written."""
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
@@ -1253,6 +1262,9 @@ class Clock:
 
 
 EmitFn = Callable[[dict[str, Any]], Awaitable[Any]]
+EventCall = Callable[
+    [dict], Awaitable[Any]
+]  # __event_call__: asks the user's tab, awaits it
 
 
 async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any:
@@ -3877,11 +3889,16 @@ CHARS_PER_TOKEN_ESTIMATE = (
 )
 
 
+# The usage row of a turn that is not a conversation turn, after the alias.
+ROW_KINDS = {"closing": " (closing)", "review": " (review)", "vote": " (vote)"}
+MANAGER_ROW = "Manager"  # its Turns are its picks, left out of the total's
+
+
 @dataclass
 class UsageRow:
     """What one speaker's calls cost in a run (the manager's picks count as its turns)."""
 
-    label: str  # the alias, "Manager", or "<alias> (closing)"
+    label: str  # the alias, "Manager", or "<alias> (closing)" (ROW_KINDS)
     model: str
     turns: int = 0
     prompt: int = 0
@@ -3890,7 +3907,8 @@ class UsageRow:
     estimated: bool = False  # some count is the pipe's estimate, not the backend's
 
     def add(self, other: UsageRow) -> None:
-        self.turns += other.turns
+        if other.label != MANAGER_ROW:  # its picks are not turns
+            self.turns += other.turns
         self.prompt += other.prompt
         self.completion += other.completion
         self.seconds += other.seconds
@@ -3940,26 +3958,32 @@ class UsageLedger:
         }
 
 
-def usage_block(ledger: UsageLedger) -> str:
-    """The ledger as a collapsed table at the end of the message (history leaves it out)."""
+def usage_block(ledger: UsageLedger, talked: float) -> str:
+    """The ledger as a collapsed table at the end of the message (history leaves it out).
+
+    Turns are turns said (a PASS is none; the manager's are its picks, not in the total); a
+    row's seconds are its model's, the total's the conversation's own (`talked`), as the
+    status says it, so a council's rows, generated at once, add up to more."""
     total = ledger.total()
-    head = "| Speaker | Model | Turns | Prompt tokens | Completion tokens | Seconds | Tokens/s |"
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|"]
+    total.seconds = talked
+    head = "| Speaker | Turns | Tokens in | Tokens out | Seconds | Tokens/s |"
+    lines = [head, "|---|--:|--:|--:|--:|--:|"]
     for row in [*ledger.rows.values(), total]:
         mark = "~" if row.estimated else ""
         speed = f"{row.completion / row.seconds:,.1f}" if row.seconds >= 0.05 else "–"
-        name = f"**{md_text(row.label)}**" if row is total else md_text(row.label)
+        if row is total:
+            name = "**Total**"
+        else:  # the model under the name: a narrow table fits a phone (390 px)
+            name = f"{md_text(row.label)}<br><sub>{html.escape(row.model)}</sub>"
         lines.append(
-            f"| {name} | {md_text(row.model)} | {row.turns} | {mark}{row.prompt:,} | "
+            f"| {name} | {row.turns} | {mark}{row.prompt:,} | "
             f"{mark}{row.completion:,} | {row.seconds:,.1f} | {speed} |"
         )
     if total.estimated:
         lines.append(
             "\n~ estimated (the backend sent no counts): about 4 characters a token."
         )
-    summary = (
-        f"Usage: {total.prompt + total.completion:,} tokens, {total.seconds:,.0f} s"
-    )
+    summary = f"Usage: {total.prompt + total.completion:,} tokens, {duration(talked)}"
     body = "\n".join(lines)
     head = f'<details type="usage" done="true">\n<summary>{summary}</summary>'
     return f"\n{head}\n\n{body}\n</details>\n"  # a blank line after the last turn
@@ -4075,9 +4099,9 @@ class TurnStreamer:
         profile = self.profiles[p.model_id]
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         self.speaking, self.guarded = True, plan.guarded
-        label = f"{p.alias} (closing)" if plan.kind == "closing" else p.alias
-        self._row = self.ledger.row(label, profile.name)
-        self._row.turns += 1
+        self._row = self.ledger.row(
+            p.alias + ROW_KINDS.get(plan.kind, ""), profile.name
+        )
         mark = self.transcript.checkpoint()
         self.transcript.start_turn(
             p,
@@ -4110,6 +4134,7 @@ class TurnStreamer:
             self.transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
         elif said:
             self.turns.append(Turn(p.alias, said))
+            self._row.turns += 1  # a turn said, as the status counts it (not a PASS)
         self.speaking = False
         await self.emitter.update()
         return Heard(said, passed, benched=p.alias in self.benched)
@@ -4217,7 +4242,7 @@ class TurnStreamer:
         """One plain completion (the manager's), bounded in tokens and time."""
         bound = {"max_tokens": max_tokens} if max_tokens else {}
         form = self.request(profile, messages, **bound)
-        row, started = self.ledger.row("Manager", profile.name), self.clock.now()
+        row, started = self.ledger.row(MANAGER_ROW, profile.name), self.clock.now()
         asked = self.gateway.complete_counted(form, self.ctx.user)
         text, counted = await within(self.clock, seconds, asked)
         row.turns += 1
@@ -4817,7 +4842,15 @@ class Run:
         self.started: float | None = (
             None  # when the turns began (after the setup dialog)
         )
+        self.ended: float | None = None  # when the closing ended (the usage's figures)
         self.in_turn = False  # a conversation turn (not the closing) is streaming
+        self.waited = 0.0  # seconds the user's tab was asked and not yet answered
+        self._waited_before = (
+            0.0  # ... of them before the turns began (the setup dialog)
+        )
+        self.closing_said: dict[str, int] = (
+            {}
+        )  # reviews, closing turns, votes said, by kind
 
     async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
         """Turns until an ending holds, then the closing; returns why it ended."""
@@ -4841,11 +4874,15 @@ class Run:
             if not plans:
                 break
             done += zip(plans, await self.speak(plans), strict=True)
+        for plan, heard in done:
+            if heard.said and not heard.passed:
+                self.closing_said[plan.kind] = self.closing_said.get(plan.kind, 0) + 1
         for line in (direction.verdict(done), direction.end_line()):
             if line:
                 self.transcript.add_notice(line)
+        self.ended = self.clock.now()
         if streamer.settings.valves.SHOW_USAGE and streamer.ledger.rows:
-            self.transcript.add_block(usage_block(streamer.ledger))
+            self.transcript.add_block(usage_block(streamer.ledger, self.talked()))
         await self.emitter.update()
         return direction.reason
 
@@ -4872,16 +4909,55 @@ class Run:
 
     def end_status(self, outcome: str | None = None) -> None:
         """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
-        its rounds ("· stopped"); it replaces whatever the manager last said."""
+        its rounds ("· stopped"); it replaces whatever the manager last said.
+
+        Its turns are the end line's (and the usage total's, with the closing turns named
+        after them), its seconds the usage's; time the user's tab was asked comes apart:
+        "…, 13 s talking, 2 min waiting for you"."""
         direction = self.direction
         if self.started is None or direction is None:
             return  # no turn began: the message says what happened
         outcome = direction.outcome if outcome is None else outcome
-        turns = direction.progress.spoken + (1 if self.in_turn else 0)
-        seconds = round(self.clock.now() - self.started)
+        progress = direction.progress
+        turns = [_count(progress.spoken + (1 if self.in_turn else 0), "turn")]
+        if progress.passes:
+            turns.append(f"{progress.passes} passed")
+        for kind, noun in (("review", "review"), ("closing", "closing turn")):
+            if self.closing_said.get(kind):
+                turns.append(_count(self.closing_said[kind], noun))
+        if self.closing_said.get("vote"):
+            turns.append(_count(self.closing_said["vote"], "vote"))
         count = _count(len(direction.participants), "participant")
-        text = f"{count}, {_count(turns, 'turn')}, {seconds} s"
+        text = f"{count}, {', '.join(turns)}, {duration(self.talked())}"
+        if round(self.waited) >= 1:
+            text += f" talking, {duration(self.waited)} waiting for you"
         self.status(f"{text} · {outcome}" if outcome else text)
+
+    def talked(self) -> float:
+        """Seconds since the turns began, up to the end of the closing (now, if it did not
+        end), less the time the user's tab was asked meanwhile."""
+        if self.started is None:
+            return 0.0
+        end = self.ended if self.ended is not None else self.clock.now()
+        return max(0.0, end - self.started - (self.waited - self._waited_before))
+
+    def waiting_on(self, call: Callable[[dict], Awaitable[Any]]) -> EventCall:
+        """`call` (the user's tab), timed as waiting for the user; a prompt that waits for an
+        answer says so in the status."""
+
+        async def asked(event: dict) -> Any:
+            title = (event.get("data") or {}).get("title")
+            if event.get("type") == "input" and title:
+                self.status(f"Waiting for you · {title}", done=False)
+            began = self.clock.now()
+            try:
+                return await call(event)
+            finally:
+                self.waited += self.clock.now() - began
+                if self.started is None:
+                    self._waited_before += self.clock.now() - began
+
+        return asked
 
     def not_started(self, exc: Exception) -> None:
         """The status after a setup that cannot run (the message says what to fix); a
@@ -5481,7 +5557,9 @@ def _cast(
     ask = ctx.extra_params.get("__event_call__")  # None without a browser tab (the API)
     moderator = None
     if prepared.config.moderator == "between_rounds" and ask is not None:
-        moderator = Moderator(ask, run.clock, settings.valves.MODERATOR_TIMEOUT)
+        moderator = Moderator(
+            run.waiting_on(ask), run.clock, settings.valves.MODERATOR_TIMEOUT
+        )
     direction = make_direction(
         prepared.config,
         prepared.participants,
@@ -5652,7 +5730,11 @@ class Pipe:
         if event_call is not None and valves.CONFIG_OVERLAY:
             message_id = ctx.metadata.get("message_id")
             dialog = SetupDialog(
-                event_call, emitter, message_id, clock, valves.OVERLAY_TIMEOUT
+                run.waiting_on(event_call),
+                emitter,
+                message_id,
+                clock,
+                valves.OVERLAY_TIMEOUT,
             )
         started = clock.now()
         try:

@@ -1,0 +1,203 @@
+"""Issue 27 in a real browser: the page follows a conversation as it follows a native answer.
+
+Every 250 ms while a reply streams, the page records how far the last line of the reply is below
+the bottom of the chat's scroll area (0 when it is in view), and where the scroll area stands.
+While the user stays at the bottom, a long conversation's last line stays within two lines of
+where a native answer of the same length keeps it; once the user scrolls up, nothing moves the
+page until the conversation ends. The tab's long tasks (PerformanceObserver 'longtask') are
+recorded too, for `bench/follow.py`, which prints them beside native's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from playwright.async_api import Page
+
+from tests.backend import ModelScript
+from tests.integration.owui import Owui
+from tests.integration.test_browser import (
+    CHROMIUM,
+    CONTENT,
+    COPY_BUTTON,
+    FUNCTION_ID,
+    PIPE_MODEL,
+    browser_page,
+    install_pipe,
+    sign_in,
+)
+
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+
+# 2 participants x 3 rounds x 200 words, a word each 15 ms (a fast model): about 18 s of text,
+# several screens long at 1280x800. The native answer streams as many words in one reply.
+PARTICIPANTS, ROUNDS, WORDS, DELAY = 2, 3, 200, 0.015
+
+# Runs in the page from its first script: long tasks, and a sampler started by __followStart().
+SAMPLER = """
+window.__longtasks = [];
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) window.__longtasks.push([e.startTime, e.duration]);
+}).observe({ type: 'longtask', buffered: true });
+window.__followStart = () => {
+  window.__follow = [];
+  window.__followFrom = performance.now();
+  clearInterval(window.__followTimer);
+  window.__followTimer = setInterval(() => {
+    const box = document.getElementById('messages-container');
+    const replies = document.querySelectorAll('CONTENT');
+    if (!box || !replies.length) return;
+    const below = replies[replies.length - 1].getBoundingClientRect().bottom
+      - box.getBoundingClientRect().bottom;
+    window.__follow.push([performance.now(), Math.max(0, below), box.scrollTop]);
+  }, 250);
+};
+window.__followStop = () => clearInterval(window.__followTimer);
+""".replace("CONTENT", CONTENT)
+
+
+@dataclass
+class Watch:
+    """What the page recorded while one reply streamed."""
+
+    below: list[float] = field(default_factory=list)  # px of the reply below the scroll area
+    tops: list[float] = field(default_factory=list)  # the scroll area's scrollTop
+    times: list[float] = field(default_factory=list)  # ms since the sampler started
+    line_px: float = 24.0  # the reply's line height
+    longest_task_ms: float = 0.0  # the tab's longest task while it streamed and just after
+
+    def worst(self, share: float = 1.0) -> float:
+        """The `share` quantile of the distance (1.0: the largest)."""
+        ordered = sorted(self.below)
+        return ordered[min(len(ordered) - 1, int(share * (len(ordered) - 1) + 0.5))]
+
+
+async def open_page_for(page: Page, owui: Owui, model: str) -> None:
+    """A new chat with `model` picked; the sampler armed."""
+    await page.goto(owui.url)
+    await page.locator("#chat-input").wait_for()
+    await page.click("#model-selector-model-button")
+    await page.click(f'#model-selector-list [role=option][data-value="{model}"]')
+    name = (await owui.models())[model]["name"]
+    await page.locator("#model-selector-model-button").filter(has_text=name).wait_for()
+
+
+async def send(page: Page, text: str) -> None:
+    await page.click("#chat-input")
+    await page.keyboard.type(text)
+    await page.evaluate("window.__followStart()")
+    await page.click("#send-message-button")
+
+
+async def until_done(page: Page, watch: Watch, timeout_ms: int = 120_000) -> Watch:
+    """Wait for the reply's Copy button and a second more; fill `watch` from the page."""
+    await page.locator(COPY_BUTTON).last.wait_for(timeout=timeout_ms)
+    await page.wait_for_timeout(1_000)
+    await page.evaluate("window.__followStop()")
+    samples = await page.evaluate("window.__follow")
+    start = await page.evaluate("window.__followFrom")
+    watch.times = [t - start for t, _, _ in samples]
+    watch.below = [b for _, b, _ in samples]
+    watch.tops = [s for _, _, s in samples]
+    tasks = await page.evaluate("window.__longtasks")
+    watch.longest_task_ms = max((d for t, d in tasks if t >= start), default=0.0)
+    watch.line_px = await page.locator(CONTENT).last.evaluate(
+        "el => parseFloat(getComputedStyle(el.querySelector('p') || el).lineHeight) || 24"
+    )
+    return watch
+
+
+async def script_models(owui: Owui, backend) -> None:
+    for model in ("model-a", "model-b"):
+        backend.set_script(model, ModelScript(tokens=WORDS, delay=DELAY))
+    backend.set_script("model-c", ModelScript(tokens=WORDS * PARTICIPANTS * ROUNDS, delay=DELAY))
+    await install_pipe(owui)
+    await owui.set_function_valves(FUNCTION_ID, {"CONFIG_OVERLAY": False})
+    await owui.set_user_valves(
+        FUNCTION_ID,
+        {
+            "NUM_PARTICIPANTS": PARTICIPANTS,
+            "ROUNDS_PER_CONVERSATION": ROUNDS,
+            "Participant1Model": "model-a",
+            "Participant1Alias": "Ada",
+            "Participant2Model": "model-b",
+            "Participant2Alias": "Bob",
+        },
+        merge=False,
+    )
+
+
+async def watch_native_and_pipe(page: Page, owui: Owui) -> tuple[Watch, Watch]:
+    """The same text streamed by a plain model, then by the conversation, at the bottom."""
+    await open_page_for(page, owui, "model-c")
+    await send(page, "Tell me a long story.")
+    native = await until_done(page, Watch())
+    await open_page_for(page, owui, PIPE_MODEL)
+    await send(page, "Tell me a long story.")
+    pipe = await until_done(page, Watch())
+    return native, pipe
+
+
+async def test_at_the_bottom_the_newest_line_stays_in_view_as_for_a_native_answer(
+    owui: Owui, backend
+) -> None:
+    await script_models(owui, backend)
+    try:
+        async with browser_page(1280, 800) as (_, page, _dialogs):
+            await page.add_init_script(SAMPLER)
+            await sign_in(page, owui)
+            native, pipe = await watch_native_and_pipe(page, owui)
+    finally:
+        await owui.set_user_valves(FUNCTION_ID, {}, merge=False)
+
+    report = (
+        f"native: worst {native.worst():.0f} px, 90% {native.worst(0.9):.0f} px; "
+        f"conversation: worst {pipe.worst():.0f} px, 90% {pipe.worst(0.9):.0f} px "
+        f"(line {pipe.line_px:.0f} px, {len(pipe.below)} samples); longest task native "
+        f"{native.longest_task_ms:.0f} ms, conversation {pipe.longest_task_ms:.0f} ms"
+    )
+    print(report)
+    assert len(pipe.below) >= 20 and len(native.below) >= 20, report
+    # The reply outgrew the window (else following proves nothing) ...
+    assert max(pipe.tops) > 800 and max(native.tops) > 800, report
+    # ... and its last line stayed within two lines of where native streaming keeps it.
+    two_lines = 2 * pipe.line_px
+    assert pipe.worst(0.9) <= native.worst(0.9) + two_lines, report
+    assert pipe.worst() <= native.worst() + two_lines, report
+    assert pipe.below[-1] <= two_lines, report  # the end is in view
+
+
+async def test_scrolled_up_the_page_stays_where_the_user_left_it(owui: Owui, backend) -> None:
+    await script_models(owui, backend)
+    try:
+        async with browser_page(1280, 800) as (_, page, _dialogs):
+            await page.add_init_script(SAMPLER)
+            await sign_in(page, owui)
+            await open_page_for(page, owui, PIPE_MODEL)
+            await send(page, "Tell me a long story.")
+            # Wait until the conversation is two screens tall, then scroll up as a user does.
+            await page.wait_for_function(
+                "() => document.getElementById('messages-container').scrollTop > 1600"
+            )
+            await page.mouse.move(640, 400)
+            await page.mouse.wheel(0, -600)
+            await page.wait_for_timeout(500)
+            left_at = await page.evaluate(
+                "[performance.now() - window.__followFrom,"
+                " document.getElementById('messages-container').scrollTop]"
+            )
+            watch = await until_done(page, Watch())
+    finally:
+        await owui.set_user_valves(FUNCTION_ID, {}, merge=False)
+
+    since, top = left_at
+    after = [s for t, s in zip(watch.times, watch.tops, strict=True) if t > since]
+    report = f"left at {top:.0f} px; after: {sorted(set(round(s) for s in after))}"
+    print(report)
+    assert len(after) >= 8, report  # the conversation went on for a while after the scroll
+    assert all(abs(s - top) <= 2 for s in after), report
+    assert watch.below[-1] > 600, report  # the end arrived below, out of view, as left
