@@ -3016,8 +3016,20 @@ def mention_order(text: str, aliases: list[str]) -> list[int]:
     return sorted(found, key=found.__getitem__)
 
 
+def leading_mention(text: str, aliases: list[str]) -> int | None:
+    """The participant the user's message starts by naming (`@Ada, you first`), if any: it
+    speaks first in any order. A name later in the message leaves the order alone."""
+    head = text.lstrip()
+    named = mention_order(head, aliases) if head.startswith("@") else []
+    if named and head.casefold().startswith("@" + aliases[named[0]].casefold()):
+        return named[0]
+    return None
+
+
 class SpeakerPolicy:
     """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
+
+    managed = False  # a manager model picks (the status counts turns, not rounds)
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         raise NotImplementedError
@@ -3051,16 +3063,24 @@ class ShuffledRounds(SpeakerPolicy):
     """
 
     def __init__(
-        self, count: int, rng: random.Random, previous: int | None = None
+        self,
+        count: int,
+        rng: random.Random,
+        previous: int | None = None,
+        first: int | None = None,
     ) -> None:
         self.count = count
         self.rng = rng
         self.previous = previous  # the last speaker of the message before, if any
+        self.first = first  # who the user named to speak first, if anyone
         self._order: list[int] = []
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         if slot % self.count == 0 or not self._order:
             self._order = self._shuffle(self.previous if last is None else last)
+            if slot == 0 and self.first is not None:
+                self._order.remove(self.first)
+                self._order.insert(0, self.first)
         return Pick(self._order[slot % self.count])
 
     def _shuffle(self, last: int | None) -> list[int]:
@@ -3070,6 +3090,21 @@ class ShuffledRounds(SpeakerPolicy):
             swap = self.rng.randrange(1, len(order))
             order[0], order[swap] = order[swap], order[0]
         return order
+
+
+class NamedFirst(SpeakerPolicy):
+    """The participant the user named first speaks first; `policy` (the manager) picks after."""
+
+    def __init__(self, policy: SpeakerPolicy, first: int) -> None:
+        self.policy = policy
+        self.first = first
+        self.managed = policy.managed
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        return Pick(self.first) if slot == 0 else await self.policy.pick(slot, last)
+
+    def heard(self, index: int, said: str) -> None:
+        self.policy.heard(index, said)
 
 
 class Handoffs(SpeakerPolicy):
@@ -3151,6 +3186,8 @@ class ManagerChoice(SpeakerPolicy):
     An answer of END ends the conversation. An error or timeout, or no valid name after the
     last attempt, gives the turn to the next participant in order, and the status says so.
     """
+
+    managed = True
 
     def __init__(
         self,
@@ -3568,7 +3605,7 @@ class Direction:
         self._answers: list[tuple[Participant, str]] = []
         self._asked_at = 0  # the slot before which the moderator was last asked
         # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
-        self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
+        self.explains = len(endings) > 1 or policy.managed
 
     async def next_turns(self) -> list[TurnPlan]:
         """The next turns to speak: one, or a council round's all at once; [] once it ended.
@@ -3641,7 +3678,7 @@ class Direction:
         count, slot = len(self.participants), self.progress.slots
         if self.council:
             return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
-        if isinstance(self.policy, ManagerChoice):
+        if self.policy.managed:
             return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
         return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
 
@@ -3776,24 +3813,28 @@ def make_direction(
 ) -> Direction:
     """The policy and endings the config asks for; `earlier` turns are the chat so far."""
     aliases = [p.alias for p in participants]
+    latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
+    first = leading_mention(
+        _text_of(latest), aliases
+    )  # "@Ada, you first": in any order
     policy: SpeakerPolicy
     if manager is not None:
-        policy = manager
+        policy = manager if first is None else NamedFirst(manager, first)
     elif config.selection == "random":
         spoke = next(
             (t.speaker for t in reversed(earlier) if t.speaker is not None), ""
         )
         policy = ShuffledRounds(
-            len(aliases), rng, match_alias(spoke, aliases) if spoke else None
+            len(aliases), rng, match_alias(spoke, aliases) if spoke else None, first
         )
     elif config.selection == "mention":
-        latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
         named = mention_order(_text_of(latest), aliases)
         policy = Handoffs(
             named + [i for i in range(len(aliases)) if i not in named], aliases
         )
     else:
-        policy = FixedOrder(list(range(len(aliases))))
+        named = [first] if first is not None else []
+        policy = FixedOrder(named + [i for i in range(len(aliases)) if i not in named])
     endings: list[EndCondition] = [RoundsDone(config.rounds, len(aliases))]
     if config.stop_phrase:
         endings.append(StopPhraseSaid(config.stop_phrase))
@@ -5158,11 +5199,13 @@ def overlay_script(
     message_id: str | None = None,
     settings: dict | None = None,
     problem: str = "",
+    saved: bool = False,
 ) -> str:
     """The overlay's code with its inputs as JSON literals (never spliced in as raw text).
 
     `defaults` fill the form, `settings` (the user's valves) are what preset "None" restores,
-    `problem` is the server's refusal of the answer the form shows again.
+    `problem` is the server's refusal of the answer the form shows again; `saved`: the chat
+    has a setup, which "Use defaults" would replace (it asks first).
     One pass over the template: a placeholder's name inside a value is left as it is.
     """
     values = {
@@ -5180,6 +5223,7 @@ def overlay_script(
         "MARKS": list(zip(COLOUR_MARKS, MARK_COLOURS, strict=True)),
         "MESSAGE_ID": message_id,
         "CLOSE_EVENT": OVERLAY_CLOSE_EVENT,
+        "SAVED": saved,
     }
     return re.sub(
         r"__([A-Z_]+)__", lambda m: _js_literal(values[m.group(1)]), OVERLAY_JS
@@ -5216,11 +5260,19 @@ DIALOG_LIMITS = {
     "max_tokens": 1_000_000,
 }
 SETUP_CANCELLED = f"{NOTICE_PREFIX}Setup cancelled. Send a message to open it again.*"
+SETUP_KEPT = (
+    f"{NOTICE_PREFIX}Setup unchanged: this chat keeps its saved setup, and your next message "
+    f"runs it. Send {RECONFIGURE_COMMAND} to choose again.*"
+)
 STOPPED_IN_SETUP = f"{NOTICE_PREFIX}Stopped before the conversation began.*"
 
 
 class SetupCancelled(Exception):
     """The user closed the setup dialog without an answer: nothing runs."""
+
+
+class SetupKept(SetupCancelled):
+    """/reconfigure was cancelled: the chat keeps the setup saved for it."""
 
 
 class NothingToAnswer(SetupCancelled):
@@ -5471,6 +5523,8 @@ def _setup_notice(exc: Exception) -> str:
     """The one line a setup that did not end in a conversation leaves in the message."""
     if isinstance(exc, NothingToAnswer):
         return SETUP_SAVED
+    if isinstance(exc, SetupKept):
+        return SETUP_KEPT
     if isinstance(exc, SetupCancelled):
         return SETUP_CANCELLED
     if isinstance(exc, AccessCheckError):
@@ -5876,14 +5930,20 @@ class Pipe:
                 ctx.metadata.get("message_id"),
                 settings={k: v for k, v in settings.items() if k != "preset"},
                 problem=problem,
+                saved=bool(saved),
             )
 
         opening = dialog_form(
             saved or settings, max_rounds
         )  # /reconfigure: this chat's setup
-        config, remember = await ask_for_setup(
-            dialog, script, opening, settings, max_rounds
-        )
+        try:
+            config, remember = await ask_for_setup(
+                dialog, script, opening, settings, max_rounds
+            )
+        except SetupCancelled as exc:
+            if saved:  # /reconfigure cancelled: the chat's setup stays as it was
+                raise SetupKept from exc
+            raise
         return config, False, remember
 
     # -- title, tags, follow-ups -------------------------------------------------------------
@@ -6096,6 +6156,7 @@ const MAX_TOKENS = __MAX_TOKENS__;
 const MARKS = __MARKS__;
 const MESSAGE_ID = __MESSAGE_ID__;
 const CLOSE_EVENT = __CLOSE_EVENT__;
+const SAVED = __SAVED__;
 const CANCELLED = { cancelled: true };
 const TIMED_OUT = { timed_out: true };
 let models = [];
@@ -6533,7 +6594,14 @@ return await new Promise((resolve) => {
   });
   cancel.addEventListener('click', () => finish(CANCELLED));
   close.addEventListener('click', () => finish(CANCELLED));
-  skip.addEventListener('click', () => finish(null));
+  // In /reconfigure "Use defaults" replaces the setup saved for this chat: it asks first.
+  let replacing = false;
+  skip.addEventListener('click', () => {
+    if (!SAVED || replacing) return finish(null);
+    replacing = true;
+    skip.textContent = 'Replace it';
+    error.textContent = "This replaces this chat's saved setup with your defaults (Settings → Valves). Click Replace it to go on, or Cancel to keep it.";
+  });
   card.append(
     el('div', { className: 'mmc-head' }, [
       el('div', {}, [
