@@ -179,12 +179,14 @@ async def test_scrolled_up_the_page_stays_where_the_user_left_it(owui: Owui, bac
             await sign_in(page, owui)
             await open_page_for(page, owui, PIPE_MODEL)
             await send(page, "Tell me a long story.")
-            # Wait until the conversation is two screens tall, then scroll up as a user does.
+            # Wait until the conversation is well over a screen tall, then scroll up as a
+            # user does.
             await page.wait_for_function(
-                "() => document.getElementById('messages-container').scrollTop > 1600"
+                "() => document.getElementById('messages-container').scrollTop > 600",
+                timeout=90_000,
             )
             await page.mouse.move(640, 400)
-            await page.mouse.wheel(0, -600)
+            await page.mouse.wheel(0, -400)
             await page.wait_for_timeout(500)
             left_at = await page.evaluate(
                 "[performance.now() - window.__followFrom,"
