@@ -69,6 +69,8 @@ class Watch:
     times: list[float] = field(default_factory=list)  # ms since the sampler started
     line_px: float = 24.0  # the reply's line height
     longest_task_ms: float = 0.0  # the tab's longest task while it streamed and just after
+    end_task_ms: float = 0.0  # ... of those that began in the last 2 s before it was done
+    streaming_task_ms: float = 0.0  # ... of those that began earlier
 
     def worst(self, share: float = 1.0) -> float:
         """The `share` quantile of the distance (1.0: the largest)."""
@@ -96,6 +98,7 @@ async def send(page: Page, text: str) -> None:
 async def until_done(page: Page, watch: Watch, timeout_ms: int = 120_000) -> Watch:
     """Wait for the reply's Copy button and a second more; fill `watch` from the page."""
     await page.locator(COPY_BUTTON).last.wait_for(timeout=timeout_ms)
+    done = await page.evaluate("performance.now()")
     await page.wait_for_timeout(1_000)
     await page.evaluate("window.__followStop()")
     samples = await page.evaluate("window.__follow")
@@ -105,6 +108,9 @@ async def until_done(page: Page, watch: Watch, timeout_ms: int = 120_000) -> Wat
     watch.tops = [s for _, _, s in samples]
     tasks = await page.evaluate("window.__longtasks")
     watch.longest_task_ms = max((d for t, d in tasks if t >= start), default=0.0)
+    end = [d for t, d in tasks if t >= done - 2_000]
+    watch.end_task_ms = max(end, default=0.0)
+    watch.streaming_task_ms = max((d for t, d in tasks if start <= t < done - 2_000), default=0.0)
     watch.line_px = await page.locator(CONTENT).last.evaluate(
         "el => parseFloat(getComputedStyle(el.querySelector('p') || el).lineHeight) || 24"
     )
@@ -158,7 +164,8 @@ async def test_at_the_bottom_the_newest_line_stays_in_view_as_for_a_native_answe
         f"native: worst {native.worst():.0f} px, 90% {native.worst(0.9):.0f} px; "
         f"conversation: worst {pipe.worst():.0f} px, 90% {pipe.worst(0.9):.0f} px "
         f"(line {pipe.line_px:.0f} px, {len(pipe.below)} samples); longest task native "
-        f"{native.longest_task_ms:.0f} ms, conversation {pipe.longest_task_ms:.0f} ms"
+        f"{native.longest_task_ms:.0f} ms (at the end {native.end_task_ms:.0f}), "
+        f"conversation {pipe.longest_task_ms:.0f} ms (at the end {pipe.end_task_ms:.0f})"
     )
     print(report)
     assert len(pipe.below) >= 20 and len(native.below) >= 20, report
