@@ -4049,7 +4049,7 @@ class UsageLedger:
         }
 
 
-def usage_block(ledger: UsageLedger, talked: float) -> str:
+def usage_block(ledger: UsageLedger, talked: float, part: bool = False) -> str:
     """The ledger as a collapsed table at the end of the message (history leaves it out).
 
     Turns are turns said (a PASS is none; the manager's are its picks, not in the total); a
@@ -4074,7 +4074,10 @@ def usage_block(ledger: UsageLedger, talked: float) -> str:
         lines.append(
             "\n~ estimated (the backend sent no counts): about 4 characters a token."
         )
-    summary = f"Usage: {total.prompt + total.completion:,} tokens, {duration(talked)}"
+    what = (
+        "Usage of this part" if part else "Usage"
+    )  # `part`: Continue Response added it
+    summary = f"{what}: {total.prompt + total.completion:,} tokens, {duration(talked)}"
     body = "\n".join(lines)
     head = f'<details type="usage" done="true">\n<summary>{summary}</summary>'
     return f"\n{head}\n\n{body}\n</details>\n"  # a blank line after the last turn
@@ -5038,9 +5041,11 @@ class Run:
         self._waited_before = (
             0.0  # ... of them before the turns began (the setup dialog)
         )
-        self.closing_said: dict[str, int] = (
-            {}
-        )  # reviews, closing turns, votes said, by kind
+        # Reviews, closing turns and votes said, by kind.
+        self.closing_said: dict[str, int] = {}
+        # Continue Response: the message's turns before this part. The host keeps that part
+        # as it was (its usage block too) and appends this one, whose seconds alone are known.
+        self.earlier = 0
 
     async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
         """Turns until an ending holds, then the closing; returns why it ended."""
@@ -5071,7 +5076,8 @@ class Run:
                 self.transcript.add_notice(line)
         self.ended = self.clock.now()
         if streamer.settings.valves.SHOW_USAGE and streamer.ledger.rows:
-            self.transcript.add_block(usage_block(streamer.ledger, self.talked()))
+            usage = usage_block(streamer.ledger, self.talked(), part=self.earlier > 0)
+            self.transcript.add_block(usage)
         await self.emitter.update()
         return direction.reason
 
@@ -5117,6 +5123,9 @@ class Run:
         if self.closing_said.get("vote"):
             turns.append(_count(self.closing_said["vote"], "vote"))
         count = _count(len(direction.participants), "participant")
+        if self.earlier:  # "2 participants, 4 turns; this part: 2 turns, 7 s"
+            part = progress.spoken + (1 if self.in_turn else 0) - self.earlier
+            turns[0] += f"; this part: {_count(part, 'turn')}"
         text = f"{count}, {', '.join(turns)}, {duration(self.talked())}"
         if round(self.waited) >= 1:
             text += f" talking, {duration(self.waited)} waiting for you"
@@ -5774,7 +5783,7 @@ def _cast(
     )
     # Continue Response: the status counts the message's earlier turns too.
     earlier = continued_content(body, ctx.metadata)
-    direction.progress.spoken = (
+    direction.progress.spoken = run.earlier = (
         earlier_turns(earlier, prepared.participants) if earlier else 0
     )
     return direction, streamer
