@@ -4057,18 +4057,18 @@ def usage_block(ledger: UsageLedger, talked: float, part: bool = False) -> str:
     status says it, so a council's rows, generated at once, add up to more."""
     total = ledger.total()
     total.seconds = talked
-    head = "| Speaker | Turns | Tokens in | Tokens out | Seconds | Tokens/s |"
-    lines = [head, "|---|--:|--:|--:|--:|--:|"]
+    # Five columns, the model under the name: it fits a phone (390 px).
+    head = "| Speaker | Turns | Tokens in | Tokens out | Seconds |"
+    lines = [head, "|---|--:|--:|--:|--:|"]
     for row in [*ledger.rows.values(), total]:
         mark = "~" if row.estimated else ""
-        speed = f"{row.completion / row.seconds:,.1f}" if row.seconds >= 0.05 else "–"
         if row is total:
             name = "**Total**"
-        else:  # the model under the name: a narrow table fits a phone (390 px)
+        else:
             name = f"{md_text(row.label)}<br><sub>{html.escape(row.model)}</sub>"
         lines.append(
             f"| {name} | {row.turns} | {mark}{row.prompt:,} | "
-            f"{mark}{row.completion:,} | {row.seconds:,.1f} | {speed} |"
+            f"{mark}{row.completion:,} | {row.seconds:,.1f} |"
         )
     if total.estimated:
         lines.append(
@@ -5966,7 +5966,7 @@ class Pipe:
             title="Usage table at the end",
             description="End each conversation with a collapsed table of what it cost: per "
             "participant, the manager and the closing turn, turns, prompt and completion tokens "
-            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
+            "(the backend's counts; ~ marks estimates) and seconds, and totals. "
             "Never part of what the models read.",
         )
         STOP_SEQUENCES: bool = Field(
