@@ -68,6 +68,7 @@ class Measure:
     events: int = 0
     saves: int = 0  # replace events: the ones the host writes into the chat
     follows: int = 0  # the pipe's follows (the page scrolls to the newest line)
+    follow_bytes: int = 0  # ... and their bytes (counted in event_bytes too)
     max_events_1s: int = 0
     min_events_1s: int = 0
     event_bytes: int = 0
@@ -263,6 +264,7 @@ async def one_run(
     m.max_events_1s, m.min_events_1s = windows(streaming, first_token, last_token)
     sizes = [len(json.dumps(e.data)) for e in content]
     m.event_bytes = sum(sizes)
+    m.follow_bytes = sum(n for e, n in zip(content, sizes, strict=True) if e.type == FOLLOW_TYPE)
     minute = min(60.0, last_token - first_token)
     m.bytes_per_s_first_min = bytes_per_s(content, sizes, first_token, first_token + minute)
     m.bytes_per_s_last_min = bytes_per_s(content, sizes, last_token - minute, last_token)
@@ -293,6 +295,7 @@ def table(rows: list[Measure]) -> str:
         ("max events in 1 s", lambda r: r.max_events_1s, "{:.0f}"),
         ("min events in 1 s (while streaming)", lambda r: r.min_events_1s, "{:.0f}"),
         ("content event bytes", lambda r: r.event_bytes / 1e6, "{:.2f} MB"),
+        ("  of which follows", lambda r: r.follow_bytes / 1e3, "{:.1f} KB"),
         ("bytes/s, first minute", lambda r: r.bytes_per_s_first_min / 1e3, "{:.1f} KB/s"),
         ("bytes/s, last minute", lambda r: r.bytes_per_s_last_min / 1e3, "{:.1f} KB/s"),
         (
