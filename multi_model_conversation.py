@@ -4083,7 +4083,8 @@ def usage_block(ledger: UsageLedger, talked: float, part: bool = False) -> str:
         if row is total:
             name = "**Total**"
         else:
-            name = f"{md_text(row.label)}<br><sub>{html.escape(row.model)}</sub>"
+            # The page shows a <br> in a table as a line break, other tags as text.
+            name = f"{md_text(row.label)}<br>{md_text(row.model)}"
         lines.append(
             f"| {name} | {row.turns} | {mark}{row.prompt:,} | "
             f"{mark}{row.completion:,} | {row.seconds:,.1f} |"

@@ -32,8 +32,7 @@ def ledger_rows(transcript: str) -> dict[str, list[str]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 5 and cells[1] not in ("Turns", "--:"):
             name, _, model = cells[0].partition("<br>")
-            model = re.sub(r"</?sub>", "", model)
-            rows[mmc.md_unescape(name.strip("*"))] = [model, *cells[1:]]
+            rows[mmc.md_unescape(name.strip("*"))] = [mmc.md_unescape(model), *cells[1:]]
     return rows
 
 

@@ -122,6 +122,7 @@ async def test_the_usage_table_fits_a_phone(owui: Owui, backend) -> None:
             width = await page.evaluate("window.innerWidth")
             header = [text.strip().lower() for text, _ in cells[:5]]
             assert header[0] == "speaker" and header[-1] == "seconds", header
+            assert not any("<" in text for text, _ in cells), cells  # no tag shown as text
             cut = [(text, round(right)) for text, right in cells if right > width]
             assert cut == [], f"cut off at {width} px: {cut}"
     finally:
