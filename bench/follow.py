@@ -7,7 +7,7 @@ below the chat's scroll area; PerformanceObserver('longtask') records the tab's 
 split into those while it streamed and those of its last 2 s (the end). Prints both side by
 side with their ratios.
 
-Run: .venv/bin/python -m bench.follow [--runs 2]
+Run: .venv/bin/python -m bench.follow [--runs 2] [--reasoning 30] [--usage]
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from tests.integration.test_browser import browser_page, sign_in
 from tests.integration.test_browser_follow import SAMPLER, script_models, watch_native_and_pipe
 
 
-async def bench(runs: int) -> list[tuple]:
+async def bench(runs: int, reasoning: int, usage: bool) -> list[tuple]:
     scripts = {m: ModelScript() for m in ("model-a", "model-b", "model-c")}
     out = []
     async with booted(scripts, "mmc-follow-") as owui:
-        await script_models(owui, owui.backend)
+        await script_models(owui, owui.backend, reasoning, usage)
         async with browser_page(1280, 800) as (_, page, _dialogs):
             await page.add_init_script(SAMPLER)
             await sign_in(page, owui)
@@ -38,8 +38,10 @@ async def bench(runs: int) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--reasoning", type=int, default=0, help="reasoning tokens per reply")
+    parser.add_argument("--usage", action="store_true", help="the usage table at the end")
     args = parser.parse_args()
-    pairs = asyncio.run(bench(args.runs))
+    pairs = asyncio.run(bench(args.runs, args.reasoning, args.usage))
     rows = [
         ("last line below the window, worst (px)", lambda w: w.worst()),
         ("last line below the window, 90% (px)", lambda w: w.worst(0.9)),

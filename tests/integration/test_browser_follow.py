@@ -120,11 +120,18 @@ async def until_done(page: Page, watch: Watch, timeout_ms: int = 120_000) -> Wat
     return watch
 
 
-async def script_models(owui: Owui, backend) -> None:
+async def script_models(owui: Owui, backend, reasoning: int = 0, usage: bool = False) -> None:
+    """Two participants and a native model saying as many words; `reasoning` tokens before
+    each reply (the native model's once), the usage table at the end with `usage`."""
     for model in ("model-a", "model-b"):
-        backend.set_script(model, ModelScript(tokens=WORDS, delay=DELAY))
-    backend.set_script("model-c", ModelScript(tokens=WORDS * PARTICIPANTS * ROUNDS, delay=DELAY))
-    await install_pipe(owui)
+        backend.set_script(
+            model, ModelScript(tokens=WORDS, delay=DELAY, reasoning_tokens=reasoning)
+        )
+    native = ModelScript(
+        tokens=WORDS * PARTICIPANTS * ROUNDS, delay=DELAY, reasoning_tokens=reasoning
+    )
+    backend.set_script("model-c", native)
+    await install_pipe(owui, usage=usage)
     await owui.set_function_valves(FUNCTION_ID, {"CONFIG_OVERLAY": False})
     await owui.set_user_valves(
         FUNCTION_ID,
