@@ -41,8 +41,11 @@ def test_the_speaker_guard_cuts_no_legitimate_reply_and_misses_what_it_missed_wh
     held_out = bench.outcomes({"items": held}, mmc.SpeakerGuard, mmc.stop_sequences)
 
     assert whole["legit_cut"] == []
-    assert whole["missed"] == ["debate-plain-6"]  # introduced by "For example:", kept
-    assert (len(held_out["caught"]), len(held_out["missed"])) == (2, 0)
+    assert whole["missed"] == [
+        "debate-plain-6",  # introduced by "For example:", kept
+        "local-japanese-plain-t1.2-7",  # held out: garbled Japanese with no mark of speech
+    ]
+    assert (len(held_out["caught"]), len(held_out["missed"])) == (2, 1)
     assert held_out["legit_cut"] == []
 
 
