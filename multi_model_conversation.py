@@ -3334,9 +3334,6 @@ REVIEW_RULES = (
     "You review the other participants' answers to the user's last message; yours is not "
     "among them, and their names are hidden."
 )
-_RANKING_RE = re.compile(
-    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE
-)
 
 
 def review_ask(answers: list[str]) -> str:
@@ -3352,14 +3349,80 @@ def review_ask(answers: list[str]) -> str:
     )
 
 
+_RANKING_RE = re.compile(
+    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：][ \t]*(.*)$", re.IGNORECASE | re.MULTILINE
+)
+_LIST_ITEM_RE = re.compile(r"^\s*(?:\d{1,2}\s*[.):]|[-*•])\s*\S")
+# "Response C", "answer c", "Option C": the letter. "N/A" is no letter.
+_RANK_NAMED_RE = re.compile(
+    r"\b(?:responses?|answers?|options?|candidates?)\s+([A-Za-z])(?![\w'’])", re.I
+)
+_RANK_REMARK_RE = re.compile(
+    r"\([^()]*[A-Za-z]{2}[^()]*\)|\[[^\[\]]*[A-Za-z]{2}[^\[\]]*\]"
+)
+_RANK_LETTER_RE = re.compile(r"(?<![\w'’])([A-Z])(?![\w'’]|-[a-z])")
+# Words after a leading "A" that make it a letter ("A is best", "A then C"); any other word
+# makes it the article ("A close call, but C > A > B").
+_RANK_VERBS = frozenset(
+    "is was and then over ranks ranked rank comes came beats beat edges edged first second "
+    "third fourth last best worst next followed slightly clearly narrowly just leads wins "
+    "tops outranks ahead before above after better stronger weaker gets takes in at has had "
+    "gives provides offers answers addresses covers explains scores scored remains places "
+    "placed or vs versus".split()
+)
+_RANK_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
+def _ranking_text(said: str) -> str | None:
+    """The text of the reply's last `RANKING:` line; a list under it (`1. C`) joins it."""
+    matches = list(_RANKING_RE.finditer(said))
+    if not matches:
+        return None
+    head = matches[-1].group(1)
+    if head.strip() and not _LIST_ITEM_RE.match(head):
+        return head
+    items = [head] if head.strip() else []
+    for line in said[matches[-1].end() :].splitlines()[1:]:
+        if not line.strip() and not items:
+            continue
+        if not _LIST_ITEM_RE.match(line):
+            break
+        items.append(line)
+    return ", ".join(items)
+
+
 def parse_ranking(said: str, count: int) -> list[int]:
-    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none."""
-    lines = _RANKING_RE.findall(said)
-    if not lines:
+    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none.
+
+    A letter is one standing alone (`C > A > B`, `Response C`, `C (best)`), never a word's
+    first letter nor the article ("A close call, but …"); remarks in brackets are skipped.
+    """
+    text = _ranking_text(said)
+    if text is None:
         return []
-    letters = re.findall(r"(?<![A-Za-z])([A-Z])(?![a-z])", lines[-1].upper())
+    text = _RANK_NAMED_RE.sub(lambda m: f" {m.group(1).upper()} ", text)
+    text = re.sub(r"\bN/A\b", " ", text, flags=re.IGNORECASE)
+    text = _RANK_REMARK_RE.sub(",", text)
+    text = re.sub(r"[*_`\"“”‘’']", " ", text)
+    letters = [
+        m.group(1)
+        for m in _RANK_LETTER_RE.finditer(text)
+        if ord(m.group(1)) - 65 < count and not _article(text, m)
+    ]
+    if not letters:  # all lower case ("c > a > b"): only when nothing else is said
+        words = _RANK_WORD_RE.findall(text)
+        if words and all(len(w) == 1 or w.lower() in _RANK_VERBS for w in words):
+            letters = [w.upper() for w in words if len(w) == 1]
     order = [ord(x) - 65 for x in letters if 0 <= ord(x) - 65 < count]
     return list(dict.fromkeys(order))
+
+
+def _article(text: str, match: re.Match) -> bool:
+    """An "A" that is the article: followed by a lower-case word that is no ranking verb."""
+    if match.group(1) != "A":
+        return False
+    after = re.match(r"\s+([a-z]+)", text[match.end() :])
+    return bool(after) and after.group(1) not in _RANK_VERBS
 
 
 def ranking_table(rankings: dict[str, list[str]], aliases: list[str]) -> str:
