@@ -3197,6 +3197,9 @@ class Progress:
     tokens: int = 0
     last_alias: str = ""
     last_said: str = ""
+    sitting_out: set[str] = field(
+        default_factory=set
+    )  # whose model cannot hold the conversation: they speak no more
 
     def record(self, alias: str, said: str, passed: bool, tokens: int) -> None:
         self.slots += 1
@@ -3282,7 +3285,8 @@ class TokenBudget:
 
 
 class EveryonePassed:
-    """Ends when every participant passed since the last turn someone spoke."""
+    """Ends when everyone who still speaks passed since the last turn someone spoke; those
+    sitting out (their model cannot hold the conversation) cannot pass, nor block it."""
 
     label = "everyone passed"
 
@@ -3290,9 +3294,10 @@ class EveryonePassed:
         self.aliases = set(aliases)
 
     def check(self, progress: Progress) -> str | None:
-        return (
-            "everyone passed" if progress.passed_since_spoken >= self.aliases else None
-        )
+        speaking = self.aliases - progress.sitting_out
+        if speaking and progress.passed_since_spoken >= speaking:
+            return "everyone passed"
+        return None
 
 
 def is_pass(said: str) -> bool:
@@ -3607,6 +3612,7 @@ class Direction:
             self._answers.append((plan.speaker, heard.said))
         if heard.benched:
             self.benched.add(plan.speaker.alias)
+            self.progress.sitting_out.add(plan.speaker.alias)
             if len(self.benched) == len(self.participants):
                 self.reason = "no participant's model can hold the conversation"
                 self.outcome, self.explains = "nobody could go on", True
