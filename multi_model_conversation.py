@@ -1964,6 +1964,7 @@ class Turn:
     speaker: str | None
     content: Any  # str, or the human's list of content parts (text and images)
     note: bool = False  # the pipe's own line (turns left out here), not said by anyone
+    between_rounds: bool = False  # the user's words typed between rounds, not a message
 
 
 def clean_turn_text(text: str) -> str:
@@ -1993,9 +1994,7 @@ def split_turns(content: str) -> list[Turn]:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = _clean_said(content[match.end() : end])
         if text and match.group(1) == MODERATOR_MARK:
-            turns.append(
-                Turn(None, md_unescape(text))
-            )  # the user's words between rounds
+            turns.append(Turn(None, md_unescape(text), between_rounds=True))
         elif text:
             alias = md_unescape(
                 _MODEL_BEHIND_RE.sub("", match.group(2)).removesuffix(VOTE_LABEL)
@@ -2315,22 +2314,27 @@ def plan_fit(sizes: list[int], keep: list[bool], room: int) -> list[int] | None:
     The oldest parts that may go are left out while fitting would cut the longest shorter than
     MIN_CUT_CHARS; then every part longer than one level is cut to it. Parts marked `keep`
     are never left out; None when even they, cut to MIN_KEPT_CHARS, do not fit.
+    One pass: the level reaches `least` exactly when the parts capped at `least` fit, so
+    leaving a part out updates two sums instead of computing the level again.
     """
     if (
         sum(min(s, MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k)
         > room
     ):
         return None
-    alive = [i for i, size in enumerate(sizes) if size]
-    while sum(sizes[i] for i in alive) > room:
-        level = water_level([sizes[i] for i in alive], room)
-        droppable = [i for i in alive if not keep[i]]
-        if level >= max(MIN_CUT_CHARS, room // 8) or not droppable:
-            return [
-                min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))
-            ]
-        alive.remove(droppable[0])
-    return [sizes[i] if i in alive else 0 for i in range(len(sizes))]
+    least = max(MIN_CUT_CHARS, room // 8)
+    plan = list(sizes)
+    total, capped = sum(sizes), sum(min(s, least) for s in sizes)
+    droppable = (i for i, size in enumerate(sizes) if size and not keep[i])
+    while total > room:
+        i = next(droppable, None) if capped > room else None
+        if (
+            i is None
+        ):  # cutting to one level keeps enough of each part, or nothing may go
+            level = water_level([s for s in plan if s], room)
+            return [min(s, level) for s in plan]
+        total, capped, plan[i] = total - sizes[i], capped - min(sizes[i], least), 0
+    return plan
 
 
 @dataclass
@@ -2344,18 +2348,39 @@ class Fitted:
     omitted: int = 0  # turns left out
 
 
+def protected_turns(turns: list[Turn]) -> set[int]:
+    """The turns a fit always keeps: the topic (the first user message), the request's own
+    message (the last one the user sent, however many words between rounds followed it),
+    and the user's latest words."""
+    users = [i for i, t in enumerate(turns) if t.speaker is None and not t.note]
+    sent = [i for i in users if not turns[i].between_rounds]
+    return {users[0], users[-1], *sent[-1:]} if users else set()
+
+
+def _gaps(sizes: list[int], protected: set[int]) -> int:
+    """How many stretches of turns that may be left out the protected ones leave."""
+    gaps, open_gap = 0, False
+    for i, size in enumerate(sizes):
+        if i in protected:
+            open_gap = False
+        elif size and not open_gap:
+            gaps, open_gap = gaps + 1, True
+    return gaps
+
+
 def fit_turns(turns: list[Turn], room: int) -> Fitted | None:
-    """The turns within `room` characters: the topic (first user message) and the latest user
-    message always stay, cut in the middle if they must; older turns go first, and a note
-    stands where they were. None: not even the kept messages fit."""
-    users = [i for i, t in enumerate(turns) if t.speaker is None]
-    protected = {users[0], users[-1]} if users else set()
+    """The turns within `room` characters: the protected ones always stay, cut in the middle
+    if they must; older turns go first, and a note stands where they were. None: not even
+    the kept messages fit."""
+    protected = protected_turns(turns)
     sizes = [len(_text_of(t.content)) + TURN_OVERHEAD_CHARS for t in turns]
-    if (
-        sum(sizes) > room
-    ):  # room for the notes of at most two gaps (around the latest message)
-        room -= 2 * (len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS)
-    plan = plan_fit(sizes, [i in protected for i in range(len(turns))], room)
+    if sum(sizes) > room:  # room for a note in each stretch of turns that may go
+        note = len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS
+        room -= _gaps(sizes, protected) * note
+    keep = [False] * len(turns)
+    for i in protected:
+        keep[i] = True
+    plan = plan_fit(sizes, keep, room)
     if plan is None:
         return None
     out: list[Turn] = []
@@ -4172,7 +4197,7 @@ class TurnStreamer:
     async def user_words(self, text: str) -> Heard:
         """The user's words between rounds: shown under their name, heard by everyone after."""
         self.transcript.add_user_words(self.user_name, text)
-        self.turns.append(Turn(None, text))
+        self.turns.append(Turn(None, text, between_rounds=True))
         await self.emitter.update()
         return Heard(text)
 
