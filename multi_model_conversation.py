@@ -777,9 +777,19 @@ def describe_error(error: Any) -> str:
     if isinstance(error, dict):
         for key in ("message", "detail", "error"):
             if error.get(key):
-                return describe_error(error[key])
+                return describe_error(error[key]) + _sizes_of(error)
         return json.dumps(error)[:300]
     return str(error)[:300]
+
+
+def _sizes_of(error: dict) -> str:
+    """The token counts llama.cpp's server gives beside its message (`"n_ctx": 4096`)."""
+    sizes = [
+        f"{key}: {error[key]}"
+        for key in ("n_prompt_tokens", "n_ctx")
+        if isinstance(error.get(key), int)
+    ]
+    return f" ({', '.join(sizes)})" if sizes else ""
 
 
 THINK_TAGS = (
@@ -2104,8 +2114,10 @@ DEFAULT_CHARS_PER_TOKEN = (
 MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
 TURN_OVERHEAD_CHARS = 40  # a turn's `Name said: "…"` label and separators
 _CONTEXT_ERROR_RE = re.compile(
-    r"context[ _-]?(?:length|window|size)|maximum context|too many tokens|prompt is too long|"
-    r"input is too long|n_ctx|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context",
+    r"context[ _-]?(?:length|window|size|limit)|maximum context|too many tokens|"
+    r"(?:prompt|input)\b[^.]{0,30}\bis too long|n_ctx|maximum model length|"
+    r"maximum number of tokens allowed|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context|"
+    r"inputs`? tokens \+ `?max_new_tokens",
     re.IGNORECASE,
 )
 # Rate limits and quotas also speak of "too many tokens": waiting helps them, shortening does not.
@@ -2113,8 +2125,38 @@ _NOT_CONTEXT_RE = re.compile(
     r"rate[ _-]?limit|per (?:minute|second|hour|day)|quota|\b[TR]PM\b|billing|insufficient",
     re.IGNORECASE,
 )
-_CONTEXT_LIMIT_RE = re.compile(
-    r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
+# The context size as each common server names it, never the prompt's own count beside it.
+# tests/test_context_errors.py holds each server's real wording, with where it was seen.
+_CONTEXT_LIMIT_RES = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        # OpenAI, vLLM, DeepSeek, OpenRouter, LiteLLM (which wraps them): "This model's
+        # maximum context length is 8192 tokens. However, you requested 8554 tokens"
+        r"maximum context length is (\d+)",
+        # Anthropic: "prompt is too long: 209353 tokens > 199999 maximum"
+        r"too long: \d+ tokens > (\d+) maximum",
+        # Anthropic: "input length and `max_tokens` exceed context limit: 199759 + 8192 > 200000"
+        r"context limit: \d+ \+ \d+ > (\d+)",
+        # Google: "The input token count (1054016) exceeds the maximum number of tokens
+        # allowed (1048576)."
+        r"maximum number of tokens allowed \((\d+)\)",
+        # llama.cpp server (its JSON's field, kept by describe_error), LM Studio's
+        # "(n_keep: 13055>= n_ctx: 4096)"
+        r"\bn_ctx\b\W{0,3}(?:[:=]\s*)(\d+)",
+        # LM Studio: "the model is loaded with context length of only 32768 tokens"
+        r"context length of only (\d+)",
+        # vLLM V1: "The decoder prompt (length 5000) is longer than the maximum model length
+        # of 4096."
+        r"maximum model length of (\d+)",
+        # SGLang: "The input (5000 tokens) is longer than the model's context length (4096
+        # tokens)."
+        r"model's context length \((\d+) tokens\)",
+        # TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096."
+        r"max_new_tokens`? must be <= (\d+)",
+        # llama-cpp-python: "Requested tokens (2285) exceed context window of 2048"; and any
+        # other "context length 1500" / "context size: 4096" with the size right after it
+        r"context[ _-]?(?:length|window|size)(?: is| of)?\s*[:=]?\s*(\d{3,8})\b",
+    )
 )
 CONTEXT_PARAM_KEYS = (
     "num_ctx",
@@ -2143,9 +2185,12 @@ def is_context_error(text: str | None) -> bool:
 
 
 def reported_context_limit(text: str) -> int | None:
-    """The context size an error names ("maximum context length is 8192 tokens"), if any."""
-    match = _CONTEXT_LIMIT_RE.search(text)
-    return int(match.group(1)) if match else None
+    """The context size an error names ("maximum context length is 8192 tokens"), if any;
+    None when it names none (a count of the prompt alone is no size)."""
+    for pattern in _CONTEXT_LIMIT_RES:
+        if match := pattern.search(text or ""):
+            return int(match.group(1))
+    return None
 
 
 def context_size(*param_sets: dict) -> int:
