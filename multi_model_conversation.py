@@ -479,6 +479,25 @@ def manager_switch_as_selection(data: Any) -> Any:
     return data
 
 
+def valve_rounds(valves: Any) -> int:
+    """The user valves' rounds (set, or their default)."""
+    return getattr(valves, "ROUNDS_PER_CONVERSATION", 1)
+
+
+def _preset_sets_rounds(valves: Any) -> bool:
+    """A preset chosen in the user valves gives its own rounds, unless the user set *Rounds*.
+
+    Open WebUI stores only the valves a user set (a field left at *Default* is sent as null
+    and dropped, then saved with `exclude_unset`), and builds the valves from that: so a
+    value the user set is in `model_fields_set`, and the default 3 is not.
+    """
+    preset = PRESETS.get(preset_name(getattr(valves, "Preset", "")))
+    if not preset or "rounds" not in preset["config"]:
+        return False
+    chosen = getattr(valves, "model_fields_set", None)
+    return chosen is not None and "ROUNDS_PER_CONVERSATION" not in chosen
+
+
 def config_from_user_valves(valves: Any) -> dict[str, Any]:
     """Read v2's user-valve names (and the newer ones, when set) into the overlay's shape."""
     count = int(getattr(valves, "NUM_PARTICIPANTS", 0) or 0)
@@ -494,11 +513,12 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
             }
         )
     config: dict[str, Any] = {
-        "rounds": getattr(valves, "ROUNDS_PER_CONVERSATION", 1),
         "use_manager": selection == "manager",  # v2's key says it, as v2 stored it
         "manager_model": getattr(valves, "ManagerModel", "") or "",
         "participants": participants,
     }
+    if not _preset_sets_rounds(valves):
+        config = {"rounds": valve_rounds(valves), **config}
     # Only what the user set, so a preset's values fill the rest.
     optional = {
         "selection": selection if selection != "manager" else "",
@@ -5866,7 +5886,10 @@ class Pipe:
                 max_rounds,
                 self.valves.MAX_TOKENS,
                 ctx.metadata.get("message_id"),
-                settings={k: v for k, v in settings.items() if k != "preset"},
+                settings={
+                    **{k: v for k, v in settings.items() if k != "preset"},
+                    "rounds": valve_rounds(user_valves),  # preset None: the user's own
+                },
                 problem=problem,
             )
 
