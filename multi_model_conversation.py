@@ -147,7 +147,9 @@ class ParticipantConfig(BaseModel):
 
 SKIP_WORD = "PASS"  # a participant's whole answer when it passes its turn
 END_WORD = "END"  # the manager's answer when the conversation should end
-MANAGER_ATTEMPTS = 3  # asks per pick before the fallback
+# Answers without a pick (or errors) a run's manager may give: then the order falls back for
+# the rest of the run. A manager that never names anyone costs this many requests per run.
+MANAGER_FAILURES = 2
 MAX_STOP_PHRASE_CHARS = 200
 DEFAULT_CLOSING_PROMPT = (
     "The conversation is over. Close it: say where the participants agree and disagree, "
@@ -3151,12 +3153,15 @@ def strip_reasoning(text: str) -> str:
 
 
 def manager_pick(
-    answer: str, aliases: list[str], last: int | None
+    answer: str, aliases: list[str], last: int | None, wording: str = ""
 ) -> tuple[int | None, str]:
     """Who the manager's answer picks, else what is wrong with it.
 
-    A name standing alone on a line picks (the last such line); otherwise the answer must name
-    exactly one participant. One naming several (an echoed prompt or candidate list) picks no one.
+    A name standing alone on a line picks (the last such line). Otherwise the answer must
+    pick exactly one participant, read as a person would: a name in a reason ("since Ann
+    just spoke"), in brackets, after "not", as a possessive, in a list of names (an echoed
+    candidate list), the last speaker, or in a sentence repeating the prompt's own `wording`
+    ("The last speaker is Ben.", "…should end now, choose Ana") picks no one.
     """
     alone = [
         i
@@ -3167,24 +3172,115 @@ def manager_pick(
     free = [i for i in alone if i != last]
     if free:
         return free[-1], ""
-    named = alone or named_aliases(answer, aliases)
-    if len(set(named)) > 1:
+    echo = _word_grams(wording or manager_wording(DEFAULT_MANAGER_PROMPT), aliases)
+    named: list[int] = []
+    listed = echoed = False
+    for clause in _CLAUSE_RE.split(answer):
+        clause = _ASIDE_RE.sub(" ", _POSSESSIVE_RE.sub(" ", clause or ""))
+        found = _names_in(clause, aliases)
+        if _echoes(clause, echo, aliases):
+            echoed = echoed or bool(found)
+            continue
+        for group in found:
+            listed = listed or len(group) > 1
+            named += group if len(group) == 1 else []
+    picked = list(dict.fromkeys(i for i in named if i != last))
+    if len(picked) == 1:
+        return picked[0], ""
+    if len(picked) > 1 or listed:
         return None, "Several participants are named; answer with one name only."
-    if named and named[0] != last:
-        return named[0], ""
+    if echoed:
+        return None, "That repeats the question; answer with one name only."
     if named:
         return None, f"{aliases[named[0]]} has just spoken; pick someone else."
     return None, f"'{_short(answer, 40)}' names none of the participants."
 
 
+# Sentences end at . ! ? ; : or a line break; "so" and "therefore" start a new one.
+_CLAUSE_RE = re.compile(
+    r"[.!?;:\n]+|,?\s+\b(?:so|therefore|hence|thus|which means)\b", re.IGNORECASE
+)
+# Names that are no pick: a reason or an aside ("since Ann just spoke", "(Ann spoke last)",
+# "not Ann"), to the next comma; and a possessive ("Ann's point").
+_ASIDE_RE = re.compile(
+    r"\([^()]*\)|\[[^\[\]]*\]|\b(?:since|because|as|given|after|now that|considering|"
+    r"following|not|rather than|instead of|than|unlike)\b[^,]*",
+    re.IGNORECASE,
+)
+_POSSESSIVE_RE = re.compile(r"\b[\w-]+['’]s\b(?!\s+turn\b)")  # "Ben's turn" picks Ben
+_BETWEEN_LISTED_RE = re.compile(r"[\s,/&*_`'\"]*(?:\b(?:and|or)\b)?[\s*_`'\"]*", re.I)
+
+
+def _names_in(text: str, aliases: list[str]) -> list[list[int]]:
+    """The participants named in `text`, in order, names joined only by commas, "and" or
+    "or" grouped together (a list of names); the longest alias wins an overlap."""
+    spans: list[tuple[int, int, int]] = []
+    for i in sorted(range(len(aliases)), key=lambda j: -len(aliases[j])):
+        name = aliases[i].strip()
+        for m in (
+            re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.I) if name else ()
+        ):
+            if not any(s < m.end() and m.start() < e for s, e, _ in spans):
+                spans.append((m.start(), m.end(), i))
+    groups: list[list[int]] = []
+    end = -1
+    for start, stop, i in sorted(spans):
+        if groups and _BETWEEN_LISTED_RE.fullmatch(text[end:start]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        end = stop
+    return groups
+
+
+def _plain_words(text: str, aliases: list[str]) -> list[str]:
+    names = {w for a in aliases for w in normalize_name(a).split()}
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in names]
+
+
+def _word_grams(text: str, aliases: list[str]) -> set[tuple[str, ...]]:
+    """Every run of three words in `text`'s statements, names left out; its questions are
+    answered, not echoed ("Who should speak next?": "Ben should speak next")."""
+    grams: set[tuple[str, ...]] = set()
+    for sentence in re.split(r"(?<=[.!?:;\n])", text):
+        if not sentence.rstrip().endswith("?"):
+            words = _plain_words(sentence, aliases)
+            grams.update(zip(words, words[1:], words[2:], strict=False))
+    return grams
+
+
+def _echoes(clause: str, echo: set[tuple[str, ...]], aliases: list[str]) -> bool:
+    """Half the clause's words or more (three at least) repeat the prompt's own runs of
+    three words: "The last speaker is Ben." echoes "The last speaker was 'Ann'."."""
+    words = _plain_words(clause, aliases)
+    covered: set[int] = set()
+    for k in range(len(words) - 2):
+        if tuple(words[k : k + 3]) in echo:
+            covered.update((k, k + 1, k + 2))
+    return len(covered) >= 3 and 2 * len(covered) >= len(words)
+
+
 ManagerAsk = Callable[[list[dict], int], Awaitable[str]]
 
 
-class ManagerChoice(SpeakerPolicy):
-    """The manager model's pick, re-asked with what was wrong up to MANAGER_ATTEMPTS times.
+MANAGER_END_ASK = f"If the conversation has reached its goal and should end now, answer {END_WORD} instead."
 
-    An answer of END ends the conversation. An error or timeout, or no valid name after the
-    last attempt, gives the turn to the next participant in order, and the status says so.
+
+def manager_wording(template: str) -> str:
+    """The words the manager is asked in, without the conversation or the names: what an
+    answer must not merely repeat to count as a pick."""
+    blank = {"history": "", "last_speaker": "", "participant_list": ""}
+    again = f"Answer with exactly one of: (or {END_WORD}), and nothing else."
+    return f"{fill_template(template, blank)}\n{MANAGER_END_ASK}\n{again}"
+
+
+class ManagerChoice(SpeakerPolicy):
+    """The manager model's pick, re-asked once with what was wrong.
+
+    An answer of END ends the conversation. An error or timeout, or no pick after the
+    re-ask, gives the turn to the next participant in order, and the status says so. After
+    MANAGER_FAILURES failures in a run it is not asked again: the order falls back for the
+    rest of the run, with one line saying so.
     """
 
     def __init__(
@@ -3195,6 +3291,7 @@ class ManagerChoice(SpeakerPolicy):
         aliases: list[str],
         status: Callable[..., None],
         max_tokens: int = 0,
+        wording: str = "",
     ) -> None:
         self.ask = ask
         self.prompt = prompt
@@ -3202,41 +3299,42 @@ class ManagerChoice(SpeakerPolicy):
         self.aliases = aliases
         self.status = status
         self.max_tokens = max_tokens  # the turns' bound (MAX_TOKENS); 0: none
+        self.wording = wording or manager_wording(DEFAULT_MANAGER_PROMPT)
         self._room = MANAGER_ANSWER_TOKENS
+        self.failures = 0  # answers without a pick and errors, this run
+        self.retired = (
+            False  # failed MANAGER_FAILURES times: the order picks from now on
+        )
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         aliases = self.aliases
         fallback = next_in_order(last, len(aliases))
         if len(aliases) == 1:
             return Pick(0)
+        if self.retired:
+            return Pick(fallback)
         messages = [
             {"role": "system", "content": self.system},
             {
                 "role": "user",
-                "content": f"{self.prompt(last).rstrip()}\n\nIf the conversation has reached its "
-                f"goal and should end now, answer {END_WORD} instead.",
+                "content": f"{self.prompt(last).rstrip()}\n\n{MANAGER_END_ASK}",
             },
         ]
-        answer = problem = ""
-        for attempt in range(1, MANAGER_ATTEMPTS + 1):
+        while True:
             try:
                 raw = await self.ask(messages, self._bound())
             except (ModelCallError, TimeoutError) as exc:
-                reason = (
-                    "took too long"
-                    if isinstance(exc, TimeoutError)
-                    else f"failed ({exc})"
+                self.failures += 1
+                late = isinstance(exc, TimeoutError)
+                return self._fall_back(
+                    fallback, "took too long" if late else f"failed ({exc})"
                 )
-                self.status(
-                    f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next (round robin)."
-                )
-                return Pick(fallback)
             if _OPEN_THINK_RE.search(THINK_RE.sub("", raw)):
                 self._room = (
-                    MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
+                    MANAGER_THINKING_TOKENS  # it thinks first: room from now on
                 )
             answer = strip_reasoning(raw).strip()
-            picked, problem = manager_pick(answer, aliases, last)
+            picked, problem = manager_pick(answer, aliases, last, self.wording)
             if picked is not None:
                 self.status(f"Manager picked {aliases[picked]}.", done=False)
                 return Pick(picked, why=answer)
@@ -3244,9 +3342,14 @@ class ManagerChoice(SpeakerPolicy):
                 answer and normalize_name(answer.splitlines()[-1]) == END_WORD.lower()
             ):
                 return Pick(end="the manager ended it")
+            self.failures += 1
             log.debug(
-                "manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem
+                "manager failure %d of %d: %s", self.failures, MANAGER_FAILURES, problem
             )
+            if self.failures >= MANAGER_FAILURES or len(messages) > 2:
+                return self._fall_back(
+                    fallback, f"{_why(problem)} (last: '{_short(answer, 24)}')"
+                )
             messages += [
                 {"role": "assistant", "content": raw},
                 {
@@ -3255,19 +3358,31 @@ class ManagerChoice(SpeakerPolicy):
                     f"(or {END_WORD}), and nothing else.",
                 },
             ]
-        why = (
-            "named no participant" if "names none" in problem else "gave no usable name"
-        )
-        if "has just spoken" in problem:
-            why = "picked the same speaker twice"
-        self.status(
-            f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer, 24)}'); "
-            f"{aliases[fallback]} speaks next (round robin)."
-        )
+
+    def _fall_back(self, fallback: int, what: str) -> Pick:
+        """This turn goes to the next in order; after MANAGER_FAILURES failures every turn of
+        the run does, and the one line says so."""
+        nxt = self.aliases[fallback]
+        if self.failures >= MANAGER_FAILURES:
+            self.retired = True
+            self.status(
+                f"Manager {_short(what, 70)}; round robin from here ({nxt} next)."
+            )
+        else:
+            self.status(f"Manager {_short(what, 70)}; {nxt} speaks next (round robin).")
         return Pick(fallback)
 
     def _bound(self) -> int:
         return min(self._room, self.max_tokens) if self.max_tokens else self._room
+
+
+def _why(problem: str) -> str:
+    """A manager's failed answer in a few words, for the status line."""
+    if "names none" in problem:
+        return "named no participant"
+    if "has just spoken" in problem:
+        return "picked the same speaker twice"
+    return "gave no usable name"
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -3745,6 +3860,8 @@ class Direction:
         count, slot = len(self.participants), self.progress.slots
         if self.council:
             return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
+        if isinstance(self.policy, ManagerChoice) and self.policy.retired:
+            return f"Turn {slot + 1} of {self.config.rounds * count} · {names} (round robin)"
         if isinstance(self.policy, ManagerChoice):
             return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
         return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
@@ -5037,7 +5154,13 @@ def make_manager(
         return await streamer.ask(profile, messages, max_tokens, valves.MANAGER_TIMEOUT)
 
     return ManagerChoice(
-        ask, prompt, settings.manager_system, aliases, status, valves.MAX_TOKENS
+        ask,
+        prompt,
+        settings.manager_system,
+        aliases,
+        status,
+        valves.MAX_TOKENS,
+        wording=manager_wording(settings.manager_prompt),
     )
 
 
