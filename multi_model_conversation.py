@@ -2247,9 +2247,9 @@ class ModelFacts:
     to each run's `ContextBudget`, which alone writes it.
 
     Who may write what: `proven` only from a server's own count (the prompt tokens of a
-    request that worked); `sizes` from a context size a server named in an error, and, after
-    an error naming none, from what `proven` already holds (`ContextBudget.learn`). Nothing
-    a run guesses from its own request sizes is written here.
+    request that worked); `sizes` only from a context size a server named in an error
+    (`ContextBudget.learn`). An error naming none writes nothing: it shrinks its own request.
+    Nothing a run guesses from its own request sizes is written here.
     """
 
     def __init__(
@@ -2327,19 +2327,29 @@ class ContextBudget:
             self._proven[profile.model_id] = max(proven, prompt_tokens)
             log.debug("%s: %.2f characters per token", profile.model_id, ratio)
 
-    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> bool:
-        """After a context-length error: the size it names, or, when a smaller prompt worked
-        before, that size (never under CONTEXT_FLOOR_TOKENS). False: nothing can be learnt.
-        """
-        model, current = profile.model_id, self.limit(profile)
+    def learn(self, profile: ModelProfile, error: str) -> bool:
+        """After a context-length error: the size it names, kept for every run (a server's
+        statement about that model). False: it names none, and nothing is learnt, so one
+        chat's failure never shrinks what another chat sends (see `retry_chars`)."""
         named = reported_context_limit(error)
-        proven = self._proven.get(model, 0)
-        sent = int(sent_chars / self.chars_per_token(profile))
-        if named is None and not 0 < proven < sent:
+        if named is None:
             return False
-        size = named if named is not None else max(proven, CONTEXT_FLOOR_TOKENS)
-        self._learned[model] = min(size, current) if current else size
+        current = self.limit(profile)
+        self._learned[profile.model_id] = min(named, current) if current else named
         return True
+
+    def retry_chars(
+        self, profile: ModelProfile, sent_chars: int, besides: int = 0
+    ) -> int:
+        """The characters one retry of this request may take after an error naming no size:
+        three quarters of what was sent, and no more than the largest prompt the model took
+        before (never under CONTEXT_FLOOR_TOKENS), less `besides` (tool specs)."""
+        room = int(sent_chars * UNNAMED_REFIT_SHRINK)
+        proven = self._proven.get(profile.model_id, 0)
+        if proven:
+            tokens = max(proven, CONTEXT_FLOOR_TOKENS)
+            room = min(room, int(tokens * self.chars_per_token(profile)) - besides)
+        return max(0, room)
 
     def room_chars(
         self, profile: ModelProfile, reserve_tokens: int, shrink: float
@@ -4802,16 +4812,17 @@ class ToolLoop:
 
     def _refit(self, error: str, sent: list[dict]) -> None:
         """Fit tighter for a second try after a context error: to the size the server named
-        (learnt for every run), else three quarters of what was sent (this request only).
+        (learnt for every run), else `retry_chars` (this request only).
         """
         self.refitted = True
         briefing, profile = self.briefing, self.briefing.profile
-        sent_chars = message_chars(sent) + tools_chars(profile)
-        room = None
-        if self.stage.budget.learn(profile, error, sent_chars):
+        budget, room = self.stage.budget, None
+        if budget.learn(profile, error):
             room = briefing.room(0.9)
         if room is None:
-            room = int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
+            room = budget.retry_chars(
+                profile, message_chars(sent), tools_chars(profile)
+            )
         self.room = room
         # The tool results are cut to what is left; they may take at most half.
         extra = min(message_chars(self.extra), room // 2) if self.extra else 0
@@ -5428,8 +5439,8 @@ async def ask_task_model(
         except ModelCallError as exc:
             if shrink < 1.0 or not is_context_error(str(exc)):
                 raise
-            if not budget.learn(profile, str(exc), message_chars(fitted)):
-                cap = int(message_chars(fitted) * UNNAMED_REFIT_SHRINK)
+            if not budget.learn(profile, str(exc)):
+                cap = budget.retry_chars(profile, message_chars(fitted))
             log.debug("task prompt did not fit %s: %s", profile.model_id, exc)
     raise AssertionError("unreachable")
 
