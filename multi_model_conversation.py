@@ -4599,7 +4599,12 @@ class ReplyStream:
             if result.tokens
             else None
         )
-        self._count_tokens(result.tokens, form["messages"], result.content)
+        failed = (
+            result.error is not None
+        )  # it costs what the server counted, else nothing
+        if failed and counted is None:
+            counted = (0, 0)
+        self._count_tokens(result.tokens, form["messages"], result.content, failed)
         reply = result.content + "".join(c.arguments for c in result.calls)
         self._count_call(counted, form["messages"], reply, started)
         return result
@@ -4640,7 +4645,7 @@ class ReplyStream:
         except (ModelCallError, TimeoutError) as exc:
             self.lane.failure_line(p, str(exc) or error or "no reply")
             return ""
-        self._count_tokens(None, form["messages"], text)
+        self._count_tokens(sum(counted) if counted else None, form["messages"], text)
         self._count_call(counted, form["messages"], text, started)
         for kind, piece in self.filter.feed(text):
             self._show(kind, piece)
@@ -4650,10 +4655,15 @@ class ReplyStream:
         return said
 
     def _count_tokens(
-        self, reported: int | None, messages: list[dict], reply: str
+        self,
+        reported: int | None,
+        messages: list[dict],
+        reply: str,
+        failed: bool = False,
     ) -> None:
-        """Add what a reply used: the backend's usage, else about 4 characters a token."""
-        if not reported and self.stage.want_usage:
+        """Add what a reply used: the backend's usage, else about 4 characters a token; a
+        failed request the backend did not count costs nothing."""
+        if not reported and self.stage.want_usage and not failed:
             chars = sum(len(_text_of(m.get("content"))) for m in messages) + len(reply)
             reported = -(-chars // 4)
         self.lane.tokens += reported or 0
