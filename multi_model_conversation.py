@@ -5685,8 +5685,12 @@ def continued_content(body: dict, metadata: dict) -> str:
 
 def one_more_round(config: ConversationConfig) -> ConversationConfig:
     """What Continue means for a conversation: one more round of its participants, in its order,
-    without closing it again (the closing turn or vote already spoke)."""
-    return config.model_copy(update={"rounds": 1, "closing": None})
+    without closing it again (the closing turn or vote already spoke), nor a council's peer
+    review (the closing steps follow the config: with neither, the round is all there is).
+    """
+    return config.model_copy(
+        update={"rounds": 1, "closing": None, "peer_review": False}
+    )
 
 
 def earlier_turns(content: str, participants: list[Participant]) -> int:
