@@ -2229,9 +2229,12 @@ def is_context_error(text: str | None) -> bool:
 
 def reported_context_limit(text: str) -> int | None:
     """The context size an error names ("maximum context length is 8192 tokens"), if any;
-    None when it names none (a count of the prompt alone is no size)."""
+    None when it names none (a count of the prompt alone is no size), or names it in a form
+    not read here ("128k", "1.5M": never taken for 128 or 1)."""
     for pattern in _CONTEXT_LIMIT_RES:
         if match := pattern.search(text or ""):
+            if re.match(r"[.,]?\d|\s?[kKmM]\b", text[match.end(1) :]):
+                return None
             return int(match.group(1))
     return None
 

@@ -174,6 +174,12 @@ def test_what_must_not_change_other_errors_are_no_context_errors(text):
     assert not mmc.is_context_error(text)
 
 
+def test_a_size_written_short_is_not_misread():
+    assert mmc.reported_context_limit("maximum context length is 128k tokens") is None
+    assert mmc.reported_context_limit("maximum context length is 1.5M tokens") is None
+    assert mmc.reported_context_limit("maximum context length is 8,192 tokens") is None
+
+
 def test_what_must_not_change_the_openai_wording_reads_as_before():
     assert mmc.reported_context_limit("maximum context length is 900 tokens") == 900
     assert mmc.reported_context_limit("This model's maximum context length is 8192 tokens") == 8192
