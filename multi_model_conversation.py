@@ -25,7 +25,7 @@ import re
 import time
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, get_args
 
@@ -1032,6 +1032,27 @@ def manager_block(answer: str) -> str:
     return f'<details type="manager" done="true">\n<summary>Why this speaker</summary>\n{body}\n</details>\n'
 
 
+# A guard's cut keeps the text it held back, in a collapsed block of this type: the user can
+# open it, history (`BLOCK_RE`) and so the other participants never see it.
+FOLD_TYPE = "cut"
+_DETAILS_TAG_RE = re.compile(r"<(/?details)", re.IGNORECASE)
+
+
+def fold_block(summary: str, text: str, reason: str) -> str:
+    """`text` a guard cut, folded under `summary` (the cut's mark).
+
+    Open WebUI ends the block at the first `</details>` and counts `<details` as nested, so the
+    text's own tags are escaped (it decodes entities before rendering the inside as markdown);
+    the one-line summary shows as plain text, so only a `<` that could end it is replaced.
+    """
+    body = _DETAILS_TAG_RE.sub(r"&lt;\1", mark_lookalikes(text.strip()))
+    title = " ".join(summary.split()).replace("<", "\uff1c")
+    return (
+        f'<details type="{FOLD_TYPE}" reason="{attr(reason)}">\n'
+        f"<summary>{title}</summary>\n{body}\n</details>\n"
+    )
+
+
 def tool_block(
     call: ToolCall, result: str | None, files: list | None, embeds: list | None
 ) -> str:
@@ -1943,7 +1964,7 @@ _MODEL_BEHIND_RE = re.compile(
 )  # a heading's model name (a valve)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
-    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage)"[^>]*>.*?</details>\n?',
+    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage|cut)"[^>]*>.*?</details>\n?',
     re.DOTALL | re.IGNORECASE,
 )
 THINK_RE = re.compile(
@@ -2579,7 +2600,8 @@ class SpeakerGuard:
 
 class ReplyFilter:
     """A reply's text on its way to the transcript: think tags split off, then the speaker
-    guard, then the echo guard."""
+    guard, then the echo guard. What a guard cuts is kept (`folded`), never shown as said.
+    """
 
     def __init__(
         self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None
@@ -2587,6 +2609,10 @@ class ReplyFilter:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
         self.echo = echo
+        self._line = ""  # what the speaker guard was fed since the last line it let out
+        self._open = ""  # what it let out of that line
+        self._cut_as = ""  # the text from the line where it stopped the reply on
+        self._after: list[str] = []  # what arrived after the reply had ended
 
     @property
     def stopped_by(self) -> str | None:
@@ -2597,12 +2623,27 @@ class ReplyFilter:
         """The reply ended early: it spoke as someone else, or began copying."""
         return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
 
+    @property
+    def cut(self) -> str:
+        """Why the reply ended early: "speaker", "echo", "loop" or "" (it did not)."""
+        if self.echo is not None and self.echo.echoed:
+            return self.echo.reason
+        return "speaker" if self.stopped_by is not None else ""
+
+    def folded(self) -> str:
+        """Everything the guards cut, in the order it came: the user may read it, nobody
+        hears it."""
+        echoed = self.echo.cut_text if self.echo else ""
+        return echoed + self._cut_as + "".join(self._after)
+
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
 
     def flush(self) -> list[tuple[str, str]]:
         parts = self._guarded(self._splitter.flush())
-        tail = self.guard.flush() if self.guard else ""
+        tail = ""
+        if not self.ended:
+            tail = self._speaker(self.guard.flush(), "") if self.guard else ""
         if self.echo is not None:
             tail = (self.echo.feed(tail) if tail else "") + self.echo.flush()
         return [*parts, ("content", tail)] if tail else parts
@@ -2613,17 +2654,43 @@ class ReplyFilter:
         out = []
         for kind, text in parts:
             if self.ended:
-                break
+                self._after.append(text)
+                continue
             if kind == "content":
                 arrived = bool(text)
-                text = self.guard.feed(text) if self.guard else text
+                text = (
+                    self._speaker(self.guard.feed(text), text) if self.guard else text
+                )
                 text = self.echo.feed(text) if self.echo and text else text
+                if self.echo and self.echo.echoed and self.stopped_by is None:
+                    self.echo.feed(self._held_line())  # nothing more is shown
                 if not text:
                     if arrived:  # held back for now: the reasoning before it has ended
                         out.append(("reasoning_end", ""))
                     continue
             out.append((kind, text))
         return out
+
+    def _speaker(self, shown: str, fed: str) -> str:
+        """Keeps the speaker guard's own line of what it was fed: it stops only at a line's
+        start, and lets every line before it out (less a label), so its cut is what it was
+        fed from the line after the last one it let out."""
+        self._line += fed
+        lines = shown.count("\n")
+        if lines:
+            self._line = self._line.split("\n", lines)[-1]
+            self._open = shown.rsplit("\n", 1)[-1]
+        else:
+            self._open += shown
+        if self.stopped_by is not None:
+            self._cut_as, self._line = self._line, ""
+        return shown
+
+    def _held_line(self) -> str:
+        """What the speaker guard holds back: the start of a line none of which went out."""
+        held = "" if self._open else self._line
+        self._line = ""
+        return held
 
 
 # ============================================================================
@@ -2674,35 +2741,46 @@ def echo_sources(system_prompt: str, turns: Iterable[Turn]) -> list[str]:
     return [system_prompt, *shown]
 
 
-def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:
-    """The sources' words in order, and a number where a run must not go on: between two
-    sources and at a character of a script without spaces (no word equals a number)."""
-    gaps = 0
-    for text in sources:
-        for piece in _PIECE_RE.finditer(text):
-            if piece.lastgroup is None:
-                if word := echo_word(piece.group()):
-                    yield word
-            elif piece.lastgroup == "unspaced":
-                gaps += 1
-                yield gaps
-        gaps += 1
-        yield gaps
-
-
 class PassageIndex:
     """Every passage of the sources as a path of words (a suffix automaton, built in linear
     time), so the longest copied run ending at a reply's next word costs O(1) amortized.
+
+    It grows at its end (`add`, `append`) at no cost to what it already holds; sources are
+    kept apart by gaps (numbers, which no word equals) that no run goes over.
     """
 
-    def __init__(self, sources: Iterable[str]) -> None:
+    def __init__(self, sources: Iterable[str] = ()) -> None:
         self._next: list[dict[str | int, int]] = [{}]
         self._link = [-1]
         self._len = [0]
-        last = 0
-        for word in _indexed_words(sources):
-            last = self._extend(last, word)
+        self._first = [-1]  # where a state's passages first end (a word's position)
+        self._last = 0
+        self._gaps = 0
         self.links_followed = 0  # the matching's only loop, counted for the tests
+        for text in sources:
+            self.add(text)
+
+    def add(self, text: str) -> None:
+        """One more source: its words, and a gap at each character of a script without
+        spaces and after it."""
+        for piece in _PIECE_RE.finditer(text):
+            if piece.lastgroup is None:
+                if word := echo_word(piece.group()):
+                    self._last = self._extend(self._last, word)
+            elif piece.lastgroup == "unspaced":
+                self.gap()
+        self.gap()
+
+    def gap(self) -> None:
+        self._gaps += 1
+        self._last = self._extend(self._last, self._gaps)
+
+    def append(self, word: str) -> tuple[int, int]:
+        """Add one word; the longest run ending with it that stands earlier too (its words) and
+        how many words back its first occurrence ends (a loop's period)."""
+        self._last = self._extend(self._last, word)
+        link = self._link[self._last]
+        return self._len[link], self._len[self._last] - 1 - self._first[link]
 
     def step(self, state: int, length: int, word: str) -> tuple[int, int]:
         """The state and length of the longest run of the sources that ends with `word`, given
@@ -2717,7 +2795,7 @@ class PassageIndex:
 
     def _extend(self, last: int, word: str | int) -> int:
         """Blumer et al.'s online construction: one word more, at most two new states."""
-        cur = self._new(self._len[last] + 1, -1, {})
+        cur = self._new(self._len[last] + 1, -1, {}, self._len[last])
         p = last
         while p != -1 and word not in self._next[p]:
             self._next[p][word] = cur
@@ -2729,55 +2807,94 @@ class PassageIndex:
         if self._len[p] + 1 == self._len[q]:
             self._link[cur] = q
             return cur
-        clone = self._new(self._len[p] + 1, self._link[q], dict(self._next[q]))
+        clone = self._new(
+            self._len[p] + 1, self._link[q], dict(self._next[q]), self._first[q]
+        )
         while p != -1 and self._next[p].get(word) == q:
             self._next[p][word] = clone
             p = self._link[p]
         self._link[q] = self._link[cur] = clone
         return cur
 
-    def _new(self, length: int, link: int, edges: dict[str | int, int]) -> int:
+    def _new(
+        self, length: int, link: int, edges: dict[str | int, int], first: int
+    ) -> int:
         self._len.append(length)
         self._link.append(link)
         self._next.append(edges)
+        self._first.append(first)
         return len(self._len) - 1
+
+
+# A reply that repeats its own earlier run of this many words ends there too (a paragraph or a
+# line looped until the token cap), unless the run repeats what stands fewer than
+# LOOP_MIN_PERIOD words before it: table cells (`| yes | yes |`), `Thank you! Thank you!`.
+LOOP_MIN_PERIOD = 8
+_FOLD_REASONS = {"run": "echo", "whole": "echo", "loop": "loop"}
 
 
 class EchoGuard:
     """Ends a streamed reply where it has copied `run_words` consecutive words of its sources
-    (earlier turns, its instructions, the pipe's notes); no copied word is ever shown.
+    (earlier turns, its instructions, the pipe's notes) or of itself; no copied word is shown.
 
     Holds back only the words of the current run and the word being written, and lets them go
     as soon as the run breaks. Fenced code is never matched: fixing someone's code keeps most
-    of it. `feed` costs what its chunk costs, however long the reply and the sources are.
+    of it. What it cuts is kept (`cut_text`) for the transcript to fold. A `free` phrase (the
+    stop phrase) is never an echo. `feed` costs what its chunk costs, however long the reply
+    and the sources are.
     """
 
     def __init__(
         self,
-        sources: Iterable[str],
+        sources: Iterable[str] = (),
         run_words: int = ECHO_RUN_WORDS,
         whole_words: int = ECHO_WHOLE_WORDS,
+        *,
+        indexes: Iterable[PassageIndex] = (),
+        free: Iterable[str] = (),
     ) -> None:
-        self.index = PassageIndex(sources)
+        self.indexes = [*indexes]
+        sources = list(sources)
+        if sources or not self.indexes:
+            self.indexes.insert(0, PassageIndex(sources))
+        self.index = self.indexes[0]
+        self._own = PassageIndex()  # the reply itself, word by word: its loops
+        self._free = [f" {w} " for f in free if (w := " ".join(_echo_words(f)))]
         self._run_words = run_words
         self._whole_words = whole_words
         self._held = ""  # fed and not shown yet; starts at offset `_base` of the reply
         self._base = 0
         self._end = 0  # characters fed so far
         self._run: deque[int] = deque()  # where each word of the current run starts
-        self._state = 0  # the current run's state in the index
+        self._states = [0] * len(self.indexes)  # the current run in each index
+        self._lengths = [0] * len(self.indexes)
+        self._copied = 0  # the longest of those runs: words copied from the sources
         self._word_at: int | None = None  # where the word being written starts
         self._line_start = True  # no word yet on this line
         self._in_code = False
         self._words = 0  # the reply's words so far (those in code too)
-        self.echoed = ""  # why the reply ended: "run" | "whole" | "" (it did not)
+        self.echoed = (
+            ""  # why the reply ended: "run" | "whole" | "loop" | "" (it did not)
+        )
         self.copied_words = 0  # the copied run's words when it ended
         self.withheld = 0  # characters fed and never shown
+        self._cut: list[str] = []  # those characters
+
+    @property
+    def cut_text(self) -> str:
+        """What the reply went on with after the copy began: never shown, kept to fold."""
+        return "".join(self._cut)
+
+    @property
+    def reason(self) -> str:
+        """The cut as the transcript marks it: "echo" (of the sources), "loop" or ""."""
+        return _FOLD_REASONS.get(self.echoed, "")
 
     def feed(self, text: str) -> str:
         """The part of the reply that may be shown now ('' once it has ended as an echo)."""
         if self.echoed:
             self.withheld += len(text)
+            self._cut.append(text)
             return ""
         self._held += text
         start = self._end
@@ -2808,8 +2925,10 @@ class EchoGuard:
             self._end_word(self._word_at, self._end)
             self._word_at = None
         self._expire(self._end)
-        if not self.echoed and self._whole_words <= self._words == len(self._run):
-            self.echoed, self.copied_words = "whole", self._words
+        if not self.echoed and self._whole_words <= self._words == self._copied:
+            said = " ".join(_echo_words(self._held))
+            if not any(f in f" {said} " for f in self._free):
+                self.echoed, self.copied_words = "whole", self._words
         if self.echoed:
             return self._stop()
         shown, self._held, self._base = self._held, "", self._end
@@ -2834,12 +2953,20 @@ class EchoGuard:
             return  # markup between words (`>`, `-`, `**`): the run goes on over it
         self._words += 1
         self._expire(end)
-        self._state, length = self.index.step(self._state, len(self._run), word)
+        for i, index in enumerate(self.indexes):
+            self._states[i], self._lengths[i] = index.step(
+                self._states[i], self._lengths[i], word
+            )
+        self._copied = max(self._lengths)
+        looped, period = self._own.append(word)
+        looped = looped if period >= LOOP_MIN_PERIOD else 0
         self._run.append(start)
-        while len(self._run) > length:
+        while len(self._run) > max(self._copied, looped):
             self._run.popleft()
-        if length >= self._run_words:
-            self.echoed, self.copied_words = "run", length
+        if self._copied >= self._run_words:
+            self.echoed, self.copied_words = "run", self._copied
+        elif looped >= self._run_words:
+            self.echoed, self.copied_words = "loop", looped
 
     def _release(self) -> str:
         """What is no longer held: all before the run, or before the word being written.
@@ -2868,6 +2995,7 @@ class EchoGuard:
         """The reply ends where the copy began: the text before it goes out, the rest never."""
         at = self._run[0]
         shown = self._held[: at - self._base]
+        self._cut.append(self._held[at - self._base :])
         self.withheld = self._end - at
         self._held, self._base = "", self._end
         return shown
@@ -2878,8 +3006,82 @@ class EchoGuard:
             self._reset()
 
     def _reset(self) -> None:
+        """No run goes on over this point: code, a long token, a script without spaces."""
         self._run.clear()
-        self._state = 0
+        self._states = [0] * len(self.indexes)
+        self._lengths = [0] * len(self.indexes)
+        self._copied = 0
+        self._own.gap()
+
+
+def _echo_words(text: str) -> list[str]:
+    return [w for w in map(echo_word, text.split()) if w]
+
+
+_PROMPTS_KEPT = (
+    8  # system prompts indexed at once: a council's five, a retry's, a tool round's
+)
+
+
+class EchoIndex:
+    """What a run's replies may not copy, indexed as the conversation grows and shared by every
+    request of the run (tool rounds, retries, a council's lanes): each speaker's turns in an
+    index of their own, the pipe's notes in one, and the latest system prompts by their text.
+
+    So a request costs what is new since the last (turns spoken, a new prompt), not the whole
+    history; and a council answer may restate its speaker's own (`own` left out).
+    """
+
+    def __init__(self) -> None:
+        self._speakers: dict[str, PassageIndex] = {}
+        self._notes = PassageIndex()
+        self._note_texts: set[str] = set()
+        self._prompts: dict[str, PassageIndex] = {}
+        self._count = 0  # turns of the list indexed so far
+        self._last: Turn | None = (
+            None  # the last of them, to tell the list is the same one
+        )
+
+    def guard(
+        self,
+        system_prompt: str,
+        shown: list[Turn],
+        turns: list[Turn],
+        own: str | None = None,
+        free: Iterable[str] = (),
+    ) -> EchoGuard:
+        """An echo guard for a reply shown `system_prompt` and the fitted turns `shown` (the
+        notes among them), out of the run's `turns`; `own`'s turns are not sources."""
+        self._sync(turns)
+        for turn in shown:
+            if turn.note and (text := _text_of(turn.content)) not in self._note_texts:
+                self._note_texts.add(text)
+                self._notes.add(text)
+        theirs = [ix for who, ix in self._speakers.items() if who != own]
+        return EchoGuard(
+            indexes=[self._prompt(system_prompt), self._notes, *theirs], free=free
+        )
+
+    def _sync(self, turns: list[Turn]) -> None:
+        """Index the turns added since the last request. The run's turns only grow (a lane's
+        copy too, between turns); any other list is indexed afresh."""
+        if len(turns) < self._count or (
+            self._count and turns[self._count - 1] is not self._last
+        ):
+            log.debug("echo index: the turns changed; indexing them afresh")
+            self._speakers, self._count = {}, 0
+        for turn in turns[self._count :]:
+            if turn.speaker is not None:  # the user's own words may be kept
+                index = self._speakers.setdefault(turn.speaker, PassageIndex())
+                index.add(_text_of(turn.content))
+        self._count, self._last = len(turns), (turns[-1] if turns else None)
+
+    def _prompt(self, text: str) -> PassageIndex:
+        index = self._prompts.pop(text, None) or PassageIndex([text])
+        self._prompts[text] = index  # the newest last; the oldest goes first
+        if len(self._prompts) > _PROMPTS_KEPT:
+            del self._prompts[next(iter(self._prompts))]
+        return index
 
 
 # ============================================================================
@@ -3779,7 +3981,10 @@ class StreamResult:
     finish_reason: str = ""
     done: bool = False  # the stream's `[DONE]` arrived
     prompt_tokens: int = 0  # what the server's `usage` counted, if it sent one
-    cut: str = ""  # why the reply was cut short: "length" | "time" | ""
+    # why the reply was cut short: "length" | "time" | "speaker" | "echo" | "loop" | ""
+    cut: str = ""
+    folded: str = ""  # what a guard cut, kept to fold under the turn
+    cut_as: str = ""  # whom it went on as (the speaker guard's cut)
     tokens: int | None = None  # total tokens the backend reported (usage), if it did
 
 
@@ -3970,6 +4175,7 @@ class TurnStreamer:
         turns: list[Turn],
         chat_system: str = "",
         want_usage: bool = False,
+        may_say: Iterable[str] = (),
     ) -> None:
         self.gateway = gateway
         self.ctx = ctx
@@ -3994,8 +4200,13 @@ class TurnStreamer:
         self.benched: set[str] = (
             set()
         )  # participants whose model cannot hold the conversation
-        # What the turn being spoken was shown: not to be copied
-        self.sources: list[str] = []
+        # What the turn being spoken was shown (system prompt, fitted turns): not to be copied
+        self.shown: tuple[str, list[Turn]] = ("", [])
+        self.echoes = EchoIndex()  # the run's, shared with its lanes
+        self.may_say = [
+            x for x in may_say if x.strip()
+        ]  # never an echo: the stop phrase
+        self.restates_own = False  # a council answer: restating its own is no echo
         self._tool_notice_shown: set[str] = set()
         self._told_shortened: set[str] = (
             set()
@@ -4098,6 +4309,7 @@ class TurnStreamer:
         fork = copy.copy(self)
         fork.transcript, fork.emitter = transcript, emitter  # type: ignore[assignment]
         fork.turns, fork.tokens, fork.speaking = list(self.turns), 0, False
+        fork.restates_own = True  # a council round: each revises its own answer
         return fork
 
     async def user_words(self, text: str) -> Heard:
@@ -4230,7 +4442,7 @@ class TurnStreamer:
                     f"{size:,} characters kept, the middle left out to fit its context "
                     f"({self.budget.limit(profile):,} tokens).*"
                 )
-        self.sources = echo_sources(system_text, turns)  # what it is shown, once fitted
+        self.shown = (system_text, turns)  # what it is shown, once fitted
         return [system, *messages_for(p.alias, turns, self.user_name)]
 
     @staticmethod
@@ -4270,7 +4482,7 @@ class TurnStreamer:
             if result.content:
                 said.append(result.content)
             if result.cut:
-                self._cut_line(p, result.cut)
+                self._cut_line(p, result.cut, result.folded, result.cut_as)
                 return "\n\n".join(said)
             if result.malformed:
                 self._note_malformed(p, result.malformed)
@@ -4374,7 +4586,7 @@ class TurnStreamer:
         )
         result = StreamResult()
         decoder, calls = SSEDecoder(), ToolCallAccumulator()
-        splitter = ReplyFilter(self.guard_for(p), self.echo_guard())
+        splitter = ReplyFilter(self.guard_for(p), self.echo_guard(p))
         content: list[str] = []
         silence = self.settings.valves.TURN_TIMEOUT
         loop = asyncio.get_running_loop()
@@ -4456,8 +4668,9 @@ class TurnStreamer:
                 splitter.stopped_by,
             )
         content_end = self._end_reply(splitter, content, result)
-        if splitter.echo is not None and splitter.echo.echoed and result.error is None:
-            result.cut = "echo"  # it began copying what was already said
+        if splitter.cut:  # it went on as someone else, or began copying or looping
+            result.cut, result.folded = splitter.cut, splitter.folded()
+            result.cut_as = splitter.stopped_by or ""
         ended = result.finish_reason or result.done or result.cut or splitter.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
@@ -4484,9 +4697,13 @@ class TurnStreamer:
             bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
         return bounds
 
-    def echo_guard(self) -> EchoGuard | None:
-        """A conversation turn ends where it starts copying what it was shown."""
-        return EchoGuard(self.sources) if self.guarded and self.sources else None
+    def echo_guard(self, p: Participant) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown, or itself."""
+        if not self.guarded:
+            return None
+        own = p.alias if self.restates_own else None
+        system, shown = self.shown
+        return self.echoes.guard(system, shown, self.turns, own, self.may_say)
 
     def guard_for(self, p: Participant) -> SpeakerGuard | None:
         """A conversation turn ends at a line where it starts speaking as someone else."""
@@ -4498,9 +4715,26 @@ class TurnStreamer:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
         return self.settings.valves.MAX_TOKENS if p.max_tokens is None else p.max_tokens
 
-    def _cut_line(self, p: Participant, cut: str) -> None:
-        """A visible mark that a reply was cut short; history leaves it out like a notice."""
-        if cut == "echo":
+    def _cut_line(
+        self, p: Participant, cut: str, folded: str = "", cut_as: str = ""
+    ) -> None:
+        """A visible mark that a reply was cut short, holding what a guard cut, folded;
+        history leaves both out, like a notice."""
+        names = [*self.aliases, self.user_name, "User"]
+        other = next((n for n in names if n.casefold() == cut_as.casefold()), cut_as)
+        if folded.strip():
+            what = {
+                "speaker": f"went on as {other}",
+                "loop": "began repeating itself",
+            }.get(cut, "began repeating what was already said")
+            title = f"✂️ {p.alias} {what} — not heard by the others"
+            self.transcript.add_notice(fold_block(title, folded, cut))
+            return
+        if cut == "speaker":
+            why = f"cut: it went on as {md_text(other)}"
+        elif cut == "loop":
+            why = "cut: it began repeating itself"
+        elif cut == "echo":
             why = "cut: it began repeating what was already said"
         elif cut == "time":
             why = f"cut after {self.settings.valves.TURN_TIME_LIMIT:g} s"
@@ -4584,13 +4818,16 @@ class TurnStreamer:
         )
         content: list[str] = []
         splitter, scratch = (
-            ReplyFilter(self.guard_for(p), self.echo_guard()),
+            ReplyFilter(self.guard_for(p), self.echo_guard(p)),
             StreamResult(),
         )
         for kind, piece in splitter.feed(text):
             self._show(kind, piece, content, scratch)
         said = self._end_reply(splitter, content, scratch)
-        if not said:
+        if splitter.cut:
+            cut_as = splitter.stopped_by or ""
+            self._cut_line(p, splitter.cut, splitter.folded(), cut_as)
+        elif not said:
             self._failure_line(p, error or "the model returned an empty reply")
         return said
 
@@ -5407,6 +5644,7 @@ def _cast(
         turns=history_turns(conversation_messages(body.get("messages") or [])),
         chat_system=_chat_system(body),
         want_usage=prepared.config.max_total_tokens > 0,
+        may_say=[prepared.config.stop_phrase],
     )
     chooser = (
         make_manager(streamer, prepared.manager, run.status)

@@ -324,8 +324,11 @@ async def test_a_turn_that_copies_an_earlier_turn_ends_there_and_the_copy_is_not
     result = await h.run()
 
     b_turn = result[result.index("### 🔵 B") : result.index("### 🟢 C")]
-    assert b_turn.count("money on a bigger one") == 0 and "I agree." in b_turn
-    assert "*✂️ …(cut: it began repeating what was already said)*" in b_turn
+    shown, folded = mmc.BLOCK_RE.sub("", b_turn), b_turn.split('<details type="cut"')[1]
+    assert shown.count("money on a bigger one") == 0 and "I agree." in shown
+    # issue 26: the copy is folded under the turn, and the fold's summary is the cut's mark
+    assert "<summary>✂️ B began repeating what was already said — not heard" in folded
+    assert "money on a bigger one" in folded and "And more." in folded
     c_view = json.dumps(streamed(h)[2]["messages"])
     assert c_view.count("laptops we have") == 1 and "repeating" not in c_view
 
@@ -359,7 +362,9 @@ async def test_a_turn_that_is_only_the_pipes_own_note_is_cut_and_a_quote_is_not(
 
     result = await h.run("Go on", history=history)
 
-    assert "left out" not in result.split("### 🔵 B")[0] and "repeating" in result
+    a_turn = result.split("### 🔵 B")[0]
+    assert "left out" not in mmc.BLOCK_RE.sub("", a_turn) and "repeating" in a_turn
+    assert "left out" in a_turn.split('<details type="cut"')[1]  # folded (issue 26)
     assert quoted.replace('"', "") in mmc.md_unescape(result).replace('"', "")  # a quote stays
 
 
