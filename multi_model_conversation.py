@@ -4728,7 +4728,7 @@ class TurnStreamer:
                 "loop": "began repeating itself",
             }.get(cut, "began repeating what was already said")
             title = f"✂️ {p.alias} {what} — not heard by the others"
-            self.transcript.add_notice(fold_block(title, folded, cut))
+            self.transcript.add_notice(fold_block(title, folded, cut).rstrip())
             return
         if cut == "speaker":
             why = f"cut: it went on as {md_text(other)}"

@@ -328,7 +328,7 @@ async def test_a_turn_that_copies_an_earlier_turn_ends_there_and_the_copy_is_not
     assert shown.count("money on a bigger one") == 0 and "I agree." in shown
     # issue 26: the copy is folded under the turn, and the fold's summary is the cut's mark
     assert "<summary>✂️ B began repeating what was already said — not heard" in folded
-    assert "money on a bigger one" in folded and "And more." in folded
+    assert "money on a bigger one" in folded  # what arrived before the stream was closed
     c_view = json.dumps(streamed(h)[2]["messages"])
     assert c_view.count("laptops we have") == 1 and "repeating" not in c_view
 
