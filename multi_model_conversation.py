@@ -3028,53 +3028,43 @@ class EchoIndex:
     request of the run (tool rounds, retries, a council's lanes): each speaker's turns in an
     index of their own, the pipe's notes in one, and the latest system prompts by their text.
 
-    So a request costs what is new since the last (turns spoken, a new prompt), not the whole
-    history; and a council answer may restate its speaker's own (`own` left out).
+    A request indexes only the turns it is shown that no request of the run was shown before
+    (the order of sources does not matter: no run goes over a gap), so it costs what is new,
+    not the whole history; and a council answer may restate its speaker's own (`own`).
     """
 
     def __init__(self) -> None:
         self._speakers: dict[str, PassageIndex] = {}
         self._notes = PassageIndex()
-        self._note_texts: set[str] = set()
+        self._turns: dict[int, Turn] = {}  # the turns looked at, by identity
+        self._seen: set[tuple[str | None, str]] = set()  # (speaker, text) indexed
         self._prompts: dict[str, PassageIndex] = {}
-        self._count = 0  # turns of the list indexed so far
-        self._last: Turn | None = (
-            None  # the last of them, to tell the list is the same one
-        )
 
     def guard(
         self,
         system_prompt: str,
         shown: list[Turn],
-        turns: list[Turn],
         own: str | None = None,
         free: Iterable[str] = (),
     ) -> EchoGuard:
-        """An echo guard for a reply shown `system_prompt` and the fitted turns `shown` (the
-        notes among them), out of the run's `turns`; `own`'s turns are not sources."""
-        self._sync(turns)
+        """An echo guard for a reply shown `system_prompt` and the fitted turns `shown`: the
+        participants' turns and the pipe's notes (not the user's words); `own`'s turns are no
+        source."""
         for turn in shown:
-            if turn.note and (text := _text_of(turn.content)) not in self._note_texts:
-                self._note_texts.add(text)
-                self._notes.add(text)
+            if id(turn) in self._turns or (turn.speaker is None and not turn.note):
+                continue  # indexed already; or the user's own words, which may be kept
+            self._turns[id(turn)] = turn  # kept, so its id stays its own
+            key = (None if turn.note else turn.speaker, _text_of(turn.content))
+            if key not in self._seen:  # the same text again (a note), or a cut copy
+                self._seen.add(key)
+                index = self._notes
+                if not turn.note:
+                    index = self._speakers.setdefault(key[0] or "", PassageIndex())
+                index.add(key[1])
         theirs = [ix for who, ix in self._speakers.items() if who != own]
         return EchoGuard(
             indexes=[self._prompt(system_prompt), self._notes, *theirs], free=free
         )
-
-    def _sync(self, turns: list[Turn]) -> None:
-        """Index the turns added since the last request. The run's turns only grow (a lane's
-        copy too, between turns); any other list is indexed afresh."""
-        if len(turns) < self._count or (
-            self._count and turns[self._count - 1] is not self._last
-        ):
-            log.debug("echo index: the turns changed; indexing them afresh")
-            self._speakers, self._count = {}, 0
-        for turn in turns[self._count :]:
-            if turn.speaker is not None:  # the user's own words may be kept
-                index = self._speakers.setdefault(turn.speaker, PassageIndex())
-                index.add(_text_of(turn.content))
-        self._count, self._last = len(turns), (turns[-1] if turns else None)
 
     def _prompt(self, text: str) -> PassageIndex:
         index = self._prompts.pop(text, None) or PassageIndex([text])
@@ -4703,7 +4693,7 @@ class TurnStreamer:
             return None
         own = p.alias if self.restates_own else None
         system, shown = self.shown
-        return self.echoes.guard(system, shown, self.turns, own, self.may_say)
+        return self.echoes.guard(system, shown, own, self.may_say)
 
     def guard_for(self, p: Participant) -> SpeakerGuard | None:
         """A conversation turn ends at a line where it starts speaking as someone else."""

@@ -341,8 +341,9 @@ def test_the_shared_index_judges_as_a_fresh_one_built_from_the_same_turns():
         said = " ".join(rng.choice(vocab) for _ in range(rng.randint(5, 80)))
         copy_from = rng.choice(turns).content if rng.random() < 0.5 else ""
         candidate = f"{said} {copy_from} {said}"
-        fresh = mmc.EchoGuard(mmc.echo_sources("You are X.", turns))
-        shared = echoes.guard("You are X.", turns, turns)
+        shown = [*turns, mmc.Turn(None, f"({n} earlier turns left out.)", note=True)]
+        fresh = mmc.EchoGuard(mmc.echo_sources("You are X.", shown))
+        shared = echoes.guard("You are X.", shown)
         results = []
         for guard in (fresh, shared):
             text = guard.feed(candidate) + guard.flush()
@@ -351,21 +352,23 @@ def test_the_shared_index_judges_as_a_fresh_one_built_from_the_same_turns():
         turns.append(mmc.Turn(speaker, said))
 
 
-def test_each_turn_is_indexed_once_per_run_however_many_requests_read_it(monkeypatch):
+def test_each_turn_is_indexed_once_per_run_however_many_requests_are_shown_it(monkeypatch):
     added: list[str] = []
     original = mmc.PassageIndex.add
     monkeypatch.setattr(
         mmc.PassageIndex, "add", lambda self, text: (added.append(text), original(self, text))
     )
-    turns = [mmc.Turn("A", f"turn {i} " + "word " * 20) for i in range(50)]
+    turns = [mmc.Turn("AB"[i % 2], f"turn {i} " + "word " * 20) for i in range(50)]
     echoes = mmc.EchoIndex()
     for _ in range(5):  # a council round, tool rounds, a retry: the same turns
-        echoes.guard("system", turns, turns)
+        echoes.guard("system", turns)
     assert sorted(added) == sorted([t.content for t in turns] + ["system"])
     added.clear()
     turns.append(mmc.Turn("B", "a new turn"))
-    echoes.guard("system", turns, turns)
-    assert added == ["a new turn"]  # only what is new
+    cut = mmc.Turn("A", mmc.cut_middle(turns[0].content, 40))  # as a smaller model is shown it
+    for _ in range(3):
+        echoes.guard("system", [mmc.Turn(None, "(3 turns left out.)", note=True), cut, *turns])
+    assert added == ["(3 turns left out.)", cut.content, "a new turn"]  # only what is new
     added.clear()
-    echoes.guard("system", turns[:10], turns[:10])  # another list: indexed afresh, correctly
-    assert len(added) == 10
+    guard = echoes.guard("system", turns, own="A")  # a council revision: its own are no source
+    assert added == [] and len(guard.indexes) == 3  # the prompt, the notes, B's turns
