@@ -1053,6 +1053,14 @@ def fold_block(summary: str, text: str, reason: str) -> str:
     )
 
 
+_FOLD_RE = re.compile(rf'<details type="{FOLD_TYPE}".*?</details>', re.DOTALL)
+
+
+def folds_in(text: str) -> list[str]:
+    """The fold blocks in `text` (their text cannot hold a `</details`)."""
+    return _FOLD_RE.findall(text)
+
+
 def tool_block(
     call: ToolCall, result: str | None, files: list | None, embeds: list | None
 ) -> str:
@@ -4242,9 +4250,12 @@ class TurnStreamer:
         said = await self.reply_with_tools(p, profile, build)
         self.transcript.close_live()
         passed = plan.pass_allowed and is_pass(said)
-        if passed:
+        if passed:  # one line instead of the turn; what a guard cut stays, folded
+            folded = folds_in(self.transcript.render()[mark:])
             self.transcript.rewind(mark)
             self.transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
+            for block in folded:
+                self.transcript.add_notice(block)
         elif said:
             self.turns.append(Turn(p.alias, said))
         self.speaking = False
@@ -4615,6 +4626,13 @@ class TurnStreamer:
                 result.cut = "time"
             else:
                 result.error = f"the model sent nothing for {silence:g} s"
+        except asyncio.CancelledError:  # Stop: what the guards held back is shown too
+            self._end_reply(splitter, content, result)
+            if splitter.cut:
+                self._cut_line(
+                    p, splitter.cut, splitter.folded(), splitter.stopped_by or ""
+                )
+            raise
         finally:
             await stream.aclose()  # a cut reply also stops the model upstream
         self._settle(p, profile, form, offer_tools, splitter, calls, content, result)

@@ -5,14 +5,16 @@ own restatement and a closing quote are no echo; a reply looping on itself is cu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import multi_model_conversation as mmc
-from tests.fakes import PipeHarness, Script, config, reply
+from tests.fakes import PipeHarness, RecordingEmitter, Script, config, reply
 
 FOLD = '<details type="cut"'
 
@@ -372,3 +374,52 @@ def test_each_turn_is_indexed_once_per_run_however_many_requests_are_shown_it(mo
     added.clear()
     guard = echoes.guard("system", turns, own="A")  # a council revision: its own are no source
     assert added == [] and len(guard.indexes) == 3  # the prompt, the notes, B's turns
+
+
+# -- no other path loses what a guard held -----------------------------------------------------
+
+
+async def test_a_turn_that_passes_keeps_what_its_guard_cut_folded_after_the_pass_line():
+    h = PipeHarness(models={"a": "Ana", "b": "Ben"})
+    h.host.chat_configs["chat-1"] = config("a", "b", pass_allowed=True)
+    h.host.scripts["a"] = Script(streams=[reply("PASS\nB: Then I will say it: we drive.")])
+
+    result = await h.run()
+
+    a_part = result[: result.index("### 🔵 B")]
+    assert "*⏭️ A passed.*" in a_part and "### 🔴 A" not in a_part
+    [(_, summary, inside)] = folds(a_part)
+    assert summary.startswith("✂️ A went on as B") and inside.startswith("B: Then")
+    assert "we drive" not in viewed(streamed(h)[1]) and "Then I" not in viewed(streamed(h)[1])
+
+
+async def test_stop_shows_the_words_the_echo_guard_was_holding():
+    h = PipeHarness(models={"a": "Ana", "b": "Ben"})
+    h.host.chat_configs["chat-1"] = config("a", "b")
+    h.host.scripts["a"] = Script(streams=[reply(PARAGRAPH)])
+    original, fed = h.host.stream_chat, asyncio.Event()
+    held = " ".join(PARAGRAPH.split()[:20])  # a run of A's words that may still become a copy
+
+    async def stalls(form, user):  # B writes the run, then goes quiet until the Stop
+        if form["model"] != "b":
+            async for piece in original(form, user):
+                yield piece
+            return
+        h.host.requests.append({**form, "stream": True})
+        for piece in reply(f"Well. {held}")[:-1]:
+            yield piece
+        fed.set()
+        await asyncio.Event().wait()
+
+    h.host.stream_chat = stalls
+    emitter = RecordingEmitter(h.clock)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    await fed.wait()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    final = emitter.contents()[-1]
+    assert re.search(rf"Well\. {held}\s+\*⏹️ …\(stopped\)\*$", final), final[-300:]
