@@ -423,3 +423,22 @@ async def test_stop_shows_the_words_the_echo_guard_was_holding():
 
     final = emitter.contents()[-1]
     assert re.search(rf"Well\. {held}\s+\*⏹️ …\(stopped\)\*$", final), final[-300:]
+
+
+async def test_a_council_indexes_each_turn_once_for_all_its_lanes_and_rounds(monkeypatch):
+    added: list[str] = []
+    original = mmc.PassageIndex.add
+    monkeypatch.setattr(
+        mmc.PassageIndex, "add", lambda self, text: (added.append(text), original(self, text))
+    )
+    h = PipeHarness(models={"a": "Ana", "b": "Ben", "c": "Chen"})
+    h.host.chat_configs["chat-1"] = config("a", "b", "c", rounds=3, selection="council")
+
+    result = await h.run()
+
+    said = [t.content for t in mmc.split_turns(result) if t.speaker]
+    assert len(said) == 9 and len(streamed(h)) == 9
+    turns_added = [text for text in added if text in said]
+    assert sorted(turns_added) == sorted(said[:6])  # rounds 1-2, each once (round 3 unread)
+    prompts = [r["messages"][0]["content"] for r in streamed(h)]
+    assert sorted(t for t in added if t in prompts) == sorted(set(prompts))
