@@ -2640,7 +2640,9 @@ class ReplyFilter:
         self.echo = echo
         self._line = ""  # what the speaker guard was fed since the last line it let out
         self._open = ""  # what it let out of that line
-        self._cut_as = ""  # the text from the line where it stopped the reply on
+        self._cut_by_speaker = (
+            ""  # the text from the line where it stopped the reply on
+        )
         self._after: list[str] = []  # what arrived after the reply had ended
 
     @property
@@ -2663,7 +2665,7 @@ class ReplyFilter:
         """Everything the guards cut, in the order it came: the user may read it, nobody
         hears it."""
         echoed = self.echo.cut_text if self.echo else ""
-        return echoed + self._cut_as + "".join(self._after)
+        return echoed + self._cut_by_speaker + "".join(self._after)
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
@@ -2712,7 +2714,7 @@ class ReplyFilter:
         else:
             self._open += shown
         if self.stopped_by is not None:
-            self._cut_as, self._line = self._line, ""
+            self._cut_by_speaker, self._line = self._line, ""
         return shown
 
     def _held_line(self) -> str:
@@ -2902,9 +2904,8 @@ class EchoGuard:
         self._line_start = True  # no word yet on this line
         self._in_code = False
         self._words = 0  # the reply's words so far (those in code too)
-        self.echoed = (
-            ""  # why the reply ended: "run" | "whole" | "loop" | "" (it did not)
-        )
+        # why the reply ended: "run" | "whole" | "loop" | "" (it did not)
+        self.echoed = ""
         self.copied_words = 0  # the copied run's words when it ended
         self.withheld = 0  # characters fed and never shown
         self._cut: list[str] = []  # those characters
@@ -3047,9 +3048,8 @@ def _echo_words(text: str) -> list[str]:
     return [w for w in map(echo_word, text.split()) if w]
 
 
-_PROMPTS_KEPT = (
-    8  # system prompts indexed at once: a council's five, a retry's, a tool round's
-)
+# System prompts kept indexed at once: a council's five, a retry's, a tool round's.
+_PROMPTS_KEPT = 8
 
 
 class EchoIndex:
@@ -4241,9 +4241,8 @@ class Stage:
             set()
         )  # participants whose tools were said unavailable
         self.echoes = EchoIndex()  # what replies may not copy, indexed once for the run
-        self.may_say = [
-            x for x in may_say if x.strip()
-        ]  # never an echo: the stop phrase
+        # What a participant is asked to say is never an echo: the stop phrase.
+        self.may_say = [x for x in may_say if x.strip()]
 
     def max_tokens(self, p: Participant) -> int:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
