@@ -212,7 +212,7 @@ def real_model_check(seeds: int, rounds: int, out: Path | None) -> None:
     print(f"\n{len(rows)} replies ({seeds} conversations x {rounds} rounds x 3 participants)")
     for at_least in (10, 20, 30, mmc.ECHO_RUN_WORDS):
         print(f"  longest copied run >= {at_least:>2} words: {sum(n >= at_least for n in runs)}")
-    for why in ("run", "whole"):
+    for why in ("run", "whole", "loop"):
         print(f"  ended by the echo guard ({why}): {sum(r['echoed'] == why for r in rows)}")
     if out:
         out.write_text(json.dumps(rows, indent=2, ensure_ascii=False))

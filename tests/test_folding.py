@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -442,3 +443,13 @@ async def test_a_council_indexes_each_turn_once_for_all_its_lanes_and_rounds(mon
     assert sorted(turns_added) == sorted(said[:6])  # rounds 1-2, each once (round 3 unread)
     prompts = [r["messages"][0]["content"] for r in streamed(h)]
     assert sorted(t for t in added if t in prompts) == sorted(set(prompts))
+
+
+def test_no_reply_of_the_guard_corpus_is_cut_as_a_loop():
+    """71 legitimate replies in many formats and 43 real SmolLM2 impersonations: none loops."""
+    corpus = json.loads((Path(__file__).parent / "guard_corpus.json").read_text())
+    items = next(v for v in corpus.values() if isinstance(v, list))
+    assert len(items) > 100
+    for item in items:
+        guard = guarded(item["text"])
+        assert guard.echoed == "" and guard.shown == item["text"], item["id"]  # type: ignore[attr-defined]
