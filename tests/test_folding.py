@@ -317,6 +317,19 @@ async def test_a_council_revision_may_restate_its_own_answer_but_not_copy_anothe
     assert "B began repeating what was already said" in summary and "smaller model" in inside
 
 
+async def test_outside_a_council_a_turn_repeating_its_own_earlier_turn_is_still_cut():
+    h = PipeHarness(models={"a": "Ana", "b": "Ben"})
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=2)
+    h.host.scripts["a"] = Script(streams=[reply(PARAGRAPH), reply(f"Again: {PARAGRAPH}")])
+
+    result = await h.run()
+
+    turns = mmc.split_turns(result)
+    assert [t.speaker for t in turns] == ["A", "B", "A", "B"] and turns[2].content == "Again:"
+    [(_, summary, _)] = folds(result)
+    assert summary == "✂️ A began repeating what was already said — not heard by the others"
+
+
 async def test_a_closing_turn_may_quote_a_whole_turn():
     h = PipeHarness(models={"a": "Ana", "b": "Ben", "j": "Judge"})
     h.host.chat_configs["chat-1"] = config(
