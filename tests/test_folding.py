@@ -466,3 +466,23 @@ def test_no_reply_of_the_guard_corpus_is_cut_as_a_loop():
     for item in items:
         guard = guarded(item["text"])
         assert guard.echoed == "" and guard.shown == item["text"], item["id"]  # type: ignore[attr-defined]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from("abc"), min_size=1, max_size=60))
+def test_append_finds_the_longest_earlier_repeat_and_its_first_place(words):
+    """`PassageIndex.append` against brute force: the longest run ending at the new word that
+    also ends earlier, and how far back its first occurrence ends."""
+    index = mmc.PassageIndex()
+    for i, word in enumerate(words):
+        length, back = index.append(word)
+        best = 0
+        for n in range(i, 0, -1):
+            tail = words[i - n + 1 : i + 1]
+            ends = [j for j in range(n - 1, i) if words[j - n + 1 : j + 1] == tail]
+            if ends:
+                best, first = n, ends[0]
+                break
+        assert length == best, (words[: i + 1], length, best)
+        if best:
+            assert back == i - first, (words[: i + 1], back, i - first)
