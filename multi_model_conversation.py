@@ -2815,7 +2815,11 @@ class PassageIndex:
 
     def step(self, state: int, length: int, word: str) -> tuple[int, int]:
         """The state and length of the longest run of the sources that ends with `word`, given
-        the run (`state`, `length`) that ended at the word before it."""
+        the run (`state`, `length`) that ended at the word before it. The index may have grown
+        since (another lane was shown a new turn): a state split meanwhile is found again on
+        its suffix links, where its run's length fits."""
+        while state and self._len[self._link[state]] >= length:
+            state = self._link[state]
         while state and word not in self._next[state]:
             state = self._link[state]
             length = self._len[state]

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import multi_model_conversation as mmc
@@ -486,3 +486,35 @@ def test_append_finds_the_longest_earlier_repeat_and_its_first_place(words):
         assert length == best, (words[: i + 1], length, best)
         if best:
             assert back == i - first, (words[: i + 1], back, i - first)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from("ab"), max_size=16),
+    st.lists(st.sampled_from("ab"), max_size=16),
+    st.lists(st.sampled_from("ab"), min_size=1, max_size=16),
+    st.integers(0, 16),
+)
+@example(list("babababb"), list("aaababbbab"), list("baabbbabab"), 5)  # a split mid-run
+def test_a_run_matched_while_the_index_grows_is_never_longer_than_the_text(s1, s2, reply, at):
+    """A council lane's guard keeps its run while another lane adds a turn to the shared index:
+    the runs it finds stay true (never longer than a run in the sources), and at least as long
+    as the first source alone gives."""
+
+    def longest(sources: list[list[str]], ending: list[str]) -> int:
+        best = 0
+        for src in sources:
+            for n in range(1, len(ending) + 1):
+                tail = ending[-n:]
+                if any(src[j : j + n] == tail for j in range(len(src) - n + 1)):
+                    best = max(best, n)
+        return best
+
+    index = mmc.PassageIndex([" ".join(s1)])
+    state = length = 0
+    for i, word in enumerate(reply):
+        if i == at:
+            index.add(" ".join(s2))
+        state, length = index.step(state, length, word)
+        ending = reply[: i + 1]
+        assert longest([s1], ending) <= length <= longest([s1, s2], ending), (i, length)
