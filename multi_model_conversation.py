@@ -2894,7 +2894,7 @@ class EchoGuard:
             self.indexes.insert(0, PassageIndex(sources))
         self.index = self.indexes[0]
         self._own = PassageIndex()  # the reply itself, word by word: its loops
-        self._free = [f" {w} " for f in free if (w := " ".join(_echo_words(f)))]
+        self._free = {w for f in free if (w := tuple(_echo_words(f)))}
         self._run_words = run_words
         self._whole_words = whole_words
         self._held = ""  # fed and not shown yet; starts at offset `_base` of the reply
@@ -2960,8 +2960,8 @@ class EchoGuard:
             self._word_at = None
         self._expire(self._end)
         if not self.echoed and self._whole_words <= self._words == self._copied:
-            said = " ".join(_echo_words(self._held))
-            if not any(f in f" {said} " for f in self._free):
+            lines = {tuple(_echo_words(line)) for line in self._held.splitlines()}
+            if not lines & self._free:  # the stop phrase on a line of its own is free
                 self.echoed, self.copied_words = "whole", self._words
         if self.echoed:
             return self._stop()

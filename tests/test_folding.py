@@ -285,6 +285,8 @@ def test_the_stop_phrase_is_free_but_a_whole_copy_of_anything_else_is_not():
         (f"{phrase}.", [phrase], ""),
         (phrase, [], "whole"),
         ("When the conversation has reached its goal", [phrase], "whole"),
+        ("say:\n**We have reached a final agreement!**", [phrase], ""),  # on its own line
+        ("the conversation has reached its goal, say", ["reached its goal"], "whole"),
     ):
         guard = mmc.EchoGuard([prompt], free=free)
         guard.feed(text)
