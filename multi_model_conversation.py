@@ -2627,6 +2627,9 @@ class SpeakerGuard:
         return ""
 
 
+FOLD_LINE_CHARS = 400  # how much of a line spoken as someone else is read to fold
+
+
 class ReplyFilter:
     """A reply's text on its way to the transcript: think tags split off, then the speaker
     guard, then the echo guard. What a guard cuts is kept (`folded`), never shown as said.
@@ -2653,6 +2656,15 @@ class ReplyFilter:
     def ended(self) -> bool:
         """The reply ended early: it spoke as someone else, or began copying."""
         return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
+
+    @property
+    def done(self) -> bool:
+        """The reply ended, and what ended it has arrived: a line spoken as someone else is
+        read to its end (at most FOLD_LINE_CHARS), so the user can read it whole."""
+        if self.cut != "speaker":
+            return self.ended
+        line = self._cut_by_speaker + "".join(self._after)
+        return "\n" in line or len(line) >= FOLD_LINE_CHARS
 
     @property
     def cut(self) -> str:
@@ -4503,7 +4515,7 @@ class ReplyStream:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload))
                     await self.lane.emitter.update()
-                    if self.filter.ended:
+                    if self.filter.done:
                         break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():

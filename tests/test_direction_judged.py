@@ -303,7 +303,9 @@ async def test_the_streamer_speaks_a_turn_and_remembers_it_and_a_pass_leaves_one
     assert heard_a == mmc.Heard("Tea is best.", False)  # the guard ended it at B's line
     assert heard_b.passed and [t.speaker for t in turns] == [None, "A"]
     text = s.transcript.render()
-    assert "B: No, coffee" not in text and text.endswith("*⏭️ B passed.*\n\n")
+    # issue 26: A's line as B is folded under A's turn, not deleted
+    assert "B: No, coffee" not in mmc.BLOCK_RE.sub("", text) and "B: No, coffee!" in text
+    assert text.endswith("*⏭️ B passed.*\n\n")
     first = host.requests[0]
     assert first["stop"] and "Round 1 of 1." in first["messages"][0]["content"]
     assert first["messages"][-1] == {"role": "user", "content": "Tea or coffee?"}
