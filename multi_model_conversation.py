@@ -1320,8 +1320,9 @@ class CoalescingEmitter:
     always saved (`flush()`). While reasoning streams, its block grows in place
     (`live_at()` says where it starts): those refreshes wait for the next save.
 
-    At most one frame and one save are in flight: the host emits a save to the tab before it
-    writes the chat, so a slow database write must not hold back the frames that follow it.
+    At most one frame and one stored write (a save or a status) are in flight: the host emits
+    them to the tab before it writes the chat, so a slow database write must not hold back the
+    frames that follow it.
     A save's send starts before any later frame's, so the tab applies it in order.
     """
 
@@ -1416,12 +1417,12 @@ class CoalescingEmitter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._drain_queue()
+            self._write_queue()
             if self._dirty:
                 wait = self._last_sent_at + self._interval - self._clock.now()
                 if wait > 0:
                     await self._sleep_unless_flushed(wait)
-                await self._drain_queue()
+                self._write_queue()
                 held = self._refresh_wait()
                 if held > 0:
                     await self._sleep_unless_woken(held)
@@ -1430,8 +1431,8 @@ class CoalescingEmitter:
                 self._dirty = False
                 # While a flush waits, this frame is the last one: it is the save.
                 await self._send_content(final=self._flushing.is_set())
-            if self._flushing.is_set() and not self._dirty and not self._queue:
-                return
+            if self._flushing.is_set() and not self._dirty:
+                return  # flush() sends what is still queued
 
     def _refresh_wait(self) -> float:
         """Seconds to hold a frame that only grows the block the tab shows growing; else 0."""
@@ -1488,12 +1489,29 @@ class CoalescingEmitter:
             for task in tasks:
                 task.cancel()
 
-    async def _drain_queue(self) -> None:
+    def _write_queue(self) -> None:
+        """Send the queued events (statuses) behind the frames, never in front of them.
+
+        The host stores a status too, and awaits that database write before it returns: sent
+        inline, one status waiting on a busy database held back every frame behind it (a
+        short conversation under load reached its tab only at the end, all at once). They go
+        on the writer lane with the saves instead: one stored write at a time, in order.
+        """
+        if self._queue and (self._saving is None or self._saving.done()):
+            self._saving = asyncio.ensure_future(self._deliver_queued(self._saving))
+
+    async def _deliver_queued(self, before: asyncio.Future | None) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # a save in flight is written first
         while self._queue:
-            if self._saving is not None and not self._saving.done():
-                # A status is stored by the host too: one write at a time, and in order.
-                await asyncio.shield(self._saving)
             await self._deliver(self._queue.pop(0))
+
+    async def _drain_queue(self) -> None:
+        """Every queued event sent (for a flush)."""
+        while self._queue or (self._saving is not None and not self._saving.done()):
+            self._write_queue()
+            if self._saving is not None:
+                await asyncio.wait([self._saving])
 
     async def _send_content(self, final: bool = False) -> None:
         saving = self._saving is not None and not self._saving.done()
