@@ -24,7 +24,7 @@ import re
 import time
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, get_args
 
@@ -1047,6 +1047,35 @@ def manager_block(answer: str) -> str:
     return f'<details type="manager" done="true">\n<summary>Why this speaker</summary>\n{body}\n</details>\n'
 
 
+# A guard's cut keeps the text it held back, in a collapsed block of this type: the user can
+# open it, history (`BLOCK_RE`) and so the other participants never see it.
+FOLD_TYPE = "cut"
+_DETAILS_TAG_RE = re.compile(r"<(/?details)", re.IGNORECASE)
+
+
+def fold_block(summary: str, text: str, reason: str) -> str:
+    """`text` a guard cut, folded under `summary` (the cut's mark).
+
+    Open WebUI ends the block at the first `</details>` and counts `<details` as nested, so the
+    text's own tags are escaped (it decodes entities before rendering the inside as markdown);
+    the one-line summary shows as plain text, so only a `<` that could end it is replaced.
+    """
+    body = _DETAILS_TAG_RE.sub(r"&lt;\1", mark_lookalikes(text.strip()))
+    title = " ".join(summary.split()).replace("<", "\uff1c")
+    return (
+        f'<details type="{FOLD_TYPE}" reason="{attr(reason)}">\n'
+        f"<summary>{title}</summary>\n{body}\n</details>\n"
+    )
+
+
+_FOLD_RE = re.compile(rf'<details type="{FOLD_TYPE}".*?</details>', re.DOTALL)
+
+
+def folds_in(text: str) -> list[str]:
+    """The fold blocks in `text` (their text cannot hold a `</details`)."""
+    return _FOLD_RE.findall(text)
+
+
 def tool_block(
     call: ToolCall, result: str | None, files: list | None, embeds: list | None
 ) -> str:
@@ -2033,7 +2062,7 @@ _MODEL_BEHIND_RE = re.compile(
 )  # a heading's model name (a valve)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
-    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage)"[^>]*>.*?</details>\n?',
+    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage|cut)"[^>]*>.*?</details>\n?',
     re.DOTALL | re.IGNORECASE,
 )
 THINK_RE = re.compile(
@@ -2692,9 +2721,13 @@ class SpeakerGuard:
         return ""
 
 
+FOLD_LINE_CHARS = 400  # how much of a line spoken as someone else is read to fold
+
+
 class ReplyFilter:
     """A reply's text on its way to the transcript: think tags split off, then the speaker
-    guard, then the echo guard."""
+    guard, then the echo guard. What a guard cuts is kept (`folded`), never shown as said.
+    """
 
     def __init__(
         self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None
@@ -2702,6 +2735,12 @@ class ReplyFilter:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
         self.echo = echo
+        self._line = ""  # what the speaker guard was fed since the last line it let out
+        self._open = ""  # what it let out of that line
+        self._cut_by_speaker = (
+            ""  # the text from the line where it stopped the reply on
+        )
+        self._after: list[str] = []  # what arrived after the reply had ended
 
     @property
     def stopped_by(self) -> str | None:
@@ -2712,12 +2751,36 @@ class ReplyFilter:
         """The reply ended early: it spoke as someone else, or began copying."""
         return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
 
+    @property
+    def done(self) -> bool:
+        """The reply ended, and what ended it has arrived: a line spoken as someone else is
+        read to its end (at most FOLD_LINE_CHARS), so the user can read it whole."""
+        if self.cut != "speaker":
+            return self.ended
+        line = self._cut_by_speaker + "".join(self._after)
+        return "\n" in line or len(line) >= FOLD_LINE_CHARS
+
+    @property
+    def cut(self) -> str:
+        """Why the reply ended early: "speaker", "echo", "loop" or "" (it did not)."""
+        if self.echo is not None and self.echo.echoed:
+            return self.echo.reason
+        return "speaker" if self.stopped_by is not None else ""
+
+    def folded(self) -> str:
+        """Everything the guards cut, in the order it came: the user may read it, nobody
+        hears it."""
+        echoed = self.echo.cut_text if self.echo else ""
+        return echoed + self._cut_by_speaker + "".join(self._after)
+
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
 
     def flush(self) -> list[tuple[str, str]]:
         parts = self._guarded(self._splitter.flush())
-        tail = self.guard.flush() if self.guard else ""
+        tail = ""
+        if not self.ended:
+            tail = self._speaker(self.guard.flush(), "") if self.guard else ""
         if self.echo is not None:
             tail = (self.echo.feed(tail) if tail else "") + self.echo.flush()
         return [*parts, ("content", tail)] if tail else parts
@@ -2728,17 +2791,43 @@ class ReplyFilter:
         out = []
         for kind, text in parts:
             if self.ended:
-                break
+                self._after.append(text)
+                continue
             if kind == "content":
                 arrived = bool(text)
-                text = self.guard.feed(text) if self.guard else text
+                text = (
+                    self._speaker(self.guard.feed(text), text) if self.guard else text
+                )
                 text = self.echo.feed(text) if self.echo and text else text
+                if self.echo and self.echo.echoed and self.stopped_by is None:
+                    self.echo.feed(self._held_line())  # nothing more is shown
                 if not text:
                     if arrived:  # held back for now: the reasoning before it has ended
                         out.append(("reasoning_end", ""))
                     continue
             out.append((kind, text))
         return out
+
+    def _speaker(self, shown: str, fed: str) -> str:
+        """Keeps the speaker guard's own line of what it was fed: it stops only at a line's
+        start, and lets every line before it out (less a label), so its cut is what it was
+        fed from the line after the last one it let out."""
+        self._line += fed
+        lines = shown.count("\n")
+        if lines:
+            self._line = self._line.split("\n", lines)[-1]
+            self._open = shown.rsplit("\n", 1)[-1]
+        else:
+            self._open += shown
+        if self.stopped_by is not None:
+            self._cut_by_speaker, self._line = self._line, ""
+        return shown
+
+    def _held_line(self) -> str:
+        """What the speaker guard holds back: the start of a line none of which went out."""
+        held = "" if self._open else self._line
+        self._line = ""
+        return held
 
 
 # ============================================================================
@@ -2789,39 +2878,54 @@ def echo_sources(system_prompt: str, turns: Iterable[Turn]) -> list[str]:
     return [system_prompt, *shown]
 
 
-def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:
-    """The sources' words in order, and a number where a run must not go on: between two
-    sources and at a character of a script without spaces (no word equals a number)."""
-    gaps = 0
-    for text in sources:
-        for piece in _PIECE_RE.finditer(text):
-            if piece.lastgroup is None:
-                if word := echo_word(piece.group()):
-                    yield word
-            elif piece.lastgroup == "unspaced":
-                gaps += 1
-                yield gaps
-        gaps += 1
-        yield gaps
-
-
 class PassageIndex:
     """Every passage of the sources as a path of words (a suffix automaton, built in linear
     time), so the longest copied run ending at a reply's next word costs O(1) amortized.
+
+    It grows at its end (`add`, `append`) at no cost to what it already holds; sources are
+    kept apart by gaps (numbers, which no word equals) that no run goes over.
     """
 
-    def __init__(self, sources: Iterable[str]) -> None:
+    def __init__(self, sources: Iterable[str] = ()) -> None:
         self._next: list[dict[str | int, int]] = [{}]
         self._link = [-1]
         self._len = [0]
-        last = 0
-        for word in _indexed_words(sources):
-            last = self._extend(last, word)
+        self._first = [-1]  # where a state's passages first end (a word's position)
+        self._last = 0
+        self._gaps = 0
         self.links_followed = 0  # the matching's only loop, counted for the tests
+        for text in sources:
+            self.add(text)
+
+    def add(self, text: str) -> None:
+        """One more source: its words, and a gap at each character of a script without
+        spaces and after it."""
+        for piece in _PIECE_RE.finditer(text):
+            if piece.lastgroup is None:
+                if word := echo_word(piece.group()):
+                    self._last = self._extend(self._last, word)
+            elif piece.lastgroup == "unspaced":
+                self.gap()
+        self.gap()
+
+    def gap(self) -> None:
+        self._gaps += 1
+        self._last = self._extend(self._last, self._gaps)
+
+    def append(self, word: str) -> tuple[int, int]:
+        """Add one word; the longest run ending with it that stands earlier too (its words) and
+        how many words back its first occurrence ends (a loop's period)."""
+        self._last = self._extend(self._last, word)
+        link = self._link[self._last]
+        return self._len[link], self._len[self._last] - 1 - self._first[link]
 
     def step(self, state: int, length: int, word: str) -> tuple[int, int]:
         """The state and length of the longest run of the sources that ends with `word`, given
-        the run (`state`, `length`) that ended at the word before it."""
+        the run (`state`, `length`) that ended at the word before it. The index may have grown
+        since (another lane was shown a new turn): a state split meanwhile is found again on
+        its suffix links, where its run's length fits."""
+        while state and self._len[self._link[state]] >= length:
+            state = self._link[state]
         while state and word not in self._next[state]:
             state = self._link[state]
             length = self._len[state]
@@ -2832,7 +2936,7 @@ class PassageIndex:
 
     def _extend(self, last: int, word: str | int) -> int:
         """Blumer et al.'s online construction: one word more, at most two new states."""
-        cur = self._new(self._len[last] + 1, -1, {})
+        cur = self._new(self._len[last] + 1, -1, {}, self._len[last])
         p = last
         while p != -1 and word not in self._next[p]:
             self._next[p][word] = cur
@@ -2844,55 +2948,93 @@ class PassageIndex:
         if self._len[p] + 1 == self._len[q]:
             self._link[cur] = q
             return cur
-        clone = self._new(self._len[p] + 1, self._link[q], dict(self._next[q]))
+        clone = self._new(
+            self._len[p] + 1, self._link[q], dict(self._next[q]), self._first[q]
+        )
         while p != -1 and self._next[p].get(word) == q:
             self._next[p][word] = clone
             p = self._link[p]
         self._link[q] = self._link[cur] = clone
         return cur
 
-    def _new(self, length: int, link: int, edges: dict[str | int, int]) -> int:
+    def _new(
+        self, length: int, link: int, edges: dict[str | int, int], first: int
+    ) -> int:
         self._len.append(length)
         self._link.append(link)
         self._next.append(edges)
+        self._first.append(first)
         return len(self._len) - 1
+
+
+# A reply that repeats its own earlier run of this many words ends there too (a paragraph or a
+# line looped until the token cap), unless the run repeats what stands fewer than
+# LOOP_MIN_PERIOD words before it: table cells (`| yes | yes |`), `Thank you! Thank you!`.
+LOOP_MIN_PERIOD = 8
+_FOLD_REASONS = {"run": "echo", "whole": "echo", "loop": "loop"}
 
 
 class EchoGuard:
     """Ends a streamed reply where it has copied `run_words` consecutive words of its sources
-    (earlier turns, its instructions, the pipe's notes); no copied word is ever shown.
+    (earlier turns, its instructions, the pipe's notes) or of itself; no copied word is shown.
 
     Holds back only the words of the current run and the word being written, and lets them go
     as soon as the run breaks. Fenced code is never matched: fixing someone's code keeps most
-    of it. `feed` costs what its chunk costs, however long the reply and the sources are.
+    of it. What it cuts is kept (`cut_text`) for the transcript to fold. A `free` phrase (the
+    stop phrase) is never an echo. `feed` costs what its chunk costs, however long the reply
+    and the sources are.
     """
 
     def __init__(
         self,
-        sources: Iterable[str],
+        sources: Iterable[str] = (),
         run_words: int = ECHO_RUN_WORDS,
         whole_words: int = ECHO_WHOLE_WORDS,
+        *,
+        indexes: Iterable[PassageIndex] = (),
+        free: Iterable[str] = (),
     ) -> None:
-        self.index = PassageIndex(sources)
+        self.indexes = [*indexes]
+        sources = list(sources)
+        if sources or not self.indexes:
+            self.indexes.insert(0, PassageIndex(sources))
+        self.index = self.indexes[0]
+        self._own = PassageIndex()  # the reply itself, word by word: its loops
+        self._free = {w for f in free if (w := tuple(_echo_words(f)))}
         self._run_words = run_words
         self._whole_words = whole_words
         self._held = ""  # fed and not shown yet; starts at offset `_base` of the reply
         self._base = 0
         self._end = 0  # characters fed so far
         self._run: deque[int] = deque()  # where each word of the current run starts
-        self._state = 0  # the current run's state in the index
+        self._states = [0] * len(self.indexes)  # the current run in each index
+        self._lengths = [0] * len(self.indexes)
+        self._copied = 0  # the longest of those runs: words copied from the sources
         self._word_at: int | None = None  # where the word being written starts
         self._line_start = True  # no word yet on this line
         self._in_code = False
         self._words = 0  # the reply's words so far (those in code too)
-        self.echoed = ""  # why the reply ended: "run" | "whole" | "" (it did not)
+        # why the reply ended: "run" | "whole" | "loop" | "" (it did not)
+        self.echoed = ""
         self.copied_words = 0  # the copied run's words when it ended
         self.withheld = 0  # characters fed and never shown
+        self._cut: list[str] = []  # those characters
+
+    @property
+    def cut_text(self) -> str:
+        """What the reply went on with after the copy began: never shown, kept to fold."""
+        return "".join(self._cut)
+
+    @property
+    def reason(self) -> str:
+        """The cut as the transcript marks it: "echo" (of the sources), "loop" or ""."""
+        return _FOLD_REASONS.get(self.echoed, "")
 
     def feed(self, text: str) -> str:
         """The part of the reply that may be shown now ('' once it has ended as an echo)."""
         if self.echoed:
             self.withheld += len(text)
+            self._cut.append(text)
             return ""
         self._held += text
         start = self._end
@@ -2923,8 +3065,10 @@ class EchoGuard:
             self._end_word(self._word_at, self._end)
             self._word_at = None
         self._expire(self._end)
-        if not self.echoed and self._whole_words <= self._words == len(self._run):
-            self.echoed, self.copied_words = "whole", self._words
+        if not self.echoed and self._whole_words <= self._words == self._copied:
+            lines = {tuple(_echo_words(line)) for line in self._held.splitlines()}
+            if not lines & self._free:  # the stop phrase on a line of its own is free
+                self.echoed, self.copied_words = "whole", self._words
         if self.echoed:
             return self._stop()
         shown, self._held, self._base = self._held, "", self._end
@@ -2949,12 +3093,20 @@ class EchoGuard:
             return  # markup between words (`>`, `-`, `**`): the run goes on over it
         self._words += 1
         self._expire(end)
-        self._state, length = self.index.step(self._state, len(self._run), word)
+        for i, index in enumerate(self.indexes):
+            self._states[i], self._lengths[i] = index.step(
+                self._states[i], self._lengths[i], word
+            )
+        self._copied = max(self._lengths)
+        looped, period = self._own.append(word)
+        looped = looped if period >= LOOP_MIN_PERIOD else 0
         self._run.append(start)
-        while len(self._run) > length:
+        while len(self._run) > max(self._copied, looped):
             self._run.popleft()
-        if length >= self._run_words:
-            self.echoed, self.copied_words = "run", length
+        if self._copied >= self._run_words:
+            self.echoed, self.copied_words = "run", self._copied
+        elif looped >= self._run_words:
+            self.echoed, self.copied_words = "loop", looped
 
     def _release(self) -> str:
         """What is no longer held: all before the run, or before the word being written.
@@ -2983,6 +3135,7 @@ class EchoGuard:
         """The reply ends where the copy began: the text before it goes out, the rest never."""
         at = self._run[0]
         shown = self._held[: at - self._base]
+        self._cut.append(self._held[at - self._base :])
         self.withheld = self._end - at
         self._held, self._base = "", self._end
         return shown
@@ -2993,8 +3146,71 @@ class EchoGuard:
             self._reset()
 
     def _reset(self) -> None:
+        """No run goes on over this point: code, a long token, a script without spaces."""
         self._run.clear()
-        self._state = 0
+        self._states = [0] * len(self.indexes)
+        self._lengths = [0] * len(self.indexes)
+        self._copied = 0
+        self._own.gap()
+
+
+def _echo_words(text: str) -> list[str]:
+    return [w for w in map(echo_word, text.split()) if w]
+
+
+# System prompts kept indexed at once: a council's five, a retry's, a tool round's.
+_PROMPTS_KEPT = 8
+
+
+class EchoIndex:
+    """What a run's replies may not copy, indexed as the conversation grows and shared by every
+    request of the run (tool rounds, retries, a council's lanes): each speaker's turns in an
+    index of their own, the pipe's notes in one, and the latest system prompts by their text.
+
+    A request indexes only the turns it is shown that no request of the run was shown before
+    (the order of sources does not matter: no run goes over a gap), so it costs what is new,
+    not the whole history; and a council answer may restate its speaker's own (`own`).
+    """
+
+    def __init__(self) -> None:
+        self._speakers: dict[str, PassageIndex] = {}
+        self._notes = PassageIndex()
+        self._turns: dict[int, Turn] = {}  # the turns looked at, by identity
+        self._seen: set[tuple[str | None, str]] = set()  # (speaker, text) indexed
+        self._prompts: dict[str, PassageIndex] = {}
+
+    def guard(
+        self,
+        system_prompt: str,
+        shown: list[Turn],
+        own: str | None = None,
+        free: Iterable[str] = (),
+    ) -> EchoGuard:
+        """An echo guard for a reply shown `system_prompt` and the fitted turns `shown`: the
+        participants' turns and the pipe's notes (not the user's words); `own`'s turns are no
+        source."""
+        for turn in shown:
+            if id(turn) in self._turns or (turn.speaker is None and not turn.note):
+                continue  # indexed already; or the user's own words, which may be kept
+            self._turns[id(turn)] = turn  # kept, so its id stays its own
+            key = (None if turn.note else turn.speaker, _text_of(turn.content))
+            if key not in self._seen:  # the same text again (a note), or a cut copy
+                self._seen.add(key)
+                index = self._notes
+                if not turn.note:
+                    index = self._speakers.setdefault(key[0] or "", PassageIndex())
+                index.add(key[1])
+        theirs = [ix for who, ix in self._speakers.items() if who != own]
+        return EchoGuard(
+            indexes=[self._prompt(system_prompt), self._notes, *theirs], free=free
+        )
+
+    def _prompt(self, text: str) -> PassageIndex:
+        index = self._prompts.pop(text, None) or PassageIndex([text])
+        self._prompts[text] = index  # the newest last; the oldest goes first
+        if len(self._prompts) > _PROMPTS_KEPT:
+            del self._prompts[next(iter(self._prompts))]
+        return index
 
 
 # ============================================================================
@@ -3964,7 +4180,8 @@ class StreamResult:
     finish_reason: str = ""
     done: bool = False  # the stream's `[DONE]` arrived
     prompt_tokens: int = 0  # what the server's `usage` counted, if it sent one
-    cut: str = ""  # why the reply was cut short: "length" | "time" | ""
+    # why the reply was cut short: "length" | "time" | "speaker" | "echo" | "loop" | ""
+    cut: str = ""
     tokens: int | None = None  # total tokens the backend reported (usage), if it did
 
 
@@ -4168,6 +4385,7 @@ class Stage:
         user_name: str,
         chat_system: str = "",
         want_usage: bool = False,
+        may_say: Iterable[str] = (),
     ) -> None:
         self.gateway = gateway
         self.ctx = ctx
@@ -4189,6 +4407,9 @@ class Stage:
         self.told_no_tools: set[str] = (
             set()
         )  # participants whose tools were said unavailable
+        self.echoes = EchoIndex()  # what replies may not copy, indexed once for the run
+        # What a participant is asked to say is never an echo: the stop phrase.
+        self.may_say = [x for x in may_say if x.strip()]
 
     def max_tokens(self, p: Participant) -> int:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
@@ -4208,10 +4429,12 @@ class Lane:
     row: UsageRow = field(
         default_factory=lambda: UsageRow("", "")
     )  # the turn's ledger row
+    restates_own: bool = False  # a council answer: restating its own is no echo
 
     def aside(self, transcript: Transcript, emitter: LaneEmitter) -> Lane:
-        """A lane for one turn generated apart: its own screen, a copy of the turns so far."""
-        return Lane(transcript, emitter, list(self.turns))
+        """A lane for one turn generated apart: its own screen, a copy of the turns so far;
+        a council answer there revises its speaker's own."""
+        return Lane(transcript, emitter, list(self.turns), restates_own=True)
 
     def notice(self, markdown: str) -> None:
         """A warning line in the transcript; history leaves it out."""
@@ -4235,7 +4458,7 @@ class Shown:
     copy; `shortened`: (kept, size) of the part cut most, for the user's notice."""
 
     messages: list[dict] | None
-    sources: list[str] = field(default_factory=list)
+    sources: list[Turn] = field(default_factory=list)  # the turns, as fitted
     shortened: tuple[int, int] | None = None
 
 
@@ -4306,7 +4529,7 @@ class Briefing:
         if plan.ask:
             last = messages[-1]
             messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
-        return Shown(messages, echo_sources(self.system, turns), shortened)
+        return Shown(messages, turns, shortened)
 
     def room(self, shrink: float = 1.0, tools: bool = True) -> int | None:
         """Characters a request's messages may take (tool specs and the reply set aside);
@@ -4389,7 +4612,7 @@ class ReplyStream:
     came to (content, tool calls, finish, usage, a cut) is collected and counted."""
 
     def __init__(
-        self, stage: Stage, lane: Lane, briefing: Briefing, sources: list[str]
+        self, stage: Stage, lane: Lane, briefing: Briefing, sources: list[Turn]
     ):
         self.stage = stage
         self.lane = lane
@@ -4407,9 +4630,14 @@ class ReplyStream:
         names = [*stage.aliases, stage.user_name, "User"]
         return SpeakerGuard(self.briefing.speaker.alias, names)
 
-    def echo_guard(self, sources: list[str]) -> EchoGuard | None:
-        """A conversation turn ends where it starts copying what it was shown."""
-        return EchoGuard(sources) if self.briefing.plan.guarded and sources else None
+    def echo_guard(self, sources: list[Turn]) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown (its system
+        prompt, the turns `sources`), or itself."""
+        if not self.briefing.plan.guarded:
+            return None
+        stage, p = self.stage, self.briefing.speaker
+        own = p.alias if self.lane.restates_own else None
+        return stage.echoes.guard(self.briefing.system, sources, own, stage.may_say)
 
     async def stream(
         self, messages: list[dict], offer_tools: bool, turn_ends_at: float
@@ -4438,7 +4666,7 @@ class ReplyStream:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload))
                     await self.lane.emitter.update()
-                    if self.filter.ended:
+                    if self.filter.done:
                         break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():
@@ -4450,6 +4678,10 @@ class ReplyStream:
                 result.cut = "time"
             else:
                 result.error = f"the model sent nothing for {silence:g} s"
+        except asyncio.CancelledError:  # Stop: what the guards held back is shown too
+            self._end()
+            self.fold()
+            raise
         finally:
             await stream.aclose()  # a cut reply also stops the model upstream
         self._settle()
@@ -4481,8 +4713,8 @@ class ReplyStream:
                 guards.stopped_by,
             )
         content = self._end()
-        if guards.echo is not None and guards.echo.echoed and result.error is None:
-            result.cut = "echo"  # it began copying what was already said
+        if guards.cut:  # it went on as someone else, or began copying or looping
+            result.cut = guards.cut
         ended = result.finish_reason or result.done or result.cut or guards.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
@@ -4510,9 +4742,27 @@ class ReplyStream:
         for kind, piece in self.filter.feed(text):
             self._show(kind, piece)
         said = self._end()
-        if not said:
+        if not self.fold() and not said:
             self.lane.failure_line(p, error or "the model returned an empty reply")
         return said
+
+    def fold(self) -> bool:
+        """What the guards cut (False: nothing), folded under the turn in a block titled by
+        the cut's mark: the user may open it, history leaves it out."""
+        guards = self.filter
+        folded = guards.folded()
+        if not guards.cut or not folded.strip():
+            return False
+        stage, cut_as = self.stage, guards.stopped_by or ""
+        names = [*stage.aliases, stage.user_name, "User"]
+        other = next((n for n in names if n.casefold() == cut_as.casefold()), cut_as)
+        what = {
+            "speaker": f"went on as {other}",
+            "loop": "began repeating itself",
+        }.get(guards.cut, "began repeating what was already said")
+        title = f"✂️ {self.briefing.speaker.alias} {what} — not heard by the others"
+        self.lane.transcript.add_notice(fold_block(title, folded, guards.cut).rstrip())
+        return True
 
     def _count_tokens(
         self, reported: int | None, messages: list[dict], reply: str
@@ -4638,7 +4888,8 @@ class ToolLoop:
             result = await reply.stream(messages, offer, self.ends_at)
             self.said.append(result.content)
             if result.cut:
-                self._cut_line(result.cut)
+                if not reply.fold():  # a guard's cut is marked by its fold
+                    self._cut_line(result.cut)
                 return self.text()
             if result.malformed:
                 self.lane.notice(
@@ -4705,7 +4956,11 @@ class ToolLoop:
     def _cut_line(self, cut: str) -> None:
         """A visible mark that a reply was cut short; history leaves it out like a notice."""
         max_tokens = self.briefing.max_tokens
-        if cut == "echo":
+        if cut == "speaker":
+            why = "cut: it went on as someone else"
+        elif cut == "loop":
+            why = "cut: it began repeating itself"
+        elif cut == "echo":
             why = "cut: it began repeating what was already said"
         elif cut == "time":
             why = f"cut after {self.valves.TURN_TIME_LIMIT:g} s"
@@ -4856,6 +5111,7 @@ class TurnStreamer:
         turns: list[Turn],
         chat_system: str = "",
         want_usage: bool = False,
+        may_say: Iterable[str] = (),
     ) -> None:
         self.stage = Stage(
             gateway,
@@ -4868,6 +5124,7 @@ class TurnStreamer:
             user_name,
             chat_system,
             want_usage,
+            may_say,
         )
         self.lane = Lane(transcript, emitter, turns)
         self.emitter = emitter
@@ -4915,9 +5172,12 @@ class TurnStreamer:
         said = await ToolLoop(stage, lane, Briefing(stage, plan, profile, seen)).run()
         transcript.close_live()
         passed = plan.pass_allowed and is_pass(said)
-        if passed:
+        if passed:  # one line instead of the turn; what a guard cut stays, folded
+            folded = folds_in(transcript.render()[mark:])
             transcript.rewind(mark)
             transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
+            for block in folded:
+                transcript.add_notice(block)
         elif said:
             lane.turns.append(Turn(p.alias, said))
             lane.row.turns += 1  # a turn said, as the status counts it (not a PASS)
@@ -5778,6 +6038,7 @@ def _cast(
         turns=history_turns(conversation_messages(body.get("messages") or [])),
         chat_system=_chat_system(body),
         want_usage=prepared.config.max_total_tokens > 0,
+        may_say=[prepared.config.stop_phrase],
     )
     chooser = (
         make_manager(streamer, prepared.manager, run.status)
