@@ -7,10 +7,10 @@ counted usage never reached the token budget."""
 from __future__ import annotations
 
 import json
-import re
 
 import multi_model_conversation as mmc
 from tests.fakes import PipeHarness, Script, config, reply
+from tests.test_usage import ledger_rows
 
 
 def usage_frame(prompt: int, completion: int) -> str:
@@ -22,16 +22,6 @@ def usage_frame(prompt: int, completion: int) -> str:
 def counted(text: str, prompt: int, completion: int) -> list[str]:
     *frames, done = reply(text)
     return [*frames, usage_frame(prompt, completion), done]
-
-
-def ledger_rows(transcript: str) -> dict[str, list[str]]:
-    (block,) = re.findall(r'<details type="usage".*?</details>', transcript, re.DOTALL)
-    rows = {}
-    for line in block.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 7 and cells[2] not in ("Turns", "--:"):
-            rows[cells[0].strip("*")] = cells[1:]
-    return rows
 
 
 def harness() -> PipeHarness:
