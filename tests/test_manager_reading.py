@@ -174,3 +174,24 @@ async def test_what_must_not_change_a_manager_that_picks_is_asked_once_a_turn():
     assert len([r for r in h.host.requests if not r["stream"]]) == 9
     assert [r["model"] for r in h.host.requests if r["stream"]] == ["b", "c", "a"] * 3
     assert not any("round robin" in s for s in emitter.statuses())
+
+
+def test_the_status_marks_the_fallback_also_when_the_user_named_the_first_speaker():
+    import random
+
+    from tests.fakes import FakeClock
+
+    async def never(messages, max_tokens):
+        raise AssertionError("not asked")
+
+    people = [mmc.Participant(i, a.lower(), a, "", mmc.mark_for(i)) for i, a in enumerate(ALIASES)]
+    cfg = mmc.parse_config(
+        {"rounds": 2, "selection": "manager", "participants": [{"model": "x"}] * 3}, 20
+    )
+    manager = mmc.ManagerChoice(never, lambda last: "", "", ALIASES, lambda *a, **k: None)
+    policy = mmc.NamedFirst(manager, BEN)
+    d = mmc.make_direction(cfg, people, None, [], manager, random.Random(1), FakeClock())
+    d.policy = policy
+    assert d.where([mmc.TurnPlan(people[BEN])]) == "Turn 1 of 6 · Ben"
+    manager.retired = True
+    assert d.where([mmc.TurnPlan(people[BEN])]) == "Turn 1 of 6 · Ben (round robin)"
