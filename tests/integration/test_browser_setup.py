@@ -287,6 +287,7 @@ def headings_on_their_own_lines(content: str) -> None:
         )
 
 
+@pytest.mark.smoke
 async def test_continue_response_adds_a_round_on_its_own_lines(owui: Owui, backend) -> None:
     for model in ("model-a", "model-b"):
         backend.set_script(model, ModelScript(delay=0.01))
