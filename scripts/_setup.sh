@@ -114,7 +114,8 @@ setup_real_model() {
 # fresh clone reuses it (MMC_OWUI_CACHE), the CPU torch first (no CUDA wheels), and the test
 # tools at the versions constraints.txt pins. Sets PY to that venv's python.
 OWUI_CACHE="${MMC_OWUI_CACHE:-$HOME/.cache/mmc-owui}"
-OWUI_TEST_TOOLS="pytest pytest-asyncio pytest-timeout hypothesis python-socketio psutil playwright"
+# python-socketio and psutil are left to the release's own pins (0.9.0 pins another socketio).
+OWUI_TEST_TOOLS="pytest pytest-asyncio pytest-timeout hypothesis playwright"
 setup_owui() {
   local version="$1"
   local venv="$OWUI_CACHE/$version"
@@ -136,7 +137,7 @@ setup_owui() {
   # torch first and alone: open-webui does not pin it, so pip keeps this CPU build.
   nice -n 10 "$venv/bin/python" -m pip install -q torch==2.13.0
   nice -n 10 "$venv/bin/python" -m pip install -q "open-webui==$version" "${pins[@]}" \
-    "python-socketio[asyncio_client]"
+    "python-socketio[asyncio_client]" psutil
   echo "$want" > "$venv/.installed"
   PY="$venv/bin/python"
 }

@@ -186,7 +186,9 @@ async def send_to_pipe(page: Page, owui: Owui, text: str) -> None:
     # "Multi-Model Conversation", unless a model entry made for the pipe (a grant) renamed it.
     name = (await owui.models())[PIPE_MODEL]["name"]
     await page.click("#model-selector-model-button")
-    await page.click(f'#model-selector-list [role=option][data-value="{PIPE_MODEL}"]')
+    # 0.12 marks each option with its id; 0.9-0.11 only label it (scripts/test --owui).
+    option = f'#model-selector-list [role=option][data-value="{PIPE_MODEL}"]'
+    await page.locator(f'{option}, [role=option][aria-label="Select {name} model"]').first.click()
     await page.locator("#model-selector-model-button").filter(has_text=name).wait_for()
     await page.click("#chat-input")
     await page.keyboard.type(text)
