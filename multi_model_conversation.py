@@ -7,7 +7,7 @@ description: Several models talk with each other in one chat, each under its own
     emitter so long conversations cost the server and the browser a bounded amount per second.
 version: 1.0.0
 license: MIT
-required_open_webui_version: 0.9.0
+required_open_webui_version: 0.10.0
 requirements:
 """
 
@@ -1565,8 +1565,9 @@ class AccessCheckError(RuntimeError):
 
 
 # The oldest Open WebUI the pipe runs on (the front matter says the same; README's table).
-# 0.8 and older read their database synchronously, which every host call here awaits.
-OLDEST_OPEN_WEBUI = "0.9.0"
+# 0.9's Stop writes the host's own (empty) output over the saved message; 0.8 and older
+# read their database synchronously, which every host call here awaits.
+OLDEST_OPEN_WEBUI = "0.10.0"
 
 
 class HostTooOldError(RuntimeError):
@@ -1631,7 +1632,7 @@ class HostGateway:
             return True
         from open_webui.utils.models import check_model_access
 
-        # 0.11 and later take the record read at setup; 0.9 and 0.10 read it themselves.
+        # 0.11 and later take the record read at setup; 0.10 reads it again itself.
         takes_record = "model_info" in inspect.signature(check_model_access).parameters
         try:
             await check_model_access(
@@ -1723,17 +1724,8 @@ class HostGateway:
 
     async def task_models(self) -> tuple[str, str]:
         """The admin's task models: (TASK_MODEL_EXTERNAL, TASK_MODEL); '' where unset."""
-        try:
-            from open_webui.models.config import Config
-        except (
-            ImportError
-        ):  # 0.9 keeps its settings on the app, not in a table of their own
-            state = getattr(getattr(self.request, "app", None), "state", None)
-            settings = getattr(state, "config", None)
-            return (
-                str(getattr(settings, "TASK_MODEL_EXTERNAL", "") or ""),
-                str(getattr(settings, "TASK_MODEL", "") or ""),
-            )
+        from open_webui.models.config import Config
+
         config = await Config.get_many("task.model.external", "task.model.default")
         return (
             str(config.get("task.model.external") or ""),

@@ -114,7 +114,7 @@ setup_real_model() {
 # fresh clone reuses it (MMC_OWUI_CACHE), the CPU torch first (no CUDA wheels), and the test
 # tools at the versions constraints.txt pins. Sets PY to that venv's python.
 OWUI_CACHE="${MMC_OWUI_CACHE:-$HOME/.cache/mmc-owui}"
-# python-socketio and psutil are left to the release's own pins (0.9.0 pins another socketio).
+# python-socketio and psutil are left to the release's own pins (older ones pin others).
 OWUI_TEST_TOOLS="pytest pytest-asyncio pytest-timeout hypothesis playwright"
 setup_owui() {
   local version="$1"

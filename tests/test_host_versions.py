@@ -43,9 +43,9 @@ RECORD = SimpleNamespace(id="model-a", user_id="admin")
 
 
 # -- the version check ----------------------------------------------------------------------
-@pytest.mark.parametrize("version", ["0.9.0", "0.9.6", "0.10.2", "0.11.4", "0.12.4", "1.0.0"])
+@pytest.mark.parametrize("version", ["0.10.0", "0.10.2", "0.11.4", "0.12.4", "1.0.0"])
 def test_supported_hosts_pass_the_check(monkeypatch, version):
-    # 0.10.2 and 0.11.4 sort before 0.9.0 as strings: the check must compare numbers.
+    # "0.10.0" sorts before "0.9.6" as a string: the check must compare numbers.
     host_modules(monkeypatch, open_webui__env=env(version))
     mmc.HostGateway.require_supported_host()
 
@@ -56,7 +56,7 @@ def test_a_host_of_unknown_version_is_not_turned_away(monkeypatch, version):
     mmc.HostGateway.require_supported_host()
 
 
-@pytest.mark.parametrize("version", ["0.8.12", "0.8.0", "0.6.43", "0.5.20"])
+@pytest.mark.parametrize("version", ["0.9.6", "0.9.0", "0.8.12", "0.6.43"])
 def test_an_older_host_gets_one_line_naming_the_version_needed(monkeypatch, version):
     host_modules(monkeypatch, open_webui__env=env(version))
     with pytest.raises(mmc.HostTooOldError) as raised:
@@ -77,7 +77,7 @@ def test_front_matter_and_readme_name_the_same_oldest_version():
     assert f"Open WebUI {mmc.OLDEST_OPEN_WEBUI} or later" in readme
 
 
-# -- access: 0.11+ take the record read at setup, 0.9/0.10 read it themselves -------------------
+# -- access: 0.11+ take the record read at setup, 0.10 reads it again itself --------------------
 def access_check_0_12(calls: list):
     async def check_model_access(user, model, model_info=None, db=None):  # 0.11.0-0.12.4
         calls.append(model_info)
@@ -87,8 +87,8 @@ def access_check_0_12(calls: list):
     return check_model_access
 
 
-def access_check_0_9(calls: list):
-    async def check_model_access(user, model, db=None):  # 0.9.0-0.10.2
+def access_check_0_10(calls: list):
+    async def check_model_access(user, model, db=None):  # 0.10.0-0.10.2 (and 0.9)
         calls.append(None)
         if model["id"] == "hidden":
             raise Exception("Model not found")
@@ -96,7 +96,7 @@ def access_check_0_9(calls: list):
     return check_model_access
 
 
-@pytest.mark.parametrize("make_check", [access_check_0_12, access_check_0_9])
+@pytest.mark.parametrize("make_check", [access_check_0_12, access_check_0_10])
 async def test_access_is_checked_with_the_hosts_own_signature(monkeypatch, make_check):
     calls: list = []
     host_modules(
@@ -122,7 +122,7 @@ async def test_a_fault_in_the_old_access_check_is_no_refusal(monkeypatch):
         await mmc.HostGateway(request=None).check_access(USER, MODEL, RECORD)
 
 
-# -- task models: a Config table from 0.10, the app's settings on 0.9 --------------------------
+# -- task models: the Config table (0.10 and later) ---------------------------------------------
 async def test_task_models_from_the_config_table(monkeypatch):
     class Config:  # 0.10.0-0.12.4: open_webui/models/config.py
         @staticmethod
@@ -133,16 +133,9 @@ async def test_task_models_from_the_config_table(monkeypatch):
     assert await mmc.HostGateway(request=None).task_models() == ("ext", "local")
 
 
-async def test_task_models_from_the_apps_settings_on_0_9(monkeypatch):
-    host_modules(monkeypatch, open_webui__models__config=None)  # no such module in 0.9
-    settings = SimpleNamespace(TASK_MODEL_EXTERNAL="ext", TASK_MODEL=None)
-    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(config=settings)))
-    assert await mmc.HostGateway(request).task_models() == ("ext", "")
-
-
-# -- an unsupported host loads and runs the function as 0.8.12 does ----------------------------
-def load_as_0_8_12(function_id: str) -> object:
-    """open_webui/utils/plugin.py load_function_module_by_id of 0.8.12: exec in a new module."""
+# -- an unsupported host loads and runs the function as 0.8.12 and 0.9.6 do --------------------
+def load_as_old_host(function_id: str) -> object:
+    """utils/plugin.py load_function_module_by_id of 0.8.12 and 0.9.6: exec in a new module."""
     content = (ROOT / "multi_model_conversation.py").read_text()
     loaded = types.ModuleType(f"function_{function_id}")
     sys.modules[loaded.__name__] = loaded
@@ -153,38 +146,53 @@ def load_as_0_8_12(function_id: str) -> object:
         del sys.modules[loaded.__name__]
 
 
-async def chat_as_0_8_12(pipe: object, params: dict) -> list[str]:
-    """functions.py stream_content of 0.8.12: an exception becomes one error frame."""
-    frames = []
+async def chat_as_old_host(pipe: object, params: dict) -> list[str]:
+    """functions.py stream_content of 0.8.12 and 0.9.6: an exception becomes one error frame."""
     try:
         result = await pipe.pipe(**params)
     except Exception as e:
-        frames.append(f"data: {json.dumps({'error': {'detail': str(e)}})}\n\n")
-        return frames
-    frames.append(f"data: {json.dumps({'content': str(result)})}\n\n")
-    return frames
+        return [f"data: {json.dumps({'error': {'detail': str(e)}})}\n\n"]
+    return [f"data: {json.dumps({'content': str(result)})}\n\n"]
 
 
-async def test_an_0_8_host_installs_the_function_and_the_chat_says_what_is_needed(monkeypatch):
+def users_of_0_8_12() -> type:
     class Users:  # 0.8.12 reads its database synchronously
         @staticmethod
         def get_user_by_id(id: str):
             return SimpleNamespace(id=id, role="admin", name="Ann")
 
+    return Users
+
+
+def users_of_0_9_6() -> type:
+    class Users:  # 0.9 reads it asynchronously, as 0.10 does; its Stop is what fails
+        @staticmethod
+        async def get_user_by_id(id: str):
+            return SimpleNamespace(id=id, role="admin", name="Ann")
+
+    return Users
+
+
+@pytest.mark.parametrize(
+    ("version", "users"), [("0.8.12", users_of_0_8_12), ("0.9.6", users_of_0_9_6)]
+)
+async def test_an_older_host_installs_the_function_and_the_chat_says_what_is_needed(
+    monkeypatch, version, users
+):
     host_modules(
         monkeypatch,
-        open_webui__env=env("0.8.12"),
-        open_webui__models__users=module(Users=Users),
+        open_webui__env=env(version),
+        open_webui__models__users=module(Users=users()),
     )
-    pipe = load_as_0_8_12("mmc")  # loading never touches the host: every import is lazy
+    pipe = load_as_old_host("mmc")  # loading never touches the host: every import is lazy
     assert [p["id"] for p in pipe.pipes()] == ["Conversation-pipe"]
 
     body = {"model": "mmc.Conversation-pipe", "stream": True, "messages": []}
-    frames = await chat_as_0_8_12(pipe, {"body": body, "__user__": {"id": "u1"}})
+    frames = await chat_as_old_host(pipe, {"body": body, "__user__": {"id": "u1"}})
 
     (frame,) = frames
     detail = json.loads(frame.removeprefix("data: "))["error"]["detail"]
     assert detail == (
         f"Multi-Model Conversation needs Open WebUI {mmc.OLDEST_OPEN_WEBUI} or newer; "
-        "this server runs 0.8.12. Ask an admin to update Open WebUI."
+        f"this server runs {version}. Ask an admin to update Open WebUI."
     )
