@@ -71,6 +71,7 @@ class RecordingEmitter:
         fail: bool = False,
         save_delay: float = 0.0,
         fail_calls: frozenset[int] = frozenset(),
+        status_delay: float = 0.0,
     ) -> None:
         self.clock = clock
         self.delay = delay  # every event arrives this late
@@ -79,12 +80,15 @@ class RecordingEmitter:
         # this long before the emitter call returns.
         self.save_delay = save_delay
         self.fail_calls = fail_calls  # these calls (0-based) fail without reaching the tab
+        self.status_delay = status_delay  # the same for a `status` (the host stores it too)
         self.calls = 0
         self.events: list[tuple[float, dict]] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.saves_in_flight = 0
         self.max_saves_in_flight = 0
+        self.writes_in_flight = 0  # events the host stores (replace, status) not yet returned
+        self.max_writes_in_flight = 0
         # For each save that failed: how many events had arrived when it was sent.
         self.failed_saves: list[int] = []
 
@@ -93,8 +97,11 @@ class RecordingEmitter:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         saving = event.get("type") == "replace"
+        writing = saving or event.get("type") == "status"
         self.saves_in_flight += saving
         self.max_saves_in_flight = max(self.max_saves_in_flight, self.saves_in_flight)
+        self.writes_in_flight += writing
+        self.max_writes_in_flight = max(self.max_writes_in_flight, self.writes_in_flight)
         sent_after = len(self.events)
         try:
             if self.delay:
@@ -106,9 +113,12 @@ class RecordingEmitter:
             self.events.append((self.clock.now(), json.loads(json.dumps(event))))
             if saving and self.save_delay:
                 await self.clock.sleep(self.save_delay)
+            if event.get("type") == "status" and self.status_delay:
+                await self.clock.sleep(self.status_delay)
         finally:
             self.in_flight -= 1
             self.saves_in_flight -= saving
+            self.writes_in_flight -= writing
 
     def _content_events(self) -> list[tuple[float, dict]]:
         shown = [(t, e) for t, e in self.events if e["type"] in TAB_CONTENT_TYPES]

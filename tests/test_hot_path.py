@@ -84,9 +84,11 @@ async def test_a_socket_that_does_not_answer_does_not_hold_up_the_stream():
         for _ in range(20):
             await asyncio.sleep(0)
     assert streamed_behind_a_silent_socket == 1001, "the stream waited for the socket"
-    assert in_flight == 1 and arrived == 0, "one event in flight, none through"
+    # One frame and one stored write (the first status) in flight, none through: events do
+    # not pile up behind a silent socket.
+    assert in_flight == 2 and arrived == 0, "one frame and one status in flight, none through"
     result = await asyncio.wait_for(run, 5)
-    assert emitter.max_in_flight == 1
+    assert emitter.max_in_flight == 2 and emitter.max_writes_in_flight == 1
     assert emitter.contents()[-1] == result and "tok999" in result
 
 
@@ -114,6 +116,31 @@ async def test_a_slow_database_write_does_not_hold_back_the_frames_after_a_save(
     assert all(b.startswith(a) for a, b in zip(contents, contents[1:-1], strict=False))
     assert contents[-1] == contents[-2].rstrip()
     assert contents[-1] == result == emitter.saved()[-1][1]
+
+
+async def test_a_status_waiting_on_a_busy_database_does_not_hold_back_the_frames():
+    """The host stores a status before it returns; each write here takes 3 s, longer than a
+    turn. The text still streams frame by frame (before: nothing until the status was written,
+    so a short conversation on a busy server reached its tab all at once, at the end)."""
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2", rounds=1)
+    h.host.scripts["m1"] = Script(streams=[long_reply(500, "a")], chunk_delay=0.002)
+    h.host.scripts["m2"] = Script(streams=[long_reply(500, "b")], chunk_delay=0.002)
+    emitter = RecordingEmitter(h.clock, status_delay=3.0)
+    run = asyncio.ensure_future(h.run(emitter=emitter))
+    while not run.done():
+        await asyncio.sleep(0)
+        if h.host.requests and emitter.writes_in_flight:
+            h.clock.advance(0.0005)
+    result = await run
+
+    shown = emitter.contents()[:-1]  # every frame before the end
+    assert len(shown) >= 20, "frames came while the statuses were being written"
+    assert any("a1 " in c and "M2" not in c for c in shown), "the first turn streamed"
+    assert any("b1 " in c and "b499" not in c for c in shown), "the second turn streamed"
+    assert emitter.contents()[-1] == result == emitter.saved()[-1][1]
+    assert len(emitter.statuses()) >= 3, "every status still reached the tab"
+    assert emitter.max_writes_in_flight == 1, "one stored write at a time, statuses and saves"
 
 
 async def test_interval_zero_sends_one_event_per_chunk():
