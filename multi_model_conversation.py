@@ -606,6 +606,15 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def duration(seconds: float) -> str:
+    """ "42 s", "2 min", "2 min 5 s": how long, as the status and the usage say it."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
 def fill_template(template: str, values: dict[str, str]) -> str:
     """Substitute only the named {placeholders}; other braces (JSON, code) stay as written."""
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
@@ -970,9 +979,12 @@ def unmark_lookalikes(text: str) -> str:
     return _MARKED_LOOKALIKE_RE.sub(lambda m: m.group(0)[:-1], text)
 
 
-# Follows the alias in the heading of a vote's turn, so a vote does not read as a turn; the
-# history reads the turn as the participant's own.
+# Follow the alias in the heading of a vote's or a peer review's turn, so neither reads as a
+# turn of the conversation; the history reads the turn as the participant's own.
 VOTE_LABEL = " · 🗳️ vote"
+REVIEW_LABEL = " · 🏅 review"
+# The label each kind of turn carries in its heading (a conversation turn, the closing: none).
+TURN_LABELS = {"vote": VOTE_LABEL, "review": REVIEW_LABEL}
 
 
 def heading(
@@ -1253,6 +1265,9 @@ class Clock:
 
 
 EmitFn = Callable[[dict[str, Any]], Awaitable[Any]]
+EventCall = Callable[
+    [dict], Awaitable[Any]
+]  # __event_call__: asks the user's tab, awaits it
 
 
 async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any:
@@ -1270,6 +1285,14 @@ async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any
         return task.result()
     task.cancel()
     raise TimeoutError
+
+
+# The event Chat.svelte answers with autoScrollToBottom() alone: a `context_compaction` whose
+# data is not a compaction's status (`handleContextCompactionStatus` returns at once). Neither
+# `chat:message:delta` nor `replace` scrolls, so without it the page does not follow the text.
+FOLLOW_EVENT: dict[str, Any] = {"type": "context_compaction"}
+# Seconds between follows while the text grows: the page is at most this much text behind.
+FOLLOW_INTERVAL = 0.2
 
 
 class CoalescingEmitter:
@@ -1295,6 +1318,9 @@ class CoalescingEmitter:
     them to the tab before it writes the chat, so a slow database write must not hold back the
     frames that follow it.
     A save's send starts before any later frame's, so the tab applies it in order.
+
+    After the tab's copy grows, a follow (`FOLLOW_EVENT`) asks the page to keep the newest line
+    in view, at most once per `follow_interval` and once more after the last change (`_follow`).
     """
 
     def __init__(
@@ -1308,6 +1334,7 @@ class CoalescingEmitter:
         budget: float = 0.0,
         max_save_interval: float = 5.0,
         live_at: Callable[[], int | None] | None = None,
+        follow_interval: float = 0.0,
     ) -> None:
         self._send = send
         self._render = render
@@ -1341,6 +1368,10 @@ class CoalescingEmitter:
         self._last_sent_at = float("-inf")
         self._failures = 0
         self.sent_events = 0
+        self._follow_interval = follow_interval
+        self._followed_at = float("-inf")
+        self._unfollowed = False  # the tab's copy changed since the last follow
+        self._follow_timer: asyncio.Future | None = None
 
     async def update(self) -> None:
         """Record that the transcript changed; never waits for the socket when coalescing."""
@@ -1370,6 +1401,7 @@ class CoalescingEmitter:
         self._task = None
         await self._drain_queue()
         await self._send_content(final=True)
+        await self._follow(last=True)
         self._flushing.clear()
 
     async def hand_over(self) -> None:
@@ -1389,6 +1421,7 @@ class CoalescingEmitter:
             await self._wake.wait()
             self._wake.clear()
             self._write_queue()
+            await self._follow()
             if self._dirty:
                 wait = self._last_sent_at + self._interval - self._clock.now()
                 if wait > 0:
@@ -1402,6 +1435,7 @@ class CoalescingEmitter:
                 self._dirty = False
                 # While a flush waits, this frame is the last one: it is the save.
                 await self._send_content(final=self._flushing.is_set())
+                await self._follow()
             if self._flushing.is_set() and not self._dirty:
                 return  # flush() sends what is still queued
 
@@ -1531,6 +1565,8 @@ class CoalescingEmitter:
             event = {"type": "chat:message", "data": {"content": payload}}
         if not await self._deliver(event):
             self._shown = None  # the tab may have missed it: the next frame goes whole
+            return
+        self._moved()
 
     async def _save(self, payload: str, now: float) -> None:
         if not await self._deliver({"type": "replace", "data": {"content": payload}}):
@@ -1542,6 +1578,39 @@ class CoalescingEmitter:
                 self._kick()
             return
         self._last_saved, self._last_saved_at = payload, now
+        self._moved()
+
+    # -- following: the page keeps the newest line in view, as for a native answer -----------
+    def _moved(self) -> None:
+        """The tab's copy changed: the sender follows once the last follow is an interval old
+        (at once if it is already)."""
+        self._unfollowed = True
+        if self._follow_timer is None and self._follow_interval > 0:
+            wait = self._followed_at + self._follow_interval - self._clock.now()
+            self._follow_timer = asyncio.ensure_future(self._follow_after(wait))
+
+    async def _follow_after(self, seconds: float) -> None:
+        if seconds > 0:
+            await self._clock.sleep(seconds)
+        self._follow_timer = None
+        self._kick()  # the sender follows: one event in flight, in order
+
+    async def _follow(self, last: bool = False) -> None:
+        """Send the follow if the tab's copy changed and the interval allows (`last`: always;
+        a pending trailing follow is then this one).
+
+        Open WebUI 0.12.4's Chat.svelte scrolls on it (autoScrollToBottom, which leaves a user
+        who scrolled up where they are) and changes nothing else; the host stores nothing.
+        """
+        if last and self._follow_timer is not None:
+            self._follow_timer.cancel()
+            self._follow_timer = None
+        due = self._followed_at + self._follow_interval <= self._clock.now()
+        if not self._unfollowed or self._follow_interval <= 0 or not (last or due):
+            return
+        self._unfollowed = False
+        self._followed_at = self._clock.now()
+        await self._deliver(dict(FOLLOW_EVENT))
 
     async def _deliver(self, event: dict[str, Any]) -> bool:
         try:
@@ -2054,10 +2123,17 @@ def split_turns(content: str) -> list[Turn]:
             )  # the user's words between rounds
         elif text:
             alias = md_unescape(
-                _MODEL_BEHIND_RE.sub("", match.group(2)).removesuffix(VOTE_LABEL)
+                _without_label(_MODEL_BEHIND_RE.sub("", match.group(2)))
             )
             turns.append(Turn(alias, text))
     return turns
+
+
+def _without_label(name: str) -> str:
+    """A heading's alias without the label of its kind of turn (a vote's, a review's)."""
+    for label in TURN_LABELS.values():
+        name = name.removesuffix(label)
+    return name
 
 
 def history_turns(messages: list[dict]) -> list[Turn]:
@@ -3014,8 +3090,20 @@ def mention_order(text: str, aliases: list[str]) -> list[int]:
     return sorted(found, key=found.__getitem__)
 
 
+def leading_mention(text: str, aliases: list[str]) -> int | None:
+    """The participant the user's message starts by naming (`@Ada, you first`), if any: it
+    speaks first in any order. A name later in the message leaves the order alone."""
+    head = text.lstrip()
+    named = mention_order(head, aliases) if head.startswith("@") else []
+    if named and head.casefold().startswith("@" + aliases[named[0]].casefold()):
+        return named[0]
+    return None
+
+
 class SpeakerPolicy:
     """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
+
+    managed = False  # a manager model picks (the status counts turns, not rounds)
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         raise NotImplementedError
@@ -3049,16 +3137,24 @@ class ShuffledRounds(SpeakerPolicy):
     """
 
     def __init__(
-        self, count: int, rng: random.Random, previous: int | None = None
+        self,
+        count: int,
+        rng: random.Random,
+        previous: int | None = None,
+        first: int | None = None,
     ) -> None:
         self.count = count
         self.rng = rng
         self.previous = previous  # the last speaker of the message before, if any
+        self.first = first  # who the user named to speak first, if anyone
         self._order: list[int] = []
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         if slot % self.count == 0 or not self._order:
             self._order = self._shuffle(self.previous if last is None else last)
+            if slot == 0 and self.first is not None:
+                self._order.remove(self.first)
+                self._order.insert(0, self.first)
         return Pick(self._order[slot % self.count])
 
     def _shuffle(self, last: int | None) -> list[int]:
@@ -3068,6 +3164,21 @@ class ShuffledRounds(SpeakerPolicy):
             swap = self.rng.randrange(1, len(order))
             order[0], order[swap] = order[swap], order[0]
         return order
+
+
+class NamedFirst(SpeakerPolicy):
+    """The participant the user named first speaks first; `policy` (the manager) picks after."""
+
+    def __init__(self, policy: SpeakerPolicy, first: int) -> None:
+        self.policy = policy
+        self.first = first
+        self.managed = policy.managed
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        return Pick(self.first) if slot == 0 else await self.policy.pick(slot, last)
+
+    def heard(self, index: int, said: str) -> None:
+        self.policy.heard(index, said)
 
 
 class Handoffs(SpeakerPolicy):
@@ -3149,6 +3260,8 @@ class ManagerChoice(SpeakerPolicy):
     An answer of END ends the conversation. An error or timeout, or no valid name after the
     last attempt, gives the turn to the next participant in order, and the status says so.
     """
+
+    managed = True
 
     def __init__(
         self,
@@ -3566,7 +3679,7 @@ class Direction:
         self.answers: list[tuple[Participant, str]] = []
         self._asked_at = 0  # the slot before which the moderator was last asked
         # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
-        self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
+        self.explains = len(endings) > 1 or policy.managed
 
     async def next_turns(self) -> list[TurnPlan]:
         """The next turns to speak: one, or a council round's all at once; [] once it ended.
@@ -3639,7 +3752,7 @@ class Direction:
         count, slot = len(self.participants), self.progress.slots
         if self.council:
             return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
-        if isinstance(self.policy, ManagerChoice):
+        if self.policy.managed:
             return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
         return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
 
@@ -3803,24 +3916,28 @@ def make_direction(
 ) -> Direction:
     """The policy and endings the config asks for; `earlier` turns are the chat so far."""
     aliases = [p.alias for p in participants]
+    latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
+    first = leading_mention(
+        _text_of(latest), aliases
+    )  # "@Ada, you first": in any order
     policy: SpeakerPolicy
     if manager is not None:
-        policy = manager
+        policy = manager if first is None else NamedFirst(manager, first)
     elif config.selection == "random":
         spoke = next(
             (t.speaker for t in reversed(earlier) if t.speaker is not None), ""
         )
         policy = ShuffledRounds(
-            len(aliases), rng, match_alias(spoke, aliases) if spoke else None
+            len(aliases), rng, match_alias(spoke, aliases) if spoke else None, first
         )
     elif config.selection == "mention":
-        latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
         named = mention_order(_text_of(latest), aliases)
         policy = Handoffs(
             named + [i for i in range(len(aliases)) if i not in named], aliases
         )
     else:
-        policy = FixedOrder(list(range(len(aliases))))
+        named = [first] if first is not None else []
+        policy = FixedOrder(named + [i for i in range(len(aliases)) if i not in named])
     endings: list[EndCondition] = [RoundsDone(config.rounds, len(aliases))]
     if config.stop_phrase:
         endings.append(StopPhraseSaid(config.stop_phrase))
@@ -3916,11 +4033,16 @@ CHARS_PER_TOKEN_ESTIMATE = (
 )
 
 
+# The usage row of a turn that is not a conversation turn, after the alias.
+ROW_KINDS = {"closing": " (closing)", "review": " (review)", "vote": " (vote)"}
+MANAGER_ROW = "Manager"  # its Turns are its picks, left out of the total's
+
+
 @dataclass
 class UsageRow:
     """What one speaker's calls cost in a run (the manager's picks count as its turns)."""
 
-    label: str  # the alias, "Manager", or "<alias> (closing)"
+    label: str  # the alias, "Manager", or "<alias> (closing)" (ROW_KINDS)
     model: str
     turns: int = 0
     prompt: int = 0
@@ -3929,7 +4051,8 @@ class UsageRow:
     estimated: bool = False  # some count is the pipe's estimate, not the backend's
 
     def add(self, other: UsageRow) -> None:
-        self.turns += other.turns
+        if other.label != MANAGER_ROW:  # its picks are not turns
+            self.turns += other.turns
         self.prompt += other.prompt
         self.completion += other.completion
         self.seconds += other.seconds
@@ -3979,26 +4102,36 @@ class UsageLedger:
         }
 
 
-def usage_block(ledger: UsageLedger) -> str:
-    """The ledger as a collapsed table at the end of the message (history leaves it out)."""
+def usage_block(ledger: UsageLedger, talked: float, part: bool = False) -> str:
+    """The ledger as a collapsed table at the end of the message (history leaves it out).
+
+    Turns are turns said (a PASS is none; the manager's are its picks, not in the total); a
+    row's seconds are its model's, the total's the conversation's own (`talked`), as the
+    status says it, so a council's rows, generated at once, add up to more."""
     total = ledger.total()
-    head = "| Speaker | Model | Turns | Prompt tokens | Completion tokens | Seconds | Tokens/s |"
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|"]
+    total.seconds = talked
+    # Five columns, the model under the name: it fits a phone (390 px).
+    head = "| Speaker | Turns | Tokens in | Tokens out | Seconds |"
+    lines = [head, "|---|--:|--:|--:|--:|"]
     for row in [*ledger.rows.values(), total]:
         mark = "~" if row.estimated else ""
-        speed = f"{row.completion / row.seconds:,.1f}" if row.seconds >= 0.05 else "–"
-        name = f"**{md_text(row.label)}**" if row is total else md_text(row.label)
+        if row is total:
+            name = "**Total**"
+        else:
+            # The page shows a <br> in a table as a line break, other tags as text.
+            name = f"{md_text(row.label)}<br>{md_text(row.model)}"
         lines.append(
-            f"| {name} | {md_text(row.model)} | {row.turns} | {mark}{row.prompt:,} | "
-            f"{mark}{row.completion:,} | {row.seconds:,.1f} | {speed} |"
+            f"| {name} | {row.turns} | {mark}{row.prompt:,} | "
+            f"{mark}{row.completion:,} | {row.seconds:,.1f} |"
         )
     if total.estimated:
         lines.append(
             "\n~ estimated (the backend sent no counts): about 4 characters a token."
         )
-    summary = (
-        f"Usage: {total.prompt + total.completion:,} tokens, {total.seconds:,.0f} s"
-    )
+    what = (
+        "Usage of this part" if part else "Usage"
+    )  # `part`: Continue Response added it
+    summary = f"{what}: {total.prompt + total.completion:,} tokens, {duration(talked)}"
     body = "\n".join(lines)
     head = f'<details type="usage" done="true">\n<summary>{summary}</summary>'
     return f"\n{head}\n\n{body}\n</details>\n"  # a blank line after the last turn
@@ -4800,13 +4933,13 @@ class TurnStreamer:
         profile = stage.profiles[p.model_id]
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         lane.speaking = True
-        label = f"{p.alias} (closing)" if plan.kind == "closing" else p.alias
-        lane.row = stage.ledger.row(label, profile.name)
-        lane.row.turns += 1
+        lane.row = stage.ledger.row(
+            p.alias + ROW_KINDS.get(plan.kind, ""), profile.name
+        )
         transcript = lane.transcript
         mark = transcript.checkpoint()
         model = profile.name if stage.settings.valves.SHOW_MODELS else ""
-        transcript.start_turn(p, model, VOTE_LABEL if plan.kind == "vote" else "")
+        transcript.start_turn(p, model, TURN_LABELS.get(plan.kind, ""))
         if plan.why and stage.settings.show_manager_reason:
             transcript.add_block(manager_block(plan.why))
         self._tools_notice(lane, p, profile)
@@ -4822,6 +4955,7 @@ class TurnStreamer:
             transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
         elif said:
             lane.turns.append(Turn(p.alias, said))
+            lane.row.turns += 1  # a turn said, as the status counts it (not a PASS)
         lane.speaking = False
         await lane.emitter.update()
         return Heard(said, passed, benched=p.alias in stage.benched)
@@ -4886,7 +5020,7 @@ class TurnStreamer:
         stage = self.stage
         bound = {"max_tokens": max_tokens} if max_tokens else {}
         form = request_form(stage.budget, profile, messages, **bound)
-        row, started = stage.ledger.row("Manager", profile.name), stage.clock.now()
+        row, started = stage.ledger.row(MANAGER_ROW, profile.name), stage.clock.now()
         asked = stage.gateway.complete_counted(form, stage.ctx.user)
         text, counted = await within(stage.clock, seconds, asked)
         row.turns += 1
@@ -4955,7 +5089,17 @@ class Run:
         self.started: float | None = (
             None  # when the turns began (after the setup dialog)
         )
+        self.ended: float | None = None  # when the closing ended (the usage's figures)
         self.in_turn = False  # a conversation turn (not the closing) is streaming
+        self.waited = 0.0  # seconds the user's tab was asked and not yet answered
+        self._waited_before = (
+            0.0  # ... of them before the turns began (the setup dialog)
+        )
+        # Reviews, closing turns and votes said, by kind.
+        self.closing_said: dict[str, int] = {}
+        # Continue Response: the message's turns before this part. The host keeps that part
+        # as it was (its usage block too) and appends this one, whose seconds alone are known.
+        self.earlier = 0
 
     async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
         """Turns until an ending holds, then the closing; returns why it ended."""
@@ -4978,11 +5122,16 @@ class Run:
                 self.transcript.add_notice(line)
             if plans:
                 closing.heard(plans, await self.speak(plans))
+        for plan, heard in closing.spoken:
+            if heard.said and not heard.passed:
+                self.closing_said[plan.kind] = self.closing_said.get(plan.kind, 0) + 1
         for line in (closing.verdict(), direction.end_line()):
             if line:
                 self.transcript.add_notice(line)
+        self.ended = self.clock.now()
         if streamer.settings.valves.SHOW_USAGE and streamer.ledger.rows:
-            self.transcript.add_block(usage_block(streamer.ledger))
+            usage = usage_block(streamer.ledger, self.talked(), part=self.earlier > 0)
+            self.transcript.add_block(usage)
         await self.emitter.update()
         return direction.reason
 
@@ -5009,16 +5158,58 @@ class Run:
 
     def end_status(self, outcome: str | None = None) -> None:
         """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
-        its rounds ("· stopped"); it replaces whatever the manager last said."""
+        its rounds ("· stopped"); it replaces whatever the manager last said.
+
+        Its turns are the end line's (and the usage total's, with the closing turns named
+        after them), its seconds the usage's; time the user's tab was asked comes apart:
+        "…, 13 s talking, 2 min waiting for you"."""
         direction = self.direction
         if self.started is None or direction is None:
             return  # no turn began: the message says what happened
         outcome = direction.outcome if outcome is None else outcome
-        turns = direction.progress.spoken + (1 if self.in_turn else 0)
-        seconds = round(self.clock.now() - self.started)
+        progress = direction.progress
+        turns = [_count(progress.spoken + (1 if self.in_turn else 0), "turn")]
+        if progress.passes:
+            turns.append(f"{progress.passes} passed")
+        for kind, noun in (("review", "review"), ("closing", "closing turn")):
+            if self.closing_said.get(kind):
+                turns.append(_count(self.closing_said[kind], noun))
+        if self.closing_said.get("vote"):
+            turns.append(_count(self.closing_said["vote"], "vote"))
         count = _count(len(direction.participants), "participant")
-        text = f"{count}, {_count(turns, 'turn')}, {seconds} s"
+        if self.earlier:  # "2 participants, 4 turns; this part: 2 turns, 7 s"
+            part = progress.spoken + (1 if self.in_turn else 0) - self.earlier
+            turns[0] += f"; this part: {_count(part, 'turn')}"
+        text = f"{count}, {', '.join(turns)}, {duration(self.talked())}"
+        if round(self.waited) >= 1:
+            text += f" talking, {duration(self.waited)} waiting for you"
         self.status(f"{text} · {outcome}" if outcome else text)
+
+    def talked(self) -> float:
+        """Seconds since the turns began, up to the end of the closing (now, if it did not
+        end), less the time the user's tab was asked meanwhile."""
+        if self.started is None:
+            return 0.0
+        end = self.ended if self.ended is not None else self.clock.now()
+        return max(0.0, end - self.started - (self.waited - self._waited_before))
+
+    def waiting_on(self, call: Callable[[dict], Awaitable[Any]]) -> EventCall:
+        """`call` (the user's tab), timed as waiting for the user; a prompt that waits for an
+        answer says so in the status."""
+
+        async def asked(event: dict) -> Any:
+            title = (event.get("data") or {}).get("title")
+            if event.get("type") == "input" and title:
+                self.status(f"Waiting for you · {title}", done=False)
+            began = self.clock.now()
+            try:
+                return await call(event)
+            finally:
+                self.waited += self.clock.now() - began
+                if self.started is None:
+                    self._waited_before += self.clock.now() - began
+
+        return asked
 
     def not_started(self, exc: Exception) -> None:
         """The status after a setup that cannot run (the message says what to fix); a
@@ -5219,11 +5410,13 @@ def overlay_script(
     message_id: str | None = None,
     settings: dict | None = None,
     problem: str = "",
+    saved: bool = False,
 ) -> str:
     """The overlay's code with its inputs as JSON literals (never spliced in as raw text).
 
     `defaults` fill the form, `settings` (the user's valves) are what preset "None" restores,
-    `problem` is the server's refusal of the answer the form shows again.
+    `problem` is the server's refusal of the answer the form shows again; `saved`: the chat
+    has a setup, which "Use defaults" would replace (it asks first).
     One pass over the template: a placeholder's name inside a value is left as it is.
     """
     values = {
@@ -5241,6 +5434,7 @@ def overlay_script(
         "MARKS": list(zip(COLOUR_MARKS, MARK_COLOURS, strict=True)),
         "MESSAGE_ID": message_id,
         "CLOSE_EVENT": OVERLAY_CLOSE_EVENT,
+        "SAVED": saved,
     }
     return re.sub(
         r"__([A-Z_]+)__", lambda m: _js_literal(values[m.group(1)]), OVERLAY_JS
@@ -5277,11 +5471,19 @@ DIALOG_LIMITS = {
     "max_tokens": 1_000_000,
 }
 SETUP_CANCELLED = f"{NOTICE_PREFIX}Setup cancelled. Send a message to open it again.*"
+SETUP_KEPT = (
+    f"{NOTICE_PREFIX}Setup unchanged: this chat keeps its saved setup, and your next message "
+    f"runs it. Send {RECONFIGURE_COMMAND} to choose again.*"
+)
 STOPPED_IN_SETUP = f"{NOTICE_PREFIX}Stopped before the conversation began.*"
 
 
 class SetupCancelled(Exception):
     """The user closed the setup dialog without an answer: nothing runs."""
+
+
+class SetupKept(SetupCancelled):
+    """/reconfigure was cancelled: the chat keeps the setup saved for it."""
 
 
 class NothingToAnswer(SetupCancelled):
@@ -5532,6 +5734,8 @@ def _setup_notice(exc: Exception) -> str:
     """The one line a setup that did not end in a conversation leaves in the message."""
     if isinstance(exc, NothingToAnswer):
         return SETUP_SAVED
+    if isinstance(exc, SetupKept):
+        return SETUP_KEPT
     if isinstance(exc, SetupCancelled):
         return SETUP_CANCELLED
     if isinstance(exc, AccessCheckError):
@@ -5554,6 +5758,7 @@ def _emitter_for(
         budget=valves.SAVE_BUDGET_KB * 1024,
         max_save_interval=valves.MAX_SAVE_INTERVAL,
         live_at=transcript.live_block_at,
+        follow_interval=FOLLOW_INTERVAL,
     )
 
 
@@ -5617,7 +5822,9 @@ def _cast(
     ask = ctx.extra_params.get("__event_call__")  # None without a browser tab (the API)
     moderator = None
     if prepared.config.moderator == "between_rounds" and ask is not None:
-        moderator = Moderator(ask, run.clock, settings.valves.MODERATOR_TIMEOUT)
+        moderator = Moderator(
+            run.waiting_on(ask), run.clock, settings.valves.MODERATOR_TIMEOUT
+        )
     direction = make_direction(
         prepared.config,
         prepared.participants,
@@ -5630,7 +5837,7 @@ def _cast(
     )
     # Continue Response: the status counts the message's earlier turns too.
     earlier = continued_content(body, ctx.metadata)
-    direction.progress.spoken = (
+    direction.progress.spoken = run.earlier = (
         earlier_turns(earlier, prepared.participants) if earlier else 0
     )
     return direction, streamer
@@ -5813,7 +6020,7 @@ class Pipe:
             title="Usage table at the end",
             description="End each conversation with a collapsed table of what it cost: per "
             "participant, the manager and the closing turn, turns, prompt and completion tokens "
-            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
+            "(the backend's counts; ~ marks estimates) and seconds, and totals. "
             "Never part of what the models read.",
         )
         STOP_SEQUENCES: bool = Field(
@@ -6201,7 +6408,11 @@ class Pipe:
         if event_call is not None and valves.CONFIG_OVERLAY:
             message_id = ctx.metadata.get("message_id")
             dialog = SetupDialog(
-                event_call, emitter, message_id, clock, valves.OVERLAY_TIMEOUT
+                run.waiting_on(event_call),
+                emitter,
+                message_id,
+                clock,
+                valves.OVERLAY_TIMEOUT,
             )
         started = clock.now()
         try:
@@ -6343,14 +6554,20 @@ class Pipe:
                 ctx.metadata.get("message_id"),
                 settings={k: v for k, v in settings.items() if k != "preset"},
                 problem=problem,
+                saved=bool(saved),
             )
 
         opening = dialog_form(
             saved or settings, max_rounds
         )  # /reconfigure: this chat's setup
-        config, remember = await ask_for_setup(
-            dialog, script, opening, settings, max_rounds
-        )
+        try:
+            config, remember = await ask_for_setup(
+                dialog, script, opening, settings, max_rounds
+            )
+        except SetupCancelled as exc:
+            if saved:  # /reconfigure cancelled: the chat's setup stays as it was
+                raise SetupKept from exc
+            raise
         return config, False, remember
 
     # -- title, tags, follow-ups -------------------------------------------------------------
@@ -6563,6 +6780,7 @@ const MAX_TOKENS = __MAX_TOKENS__;
 const MARKS = __MARKS__;
 const MESSAGE_ID = __MESSAGE_ID__;
 const CLOSE_EVENT = __CLOSE_EVENT__;
+const SAVED = __SAVED__;
 const CANCELLED = { cancelled: true };
 const TIMED_OUT = { timed_out: true };
 let models = [];
@@ -7000,7 +7218,14 @@ return await new Promise((resolve) => {
   });
   cancel.addEventListener('click', () => finish(CANCELLED));
   close.addEventListener('click', () => finish(CANCELLED));
-  skip.addEventListener('click', () => finish(null));
+  // In /reconfigure "Use defaults" replaces the setup saved for this chat: it asks first.
+  let replacing = false;
+  skip.addEventListener('click', () => {
+    if (!SAVED || replacing) return finish(null);
+    replacing = true;
+    skip.textContent = 'Replace it';
+    error.textContent = "This replaces this chat's saved setup with your defaults (Settings → Valves). Click Replace it to go on, or Cancel to keep it.";
+  });
   card.append(
     el('div', { className: 'mmc-head' }, [
       el('div', {}, [
