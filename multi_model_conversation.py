@@ -7,7 +7,7 @@ description: Several models talk with each other in one chat, each under its own
     emitter so long conversations cost the server and the browser a bounded amount per second.
 version: 1.0.0
 license: MIT
-required_open_webui_version: 0.12.4
+required_open_webui_version: 0.10.0
 requirements:
 """
 
@@ -1715,6 +1715,22 @@ class AccessCheckError(RuntimeError):
         )
 
 
+# The oldest Open WebUI the pipe runs on (the front matter says the same; README's table).
+# 0.9's Stop writes the host's own (empty) output over the saved message; 0.8 and older
+# read their database synchronously, which every host call here awaits.
+OLDEST_OPEN_WEBUI = "0.10.0"
+
+
+class HostTooOldError(RuntimeError):
+    """The host predates the APIs the pipe calls: one line in the chat, not a traceback."""
+
+
+def _release(text: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a version string such as '0.9.0' or '0.10.2rc1'."""
+    match = re.match(r"\s*v?(\d+)\.(\d+)\.(\d+)", str(text or ""))
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
 def _is_refusal(exc: Exception) -> bool:
     """0.12.4 refuses with a bare Exception('Model not found'); an HTTP 401/403/404 is one too."""
     if getattr(exc, "status_code", None) in (401, 403, 404):
@@ -1728,8 +1744,23 @@ class HostGateway:
     def __init__(self, request: Any) -> None:
         self.request = request
 
+    # -- the host itself ----------------------------------------------------------------------
+    @staticmethod
+    def require_supported_host() -> None:
+        """Raise HostTooOldError on a host older than OLDEST_OPEN_WEBUI (an unknown one runs)."""
+        from open_webui.env import VERSION
+
+        running = _release(VERSION)
+        if running is not None and running < _release(OLDEST_OPEN_WEBUI):
+            raise HostTooOldError(
+                f"Multi-Model Conversation needs Open WebUI {OLDEST_OPEN_WEBUI} or newer; "
+                f"this server runs {VERSION}. Ask an admin to update Open WebUI."
+            )
+
     # -- users, models, access ---------------------------------------------------------------
     async def get_user(self, user_id: str) -> Any:
+        """The request's user; the first host call of every request, so it checks the host."""
+        self.require_supported_host()
         from open_webui.models.users import Users
 
         return await Users.get_user_by_id(user_id)
@@ -1752,8 +1783,12 @@ class HostGateway:
             return True
         from open_webui.utils.models import check_model_access
 
+        # 0.11 and later take the record read at setup; 0.10 reads it again itself.
+        takes_record = "model_info" in inspect.signature(check_model_access).parameters
         try:
-            await check_model_access(user, model, model_info=record)
+            await check_model_access(
+                user, model, **({"model_info": record} if takes_record else {})
+            )
         except (
             Exception
         ) as exc:  # the host signals a refusal by raising, and so does a fault
