@@ -7,7 +7,7 @@ description: Several models talk with each other in one chat, each under its own
     emitter so long conversations cost the server and the browser a bounded amount per second.
 version: 1.0.0
 license: MIT
-required_open_webui_version: 0.12.4
+required_open_webui_version: 0.10.0
 requirements:
 """
 
@@ -24,7 +24,7 @@ import re
 import time
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, get_args
 
@@ -147,7 +147,9 @@ class ParticipantConfig(BaseModel):
 
 SKIP_WORD = "PASS"  # a participant's whole answer when it passes its turn
 END_WORD = "END"  # the manager's answer when the conversation should end
-MANAGER_ATTEMPTS = 3  # asks per pick before the fallback
+# Answers without a pick (or errors) a run's manager may give: then the order falls back for
+# the rest of the run. A manager that never names anyone costs this many requests per run.
+MANAGER_FAILURES = 2
 MAX_STOP_PHRASE_CHARS = 200
 DEFAULT_CLOSING_PROMPT = (
     "The conversation is over. Close it: say where the participants agree and disagree, "
@@ -482,6 +484,25 @@ def manager_switch_as_selection(data: Any) -> Any:
     return data
 
 
+def valve_rounds(valves: Any) -> int:
+    """The user valves' rounds (set, or their default)."""
+    return getattr(valves, "ROUNDS_PER_CONVERSATION", 1)
+
+
+def _preset_sets_rounds(valves: Any) -> bool:
+    """A preset chosen in the user valves gives its own rounds, unless the user set *Rounds*.
+
+    Open WebUI stores only the valves a user set (a field left at *Default* is sent as null
+    and dropped, then saved with `exclude_unset`), and builds the valves from that: so a
+    value the user set is in `model_fields_set`, and the default 3 is not.
+    """
+    preset = PRESETS.get(preset_name(getattr(valves, "Preset", "")))
+    if not preset or "rounds" not in preset["config"]:
+        return False
+    chosen = getattr(valves, "model_fields_set", None)
+    return chosen is not None and "ROUNDS_PER_CONVERSATION" not in chosen
+
+
 def config_from_user_valves(valves: Any) -> dict[str, Any]:
     """Read v2's user-valve names (and the newer ones, when set) into the overlay's shape."""
     count = int(getattr(valves, "NUM_PARTICIPANTS", 0) or 0)
@@ -497,11 +518,12 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
             }
         )
     config: dict[str, Any] = {
-        "rounds": getattr(valves, "ROUNDS_PER_CONVERSATION", 1),
         "use_manager": selection == "manager",  # v2's key says it, as v2 stored it
         "manager_model": getattr(valves, "ManagerModel", "") or "",
         "participants": participants,
     }
+    if not _preset_sets_rounds(valves):
+        config = {"rounds": valve_rounds(valves), **config}
     # Only what the user set, so a preset's values fill the rest.
     optional = {
         "selection": selection if selection != "manager" else "",
@@ -789,9 +811,19 @@ def describe_error(error: Any) -> str:
     if isinstance(error, dict):
         for key in ("message", "detail", "error"):
             if error.get(key):
-                return describe_error(error[key])
+                return describe_error(error[key]) + _sizes_of(error)
         return json.dumps(error)[:300]
     return str(error)[:300]
+
+
+def _sizes_of(error: dict) -> str:
+    """The token counts llama.cpp's server gives beside its message (`"n_ctx": 4096`)."""
+    sizes = [
+        f"{key}: {error[key]}"
+        for key in ("n_prompt_tokens", "n_ctx")
+        if isinstance(error.get(key), int)
+    ]
+    return f" ({', '.join(sizes)})" if sizes else ""
 
 
 THINK_TAGS = (
@@ -1045,6 +1077,35 @@ def manager_block(answer: str) -> str:
     """A collapsed block holding the manager's answer: why this speaker was chosen."""
     body = quote_lines(answer.strip(), at_line_start=True)
     return f'<details type="manager" done="true">\n<summary>Why this speaker</summary>\n{body}\n</details>\n'
+
+
+# A guard's cut keeps the text it held back, in a collapsed block of this type: the user can
+# open it, history (`BLOCK_RE`) and so the other participants never see it.
+FOLD_TYPE = "cut"
+_DETAILS_TAG_RE = re.compile(r"<(/?details)", re.IGNORECASE)
+
+
+def fold_block(summary: str, text: str, reason: str) -> str:
+    """`text` a guard cut, folded under `summary` (the cut's mark).
+
+    Open WebUI ends the block at the first `</details>` and counts `<details` as nested, so the
+    text's own tags are escaped (it decodes entities before rendering the inside as markdown);
+    the one-line summary shows as plain text, so only a `<` that could end it is replaced.
+    """
+    body = _DETAILS_TAG_RE.sub(r"&lt;\1", mark_lookalikes(text.strip()))
+    title = " ".join(summary.split()).replace("<", "\uff1c")
+    return (
+        f'<details type="{FOLD_TYPE}" reason="{attr(reason)}">\n'
+        f"<summary>{title}</summary>\n{body}\n</details>\n"
+    )
+
+
+_FOLD_RE = re.compile(rf'<details type="{FOLD_TYPE}".*?</details>', re.DOTALL)
+
+
+def folds_in(text: str) -> list[str]:
+    """The fold blocks in `text` (their text cannot hold a `</details`)."""
+    return _FOLD_RE.findall(text)
 
 
 def tool_block(
@@ -1654,6 +1715,22 @@ class AccessCheckError(RuntimeError):
         )
 
 
+# The oldest Open WebUI the pipe runs on (the front matter says the same; README's table).
+# 0.9's Stop writes the host's own (empty) output over the saved message; 0.8 and older
+# read their database synchronously, which every host call here awaits.
+OLDEST_OPEN_WEBUI = "0.10.0"
+
+
+class HostTooOldError(RuntimeError):
+    """The host predates the APIs the pipe calls: one line in the chat, not a traceback."""
+
+
+def _release(text: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a version string such as '0.9.0' or '0.10.2rc1'."""
+    match = re.match(r"\s*v?(\d+)\.(\d+)\.(\d+)", str(text or ""))
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
 def _is_refusal(exc: Exception) -> bool:
     """0.12.4 refuses with a bare Exception('Model not found'); an HTTP 401/403/404 is one too."""
     if getattr(exc, "status_code", None) in (401, 403, 404):
@@ -1667,8 +1744,23 @@ class HostGateway:
     def __init__(self, request: Any) -> None:
         self.request = request
 
+    # -- the host itself ----------------------------------------------------------------------
+    @staticmethod
+    def require_supported_host() -> None:
+        """Raise HostTooOldError on a host older than OLDEST_OPEN_WEBUI (an unknown one runs)."""
+        from open_webui.env import VERSION
+
+        running = _release(VERSION)
+        if running is not None and running < _release(OLDEST_OPEN_WEBUI):
+            raise HostTooOldError(
+                f"Multi-Model Conversation needs Open WebUI {OLDEST_OPEN_WEBUI} or newer; "
+                f"this server runs {VERSION}. Ask an admin to update Open WebUI."
+            )
+
     # -- users, models, access ---------------------------------------------------------------
     async def get_user(self, user_id: str) -> Any:
+        """The request's user; the first host call of every request, so it checks the host."""
+        self.require_supported_host()
         from open_webui.models.users import Users
 
         return await Users.get_user_by_id(user_id)
@@ -1691,8 +1783,12 @@ class HostGateway:
             return True
         from open_webui.utils.models import check_model_access
 
+        # 0.11 and later take the record read at setup; 0.10 reads it again itself.
+        takes_record = "model_info" in inspect.signature(check_model_access).parameters
         try:
-            await check_model_access(user, model, model_info=record)
+            await check_model_access(
+                user, model, **({"model_info": record} if takes_record else {})
+            )
         except (
             Exception
         ) as exc:  # the host signals a refusal by raising, and so does a fault
@@ -2033,7 +2129,7 @@ _MODEL_BEHIND_RE = re.compile(
 )  # a heading's model name (a valve)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
-    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage)"[^>]*>.*?</details>\n?',
+    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage|cut)"[^>]*>.*?</details>\n?',
     re.DOTALL | re.IGNORECASE,
 )
 THINK_RE = re.compile(
@@ -2054,6 +2150,7 @@ class Turn:
     speaker: str | None
     content: Any  # str, or the human's list of content parts (text and images)
     note: bool = False  # the pipe's own line (turns left out here), not said by anyone
+    between_rounds: bool = False  # the user's words typed between rounds, not a message
 
 
 def clean_turn_text(text: str) -> str:
@@ -2083,9 +2180,7 @@ def split_turns(content: str) -> list[Turn]:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = _clean_said(content[match.end() : end])
         if text and match.group(1) == MODERATOR_MARK:
-            turns.append(
-                Turn(None, md_unescape(text))
-            )  # the user's words between rounds
+            turns.append(Turn(None, md_unescape(text), between_rounds=True))
         elif text:
             alias = md_unescape(
                 _without_label(_MODEL_BEHIND_RE.sub("", match.group(2)))
@@ -2202,8 +2297,10 @@ DEFAULT_CHARS_PER_TOKEN = (
 MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
 TURN_OVERHEAD_CHARS = 40  # a turn's `Name said: "…"` label and separators
 _CONTEXT_ERROR_RE = re.compile(
-    r"context[ _-]?(?:length|window|size)|maximum context|too many tokens|prompt is too long|"
-    r"input is too long|n_ctx|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context",
+    r"context[ _-]?(?:length|window|size|limit)|maximum context|too many tokens|"
+    r"(?:prompt|input)\b[^.]{0,30}\bis too long|n_ctx|maximum model length|"
+    r"maximum number of tokens allowed|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context|"
+    r"inputs`? tokens \+ `?max_new_tokens",
     re.IGNORECASE,
 )
 # Rate limits and quotas also speak of "too many tokens": waiting helps them, shortening does not.
@@ -2211,8 +2308,38 @@ _NOT_CONTEXT_RE = re.compile(
     r"rate[ _-]?limit|per (?:minute|second|hour|day)|quota|\b[TR]PM\b|billing|insufficient",
     re.IGNORECASE,
 )
-_CONTEXT_LIMIT_RE = re.compile(
-    r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
+# The context size as each common server names it, never the prompt's own count beside it.
+# tests/test_context_errors.py holds each server's real wording, with where it was seen.
+_CONTEXT_LIMIT_RES = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        # OpenAI, vLLM, DeepSeek, OpenRouter, LiteLLM (which wraps them): "This model's
+        # maximum context length is 8192 tokens. However, you requested 8554 tokens"
+        r"maximum context length is (\d+)",
+        # Anthropic: "prompt is too long: 209353 tokens > 199999 maximum"
+        r"too long: \d+ tokens > (\d+) maximum",
+        # Anthropic: "input length and `max_tokens` exceed context limit: 199759 + 8192 > 200000"
+        r"context limit: \d+ \+ \d+ > (\d+)",
+        # Google: "The input token count (1054016) exceeds the maximum number of tokens
+        # allowed (1048576)."
+        r"maximum number of tokens allowed \((\d+)\)",
+        # llama.cpp server (its JSON's field, kept by describe_error), LM Studio's
+        # "(n_keep: 13055>= n_ctx: 4096)"
+        r"\bn_ctx\b\W{0,3}(?:[:=]\s*)(\d+)",
+        # LM Studio: "the model is loaded with context length of only 32768 tokens"
+        r"context length of only (\d+)",
+        # vLLM V1: "The decoder prompt (length 5000) is longer than the maximum model length
+        # of 4096."
+        r"maximum model length of (\d+)",
+        # SGLang: "The input (5000 tokens) is longer than the model's context length (4096
+        # tokens)."
+        r"model's context length \((\d+) tokens\)",
+        # TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096."
+        r"max_new_tokens`? must be <= (\d+)",
+        # llama-cpp-python: "Requested tokens (2285) exceed context window of 2048"; and any
+        # other "context length 1500" / "context size: 4096" with the size right after it
+        r"context[ _-]?(?:length|window|size)(?: is| of)?\s*[:=]?\s*(\d{3,8})\b",
+    )
 )
 CONTEXT_PARAM_KEYS = (
     "num_ctx",
@@ -2241,9 +2368,15 @@ def is_context_error(text: str | None) -> bool:
 
 
 def reported_context_limit(text: str) -> int | None:
-    """The context size an error names ("maximum context length is 8192 tokens"), if any."""
-    match = _CONTEXT_LIMIT_RE.search(text)
-    return int(match.group(1)) if match else None
+    """The context size an error names ("maximum context length is 8192 tokens"), if any;
+    None when it names none (a count of the prompt alone is no size), or names it in a form
+    not read here ("128k", "1.5M": never taken for 128 or 1)."""
+    for pattern in _CONTEXT_LIMIT_RES:
+        if match := pattern.search(text or ""):
+            if re.match(r"[.,]?\d|\s?[kKmM]\b", text[match.end(1) :]):
+                return None
+            return int(match.group(1))
+    return None
 
 
 def context_size(*param_sets: dict) -> int:
@@ -2275,9 +2408,9 @@ class ModelFacts:
     to each run's `ContextBudget`, which alone writes it.
 
     Who may write what: `proven` only from a server's own count (the prompt tokens of a
-    request that worked); `sizes` from a context size a server named in an error, and, after
-    an error naming none, from what `proven` already holds (`ContextBudget.learn`). Nothing
-    a run guesses from its own request sizes is written here.
+    request that worked); `sizes` only from a context size a server named in an error
+    (`ContextBudget.learn`). An error naming none writes nothing: it shrinks its own request.
+    Nothing a run guesses from its own request sizes is written here.
     """
 
     def __init__(
@@ -2355,19 +2488,29 @@ class ContextBudget:
             self._proven[profile.model_id] = max(proven, prompt_tokens)
             log.debug("%s: %.2f characters per token", profile.model_id, ratio)
 
-    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> bool:
-        """After a context-length error: the size it names, or, when a smaller prompt worked
-        before, that size (never under CONTEXT_FLOOR_TOKENS). False: nothing can be learnt.
-        """
-        model, current = profile.model_id, self.limit(profile)
+    def learn(self, profile: ModelProfile, error: str) -> bool:
+        """After a context-length error: the size it names, kept for every run (a server's
+        statement about that model). False: it names none, and nothing is learnt, so one
+        chat's failure never shrinks what another chat sends (see `retry_chars`)."""
         named = reported_context_limit(error)
-        proven = self._proven.get(model, 0)
-        sent = int(sent_chars / self.chars_per_token(profile))
-        if named is None and not 0 < proven < sent:
+        if named is None:
             return False
-        size = named if named is not None else max(proven, CONTEXT_FLOOR_TOKENS)
-        self._learned[model] = min(size, current) if current else size
+        current = self.limit(profile)
+        self._learned[profile.model_id] = min(named, current) if current else named
         return True
+
+    def retry_chars(
+        self, profile: ModelProfile, sent_chars: int, besides: int = 0
+    ) -> int:
+        """The characters one retry of this request may take after an error naming no size:
+        three quarters of what was sent, and no more than the largest prompt the model took
+        before (never under CONTEXT_FLOOR_TOKENS), less `besides` (tool specs)."""
+        room = int(sent_chars * UNNAMED_REFIT_SHRINK)
+        proven = self._proven.get(profile.model_id, 0)
+        if proven:
+            tokens = max(proven, CONTEXT_FLOOR_TOKENS)
+            room = min(room, int(tokens * self.chars_per_token(profile)) - besides)
+        return max(0, room)
 
     def room_chars(
         self, profile: ModelProfile, reserve_tokens: int, shrink: float
@@ -2430,22 +2573,27 @@ def plan_fit(sizes: list[int], keep: list[bool], room: int) -> list[int] | None:
     The oldest parts that may go are left out while fitting would cut the longest shorter than
     MIN_CUT_CHARS; then every part longer than one level is cut to it. Parts marked `keep`
     are never left out; None when even they, cut to MIN_KEPT_CHARS, do not fit.
+    One pass: the level reaches `least` exactly when the parts capped at `least` fit, so
+    leaving a part out updates two sums instead of computing the level again.
     """
     if (
         sum(min(s, MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k)
         > room
     ):
         return None
-    alive = [i for i, size in enumerate(sizes) if size]
-    while sum(sizes[i] for i in alive) > room:
-        level = water_level([sizes[i] for i in alive], room)
-        droppable = [i for i in alive if not keep[i]]
-        if level >= max(MIN_CUT_CHARS, room // 8) or not droppable:
-            return [
-                min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))
-            ]
-        alive.remove(droppable[0])
-    return [sizes[i] if i in alive else 0 for i in range(len(sizes))]
+    least = max(MIN_CUT_CHARS, room // 8)
+    plan = list(sizes)
+    total, capped = sum(sizes), sum(min(s, least) for s in sizes)
+    droppable = (i for i, size in enumerate(sizes) if size and not keep[i])
+    while total > room:
+        i = next(droppable, None) if capped > room else None
+        if (
+            i is None
+        ):  # cutting to one level keeps enough of each part, or nothing may go
+            level = water_level([s for s in plan if s], room)
+            return [min(s, level) for s in plan]
+        total, capped, plan[i] = total - sizes[i], capped - min(sizes[i], least), 0
+    return plan
 
 
 @dataclass
@@ -2459,18 +2607,39 @@ class Fitted:
     omitted: int = 0  # turns left out
 
 
+def protected_turns(turns: list[Turn]) -> set[int]:
+    """The turns a fit always keeps: the topic (the first user message), the request's own
+    message (the last one the user sent, however many words between rounds followed it),
+    and the user's latest words."""
+    users = [i for i, t in enumerate(turns) if t.speaker is None and not t.note]
+    sent = [i for i in users if not turns[i].between_rounds]
+    return {users[0], users[-1], *sent[-1:]} if users else set()
+
+
+def _gaps(sizes: list[int], protected: set[int]) -> int:
+    """How many stretches of turns that may be left out the protected ones leave."""
+    gaps, open_gap = 0, False
+    for i, size in enumerate(sizes):
+        if i in protected:
+            open_gap = False
+        elif size and not open_gap:
+            gaps, open_gap = gaps + 1, True
+    return gaps
+
+
 def fit_turns(turns: list[Turn], room: int) -> Fitted | None:
-    """The turns within `room` characters: the topic (first user message) and the latest user
-    message always stay, cut in the middle if they must; older turns go first, and a note
-    stands where they were. None: not even the kept messages fit."""
-    users = [i for i, t in enumerate(turns) if t.speaker is None]
-    protected = {users[0], users[-1]} if users else set()
+    """The turns within `room` characters: the protected ones always stay, cut in the middle
+    if they must; older turns go first, and a note stands where they were. None: not even
+    the kept messages fit."""
+    protected = protected_turns(turns)
     sizes = [len(_text_of(t.content)) + TURN_OVERHEAD_CHARS for t in turns]
-    if (
-        sum(sizes) > room
-    ):  # room for the notes of at most two gaps (around the latest message)
-        room -= 2 * (len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS)
-    plan = plan_fit(sizes, [i in protected for i in range(len(turns))], room)
+    if sum(sizes) > room:  # room for a note in each stretch of turns that may go
+        note = len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS
+        room -= _gaps(sizes, protected) * note
+    keep = [False] * len(turns)
+    for i in protected:
+        keep[i] = True
+    plan = plan_fit(sizes, keep, room)
     if plan is None:
         return None
     out: list[Turn] = []
@@ -2896,9 +3065,13 @@ class SpeakerGuard:
         self._intro = text[-1] in _COLONS
 
 
+FOLD_LINE_CHARS = 400  # how much of a line spoken as someone else is read to fold
+
+
 class ReplyFilter:
     """A reply's text on its way to the transcript: think tags split off, then the speaker
-    guard, then the echo guard."""
+    guard, then the echo guard. What a guard cuts is kept (`folded`), never shown as said.
+    """
 
     def __init__(
         self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None
@@ -2906,6 +3079,12 @@ class ReplyFilter:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
         self.echo = echo
+        self._line = ""  # what the speaker guard was fed since the last line it let out
+        self._open = ""  # what it let out of that line
+        self._cut_by_speaker = (
+            ""  # the text from the line where it stopped the reply on
+        )
+        self._after: list[str] = []  # what arrived after the reply had ended
 
     @property
     def stopped_by(self) -> str | None:
@@ -2922,12 +3101,36 @@ class ReplyFilter:
         """The reply ended early: it spoke as someone else, or began copying."""
         return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
 
+    @property
+    def done(self) -> bool:
+        """The reply ended, and what ended it has arrived: a line spoken as someone else is
+        read to its end (at most FOLD_LINE_CHARS), so the user can read it whole."""
+        if self.cut != "speaker":
+            return self.ended
+        line = self._cut_by_speaker + "".join(self._after)
+        return "\n" in line or len(line) >= FOLD_LINE_CHARS
+
+    @property
+    def cut(self) -> str:
+        """Why the reply ended early: "speaker", "echo", "loop" or "" (it did not)."""
+        if self.echo is not None and self.echo.echoed:
+            return self.echo.reason
+        return "speaker" if self.stopped_by is not None else ""
+
+    def folded(self) -> str:
+        """Everything the guards cut, in the order it came: the user may read it, nobody
+        hears it."""
+        echoed = self.echo.cut_text if self.echo else ""
+        return echoed + self._cut_by_speaker + "".join(self._after)
+
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
 
     def flush(self) -> list[tuple[str, str]]:
         parts = self._guarded(self._splitter.flush())
-        tail = self.guard.flush() if self.guard else ""
+        tail = ""
+        if not self.ended:
+            tail = self._speaker(self.guard.flush(), "") if self.guard else ""
         if self.echo is not None:
             tail = (self.echo.feed(tail) if tail else "") + self.echo.flush()
         return [*parts, ("content", tail)] if tail else parts
@@ -2938,17 +3141,43 @@ class ReplyFilter:
         out = []
         for kind, text in parts:
             if self.ended:
-                break
+                self._after.append(text)
+                continue
             if kind == "content":
                 arrived = bool(text)
-                text = self.guard.feed(text) if self.guard else text
+                text = (
+                    self._speaker(self.guard.feed(text), text) if self.guard else text
+                )
                 text = self.echo.feed(text) if self.echo and text else text
+                if self.echo and self.echo.echoed and self.stopped_by is None:
+                    self.echo.feed(self._held_line())  # nothing more is shown
                 if not text:
                     if arrived:  # held back for now: the reasoning before it has ended
                         out.append(("reasoning_end", ""))
                     continue
             out.append((kind, text))
         return out
+
+    def _speaker(self, shown: str, fed: str) -> str:
+        """Keeps the speaker guard's own line of what it was fed: it stops only at a line's
+        start, and lets every line before it out (less a label), so its cut is what it was
+        fed from the line after the last one it let out."""
+        self._line += fed
+        lines = shown.count("\n")
+        if lines:
+            self._line = self._line.split("\n", lines)[-1]
+            self._open = shown.rsplit("\n", 1)[-1]
+        else:
+            self._open += shown
+        if self.stopped_by is not None:
+            self._cut_by_speaker, self._line = self._line, ""
+        return shown
+
+    def _held_line(self) -> str:
+        """What the speaker guard holds back: the start of a line none of which went out."""
+        held = "" if self._open else self._line
+        self._line = ""
+        return held
 
 
 # ============================================================================
@@ -2999,39 +3228,54 @@ def echo_sources(system_prompt: str, turns: Iterable[Turn]) -> list[str]:
     return [system_prompt, *shown]
 
 
-def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:
-    """The sources' words in order, and a number where a run must not go on: between two
-    sources and at a character of a script without spaces (no word equals a number)."""
-    gaps = 0
-    for text in sources:
-        for piece in _PIECE_RE.finditer(text):
-            if piece.lastgroup is None:
-                if word := echo_word(piece.group()):
-                    yield word
-            elif piece.lastgroup == "unspaced":
-                gaps += 1
-                yield gaps
-        gaps += 1
-        yield gaps
-
-
 class PassageIndex:
     """Every passage of the sources as a path of words (a suffix automaton, built in linear
     time), so the longest copied run ending at a reply's next word costs O(1) amortized.
+
+    It grows at its end (`add`, `append`) at no cost to what it already holds; sources are
+    kept apart by gaps (numbers, which no word equals) that no run goes over.
     """
 
-    def __init__(self, sources: Iterable[str]) -> None:
+    def __init__(self, sources: Iterable[str] = ()) -> None:
         self._next: list[dict[str | int, int]] = [{}]
         self._link = [-1]
         self._len = [0]
-        last = 0
-        for word in _indexed_words(sources):
-            last = self._extend(last, word)
+        self._first = [-1]  # where a state's passages first end (a word's position)
+        self._last = 0
+        self._gaps = 0
         self.links_followed = 0  # the matching's only loop, counted for the tests
+        for text in sources:
+            self.add(text)
+
+    def add(self, text: str) -> None:
+        """One more source: its words, and a gap at each character of a script without
+        spaces and after it."""
+        for piece in _PIECE_RE.finditer(text):
+            if piece.lastgroup is None:
+                if word := echo_word(piece.group()):
+                    self._last = self._extend(self._last, word)
+            elif piece.lastgroup == "unspaced":
+                self.gap()
+        self.gap()
+
+    def gap(self) -> None:
+        self._gaps += 1
+        self._last = self._extend(self._last, self._gaps)
+
+    def append(self, word: str) -> tuple[int, int]:
+        """Add one word; the longest run ending with it that stands earlier too (its words) and
+        how many words back its first occurrence ends (a loop's period)."""
+        self._last = self._extend(self._last, word)
+        link = self._link[self._last]
+        return self._len[link], self._len[self._last] - 1 - self._first[link]
 
     def step(self, state: int, length: int, word: str) -> tuple[int, int]:
         """The state and length of the longest run of the sources that ends with `word`, given
-        the run (`state`, `length`) that ended at the word before it."""
+        the run (`state`, `length`) that ended at the word before it. The index may have grown
+        since (another lane was shown a new turn): a state split meanwhile is found again on
+        its suffix links, where its run's length fits."""
+        while state and self._len[self._link[state]] >= length:
+            state = self._link[state]
         while state and word not in self._next[state]:
             state = self._link[state]
             length = self._len[state]
@@ -3042,7 +3286,7 @@ class PassageIndex:
 
     def _extend(self, last: int, word: str | int) -> int:
         """Blumer et al.'s online construction: one word more, at most two new states."""
-        cur = self._new(self._len[last] + 1, -1, {})
+        cur = self._new(self._len[last] + 1, -1, {}, self._len[last])
         p = last
         while p != -1 and word not in self._next[p]:
             self._next[p][word] = cur
@@ -3054,55 +3298,93 @@ class PassageIndex:
         if self._len[p] + 1 == self._len[q]:
             self._link[cur] = q
             return cur
-        clone = self._new(self._len[p] + 1, self._link[q], dict(self._next[q]))
+        clone = self._new(
+            self._len[p] + 1, self._link[q], dict(self._next[q]), self._first[q]
+        )
         while p != -1 and self._next[p].get(word) == q:
             self._next[p][word] = clone
             p = self._link[p]
         self._link[q] = self._link[cur] = clone
         return cur
 
-    def _new(self, length: int, link: int, edges: dict[str | int, int]) -> int:
+    def _new(
+        self, length: int, link: int, edges: dict[str | int, int], first: int
+    ) -> int:
         self._len.append(length)
         self._link.append(link)
         self._next.append(edges)
+        self._first.append(first)
         return len(self._len) - 1
+
+
+# A reply that repeats its own earlier run of this many words ends there too (a paragraph or a
+# line looped until the token cap), unless the run repeats what stands fewer than
+# LOOP_MIN_PERIOD words before it: table cells (`| yes | yes |`), `Thank you! Thank you!`.
+LOOP_MIN_PERIOD = 8
+_FOLD_REASONS = {"run": "echo", "whole": "echo", "loop": "loop"}
 
 
 class EchoGuard:
     """Ends a streamed reply where it has copied `run_words` consecutive words of its sources
-    (earlier turns, its instructions, the pipe's notes); no copied word is ever shown.
+    (earlier turns, its instructions, the pipe's notes) or of itself; no copied word is shown.
 
     Holds back only the words of the current run and the word being written, and lets them go
     as soon as the run breaks. Fenced code is never matched: fixing someone's code keeps most
-    of it. `feed` costs what its chunk costs, however long the reply and the sources are.
+    of it. What it cuts is kept (`cut_text`) for the transcript to fold. A `free` phrase (the
+    stop phrase) is never an echo. `feed` costs what its chunk costs, however long the reply
+    and the sources are.
     """
 
     def __init__(
         self,
-        sources: Iterable[str],
+        sources: Iterable[str] = (),
         run_words: int = ECHO_RUN_WORDS,
         whole_words: int = ECHO_WHOLE_WORDS,
+        *,
+        indexes: Iterable[PassageIndex] = (),
+        free: Iterable[str] = (),
     ) -> None:
-        self.index = PassageIndex(sources)
+        self.indexes = [*indexes]
+        sources = list(sources)
+        if sources or not self.indexes:
+            self.indexes.insert(0, PassageIndex(sources))
+        self.index = self.indexes[0]
+        self._own = PassageIndex()  # the reply itself, word by word: its loops
+        self._free = {w for f in free if (w := tuple(_echo_words(f)))}
         self._run_words = run_words
         self._whole_words = whole_words
         self._held = ""  # fed and not shown yet; starts at offset `_base` of the reply
         self._base = 0
         self._end = 0  # characters fed so far
         self._run: deque[int] = deque()  # where each word of the current run starts
-        self._state = 0  # the current run's state in the index
+        self._states = [0] * len(self.indexes)  # the current run in each index
+        self._lengths = [0] * len(self.indexes)
+        self._copied = 0  # the longest of those runs: words copied from the sources
         self._word_at: int | None = None  # where the word being written starts
         self._line_start = True  # no word yet on this line
         self._in_code = False
         self._words = 0  # the reply's words so far (those in code too)
-        self.echoed = ""  # why the reply ended: "run" | "whole" | "" (it did not)
+        # why the reply ended: "run" | "whole" | "loop" | "" (it did not)
+        self.echoed = ""
         self.copied_words = 0  # the copied run's words when it ended
         self.withheld = 0  # characters fed and never shown
+        self._cut: list[str] = []  # those characters
+
+    @property
+    def cut_text(self) -> str:
+        """What the reply went on with after the copy began: never shown, kept to fold."""
+        return "".join(self._cut)
+
+    @property
+    def reason(self) -> str:
+        """The cut as the transcript marks it: "echo" (of the sources), "loop" or ""."""
+        return _FOLD_REASONS.get(self.echoed, "")
 
     def feed(self, text: str) -> str:
         """The part of the reply that may be shown now ('' once it has ended as an echo)."""
         if self.echoed:
             self.withheld += len(text)
+            self._cut.append(text)
             return ""
         self._held += text
         start = self._end
@@ -3133,8 +3415,10 @@ class EchoGuard:
             self._end_word(self._word_at, self._end)
             self._word_at = None
         self._expire(self._end)
-        if not self.echoed and self._whole_words <= self._words == len(self._run):
-            self.echoed, self.copied_words = "whole", self._words
+        if not self.echoed and self._whole_words <= self._words == self._copied:
+            lines = {tuple(_echo_words(line)) for line in self._held.splitlines()}
+            if not lines & self._free:  # the stop phrase on a line of its own is free
+                self.echoed, self.copied_words = "whole", self._words
         if self.echoed:
             return self._stop()
         shown, self._held, self._base = self._held, "", self._end
@@ -3159,12 +3443,20 @@ class EchoGuard:
             return  # markup between words (`>`, `-`, `**`): the run goes on over it
         self._words += 1
         self._expire(end)
-        self._state, length = self.index.step(self._state, len(self._run), word)
+        for i, index in enumerate(self.indexes):
+            self._states[i], self._lengths[i] = index.step(
+                self._states[i], self._lengths[i], word
+            )
+        self._copied = max(self._lengths)
+        looped, period = self._own.append(word)
+        looped = looped if period >= LOOP_MIN_PERIOD else 0
         self._run.append(start)
-        while len(self._run) > length:
+        while len(self._run) > max(self._copied, looped):
             self._run.popleft()
-        if length >= self._run_words:
-            self.echoed, self.copied_words = "run", length
+        if self._copied >= self._run_words:
+            self.echoed, self.copied_words = "run", self._copied
+        elif looped >= self._run_words:
+            self.echoed, self.copied_words = "loop", looped
 
     def _release(self) -> str:
         """What is no longer held: all before the run, or before the word being written.
@@ -3193,6 +3485,7 @@ class EchoGuard:
         """The reply ends where the copy began: the text before it goes out, the rest never."""
         at = self._run[0]
         shown = self._held[: at - self._base]
+        self._cut.append(self._held[at - self._base :])
         self.withheld = self._end - at
         self._held, self._base = "", self._end
         return shown
@@ -3203,8 +3496,71 @@ class EchoGuard:
             self._reset()
 
     def _reset(self) -> None:
+        """No run goes on over this point: code, a long token, a script without spaces."""
         self._run.clear()
-        self._state = 0
+        self._states = [0] * len(self.indexes)
+        self._lengths = [0] * len(self.indexes)
+        self._copied = 0
+        self._own.gap()
+
+
+def _echo_words(text: str) -> list[str]:
+    return [w for w in map(echo_word, text.split()) if w]
+
+
+# System prompts kept indexed at once: a council's five, a retry's, a tool round's.
+_PROMPTS_KEPT = 8
+
+
+class EchoIndex:
+    """What a run's replies may not copy, indexed as the conversation grows and shared by every
+    request of the run (tool rounds, retries, a council's lanes): each speaker's turns in an
+    index of their own, the pipe's notes in one, and the latest system prompts by their text.
+
+    A request indexes only the turns it is shown that no request of the run was shown before
+    (the order of sources does not matter: no run goes over a gap), so it costs what is new,
+    not the whole history; and a council answer may restate its speaker's own (`own`).
+    """
+
+    def __init__(self) -> None:
+        self._speakers: dict[str, PassageIndex] = {}
+        self._notes = PassageIndex()
+        self._turns: dict[int, Turn] = {}  # the turns looked at, by identity
+        self._seen: set[tuple[str | None, str]] = set()  # (speaker, text) indexed
+        self._prompts: dict[str, PassageIndex] = {}
+
+    def guard(
+        self,
+        system_prompt: str,
+        shown: list[Turn],
+        own: str | None = None,
+        free: Iterable[str] = (),
+    ) -> EchoGuard:
+        """An echo guard for a reply shown `system_prompt` and the fitted turns `shown`: the
+        participants' turns and the pipe's notes (not the user's words); `own`'s turns are no
+        source."""
+        for turn in shown:
+            if id(turn) in self._turns or (turn.speaker is None and not turn.note):
+                continue  # indexed already; or the user's own words, which may be kept
+            self._turns[id(turn)] = turn  # kept, so its id stays its own
+            key = (None if turn.note else turn.speaker, _text_of(turn.content))
+            if key not in self._seen:  # the same text again (a note), or a cut copy
+                self._seen.add(key)
+                index = self._notes
+                if not turn.note:
+                    index = self._speakers.setdefault(key[0] or "", PassageIndex())
+                index.add(key[1])
+        theirs = [ix for who, ix in self._speakers.items() if who != own]
+        return EchoGuard(
+            indexes=[self._prompt(system_prompt), self._notes, *theirs], free=free
+        )
+
+    def _prompt(self, text: str) -> PassageIndex:
+        index = self._prompts.pop(text, None) or PassageIndex([text])
+        self._prompts[text] = index  # the newest last; the oldest goes first
+        if len(self._prompts) > _PROMPTS_KEPT:
+            del self._prompts[next(iter(self._prompts))]
+        return index
 
 
 # ============================================================================
@@ -3279,6 +3635,9 @@ class SpeakerPolicy:
     """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
 
     managed = False  # a manager model picks (the status counts turns, not rounds)
+    retired = (
+        False  # the manager failed too often: the order picks for the rest of the run
+    )
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         raise NotImplementedError
@@ -3349,6 +3708,10 @@ class NamedFirst(SpeakerPolicy):
         self.first = first
         self.managed = policy.managed
 
+    @property
+    def retired(self) -> bool:  # type: ignore[override]
+        return self.policy.retired
+
     async def pick(self, slot: int, last: int | None) -> Pick:
         return Pick(self.first) if slot == 0 else await self.policy.pick(slot, last)
 
@@ -3400,12 +3763,15 @@ def strip_reasoning(text: str) -> str:
 
 
 def manager_pick(
-    answer: str, aliases: list[str], last: int | None
+    answer: str, aliases: list[str], last: int | None, wording: str = ""
 ) -> tuple[int | None, str]:
     """Who the manager's answer picks, else what is wrong with it.
 
-    A name standing alone on a line picks (the last such line); otherwise the answer must name
-    exactly one participant. One naming several (an echoed prompt or candidate list) picks no one.
+    A name standing alone on a line picks (the last such line). Otherwise the answer must
+    pick exactly one participant, read as a person would: a name in a reason ("since Ann
+    just spoke"), in brackets, after "not", as a possessive, in a list of names (an echoed
+    candidate list), the last speaker, or in a sentence repeating the prompt's own `wording`
+    ("The last speaker is Ben.", "…should end now, choose Ana") picks no one.
     """
     alone = [
         i
@@ -3416,24 +3782,115 @@ def manager_pick(
     free = [i for i in alone if i != last]
     if free:
         return free[-1], ""
-    named = alone or named_aliases(answer, aliases)
-    if len(set(named)) > 1:
+    echo = _word_grams(wording or manager_wording(DEFAULT_MANAGER_PROMPT), aliases)
+    named: list[int] = []
+    listed = echoed = False
+    for clause in _CLAUSE_RE.split(answer):
+        clause = _ASIDE_RE.sub(" ", _POSSESSIVE_RE.sub(" ", clause or ""))
+        found = _names_in(clause, aliases)
+        if _echoes(clause, echo, aliases):
+            echoed = echoed or bool(found)
+            continue
+        for group in found:
+            listed = listed or len(group) > 1
+            named += group if len(group) == 1 else []
+    picked = list(dict.fromkeys(i for i in named if i != last))
+    if len(picked) == 1:
+        return picked[0], ""
+    if len(picked) > 1 or listed:
         return None, "Several participants are named; answer with one name only."
-    if named and named[0] != last:
-        return named[0], ""
+    if echoed:
+        return None, "That repeats the question; answer with one name only."
     if named:
         return None, f"{aliases[named[0]]} has just spoken; pick someone else."
     return None, f"'{_short(answer, 40)}' names none of the participants."
 
 
+# Sentences end at . ! ? ; : or a line break; "so" and "therefore" start a new one.
+_CLAUSE_RE = re.compile(
+    r"[.!?;:\n]+|,?\s+\b(?:so|therefore|hence|thus|which means)\b", re.IGNORECASE
+)
+# Names that are no pick: a reason or an aside ("since Ann just spoke", "(Ann spoke last)",
+# "not Ann"), to the next comma; and a possessive ("Ann's point").
+_ASIDE_RE = re.compile(
+    r"\([^()]*\)|\[[^\[\]]*\]|\b(?:since|because|as|given|after|now that|considering|"
+    r"following|not|rather than|instead of|than|unlike)\b[^,]*",
+    re.IGNORECASE,
+)
+_POSSESSIVE_RE = re.compile(r"\b[\w-]+['’]s\b(?!\s+turn\b)")  # "Ben's turn" picks Ben
+_BETWEEN_LISTED_RE = re.compile(r"[\s,/&*_`'\"]*(?:\b(?:and|or)\b)?[\s*_`'\"]*", re.I)
+
+
+def _names_in(text: str, aliases: list[str]) -> list[list[int]]:
+    """The participants named in `text`, in order, names joined only by commas, "and" or
+    "or" grouped together (a list of names); the longest alias wins an overlap."""
+    spans: list[tuple[int, int, int]] = []
+    for i in sorted(range(len(aliases)), key=lambda j: -len(aliases[j])):
+        name = aliases[i].strip()
+        for m in (
+            re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.I) if name else ()
+        ):
+            if not any(s < m.end() and m.start() < e for s, e, _ in spans):
+                spans.append((m.start(), m.end(), i))
+    groups: list[list[int]] = []
+    end = -1
+    for start, stop, i in sorted(spans):
+        if groups and _BETWEEN_LISTED_RE.fullmatch(text[end:start]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        end = stop
+    return groups
+
+
+def _plain_words(text: str, aliases: list[str]) -> list[str]:
+    names = {w for a in aliases for w in normalize_name(a).split()}
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in names]
+
+
+def _word_grams(text: str, aliases: list[str]) -> set[tuple[str, ...]]:
+    """Every run of three words in `text`'s statements, names left out; its questions are
+    answered, not echoed ("Who should speak next?": "Ben should speak next")."""
+    grams: set[tuple[str, ...]] = set()
+    for sentence in re.split(r"(?<=[.!?:;\n])", text):
+        if not sentence.rstrip().endswith("?"):
+            words = _plain_words(sentence, aliases)
+            grams.update(zip(words, words[1:], words[2:], strict=False))
+    return grams
+
+
+def _echoes(clause: str, echo: set[tuple[str, ...]], aliases: list[str]) -> bool:
+    """Half the clause's words or more (three at least) repeat the prompt's own runs of
+    three words: "The last speaker is Ben." echoes "The last speaker was 'Ann'."."""
+    words = _plain_words(clause, aliases)
+    covered: set[int] = set()
+    for k in range(len(words) - 2):
+        if tuple(words[k : k + 3]) in echo:
+            covered.update((k, k + 1, k + 2))
+    return len(covered) >= 3 and 2 * len(covered) >= len(words)
+
+
 ManagerAsk = Callable[[list[dict], int], Awaitable[str]]
 
 
-class ManagerChoice(SpeakerPolicy):
-    """The manager model's pick, re-asked with what was wrong up to MANAGER_ATTEMPTS times.
+MANAGER_END_ASK = f"If the conversation has reached its goal and should end now, answer {END_WORD} instead."
 
-    An answer of END ends the conversation. An error or timeout, or no valid name after the
-    last attempt, gives the turn to the next participant in order, and the status says so.
+
+def manager_wording(template: str) -> str:
+    """The words the manager is asked in, without the conversation or the names: what an
+    answer must not merely repeat to count as a pick."""
+    blank = {"history": "", "last_speaker": "", "participant_list": ""}
+    again = f"Answer with exactly one of: (or {END_WORD}), and nothing else."
+    return f"{fill_template(template, blank)}\n{MANAGER_END_ASK}\n{again}"
+
+
+class ManagerChoice(SpeakerPolicy):
+    """The manager model's pick, re-asked once with what was wrong.
+
+    An answer of END ends the conversation. An error or timeout, or no pick after the
+    re-ask, gives the turn to the next participant in order, and the status says so. After
+    MANAGER_FAILURES failures in a run it is not asked again: the order falls back for the
+    rest of the run, with one line saying so.
     """
 
     managed = True
@@ -3446,6 +3903,7 @@ class ManagerChoice(SpeakerPolicy):
         aliases: list[str],
         status: Callable[..., None],
         max_tokens: int = 0,
+        wording: str = "",
     ) -> None:
         self.ask = ask
         self.prompt = prompt
@@ -3453,41 +3911,42 @@ class ManagerChoice(SpeakerPolicy):
         self.aliases = aliases
         self.status = status
         self.max_tokens = max_tokens  # the turns' bound (MAX_TOKENS); 0: none
+        self.wording = wording or manager_wording(DEFAULT_MANAGER_PROMPT)
         self._room = MANAGER_ANSWER_TOKENS
+        self.failures = 0  # answers without a pick and errors, this run
+        self.retired = (
+            False  # failed MANAGER_FAILURES times: the order picks from now on
+        )
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         aliases = self.aliases
         fallback = next_in_order(last, len(aliases))
         if len(aliases) == 1:
             return Pick(0)
+        if self.retired:
+            return Pick(fallback)
         messages = [
             {"role": "system", "content": self.system},
             {
                 "role": "user",
-                "content": f"{self.prompt(last).rstrip()}\n\nIf the conversation has reached its "
-                f"goal and should end now, answer {END_WORD} instead.",
+                "content": f"{self.prompt(last).rstrip()}\n\n{MANAGER_END_ASK}",
             },
         ]
-        answer = problem = ""
-        for attempt in range(1, MANAGER_ATTEMPTS + 1):
+        while True:
             try:
                 raw = await self.ask(messages, self._bound())
             except (ModelCallError, TimeoutError) as exc:
-                reason = (
-                    "took too long"
-                    if isinstance(exc, TimeoutError)
-                    else f"failed ({exc})"
+                self.failures += 1
+                late = isinstance(exc, TimeoutError)
+                return self._fall_back(
+                    fallback, "took too long" if late else f"failed ({exc})"
                 )
-                self.status(
-                    f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next (round robin)."
-                )
-                return Pick(fallback)
             if _OPEN_THINK_RE.search(THINK_RE.sub("", raw)):
                 self._room = (
-                    MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
+                    MANAGER_THINKING_TOKENS  # it thinks first: room from now on
                 )
             answer = strip_reasoning(raw).strip()
-            picked, problem = manager_pick(answer, aliases, last)
+            picked, problem = manager_pick(answer, aliases, last, self.wording)
             if picked is not None:
                 self.status(f"Manager picked {aliases[picked]}.", done=False)
                 return Pick(picked, why=answer)
@@ -3495,9 +3954,14 @@ class ManagerChoice(SpeakerPolicy):
                 answer and normalize_name(answer.splitlines()[-1]) == END_WORD.lower()
             ):
                 return Pick(end="the manager ended it")
+            self.failures += 1
             log.debug(
-                "manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem
+                "manager failure %d of %d: %s", self.failures, MANAGER_FAILURES, problem
             )
+            if self.failures >= MANAGER_FAILURES or len(messages) > 2:
+                return self._fall_back(
+                    fallback, f"{_why(problem)} (last: '{_short(answer, 24)}')"
+                )
             messages += [
                 {"role": "assistant", "content": raw},
                 {
@@ -3506,19 +3970,31 @@ class ManagerChoice(SpeakerPolicy):
                     f"(or {END_WORD}), and nothing else.",
                 },
             ]
-        why = (
-            "named no participant" if "names none" in problem else "gave no usable name"
-        )
-        if "has just spoken" in problem:
-            why = "picked the same speaker twice"
-        self.status(
-            f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer, 24)}'); "
-            f"{aliases[fallback]} speaks next (round robin)."
-        )
+
+    def _fall_back(self, fallback: int, what: str) -> Pick:
+        """This turn goes to the next in order; after MANAGER_FAILURES failures every turn of
+        the run does, and the one line says so."""
+        nxt = self.aliases[fallback]
+        if self.failures >= MANAGER_FAILURES:
+            self.retired = True
+            self.status(
+                f"Manager {_short(what, 70)}; round robin from here ({nxt} next)."
+            )
+        else:
+            self.status(f"Manager {_short(what, 70)}; {nxt} speaks next (round robin).")
         return Pick(fallback)
 
     def _bound(self) -> int:
         return min(self._room, self.max_tokens) if self.max_tokens else self._room
+
+
+def _why(problem: str) -> str:
+    """A manager's failed answer in a few words, for the status line."""
+    if "names none" in problem:
+        return "named no participant"
+    if "has just spoken" in problem:
+        return "picked the same speaker twice"
+    return "gave no usable name"
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -3559,6 +4035,9 @@ class Progress:
     tokens: int = 0
     last_alias: str = ""
     last_said: str = ""
+    sitting_out: set[str] = field(
+        default_factory=set
+    )  # whose model cannot hold the conversation: they speak no more
 
     def record(self, alias: str, said: str, passed: bool, tokens: int) -> None:
         self.slots += 1
@@ -3644,7 +4123,8 @@ class TokenBudget:
 
 
 class EveryonePassed:
-    """Ends when every participant passed since the last turn someone spoke."""
+    """Ends when everyone who still speaks passed since the last turn someone spoke; those
+    sitting out (their model cannot hold the conversation) cannot pass, nor block it."""
 
     label = "everyone passed"
 
@@ -3652,9 +4132,10 @@ class EveryonePassed:
         self.aliases = set(aliases)
 
     def check(self, progress: Progress) -> str | None:
-        return (
-            "everyone passed" if progress.passed_since_spoken >= self.aliases else None
-        )
+        speaking = self.aliases - progress.sitting_out
+        if speaking and progress.passed_since_spoken >= speaking:
+            return "everyone passed"
+        return None
 
 
 def is_pass(said: str) -> bool:
@@ -3696,9 +4177,6 @@ REVIEW_RULES = (
     "You review the other participants' answers to the user's last message; yours is not "
     "among them, and their names are hidden."
 )
-_RANKING_RE = re.compile(
-    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE
-)
 
 
 def review_ask(answers: list[str]) -> str:
@@ -3714,14 +4192,80 @@ def review_ask(answers: list[str]) -> str:
     )
 
 
+_RANKING_RE = re.compile(
+    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：][ \t]*(.*)$", re.IGNORECASE | re.MULTILINE
+)
+_LIST_ITEM_RE = re.compile(r"^\s*(?:\d{1,2}\s*[.):]|[-*•])\s*\S")
+# "Response C", "answer c", "Option C": the letter. "N/A" is no letter.
+_RANK_NAMED_RE = re.compile(
+    r"\b(?:responses?|answers?|options?|candidates?)\s+([A-Za-z])(?![\w'’])", re.I
+)
+_RANK_REMARK_RE = re.compile(
+    r"\([^()]*[A-Za-z]{2}[^()]*\)|\[[^\[\]]*[A-Za-z]{2}[^\[\]]*\]"
+)
+_RANK_LETTER_RE = re.compile(r"(?<![\w'’])([A-Z])(?![\w'’]|-[a-z])")
+# Words after a leading "A" that make it a letter ("A is best", "A then C"); any other word
+# makes it the article ("A close call, but C > A > B").
+_RANK_VERBS = frozenset(
+    "is was and then over ranks ranked rank comes came beats beat edges edged first second "
+    "third fourth last best worst next followed slightly clearly narrowly just leads wins "
+    "tops outranks ahead before above after better stronger weaker gets takes in at has had "
+    "gives provides offers answers addresses covers explains scores scored remains places "
+    "placed or vs versus".split()
+)
+_RANK_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
+def _ranking_text(said: str) -> str | None:
+    """The text of the reply's last `RANKING:` line; a list under it (`1. C`) joins it."""
+    matches = list(_RANKING_RE.finditer(said))
+    if not matches:
+        return None
+    head = matches[-1].group(1)
+    if head.strip() and not _LIST_ITEM_RE.match(head):
+        return head
+    items = [head] if head.strip() else []
+    for line in said[matches[-1].end() :].splitlines()[1:]:
+        if not line.strip() and not items:
+            continue
+        if not _LIST_ITEM_RE.match(line):
+            break
+        items.append(line)
+    return ", ".join(items)
+
+
 def parse_ranking(said: str, count: int) -> list[int]:
-    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none."""
-    lines = _RANKING_RE.findall(said)
-    if not lines:
+    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none.
+
+    A letter is one standing alone (`C > A > B`, `Response C`, `C (best)`), never a word's
+    first letter nor the article ("A close call, but …"); remarks in brackets are skipped.
+    """
+    text = _ranking_text(said)
+    if text is None:
         return []
-    letters = re.findall(r"(?<![A-Za-z])([A-Z])(?![a-z])", lines[-1].upper())
+    text = _RANK_NAMED_RE.sub(lambda m: f" {m.group(1).upper()} ", text)
+    text = re.sub(r"\bN/A\b", " ", text, flags=re.IGNORECASE)
+    text = _RANK_REMARK_RE.sub(",", text)
+    text = re.sub(r"[*_`\"“”‘’']", " ", text)
+    letters = [
+        m.group(1)
+        for m in _RANK_LETTER_RE.finditer(text)
+        if ord(m.group(1)) - 65 < count and not _article(text, m)
+    ]
+    if not letters:  # all lower case ("c > a > b"): only when nothing else is said
+        words = _RANK_WORD_RE.findall(text)
+        if words and all(len(w) == 1 or w.lower() in _RANK_VERBS for w in words):
+            letters = [w.upper() for w in words if len(w) == 1]
     order = [ord(x) - 65 for x in letters if 0 <= ord(x) - 65 < count]
     return list(dict.fromkeys(order))
+
+
+def _article(text: str, match: re.Match) -> bool:
+    """An "A" that is the article: followed by a lower-case word that is no ranking verb."""
+    if match.group(1) != "A":
+        return False
+    after = re.match(r"\s+([a-z]+)", text[match.end() :])
+    return bool(after) and after.group(1) not in _RANK_VERBS
 
 
 def ranking_table(rankings: dict[str, list[str]], aliases: list[str]) -> str:
@@ -3906,6 +4450,7 @@ class Direction:
             self.answers.append((plan.speaker, heard.said))
         if heard.benched:
             self.benched.add(plan.speaker.alias)
+            self.progress.sitting_out.add(plan.speaker.alias)
             if len(self.benched) == len(self.participants):
                 self.reason = "no participant's model can hold the conversation"
                 self.outcome, self.explains = "nobody could go on", True
@@ -3927,6 +4472,8 @@ class Direction:
         count, slot = len(self.participants), self.progress.slots
         if self.council:
             return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
+        if self.policy.managed and self.policy.retired:
+            return f"Turn {slot + 1} of {self.config.rounds * count} · {names} (round robin)"
         if self.policy.managed:
             return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
         return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
@@ -4174,7 +4721,8 @@ class StreamResult:
     finish_reason: str = ""
     done: bool = False  # the stream's `[DONE]` arrived
     prompt_tokens: int = 0  # what the server's `usage` counted, if it sent one
-    cut: str = ""  # why the reply was cut short: "length" | "time" | ""
+    # why the reply was cut short: "length" | "time" | "speaker" | "echo" | "loop" | ""
+    cut: str = ""
     tokens: int | None = None  # total tokens the backend reported (usage), if it did
 
 
@@ -4378,6 +4926,7 @@ class Stage:
         user_name: str,
         chat_system: str = "",
         want_usage: bool = False,
+        may_say: Iterable[str] = (),
         closing_alias: str = "",
     ) -> None:
         self.gateway = gateway
@@ -4401,6 +4950,9 @@ class Stage:
         self.told_no_tools: set[str] = (
             set()
         )  # participants whose tools were said unavailable
+        self.echoes = EchoIndex()  # what replies may not copy, indexed once for the run
+        # What a participant is asked to say is never an echo: the stop phrase.
+        self.may_say = [x for x in may_say if x.strip()]
 
     def max_tokens(self, p: Participant) -> int:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
@@ -4420,10 +4972,12 @@ class Lane:
     row: UsageRow = field(
         default_factory=lambda: UsageRow("", "")
     )  # the turn's ledger row
+    restates_own: bool = False  # a council answer: restating its own is no echo
 
     def aside(self, transcript: Transcript, emitter: LaneEmitter) -> Lane:
-        """A lane for one turn generated apart: its own screen, a copy of the turns so far."""
-        return Lane(transcript, emitter, list(self.turns))
+        """A lane for one turn generated apart: its own screen, a copy of the turns so far;
+        a council answer there revises its speaker's own."""
+        return Lane(transcript, emitter, list(self.turns), restates_own=True)
 
     def notice(self, markdown: str) -> None:
         """A warning line in the transcript; history leaves it out."""
@@ -4447,7 +5001,7 @@ class Shown:
     copy; `shortened`: (kept, size) of the part cut most, for the user's notice."""
 
     messages: list[dict] | None
-    sources: list[str] = field(default_factory=list)
+    sources: list[Turn] = field(default_factory=list)  # the turns, as fitted
     shortened: tuple[int, int] | None = None
 
 
@@ -4518,7 +5072,7 @@ class Briefing:
         if plan.ask:
             last = messages[-1]
             messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
-        return Shown(messages, echo_sources(self.system, turns), shortened)
+        return Shown(messages, turns, shortened)
 
     def room(self, shrink: float = 1.0, tools: bool = True) -> int | None:
         """Characters a request's messages may take (tool specs and the reply set aside);
@@ -4601,7 +5155,7 @@ class ReplyStream:
     came to (content, tool calls, finish, usage, a cut) is collected and counted."""
 
     def __init__(
-        self, stage: Stage, lane: Lane, briefing: Briefing, sources: list[str]
+        self, stage: Stage, lane: Lane, briefing: Briefing, sources: list[Turn]
     ):
         self.stage = stage
         self.lane = lane
@@ -4626,9 +5180,14 @@ class ReplyStream:
         voices = [*stage.aliases, stage.closing_alias, stage.user_name]
         return SpeakerGuard(self.briefing.speaker.alias, voices, said)
 
-    def echo_guard(self, sources: list[str]) -> EchoGuard | None:
-        """A conversation turn ends where it starts copying what it was shown."""
-        return EchoGuard(sources) if self.briefing.plan.guarded and sources else None
+    def echo_guard(self, sources: list[Turn]) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown (its system
+        prompt, the turns `sources`), or itself."""
+        if not self.briefing.plan.guarded:
+            return None
+        stage, p = self.stage, self.briefing.speaker
+        own = p.alias if self.lane.restates_own else None
+        return stage.echoes.guard(self.briefing.system, sources, own, stage.may_say)
 
     async def stream(
         self, messages: list[dict], offer_tools: bool, turn_ends_at: float
@@ -4657,7 +5216,7 @@ class ReplyStream:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload))
                     await self.lane.emitter.update()
-                    if self.filter.ended:
+                    if self.filter.done:
                         break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():
@@ -4669,6 +5228,10 @@ class ReplyStream:
                 result.cut = "time"
             else:
                 result.error = f"the model sent nothing for {silence:g} s"
+        except asyncio.CancelledError:  # Stop: what the guards held back is shown too
+            self._end()
+            self.fold()
+            raise
         finally:
             await stream.aclose()  # a cut reply also stops the model upstream
         self._settle()
@@ -4683,7 +5246,12 @@ class ReplyStream:
             if result.tokens
             else None
         )
-        self._count_tokens(result.tokens, form["messages"], result.content)
+        failed = (
+            result.error is not None
+        )  # it costs what the server counted, else nothing
+        if failed and counted is None:
+            counted = (0, 0)
+        self._count_tokens(result.tokens, form["messages"], result.content, failed)
         reply = result.content + "".join(c.arguments for c in result.calls)
         self._count_call(counted, form["messages"], reply, started)
         return result
@@ -4700,8 +5268,8 @@ class ReplyStream:
                 guards.stopped_by,
             )
         content = self._end()
-        if guards.echo is not None and guards.echo.echoed and result.error is None:
-            result.cut = "echo"  # it began copying what was already said
+        if guards.cut:  # it went on as someone else, or began copying or looping
+            result.cut = guards.cut
         ended = result.finish_reason or result.done or result.cut or guards.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
@@ -4724,20 +5292,43 @@ class ReplyStream:
         except (ModelCallError, TimeoutError) as exc:
             self.lane.failure_line(p, str(exc) or error or "no reply")
             return ""
-        self._count_tokens(None, form["messages"], text)
+        self._count_tokens(sum(counted) if counted else None, form["messages"], text)
         self._count_call(counted, form["messages"], text, started)
         for kind, piece in self.filter.feed(text):
             self._show(kind, piece)
         said = self._end()
-        if not said:
+        if not self.fold() and not said:
             self.lane.failure_line(p, error or "the model returned an empty reply")
         return said
 
+    def fold(self) -> bool:
+        """What the guards cut (False: nothing), folded under the turn in a block titled by
+        the cut's mark: the user may open it, history leaves it out."""
+        guards = self.filter
+        folded = guards.folded()
+        if not guards.cut or not folded.strip():
+            return False
+        stage, cut_as = self.stage, guards.stopped_by or ""
+        names = [*stage.aliases, stage.user_name, "User"]
+        other = next((n for n in names if n.casefold() == cut_as.casefold()), cut_as)
+        what = {
+            "speaker": f"went on as {other}",
+            "loop": "began repeating itself",
+        }.get(guards.cut, "began repeating what was already said")
+        title = f"✂️ {self.briefing.speaker.alias} {what} — not heard by the others"
+        self.lane.transcript.add_notice(fold_block(title, folded, guards.cut).rstrip())
+        return True
+
     def _count_tokens(
-        self, reported: int | None, messages: list[dict], reply: str
+        self,
+        reported: int | None,
+        messages: list[dict],
+        reply: str,
+        failed: bool = False,
     ) -> None:
-        """Add what a reply used: the backend's usage, else about 4 characters a token."""
-        if not reported and self.stage.want_usage:
+        """Add what a reply used: the backend's usage, else about 4 characters a token; a
+        failed request the backend did not count costs nothing."""
+        if not reported and self.stage.want_usage and not failed:
             chars = sum(len(_text_of(m.get("content"))) for m in messages) + len(reply)
             reported = -(-chars // 4)
         self.lane.tokens += reported or 0
@@ -4857,7 +5448,8 @@ class ToolLoop:
             result = await reply.stream(messages, offer, self.ends_at)
             self.said.append(result.content)
             if result.cut:
-                self._cut_line(result.cut)
+                if not reply.fold():  # a guard's cut is marked by its fold
+                    self._cut_line(result.cut)
                 return self.text()
             if result.malformed:
                 self.lane.notice(
@@ -4896,16 +5488,17 @@ class ToolLoop:
 
     def _refit(self, error: str, sent: list[dict]) -> None:
         """Fit tighter for a second try after a context error: to the size the server named
-        (learnt for every run), else three quarters of what was sent (this request only).
+        (learnt for every run), else `retry_chars` (this request only).
         """
         self.refitted = True
         briefing, profile = self.briefing, self.briefing.profile
-        sent_chars = message_chars(sent) + tools_chars(profile)
-        room = None
-        if self.stage.budget.learn(profile, error, sent_chars):
+        budget, room = self.stage.budget, None
+        if budget.learn(profile, error):
             room = briefing.room(0.9)
         if room is None:
-            room = int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
+            room = budget.retry_chars(
+                profile, message_chars(sent), tools_chars(profile)
+            )
         self.room = room
         # The tool results are cut to what is left; they may take at most half.
         extra = min(message_chars(self.extra), room // 2) if self.extra else 0
@@ -4924,7 +5517,11 @@ class ToolLoop:
     def _cut_line(self, cut: str) -> None:
         """A visible mark that a reply was cut short; history leaves it out like a notice."""
         max_tokens = self.briefing.max_tokens
-        if cut == "echo":
+        if cut == "speaker":
+            why = "cut: it went on as someone else"
+        elif cut == "loop":
+            why = "cut: it began repeating itself"
+        elif cut == "echo":
             why = "cut: it began repeating what was already said"
         elif cut == "time":
             why = f"cut after {self.valves.TURN_TIME_LIMIT:g} s"
@@ -5075,6 +5672,7 @@ class TurnStreamer:
         turns: list[Turn],
         chat_system: str = "",
         want_usage: bool = False,
+        may_say: Iterable[str] = (),
         closing_alias: str = "",
     ) -> None:
         self.stage = Stage(
@@ -5088,6 +5686,7 @@ class TurnStreamer:
             user_name,
             chat_system,
             want_usage,
+            may_say,
             closing_alias,
         )
         self.lane = Lane(transcript, emitter, turns)
@@ -5136,9 +5735,12 @@ class TurnStreamer:
         said = await ToolLoop(stage, lane, Briefing(stage, plan, profile, seen)).run()
         transcript.close_live()
         passed = plan.pass_allowed and is_pass(said)
-        if passed:
+        if passed:  # one line instead of the turn; what a guard cut stays, folded
+            folded = folds_in(transcript.render()[mark:])
             transcript.rewind(mark)
             transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
+            for block in folded:
+                transcript.add_notice(block)
         elif said:
             lane.turns.append(Turn(p.alias, said))
             lane.row.turns += 1  # a turn said, as the status counts it (not a PASS)
@@ -5191,7 +5793,7 @@ class TurnStreamer:
     async def user_words(self, text: str) -> Heard:
         """The user's words between rounds: shown under their name, heard by everyone after."""
         self.lane.transcript.add_user_words(self.stage.user_name, text)
-        self.lane.turns.append(Turn(None, text))
+        self.lane.turns.append(Turn(None, text, between_rounds=True))
         await self.emitter.update()
         return Heard(text)
 
@@ -5251,7 +5853,13 @@ def make_manager(
         return await streamer.ask(profile, messages, max_tokens, valves.MANAGER_TIMEOUT)
 
     return ManagerChoice(
-        ask, prompt, settings.manager_system, aliases, status, valves.MAX_TOKENS
+        ask,
+        prompt,
+        settings.manager_system,
+        aliases,
+        status,
+        valves.MAX_TOKENS,
+        wording=manager_wording(settings.manager_prompt),
     )
 
 
@@ -5576,8 +6184,8 @@ async def ask_task_model(
         except ModelCallError as exc:
             if shrink < 1.0 or not is_context_error(str(exc)):
                 raise
-            if not budget.learn(profile, str(exc), message_chars(fitted)):
-                cap = int(message_chars(fitted) * UNNAMED_REFIT_SHRINK)
+            if not budget.learn(profile, str(exc)):
+                cap = budget.retry_chars(profile, message_chars(fitted))
             log.debug("task prompt did not fit %s: %s", profile.model_id, exc)
     raise AssertionError("unreachable")
 
@@ -5823,8 +6431,12 @@ def continued_content(body: dict, metadata: dict) -> str:
 
 def one_more_round(config: ConversationConfig) -> ConversationConfig:
     """What Continue means for a conversation: one more round of its participants, in its order,
-    without closing it again (the closing turn or vote already spoke)."""
-    return config.model_copy(update={"rounds": 1, "closing": None})
+    without closing it again (the closing turn or vote already spoke), nor a council's peer
+    review (the closing steps follow the config: with neither, the round is all there is).
+    """
+    return config.model_copy(
+        update={"rounds": 1, "closing": None, "peer_review": False}
+    )
 
 
 def earlier_turns(content: str, participants: list[Participant]) -> int:
@@ -6000,6 +6612,7 @@ def _cast(
         chat_system=_chat_system(body),
         closing_alias=prepared.closer.alias if prepared.closer else "",
         want_usage=prepared.config.max_total_tokens > 0,
+        may_say=[prepared.config.stop_phrase],
     )
     chooser = (
         make_manager(streamer, prepared.manager, run.status)
@@ -6739,7 +7352,10 @@ class Pipe:
                 max_rounds,
                 self.valves.MAX_TOKENS,
                 ctx.metadata.get("message_id"),
-                settings={k: v for k, v in settings.items() if k != "preset"},
+                settings={
+                    **{k: v for k, v in settings.items() if k != "preset"},
+                    "rounds": valve_rounds(user_valves),  # preset None: the user's own
+                },
                 problem=problem,
                 saved=bool(saved),
             )
