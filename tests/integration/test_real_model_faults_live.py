@@ -168,9 +168,7 @@ async def test_models_writing_other_participants_lines_are_cut_before_them(
     # A's server honours `stop`; B's ignores it, so only the pipe's own guard can cut it.
     # A line speaking as someone else reads as speech (issue 26: `B: a line…` in lower case
     # addresses B, `Note: The deposit…` states; neither is cut).
-    backend.set_script(
-        "model-a", reply='A: Opening words.\nStill A.\nB said: "I am B now."\nC: And C'
-    )
+    backend.set_script("model-a", reply="A: Opening words.\nStill A.\nB: I am B now.\nC: And C")
     backend.set_script(
         "model-b",
         reply="I am B.\nAnd more B.\nC: I take over for C.\nAdmin: Thanks, all!",
@@ -183,7 +181,7 @@ async def test_models_writing_other_participants_lines_are_cut_before_them(
     assert speakers(result.saved) == ["A", "B", "C"] and result.saved == result.delivered
     # issue 26: each cut line is folded under its turn (the user may open it), not said
     folds = re.findall(r'<details type="cut".*?</details>', result.saved, re.DOTALL)
-    assert len(folds) == 2 and "B: A line for B" in folds[0] and "C: A line for C" in folds[1]
+    assert len(folds) == 2 and "B: I am B now." in folds[0] and "C: I take over" in folds[1]
     saved = mmc.BLOCK_RE.sub("", result.saved)
     turn = turns_of(saved)
     assert turn["A"] == "Opening words.\nStill A."
