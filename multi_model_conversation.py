@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import copy
 import html
 import inspect
 import json
@@ -35,7 +34,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
@@ -70,6 +68,11 @@ MAX_ALIAS_CHARS = 64
 MAX_PERSONA_CHARS = 8000
 CONFIG_META_KEY = "multi_model_config"  # chat.meta key; v2 used the same one
 RECONFIGURE_COMMAND = "/reconfigure"
+# The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a
+# <select> of its values. "" is each one's "not set".
+# Built from what the setup accepts, so a select never offers a value the setup refuses.
+ParticipantCount = Literal[tuple(range(1, MAX_PARTICIPANTS + 1))]
+SelectionChoice = Literal[("", *SELECTIONS)]
 
 DEFAULT_SHARED_INSTRUCTION = (
     "You are {alias}, one participant in a group conversation with {others}. "
@@ -2309,27 +2312,45 @@ def message_chars(messages: list[dict]) -> int:
     )
 
 
+class ModelFacts:
+    """What is known about models across every run of every user: owned by the `Pipe`, handed
+    to each run's `ContextBudget`, which alone writes it.
+
+    Who may write what: `proven` only from a server's own count (the prompt tokens of a
+    request that worked); `sizes` from a context size a server named in an error, and, after
+    an error naming none, from what `proven` already holds (`ContextBudget.learn`). Nothing
+    a run guesses from its own request sizes is written here.
+    """
+
+    def __init__(
+        self, sizes: dict[str, int] | None = None, proven: dict[str, int] | None = None
+    ) -> None:
+        self.sizes: dict[str, int] = dict(sizes or {})  # model id -> context tokens
+        self.proven: dict[str, int] = dict(
+            proven or {}
+        )  # model id -> largest prompt that worked
+
+
 class ContextBudget:
-    """Knows each model's context size and its characters per token.
+    """One run's view of each model's context size and its characters per token.
 
     The size is one a server named in an error, else the model's own setting, else the
     default (for an Ollama model, Ollama's default: it does not refuse a longer prompt, it
-    drops the oldest part). `learned` (sizes) and `proven` (largest prompts that worked, in
-    tokens) are shared by every run: facts about models, and a guess never goes below what was
-    proven.
+    drops the oldest part). What holds for every run lives in the shared `ModelFacts`; the
+    characters per token are this run's.
     """
 
     def __init__(
         self,
         default_tokens: int,
-        learned: dict[str, int] | None = None,
-        proven: dict[str, int] | None = None,
+        facts: ModelFacts | None = None,
         ollama_tokens: int = 0,
     ) -> None:
         self._default = default_tokens
         self._ollama = ollama_tokens
-        self._learned = {} if learned is None else learned
-        self._proven = {} if proven is None else proven
+        self.facts = ModelFacts() if facts is None else facts
+        self._learned = self.facts.sizes
+        self._proven = self.facts.proven
         self._ratio: dict[str, float] = {}
 
     def limit(self, profile: ModelProfile) -> int:
@@ -3625,7 +3646,7 @@ class Direction:
             set()
         )  # participants whose model cannot hold the conversation
         # The last council round's answers
-        self._answers: list[tuple[Participant, str]] = []
+        self.answers: list[tuple[Participant, str]] = []
         self._asked_at = 0  # the slot before which the moderator was last asked
         # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
         self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
@@ -3653,7 +3674,7 @@ class Direction:
         if self.reason:
             return []
         if self.council:
-            self._answers = []
+            self.answers = []
             rules = self.turn_rules(slot)
             return [TurnPlan(p, rules=rules) for p in self.participants]
         pick = await self.policy.pick(slot, self._last)
@@ -3677,7 +3698,7 @@ class Direction:
         self.progress.record(plan.speaker.alias, heard.said, heard.passed, tokens)
         self.policy.heard(plan.speaker.index, heard.said)
         if self.council and heard.said and not heard.passed:
-            self._answers.append((plan.speaker, heard.said))
+            self.answers.append((plan.speaker, heard.said))
         if heard.benched:
             self.benched.add(plan.speaker.alias)
             if len(self.benched) == len(self.participants):
@@ -3732,83 +3753,9 @@ class Direction:
             )
         return " ".join(rules)
 
-    def closing_turns(
-        self, done: list[tuple[TurnPlan, Heard]]
-    ) -> tuple[str, list[TurnPlan]]:
-        """What follows the conversation, given the closing turns `done` so far: a line to show
-        first, then the next turns (none: it is over). Peer review, then the closing speaker;
-        or everyone's vote."""
-        if self.config.closing == "vote":
-            return (
-                ("", []) if done else ("", [self._vote(p) for p in self.participants])
-            )
-        reviewing = self.config.peer_review and self.council and len(self._answers) > 1
-        if reviewing and not done:
-            return "", self._reviews()
-        if any(plan.kind == "closing" for plan, _ in done):
-            return "", []
-        if self.closer is None:
-            return (self._ranking(done), []) if reviewing else ("", [])
-        line = self._ranking(done) if reviewing else ""
-        return line, [self._closing(line)]
-
-    def _vote(self, p: Participant) -> TurnPlan:
-        return TurnPlan(p, "vote", rules=VOTE_PROMPT, ask=VOTE_PROMPT)
-
-    def _reviews(self) -> list[TurnPlan]:
-        """Each participant with an answer ranks the others' answers, named A, B, …"""
-        plans = []
-        for p, _ in self._answers:
-            others = [said for q, said in self._answers if q is not p]
-            hides = len(self._answers)
-            plans.append(
-                TurnPlan(
-                    p, "review", rules=REVIEW_RULES, ask=review_ask(others), hides=hides
-                )
-            )
-        return plans
-
-    def _ranking(self, done: list[tuple[TurnPlan, Heard]]) -> str:
-        """The combined ranking of the reviews among `done`, as a table under a line."""
-        rankings: dict[str, list[str]] = {}
-        for plan, heard in done:
-            if plan.kind != "review":
-                continue
-            others = [q.alias for q, _ in self._answers if q is not plan.speaker]
-            order = parse_ranking(heard.said, len(others))
-            if order:
-                rankings[plan.speaker.alias] = [others[i] for i in order]
-        aliases = [p.alias for p, _ in self._answers]
-        if not rankings:
-            return "*🏅 Peer review: no reviewer gave a ranking.*"
-        return f"*🏅 Peer review, combined:*\n\n{ranking_table(rankings, aliases)}"
-
-    def _closing(self, ranking: str) -> TurnPlan:
-        assert self.closer is not None
-        prompt = getattr(self.config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
-        if ranking:
-            table = ranking.split("\n\n", 1)[-1]
-            prompt = (
-                f"{prompt}\n\nThe participants ranked each other's answers:\n{table}"
-            )
-        aliases = ", ".join(p.alias for p in self.participants)
-        rules = (
-            f"You are {self.closer.alias}. The group conversation between {aliases} has ended, "
-            f"and you close it.\n\n{prompt}"
-        )
-        return TurnPlan(self.closer, "closing", rules=rules, ask=prompt)
-
-    def verdict(self, votes: list[tuple[TurnPlan, Heard]]) -> str:
-        """The tally line after a vote ('' without one); a reply without a VOTE line abstains."""
-        cast = [(plan.speaker.alias, parse_vote(heard.said)) for plan, heard in votes]
-        counted = [(alias, choice) for alias, choice in cast if choice]
-        abstained = [alias for alias, choice in cast if not choice]
-        if not cast or votes[0][0].kind != "vote":
-            return ""
-        result = md_text(tally(counted)) if counted else "no votes"
-        if abstained:
-            result += f"; abstained: {md_text(', '.join(abstained))}"
-        return f"*🗳️ Vote: {result}*"
+    def closing(self) -> Closing:
+        """The steps that follow the conversation, fixed now that it has ended."""
+        return Closing(self.config, self.participants, self.closer, self.answers)
 
     def end_line(self) -> str:
         """The line under the conversation saying why it ended ('' when only rounds could)."""
@@ -3818,6 +3765,109 @@ class Direction:
         passes = f", {progress.passes} passed" if progress.passes else ""
         turns = _count(progress.spoken, "turn")
         return f"*🏁 The conversation ended after {turns}{passes}: {md_text(self.reason)}.*"
+
+
+class Closing:
+    """What follows the conversation, as explicit steps fixed when it ends: the council's peer
+    review, its combined ranking and the closing speaker's turn; or everyone's vote."""
+
+    def __init__(
+        self,
+        config: ConversationConfig,
+        participants: list[Participant],
+        closer: Participant | None,
+        answers: list[tuple[Participant, str]],
+    ) -> None:
+        self.config = config
+        self.participants = participants
+        self.closer = closer
+        self.answers = list(answers)  # the last council round's
+        steps: list[Callable[[], tuple[str, list[TurnPlan]]]] = []
+        if config.closing == "vote":
+            steps.append(self._vote)
+        else:
+            if (
+                config.peer_review
+                and config.selection == "council"
+                and len(answers) > 1
+            ):
+                steps += [self._reviews, self._ranking]
+            if closer is not None:
+                steps.append(self._closing)
+        self._steps = deque(steps)
+        self.ranking = ""  # the combined ranking line, once the reviews are in
+        self.spoken: list[tuple[TurnPlan, Heard]] = []
+
+    def next(self) -> tuple[str, list[TurnPlan]] | None:
+        """The next step: a line to show first and the turns to speak; None: it is over."""
+        return self._steps.popleft()() if self._steps else None
+
+    def heard(self, plans: list[TurnPlan], heard: list[Heard]) -> None:
+        self.spoken += zip(plans, heard, strict=True)
+
+    def _vote(self) -> tuple[str, list[TurnPlan]]:
+        return "", [
+            TurnPlan(p, "vote", rules=VOTE_PROMPT, ask=VOTE_PROMPT)
+            for p in self.participants
+        ]
+
+    def _reviews(self) -> tuple[str, list[TurnPlan]]:
+        """Each participant with an answer ranks the others' answers, named A, B, …"""
+        plans = []
+        hides = len(self.answers)
+        for p, _ in self.answers:
+            others = [said for q, said in self.answers if q is not p]
+            ask = review_ask(others)
+            plans.append(
+                TurnPlan(p, "review", rules=REVIEW_RULES, ask=ask, hides=hides)
+            )
+        return "", plans
+
+    def _ranking(self) -> tuple[str, list[TurnPlan]]:
+        """The reviews' combined ranking, as a table under a line."""
+        rankings: dict[str, list[str]] = {}
+        for plan, heard in self.spoken:
+            if plan.kind != "review":
+                continue
+            others = [q.alias for q, _ in self.answers if q is not plan.speaker]
+            order = parse_ranking(heard.said, len(others))
+            if order:
+                rankings[plan.speaker.alias] = [others[i] for i in order]
+        aliases = [p.alias for p, _ in self.answers]
+        if not rankings:
+            self.ranking = "*🏅 Peer review: no reviewer gave a ranking.*"
+        else:
+            table = ranking_table(rankings, aliases)
+            self.ranking = f"*🏅 Peer review, combined:*\n\n{table}"
+        return self.ranking, []
+
+    def _closing(self) -> tuple[str, list[TurnPlan]]:
+        assert self.closer is not None
+        prompt = getattr(self.config.closing, "prompt", "") or DEFAULT_CLOSING_PROMPT
+        if self.ranking:
+            table = self.ranking.split("\n\n", 1)[-1]
+            prompt = (
+                f"{prompt}\n\nThe participants ranked each other's answers:\n{table}"
+            )
+        aliases = ", ".join(p.alias for p in self.participants)
+        rules = (
+            f"You are {self.closer.alias}. The group conversation between {aliases} has ended, "
+            f"and you close it.\n\n{prompt}"
+        )
+        return "", [TurnPlan(self.closer, "closing", rules=rules, ask=prompt)]
+
+    def verdict(self) -> str:
+        """The tally line after a vote ('' without one); a reply without a VOTE line abstains."""
+        votes = [(plan, heard) for plan, heard in self.spoken if plan.kind == "vote"]
+        if not votes:
+            return ""
+        cast = [(plan.speaker.alias, parse_vote(heard.said)) for plan, heard in votes]
+        counted = [(alias, choice) for alias, choice in cast if choice]
+        abstained = [alias for alias, choice in cast if not choice]
+        result = md_text(tally(counted)) if counted else "no votes"
+        if abstained:
+            result += f"; abstained: {md_text(', '.join(abstained))}"
+        return f"*🗳️ Vote: {result}*"
 
 
 def _and(names: list[str]) -> str:
@@ -3876,7 +3926,7 @@ class Settings:
     """What one run reads, once at its start: the admin's valves as they are (a new valve needs
     no edit here) and the user's own choices with their defaults."""
 
-    valves: Any  # a copy of Pipe.Valves: settings.valves.MAX_TOKENS
+    valves: Pipe.Valves  # a copy of the admin's valves: settings.valves.MAX_TOKENS
     shared_instruction: str = DEFAULT_SHARED_INSTRUCTION
     manager_system: str = DEFAULT_MANAGER_SYSTEM
     manager_prompt: str = DEFAULT_MANAGER_PROMPT
@@ -4083,12 +4133,697 @@ class LaneEmitter:
         self._emitter.post(event)
 
 
-class TurnStreamer:
-    """One turn end to end: the fitted request, the stream into the transcript, the speaker
-    guard, tools, a plain retry, cut marks and token accounting.
+# -- what every turn of a run shares, and where one turn is spoken ---------------------------
 
-    It keeps the conversation's turns, which every request is built from.
+
+class Stage:
+    """What every turn of one run shares, a council lane's too: the host, the settings, the
+    models (profiles, context budget), who sits out, the usage ledger, and what the user was
+    told once already (a shortened message, tools a model cannot call)."""
+
+    def __init__(
+        self,
+        gateway: HostGateway,
+        ctx: RequestContext,
+        settings: Settings,
+        clock: Clock,
+        budget: ContextBudget,
+        profiles: dict[str, ModelProfile],
+        aliases: list[str],
+        user_name: str,
+        chat_system: str = "",
+        want_usage: bool = False,
+    ) -> None:
+        self.gateway = gateway
+        self.ctx = ctx
+        self.settings = settings
+        self.clock = clock
+        self.budget = budget
+        self.profiles = profiles
+        self.aliases = aliases  # every participant's alias, in turn order
+        self.user_name = user_name
+        self.chat_system = (
+            chat_system  # the chat's own system prompt, if the user set one
+        )
+        self.want_usage = want_usage  # count tokens for a token budget
+        self.ledger = UsageLedger()
+        self.benched: set[str] = set()  # whose model cannot hold the conversation
+        self.told_shortened: set[str] = (
+            set()
+        )  # models the user heard their message was cut for
+        self.told_no_tools: set[str] = (
+            set()
+        )  # participants whose tools were said unavailable
+
+    def max_tokens(self, p: Participant) -> int:
+        """The participant's own limit from the setup, else the valve's; 0 means none."""
+        return self.settings.valves.MAX_TOKENS if p.max_tokens is None else p.max_tokens
+
+
+@dataclass
+class Lane:
+    """Where turns are spoken: the run's transcript and emitter, or a council turn's own (shown
+    when its turn comes); the turns heard there; the tokens its replies used."""
+
+    transcript: Transcript
+    emitter: CoalescingEmitter | LaneEmitter
+    turns: list[Turn]  # the chat so far, then every turn spoken here
+    tokens: int = 0  # used by replies (usage, else estimated)
+    speaking: bool = False  # a turn is streaming
+    row: UsageRow = field(
+        default_factory=lambda: UsageRow("", "")
+    )  # the turn's ledger row
+
+    def aside(self, transcript: Transcript, emitter: LaneEmitter) -> Lane:
+        """A lane for one turn generated apart: its own screen, a copy of the turns so far."""
+        return Lane(transcript, emitter, list(self.turns))
+
+    def notice(self, markdown: str) -> None:
+        """A warning line in the transcript; history leaves it out."""
+        self.transcript.add_notice(f"{NOTICE_PREFIX}{markdown}*")
+
+    def failure_line(self, p: Participant, reason: str, then: str = "") -> None:
+        reason = md_text(" ".join(reason.split())[:300])
+        self.notice(f"{md_text(p.alias)} could not answer: {reason}{then}")
+
+
+# -- what a participant is shown -------------------------------------------------------------
+
+
+def tools_chars(profile: ModelProfile) -> int:
+    return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
+
+
+@dataclass
+class Shown:
+    """A request's messages (None: not even the instructions fit) and what the reply may not
+    copy; `shortened`: (kept, size) of the part cut most, for the user's notice."""
+
+    messages: list[dict] | None
+    sources: list[str] = field(default_factory=list)
+    shortened: tuple[int, int] | None = None
+
+
+class Briefing:
+    """What a participant is shown on one turn: its system prompt, the turns it may see fitted
+    to its model's context, and the form of its requests. No side effects."""
+
+    def __init__(
+        self, stage: Stage, plan: TurnPlan, profile: ModelProfile, seen: list[Turn]
+    ) -> None:
+        self.stage = stage
+        self.plan = plan
+        self.speaker = plan.speaker
+        self.profile = profile
+        self.seen = seen
+        self.system = self.system_prompt()
+        self.max_tokens = stage.max_tokens(plan.speaker)
+
+    def system_prompt(self) -> str:
+        """The model's own prompt and the chat's, then the persona, the turn's rules and the
+        shared instruction; a closing speaker gets its task instead of the last three.
+        """
+        plan, stage = self.plan, self.stage
+        if plan.kind == "closing":
+            parts = [self.profile.system_prompt, stage.chat_system, plan.rules]
+            return "\n\n".join(x.strip() for x in parts if x.strip())
+        p = plan.speaker
+        others = ", ".join(a for a in stage.aliases if a != p.alias) or "the user"
+        shared = stage.settings.shared_instruction
+        if "{alias}" not in shared:
+            shared = (
+                f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
+            )
+        shared = fill_template(shared, {"alias": p.alias, "others": others})
+        # The shared instruction goes last: v2's ends mid-sentence ("...as <alias>").
+        parts = [
+            self.profile.system_prompt,
+            stage.chat_system,
+            p.persona,
+            plan.rules,
+            shared,
+        ]
+        return "\n\n".join(part.strip() for part in parts if part.strip())
+
+    def shown(self, room: int | None) -> Shown:
+        """The system prompt and the turns fitted into `room` characters (None: not fitted),
+        with the turn's own ask added to the last message."""
+        plan = self.plan
+        system = {"role": "system", "content": self.system}
+        turns, shortened = self.seen, None
+        if room is not None:
+            fitted = fit_turns(
+                turns, room - len(plan.ask) - 2 - message_chars([system])
+            )
+            if fitted is None:
+                return Shown(None)
+            turns = fitted.turns
+            if fitted.omitted:
+                log.debug(
+                    "%s: %d earlier turns left out", plan.speaker.alias, fitted.omitted
+                )
+            if fitted.shortened:
+                shortened = max(fitted.shortened, key=lambda k: k[1] - k[0])
+        messages = [
+            system,
+            *messages_for(plan.speaker.alias, turns, self.stage.user_name),
+        ]
+        if plan.ask:
+            last = messages[-1]
+            messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
+        return Shown(messages, echo_sources(self.system, turns), shortened)
+
+    def room(self, shrink: float = 1.0, tools: bool = True) -> int | None:
+        """Characters a request's messages may take (tool specs and the reply set aside);
+        None when the model's context size is unknown."""
+        budget, profile = self.stage.budget, self.profile
+        reserve = min(self.max_tokens or 1024, budget.limit(profile) // 2)
+        room = budget.room_chars(profile, reserve, shrink)
+        if room is None or not tools:
+            return room
+        return room - tools_chars(profile)
+
+    def first_fit(self) -> tuple[Shown, int | None, bool]:
+        """The turn's first request: what is shown, its room and whether tools are offered.
+
+        A context that is only assumed (`CONTEXT_TOKENS`) never costs a participant its tools
+        or its turns: the request goes as it is, and the server's answer decides. In a known
+        context, tool definitions that leave no room for the conversation are left out.
+        """
+        room = self.room()
+        shown = self.shown(room)
+        tools = bool(self.profile.tool_specs)
+        if shown.messages is None and not self.stage.budget.known(self.profile):
+            return self.shown(None), None, tools
+        if shown.messages is None and tools:
+            room, tools = self.room(tools=False), False
+            shown = self.shown(room)
+        return shown, room, tools
+
+    def request(self, messages: list[dict], **fields: Any) -> dict:
+        """A request in the shape its model's backend reads (`for_backend`)."""
+        return request_form(self.stage.budget, self.profile, messages, **fields)
+
+    def reply_form(
+        self, messages: list[dict], offer_tools: bool = False, streamed: bool = True
+    ) -> dict:
+        """A reply's request: sampling, bounds, the tools if offered; a streamed one asks for
+        a usage frame, which calibrates the token estimate."""
+        extra: dict[str, Any] = {**self.sampling(), **self.bounds()}
+        if offer_tools:
+            extra["tools"] = self.profile.tool_specs
+        if streamed:
+            extra["stream_options"] = {"include_usage": True}
+        return self.request(messages, **extra)
+
+    def bounds(self) -> dict[str, Any]:
+        """max_tokens and stop sequences of the participant's requests."""
+        bounds: dict[str, Any] = {}
+        if self.max_tokens:
+            bounds["max_tokens"] = self.max_tokens
+        if self.stage.settings.valves.STOP_SEQUENCES and self.plan.guarded:
+            stage = self.stage
+            bounds["stop"] = stop_sequences(
+                self.speaker.alias, stage.aliases, stage.user_name
+            )
+        return bounds
+
+    def sampling(self) -> dict[str, Any]:
+        """The valves' sampling, with the participant's own temperature and top-p (the request
+        takes the shape its backend reads in `for_backend`)."""
+        sampling = dict(self.stage.settings.sampling)
+        p = self.speaker
+        own = {"temperature": p.temperature, "top_p": p.top_p}
+        sampling.update({k: v for k, v in own.items() if v is not None})
+        return sampling
+
+
+def request_form(
+    budget: ContextBudget, profile: ModelProfile, messages: list[dict], **fields: Any
+) -> dict:
+    """Every request of the run, in the shape its model's backend reads (`for_backend`)."""
+    form = {"model": profile.model_id, "messages": list(messages), **fields}
+    return for_backend(form, profile, budget.num_ctx(profile))
+
+
+# -- one reply's stream: decode, guards, transcript, counts ----------------------------------
+
+
+class ReplyStream:
+    """One reply: its decoded events pass the guards into the lane's transcript, and what it
+    came to (content, tool calls, finish, usage, a cut) is collected and counted."""
+
+    def __init__(
+        self, stage: Stage, lane: Lane, briefing: Briefing, sources: list[str]
+    ):
+        self.stage = stage
+        self.lane = lane
+        self.briefing = briefing
+        self.result = StreamResult()
+        self.content: list[str] = []
+        self.calls = ToolCallAccumulator()
+        self.filter = ReplyFilter(self.speaker_guard(), self.echo_guard(sources))
+
+    def speaker_guard(self) -> SpeakerGuard | None:
+        """A conversation turn ends at a line where it starts speaking as someone else."""
+        if not self.briefing.plan.guarded:
+            return None
+        stage = self.stage
+        names = [*stage.aliases, stage.user_name, "User"]
+        return SpeakerGuard(self.briefing.speaker.alias, names)
+
+    def echo_guard(self, sources: list[str]) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown."""
+        return EchoGuard(sources) if self.briefing.plan.guarded and sources else None
+
+    async def stream(
+        self, messages: list[dict], offer_tools: bool, turn_ends_at: float
+    ) -> StreamResult:
+        """Stream the reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
+        form = self.briefing.reply_form(messages, offer_tools)
+        result, decoder = self.result, SSEDecoder()
+        silence = self.stage.settings.valves.TURN_TIMEOUT
+        loop = asyncio.get_running_loop()
+        started = self.stage.clock.now()
+        stream = self.stage.gateway.stream_chat(form, self.stage.ctx.user)
+        try:
+            # A model may not go silent for `silence` s, nor stream past the turn's end.
+            async with asyncio.timeout_at(
+                min(loop.time() + silence, turn_ends_at)
+            ) as deadline:
+                async for chunk in stream:
+                    now = loop.time()
+                    # Moving the deadline costs a timer; do it once per tenth of the window,
+                    # so a model is cut off after 90-100 % of `silence` without a chunk.
+                    if (
+                        deadline.when() - now < silence * 0.9
+                        and deadline.when() < turn_ends_at
+                    ):
+                        deadline.reschedule(min(now + silence, turn_ends_at))
+                    for payload in decoder.feed(chunk):
+                        self._apply(decode_frame(payload))
+                    await self.lane.emitter.update()
+                    if self.filter.ended:
+                        break  # it began someone else's line, or copying: it ends there
+                else:
+                    for payload in decoder.flush():
+                        self._apply(decode_frame(payload))
+        except ModelCallError as exc:
+            result.error = str(exc)
+        except TimeoutError:
+            if loop.time() >= turn_ends_at - 0.001:
+                result.cut = "time"
+            else:
+                result.error = f"the model sent nothing for {silence:g} s"
+        finally:
+            await stream.aclose()  # a cut reply also stops the model upstream
+        self._settle()
+        if result.prompt_tokens:
+            chars = message_chars(messages)
+            chars += tools_chars(self.briefing.profile) if offer_tools else 0
+            self.stage.budget.calibrate(
+                self.briefing.profile, chars, result.prompt_tokens
+            )
+        counted = (
+            (result.prompt_tokens, result.tokens - result.prompt_tokens)
+            if result.tokens
+            else None
+        )
+        self._count_tokens(result.tokens, form["messages"], result.content)
+        reply = result.content + "".join(c.arguments for c in result.calls)
+        self._count_call(counted, form["messages"], reply, started)
+        return result
+
+    def _settle(self) -> None:
+        """What an ended stream amounts to: its cut, its error, its content and calls."""
+        result, guards = self.result, self.filter
+        if result.finish_reason == "length" and result.error is None:
+            result.cut = "length"
+        if guards.stopped_by is not None:
+            log.debug(
+                "%s began a line as %s; the reply ends there",
+                self.briefing.speaker.alias,
+                guards.stopped_by,
+            )
+        content = self._end()
+        if guards.echo is not None and guards.echo.echoed and result.error is None:
+            result.cut = "echo"  # it began copying what was already said
+        ended = result.finish_reason or result.done or result.cut or guards.stopped_by
+        if result.error is None and not ended:
+            # Closed cleanly but unfinished: a proxy or server that gave up midway.
+            result.error = "the stream ended before the model finished"
+        result.content = content
+        ok = result.error is None and not result.cut
+        result.calls = self.calls.calls() if ok else []
+
+    async def retry(self, messages: list[dict], error: str | None) -> str:
+        """One non-streamed retry for a reply that failed or came back empty."""
+        p = self.briefing.speaker
+        log.debug("retrying %s without streaming (%s)", p.alias, error or "empty reply")
+        form = self.briefing.reply_form(messages, streamed=False)
+        stage, started = self.stage, self.stage.clock.now()
+        try:
+            async with asyncio.timeout(stage.settings.valves.TURN_TIMEOUT):
+                text, counted = await stage.gateway.complete_counted(
+                    form, stage.ctx.user
+                )
+        except (ModelCallError, TimeoutError) as exc:
+            self.lane.failure_line(p, str(exc) or error or "no reply")
+            return ""
+        self._count_tokens(None, form["messages"], text)
+        self._count_call(counted, form["messages"], text, started)
+        for kind, piece in self.filter.feed(text):
+            self._show(kind, piece)
+        said = self._end()
+        if not said:
+            self.lane.failure_line(p, error or "the model returned an empty reply")
+        return said
+
+    def _count_tokens(
+        self, reported: int | None, messages: list[dict], reply: str
+    ) -> None:
+        """Add what a reply used: the backend's usage, else about 4 characters a token."""
+        if not reported and self.stage.want_usage:
+            chars = sum(len(_text_of(m.get("content"))) for m in messages) + len(reply)
+            reported = -(-chars // 4)
+        self.lane.tokens += reported or 0
+
+    def _count_call(
+        self,
+        counted: tuple[int, int] | None,
+        messages: list[dict],
+        reply: str,
+        started: float,
+    ) -> None:
+        seconds = self.stage.clock.now() - started
+        self.stage.ledger.count(self.lane.row, counted, messages, reply, seconds)
+
+    def _end(self) -> str:
+        """Show what the guards held back, close any open reasoning; return what was said."""
+        for kind, text in self.filter.flush():
+            self._show(kind, text)
+        self.lane.transcript.end_reasoning()
+        return "".join(self.content).strip()
+
+    def _apply(self, events: list[StreamEvent]) -> None:
+        result = self.result
+        for event in events:
+            if event.kind == "content":
+                for kind, text in self.filter.feed(event.text):
+                    self._show(kind, text)
+            elif event.kind == "reasoning":
+                self._show("reasoning", event.text)
+            elif event.kind == "tool_call":
+                self.calls.add(event)
+            elif event.kind == "error":
+                result.error = event.text
+            elif event.kind == "malformed":
+                result.malformed += 1
+            elif event.kind == "finish":
+                result.finish_reason = event.text
+            elif event.kind == "done":
+                result.done = True
+            elif event.kind == "usage":
+                result.prompt_tokens = event.count
+                result.tokens = event.index or result.tokens
+
+    def _show(self, kind: str, text: str) -> None:
+        transcript = self.lane.transcript
+        if kind == "content":
+            if not self.content and not text.strip():
+                return  # leading whitespace of a reply stays out of the transcript
+            self.content.append(text)
+            transcript.add_content(text)
+        elif kind == "reasoning":
+            transcript.add_reasoning(text)
+        elif kind == "reasoning_end":
+            transcript.end_reasoning()
+        self.result.shown = self.result.shown or kind != "reasoning_end"
+
+
+# -- the tool loop: one turn's replies, tool calls, corrections, refits ----------------------
+
+
+class ToolLoop:
+    """One turn's replies: stream, run the tool calls it makes, stream again (bounded); a
+    malformed call is corrected, tool results are fitted to the context, a context error
+    refits once, and a reply that failed before showing anything is retried once, plainly.
     """
+
+    def __init__(self, stage: Stage, lane: Lane, briefing: Briefing) -> None:
+        self.stage = stage
+        self.lane = lane
+        self.briefing = briefing
+        self.valves = stage.settings.valves
+        self.said: list[str] = []  # what the participant said, reply by reply
+        self.extra: list[dict] = []  # this turn's tool calls and results
+        self.tool_rounds = 0
+        self.corrections = 0
+        self.refitted = False  # the one refit after a context error is used
+        limit = self.valves.TURN_TIME_LIMIT
+        self.ends_at = asyncio.get_running_loop().time() + limit if limit > 0 else INF
+        shown, self.room, self.tools = briefing.first_fit()
+        if briefing.profile.tool_specs and not self.tools and shown.messages:
+            lane.notice(
+                f"{md_text(briefing.speaker.alias)} answers without tools this turn: their "
+                "definitions do not fit its model's context."
+            )
+        self._take(shown)
+
+    def _take(self, shown: Shown) -> None:
+        """Requests are built from `shown` from now on; the user hears once per model that
+        their message was shortened."""
+        self.base, self.sources = shown.messages, shown.sources
+        model, stage = self.briefing.profile, self.stage
+        if shown.shortened and model.model_id not in stage.told_shortened:
+            stage.told_shortened.add(model.model_id)
+            kept, size = shown.shortened
+            self.lane.transcript.add_notice(
+                f"*✂️ Your message was shortened for {md_text(model.name)}: {kept:,} of "
+                f"{size:,} characters kept, the middle left out to fit its context "
+                f"({stage.budget.limit(model):,} tokens).*"
+            )
+
+    def text(self) -> str:
+        return "\n\n".join(s for s in self.said if s)
+
+    async def run(self) -> str:
+        """The turn's replies until it has said its piece; returns what it said."""
+        p, valves = self.briefing.speaker, self.valves
+        while True:
+            if self.base is None:
+                why = "its model's context cannot hold even its instructions and the latest message"
+                return self._bench(why)
+            messages = self.base + self.extra
+            if self.room is not None and self.extra:
+                messages = fit_tool_results(messages, len(self.base), self.room)
+            offer = self.tools and self.tool_rounds < valves.MAX_TOOL_ROUNDS
+            offer = offer and self.corrections <= valves.MAX_TOOL_CORRECTIONS
+            reply = ReplyStream(self.stage, self.lane, self.briefing, self.sources)
+            result = await reply.stream(messages, offer, self.ends_at)
+            self.said.append(result.content)
+            if result.cut:
+                self._cut_line(result.cut)
+                return self.text()
+            if result.malformed:
+                self.lane.notice(
+                    f"{md_text(p.alias)}'s reply had {result.malformed} unreadable stream "
+                    "frame(s), skipped: some of its text may be missing."
+                )
+            if is_context_error(result.error) and not result.shown:
+                if self.refitted:  # a plain retry would fail the same way: it sits out
+                    why = f"the conversation does not fit its model's context ({result.error})"
+                    return self._bench(why)
+                self._refit(result.error or "", messages)
+                continue
+            if result.error is not None or not (result.content or result.calls):
+                return await self._recover(result, messages)
+            if not result.calls:
+                return self.text()
+            if self.tool_rounds >= valves.MAX_TOOL_ROUNDS:
+                # Tools were no longer offered and it called one anyway: nothing more runs.
+                self.lane.notice(
+                    f"{md_text(p.alias)} still asked for tools after "
+                    f"{_count(self.tool_rounds, 'tool round')}; its turn ends here."
+                )
+                return self.text()
+            await self._answer_calls(result)
+
+    async def _recover(self, result: StreamResult, messages: list[dict]) -> str:
+        """A reply that failed or said nothing: retried once, plainly, if nothing was shown
+        yet; otherwise one line says why it ended."""
+        if not result.shown and not result.calls:
+            reply = ReplyStream(self.stage, self.lane, self.briefing, self.sources)
+            self.said.append(await reply.retry(messages, result.error))
+        else:
+            error = result.error or "the reply ended early"
+            self.lane.failure_line(self.briefing.speaker, error)
+        return self.text()
+
+    def _refit(self, error: str, sent: list[dict]) -> None:
+        """Fit tighter for a second try after a context error: to the size the server named
+        (learnt for every run), else three quarters of what was sent (this request only).
+        """
+        self.refitted = True
+        briefing, profile = self.briefing, self.briefing.profile
+        sent_chars = message_chars(sent) + tools_chars(profile)
+        room = None
+        if self.stage.budget.learn(profile, error, sent_chars):
+            room = briefing.room(0.9)
+        if room is None:
+            room = int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
+        self.room = room
+        # The tool results are cut to what is left; they may take at most half.
+        extra = min(message_chars(self.extra), room // 2) if self.extra else 0
+        self._take(briefing.shown(room - extra))
+
+    def _bench(self, reason: str) -> str:
+        """It cannot take part with this conversation: one line, and no more requests to it."""
+        p = self.briefing.speaker
+        log.debug(
+            "%s (%s) sits out: %s", p.alias, self.briefing.profile.model_id, reason
+        )
+        self.stage.benched.add(p.alias)
+        self.lane.failure_line(p, reason, "; it sits out the rest of this conversation")
+        return self.text()
+
+    def _cut_line(self, cut: str) -> None:
+        """A visible mark that a reply was cut short; history leaves it out like a notice."""
+        max_tokens = self.briefing.max_tokens
+        if cut == "echo":
+            why = "cut: it began repeating what was already said"
+        elif cut == "time":
+            why = f"cut after {self.valves.TURN_TIME_LIMIT:g} s"
+        elif max_tokens:
+            why = f"cut at {max_tokens} tokens"
+        else:
+            why = "cut by the model's length limit"
+        self.lane.transcript.add_notice(f"*✂️ …({why})*")
+
+    async def _answer_calls(self, result: StreamResult) -> None:
+        """Malformed calls are sent back for a correction (bounded); the others run, and
+        their results join the next request."""
+        profile = self.briefing.profile
+        bad = {
+            c.index: why for c in result.calls if (why := malformed_call(profile, c))
+        }
+        if bad and self.corrections < self.valves.MAX_TOOL_CORRECTIONS:
+            self.corrections += 1
+            alias = self.briefing.speaker.alias
+            log.debug("malformed tool call from %s, asking again: %s", alias, bad)
+            outputs = {i: correction(profile, why) for i, why in bad.items()}
+            self.extra += tool_messages(result, outputs)
+            return
+        self.tool_rounds += 1
+        outputs = await self.run_tools(result.calls, bad)
+        self.extra += tool_messages(result, outputs)
+
+    async def run_tools(
+        self, calls: list[ToolCall], bad: dict[int, str]
+    ) -> dict[int, str]:
+        """Run the calls one by one, each shown as executing, then done with its result."""
+        transcript, emitter = self.lane.transcript, self.lane.emitter
+        transcript.show_running_tools(calls)
+        await emitter.update()
+        outputs: dict[int, str] = {}
+        limit = self.valves.TOOL_RESULT_MAX_CHARS
+        for call in calls:
+            if call.index in bad:
+                text, files, embeds = f"Error: {bad[call.index]}", [], []
+            else:
+                text, files, embeds = await self.run_tool(call)
+            outputs[call.index] = _clip(text, limit)
+            # The block is re-sent in every frame that follows: show less than the model gets.
+            shown = _clip(text, limit // 5)
+            transcript.finish_tool(call, tool_block(call, shown, files, embeds))
+            await emitter.update()
+        transcript.clear_running_tools()
+        await emitter.update()
+        return outputs
+
+    async def run_tool(self, call: ToolCall) -> tuple[str, list, list]:
+        tool = self.briefing.profile.tools[call.name]
+        args = json.loads(call.arguments or "{}")
+        if tool.get("type") != "mcp":
+            spec = tool.get("spec") or {}
+            allowed = (spec.get("parameters") or {}).get("properties")
+            if isinstance(allowed, dict):
+                args = {k: v for k, v in args.items() if k in allowed}
+        stage, seconds = self.stage, self.valves.TOOL_TIMEOUT
+        try:
+            result = await within(
+                stage.clock, seconds, call_tool(tool["callable"], args)
+            )
+        except TimeoutError:
+            result = f"Error: the tool did not finish within {seconds:g} s."
+        except (
+            Exception
+        ) as exc:  # a tool's own failure is the model's to read, not a crash
+            log.debug("tool %s raised: %s", call.name, exc)
+            result = {"error": str(exc)}
+        try:
+            return await stage.gateway.process_tool_result(
+                call.name,
+                result,
+                str(tool.get("type") or ""),
+                stage.ctx.metadata,
+                stage.ctx.user,
+            )
+        except Exception as exc:
+            log.warning("could not process the result of tool %s: %s", call.name, exc)
+            return str(result), [], []
+
+
+INF = float("inf")
+
+
+def malformed_call(profile: ModelProfile, call: ToolCall) -> str | None:
+    """Why a tool call cannot run (None: it can)."""
+    if call.name not in profile.tools:
+        return f"there is no tool named '{call.name}'"
+    try:
+        args = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError as exc:
+        return f"the arguments are not valid JSON ({exc.msg})"
+    if not isinstance(args, dict):
+        return "the arguments must be a JSON object"
+    return None
+
+
+def correction(profile: ModelProfile, why: str) -> str:
+    names = ", ".join(sorted(profile.tools)) or "none"
+    return (
+        f"Error: that tool call was not run because {why}. Available tools: {names}. "
+        "Call a tool again with a valid name and JSON object arguments, or answer without it."
+    )
+
+
+def tool_messages(result: StreamResult, outputs: dict[int, str]) -> list[dict]:
+    """The assistant's tool calls and each call's result, as the next request carries them."""
+    return [
+        {
+            "role": "assistant",
+            "content": result.content,
+            "tool_calls": [c.as_message_part() for c in result.calls],
+        },
+        *(
+            {
+                "role": "tool",
+                "tool_call_id": c.call_id,
+                "content": outputs.get(c.index, ""),
+            }
+            for c in result.calls
+        ),
+    ]
+
+
+# -- the turns: one in the run's lane, or a council round's in lanes of their own ------------
+
+
+class TurnStreamer:
+    """Speaks the turns the direction plans: one at a time in the run's lane, or a council
+    round's at once, each in a lane of its own. Keeps the conversation's turns, which every
+    request is built from."""
 
     def __init__(
         self,
@@ -4107,84 +4842,72 @@ class TurnStreamer:
         chat_system: str = "",
         want_usage: bool = False,
     ) -> None:
-        self.gateway = gateway
-        self.ctx = ctx
-        self.settings = settings
-        self.transcript = transcript
-        self.emitter = emitter
-        self.clock = clock
-        self.budget = budget
-        self.profiles = profiles
-        self.aliases = aliases  # every participant's alias, in turn order
-        self.user_name = user_name
-        self.turns = turns  # the chat so far, then every turn spoken in this run
-        self.chat_system = (
-            chat_system  # the chat's own system prompt, if the user set one
+        self.stage = Stage(
+            gateway,
+            ctx,
+            settings,
+            clock,
+            budget,
+            profiles,
+            aliases,
+            user_name,
+            chat_system,
+            want_usage,
         )
-        self.want_usage = want_usage  # count tokens for a token budget
-        self.tokens = 0  # used by replies so far (usage, else estimated)
-        self.ledger = UsageLedger()
-        self._row = UsageRow("", "")  # the ledger's row of the turn being spoken
-        self.speaking = False  # a turn is streaming
-        self.guarded = True  # the turn being spoken is held to its own voice
-        self.benched: set[str] = (
-            set()
-        )  # participants whose model cannot hold the conversation
-        # What the turn being spoken was shown: not to be copied
-        self.sources: list[str] = []
-        self._tool_notice_shown: set[str] = set()
-        self._told_shortened: set[str] = (
-            set()
-        )  # models the user heard their message was cut for
+        self.lane = Lane(transcript, emitter, turns)
+        self.emitter = emitter
+
+    # What the run and its direction read.
+    settings = property(lambda self: self.stage.settings)
+    budget = property(lambda self: self.stage.budget)
+    ledger = property(lambda self: self.stage.ledger)
+    aliases = property(lambda self: self.stage.aliases)
+    user_name = property(lambda self: self.stage.user_name)
+    transcript = property(lambda self: self.lane.transcript)
+    turns = property(lambda self: self.lane.turns)
+    tokens = property(lambda self: self.lane.tokens)
+    speaking = property(lambda self: self.lane.speaking)
 
     async def turn(self, plan: TurnPlan) -> Heard:
-        """Speak one planned turn; what was said joins the turns (a PASS shows as one line)."""
-        p = plan.speaker
-        if p.alias in self.benched:
+        """Speak one planned turn in the run's lane."""
+        return await self.speak(self.lane, plan)
+
+    async def speak(self, lane: Lane, plan: TurnPlan) -> Heard:
+        """Speak one planned turn; what was said joins the lane's turns (a PASS shows as one
+        line)."""
+        p, stage = plan.speaker, self.stage
+        if p.alias in stage.benched:
             return Heard(
                 "", benched=True
             )  # it said it sits out: no more requests to it
-        profile = self.profiles[p.model_id]
+        profile = stage.profiles[p.model_id]
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
-        self.speaking, self.guarded = True, plan.guarded
+        lane.speaking = True
         label = f"{p.alias} (closing)" if plan.kind == "closing" else p.alias
-        self._row = self.ledger.row(label, profile.name)
-        self._row.turns += 1
-        mark = self.transcript.checkpoint()
-        self.transcript.start_turn(
-            p,
-            profile.name if self.settings.valves.SHOW_MODELS else "",
-            VOTE_LABEL if plan.kind == "vote" else "",
-        )
-        if plan.why and self.settings.show_manager_reason:
-            self.transcript.add_block(manager_block(plan.why))
-        self._tools_notice(p, profile)
-        await self.emitter.update()
-        system = self.system_prompt(plan, profile)
-        seen = self.turns[
-            : len(self.turns) - plan.hides
+        lane.row = stage.ledger.row(label, profile.name)
+        lane.row.turns += 1
+        transcript = lane.transcript
+        mark = transcript.checkpoint()
+        model = profile.name if stage.settings.valves.SHOW_MODELS else ""
+        transcript.start_turn(p, model, VOTE_LABEL if plan.kind == "vote" else "")
+        if plan.why and stage.settings.show_manager_reason:
+            transcript.add_block(manager_block(plan.why))
+        self._tools_notice(lane, p, profile)
+        await lane.emitter.update()
+        seen = lane.turns[
+            : len(lane.turns) - plan.hides
         ]  # a reviewer sees no named answers
-
-        def build(room: int | None) -> list[dict] | None:
-            if room is not None:
-                room -= len(plan.ask) + 2
-            messages = self.fitted_messages(p, profile, system, room, seen)
-            if messages and plan.ask:
-                last = messages[-1]
-                messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
-            return messages
-
-        said = await self.reply_with_tools(p, profile, build)
-        self.transcript.close_live()
+        said = await ToolLoop(stage, lane, Briefing(stage, plan, profile, seen)).run()
+        transcript.close_live()
         passed = plan.pass_allowed and is_pass(said)
         if passed:
-            self.transcript.rewind(mark)
-            self.transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
+            transcript.rewind(mark)
+            transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
         elif said:
-            self.turns.append(Turn(p.alias, said))
-        self.speaking = False
-        await self.emitter.update()
-        return Heard(said, passed, benched=p.alias in self.benched)
+            lane.turns.append(Turn(p.alias, said))
+        lane.speaking = False
+        await lane.emitter.update()
+        return Heard(said, passed, benched=p.alias in stage.benched)
 
     async def together(self, plans: list[TurnPlan]) -> list[Heard]:
         """Several turns generated at once, none seeing the others, shown one after another:
@@ -4192,92 +4915,48 @@ class TurnStreamer:
 
         So the round takes as long as its slowest turn, and every frame is still an append.
         """
-        after = self.transcript.has_text()
+        main = self.lane
+        after = main.transcript.has_text()
         lanes = [
-            Transcript(self.clock.now, continues=after or i > 0)
+            main.aside(
+                Transcript(self.stage.clock.now, continues=after or i > 0),
+                LaneEmitter(self.emitter),
+            )
             for i in range(len(plans))
         ]
-        emitters = [LaneEmitter(self.emitter) for _ in plans]  # type: ignore[arg-type]
-        forks = [
-            self._fork(lane, emitter)
-            for lane, emitter in zip(lanes, emitters, strict=True)
-        ]
         tasks = [
-            asyncio.ensure_future(f.turn(plan))
-            for f, plan in zip(forks, plans, strict=True)
+            asyncio.ensure_future(self.speak(lane, plan))
+            for lane, plan in zip(lanes, plans, strict=True)
         ]
         heard: list[Heard] = []
-        self.speaking = True
+        main.speaking = True
         try:
-            for lane, emitter, task in zip(lanes, emitters, tasks, strict=True):
-                self.transcript.show_lane(lane)
-                emitter.shown = True
+            for lane, task in zip(lanes, tasks, strict=True):
+                main.transcript.show_lane(lane.transcript)
+                assert isinstance(lane.emitter, LaneEmitter)
+                lane.emitter.shown = True
                 await self.emitter.update()
                 heard.append(await task)
         finally:
             for task in tasks:
                 task.cancel()  # Stop: the turns not shown yet are dropped
-            self.transcript.show_lane(
+            main.transcript.show_lane(
                 None
             )  # what was shown stays (and says it was stopped)
-        self.speaking = False
-        for fork, plan, result in zip(forks, plans, heard, strict=True):
-            self.tokens += fork.tokens
+        main.speaking = False
+        for lane, plan, result in zip(lanes, plans, heard, strict=True):
+            main.tokens += lane.tokens
             if result.said and not result.passed:
-                self.turns.append(Turn(plan.speaker.alias, result.said))
+                main.turns.append(Turn(plan.speaker.alias, result.said))
         await self.emitter.update()
         return heard
 
-    def _fork(self, transcript: Transcript, emitter: LaneEmitter) -> TurnStreamer:
-        """A streamer for one turn generated aside: its own transcript, screen and copy of the
-        turns; the run's budget, profiles and who sits out are shared."""
-        fork = copy.copy(self)
-        fork.transcript, fork.emitter = transcript, emitter  # type: ignore[assignment]
-        fork.turns, fork.tokens, fork.speaking = list(self.turns), 0, False
-        return fork
-
     async def user_words(self, text: str) -> Heard:
         """The user's words between rounds: shown under their name, heard by everyone after."""
-        self.transcript.add_user_words(self.user_name, text)
-        self.turns.append(Turn(None, text))
+        self.lane.transcript.add_user_words(self.stage.user_name, text)
+        self.lane.turns.append(Turn(None, text))
         await self.emitter.update()
         return Heard(text)
-
-    def _tools_notice(self, p: Participant, profile: ModelProfile) -> None:
-        """Once per participant: the user picked tools its model cannot call."""
-        if profile.user_picked_tools and not profile.native_tools:
-            if p.alias not in self._tool_notice_shown:
-                self._tool_notice_shown.add(p.alias)
-                self.transcript.add_notice(
-                    f"*🛠️ Tools are unavailable for {md_text(p.alias)}: its model "
-                    "does not use native function calling.*"
-                )
-
-    def system_prompt(self, plan: TurnPlan, profile: ModelProfile) -> str:
-        """The model's own prompt and the chat's, then the persona, the turn's rules and the
-        shared instruction; a closing speaker gets its task instead of the last three.
-        """
-        if plan.kind == "closing":
-            parts = [profile.system_prompt, self.chat_system, plan.rules]
-            return "\n\n".join(x.strip() for x in parts if x.strip())
-        p = plan.speaker
-        others = ", ".join(a for a in self.aliases if a != p.alias) or "the user"
-        shared = self.settings.shared_instruction
-        if "{alias}" not in shared:
-            shared = (
-                f"{shared.rstrip()} {p.alias}"  # v2's instruction ends with "...as"
-            )
-        shared = fill_template(shared, {"alias": p.alias, "others": others})
-        # The shared instruction goes last: v2's ends mid-sentence ("...as <alias>").
-        parts = [profile.system_prompt, self.chat_system, p.persona, plan.rules, shared]
-        return "\n\n".join(part.strip() for part in parts if part.strip())
-
-    def request(
-        self, profile: ModelProfile, messages: list[dict], **fields: Any
-    ) -> dict:
-        """Every request of the run, in the shape its model's backend reads (`for_backend`)."""
-        form = {"model": profile.model_id, "messages": list(messages), **fields}
-        return for_backend(form, profile, self.budget.num_ctx(profile))
 
     async def ask(
         self,
@@ -4287,561 +4966,31 @@ class TurnStreamer:
         seconds: float,
     ) -> str:
         """One plain completion (the manager's), bounded in tokens and time."""
+        stage = self.stage
         bound = {"max_tokens": max_tokens} if max_tokens else {}
-        form = self.request(profile, messages, **bound)
-        row, started = self.ledger.row("Manager", profile.name), self.clock.now()
-        asked = self.gateway.complete_counted(form, self.ctx.user)
-        text, counted = await within(self.clock, seconds, asked)
+        form = request_form(stage.budget, profile, messages, **bound)
+        row, started = stage.ledger.row("Manager", profile.name), stage.clock.now()
+        asked = stage.gateway.complete_counted(form, stage.ctx.user)
+        text, counted = await within(stage.clock, seconds, asked)
         row.turns += 1
-        self.ledger.count(
-            row, counted, form["messages"], text, self.clock.now() - started
+        stage.ledger.count(
+            row, counted, form["messages"], text, stage.clock.now() - started
         )
         return text
 
-    def room(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        shrink: float = 1.0,
-        tools: bool = True,
-    ) -> int | None:
-        """Characters a request's messages may take (tool specs and the reply set aside);
-        None when the model's context size is unknown."""
-        reserve = min(self.max_tokens(p) or 1024, self.budget.limit(profile) // 2)
-        room = self.budget.room_chars(profile, reserve, shrink)
-        if room is None or not tools:
-            return room
-        return room - self._tools_chars(profile)
-
-    def first_fit(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        build: Callable[[int | None], list[dict] | None],
-    ) -> tuple[list[dict] | None, int | None, bool]:
-        """The turn's first request: messages, their room and whether tools are offered.
-
-        A context that is only assumed (`CONTEXT_TOKENS`) never costs a participant its tools
-        or its turns: the request goes as it is, and the server's answer decides. In a known
-        context, tool definitions that leave no room for the conversation are left out.
-        """
-        room = self.room(p, profile)
-        base = build(room)
-        tools = bool(profile.tool_specs)
-        if base is None and not self.budget.known(profile):
-            return build(None), None, tools
-        if base is None and tools:
-            room, tools = self.room(p, profile, tools=False), False
-            base = build(room)
-            if base is not None:
-                self._notice(
-                    f"{md_text(p.alias)} answers without tools this turn: their definitions "
-                    "do not fit its model's context."
-                )
-        return base, room, tools
-
-    def fitted_messages(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        system_text: str,
-        room: int | None,
-        turns: list[Turn],
-    ) -> list[dict] | None:
-        """System prompt, then `turns` fitted into `room`; None: not even the system prompt,
-        the topic and the latest message fit."""
-        system = {"role": "system", "content": system_text}
-        if room is not None:
-            fitted = fit_turns(turns, room - message_chars([system]))
-            if fitted is None:
-                return None
-            turns = fitted.turns
-            if fitted.omitted:
-                log.debug("%s: %d earlier turns left out", p.alias, fitted.omitted)
-            if fitted.shortened and profile.model_id not in self._told_shortened:
-                self._told_shortened.add(profile.model_id)
-                kept, size = max(fitted.shortened, key=lambda k: k[1] - k[0])
-                self.transcript.add_notice(
-                    f"*✂️ Your message was shortened for {md_text(profile.name)}: {kept:,} of "
-                    f"{size:,} characters kept, the middle left out to fit its context "
-                    f"({self.budget.limit(profile):,} tokens).*"
-                )
-        self.sources = echo_sources(system_text, turns)  # what it is shown, once fitted
-        return [system, *messages_for(p.alias, turns, self.user_name)]
-
-    @staticmethod
-    def _tools_chars(profile: ModelProfile) -> int:
-        return len(json.dumps(profile.tool_specs)) if profile.tool_specs else 0
-
-    async def reply_with_tools(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        build: Callable[[int | None], list[dict] | None],
-    ) -> str:
-        """Stream, run tool calls, stream again (bounded); returns what the participant said.
-
-        `build(room)` gives the messages fitted into `room` characters (None: not fitted).
-        """
-        said: list[str] = []
-        base, room, tools = self.first_fit(p, profile, build)
-        extra: list[dict] = []  # this turn's tool calls and results
-        tool_rounds = corrections = 0
-        refitted = False
-        ends_at = self._turn_ends_at()
-        while True:
-            if base is None:
-                return self._bench(
-                    p,
-                    profile,
-                    said,
-                    "its model's context cannot hold even its instructions and the latest message",
-                )
-            messages = base + extra
-            if room is not None and extra:
-                messages = fit_tool_results(messages, len(base), room)
-            offer = tools and tool_rounds < self.settings.valves.MAX_TOOL_ROUNDS
-            offer = offer and corrections <= self.settings.valves.MAX_TOOL_CORRECTIONS
-            result = await self.stream_once(p, profile, messages, offer, ends_at)
-            if result.content:
-                said.append(result.content)
-            if result.cut:
-                self._cut_line(p, result.cut)
-                return "\n\n".join(said)
-            if result.malformed:
-                self._note_malformed(p, result.malformed)
-            if is_context_error(result.error) and not result.shown:
-                # A plain retry would fail the same way: fit tighter once, then it sits out.
-                if refitted:
-                    why = f"the conversation does not fit its model's context ({result.error})"
-                    return self._bench(p, profile, said, why)
-                refitted = True
-                room = self._refit_room(p, profile, result.error or "", messages)
-                # The tool results are cut to what is left; they may take at most half.
-                base = build(
-                    room - min(message_chars(extra), room // 2) if extra else room
-                )
-                continue
-            if result.error is not None or not (result.content or result.calls):
-                if not result.shown and not result.calls:
-                    recovered = await self.retry_plain(
-                        p, profile, messages, result.error
-                    )
-                    said.append(recovered)
-                else:
-                    self._failure_line(p, result.error or "the reply ended early")
-                return "\n\n".join(s for s in said if s)
-            if not result.calls:
-                return "\n\n".join(said)
-            if tool_rounds >= self.settings.valves.MAX_TOOL_ROUNDS:
-                # Tools were no longer offered and it called one anyway: nothing more runs.
-                return self._tools_refused(p, tool_rounds, said)
-            bad = {
-                c.index: why
-                for c in result.calls
-                if (why := self._malformed(profile, c))
-            }
-            if bad and corrections < self.settings.valves.MAX_TOOL_CORRECTIONS:
-                corrections += 1
-                log.debug("malformed tool call from %s, asking again: %s", p.alias, bad)
-                extra += self._tool_messages(
-                    result, {i: self._correction(profile, w) for i, w in bad.items()}
-                )
-                continue
-            tool_rounds += 1
-            outputs = await self.run_tools(profile, result.calls, bad)
-            extra += self._tool_messages(result, outputs)
-
-    def _turn_ends_at(self) -> float:
-        """The loop time at which a turn is cut (TURN_TIME_LIMIT; 0: never)."""
-        limit = self.settings.valves.TURN_TIME_LIMIT
-        return asyncio.get_running_loop().time() + limit if limit > 0 else float("inf")
-
-    def _note_malformed(self, p: Participant, frames: int) -> None:
-        self._notice(
-            f"{md_text(p.alias)}'s reply had {frames} unreadable stream "
-            "frame(s), skipped: some of its text may be missing."
-        )
-
-    def _tools_refused(self, p: Participant, tool_rounds: int, said: list[str]) -> str:
-        self._notice(
-            f"{md_text(p.alias)} still asked for tools after "
-            f"{_count(tool_rounds, 'tool round')}; its turn ends here."
-        )
-        return "\n\n".join(said)
-
-    def _refit_room(
-        self, p: Participant, profile: ModelProfile, error: str, sent: list[dict]
-    ) -> int:
-        """The room for a second try after a context error: the size the server named (learnt
-        for every run), else three quarters of what was sent (for this request only)."""
-        if self.budget.learn(
-            profile, error, message_chars(sent) + self._tools_chars(profile)
+    def _tools_notice(self, lane: Lane, p: Participant, profile: ModelProfile) -> None:
+        """Once per participant: the user picked tools its model cannot call."""
+        told = self.stage.told_no_tools
+        if (
+            profile.user_picked_tools
+            and not profile.native_tools
+            and p.alias not in told
         ):
-            room = self.room(p, profile, 0.9)
-            if room is not None:
-                return room
-        return int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
-
-    def _bench(
-        self, p: Participant, profile: ModelProfile, said: list[str], reason: str
-    ) -> str:
-        """It cannot take part with this conversation: one line, and no more requests to it."""
-        log.debug("%s (%s) sits out: %s", p.alias, profile.model_id, reason)
-        self.benched.add(p.alias)
-        self._failure_line(p, reason, "; it sits out the rest of this conversation")
-        return "\n\n".join(s for s in said if s)
-
-    async def stream_once(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        messages: list[dict],
-        offer_tools: bool,
-        turn_ends_at: float,
-    ) -> StreamResult:
-        """Stream one reply; it ends at the turn's wall-clock limit or after `silence` s quiet."""
-        tools = {"tools": profile.tool_specs} if offer_tools else {}
-        # The usage frame calibrates the token estimate.
-        usage = {"stream_options": {"include_usage": True}}
-        sampling = self._sampling(p)
-        form = self.request(
-            profile, messages, **sampling, **self._bounds(p), **tools, **usage
-        )
-        result = StreamResult()
-        decoder, calls = SSEDecoder(), ToolCallAccumulator()
-        splitter = ReplyFilter(self.guard_for(p), self.echo_guard())
-        content: list[str] = []
-        silence = self.settings.valves.TURN_TIMEOUT
-        loop = asyncio.get_running_loop()
-        started = self.clock.now()
-        stream = self.gateway.stream_chat(form, self.ctx.user)
-        try:
-            # A model may not go silent for `silence` s, nor stream past the turn's end.
-            async with asyncio.timeout_at(
-                min(loop.time() + silence, turn_ends_at)
-            ) as deadline:
-                async for chunk in stream:
-                    now = loop.time()
-                    # Moving the deadline costs a timer; do it once per tenth of the window,
-                    # so a model is cut off after 90-100 % of `silence` without a chunk.
-                    if (
-                        deadline.when() - now < silence * 0.9
-                        and deadline.when() < turn_ends_at
-                    ):
-                        deadline.reschedule(min(now + silence, turn_ends_at))
-                    for payload in decoder.feed(chunk):
-                        self._apply(
-                            decode_frame(payload), splitter, calls, content, result
-                        )
-                    await self.emitter.update()
-                    if splitter.ended:
-                        break  # it began someone else's line, or copying: it ends there
-                else:
-                    for payload in decoder.flush():
-                        self._apply(
-                            decode_frame(payload), splitter, calls, content, result
-                        )
-        except ModelCallError as exc:
-            result.error = str(exc)
-        except TimeoutError:
-            if loop.time() >= turn_ends_at - 0.001:
-                result.cut = "time"
-            else:
-                result.error = f"the model sent nothing for {silence:g} s"
-        finally:
-            await stream.aclose()  # a cut reply also stops the model upstream
-        self._settle(p, profile, form, offer_tools, splitter, calls, content, result)
-        self.ledger.count(
-            self._row,
-            (
-                (result.prompt_tokens, result.tokens - result.prompt_tokens)
-                if result.tokens
-                else None
-            ),
-            form["messages"],
-            result.content + "".join(c.arguments for c in result.calls),
-            self.clock.now() - started,
-        )
-        return result
-
-    def _settle(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        form: dict,
-        offer_tools: bool,
-        splitter: ReplyFilter,
-        calls: ToolCallAccumulator,
-        content: list[str],
-        result: StreamResult,
-    ) -> None:
-        """What an ended stream amounts to: its cut, error, content, calls and token count."""
-        messages = form["messages"]
-        if result.prompt_tokens:
-            chars = message_chars(messages) + (
-                self._tools_chars(profile) if offer_tools else 0
+            told.add(p.alias)
+            lane.transcript.add_notice(
+                f"*🛠️ Tools are unavailable for {md_text(p.alias)}: its model "
+                "does not use native function calling.*"
             )
-            self.budget.calibrate(profile, chars, result.prompt_tokens)
-        if result.finish_reason == "length" and result.error is None:
-            result.cut = "length"
-        if splitter.stopped_by is not None:
-            log.debug(
-                "%s began a line as %s; the reply ends there",
-                p.alias,
-                splitter.stopped_by,
-            )
-        content_end = self._end_reply(splitter, content, result)
-        if splitter.echo is not None and splitter.echo.echoed and result.error is None:
-            result.cut = "echo"  # it began copying what was already said
-        ended = result.finish_reason or result.done or result.cut or splitter.stopped_by
-        if result.error is None and not ended:
-            # Closed cleanly but unfinished: a proxy or server that gave up midway.
-            result.error = "the stream ended before the model finished"
-        result.content = content_end
-        result.calls = calls.calls() if result.error is None and not result.cut else []
-        self._count_tokens(result.tokens, form["messages"], result.content)
-
-    def _count_tokens(
-        self, reported: int | None, messages: list[dict], reply: str
-    ) -> None:
-        """Add what a reply used: the backend's usage, else about 4 characters a token."""
-        if not reported and self.want_usage:
-            chars = sum(len(_text_of(m.get("content"))) for m in messages) + len(reply)
-            reported = -(-chars // 4)
-        self.tokens += reported or 0
-
-    def _bounds(self, p: Participant) -> dict[str, Any]:
-        """max_tokens and stop sequences of the participant's requests."""
-        bounds: dict[str, Any] = {}
-        if self.max_tokens(p):
-            bounds["max_tokens"] = self.max_tokens(p)
-        if self.settings.valves.STOP_SEQUENCES and self.guarded:
-            bounds["stop"] = stop_sequences(p.alias, self.aliases, self.user_name)
-        return bounds
-
-    def echo_guard(self) -> EchoGuard | None:
-        """A conversation turn ends where it starts copying what it was shown."""
-        return EchoGuard(self.sources) if self.guarded and self.sources else None
-
-    def guard_for(self, p: Participant) -> SpeakerGuard | None:
-        """A conversation turn ends at a line where it starts speaking as someone else."""
-        if not self.guarded:
-            return None
-        return SpeakerGuard(p.alias, [*self.aliases, self.user_name, "User"])
-
-    def max_tokens(self, p: Participant) -> int:
-        """The participant's own limit from the setup, else the valve's; 0 means none."""
-        return self.settings.valves.MAX_TOKENS if p.max_tokens is None else p.max_tokens
-
-    def _cut_line(self, p: Participant, cut: str) -> None:
-        """A visible mark that a reply was cut short; history leaves it out like a notice."""
-        if cut == "echo":
-            why = "cut: it began repeating what was already said"
-        elif cut == "time":
-            why = f"cut after {self.settings.valves.TURN_TIME_LIMIT:g} s"
-        elif self.max_tokens(p):
-            why = f"cut at {self.max_tokens(p)} tokens"
-        else:
-            why = "cut by the model's length limit"
-        self.transcript.add_notice(f"*✂️ …({why})*")
-
-    def _end_reply(
-        self, splitter: ReplyFilter, content: list[str], result: StreamResult
-    ) -> str:
-        """Show what the splitter held back, close any open reasoning; return what was said."""
-        for kind, text in splitter.flush():
-            self._show(kind, text, content, result)
-        self.transcript.end_reasoning()
-        return "".join(content).strip()
-
-    def _apply(
-        self,
-        events: list[StreamEvent],
-        splitter: ReplyFilter,
-        calls: ToolCallAccumulator,
-        content: list[str],
-        result: StreamResult,
-    ) -> None:
-        for event in events:
-            if event.kind == "content":
-                for kind, text in splitter.feed(event.text):
-                    self._show(kind, text, content, result)
-            elif event.kind == "reasoning":
-                self._show("reasoning", event.text, content, result)
-            elif event.kind == "tool_call":
-                calls.add(event)
-            elif event.kind == "error":
-                result.error = event.text
-            elif event.kind == "malformed":
-                result.malformed += 1
-            elif event.kind == "finish":
-                result.finish_reason = event.text
-            elif event.kind == "done":
-                result.done = True
-            elif event.kind == "usage":
-                result.prompt_tokens = event.count
-                result.tokens = event.index or result.tokens
-
-    def _show(
-        self, kind: str, text: str, content: list[str], result: StreamResult
-    ) -> None:
-        if kind == "content":
-            if not content and not text.strip():
-                return  # leading whitespace of a reply stays out of the transcript
-            content.append(text)
-            self.transcript.add_content(text)
-        elif kind == "reasoning":
-            self.transcript.add_reasoning(text)
-        elif kind == "reasoning_end":
-            self.transcript.end_reasoning()
-        result.shown = result.shown or kind != "reasoning_end"
-
-    async def retry_plain(
-        self,
-        p: Participant,
-        profile: ModelProfile,
-        messages: list[dict],
-        error: str | None,
-    ) -> str:
-        """One non-streamed retry for a reply that failed or came back empty."""
-        log.debug("retrying %s without streaming (%s)", p.alias, error or "empty reply")
-        form = self.request(profile, messages, **self._sampling(p), **self._bounds(p))
-        started = self.clock.now()
-        try:
-            async with asyncio.timeout(self.settings.valves.TURN_TIMEOUT):
-                text, counted = await self.gateway.complete_counted(form, self.ctx.user)
-        except (ModelCallError, TimeoutError) as exc:
-            self._failure_line(p, str(exc) or error or "no reply")
-            return ""
-        self._count_tokens(None, form["messages"], text)
-        self.ledger.count(
-            self._row, counted, form["messages"], text, self.clock.now() - started
-        )
-        content: list[str] = []
-        splitter, scratch = (
-            ReplyFilter(self.guard_for(p), self.echo_guard()),
-            StreamResult(),
-        )
-        for kind, piece in splitter.feed(text):
-            self._show(kind, piece, content, scratch)
-        said = self._end_reply(splitter, content, scratch)
-        if not said:
-            self._failure_line(p, error or "the model returned an empty reply")
-        return said
-
-    def _failure_line(self, p: Participant, reason: str, then: str = "") -> None:
-        reason = md_text(" ".join(reason.split())[:300])
-        self._notice(f"{md_text(p.alias)} could not answer: {reason}{then}")
-
-    def _notice(self, markdown: str) -> None:
-        """A warning line in the transcript; history leaves it out."""
-        self.transcript.add_notice(f"{NOTICE_PREFIX}{markdown}*")
-
-    def _sampling(self, p: Participant) -> dict[str, Any]:
-        """The valves' sampling, with the participant's own temperature and top-p (the request
-        takes the shape its backend reads in `for_backend`)."""
-        sampling = dict(self.settings.sampling)
-        own = {"temperature": p.temperature, "top_p": p.top_p}
-        sampling.update({k: v for k, v in own.items() if v is not None})
-        return sampling
-
-    # -- tools -------------------------------------------------------------------------------
-    @staticmethod
-    def _malformed(profile: ModelProfile, call: ToolCall) -> str | None:
-        if call.name not in profile.tools:
-            return f"there is no tool named '{call.name}'"
-        try:
-            args = json.loads(call.arguments or "{}")
-        except json.JSONDecodeError as exc:
-            return f"the arguments are not valid JSON ({exc.msg})"
-        if not isinstance(args, dict):
-            return "the arguments must be a JSON object"
-        return None
-
-    @staticmethod
-    def _correction(profile: ModelProfile, why: str) -> str:
-        names = ", ".join(sorted(profile.tools)) or "none"
-        return (
-            f"Error: that tool call was not run because {why}. Available tools: {names}. "
-            "Call a tool again with a valid name and JSON object arguments, or answer without it."
-        )
-
-    @staticmethod
-    def _tool_messages(result: StreamResult, outputs: dict[int, str]) -> list[dict]:
-        return [
-            {
-                "role": "assistant",
-                "content": result.content,
-                "tool_calls": [c.as_message_part() for c in result.calls],
-            },
-            *(
-                {
-                    "role": "tool",
-                    "tool_call_id": c.call_id,
-                    "content": outputs.get(c.index, ""),
-                }
-                for c in result.calls
-            ),
-        ]
-
-    async def run_tools(
-        self, profile: ModelProfile, calls: list[ToolCall], bad: dict[int, str]
-    ) -> dict[int, str]:
-        """Run the calls one by one, each shown as executing, then done with its result."""
-        self.transcript.show_running_tools(calls)
-        await self.emitter.update()
-        outputs: dict[int, str] = {}
-        for call in calls:
-            if call.index in bad:
-                text, files, embeds = f"Error: {bad[call.index]}", [], []
-            else:
-                text, files, embeds = await self.run_tool(profile, call)
-            limit = self.settings.valves.TOOL_RESULT_MAX_CHARS
-            outputs[call.index] = _clip(text, limit)
-            # The block is re-sent in every frame that follows: show less than the model gets.
-            shown = _clip(text, limit // 5)
-            self.transcript.finish_tool(call, tool_block(call, shown, files, embeds))
-            await self.emitter.update()
-        self.transcript.clear_running_tools()
-        await self.emitter.update()
-        return outputs
-
-    async def run_tool(
-        self, profile: ModelProfile, call: ToolCall
-    ) -> tuple[str, list, list]:
-        tool = profile.tools[call.name]
-        args = json.loads(call.arguments or "{}")
-        if tool.get("type") != "mcp":
-            allowed = ((tool.get("spec") or {}).get("parameters") or {}).get(
-                "properties"
-            )
-            if isinstance(allowed, dict):
-                args = {k: v for k, v in args.items() if k in allowed}
-        try:
-            result = await within(
-                self.clock,
-                self.settings.valves.TOOL_TIMEOUT,
-                call_tool(tool["callable"], args),
-            )
-        except TimeoutError:
-            result = f"Error: the tool did not finish within {self.settings.valves.TOOL_TIMEOUT:g} s."
-        except (
-            Exception
-        ) as exc:  # a tool's own failure is the model's to read, not a crash
-            log.debug("tool %s raised: %s", call.name, exc)
-            result = {"error": str(exc)}
-        try:
-            return await self.gateway.process_tool_result(
-                call.name,
-                result,
-                str(tool.get("type") or ""),
-                self.ctx.metadata,
-                self.ctx.user,
-            )
-        except Exception as exc:
-            log.warning("could not process the result of tool %s: %s", call.name, exc)
-            return str(result), [], []
 
 
 def make_manager(
@@ -4905,15 +5054,14 @@ class Run:
             self.in_turn = False
         if direction.explains:
             self.status(f"Conversation ended: {direction.reason}.")
-        done: list[tuple[TurnPlan, Heard]] = []
-        while True:
-            line, plans = direction.closing_turns(done)
+        closing = direction.closing()
+        while (step := closing.next()) is not None:
+            line, plans = step
             if line:
                 self.transcript.add_notice(line)
-            if not plans:
-                break
-            done += zip(plans, await self.speak(plans), strict=True)
-        for line in (direction.verdict(done), direction.end_line()):
+            if plans:
+                closing.heard(plans, await self.speak(plans))
+        for line in (closing.verdict(), direction.end_line()):
             if line:
                 self.transcript.add_notice(line)
         if streamer.settings.valves.SHOW_USAGE and streamer.ledger.rows:
@@ -5612,9 +5760,435 @@ async def _finish(
 class Pipe:
     """Open WebUI entry point. Shared by every request: it holds only valves and factories."""
 
-    # Declared in the data section at the end of the file (ADMIN_VALVES, USER_VALVES).
-    Valves: type[BaseModel]
-    UserValves: type[BaseModel]
+    # The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them:
+    # what admins tune first (rounds, tokens, time limits, tools, the dialog), the streaming
+    # internals last. (No class docstring: it would become the schema's description.)
+    class Valves(BaseModel):
+        MAX_ROUNDS: int = Field(
+            default=20,
+            ge=1,
+            le=1000,
+            title="Most rounds",
+            description="Highest number of rounds a user may ask for.",
+        )
+        MAX_TOKENS: int = Field(
+            default=400,
+            ge=0,
+            title="Max tokens per turn",
+            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
+            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
+            "give them more. 0: no limit.",
+        )
+        TURN_TIME_LIMIT: float = Field(
+            default=180,
+            ge=0,
+            title="Time limit per turn (s)",
+            description="Seconds one turn may stream, however busy the model is; the turn keeps "
+            "what arrived and is marked as cut. 0: no limit.",
+        )
+        TURN_TIMEOUT: float = Field(
+            default=300,
+            gt=0,
+            title="Silence timeout (s)",
+            description="Seconds a participant's model may stay silent (no chunk) before its "
+            "turn ends with an error; also the limit for a non-streamed retry.",
+        )
+        CONTEXT_TOKENS: int = Field(
+            default=8192,
+            ge=0,
+            title="Assumed context size (tokens)",
+            description="Context size assumed for a participant model whose Open WebUI "
+            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
+            "parts cut in the middle to fit. "
+            "0: fit only after the model reports a context-length error.",
+        )
+        OLLAMA_CONTEXT_TOKENS: int = Field(
+            default=4096,
+            ge=0,
+            title="Ollama context size (tokens)",
+            description="Context size for an Ollama model whose Open WebUI settings name no "
+            "`num_ctx`: Ollama's default below 24 GiB of VRAM (OLLAMA_CONTEXT_LENGTH sets it on "
+            "the server). Requests are fitted to it and ask for it as `num_ctx`, so Ollama "
+            "drops nothing silently. 0: ask for none and fit as for other models.",
+        )
+        MAX_TOOL_ROUNDS: int = Field(
+            default=5,
+            ge=0,
+            le=50,
+            title="Tool rounds per turn",
+            description="Tool-call rounds per turn before the model must answer.",
+        )
+        MAX_TOOL_CORRECTIONS: int = Field(
+            default=2,
+            ge=0,
+            le=10,
+            title="Retries after a malformed tool call",
+            description="Silent retries per turn when a model calls an unknown tool or sends "
+            "arguments that are not a JSON object.",
+        )
+        TOOL_TIMEOUT: float = Field(
+            default=120,
+            gt=0,
+            title="Tool timeout (s)",
+            description="Seconds one tool call may run; then the model is told it timed out. A "
+            "synchronous tool runs in a thread, which finishes in the background.",
+        )
+        TOOL_RESULT_MAX_CHARS: int = Field(
+            default=100_000,
+            ge=1000,
+            title="Longest tool result (characters)",
+            description="Longest tool result given back to the model; the tool block in the "
+            "chat shows at most a fifth of it.",
+        )
+        BUILTIN_TOOLS: bool = Field(
+            default=False,
+            title="Offer built-in tools",
+            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
+            "...) to every participant whose model uses native function calling. Off: a "
+            "participant gets tools only when some are picked for the chat or its model, or a "
+            "feature such as web search is switched on.",
+        )
+        CONFIG_OVERLAY: bool = Field(
+            default=True,
+            title="Setup dialog",
+            description="Open the setup dialog in the browser for a chat that has no setup yet. "
+            "Off: the user valves are used.",
+        )
+        OVERLAY_TIMEOUT: float = Field(
+            default=180,
+            ge=5,
+            title="Setup dialog timeout (s)",
+            description="Seconds the dialog waits without a key, click or edit before it "
+            "closes; the conversation then runs with the user valves and the next message asks "
+            "again. Typing keeps it open (an hour at most).",
+        )
+        MODERATOR_TIMEOUT: float = Field(
+            default=120,
+            gt=0,
+            title="Moderator prompt timeout (s)",
+            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
+            "before round N?* waits for an answer; then the conversation goes on.",
+        )
+        MANAGER_TIMEOUT: float = Field(
+            default=30,
+            gt=0,
+            title="Manager timeout (s)",
+            description="Seconds the manager may take to pick a speaker; then the next "
+            "participant in order speaks.",
+        )
+        MANAGER_HISTORY_CHARS: int = Field(
+            default=8000,
+            ge=200,
+            title="Conversation shown to the manager (characters)",
+            description="Newest characters of the conversation shown to the manager.",
+        )
+        TASK_TIMEOUT: float = Field(
+            default=30,
+            gt=0,
+            title="Title and tags timeout (s)",
+            description="Seconds a background task (title, tags, follow-ups) may take. Open "
+            "WebUI keeps the message busy until its tasks end; one that takes longer is "
+            "dropped. A task model that gave no usable answer gets a third of it (and 120 "
+            "tokens) until it answers one.",
+        )
+        SHOW_MODELS: bool = Field(
+            default=False,
+            title="Show models in headings",
+            description="Show which model speaks behind each alias, in small type after the "
+            "speaker's name.",
+        )
+        SHOW_USAGE: bool = Field(
+            default=True,
+            title="Usage table at the end",
+            description="End each conversation with a collapsed table of what it cost: per "
+            "participant, the manager and the closing turn, turns, prompt and completion tokens "
+            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
+            "Never part of what the models read.",
+        )
+        STOP_SEQUENCES: bool = Field(
+            default=True,
+            title="Stop at other speakers' names",
+            description='Send `Name said: "` and `Name: "` at a line start for the next two '
+            "speakers (or the user) as stop sequences, so a model ends its turn instead of "
+            "writing their lines (only forms the guard cuts anyway: a bare `Name:` would also "
+            "cut `Alice: you are right`). Switch off for models that reject `stop`; the pipe "
+            "still cuts such lines itself.",
+        )
+        PIPE_NAME: str = Field(
+            default="Multi-Model Conversation",
+            title="Name in the model picker",
+            description="What users pick in the model list to start a conversation.",
+        )
+        EMIT_INTERVAL: float = Field(
+            default=0.033,
+            ge=0,
+            le=5,
+            title="Screen update interval (s)",
+            description="Seconds between two updates of the message on screen while it streams "
+            "(0.033: about 30 a second). An update carries only the new text "
+            "(`chat:message:delta`), or the whole message when earlier text changed "
+            "(`chat:message`); Open WebUI forwards both to the tab without writing its database. "
+            "Saves follow *Save interval*. 0: no coalescing, every chunk is sent and saved whole "
+            "(a `replace` that rewrites the whole chat), for comparisons only.",
+        )
+        SAVE_INTERVAL: float = Field(
+            default=1.0,
+            ge=0,
+            le=60,
+            title="Save interval (s)",
+            description="Shortest gap between two saves of the message while it streams. "
+            "Saves come at the end of each turn and at least every *Longest gap between "
+            "saves*, within *Save budget (chat copies)*; the screen updates in between, and "
+            "the end is always saved.",
+        )
+        SAVE_BUDGET_KB: float = Field(
+            default=12,
+            ge=0,
+            title="Save budget (KB per second)",
+            description="KB of chat Open WebUI may rewrite per second while a message streams: "
+            "long chats and long messages are saved less often (at most *Longest gap between "
+            "saves* apart), so whole copies of the message reach the tab at a rate that does "
+            "not grow with it. 0: *Save interval* only.",
+        )
+        MAX_SAVE_INTERVAL: float = Field(
+            default=15.0,
+            ge=0,
+            le=120,
+            title="Longest gap between saves (s)",
+            description="While a turn streams, its text is saved at least this often, as "
+            "long as *Save budget (chat copies)* allows; a turn's end is saved at once. Also "
+            "the longest gap between two whole copies of the message on screen.",
+        )
+        SAVE_COPIES: float = Field(
+            default=3.0,
+            ge=0,
+            title="Save budget (chat copies)",
+            description="Every save (and status line) rewrites the whole chat in Open WebUI's "
+            "database. All of one message's saves together rewrite at most this many copies "
+            "of the chat (plus the last status and the final save), however long the chat and "
+            "the conversation: in a long chat, saves come further apart. 0: no limit.",
+        )
+
+    # The user's valves; the names are those of "Multi Model Conversations v2", so saved
+    # settings carry over (only the titles shown in Open WebUI are new).
+    class UserValves(BaseModel):
+        NUM_PARTICIPANTS: ParticipantCount = Field(
+            default=2,
+            title="Participants",
+            description="How many participants take part when the setup dialog is skipped.",
+        )
+        ROUNDS_PER_CONVERSATION: int = Field(
+            default=3,
+            ge=1,
+            title="Rounds",
+            description="Every participant speaks once per round.",
+        )
+        Participant1Model: str = Field(
+            default="",
+            title="Participant 1: model",
+            description="Model id of participant 1.",
+        )
+        Participant1Alias: str = Field(
+            default="",
+            title="Participant 1: alias",
+            description="Name of participant 1 (empty: the model's name).",
+        )
+        Participant1SystemMessage: str = Field(
+            default="",
+            title="Participant 1: persona",
+            description="Persona of participant 1.",
+        )
+        Participant2Model: str = Field(
+            default="",
+            title="Participant 2: model",
+            description="Model id of participant 2.",
+        )
+        Participant2Alias: str = Field(
+            default="",
+            title="Participant 2: alias",
+            description="Name of participant 2 (empty: the model's name).",
+        )
+        Participant2SystemMessage: str = Field(
+            default="",
+            title="Participant 2: persona",
+            description="Persona of participant 2.",
+        )
+        Participant3Model: str = Field(
+            default="",
+            title="Participant 3: model",
+            description="Model id of participant 3.",
+        )
+        Participant3Alias: str = Field(
+            default="",
+            title="Participant 3: alias",
+            description="Name of participant 3 (empty: the model's name).",
+        )
+        Participant3SystemMessage: str = Field(
+            default="",
+            title="Participant 3: persona",
+            description="Persona of participant 3.",
+        )
+        Participant4Model: str = Field(
+            default="",
+            title="Participant 4: model",
+            description="Model id of participant 4.",
+        )
+        Participant4Alias: str = Field(
+            default="",
+            title="Participant 4: alias",
+            description="Name of participant 4 (empty: the model's name).",
+        )
+        Participant4SystemMessage: str = Field(
+            default="",
+            title="Participant 4: persona",
+            description="Persona of participant 4.",
+        )
+        Participant5Model: str = Field(
+            default="",
+            title="Participant 5: model",
+            description="Model id of participant 5.",
+        )
+        Participant5Alias: str = Field(
+            default="",
+            title="Participant 5: alias",
+            description="Name of participant 5 (empty: the model's name).",
+        )
+        Participant5SystemMessage: str = Field(
+            default="",
+            title="Participant 5: persona",
+            description="Persona of participant 5.",
+        )
+        AllParticipantsApendedMessage: str = Field(
+            default=DEFAULT_SHARED_INSTRUCTION,
+            title="Shared instruction",
+            description="Added to every participant's system prompt. `{alias}` and `{others}` "
+            "are filled in; text without `{alias}` gets the alias appended (as v2 did).",
+        )
+        ManagerModel: str = Field(
+            default="",
+            title="Manager model",
+            description="Model id of the manager (empty: the first participant's model).",
+        )
+        ManagerSystemMessage: str = Field(
+            default=DEFAULT_MANAGER_SYSTEM,
+            title="Manager: system message",
+            description="The manager's system message.",
+        )
+        ManagerSelectionPrompt: str = Field(
+            default=DEFAULT_MANAGER_PROMPT,
+            title="Manager: selection prompt",
+            description="What the manager is asked before each turn; `{history}`, "
+            "`{last_speaker}` and `{participant_list}` are filled in.",
+        )
+        Selection: SelectionChoice = Field(
+            default="",
+            title="Who speaks next",
+            description="`round_robin`: everyone in order; `manager`: the manager model picks; "
+            "`random`: anyone but the last speaker; `mention`: those you @name in your message "
+            "first. Empty: round robin (or what a preset says).",
+        )
+        ShowManagerReason: bool = Field(
+            default=True,
+            title="Show the manager's reason",
+            description="Show the manager's answer in a collapsed block under each turn it picked.",
+        )
+        AskBetweenRounds: bool = Field(
+            default=False,
+            title="Ask me between rounds",
+            description="After each round, Open WebUI asks *Anything to add before round N?*: "
+            "what you type joins the conversation as your words, `end` closes it, empty goes "
+            "on.",
+        )
+        PeerReview: bool = Field(
+            default=False,
+            title="Peer review (council)",
+            description="With *Who speaks next* = `council`: after the round, each participant "
+            "ranks the others' answers, shown without names, and a table sums up the ranking.",
+        )
+        PassAllowed: bool = Field(
+            default=False,
+            title="Allow PASS",
+            description="A participant may answer PASS to skip its turn.",
+        )
+        StopPhrase: str = Field(
+            default="",
+            title="Stop phrase",
+            description="Any participant saying this ends the conversation (empty: none).",
+        )
+        MaxSeconds: float = Field(
+            default=0,
+            ge=0,
+            title="Time budget (s)",
+            description="Ends the conversation after the turn that uses it up. 0: none.",
+        )
+        MaxTotalTokens: int = Field(
+            default=0,
+            ge=0,
+            title="Token budget",
+            description="Tokens of all replies together (prompt and reply), checked after each "
+            "turn. 0: none.",
+        )
+        ClosingModel: str = Field(
+            default="",
+            title="Closing turn: model",
+            description="Model id of a closing turn (verdict, summary) after the conversation. "
+            "Empty: no closing turn, unless a task is set (then the first participant's model).",
+        )
+        ClosingAlias: str = Field(
+            default="",
+            title="Closing turn: name",
+            description="Name of the closing speaker (empty: Closing).",
+        )
+        ClosingPrompt: str = Field(
+            default="",
+            title="Closing turn: task",
+            description="What the closing turn should do (empty: sum up and conclude).",
+        )
+        ClosingVote: bool = Field(
+            default=False,
+            title="End with a vote",
+            description="Every participant votes in a short turn of its own, and the votes are "
+            "tallied (instead of a closing turn).",
+        )
+        Preset: PresetChoice = Field(
+            default="",
+            title="Preset",
+            description="A named setup that fills whatever you leave unset: `debate`, "
+            "`brainstorm`, `review_panel`, `interview` or `council`. Empty: none.",
+        )
+        Temperature: float = Field(
+            default=1.0, title="Temperature", description="Sampling temperature."
+        )
+        Top_k: int = Field(
+            default=50,
+            title="Top-k",
+            description="Top-k sampling (sent to Ollama models only).",
+        )
+        Top_p: float = Field(
+            default=0.8, title="Top-p", description="Top-p (nucleus) sampling."
+        )
+
+        @model_validator(mode="before")
+        @classmethod
+        def manager_switch(cls, data: Any) -> Any:
+            """v2's "Use a manager" switch, still in saved valves, is *Who speaks next*."""
+            return manager_switch_as_selection(data)
+
+        # The host resets every user valve when one fails: old free-text values must load.
+        @field_validator("NUM_PARTICIPANTS", mode="before")
+        @classmethod
+        def old_count(cls, value: Any) -> Any:
+            return participant_count(value)
+
+        @field_validator("Selection", mode="before")
+        @classmethod
+        def old_selection(cls, value: Any) -> Any:
+            return valve_choice(value, SelectionChoice)
+
+        @field_validator("Preset", mode="before")
+        @classmethod
+        def old_preset(cls, value: Any) -> Any:
+            return valve_choice(value, PresetChoice)
 
     # Replaceable by tests: how to reach the host, and what time is.
     gateway_factory: Callable[[Any], HostGateway] = HostGateway
@@ -5624,9 +6198,8 @@ class Pipe:
     def __init__(self) -> None:
         self.type = "manifold"
         self.valves = self.Valves()
-        # Context sizes servers named in errors: facts about models, shared by every run.
-        self.context_limits: dict[str, int] = {}
-        self.context_proven: dict[str, int] = {}  # largest prompts (tokens) that worked
+        # Facts about models (context sizes, prompts that worked), shared by every run.
+        self.model_facts = ModelFacts()
         # Task models' unanswered tasks in a row
         self.task_failures: dict[str, int] = {}
 
@@ -5634,8 +6207,7 @@ class Pipe:
         """A run's view of the models' contexts, over what every run has learnt."""
         return ContextBudget(
             self.valves.CONTEXT_TOKENS,
-            self.context_limits,
-            self.context_proven,
+            self.model_facts,
             ollama_tokens=self.valves.OLLAMA_CONTEXT_TOKENS,
         )
 
@@ -6632,521 +7204,7 @@ return await new Promise((resolve) => {
 });
 """
 
-# The admin's valves (Admin > Functions > the gear), in the order Open WebUI shows them: what
-# admins tune first (rounds, tokens, time limits, tools, the dialog), the streaming internals last.
-ADMIN_VALVES: dict[str, Any] = {
-    "MAX_ROUNDS": (
-        int,
-        Field(
-            default=20,
-            ge=1,
-            le=1000,
-            title="Most rounds",
-            description="Highest number of rounds a user may ask for.",
-        ),
-    ),
-    "MAX_TOKENS": (
-        int,
-        Field(
-            default=400,
-            ge=0,
-            title="Max tokens per turn",
-            description="Most tokens one turn may write (sent as `max_tokens`). A participant's "
-            "own value in the setup dialog wins. Reasoning models count their thinking too, so "
-            "give them more. 0: no limit.",
-        ),
-    ),
-    "TURN_TIME_LIMIT": (
-        float,
-        Field(
-            default=180,
-            ge=0,
-            title="Time limit per turn (s)",
-            description="Seconds one turn may stream, however busy the model is; the turn keeps "
-            "what arrived and is marked as cut. 0: no limit.",
-        ),
-    ),
-    "TURN_TIMEOUT": (
-        float,
-        Field(
-            default=300,
-            gt=0,
-            title="Silence timeout (s)",
-            description="Seconds a participant's model may stay silent (no chunk) before its "
-            "turn ends with an error; also the limit for a non-streamed retry.",
-        ),
-    ),
-    "CONTEXT_TOKENS": (
-        int,
-        Field(
-            default=8192,
-            ge=0,
-            title="Assumed context size (tokens)",
-            description="Context size assumed for a participant model whose Open WebUI "
-            "settings name none (`num_ctx` or `max_context`). Older turns are left out and the longest "
-            "parts cut in the middle to fit. "
-            "0: fit only after the model reports a context-length error.",
-        ),
-    ),
-    "OLLAMA_CONTEXT_TOKENS": (
-        int,
-        Field(
-            default=4096,
-            ge=0,
-            title="Ollama context size (tokens)",
-            description="Context size for an Ollama model whose Open WebUI settings name no "
-            "`num_ctx`: Ollama's default below 24 GiB of VRAM (OLLAMA_CONTEXT_LENGTH sets it on "
-            "the server). Requests are fitted to it and ask for it as `num_ctx`, so Ollama "
-            "drops nothing silently. 0: ask for none and fit as for other models.",
-        ),
-    ),
-    "MAX_TOOL_ROUNDS": (
-        int,
-        Field(
-            default=5,
-            ge=0,
-            le=50,
-            title="Tool rounds per turn",
-            description="Tool-call rounds per turn before the model must answer.",
-        ),
-    ),
-    "MAX_TOOL_CORRECTIONS": (
-        int,
-        Field(
-            default=2,
-            ge=0,
-            le=10,
-            title="Retries after a malformed tool call",
-            description="Silent retries per turn when a model calls an unknown tool or sends "
-            "arguments that are not a JSON object.",
-        ),
-    ),
-    "TOOL_TIMEOUT": (
-        float,
-        Field(
-            default=120,
-            gt=0,
-            title="Tool timeout (s)",
-            description="Seconds one tool call may run; then the model is told it timed out. A "
-            "synchronous tool runs in a thread, which finishes in the background.",
-        ),
-    ),
-    "TOOL_RESULT_MAX_CHARS": (
-        int,
-        Field(
-            default=100_000,
-            ge=1000,
-            title="Longest tool result (characters)",
-            description="Longest tool result given back to the model; the tool block in the "
-            "chat shows at most a fifth of it.",
-        ),
-    ),
-    "BUILTIN_TOOLS": (
-        bool,
-        Field(
-            default=False,
-            title="Offer built-in tools",
-            description="Offer Open WebUI's built-in tools (memory, notes, chats, knowledge, "
-            "...) to every participant whose model uses native function calling. Off: a "
-            "participant gets tools only when some are picked for the chat or its model, or a "
-            "feature such as web search is switched on.",
-        ),
-    ),
-    "CONFIG_OVERLAY": (
-        bool,
-        Field(
-            default=True,
-            title="Setup dialog",
-            description="Open the setup dialog in the browser for a chat that has no setup yet. "
-            "Off: the user valves are used.",
-        ),
-    ),
-    "OVERLAY_TIMEOUT": (
-        float,
-        Field(
-            default=180,
-            ge=5,
-            title="Setup dialog timeout (s)",
-            description="Seconds the dialog waits without a key, click or edit before it "
-            "closes; the conversation then runs with the user valves and the next message asks "
-            "again. Typing keeps it open (an hour at most).",
-        ),
-    ),
-    "MODERATOR_TIMEOUT": (
-        float,
-        Field(
-            default=120,
-            gt=0,
-            title="Moderator prompt timeout (s)",
-            description="With *Ask me between rounds* on, seconds the prompt *Anything to add "
-            "before round N?* waits for an answer; then the conversation goes on.",
-        ),
-    ),
-    "MANAGER_TIMEOUT": (
-        float,
-        Field(
-            default=30,
-            gt=0,
-            title="Manager timeout (s)",
-            description="Seconds the manager may take to pick a speaker; then the next "
-            "participant in order speaks.",
-        ),
-    ),
-    "MANAGER_HISTORY_CHARS": (
-        int,
-        Field(
-            default=8000,
-            ge=200,
-            title="Conversation shown to the manager (characters)",
-            description="Newest characters of the conversation shown to the manager.",
-        ),
-    ),
-    "TASK_TIMEOUT": (
-        float,
-        Field(
-            default=30,
-            gt=0,
-            title="Title and tags timeout (s)",
-            description="Seconds a background task (title, tags, follow-ups) may take. Open "
-            "WebUI keeps the message busy until its tasks end; one that takes longer is "
-            "dropped. A task model that gave no usable answer gets a third of it (and 120 "
-            "tokens) until it answers one.",
-        ),
-    ),
-    "SHOW_MODELS": (
-        bool,
-        Field(
-            default=False,
-            title="Show models in headings",
-            description="Show which model speaks behind each alias, in small type after the "
-            "speaker's name.",
-        ),
-    ),
-    "SHOW_USAGE": (
-        bool,
-        Field(
-            default=True,
-            title="Usage table at the end",
-            description="End each conversation with a collapsed table of what it cost: per "
-            "participant, the manager and the closing turn, turns, prompt and completion tokens "
-            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
-            "Never part of what the models read.",
-        ),
-    ),
-    "STOP_SEQUENCES": (
-        bool,
-        Field(
-            default=True,
-            title="Stop at other speakers' names",
-            description='Send `Name said: "` and `Name: "` at a line start for the next two '
-            "speakers (or the user) as stop sequences, so a model ends its turn instead of "
-            "writing their lines (only forms the guard cuts anyway: a bare `Name:` would also "
-            "cut `Alice: you are right`). Switch off for models that reject `stop`; the pipe "
-            "still cuts such lines itself.",
-        ),
-    ),
-    "PIPE_NAME": (
-        str,
-        Field(
-            default="Multi-Model Conversation",
-            title="Name in the model picker",
-            description="What users pick in the model list to start a conversation.",
-        ),
-    ),
-    "EMIT_INTERVAL": (
-        float,
-        Field(
-            default=0.033,
-            ge=0,
-            le=5,
-            title="Screen update interval (s)",
-            description="Seconds between two updates of the message on screen while it streams "
-            "(0.033: about 30 a second). An update carries only the new text "
-            "(`chat:message:delta`), or the whole message when earlier text changed "
-            "(`chat:message`); Open WebUI forwards both to the tab without writing its database. "
-            "Saves follow *Save interval*. 0: no coalescing, every chunk is sent and saved whole "
-            "(a `replace` that rewrites the whole chat), for comparisons only.",
-        ),
-    ),
-    "SAVE_INTERVAL": (
-        float,
-        Field(
-            default=1.0,
-            ge=0,
-            le=60,
-            title="Save interval (s)",
-            description="Shortest gap between two saves of the message while it streams. "
-            "Saves come at the end of each turn and at least every *Longest gap between "
-            "saves*, within *Save budget (chat copies)*; the screen updates in between, and "
-            "the end is always saved.",
-        ),
-    ),
-    "SAVE_BUDGET_KB": (
-        float,
-        Field(
-            default=12,
-            ge=0,
-            title="Save budget (KB per second)",
-            description="KB of chat Open WebUI may rewrite per second while a message streams: "
-            "long chats and long messages are saved less often (at most *Longest gap between "
-            "saves* apart), so whole copies of the message reach the tab at a rate that does "
-            "not grow with it. 0: *Save interval* only.",
-        ),
-    ),
-    "MAX_SAVE_INTERVAL": (
-        float,
-        Field(
-            default=15.0,
-            ge=0,
-            le=120,
-            title="Longest gap between saves (s)",
-            description="While a turn streams, its text is saved at least this often, as long "
-            "as *Save budget (chat copies)* allows; a turn's end is saved at once. Also the "
-            "longest gap between two whole copies of the message on screen.",
-        ),
-    ),
-    "SAVE_COPIES": (
-        float,
-        Field(
-            default=3.0,
-            ge=0,
-            title="Save budget (chat copies)",
-            description="Every save (and status line) rewrites the whole chat in Open WebUI's "
-            "database. All of one message's saves together rewrite at most this many copies "
-            "of the chat (plus the final save), however long the chat and the conversation: "
-            "in a long chat, saves come further apart. 0: no limit.",
-        ),
-    ),
-}
-
-# The user valves' select inputs: Open WebUI shows a field whose JSON schema has an `enum` as a
-# <select> of its values. "" is each one's "not set".
-# Built from what the setup accepts, so a select never offers a value the setup refuses.
-ParticipantCount = Literal[tuple(range(1, MAX_PARTICIPANTS + 1))]
-SelectionChoice = Literal[("", *SELECTIONS)]
+# The user valves' preset select (see SelectionChoice): built from the presets above, so it
+# never offers one the setup refuses. Pipe.UserValves names it before it exists, hence the rebuild.
 PresetChoice = Literal[("", *PRESETS)]
-
-# The user's valves; the names are those of "Multi Model Conversations v2", so saved settings
-# carry over (only the titles shown in Open WebUI are new).
-USER_VALVES: dict[str, Any] = {
-    "NUM_PARTICIPANTS": (
-        ParticipantCount,
-        Field(
-            default=2,
-            title="Participants",
-            description="How many participants take part when the setup dialog is skipped.",
-        ),
-    ),
-    "ROUNDS_PER_CONVERSATION": (
-        int,
-        Field(
-            default=3,
-            ge=1,
-            title="Rounds",
-            description="Every participant speaks once per round.",
-        ),
-    ),
-    **{
-        f"Participant{i}{key}": (
-            str,
-            Field(
-                default="",
-                title=f"Participant {i}: {what}",
-                description=text.format(i=i),
-            ),
-        )
-        for i in range(1, MAX_PARTICIPANTS + 1)
-        for key, what, text in (
-            ("Model", "model", "Model id of participant {i}."),
-            ("Alias", "alias", "Name of participant {i} (empty: the model's name)."),
-            ("SystemMessage", "persona", "Persona of participant {i}."),
-        )
-    },
-    "AllParticipantsApendedMessage": (
-        str,
-        Field(
-            default=DEFAULT_SHARED_INSTRUCTION,
-            title="Shared instruction",
-            description="Added to every participant's system prompt. `{alias}` and `{others}` "
-            "are filled in; text without `{alias}` gets the alias appended (as v2 did).",
-        ),
-    ),
-    "ManagerModel": (
-        str,
-        Field(
-            default="",
-            title="Manager model",
-            description="Model id of the manager (empty: the first participant's model).",
-        ),
-    ),
-    "ManagerSystemMessage": (
-        str,
-        Field(
-            default=DEFAULT_MANAGER_SYSTEM,
-            title="Manager: system message",
-            description="The manager's system message.",
-        ),
-    ),
-    "ManagerSelectionPrompt": (
-        str,
-        Field(
-            default=DEFAULT_MANAGER_PROMPT,
-            title="Manager: selection prompt",
-            description="What the manager is asked before each turn; `{history}`, "
-            "`{last_speaker}` and `{participant_list}` are filled in.",
-        ),
-    ),
-    "Selection": (
-        SelectionChoice,
-        Field(
-            default="",
-            title="Who speaks next",
-            description="`round_robin`: everyone in order; `manager`: the manager model picks; "
-            "`random`: anyone but the last speaker; `mention`: those you @name in your message "
-            "first. Empty: round robin (or what a preset says).",
-        ),
-    ),
-    "ShowManagerReason": (
-        bool,
-        Field(
-            default=True,
-            title="Show the manager's reason",
-            description="Show the manager's answer in a collapsed block under each turn it picked.",
-        ),
-    ),
-    "AskBetweenRounds": (
-        bool,
-        Field(
-            default=False,
-            title="Ask me between rounds",
-            description="After each round, Open WebUI asks *Anything to add before round N?*: "
-            "what you type joins the conversation as your words, `end` closes it, empty goes "
-            "on.",
-        ),
-    ),
-    "PeerReview": (
-        bool,
-        Field(
-            default=False,
-            title="Peer review (council)",
-            description="With *Who speaks next* = `council`: after the round, each participant "
-            "ranks the others' answers, shown without names, and a table sums up the ranking.",
-        ),
-    ),
-    "PassAllowed": (
-        bool,
-        Field(
-            default=False,
-            title="Allow PASS",
-            description="A participant may answer PASS to skip its turn.",
-        ),
-    ),
-    "StopPhrase": (
-        str,
-        Field(
-            default="",
-            title="Stop phrase",
-            description="Any participant saying this ends the conversation (empty: none).",
-        ),
-    ),
-    "MaxSeconds": (
-        float,
-        Field(
-            default=0,
-            ge=0,
-            title="Time budget (s)",
-            description="Ends the conversation after the turn that uses it up. 0: none.",
-        ),
-    ),
-    "MaxTotalTokens": (
-        int,
-        Field(
-            default=0,
-            ge=0,
-            title="Token budget",
-            description="Tokens of all replies together (prompt and reply), checked after each "
-            "turn. 0: none.",
-        ),
-    ),
-    "ClosingModel": (
-        str,
-        Field(
-            default="",
-            title="Closing turn: model",
-            description="Model id of a closing turn (verdict, summary) after the conversation. "
-            "Empty: no closing turn, unless a task is set (then the first participant's model).",
-        ),
-    ),
-    "ClosingAlias": (
-        str,
-        Field(
-            default="",
-            title="Closing turn: name",
-            description="Name of the closing speaker (empty: Closing).",
-        ),
-    ),
-    "ClosingPrompt": (
-        str,
-        Field(
-            default="",
-            title="Closing turn: task",
-            description="What the closing turn should do (empty: sum up and conclude).",
-        ),
-    ),
-    "ClosingVote": (
-        bool,
-        Field(
-            default=False,
-            title="End with a vote",
-            description="Every participant votes in a short turn of its own, and the votes are "
-            "tallied (instead of a closing turn).",
-        ),
-    ),
-    "Preset": (
-        PresetChoice,
-        Field(
-            default="",
-            title="Preset",
-            description="A named setup that fills whatever you leave unset: `debate`, "
-            "`brainstorm`, `review_panel`, `interview` or `council`. Empty: none.",
-        ),
-    ),
-    "Temperature": (
-        float,
-        Field(default=1.0, title="Temperature", description="Sampling temperature."),
-    ),
-    "Top_k": (
-        int,
-        Field(
-            default=50,
-            title="Top-k",
-            description="Top-k sampling (sent to Ollama models only).",
-        ),
-    ),
-    "Top_p": (
-        float,
-        Field(default=0.8, title="Top-p", description="Top-p (nucleus) sampling."),
-    ),
-}
-
-Pipe.Valves = create_model("Valves", **ADMIN_VALVES)
-Pipe.UserValves = create_model(
-    "UserValves",
-    __validators__={
-        # v2's "Use a manager" switch, still in saved valves, is *Who speaks next: manager*.
-        "_a_manager_switch": model_validator(mode="before")(
-            lambda cls, data: manager_switch_as_selection(data)
-        ),
-        # The host resets every user valve when one fails: old free-text values must still load.
-        "_a_count": field_validator("NUM_PARTICIPANTS", mode="before")(
-            lambda cls, value: participant_count(value)
-        ),
-        "_a_selection": field_validator("Selection", mode="before")(
-            lambda cls, value: valve_choice(value, SelectionChoice)
-        ),
-        "_a_preset": field_validator("Preset", mode="before")(
-            lambda cls, value: valve_choice(value, PresetChoice)
-        ),
-    },
-    **USER_VALVES,
-)
+Pipe.UserValves.model_rebuild()

@@ -95,11 +95,14 @@ def test_a_vote_is_the_last_vote_line_of_the_reply():
 
 def test_a_vote_without_a_vote_line_is_shown_as_an_abstention():
     d = direction({"rounds": 1, "closing": "vote"})
-    line, plans = d.closing_turns([])
+    closing = d.closing()
+    line, plans = closing.next()
     assert line == "" and [p.kind for p in plans] == ["vote"] * 3
     assert not any(p.guarded for p in plans)
     said = ["VOTE: Tea", "Tea is nice and coffee too, I cannot decide.", "VOTE: tea!"]
-    line = d.verdict([(p, mmc.Heard(s)) for p, s in zip(plans, said, strict=True)])
+    closing.heard(plans, [mmc.Heard(s) for s in said])
+    assert closing.next() is None
+    line = closing.verdict()
     assert mmc.md_unescape(line) == "*🗳️ Vote: Tea 2 (Alice, Carol); abstained: Bob*"
 
 

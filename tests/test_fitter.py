@@ -214,21 +214,21 @@ async def test_an_error_naming_no_size_shrinks_only_this_request_not_other_chats
     await h.run("Hi", history=history)
     first, refit = streamed(h)
     assert mmc.message_chars(refit["messages"]) <= 0.75 * mmc.message_chars(first["messages"]) + 1
-    assert h.pipe.context_limits == {}  # nothing learnt for everyone
+    assert h.pipe.model_facts.sizes == {}  # nothing learnt for everyone
 
     await h.run("Hi", history=history, chat_id="chat-2", user_id="u1")
     assert viewed(streamed(h)[-1]) == viewed(first)  # another chat sends what it always did
 
 
 async def test_after_a_success_a_failure_learns_no_less_than_what_worked_nor_the_floor():
-    budget = mmc.ContextBudget(8192, {}, {})
+    budget = mmc.ContextBudget(8192, mmc.ModelFacts())
     profile = mmc.ModelProfile("a", "A", {})
     assert not budget.learn(profile, "prompt is too long", 9000)  # nothing proven: no guess
     budget.calibrate(profile, chars=3000, prompt_tokens=700)  # 700 tokens worked
     assert budget.learn(profile, "prompt is too long", 30_000)
     assert budget.limit(profile) == mmc.CONTEXT_FLOOR_TOKENS  # 700 < floor
     budget.calibrate(profile, chars=9000, prompt_tokens=2500)
-    learned = mmc.ContextBudget(8192, {}, {"a": 2500})
+    learned = mmc.ContextBudget(8192, mmc.ModelFacts(proven={"a": 2500}))
     assert learned.learn(profile, "input is too long", 40_000) and learned.limit(profile) == 2500
     # A size the server names is a fact: it is kept as named.
     named = mmc.ContextBudget(8192)
@@ -302,12 +302,12 @@ async def test_a_prompt_that_worked_in_one_chat_is_the_floor_for_every_later_gue
         ]
     )
     await h.run("Hi")
-    assert h.pipe.context_proven == {"a": 3000}
+    assert h.pipe.model_facts.proven == {"a": 3000}
 
     history = [{"role": "user", "content": "old " * 8000}, {"role": "assistant", "content": "ok"}]
     await h.run("Hi", history=history, chat_id="chat-2")
 
-    assert h.pipe.context_limits == {"a": 3000}  # learnt: what worked, not half of what failed
+    assert h.pipe.model_facts.sizes == {"a": 3000}  # learnt: what worked, not half of what failed
     assert tokens(streamed(h)[-1]) <= 3000
 
 

@@ -79,3 +79,20 @@ def test_the_functions_editor_saves_the_file_unchanged():
     import black
 
     assert black.format_str(SOURCE, mode=black.Mode()) == SOURCE
+
+
+def test_the_valves_are_classes_inside_pipe_one_field_per_line_with_title_and_description():
+    """Where every admin looks for what can be tuned: `class Valves(BaseModel)` and
+    `class UserValves(BaseModel)` inside `Pipe`, each field declared with its title and text."""
+    pipe = next(n for n in TREE.body if isinstance(n, ast.ClassDef) and n.name == "Pipe")
+    inner = {n.name: n for n in pipe.body if isinstance(n, ast.ClassDef)}
+    for name, model in (("Valves", mmc.Pipe.Valves), ("UserValves", mmc.Pipe.UserValves)):
+        assert name in inner, f"{name} is not declared inside Pipe"
+        declared = [
+            n.target.id
+            for n in inner[name].body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+        ]
+        assert declared == list(model.model_fields), name
+        for field, info in model.model_fields.items():
+            assert info.title and info.description, f"{name}.{field}"

@@ -12,14 +12,13 @@ request with one line (in the page, in the saved chat, after a reload); it fits 
 its buttons in view, its fields are labelled, focus stays in it, it follows the dark theme, and
 its model picker finds a model by name from the keyboard.
 
-Screenshots (docs/setup-dialog.png, docs/conversation.png) are written into docs/ only with
-MMC_SCREENSHOTS=1, else into the test's temporary directory, so a run leaves the tree clean.
+Screenshots go into the test's temporary directory, so a run leaves the tree clean; the
+README's pictures come from the demo itself (scripts/demo_screenshots.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -36,7 +35,6 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-DOCS = ROOT / "docs"
 ARTIFACTS = ROOT / "tests" / ".artifacts"
 FUNCTION_ID = "mmc"
 PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
@@ -109,8 +107,8 @@ def script_participants(backend) -> None:
 
 
 def screenshot_path(tmp_path: Path, name: str) -> Path:
-    """docs/<name> with MMC_SCREENSHOTS=1 (to refresh the README's pictures), else tmp_path."""
-    return (DOCS if os.environ.get("MMC_SCREENSHOTS") == "1" else tmp_path) / name
+    """Where a test's screenshot goes: its temporary directory (docs/ is the demo's)."""
+    return tmp_path / name
 
 
 @asynccontextmanager
