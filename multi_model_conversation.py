@@ -1272,20 +1272,27 @@ async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any
     raise TimeoutError
 
 
+# Bytes of chat a message may rewrite whatever its budget: a small chat saves every turn.
+FREE_SAVE_BYTES = 64 * 1024
+
+
 class SaveBudget:
     """The bytes one message's stored writes may cost: `copies` times the chat as it is now.
 
     Open WebUI stores a chat as one JSON document: a save (`replace`) or a status rewrites all of
-    it, and the message's own row too. Writes are allowed while everything written so far plus
-    the next write stays within `copies` copies of the chat's current size, so the total stays
-    within `copies` copies of the final chat (plus the final save) however long the chat and the
-    conversation; a write refused now is allowed again once the message has grown by about
-    1/`copies` of the chat. 0: no limit.
+    it, and the message's own row too. A write is allowed while everything written so far plus
+    it stays within `copies` copies of the chat's current size (plus `free` bytes), so the total
+    stays within `copies` copies of the final chat (plus `free`) however long the chat and the
+    conversation; a write refused now is allowed again once the chat has grown enough
+    (1/(`copies` - 1) of its size at the last write). 0: no limit.
     """
 
-    def __init__(self, host_bytes: int, copies: float) -> None:
+    def __init__(
+        self, host_bytes: int, copies: float, free: int = FREE_SAVE_BYTES
+    ) -> None:
         self.host_bytes = host_bytes  # the rest of the chat, as the host stores it
         self.copies = copies
+        self.free = free
         self.spent = 0  # bytes of chat rewritten so far
         self.writes = 0
 
@@ -1293,9 +1300,11 @@ class SaveBudget:
         """One write: the rest of the chat, plus the message twice (chat JSON and its row)."""
         return self.host_bytes + 2 * message_chars
 
-    def affords(self, message_chars: int) -> bool:
+    def affords(self, message_chars: int, writes: int = 1) -> bool:
+        """`writes` writes of this size fit (a status asks room for a save after it too)."""
         cost = self.cost(message_chars)
-        return self.copies <= 0 or self.spent + cost <= self.copies * cost
+        allowed = self.copies * cost + self.free
+        return self.copies <= 0 or self.spent + writes * cost <= allowed
 
     def charge(self, message_chars: int) -> None:
         self.spent += self.cost(message_chars)
@@ -1407,8 +1416,8 @@ class CoalescingEmitter:
         if is_progress(event) and self._interval:
             if self._render() != (self._last_saved or ""):
                 self._boundary = True
-            if not self.stored.affords(len(self._last_saved or "")):
-                self._held = event
+            if not self.stored.affords(len(self._last_saved or ""), writes=2):
+                self._held = event  # saves come first: a status leaves room for one
                 self._kick()
                 return
         if status:  # the host rewrites the chat for it too
@@ -1565,7 +1574,7 @@ class CoalescingEmitter:
             return
         held = self._held
         if not self._queue and held is not None and not self._flushing.is_set():
-            if self.stored.affords(len(self._last_saved or "")):
+            if self.stored.affords(len(self._last_saved or ""), writes=2):
                 self._held = None
                 self.stored.charge(len(self._last_saved or ""))
                 self._queue.append(held)
@@ -5960,7 +5969,7 @@ class Pipe:
             "the longest gap between two whole copies of the message on screen.",
         )
         SAVE_COPIES: float = Field(
-            default=3.0,
+            default=1.5,
             ge=0,
             title="Save budget (chat copies)",
             description="Every save (and status line) rewrites the whole chat in Open WebUI's "
