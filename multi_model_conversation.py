@@ -1621,6 +1621,10 @@ class CoalescingEmitter:
         if not self._flushing.is_set():
             save = save or (not saving and self._save_due(now, payload))
         appends = shown is not None and payload.startswith(shown)
+        if appends and not save and now - self._whole_at >= self._max_save_interval:
+            # The budget may hold saves back for long: a whole copy at least this often
+            # makes a tab loaded meanwhile (from the last save) exact again.
+            appends = False
         if not save and not appends and not self._flushing.is_set():
             # A rewrite: the whole message goes anyway; it is stored too at a save point.
             save = not saving and self._save_point(now)

@@ -416,6 +416,20 @@ async def test_what_a_restart_loses_is_bounded_by_a_share_of_the_chat():
             assert chat - have <= chat / 3 + 2 * turn, (host_bytes, chat, have)
 
 
+async def test_a_tab_loaded_mid_conversation_gets_a_whole_copy_while_saves_are_held_back():
+    """In a long chat the budget holds saves back; a tab reloaded meanwhile shows the last save
+    plus the deltas after it, so a whole copy (not stored) still comes every MAX_SAVE_INTERVAL."""
+    talk = Talk(host_bytes=200_000, copies=1.5, max_save_interval=5.0)
+    for n in range(8):
+        await talk.turn(n, 3000)  # 24 s
+    await talk.end(store=False)
+    whole = [t for t, e in talk.sent.events if e["type"] in ("chat:message", "replace")]
+    assert len(talk.sent.saved()) <= 2, "few saves in a long chat"
+    assert len(whole) >= 24 / 5 - 1
+    gaps = [b - a for a, b in zip(whole, whole[1:], strict=False)]
+    assert max(gaps) <= 5.0 + 2 / 30
+
+
 async def test_a_held_status_gives_way_to_a_newer_one_and_none_is_lost_that_matters():
     """In a long chat the budget holds "now speaking" lines back; a later one replaces one
     still waiting, and the last status (how it ended) always goes."""
