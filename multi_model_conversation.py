@@ -1238,7 +1238,7 @@ class Transcript:
 
 
 # ============================================================================
-# Emitter: at most one frame per interval (the new text as `chat:message:delta`); saves spaced by a budget
+# Emitter: at most one frame per interval (the new text as `chat:message:delta`); saves at turn ends, in a budget
 # ============================================================================
 
 
@@ -1330,12 +1330,14 @@ class CoalescingEmitter:
     `chat:message:delta` with the new text (the page appends it; the host only forwards it).
     A frame that changes earlier text (a reasoning block closing, a tool block finishing) goes
     whole as `chat:message`. A save is a `replace`, which the host also writes into the chat,
-    rewriting the whole chat each time. Saves are `save_interval` apart, stretched so that no
-    more than `budget` bytes of chat are rewritten per second (`host_bytes`, the rest of the
-    chat, plus the message), up to `max_save_interval`; a whole frame also counts as one, so
-    whole copies reach the tab at a rate that does not grow with the message. The last state is
-    always saved (`flush()`). While reasoning streams, its block grows in place
-    (`live_at()` says where it starts): those refreshes wait for the next save.
+    rewriting the whole chat each time, as it does for a status. Saves come at save points (a
+    turn's end, which a progress status marks; `max_save_interval` into a turn) within the
+    `SaveBudget` of `copies` copies of the chat. Whole copies (saves and whole frames) are at
+    least `save_interval` apart, stretched so that no more than `budget` bytes of chat go per
+    second, and at most `max_save_interval` apart, stored or not, so they reach the tab at a
+    rate that does not grow with the message. `flush()` sends the last state (and saves it
+    unless the host will). While reasoning streams, its block grows in place (`live_at()` says
+    where it starts): those refreshes wait for the next whole copy.
 
     At most one frame and one stored write (a save or a status) are in flight: the host emits
     them to the tab before it writes the chat, so a slow database write must not hold back the
