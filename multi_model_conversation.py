@@ -7,7 +7,7 @@ description: Several models talk with each other in one chat, each under its own
     emitter so long conversations cost the server and the browser a bounded amount per second.
 version: 1.0.0
 license: MIT
-required_open_webui_version: 0.12.4
+required_open_webui_version: 0.10.0
 requirements:
 """
 
@@ -24,7 +24,7 @@ import re
 import time
 import unicodedata
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol, get_args
 
@@ -606,6 +606,15 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def duration(seconds: float) -> str:
+    """ "42 s", "2 min", "2 min 5 s": how long, as the status and the usage say it."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, rest = divmod(whole, 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
 def fill_template(template: str, values: dict[str, str]) -> str:
     """Substitute only the named {placeholders}; other braces (JSON, code) stay as written."""
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
@@ -970,9 +979,12 @@ def unmark_lookalikes(text: str) -> str:
     return _MARKED_LOOKALIKE_RE.sub(lambda m: m.group(0)[:-1], text)
 
 
-# Follows the alias in the heading of a vote's turn, so a vote does not read as a turn; the
-# history reads the turn as the participant's own.
+# Follow the alias in the heading of a vote's or a peer review's turn, so neither reads as a
+# turn of the conversation; the history reads the turn as the participant's own.
 VOTE_LABEL = " · 🗳️ vote"
+REVIEW_LABEL = " · 🏅 review"
+# The label each kind of turn carries in its heading (a conversation turn, the closing: none).
+TURN_LABELS = {"vote": VOTE_LABEL, "review": REVIEW_LABEL}
 
 
 def heading(
@@ -1033,6 +1045,35 @@ def manager_block(answer: str) -> str:
     """A collapsed block holding the manager's answer: why this speaker was chosen."""
     body = quote_lines(answer.strip(), at_line_start=True)
     return f'<details type="manager" done="true">\n<summary>Why this speaker</summary>\n{body}\n</details>\n'
+
+
+# A guard's cut keeps the text it held back, in a collapsed block of this type: the user can
+# open it, history (`BLOCK_RE`) and so the other participants never see it.
+FOLD_TYPE = "cut"
+_DETAILS_TAG_RE = re.compile(r"<(/?details)", re.IGNORECASE)
+
+
+def fold_block(summary: str, text: str, reason: str) -> str:
+    """`text` a guard cut, folded under `summary` (the cut's mark).
+
+    Open WebUI ends the block at the first `</details>` and counts `<details` as nested, so the
+    text's own tags are escaped (it decodes entities before rendering the inside as markdown);
+    the one-line summary shows as plain text, so only a `<` that could end it is replaced.
+    """
+    body = _DETAILS_TAG_RE.sub(r"&lt;\1", mark_lookalikes(text.strip()))
+    title = " ".join(summary.split()).replace("<", "\uff1c")
+    return (
+        f'<details type="{FOLD_TYPE}" reason="{attr(reason)}">\n'
+        f"<summary>{title}</summary>\n{body}\n</details>\n"
+    )
+
+
+_FOLD_RE = re.compile(rf'<details type="{FOLD_TYPE}".*?</details>', re.DOTALL)
+
+
+def folds_in(text: str) -> list[str]:
+    """The fold blocks in `text` (their text cannot hold a `</details`)."""
+    return _FOLD_RE.findall(text)
 
 
 def tool_block(
@@ -1253,6 +1294,9 @@ class Clock:
 
 
 EmitFn = Callable[[dict[str, Any]], Awaitable[Any]]
+EventCall = Callable[
+    [dict], Awaitable[Any]
+]  # __event_call__: asks the user's tab, awaits it
 
 
 async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any:
@@ -1318,6 +1362,14 @@ def is_progress(event: dict[str, Any]) -> bool:
     return event.get("type") == "status" and data.get("done") is False
 
 
+# The event Chat.svelte answers with autoScrollToBottom() alone: a `context_compaction` whose
+# data is not a compaction's status (`handleContextCompactionStatus` returns at once). Neither
+# `chat:message:delta` nor `replace` scrolls, so without it the page does not follow the text.
+FOLLOW_EVENT: dict[str, Any] = {"type": "context_compaction"}
+# Seconds between follows while the text grows: the page is at most this much text behind.
+FOLLOW_INTERVAL = 0.2
+
+
 class CoalescingEmitter:
     """Sends the latest transcript, at most once a frame: leading and trailing edge.
 
@@ -1343,6 +1395,9 @@ class CoalescingEmitter:
     them to the tab before it writes the chat, so a slow database write must not hold back the
     frames that follow it.
     A save's send starts before any later frame's, so the tab applies it in order.
+
+    After the tab's copy grows, a follow (`FOLLOW_EVENT`) asks the page to keep the newest line
+    in view, at most once per `follow_interval` and once more after the last change (`_follow`).
     """
 
     def __init__(
@@ -1357,6 +1412,7 @@ class CoalescingEmitter:
         max_save_interval: float = 5.0,
         live_at: Callable[[], int | None] | None = None,
         copies: float = 0.0,
+        follow_interval: float = 0.0,
     ) -> None:
         self._send = send
         self._render = render
@@ -1393,6 +1449,10 @@ class CoalescingEmitter:
         self._last_sent_at = float("-inf")
         self._failures = 0
         self.sent_events = 0
+        self._follow_interval = follow_interval
+        self._followed_at = float("-inf")
+        self._unfollowed = False  # the tab's copy changed since the last follow
+        self._follow_timer: asyncio.Future | None = None
 
     async def update(self) -> None:
         """Record that the transcript changed; never waits for the socket when coalescing."""
@@ -1442,6 +1502,7 @@ class CoalescingEmitter:
         self._task = None
         await self._drain_queue()
         await self._send_content(final=True)
+        await self._follow(last=True)
         self._flushing.clear()
 
     async def hand_over(self) -> None:
@@ -1465,6 +1526,7 @@ class CoalescingEmitter:
                 await self._sleep_unless_woken(owed)
             self._wake.clear()
             self._write_queue()
+            await self._follow()
             if not self._dirty and self._owed_in() == 0:
                 await self._send_content(owed=True)  # what the tab shows, stored
             if self._dirty:
@@ -1480,6 +1542,7 @@ class CoalescingEmitter:
                 self._dirty = False
                 # While a flush waits, this frame is the last one: it is the save.
                 await self._send_content(final=self._flushing.is_set())
+                await self._follow()
             if self._flushing.is_set() and not self._dirty:
                 return  # flush() sends what is still queued
 
@@ -1640,11 +1703,13 @@ class CoalescingEmitter:
         self.stored.charge(len(payload))
         self._boundary = False
         if final or self._interval == 0:
-            await self._save(payload, now)
+            await self._save(payload, now, payload != shown)
         else:
             # The host shows a save at once, then writes the chat: frames go on meanwhile. Its
             # send starts now, before any later frame's, so the tab gets them in order.
-            self._saving = asyncio.ensure_future(self._save(payload, now))
+            self._saving = asyncio.ensure_future(
+                self._save(payload, now, payload != shown)
+            )
             await asyncio.sleep(0)
 
     async def _frame(self, payload: str, shown: str | None) -> None:
@@ -1658,14 +1723,16 @@ class CoalescingEmitter:
             event = {"type": "chat:message", "data": {"content": payload}}
         if not await self._deliver(event):
             self._shown = None  # the tab may have missed it: the next frame goes whole
+            return
+        self._moved()
 
-    async def _save(self, payload: str, now: float) -> None:
+    async def _save(self, payload: str, now: float, moves: bool = True) -> None:
         try:
-            await self._store(payload, now)
+            await self._store(payload, now, moves)
         finally:
             self._lane_free()
 
-    async def _store(self, payload: str, now: float) -> None:
+    async def _store(self, payload: str, now: float, moves: bool) -> None:
         if not await self._deliver({"type": "replace", "data": {"content": payload}}):
             # It may not have reached the tab, and frames sent meanwhile built on it: a whole
             # frame repairs the tab now, not whenever the text next changes.
@@ -1675,6 +1742,40 @@ class CoalescingEmitter:
                 self._kick()
             return
         self._last_saved, self._last_saved_at = payload, now
+        if moves:  # a save of what the tab already shows moves nothing
+            self._moved()
+
+    # -- following: the page keeps the newest line in view, as for a native answer -----------
+    def _moved(self) -> None:
+        """The tab's copy changed: the sender follows once the last follow is an interval old
+        (at once if it is already)."""
+        self._unfollowed = True
+        if self._follow_timer is None and self._follow_interval > 0:
+            wait = self._followed_at + self._follow_interval - self._clock.now()
+            self._follow_timer = asyncio.ensure_future(self._follow_after(wait))
+
+    async def _follow_after(self, seconds: float) -> None:
+        if seconds > 0:
+            await self._clock.sleep(seconds)
+        self._follow_timer = None
+        self._kick()  # the sender follows: one event in flight, in order
+
+    async def _follow(self, last: bool = False) -> None:
+        """Send the follow if the tab's copy changed and the interval allows (`last`: always;
+        a pending trailing follow is then this one).
+
+        Open WebUI 0.12.4's Chat.svelte scrolls on it (autoScrollToBottom, which leaves a user
+        who scrolled up where they are) and changes nothing else; the host stores nothing.
+        """
+        if last and self._follow_timer is not None:
+            self._follow_timer.cancel()
+            self._follow_timer = None
+        due = self._followed_at + self._follow_interval <= self._clock.now()
+        if not self._unfollowed or self._follow_interval <= 0 or not (last or due):
+            return
+        self._unfollowed = False
+        self._followed_at = self._clock.now()
+        await self._deliver(dict(FOLLOW_EVENT))
 
     async def _deliver(self, event: dict[str, Any]) -> bool:
         try:
@@ -1718,6 +1819,22 @@ class AccessCheckError(RuntimeError):
         )
 
 
+# The oldest Open WebUI the pipe runs on (the front matter says the same; README's table).
+# 0.9's Stop writes the host's own (empty) output over the saved message; 0.8 and older
+# read their database synchronously, which every host call here awaits.
+OLDEST_OPEN_WEBUI = "0.10.0"
+
+
+class HostTooOldError(RuntimeError):
+    """The host predates the APIs the pipe calls: one line in the chat, not a traceback."""
+
+
+def _release(text: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a version string such as '0.9.0' or '0.10.2rc1'."""
+    match = re.match(r"\s*v?(\d+)\.(\d+)\.(\d+)", str(text or ""))
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
 def _is_refusal(exc: Exception) -> bool:
     """0.12.4 refuses with a bare Exception('Model not found'); an HTTP 401/403/404 is one too."""
     if getattr(exc, "status_code", None) in (401, 403, 404):
@@ -1731,8 +1848,23 @@ class HostGateway:
     def __init__(self, request: Any) -> None:
         self.request = request
 
+    # -- the host itself ----------------------------------------------------------------------
+    @staticmethod
+    def require_supported_host() -> None:
+        """Raise HostTooOldError on a host older than OLDEST_OPEN_WEBUI (an unknown one runs)."""
+        from open_webui.env import VERSION
+
+        running = _release(VERSION)
+        if running is not None and running < _release(OLDEST_OPEN_WEBUI):
+            raise HostTooOldError(
+                f"Multi-Model Conversation needs Open WebUI {OLDEST_OPEN_WEBUI} or newer; "
+                f"this server runs {VERSION}. Ask an admin to update Open WebUI."
+            )
+
     # -- users, models, access ---------------------------------------------------------------
     async def get_user(self, user_id: str) -> Any:
+        """The request's user; the first host call of every request, so it checks the host."""
+        self.require_supported_host()
         from open_webui.models.users import Users
 
         return await Users.get_user_by_id(user_id)
@@ -1755,8 +1887,12 @@ class HostGateway:
             return True
         from open_webui.utils.models import check_model_access
 
+        # 0.11 and later take the record read at setup; 0.10 reads it again itself.
+        takes_record = "model_info" in inspect.signature(check_model_access).parameters
         try:
-            await check_model_access(user, model, model_info=record)
+            await check_model_access(
+                user, model, **({"model_info": record} if takes_record else {})
+            )
         except (
             Exception
         ) as exc:  # the host signals a refusal by raising, and so does a fault
@@ -2097,7 +2233,7 @@ _MODEL_BEHIND_RE = re.compile(
 )  # a heading's model name (a valve)
 # Open WebUI's block types (ours and v2's); a model's own plain <details> stays in its text.
 BLOCK_RE = re.compile(
-    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage)"[^>]*>.*?</details>\n?',
+    r'<details type="(?:reasoning|tool_calls|code_interpreter|manager|usage|cut)"[^>]*>.*?</details>\n?',
     re.DOTALL | re.IGNORECASE,
 )
 THINK_RE = re.compile(
@@ -2152,10 +2288,17 @@ def split_turns(content: str) -> list[Turn]:
             )  # the user's words between rounds
         elif text:
             alias = md_unescape(
-                _MODEL_BEHIND_RE.sub("", match.group(2)).removesuffix(VOTE_LABEL)
+                _without_label(_MODEL_BEHIND_RE.sub("", match.group(2)))
             )
             turns.append(Turn(alias, text))
     return turns
+
+
+def _without_label(name: str) -> str:
+    """A heading's alias without the label of its kind of turn (a vote's, a review's)."""
+    for label in TURN_LABELS.values():
+        name = name.removesuffix(label)
+    return name
 
 
 def history_turns(messages: list[dict]) -> list[Turn]:
@@ -2749,9 +2892,13 @@ class SpeakerGuard:
         return ""
 
 
+FOLD_LINE_CHARS = 400  # how much of a line spoken as someone else is read to fold
+
+
 class ReplyFilter:
     """A reply's text on its way to the transcript: think tags split off, then the speaker
-    guard, then the echo guard."""
+    guard, then the echo guard. What a guard cuts is kept (`folded`), never shown as said.
+    """
 
     def __init__(
         self, guard: SpeakerGuard | None = None, echo: EchoGuard | None = None
@@ -2759,6 +2906,12 @@ class ReplyFilter:
         self._splitter = ThinkTagSplitter()
         self.guard = guard
         self.echo = echo
+        self._line = ""  # what the speaker guard was fed since the last line it let out
+        self._open = ""  # what it let out of that line
+        self._cut_by_speaker = (
+            ""  # the text from the line where it stopped the reply on
+        )
+        self._after: list[str] = []  # what arrived after the reply had ended
 
     @property
     def stopped_by(self) -> str | None:
@@ -2769,12 +2922,36 @@ class ReplyFilter:
         """The reply ended early: it spoke as someone else, or began copying."""
         return self.stopped_by is not None or bool(self.echo and self.echo.echoed)
 
+    @property
+    def done(self) -> bool:
+        """The reply ended, and what ended it has arrived: a line spoken as someone else is
+        read to its end (at most FOLD_LINE_CHARS), so the user can read it whole."""
+        if self.cut != "speaker":
+            return self.ended
+        line = self._cut_by_speaker + "".join(self._after)
+        return "\n" in line or len(line) >= FOLD_LINE_CHARS
+
+    @property
+    def cut(self) -> str:
+        """Why the reply ended early: "speaker", "echo", "loop" or "" (it did not)."""
+        if self.echo is not None and self.echo.echoed:
+            return self.echo.reason
+        return "speaker" if self.stopped_by is not None else ""
+
+    def folded(self) -> str:
+        """Everything the guards cut, in the order it came: the user may read it, nobody
+        hears it."""
+        echoed = self.echo.cut_text if self.echo else ""
+        return echoed + self._cut_by_speaker + "".join(self._after)
+
     def feed(self, text: str) -> list[tuple[str, str]]:
         return self._guarded(self._splitter.feed(text))
 
     def flush(self) -> list[tuple[str, str]]:
         parts = self._guarded(self._splitter.flush())
-        tail = self.guard.flush() if self.guard else ""
+        tail = ""
+        if not self.ended:
+            tail = self._speaker(self.guard.flush(), "") if self.guard else ""
         if self.echo is not None:
             tail = (self.echo.feed(tail) if tail else "") + self.echo.flush()
         return [*parts, ("content", tail)] if tail else parts
@@ -2785,17 +2962,43 @@ class ReplyFilter:
         out = []
         for kind, text in parts:
             if self.ended:
-                break
+                self._after.append(text)
+                continue
             if kind == "content":
                 arrived = bool(text)
-                text = self.guard.feed(text) if self.guard else text
+                text = (
+                    self._speaker(self.guard.feed(text), text) if self.guard else text
+                )
                 text = self.echo.feed(text) if self.echo and text else text
+                if self.echo and self.echo.echoed and self.stopped_by is None:
+                    self.echo.feed(self._held_line())  # nothing more is shown
                 if not text:
                     if arrived:  # held back for now: the reasoning before it has ended
                         out.append(("reasoning_end", ""))
                     continue
             out.append((kind, text))
         return out
+
+    def _speaker(self, shown: str, fed: str) -> str:
+        """Keeps the speaker guard's own line of what it was fed: it stops only at a line's
+        start, and lets every line before it out (less a label), so its cut is what it was
+        fed from the line after the last one it let out."""
+        self._line += fed
+        lines = shown.count("\n")
+        if lines:
+            self._line = self._line.split("\n", lines)[-1]
+            self._open = shown.rsplit("\n", 1)[-1]
+        else:
+            self._open += shown
+        if self.stopped_by is not None:
+            self._cut_by_speaker, self._line = self._line, ""
+        return shown
+
+    def _held_line(self) -> str:
+        """What the speaker guard holds back: the start of a line none of which went out."""
+        held = "" if self._open else self._line
+        self._line = ""
+        return held
 
 
 # ============================================================================
@@ -2846,39 +3049,54 @@ def echo_sources(system_prompt: str, turns: Iterable[Turn]) -> list[str]:
     return [system_prompt, *shown]
 
 
-def _indexed_words(sources: Iterable[str]) -> Iterator[str | int]:
-    """The sources' words in order, and a number where a run must not go on: between two
-    sources and at a character of a script without spaces (no word equals a number)."""
-    gaps = 0
-    for text in sources:
-        for piece in _PIECE_RE.finditer(text):
-            if piece.lastgroup is None:
-                if word := echo_word(piece.group()):
-                    yield word
-            elif piece.lastgroup == "unspaced":
-                gaps += 1
-                yield gaps
-        gaps += 1
-        yield gaps
-
-
 class PassageIndex:
     """Every passage of the sources as a path of words (a suffix automaton, built in linear
     time), so the longest copied run ending at a reply's next word costs O(1) amortized.
+
+    It grows at its end (`add`, `append`) at no cost to what it already holds; sources are
+    kept apart by gaps (numbers, which no word equals) that no run goes over.
     """
 
-    def __init__(self, sources: Iterable[str]) -> None:
+    def __init__(self, sources: Iterable[str] = ()) -> None:
         self._next: list[dict[str | int, int]] = [{}]
         self._link = [-1]
         self._len = [0]
-        last = 0
-        for word in _indexed_words(sources):
-            last = self._extend(last, word)
+        self._first = [-1]  # where a state's passages first end (a word's position)
+        self._last = 0
+        self._gaps = 0
         self.links_followed = 0  # the matching's only loop, counted for the tests
+        for text in sources:
+            self.add(text)
+
+    def add(self, text: str) -> None:
+        """One more source: its words, and a gap at each character of a script without
+        spaces and after it."""
+        for piece in _PIECE_RE.finditer(text):
+            if piece.lastgroup is None:
+                if word := echo_word(piece.group()):
+                    self._last = self._extend(self._last, word)
+            elif piece.lastgroup == "unspaced":
+                self.gap()
+        self.gap()
+
+    def gap(self) -> None:
+        self._gaps += 1
+        self._last = self._extend(self._last, self._gaps)
+
+    def append(self, word: str) -> tuple[int, int]:
+        """Add one word; the longest run ending with it that stands earlier too (its words) and
+        how many words back its first occurrence ends (a loop's period)."""
+        self._last = self._extend(self._last, word)
+        link = self._link[self._last]
+        return self._len[link], self._len[self._last] - 1 - self._first[link]
 
     def step(self, state: int, length: int, word: str) -> tuple[int, int]:
         """The state and length of the longest run of the sources that ends with `word`, given
-        the run (`state`, `length`) that ended at the word before it."""
+        the run (`state`, `length`) that ended at the word before it. The index may have grown
+        since (another lane was shown a new turn): a state split meanwhile is found again on
+        its suffix links, where its run's length fits."""
+        while state and self._len[self._link[state]] >= length:
+            state = self._link[state]
         while state and word not in self._next[state]:
             state = self._link[state]
             length = self._len[state]
@@ -2889,7 +3107,7 @@ class PassageIndex:
 
     def _extend(self, last: int, word: str | int) -> int:
         """Blumer et al.'s online construction: one word more, at most two new states."""
-        cur = self._new(self._len[last] + 1, -1, {})
+        cur = self._new(self._len[last] + 1, -1, {}, self._len[last])
         p = last
         while p != -1 and word not in self._next[p]:
             self._next[p][word] = cur
@@ -2901,55 +3119,93 @@ class PassageIndex:
         if self._len[p] + 1 == self._len[q]:
             self._link[cur] = q
             return cur
-        clone = self._new(self._len[p] + 1, self._link[q], dict(self._next[q]))
+        clone = self._new(
+            self._len[p] + 1, self._link[q], dict(self._next[q]), self._first[q]
+        )
         while p != -1 and self._next[p].get(word) == q:
             self._next[p][word] = clone
             p = self._link[p]
         self._link[q] = self._link[cur] = clone
         return cur
 
-    def _new(self, length: int, link: int, edges: dict[str | int, int]) -> int:
+    def _new(
+        self, length: int, link: int, edges: dict[str | int, int], first: int
+    ) -> int:
         self._len.append(length)
         self._link.append(link)
         self._next.append(edges)
+        self._first.append(first)
         return len(self._len) - 1
+
+
+# A reply that repeats its own earlier run of this many words ends there too (a paragraph or a
+# line looped until the token cap), unless the run repeats what stands fewer than
+# LOOP_MIN_PERIOD words before it: table cells (`| yes | yes |`), `Thank you! Thank you!`.
+LOOP_MIN_PERIOD = 8
+_FOLD_REASONS = {"run": "echo", "whole": "echo", "loop": "loop"}
 
 
 class EchoGuard:
     """Ends a streamed reply where it has copied `run_words` consecutive words of its sources
-    (earlier turns, its instructions, the pipe's notes); no copied word is ever shown.
+    (earlier turns, its instructions, the pipe's notes) or of itself; no copied word is shown.
 
     Holds back only the words of the current run and the word being written, and lets them go
     as soon as the run breaks. Fenced code is never matched: fixing someone's code keeps most
-    of it. `feed` costs what its chunk costs, however long the reply and the sources are.
+    of it. What it cuts is kept (`cut_text`) for the transcript to fold. A `free` phrase (the
+    stop phrase) is never an echo. `feed` costs what its chunk costs, however long the reply
+    and the sources are.
     """
 
     def __init__(
         self,
-        sources: Iterable[str],
+        sources: Iterable[str] = (),
         run_words: int = ECHO_RUN_WORDS,
         whole_words: int = ECHO_WHOLE_WORDS,
+        *,
+        indexes: Iterable[PassageIndex] = (),
+        free: Iterable[str] = (),
     ) -> None:
-        self.index = PassageIndex(sources)
+        self.indexes = [*indexes]
+        sources = list(sources)
+        if sources or not self.indexes:
+            self.indexes.insert(0, PassageIndex(sources))
+        self.index = self.indexes[0]
+        self._own = PassageIndex()  # the reply itself, word by word: its loops
+        self._free = {w for f in free if (w := tuple(_echo_words(f)))}
         self._run_words = run_words
         self._whole_words = whole_words
         self._held = ""  # fed and not shown yet; starts at offset `_base` of the reply
         self._base = 0
         self._end = 0  # characters fed so far
         self._run: deque[int] = deque()  # where each word of the current run starts
-        self._state = 0  # the current run's state in the index
+        self._states = [0] * len(self.indexes)  # the current run in each index
+        self._lengths = [0] * len(self.indexes)
+        self._copied = 0  # the longest of those runs: words copied from the sources
         self._word_at: int | None = None  # where the word being written starts
         self._line_start = True  # no word yet on this line
         self._in_code = False
         self._words = 0  # the reply's words so far (those in code too)
-        self.echoed = ""  # why the reply ended: "run" | "whole" | "" (it did not)
+        # why the reply ended: "run" | "whole" | "loop" | "" (it did not)
+        self.echoed = ""
         self.copied_words = 0  # the copied run's words when it ended
         self.withheld = 0  # characters fed and never shown
+        self._cut: list[str] = []  # those characters
+
+    @property
+    def cut_text(self) -> str:
+        """What the reply went on with after the copy began: never shown, kept to fold."""
+        return "".join(self._cut)
+
+    @property
+    def reason(self) -> str:
+        """The cut as the transcript marks it: "echo" (of the sources), "loop" or ""."""
+        return _FOLD_REASONS.get(self.echoed, "")
 
     def feed(self, text: str) -> str:
         """The part of the reply that may be shown now ('' once it has ended as an echo)."""
         if self.echoed:
             self.withheld += len(text)
+            self._cut.append(text)
             return ""
         self._held += text
         start = self._end
@@ -2980,8 +3236,10 @@ class EchoGuard:
             self._end_word(self._word_at, self._end)
             self._word_at = None
         self._expire(self._end)
-        if not self.echoed and self._whole_words <= self._words == len(self._run):
-            self.echoed, self.copied_words = "whole", self._words
+        if not self.echoed and self._whole_words <= self._words == self._copied:
+            lines = {tuple(_echo_words(line)) for line in self._held.splitlines()}
+            if not lines & self._free:  # the stop phrase on a line of its own is free
+                self.echoed, self.copied_words = "whole", self._words
         if self.echoed:
             return self._stop()
         shown, self._held, self._base = self._held, "", self._end
@@ -3006,12 +3264,20 @@ class EchoGuard:
             return  # markup between words (`>`, `-`, `**`): the run goes on over it
         self._words += 1
         self._expire(end)
-        self._state, length = self.index.step(self._state, len(self._run), word)
+        for i, index in enumerate(self.indexes):
+            self._states[i], self._lengths[i] = index.step(
+                self._states[i], self._lengths[i], word
+            )
+        self._copied = max(self._lengths)
+        looped, period = self._own.append(word)
+        looped = looped if period >= LOOP_MIN_PERIOD else 0
         self._run.append(start)
-        while len(self._run) > length:
+        while len(self._run) > max(self._copied, looped):
             self._run.popleft()
-        if length >= self._run_words:
-            self.echoed, self.copied_words = "run", length
+        if self._copied >= self._run_words:
+            self.echoed, self.copied_words = "run", self._copied
+        elif looped >= self._run_words:
+            self.echoed, self.copied_words = "loop", looped
 
     def _release(self) -> str:
         """What is no longer held: all before the run, or before the word being written.
@@ -3040,6 +3306,7 @@ class EchoGuard:
         """The reply ends where the copy began: the text before it goes out, the rest never."""
         at = self._run[0]
         shown = self._held[: at - self._base]
+        self._cut.append(self._held[at - self._base :])
         self.withheld = self._end - at
         self._held, self._base = "", self._end
         return shown
@@ -3050,8 +3317,71 @@ class EchoGuard:
             self._reset()
 
     def _reset(self) -> None:
+        """No run goes on over this point: code, a long token, a script without spaces."""
         self._run.clear()
-        self._state = 0
+        self._states = [0] * len(self.indexes)
+        self._lengths = [0] * len(self.indexes)
+        self._copied = 0
+        self._own.gap()
+
+
+def _echo_words(text: str) -> list[str]:
+    return [w for w in map(echo_word, text.split()) if w]
+
+
+# System prompts kept indexed at once: a council's five, a retry's, a tool round's.
+_PROMPTS_KEPT = 8
+
+
+class EchoIndex:
+    """What a run's replies may not copy, indexed as the conversation grows and shared by every
+    request of the run (tool rounds, retries, a council's lanes): each speaker's turns in an
+    index of their own, the pipe's notes in one, and the latest system prompts by their text.
+
+    A request indexes only the turns it is shown that no request of the run was shown before
+    (the order of sources does not matter: no run goes over a gap), so it costs what is new,
+    not the whole history; and a council answer may restate its speaker's own (`own`).
+    """
+
+    def __init__(self) -> None:
+        self._speakers: dict[str, PassageIndex] = {}
+        self._notes = PassageIndex()
+        self._turns: dict[int, Turn] = {}  # the turns looked at, by identity
+        self._seen: set[tuple[str | None, str]] = set()  # (speaker, text) indexed
+        self._prompts: dict[str, PassageIndex] = {}
+
+    def guard(
+        self,
+        system_prompt: str,
+        shown: list[Turn],
+        own: str | None = None,
+        free: Iterable[str] = (),
+    ) -> EchoGuard:
+        """An echo guard for a reply shown `system_prompt` and the fitted turns `shown`: the
+        participants' turns and the pipe's notes (not the user's words); `own`'s turns are no
+        source."""
+        for turn in shown:
+            if id(turn) in self._turns or (turn.speaker is None and not turn.note):
+                continue  # indexed already; or the user's own words, which may be kept
+            self._turns[id(turn)] = turn  # kept, so its id stays its own
+            key = (None if turn.note else turn.speaker, _text_of(turn.content))
+            if key not in self._seen:  # the same text again (a note), or a cut copy
+                self._seen.add(key)
+                index = self._notes
+                if not turn.note:
+                    index = self._speakers.setdefault(key[0] or "", PassageIndex())
+                index.add(key[1])
+        theirs = [ix for who, ix in self._speakers.items() if who != own]
+        return EchoGuard(
+            indexes=[self._prompt(system_prompt), self._notes, *theirs], free=free
+        )
+
+    def _prompt(self, text: str) -> PassageIndex:
+        index = self._prompts.pop(text, None) or PassageIndex([text])
+        self._prompts[text] = index  # the newest last; the oldest goes first
+        if len(self._prompts) > _PROMPTS_KEPT:
+            del self._prompts[next(iter(self._prompts))]
+        return index
 
 
 # ============================================================================
@@ -3112,8 +3442,20 @@ def mention_order(text: str, aliases: list[str]) -> list[int]:
     return sorted(found, key=found.__getitem__)
 
 
+def leading_mention(text: str, aliases: list[str]) -> int | None:
+    """The participant the user's message starts by naming (`@Ada, you first`), if any: it
+    speaks first in any order. A name later in the message leaves the order alone."""
+    head = text.lstrip()
+    named = mention_order(head, aliases) if head.startswith("@") else []
+    if named and head.casefold().startswith("@" + aliases[named[0]].casefold()):
+        return named[0]
+    return None
+
+
 class SpeakerPolicy:
     """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
+
+    managed = False  # a manager model picks (the status counts turns, not rounds)
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         raise NotImplementedError
@@ -3147,16 +3489,24 @@ class ShuffledRounds(SpeakerPolicy):
     """
 
     def __init__(
-        self, count: int, rng: random.Random, previous: int | None = None
+        self,
+        count: int,
+        rng: random.Random,
+        previous: int | None = None,
+        first: int | None = None,
     ) -> None:
         self.count = count
         self.rng = rng
         self.previous = previous  # the last speaker of the message before, if any
+        self.first = first  # who the user named to speak first, if anyone
         self._order: list[int] = []
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         if slot % self.count == 0 or not self._order:
             self._order = self._shuffle(self.previous if last is None else last)
+            if slot == 0 and self.first is not None:
+                self._order.remove(self.first)
+                self._order.insert(0, self.first)
         return Pick(self._order[slot % self.count])
 
     def _shuffle(self, last: int | None) -> list[int]:
@@ -3166,6 +3516,21 @@ class ShuffledRounds(SpeakerPolicy):
             swap = self.rng.randrange(1, len(order))
             order[0], order[swap] = order[swap], order[0]
         return order
+
+
+class NamedFirst(SpeakerPolicy):
+    """The participant the user named first speaks first; `policy` (the manager) picks after."""
+
+    def __init__(self, policy: SpeakerPolicy, first: int) -> None:
+        self.policy = policy
+        self.first = first
+        self.managed = policy.managed
+
+    async def pick(self, slot: int, last: int | None) -> Pick:
+        return Pick(self.first) if slot == 0 else await self.policy.pick(slot, last)
+
+    def heard(self, index: int, said: str) -> None:
+        self.policy.heard(index, said)
 
 
 class Handoffs(SpeakerPolicy):
@@ -3247,6 +3612,8 @@ class ManagerChoice(SpeakerPolicy):
     An answer of END ends the conversation. An error or timeout, or no valid name after the
     last attempt, gives the turn to the next participant in order, and the status says so.
     """
+
+    managed = True
 
     def __init__(
         self,
@@ -3664,7 +4031,7 @@ class Direction:
         self.answers: list[tuple[Participant, str]] = []
         self._asked_at = 0  # the slot before which the moderator was last asked
         # Only the rounds can end it: nothing to explain, the transcript looks as it always did.
-        self.explains = len(endings) > 1 or isinstance(policy, ManagerChoice)
+        self.explains = len(endings) > 1 or policy.managed
 
     async def next_turns(self) -> list[TurnPlan]:
         """The next turns to speak: one, or a council round's all at once; [] once it ended.
@@ -3737,7 +4104,7 @@ class Direction:
         count, slot = len(self.participants), self.progress.slots
         if self.council:
             return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
-        if isinstance(self.policy, ManagerChoice):
+        if self.policy.managed:
             return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
         return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
 
@@ -3901,24 +4268,28 @@ def make_direction(
 ) -> Direction:
     """The policy and endings the config asks for; `earlier` turns are the chat so far."""
     aliases = [p.alias for p in participants]
+    latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
+    first = leading_mention(
+        _text_of(latest), aliases
+    )  # "@Ada, you first": in any order
     policy: SpeakerPolicy
     if manager is not None:
-        policy = manager
+        policy = manager if first is None else NamedFirst(manager, first)
     elif config.selection == "random":
         spoke = next(
             (t.speaker for t in reversed(earlier) if t.speaker is not None), ""
         )
         policy = ShuffledRounds(
-            len(aliases), rng, match_alias(spoke, aliases) if spoke else None
+            len(aliases), rng, match_alias(spoke, aliases) if spoke else None, first
         )
     elif config.selection == "mention":
-        latest = next((t.content for t in reversed(earlier) if t.speaker is None), "")
         named = mention_order(_text_of(latest), aliases)
         policy = Handoffs(
             named + [i for i in range(len(aliases)) if i not in named], aliases
         )
     else:
-        policy = FixedOrder(list(range(len(aliases))))
+        named = [first] if first is not None else []
+        policy = FixedOrder(named + [i for i in range(len(aliases)) if i not in named])
     endings: list[EndCondition] = [RoundsDone(config.rounds, len(aliases))]
     if config.stop_phrase:
         endings.append(StopPhraseSaid(config.stop_phrase))
@@ -3980,7 +4351,8 @@ class StreamResult:
     finish_reason: str = ""
     done: bool = False  # the stream's `[DONE]` arrived
     prompt_tokens: int = 0  # what the server's `usage` counted, if it sent one
-    cut: str = ""  # why the reply was cut short: "length" | "time" | ""
+    # why the reply was cut short: "length" | "time" | "speaker" | "echo" | "loop" | ""
+    cut: str = ""
     tokens: int | None = None  # total tokens the backend reported (usage), if it did
 
 
@@ -4014,11 +4386,16 @@ CHARS_PER_TOKEN_ESTIMATE = (
 )
 
 
+# The usage row of a turn that is not a conversation turn, after the alias.
+ROW_KINDS = {"closing": " (closing)", "review": " (review)", "vote": " (vote)"}
+MANAGER_ROW = "Manager"  # its Turns are its picks, left out of the total's
+
+
 @dataclass
 class UsageRow:
     """What one speaker's calls cost in a run (the manager's picks count as its turns)."""
 
-    label: str  # the alias, "Manager", or "<alias> (closing)"
+    label: str  # the alias, "Manager", or "<alias> (closing)" (ROW_KINDS)
     model: str
     turns: int = 0
     prompt: int = 0
@@ -4027,7 +4404,8 @@ class UsageRow:
     estimated: bool = False  # some count is the pipe's estimate, not the backend's
 
     def add(self, other: UsageRow) -> None:
-        self.turns += other.turns
+        if other.label != MANAGER_ROW:  # its picks are not turns
+            self.turns += other.turns
         self.prompt += other.prompt
         self.completion += other.completion
         self.seconds += other.seconds
@@ -4077,26 +4455,36 @@ class UsageLedger:
         }
 
 
-def usage_block(ledger: UsageLedger) -> str:
-    """The ledger as a collapsed table at the end of the message (history leaves it out)."""
+def usage_block(ledger: UsageLedger, talked: float, part: bool = False) -> str:
+    """The ledger as a collapsed table at the end of the message (history leaves it out).
+
+    Turns are turns said (a PASS is none; the manager's are its picks, not in the total); a
+    row's seconds are its model's, the total's the conversation's own (`talked`), as the
+    status says it, so a council's rows, generated at once, add up to more."""
     total = ledger.total()
-    head = "| Speaker | Model | Turns | Prompt tokens | Completion tokens | Seconds | Tokens/s |"
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|"]
+    total.seconds = talked
+    # Five columns, the model under the name: it fits a phone (390 px).
+    head = "| Speaker | Turns | Tokens in | Tokens out | Seconds |"
+    lines = [head, "|---|--:|--:|--:|--:|"]
     for row in [*ledger.rows.values(), total]:
         mark = "~" if row.estimated else ""
-        speed = f"{row.completion / row.seconds:,.1f}" if row.seconds >= 0.05 else "–"
-        name = f"**{md_text(row.label)}**" if row is total else md_text(row.label)
+        if row is total:
+            name = "**Total**"
+        else:
+            # The page shows a <br> in a table as a line break, other tags as text.
+            name = f"{md_text(row.label)}<br>{md_text(row.model)}"
         lines.append(
-            f"| {name} | {md_text(row.model)} | {row.turns} | {mark}{row.prompt:,} | "
-            f"{mark}{row.completion:,} | {row.seconds:,.1f} | {speed} |"
+            f"| {name} | {row.turns} | {mark}{row.prompt:,} | "
+            f"{mark}{row.completion:,} | {row.seconds:,.1f} |"
         )
     if total.estimated:
         lines.append(
             "\n~ estimated (the backend sent no counts): about 4 characters a token."
         )
-    summary = (
-        f"Usage: {total.prompt + total.completion:,} tokens, {total.seconds:,.0f} s"
-    )
+    what = (
+        "Usage of this part" if part else "Usage"
+    )  # `part`: Continue Response added it
+    summary = f"{what}: {total.prompt + total.completion:,} tokens, {duration(talked)}"
     body = "\n".join(lines)
     head = f'<details type="usage" done="true">\n<summary>{summary}</summary>'
     return f"\n{head}\n\n{body}\n</details>\n"  # a blank line after the last turn
@@ -4168,6 +4556,7 @@ class Stage:
         user_name: str,
         chat_system: str = "",
         want_usage: bool = False,
+        may_say: Iterable[str] = (),
     ) -> None:
         self.gateway = gateway
         self.ctx = ctx
@@ -4189,6 +4578,9 @@ class Stage:
         self.told_no_tools: set[str] = (
             set()
         )  # participants whose tools were said unavailable
+        self.echoes = EchoIndex()  # what replies may not copy, indexed once for the run
+        # What a participant is asked to say is never an echo: the stop phrase.
+        self.may_say = [x for x in may_say if x.strip()]
 
     def max_tokens(self, p: Participant) -> int:
         """The participant's own limit from the setup, else the valve's; 0 means none."""
@@ -4208,10 +4600,12 @@ class Lane:
     row: UsageRow = field(
         default_factory=lambda: UsageRow("", "")
     )  # the turn's ledger row
+    restates_own: bool = False  # a council answer: restating its own is no echo
 
     def aside(self, transcript: Transcript, emitter: LaneEmitter) -> Lane:
-        """A lane for one turn generated apart: its own screen, a copy of the turns so far."""
-        return Lane(transcript, emitter, list(self.turns))
+        """A lane for one turn generated apart: its own screen, a copy of the turns so far;
+        a council answer there revises its speaker's own."""
+        return Lane(transcript, emitter, list(self.turns), restates_own=True)
 
     def notice(self, markdown: str) -> None:
         """A warning line in the transcript; history leaves it out."""
@@ -4235,7 +4629,7 @@ class Shown:
     copy; `shortened`: (kept, size) of the part cut most, for the user's notice."""
 
     messages: list[dict] | None
-    sources: list[str] = field(default_factory=list)
+    sources: list[Turn] = field(default_factory=list)  # the turns, as fitted
     shortened: tuple[int, int] | None = None
 
 
@@ -4306,7 +4700,7 @@ class Briefing:
         if plan.ask:
             last = messages[-1]
             messages[-1] = {**last, "content": _merge(last["content"], plan.ask)}
-        return Shown(messages, echo_sources(self.system, turns), shortened)
+        return Shown(messages, turns, shortened)
 
     def room(self, shrink: float = 1.0, tools: bool = True) -> int | None:
         """Characters a request's messages may take (tool specs and the reply set aside);
@@ -4389,7 +4783,7 @@ class ReplyStream:
     came to (content, tool calls, finish, usage, a cut) is collected and counted."""
 
     def __init__(
-        self, stage: Stage, lane: Lane, briefing: Briefing, sources: list[str]
+        self, stage: Stage, lane: Lane, briefing: Briefing, sources: list[Turn]
     ):
         self.stage = stage
         self.lane = lane
@@ -4407,9 +4801,14 @@ class ReplyStream:
         names = [*stage.aliases, stage.user_name, "User"]
         return SpeakerGuard(self.briefing.speaker.alias, names)
 
-    def echo_guard(self, sources: list[str]) -> EchoGuard | None:
-        """A conversation turn ends where it starts copying what it was shown."""
-        return EchoGuard(sources) if self.briefing.plan.guarded and sources else None
+    def echo_guard(self, sources: list[Turn]) -> EchoGuard | None:
+        """A conversation turn ends where it starts copying what it was shown (its system
+        prompt, the turns `sources`), or itself."""
+        if not self.briefing.plan.guarded:
+            return None
+        stage, p = self.stage, self.briefing.speaker
+        own = p.alias if self.lane.restates_own else None
+        return stage.echoes.guard(self.briefing.system, sources, own, stage.may_say)
 
     async def stream(
         self, messages: list[dict], offer_tools: bool, turn_ends_at: float
@@ -4438,7 +4837,7 @@ class ReplyStream:
                     for payload in decoder.feed(chunk):
                         self._apply(decode_frame(payload))
                     await self.lane.emitter.update()
-                    if self.filter.ended:
+                    if self.filter.done:
                         break  # it began someone else's line, or copying: it ends there
                 else:
                     for payload in decoder.flush():
@@ -4450,6 +4849,10 @@ class ReplyStream:
                 result.cut = "time"
             else:
                 result.error = f"the model sent nothing for {silence:g} s"
+        except asyncio.CancelledError:  # Stop: what the guards held back is shown too
+            self._end()
+            self.fold()
+            raise
         finally:
             await stream.aclose()  # a cut reply also stops the model upstream
         self._settle()
@@ -4481,8 +4884,8 @@ class ReplyStream:
                 guards.stopped_by,
             )
         content = self._end()
-        if guards.echo is not None and guards.echo.echoed and result.error is None:
-            result.cut = "echo"  # it began copying what was already said
+        if guards.cut:  # it went on as someone else, or began copying or looping
+            result.cut = guards.cut
         ended = result.finish_reason or result.done or result.cut or guards.stopped_by
         if result.error is None and not ended:
             # Closed cleanly but unfinished: a proxy or server that gave up midway.
@@ -4510,9 +4913,27 @@ class ReplyStream:
         for kind, piece in self.filter.feed(text):
             self._show(kind, piece)
         said = self._end()
-        if not said:
+        if not self.fold() and not said:
             self.lane.failure_line(p, error or "the model returned an empty reply")
         return said
+
+    def fold(self) -> bool:
+        """What the guards cut (False: nothing), folded under the turn in a block titled by
+        the cut's mark: the user may open it, history leaves it out."""
+        guards = self.filter
+        folded = guards.folded()
+        if not guards.cut or not folded.strip():
+            return False
+        stage, cut_as = self.stage, guards.stopped_by or ""
+        names = [*stage.aliases, stage.user_name, "User"]
+        other = next((n for n in names if n.casefold() == cut_as.casefold()), cut_as)
+        what = {
+            "speaker": f"went on as {other}",
+            "loop": "began repeating itself",
+        }.get(guards.cut, "began repeating what was already said")
+        title = f"✂️ {self.briefing.speaker.alias} {what} — not heard by the others"
+        self.lane.transcript.add_notice(fold_block(title, folded, guards.cut).rstrip())
+        return True
 
     def _count_tokens(
         self, reported: int | None, messages: list[dict], reply: str
@@ -4638,7 +5059,8 @@ class ToolLoop:
             result = await reply.stream(messages, offer, self.ends_at)
             self.said.append(result.content)
             if result.cut:
-                self._cut_line(result.cut)
+                if not reply.fold():  # a guard's cut is marked by its fold
+                    self._cut_line(result.cut)
                 return self.text()
             if result.malformed:
                 self.lane.notice(
@@ -4705,7 +5127,11 @@ class ToolLoop:
     def _cut_line(self, cut: str) -> None:
         """A visible mark that a reply was cut short; history leaves it out like a notice."""
         max_tokens = self.briefing.max_tokens
-        if cut == "echo":
+        if cut == "speaker":
+            why = "cut: it went on as someone else"
+        elif cut == "loop":
+            why = "cut: it began repeating itself"
+        elif cut == "echo":
             why = "cut: it began repeating what was already said"
         elif cut == "time":
             why = f"cut after {self.valves.TURN_TIME_LIMIT:g} s"
@@ -4856,6 +5282,7 @@ class TurnStreamer:
         turns: list[Turn],
         chat_system: str = "",
         want_usage: bool = False,
+        may_say: Iterable[str] = (),
     ) -> None:
         self.stage = Stage(
             gateway,
@@ -4868,6 +5295,7 @@ class TurnStreamer:
             user_name,
             chat_system,
             want_usage,
+            may_say,
         )
         self.lane = Lane(transcript, emitter, turns)
         self.emitter = emitter
@@ -4898,13 +5326,13 @@ class TurnStreamer:
         profile = stage.profiles[p.model_id]
         log.debug("%s: %s (%s)", plan.kind, p.alias, p.model_id)
         lane.speaking = True
-        label = f"{p.alias} (closing)" if plan.kind == "closing" else p.alias
-        lane.row = stage.ledger.row(label, profile.name)
-        lane.row.turns += 1
+        lane.row = stage.ledger.row(
+            p.alias + ROW_KINDS.get(plan.kind, ""), profile.name
+        )
         transcript = lane.transcript
         mark = transcript.checkpoint()
         model = profile.name if stage.settings.valves.SHOW_MODELS else ""
-        transcript.start_turn(p, model, VOTE_LABEL if plan.kind == "vote" else "")
+        transcript.start_turn(p, model, TURN_LABELS.get(plan.kind, ""))
         if plan.why and stage.settings.show_manager_reason:
             transcript.add_block(manager_block(plan.why))
         self._tools_notice(lane, p, profile)
@@ -4915,11 +5343,15 @@ class TurnStreamer:
         said = await ToolLoop(stage, lane, Briefing(stage, plan, profile, seen)).run()
         transcript.close_live()
         passed = plan.pass_allowed and is_pass(said)
-        if passed:
+        if passed:  # one line instead of the turn; what a guard cut stays, folded
+            folded = folds_in(transcript.render()[mark:])
             transcript.rewind(mark)
             transcript.add_notice(f"*⏭️ {md_text(p.alias)} passed.*")
+            for block in folded:
+                transcript.add_notice(block)
         elif said:
             lane.turns.append(Turn(p.alias, said))
+            lane.row.turns += 1  # a turn said, as the status counts it (not a PASS)
         lane.speaking = False
         await lane.emitter.update()
         return Heard(said, passed, benched=p.alias in stage.benched)
@@ -4984,7 +5416,7 @@ class TurnStreamer:
         stage = self.stage
         bound = {"max_tokens": max_tokens} if max_tokens else {}
         form = request_form(stage.budget, profile, messages, **bound)
-        row, started = stage.ledger.row("Manager", profile.name), stage.clock.now()
+        row, started = stage.ledger.row(MANAGER_ROW, profile.name), stage.clock.now()
         asked = stage.gateway.complete_counted(form, stage.ctx.user)
         text, counted = await within(stage.clock, seconds, asked)
         row.turns += 1
@@ -5053,7 +5485,17 @@ class Run:
         self.started: float | None = (
             None  # when the turns began (after the setup dialog)
         )
+        self.ended: float | None = None  # when the closing ended (the usage's figures)
         self.in_turn = False  # a conversation turn (not the closing) is streaming
+        self.waited = 0.0  # seconds the user's tab was asked and not yet answered
+        self._waited_before = (
+            0.0  # ... of them before the turns began (the setup dialog)
+        )
+        # Reviews, closing turns and votes said, by kind.
+        self.closing_said: dict[str, int] = {}
+        # Continue Response: the message's turns before this part. The host keeps that part
+        # as it was (its usage block too) and appends this one, whose seconds alone are known.
+        self.earlier = 0
 
     async def converse(self, direction: Direction, streamer: TurnStreamer) -> str:
         """Turns until an ending holds, then the closing; returns why it ended."""
@@ -5076,11 +5518,16 @@ class Run:
                 self.transcript.add_notice(line)
             if plans:
                 closing.heard(plans, await self.speak(plans))
+        for plan, heard in closing.spoken:
+            if heard.said and not heard.passed:
+                self.closing_said[plan.kind] = self.closing_said.get(plan.kind, 0) + 1
         for line in (closing.verdict(), direction.end_line()):
             if line:
                 self.transcript.add_notice(line)
+        self.ended = self.clock.now()
         if streamer.settings.valves.SHOW_USAGE and streamer.ledger.rows:
-            self.transcript.add_block(usage_block(streamer.ledger))
+            usage = usage_block(streamer.ledger, self.talked(), part=self.earlier > 0)
+            self.transcript.add_block(usage)
         await self.emitter.update()
         return direction.reason
 
@@ -5107,16 +5554,58 @@ class Run:
 
     def end_status(self, outcome: str | None = None) -> None:
         """The last status line: "3 participants, 6 turns, 42 s", then how it ended if not by
-        its rounds ("· stopped"); it replaces whatever the manager last said."""
+        its rounds ("· stopped"); it replaces whatever the manager last said.
+
+        Its turns are the end line's (and the usage total's, with the closing turns named
+        after them), its seconds the usage's; time the user's tab was asked comes apart:
+        "…, 13 s talking, 2 min waiting for you"."""
         direction = self.direction
         if self.started is None or direction is None:
             return  # no turn began: the message says what happened
         outcome = direction.outcome if outcome is None else outcome
-        turns = direction.progress.spoken + (1 if self.in_turn else 0)
-        seconds = round(self.clock.now() - self.started)
+        progress = direction.progress
+        turns = [_count(progress.spoken + (1 if self.in_turn else 0), "turn")]
+        if progress.passes:
+            turns.append(f"{progress.passes} passed")
+        for kind, noun in (("review", "review"), ("closing", "closing turn")):
+            if self.closing_said.get(kind):
+                turns.append(_count(self.closing_said[kind], noun))
+        if self.closing_said.get("vote"):
+            turns.append(_count(self.closing_said["vote"], "vote"))
         count = _count(len(direction.participants), "participant")
-        text = f"{count}, {_count(turns, 'turn')}, {seconds} s"
+        if self.earlier:  # "2 participants, 4 turns; this part: 2 turns, 7 s"
+            part = progress.spoken + (1 if self.in_turn else 0) - self.earlier
+            turns[0] += f"; this part: {_count(part, 'turn')}"
+        text = f"{count}, {', '.join(turns)}, {duration(self.talked())}"
+        if round(self.waited) >= 1:
+            text += f" talking, {duration(self.waited)} waiting for you"
         self.status(f"{text} · {outcome}" if outcome else text)
+
+    def talked(self) -> float:
+        """Seconds since the turns began, up to the end of the closing (now, if it did not
+        end), less the time the user's tab was asked meanwhile."""
+        if self.started is None:
+            return 0.0
+        end = self.ended if self.ended is not None else self.clock.now()
+        return max(0.0, end - self.started - (self.waited - self._waited_before))
+
+    def waiting_on(self, call: Callable[[dict], Awaitable[Any]]) -> EventCall:
+        """`call` (the user's tab), timed as waiting for the user; a prompt that waits for an
+        answer says so in the status."""
+
+        async def asked(event: dict) -> Any:
+            title = (event.get("data") or {}).get("title")
+            if event.get("type") == "input" and title:
+                self.status(f"Waiting for you · {title}", done=False)
+            began = self.clock.now()
+            try:
+                return await call(event)
+            finally:
+                self.waited += self.clock.now() - began
+                if self.started is None:
+                    self._waited_before += self.clock.now() - began
+
+        return asked
 
     def not_started(self, exc: Exception) -> None:
         """The status after a setup that cannot run (the message says what to fix); a
@@ -5317,11 +5806,13 @@ def overlay_script(
     message_id: str | None = None,
     settings: dict | None = None,
     problem: str = "",
+    saved: bool = False,
 ) -> str:
     """The overlay's code with its inputs as JSON literals (never spliced in as raw text).
 
     `defaults` fill the form, `settings` (the user's valves) are what preset "None" restores,
-    `problem` is the server's refusal of the answer the form shows again.
+    `problem` is the server's refusal of the answer the form shows again; `saved`: the chat
+    has a setup, which "Use defaults" would replace (it asks first).
     One pass over the template: a placeholder's name inside a value is left as it is.
     """
     values = {
@@ -5339,6 +5830,7 @@ def overlay_script(
         "MARKS": list(zip(COLOUR_MARKS, MARK_COLOURS, strict=True)),
         "MESSAGE_ID": message_id,
         "CLOSE_EVENT": OVERLAY_CLOSE_EVENT,
+        "SAVED": saved,
     }
     return re.sub(
         r"__([A-Z_]+)__", lambda m: _js_literal(values[m.group(1)]), OVERLAY_JS
@@ -5375,11 +5867,19 @@ DIALOG_LIMITS = {
     "max_tokens": 1_000_000,
 }
 SETUP_CANCELLED = f"{NOTICE_PREFIX}Setup cancelled. Send a message to open it again.*"
+SETUP_KEPT = (
+    f"{NOTICE_PREFIX}Setup unchanged: this chat keeps its saved setup, and your next message "
+    f"runs it. Send {RECONFIGURE_COMMAND} to choose again.*"
+)
 STOPPED_IN_SETUP = f"{NOTICE_PREFIX}Stopped before the conversation began.*"
 
 
 class SetupCancelled(Exception):
     """The user closed the setup dialog without an answer: nothing runs."""
+
+
+class SetupKept(SetupCancelled):
+    """/reconfigure was cancelled: the chat keeps the setup saved for it."""
 
 
 class NothingToAnswer(SetupCancelled):
@@ -5630,6 +6130,8 @@ def _setup_notice(exc: Exception) -> str:
     """The one line a setup that did not end in a conversation leaves in the message."""
     if isinstance(exc, NothingToAnswer):
         return SETUP_SAVED
+    if isinstance(exc, SetupKept):
+        return SETUP_KEPT
     if isinstance(exc, SetupCancelled):
         return SETUP_CANCELLED
     if isinstance(exc, AccessCheckError):
@@ -5653,6 +6155,7 @@ def _emitter_for(
         max_save_interval=valves.MAX_SAVE_INTERVAL,
         live_at=transcript.live_block_at,
         copies=valves.SAVE_COPIES,
+        follow_interval=FOLLOW_INTERVAL,
     )
 
 
@@ -5707,6 +6210,7 @@ def _cast(
         turns=history_turns(conversation_messages(body.get("messages") or [])),
         chat_system=_chat_system(body),
         want_usage=prepared.config.max_total_tokens > 0,
+        may_say=[prepared.config.stop_phrase],
     )
     chooser = (
         make_manager(streamer, prepared.manager, run.status)
@@ -5716,7 +6220,9 @@ def _cast(
     ask = ctx.extra_params.get("__event_call__")  # None without a browser tab (the API)
     moderator = None
     if prepared.config.moderator == "between_rounds" and ask is not None:
-        moderator = Moderator(ask, run.clock, settings.valves.MODERATOR_TIMEOUT)
+        moderator = Moderator(
+            run.waiting_on(ask), run.clock, settings.valves.MODERATOR_TIMEOUT
+        )
     direction = make_direction(
         prepared.config,
         prepared.participants,
@@ -5729,7 +6235,7 @@ def _cast(
     )
     # Continue Response: the status counts the message's earlier turns too.
     earlier = continued_content(body, ctx.metadata)
-    direction.progress.spoken = (
+    direction.progress.spoken = run.earlier = (
         earlier_turns(earlier, prepared.participants) if earlier else 0
     )
     return direction, streamer
@@ -5917,7 +6423,7 @@ class Pipe:
             title="Usage table at the end",
             description="End each conversation with a collapsed table of what it cost: per "
             "participant, the manager and the closing turn, turns, prompt and completion tokens "
-            "(the backend's counts; ~ marks estimates), seconds and tokens a second, and totals. "
+            "(the backend's counts; ~ marks estimates) and seconds, and totals. "
             "Never part of what the models read.",
         )
         STOP_SEQUENCES: bool = Field(
@@ -6316,7 +6822,11 @@ class Pipe:
         if event_call is not None and valves.CONFIG_OVERLAY:
             message_id = ctx.metadata.get("message_id")
             dialog = SetupDialog(
-                event_call, emitter, message_id, clock, valves.OVERLAY_TIMEOUT
+                run.waiting_on(event_call),
+                emitter,
+                message_id,
+                clock,
+                valves.OVERLAY_TIMEOUT,
             )
         started = clock.now()
         try:
@@ -6458,14 +6968,20 @@ class Pipe:
                 ctx.metadata.get("message_id"),
                 settings={k: v for k, v in settings.items() if k != "preset"},
                 problem=problem,
+                saved=bool(saved),
             )
 
         opening = dialog_form(
             saved or settings, max_rounds
         )  # /reconfigure: this chat's setup
-        config, remember = await ask_for_setup(
-            dialog, script, opening, settings, max_rounds
-        )
+        try:
+            config, remember = await ask_for_setup(
+                dialog, script, opening, settings, max_rounds
+            )
+        except SetupCancelled as exc:
+            if saved:  # /reconfigure cancelled: the chat's setup stays as it was
+                raise SetupKept from exc
+            raise
         return config, False, remember
 
     # -- title, tags, follow-ups -------------------------------------------------------------
@@ -6678,6 +7194,7 @@ const MAX_TOKENS = __MAX_TOKENS__;
 const MARKS = __MARKS__;
 const MESSAGE_ID = __MESSAGE_ID__;
 const CLOSE_EVENT = __CLOSE_EVENT__;
+const SAVED = __SAVED__;
 const CANCELLED = { cancelled: true };
 const TIMED_OUT = { timed_out: true };
 let models = [];
@@ -7115,7 +7632,14 @@ return await new Promise((resolve) => {
   });
   cancel.addEventListener('click', () => finish(CANCELLED));
   close.addEventListener('click', () => finish(CANCELLED));
-  skip.addEventListener('click', () => finish(null));
+  // In /reconfigure "Use defaults" replaces the setup saved for this chat: it asks first.
+  let replacing = false;
+  skip.addEventListener('click', () => {
+    if (!SAVED || replacing) return finish(null);
+    replacing = true;
+    skip.textContent = 'Replace it';
+    error.textContent = "This replaces this chat's saved setup with your defaults (Settings → Valves). Click Replace it to go on, or Cancel to keep it.";
+  });
   card.append(
     el('div', { className: 'mmc-head' }, [
       el('div', {}, [

@@ -1,10 +1,14 @@
 """The echo guard: its CPU per streamed chunk, and what it finds in a real small model's turns.
 
-    python -m bench.echo                  # µs per chunk for longer replies and more sources
+    python -m bench.echo                  # µs per chunk; the index's cost per request
     python -m bench.echo --real-model     # SmolLM2-135M conversations, measured by the guard
 
 The first shows `EchoGuard.feed` costs the same per chunk however long the reply and the
-sources are (the index of the sources is built once per turn, in `__init__`: reported too).
+sources are; then what indexing the sources costs a request, with 1,000-10,000 turns and
+100,000-1,000,000 characters of history, side by side: before (issue 29), every request
+(each turn, tool round, retry, each of a council's five answers) built the index afresh from
+every turn it was shown; now the run's `EchoIndex` indexes a turn once, when a request is
+first shown it, so a request costs what is new.
 The second serves SmolLM2-135M (see tests/integration/real_model.py; needs the cached server
 venv that `scripts/test --real-model` builds) and lets three participants talk with the pipe's
 own prompts, history format, context fitting and stop sequences, but no guard, so each reply is
@@ -58,6 +62,69 @@ def measure(source_words: int, reply_words: int, chunk: int = 4) -> dict:
         "build_ms": build * 1e3,
         "links": guard.index.links_followed / len(chunks),
     }
+
+
+def history(turns: int, chars: int, rng: random.Random) -> list[mmc.Turn]:
+    """A conversation of `turns` participants' turns, `chars` characters in all."""
+    words = max(1, chars // turns // 5)  # VOCAB's words average about 4 letters and a space
+    return [mmc.Turn(None, "Let's plan a weekend trip to the mountains.")] + [
+        mmc.Turn("ABCDE"[i % 5], text(words, rng)) for i in range(turns)
+    ]
+
+
+def ms(fn) -> float:
+    t0 = time.process_time()
+    fn()
+    return (time.process_time() - t0) * 1e3
+
+
+def request_cost(turns: int, chars: int, later: int = 10) -> dict:
+    """ms of indexing for: a request before (built afresh), the run's first request now (the
+    history once), a later request now (one new turn each), a council round of five."""
+    rng = random.Random(2)
+    shown = history(turns, chars, rng)
+    prompts = [system_prompt(a, "A hiker.", list("ABCDE"), 0, 3) for a in "ABCDE"]
+    old = ms(lambda: mmc.EchoGuard(mmc.echo_sources(prompts[0], shown)))
+    echoes = mmc.EchoIndex()
+    first = ms(lambda: echoes.guard(prompts[0], shown))
+    new = []
+    for i in range(later):
+        shown.append(mmc.Turn("ABCDE"[i % 5], text(40, rng)))
+        new.append(ms(lambda prompt=prompts[i % 5]: echoes.guard(prompt, shown)))
+    shown.append(mmc.Turn("A", text(40, rng)))
+    old_council = ms(lambda: [mmc.EchoGuard(mmc.echo_sources(p, shown)) for p in prompts])
+    council = ms(
+        lambda: [echoes.guard(p, shown, own=a) for p, a in zip(prompts, "ABCDE", strict=True)]
+    )
+    return {
+        "turns": turns,
+        "chars": sum(len(t.content) for t in shown),
+        "old": old,
+        "first": first,
+        "new": sum(new) / len(new),
+        "old_council": old_council,
+        "council": council,
+    }
+
+
+def print_request_costs(sizes: list[tuple[int, int]]) -> None:
+    print(
+        f"\n{'turns':>6} {'history':>10} | {'request':>9} {'request':>9} {'ratio':>7} | "
+        f"{'council':>9} {'council':>9} {'ratio':>7} | {'1st request':>11}"
+    )
+    print(f"{'':>6} {'chars':>10} | {'before':>9} {'now':>9} {'':>7} | {'before':>9} {'now':>9}")
+    for turns, chars in sizes:
+        r = request_cost(turns, chars)
+        print(
+            f"{r['turns']:>6} {r['chars']:>10,} | {r['old']:>7.1f}ms {r['new']:>7.2f}ms "
+            f"{r['old'] / r['new']:>6.0f}x | {r['old_council']:>7.0f}ms {r['council']:>7.2f}ms "
+            f"{r['old_council'] / r['council']:>6.0f}x | {r['first']:>9.1f}ms"
+        )
+    print(
+        "request: indexing for one more request after one new turn (a turn, a tool round, a\n"
+        "retry); council: a round's five answers at once; 1st request: the run's first, which\n"
+        "now indexes the history once (before, every request cost that much)."
+    )
 
 
 def longest_run(sources: list[str], reply: str) -> int:
@@ -145,15 +212,21 @@ def real_model_check(seeds: int, rounds: int, out: Path | None) -> None:
     print(f"\n{len(rows)} replies ({seeds} conversations x {rounds} rounds x 3 participants)")
     for at_least in (10, 20, 30, mmc.ECHO_RUN_WORDS):
         print(f"  longest copied run >= {at_least:>2} words: {sum(n >= at_least for n in runs)}")
-    for why in ("run", "whole"):
+    for why in ("run", "whole", "loop"):
         print(f"  ended by the echo guard ({why}): {sum(r['echoed'] == why for r in rows)}")
     if out:
         out.write_text(json.dumps(rows, indent=2, ensure_ascii=False))
 
 
+def _ints(value: str) -> list[int]:
+    return [int(n) for n in value.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--turns", default="1000,10000", type=_ints, help="history's turns")
+    parser.add_argument("--chars", default="100000,1000000", type=_ints, help="its characters")
     parser.add_argument("--real-model", action="store_true", help="SmolLM2 conversations")
     parser.add_argument("--seeds", type=int, default=3, help="with --real-model")
     parser.add_argument("--rounds", type=int, default=4, help="with --real-model")
@@ -177,6 +250,7 @@ def main() -> None:
     by_sources = rows[-1]["us_per_chunk"] / rows[0]["us_per_chunk"]
     print(f"per-chunk cost, longest / shortest reply: {by_reply:.2f}x (target <= 2x)")
     print(f"per-chunk cost, most / fewest source words: {by_sources:.2f}x (target <= 2x)")
+    print_request_costs([(t, c) for t in args.turns for c in args.chars])
 
 
 if __name__ == "__main__":

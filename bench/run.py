@@ -40,7 +40,16 @@ PIPE_MODEL = f"{FUNCTION_ID}.Conversation-pipe"
 # chat:message, its saves replace; native streaming sends response:completion deltas and a
 # final chat:completion).
 PIPE_FRAME_TYPES = ("replace", "chat:message", "chat:message:delta")
-CONTENT_TYPES = {*PIPE_FRAME_TYPES, "message", "chat:completion", "response:completion"}
+# The pipe's follow: the page scrolls to the newest line on it (issue 27). It carries no text,
+# but it is a cost of showing the text, so its bytes count with the content's.
+FOLLOW_TYPE = "context_compaction"
+CONTENT_TYPES = {
+    *PIPE_FRAME_TYPES,
+    FOLLOW_TYPE,
+    "message",
+    "chat:completion",
+    "response:completion",
+}
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -58,6 +67,8 @@ class Measure:
     chat: str
     events: int = 0
     saves: int = 0  # replace events: the ones the host writes into the chat
+    follows: int = 0  # the pipe's follows (the page scrolls to the newest line)
+    follow_bytes: int = 0  # ... and their bytes (counted in event_bytes too)
     max_events_1s: int = 0
     min_events_1s: int = 0
     event_bytes: int = 0
@@ -241,6 +252,7 @@ async def one_run(
     m = Measure(mode, chat)
     m.events = len(content)
     m.saves = sum(1 for e in content if e.type == "replace")
+    m.follows = sum(1 for e in content if e.type == FOLLOW_TYPE)
     # Per second of streaming, counting what the pipe sends (its frames and saves) or, for the
     # native run, the host's deltas; the host's own end-of-message events are left out.
     own = (
@@ -252,6 +264,7 @@ async def one_run(
     m.max_events_1s, m.min_events_1s = windows(streaming, first_token, last_token)
     sizes = [len(json.dumps(e.data)) for e in content]
     m.event_bytes = sum(sizes)
+    m.follow_bytes = sum(n for e, n in zip(content, sizes, strict=True) if e.type == FOLLOW_TYPE)
     minute = min(60.0, last_token - first_token)
     m.bytes_per_s_first_min = bytes_per_s(content, sizes, first_token, first_token + minute)
     m.bytes_per_s_last_min = bytes_per_s(content, sizes, last_token - minute, last_token)
@@ -278,9 +291,11 @@ def table(rows: list[Measure]) -> str:
     fields = [
         ("content events", lambda r: r.events, "{:.0f}"),
         ("  of which saves (replace)", lambda r: r.saves, "{:.0f}"),
+        ("  of which follows (scroll)", lambda r: r.follows, "{:.0f}"),
         ("max events in 1 s", lambda r: r.max_events_1s, "{:.0f}"),
         ("min events in 1 s (while streaming)", lambda r: r.min_events_1s, "{:.0f}"),
         ("content event bytes", lambda r: r.event_bytes / 1e6, "{:.2f} MB"),
+        ("  of which follows", lambda r: r.follow_bytes / 1e3, "{:.1f} KB"),
         ("bytes/s, first minute", lambda r: r.bytes_per_s_first_min / 1e3, "{:.1f} KB/s"),
         ("bytes/s, last minute", lambda r: r.bytes_per_s_last_min / 1e3, "{:.1f} KB/s"),
         (

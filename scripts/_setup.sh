@@ -109,3 +109,35 @@ setup_real_model() {
   fi
   export MMC_REAL_MODEL_CACHE="$REAL_MODEL_CACHE" MMC_REAL_MODEL=1
 }
+
+# An older Open WebUI for `scripts/test --owui VERSION`: its own venv, outside the repo so a
+# fresh clone reuses it (MMC_OWUI_CACHE), the CPU torch first (no CUDA wheels), and the test
+# tools at the versions constraints.txt pins. Sets PY to that venv's python.
+OWUI_CACHE="${MMC_OWUI_CACHE:-$HOME/.cache/mmc-owui}"
+# python-socketio and psutil are left to the release's own pins (older ones pin others).
+OWUI_TEST_TOOLS="pytest pytest-asyncio pytest-timeout hypothesis playwright"
+setup_owui() {
+  local version="$1"
+  local venv="$OWUI_CACHE/$version"
+  local pins=() tool
+  for tool in $OWUI_TEST_TOOLS; do
+    pins+=("$(grep -i "^$tool==" "$CONSTRAINTS")")
+  done
+  local want="open-webui==$version torch==2.13.0 ${pins[*]}"
+  if [ -f "$venv/.installed" ] && [ "$(cat "$venv/.installed")" = "$want" ]; then
+    PY="$venv/bin/python"
+    return
+  fi
+  echo "== installing open-webui==$version into $venv (5-10 minutes the first time)"
+  mkdir -p "$OWUI_CACHE"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q "pip==$PIP_VERSION"
+  fi
+  # torch first and alone: open-webui does not pin it, so pip keeps this CPU build.
+  nice -n 10 "$venv/bin/python" -m pip install -q torch==2.13.0
+  nice -n 10 "$venv/bin/python" -m pip install -q "open-webui==$version" "${pins[@]}" \
+    "python-socketio[asyncio_client]" psutil
+  echo "$want" > "$venv/.installed"
+  PY="$venv/bin/python"
+}

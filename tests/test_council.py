@@ -141,7 +141,13 @@ async def test_peer_review_ranks_the_others_unnamed_then_the_chair_synthesizes()
 
     result = await h.run("Best tea?")
 
-    assert speakers(result) == ["A", "B", "C", "A", "B", "C", "Chair"]
+    # Review turns say what they are (issue 27); the answers and the chair's turn as they are.
+    review = [f"{x} · 🏅 review" for x in "ABC"]
+    assert speakers(result) == ["A", "B", "C", *review, "Chair"]
+    # History still reads each review as its participant's own turn.
+    assert [t.speaker for t in mmc.split_turns(result)] == [*"ABC", *"ABC", "Chair"]
+    # ... and only the label goes: an alias that merely says "review" stays whole.
+    assert [t.speaker for t in mmc.split_turns("### 🔴 Peer review\n\nhi")] == ["Peer review"]
     reviews = streamed(h)[3:6]
     for request, own in zip(reviews, ("ANSWER-A", "ANSWER-B", "ANSWER-C"), strict=True):
         text = viewed(request)
@@ -285,6 +291,7 @@ async def test_the_council_preset_answers_at_once_reviews_and_a_chair_sums_up():
 
     result = await h.run("What is the best first programming language?")
 
-    assert speakers(result) == ["Analyst", "Expert", "Contrarian"] * 2 + ["Chair"]
+    names = ["Analyst", "Expert", "Contrarian"]
+    assert speakers(result) == [*names, *(f"{n} · 🏅 review" for n in names), "Chair"]
     assert seen["most"] == 3 and "Peer review" in result
     assert "Synthesize the best answer" in streamed(h)[-1]["messages"][0]["content"]

@@ -7,6 +7,8 @@ import random
 import re
 import typing
 
+import pytest
+
 import multi_model_conversation as mmc
 from tests.fakes import PipeHarness, RecordingEmitter, Script, config, reply
 
@@ -440,3 +442,34 @@ async def test_closing_and_endings_survive_a_follow_up_message():
     assert [m["role"] for m in a_view] == ["system", "user", "assistant", "user"]
     assert a_view[3]["content"].startswith('Judge said: "judge reply 3"')
     assert "passed" not in json.dumps(a_view) and "🏁" not in json.dumps(a_view)
+
+
+# -- issue 27: "@Name" at the start of the user's message picks the first speaker, in any order --
+
+
+async def first_speakers(selection: str, text: str, turns: int = 3, **extra) -> list[str]:
+    h = PipeHarness(models={"a": "Ada", "b": "Bob", "c": "Cy", "m": "Manager"})
+    h.host.chat_configs["chat-1"] = config("a", "b", "c", selection=selection, **extra)
+    h.host.scripts["m"] = Script(completions=["C", "A", "B"] * 3)
+    result = await h.run(text)
+    return re.findall(r"^### \S+ (.+)$", result, re.MULTILINE)[:turns]
+
+
+@pytest.mark.parametrize(
+    ("selection", "extra"),
+    [("round_robin", {}), ("random", {}), ("mention", {}), ("manager", {"manager_model": "m"})],
+)
+async def test_a_message_starting_with_a_mention_lets_that_participant_speak_first(
+    selection, extra
+):
+    for text in ("@B, you go first.", "  @b what do you think?"):
+        spoken = await first_speakers(selection, text, **extra)
+        assert spoken[0] == "B", (selection, text, spoken)
+        assert sorted(spoken) == ["A", "B", "C"] or selection == "manager", spoken
+
+
+async def test_a_mention_later_in_the_message_or_not_a_participant_leaves_round_robin_alone():
+    for text in ("What do you think, @B?", "@Bobby first", "mail bob@b.com", "@Zed, go.", "B!"):
+        assert await first_speakers("round_robin", text) == ["A", "B", "C"], text
+    # Round robin keeps one order every round, the named one first.
+    assert await first_speakers("round_robin", "@C start", turns=6, rounds=2) == [*"CAB", *"CAB"]

@@ -303,7 +303,9 @@ async def test_the_streamer_speaks_a_turn_and_remembers_it_and_a_pass_leaves_one
     assert heard_a == mmc.Heard("Tea is best.", False)  # the guard ended it at B's line
     assert heard_b.passed and [t.speaker for t in turns] == [None, "A"]
     text = s.transcript.render()
-    assert "B: No, coffee" not in text and text.endswith("*⏭️ B passed.*\n\n")
+    # issue 26: A's line as B is folded under A's turn, not deleted
+    assert "B: No, coffee" not in mmc.BLOCK_RE.sub("", text) and "B: No, coffee!" in text
+    assert text.endswith("*⏭️ B passed.*\n\n")
     first = host.requests[0]
     assert first["stop"] and "Round 1 of 1." in first["messages"][0]["content"]
     assert first["messages"][-1] == {"role": "user", "content": "Tea or coffee?"}
@@ -327,8 +329,11 @@ async def test_a_turn_that_copies_an_earlier_turn_ends_there_and_the_copy_is_not
     result = await h.run()
 
     b_turn = result[result.index("### 🔵 B") : result.index("### 🟢 C")]
-    assert b_turn.count("money on a bigger one") == 0 and "I agree." in b_turn
-    assert "*✂️ …(cut: it began repeating what was already said)*" in b_turn
+    shown, folded = mmc.BLOCK_RE.sub("", b_turn), b_turn.split('<details type="cut"')[1]
+    assert shown.count("money on a bigger one") == 0 and "I agree." in shown
+    # issue 26: the copy is folded under the turn, and the fold's summary is the cut's mark
+    assert "<summary>✂️ B began repeating what was already said — not heard" in folded
+    assert "money on a bigger one" in folded  # what arrived before the stream was closed
     c_view = json.dumps(streamed(h)[2]["messages"])
     assert c_view.count("laptops we have") == 1 and "repeating" not in c_view
 
@@ -362,7 +367,9 @@ async def test_a_turn_that_is_only_the_pipes_own_note_is_cut_and_a_quote_is_not(
 
     result = await h.run("Go on", history=history)
 
-    assert "left out" not in result.split("### 🔵 B")[0] and "repeating" in result
+    a_turn = result.split("### 🔵 B")[0]
+    assert "left out" not in mmc.BLOCK_RE.sub("", a_turn) and "repeating" in a_turn
+    assert "left out" in a_turn.split('<details type="cut"')[1]  # folded (issue 26)
     assert quoted.replace('"', "") in mmc.md_unescape(result).replace('"', "")  # a quote stays
 
 

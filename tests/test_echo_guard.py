@@ -160,7 +160,7 @@ def test_a_summary_that_reuses_phrases_never_trips():
 def test_a_list_of_the_participants_names_never_trips():
     reply = (
         "Who does what:\n- **Ana**: the tickets\n- **Ben**: the hut\n- **Chen**: the food\n\n"
-        "Ana, Ben, Chen: " * 20
+        + "Ana, Ben, Chen: " * 20
     ).strip()
     shown, guard = shown_text(reply)
     assert shown == reply and guard.echoed == ""

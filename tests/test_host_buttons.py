@@ -117,3 +117,27 @@ def test_a_vote_turn_is_labelled_and_reads_back_as_its_speakers():
         ("Ada", "Tea."),
         ("Ada", "VOTE: tea"),
     ]
+
+
+async def test_after_continue_the_status_and_the_new_usage_block_say_which_part_they_count():
+    """Issue 27: the host keeps the continued part as it was (its usage block too) and appends
+    this one; the status names the message's turns and this part's turns and seconds, and the
+    block this part adds says it counts this part."""
+    h = PipeHarness(models={"a": "A", "b": "B"})
+    h.pipe.valves.SHOW_USAGE = True
+    h.host.chat_configs["chat-1"] = config("a", "b", rounds=2)
+    earlier = await first_conversation(h)
+    assert "<summary>Usage: " in earlier
+    emitter = RecordingEmitter(h.clock)
+
+    added = await continue_response(h, earlier, emitter, assistant_message_id="msg-1")
+
+    status = emitter.statuses()[-1]
+    assert re.fullmatch(r"2 participants, 6 turns; this part: 2 turns, \d+ s", status), status
+    assert added.count('<details type="usage"') == 1 and "<summary>Usage of this part: " in added
+    total = re.search(r"^\| \*\*Total\*\* \| (\d+) \|", added, re.MULTILINE)
+    assert total and total.group(1) == "2", added[-600:]
+    # A message that is not a continuation says nothing of parts.
+    fresh = RecordingEmitter(h.clock)
+    whole = await h.run("Again?", emitter=fresh)
+    assert "this part" not in fresh.statuses()[-1] and "Usage of this part" not in whole

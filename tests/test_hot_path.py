@@ -467,7 +467,8 @@ async def test_the_tab_copy_is_emptied_for_the_hosts_final_delta_but_not_on_stop
 
     result = await h.run(emitter=emitter)
 
-    kinds = [e["type"] for _, e in emitter.events]
+    # The page's follow (issue 27) may come between; what matters is the content events' order.
+    kinds = [e["type"] for _, e in emitter.events if e != mmc.FOLLOW_EVENT]
     assert kinds[-1] == "chat:message" and emitter.events[-1][1]["data"] == {"content": ""}
     assert emitter.contents()[-1] == result, "the tab had the whole transcript"
     assert "replace" not in kinds, "the host stores the returned text: no save of our own"
@@ -481,4 +482,57 @@ async def test_the_tab_copy_is_emptied_for_the_hosts_final_delta_but_not_on_stop
         await asyncio.sleep(0)
     run.cancel()
     await asyncio.gather(run, return_exceptions=True)
-    assert [e["type"] for _, e in stopped.events][-1] == "replace"
+    assert [e["type"] for _, e in stopped.events if e != mmc.FOLLOW_EVENT][-1] == "replace"
+
+
+# -- following: the page keeps the newest line in view (issue 27) -------------------------------
+
+
+async def test_the_page_is_asked_to_follow_a_bounded_number_of_times_and_after_the_last_change():
+    clock = FakeClock()
+    state = {"text": ""}
+    sent = RecordingEmitter(clock)
+    emitter = mmc.CoalescingEmitter(
+        sent, lambda: state["text"], 1 / 30, clock, save_interval=1.0, follow_interval=0.2
+    )
+    for i in range(3000):  # 3 s of tokens
+        state["text"] += f"t{i} "
+        await emitter.update()
+        clock.advance(0.001)
+        for _ in range(4):
+            await asyncio.sleep(0)
+    clock.advance(1.0)  # a pause: the last frame is followed by itself, not by a later one
+    for _ in range(20):
+        await asyncio.sleep(0)
+    tail = sent.events[-1][1]
+    await emitter.update()  # nothing changed: nothing to follow
+    await emitter.flush()
+
+    follows = [t for t, e in sent.events if e == mmc.FOLLOW_EVENT]
+    assert tail == mmc.FOLLOW_EVENT, "the last frame before the pause was not followed"
+    assert 3 * 5 - 1 <= len(follows) <= 3 * 5 + 2, len(follows)  # 5 a second, no more
+    assert all(b - a >= 0.2 - 1e-9 for a, b in zip(follows, follows[1:], strict=False))
+    kinds = [e["type"] for _, e in sent.events]
+    assert kinds[0] != "context_compaction", "a follow before anything was shown"
+    assert "context_compaction context_compaction" not in " ".join(kinds), "a follow of nothing"
+    assert sent.max_in_flight == 1
+    assert all(e == mmc.FOLLOW_EVENT or e["data"]["content"] for _, e in sent.events)
+
+
+async def test_a_run_follows_while_it_streams_and_an_emitter_without_the_interval_never_does():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.scripts["m1"] = Script(streams=[long_reply(1000)], chunk_delay=0.001)
+    emitter = RecordingEmitter(h.clock)
+
+    await h.run(emitter=emitter)
+
+    follows = [t for t, e in emitter.events if e == mmc.FOLLOW_EVENT]
+    assert 4 <= len(follows) <= 1.0 / mmc.FOLLOW_INTERVAL + 2, follows
+
+    clock = FakeClock()
+    sent = RecordingEmitter(clock)
+    plain = mmc.CoalescingEmitter(sent, lambda: "text", 1 / 30, clock)
+    await plain.update()
+    await plain.flush()
+    assert sent.events and mmc.FOLLOW_EVENT not in [e for _, e in sent.events]

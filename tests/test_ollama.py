@@ -167,5 +167,5 @@ async def test_a_council_round_counts_every_answer_in_the_usage_table():
 
     result = await h.run()
 
-    rows = re.findall(r"^\| (\w+) \| [^|]+ \| (\d+) \|", result, re.MULTILINE)
+    rows = re.findall(r"^\| (\w+)<br>[^|]* \| (\d+) \|", result, re.MULTILINE)
     assert rows == [("A", "2"), ("B", "2")]

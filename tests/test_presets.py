@@ -43,7 +43,11 @@ def observe(h: PipeHarness, since: int, result: str) -> dict:
         for r, system in zip(streamed, systems, strict=True)
         if not any(x in system for x in (mmc.REVIEW_RULES, "and you close it", mmc.VOTE_PROMPT))
     ]
-    headings = re.findall(r"^### \S+ (.+)$", result, re.MULTILINE)
+    # A review's heading is labelled (issue 27): it is its participant's, not a closing speaker.
+    headings = [
+        h.removesuffix(mmc.REVIEW_LABEL)
+        for h in re.findall(r"^### \S+ (.+)$", result, re.MULTILINE)
+    ]
     closing = None
     if "🗳️ Vote" in result:
         closing = "vote"

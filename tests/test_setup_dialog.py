@@ -238,5 +238,36 @@ def test_every_button_of_the_dialog_answers():
     """Cancel, × and Use defaults each end the dialog (a button without a handler leaves it
     open forever)."""
     script = mmc.overlay_script({"rounds": 1, "participants": []}, "mmc.", 60, 20)
-    for button, answer in (("cancel", "CANCELLED"), ("close", "CANCELLED"), ("skip", "null")):
+    for button, answer in (("cancel", "CANCELLED"), ("close", "CANCELLED")):
         assert f"{button}.addEventListener('click', () => finish({answer}))" in script, button
+    # Use defaults answers at once, or, replacing a chat's saved setup, on its second click.
+    handler = script[script.index("skip.addEventListener('click'") :]
+    assert "if (!SAVED || replacing) return finish(null);" in handler[: handler.index("});")]
+
+
+# -- issue 27: lines that are true ----------------------------------------------------------------
+
+
+async def test_a_cancelled_reconfigure_says_the_saved_setup_stays_and_the_next_message_runs_it():
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1", "m2")
+    stored = dict(h.host.chat_configs["chat-1"])
+    history = [
+        {"role": "user", "content": "Tea?"},
+        {"role": "assistant", "content": "### 🔴 M1\n\nyes"},
+    ]
+    dialog = Answers({"cancelled": True})
+
+    result = await h.run("/reconfigure", event_call=dialog, history=history)
+
+    assert result == mmc.SETUP_KEPT and "keeps its saved setup" in result
+    assert "open it again" not in result  # the old line, untrue here
+    assert script_value(dialog.calls[0], "SAVED") is True  # Use defaults asks first
+    assert h.host.chat_configs["chat-1"] == stored and h.host.requests == []
+    # ... and it is true: the next message runs the saved setup, no dialog.
+    after = await h.run("Go on", event_call=dialog, history=history)
+    assert len(dialog.calls) == 1 and "### 🔴 M1" in after
+    # A first setup cancelled is not "kept": that line still says the dialog opens again.
+    fresh = Answers({"cancelled": True})
+    assert await h.run(chat_id="chat-2", event_call=fresh) == mmc.SETUP_CANCELLED
+    assert script_value(fresh.calls[0], "SAVED") is False  # nothing to replace: no question

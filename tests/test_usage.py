@@ -23,13 +23,16 @@ def counted(text: str, prompt: int, completion: int) -> list[str]:
 
 
 def ledger_rows(transcript: str) -> dict[str, list[str]]:
-    """Speaker -> the table's cells after it (model, turns, prompt, completion, s, tokens/s)."""
+    """Speaker -> the table's cells after it (model, turns, prompt, completion, seconds).
+
+    The model is under the speaker's name, in the same cell: the table fits a phone."""
     (block,) = re.findall(r'<details type="usage".*?</details>', transcript, re.DOTALL)
     rows = {}
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 7 and cells[2] not in ("Turns", "--:"):
-            rows[cells[0].strip("*")] = cells[1:]
+        if len(cells) == 5 and cells[1] not in ("Turns", "--:"):
+            name, _, model = cells[0].partition("<br>")
+            rows[mmc.md_unescape(name.strip("*"))] = [mmc.md_unescape(model), *cells[1:]]
     return rows
 
 
@@ -54,10 +57,10 @@ async def test_the_ledger_shows_the_backends_counts_per_speaker_and_their_totals
     # Model, turns, prompt, completion, seconds: A streamed 2 x (words + usage + [DONE]) chunks
     # at 0.5 fake seconds each.
     assert rows["A"][:5] == ["Model A", "2", "250", "5", f"{(5 + 4) * 0.5:.1f}"]
-    assert rows["A"][5] == f"{5 / 4.5:.1f}"
-    assert rows["B"][:4] == ["Model B", "2", "300", "2"] and rows["B"][5] == "–"
-    assert rows["Manager"][:4] == ["Manager M", "4", "160", "4"]
-    assert rows["Total"][1:4] == ["8", "710", "11"]
+    assert rows["B"][:4] == ["Model B", "2", "300", "2"]
+    assert rows["Manager"][:4] == ["Manager M", "4", "160", "4"]  # its turns: its picks
+    # The total's turns are the turns said (the status's); its seconds the conversation's.
+    assert rows["Total"][1:5] == ["4", "710", "11", "4.5"]
     assert list(rows) == ["Manager", "A", "B", "Total"]  # in the order they first spoke
     assert "~" not in result and "estimated" not in result
     assert re.search(r"<summary>Usage: 721 tokens, 4 s</summary>", result)
@@ -101,7 +104,7 @@ async def test_no_model_reads_the_ledger_in_a_later_message():
                                    {"role": "assistant", "content": first}])  # fmt: skip
 
     sent = json.dumps([r["messages"] for r in h.host.requests])
-    assert "Usage" not in sent and "Prompt tokens" not in sent and "details" not in sent
+    assert "Usage" not in sent and "Tokens in" not in sent and "details" not in sent
     assert "a reply 1" in sent  # the turns themselves are read
 
 

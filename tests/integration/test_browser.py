@@ -183,9 +183,13 @@ async def send_to_pipe(page: Page, owui: Owui, text: str) -> None:
     """Picks the pipe in the model picker, types the message and sends it."""
     # "Multi-Model Conversation", unless a model entry made for the pipe (a grant) renamed it.
     name = (await owui.models())[PIPE_MODEL]["name"]
-    await page.click("#model-selector-model-button")
-    await page.click(f'#model-selector-list [role=option][data-value="{PIPE_MODEL}"]')
-    await page.locator("#model-selector-model-button").filter(has_text=name).wait_for()
+    # 0.12 marks each option with its id, 0.10-0.11 only label it; 0.10 numbers the picker's
+    # button (scripts/test --owui).
+    button = page.locator("#model-selector-model-button, #model-selector-0-button").first
+    await button.click()
+    option = f'#model-selector-list [role=option][data-value="{PIPE_MODEL}"]'
+    await page.locator(f'{option}, [role=option][aria-label="Select {name} model"]').first.click()
+    await button.filter(has_text=name).wait_for()
     await page.click("#chat-input")
     await page.keyboard.type(text)
     await page.click("#send-message-button")

@@ -1,6 +1,7 @@
 """Issue 21 in a real browser: a council preset with peer review shows the answers, the ranking
-table and the chair's synthesis (also after a reload); the moderator prompt appears between
-rounds, and what the user types there shows in the transcript and is heard by the next speaker.
+table and the chair's synthesis (also after a reload), each review labelled as one (issue 27);
+the moderator prompt appears between rounds, the status says it waits for the user, and what
+the user types there shows in the transcript and is heard by the next speaker.
 
 The setup comes from the user valves (the dialog off), as a user who set them once would run it.
 """
@@ -12,6 +13,7 @@ import pytest
 from tests.backend import ModelScript, default_reply
 from tests.integration.owui import Owui
 from tests.integration.test_browser import (
+    ASSISTANT,
     CHROMIUM,
     CONTENT,
     FUNCTION_ID,
@@ -77,7 +79,9 @@ async def test_a_council_with_peer_review_in_the_browser(owui: Owui, backend) ->
 
             for attempt in ("live", "after a reload"):
                 names = ["Analyst", "Expert", "Contrarian"]
-                assert await speaker_headings(page) == [*names, *names, "Chair"], attempt
+                # The reviews say what they are (issue 27); the answers and the chair as they are.
+                reviews = [f"{n} · 🏅 review" for n in names]
+                assert await speaker_headings(page) == [*names, *reviews, "Chair"], attempt
                 content = page.locator(CONTENT).last
                 text = await content.inner_text()
                 assert all(answer in text for answer in ANSWERS.values()), attempt
@@ -122,6 +126,9 @@ async def test_the_moderator_prompt_between_rounds_in_the_browser(owui: Owui, ba
 
             prompt = page.get_by_text("Anything to add before round 2?")
             await prompt.wait_for()
+            # While the prompt waits, the status says so, not the last speaker (issue 27).
+            status = page.locator(f'{ASSISTANT} button[aria-label="Toggle status history"]')
+            await status.filter(has_text="Waiting for you · Before round 2 of 2").wait_for()
             box = page.locator("textarea:visible").last
             await box.fill(words)
             await page.get_by_role("button", name="Confirm").click()

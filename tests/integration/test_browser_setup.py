@@ -287,6 +287,7 @@ def headings_on_their_own_lines(content: str) -> None:
         )
 
 
+@pytest.mark.smoke
 async def test_continue_response_adds_a_round_on_its_own_lines(owui: Owui, backend) -> None:
     for model in ("model-a", "model-b"):
         backend.set_script(model, ModelScript(delay=0.01))
@@ -319,7 +320,9 @@ async def test_continue_response_adds_a_round_on_its_own_lines(owui: Owui, backe
         # Regenerate: the conversation again, from the user's message, as a new response.
         asked = len(backend.requests)
         await page.locator(CONTENT).last.hover()
-        await page.locator('button[aria-label="Regenerate"]').last.click()
+        # 0.10 labels a div inside the menu's trigger, 0.11+ the button (scripts/test --owui).
+        regenerate = 'button[aria-label="Regenerate"], div[aria-label="Regenerate"]'
+        await page.locator(regenerate).last.click()
         await page.get_by_text("Try Again", exact=True).click()  # the menu's plain regenerate
         await page.wait_for_function(
             f"() => document.querySelectorAll('{CONTENT}').length && "

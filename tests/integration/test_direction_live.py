@@ -7,6 +7,8 @@ was sent (the scripted backend records every request), and a follow-up message i
 
 from __future__ import annotations
 
+import pytest
+
 from tests.backend import default_reply
 from tests.integration.owui import run_chat
 from tests.integration.test_pipe_live import (
@@ -134,6 +136,7 @@ async def test_time_and_token_budgets(owui, backend, admin_socket, pipe):
     assert counted.saved == counted.delivered
 
 
+@pytest.mark.smoke
 async def test_a_closing_turn_then_a_follow_up(owui, backend, admin_socket, pipe):
     backend.set_script("model-d", reply="Verdict: A argued better.")
     answer = overlay_answer("model-a", "model-b")

@@ -17,6 +17,8 @@ import textwrap
 import time
 import uuid
 
+import pytest
+
 from tests.backend import ModelScript, RecordedRequest, ToolCallScript
 from tests.integration.conftest import FUNCTION_ID, PIPE_MODEL, ROOT  # noqa: F401 (re-exported)
 from tests.integration.owui import Owui, SocketClient, User, run_chat, start_chat
@@ -112,6 +114,7 @@ async def new_user(owui: Owui, name: str, *models: str, grant_pipe: bool = True)
 # ==========================================================================================
 
 
+@pytest.mark.smoke
 async def test_three_participants_two_rounds(owui, backend, admin_socket: SocketClient, pipe):
     # 3 participants x 2 rounds x 150 tokens x 5 ms: a stream of several seconds, at ~200
     # tokens a second, so an uncoalesced pipe would send far more than 31 events a second.
@@ -248,6 +251,7 @@ async def test_manager_picks_and_falls_back_to_round_robin(owui, backend, admin_
 # ==========================================================================================
 
 
+@pytest.mark.smoke
 async def test_reasoning_deltas_and_think_tags_become_closed_blocks(
     owui, backend, admin_socket, pipe
 ):
@@ -330,6 +334,7 @@ PROBE_TOOL = textwrap.dedent(
 )
 
 
+@pytest.mark.smoke
 async def test_tool_call_runs_and_shows_as_a_tool_block(owui, backend, admin_socket, pipe):
     tool = await owui.create_tool("mmc_probe", PROBE_TOOL)
     assert tool["id"] == "mmc_probe"
@@ -436,6 +441,7 @@ async def test_saved_config_survives_messages_restart_and_browser_save(
 # ==========================================================================================
 
 
+@pytest.mark.smoke
 async def test_stop_keeps_what_was_shown_and_ends_everything(owui, backend, admin_socket, pipe):
     backend.set_script("model-a", tokens=400, delay=0.02)
     admin_socket.answer("execute", overlay_answer("model-a", "model-b", rounds=2))
@@ -484,6 +490,7 @@ async def test_stop_keeps_what_was_shown_and_ends_everything(owui, backend, admi
 # ==========================================================================================
 
 
+@pytest.mark.smoke
 async def test_user_without_access_to_a_participant_is_refused(owui, backend, pipe):
     user = await new_user(owui, "Mallory", grant_pipe=False)
     # A pipe's model has no model entry of its own: like a connection model it is admin-only
@@ -594,6 +601,7 @@ async def test_two_users_at_once_see_only_their_own_conversation(owui, backend, 
 # ==========================================================================================
 
 
+@pytest.mark.smoke
 async def test_use_defaults_answer_falls_back_to_user_valves(owui, backend, admin_socket, pipe):
     valves = {
         "NUM_PARTICIPANTS": 2,
@@ -713,6 +721,14 @@ async def test_valves_specs_carry_titles_descriptions_and_select_choices(owui, p
     presets = ["", "debate", "brainstorm", "review_panel", "interview", "council"]  # issue 21
     assert user["Preset"]["enum"] == presets
     assert user["NUM_PARTICIPANTS"]["enum"] == [1, 2, 3, 4, 5]
+
+
+async def test_the_functions_editors_formatter_returns_the_file_unchanged(owui):
+    """Open WebUI's Functions editor sends the code to /api/v1/utils/code/format (the host's
+    black, 88 columns) before it saves: what an admin saves is the released file (issue 30)."""
+    source = (ROOT / "multi_model_conversation.py").read_text(encoding="utf-8")
+    answer = await owui.request("POST", "/api/v1/utils/code/format", json_body={"code": source})
+    assert answer["code"] == source
 
 
 async def test_user_valves_saved_in_the_old_spelling_load_and_run(

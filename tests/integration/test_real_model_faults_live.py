@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import multi_model_conversation as mmc
 from tests.integration.owui import run_chat
 from tests.integration.test_faults_live import NOTICE, turns_of
 from tests.integration.test_pipe_live import overlay_answer, said_by, speakers, text_of
@@ -174,8 +175,11 @@ async def test_models_writing_other_participants_lines_are_cut_before_them(
 
     result = await run_chat(admin_socket, None, pipe, "Talk among yourselves.")
 
-    saved = result.saved
-    assert speakers(saved) == ["A", "B", "C"] and saved == result.delivered
+    assert speakers(result.saved) == ["A", "B", "C"] and result.saved == result.delivered
+    # issue 26: each cut line is folded under its turn (the user may open it), not said
+    folds = re.findall(r'<details type="cut".*?</details>', result.saved, re.DOTALL)
+    assert len(folds) == 2 and "B: A line for B" in folds[0] and "C: A line for C" in folds[1]
+    saved = mmc.BLOCK_RE.sub("", result.saved)
     turn = turns_of(saved)
     assert turn["A"] == "Opening words.\nStill A."
     assert turn["B"] == "I am B.\nAnd more B."
