@@ -147,7 +147,9 @@ class ParticipantConfig(BaseModel):
 
 SKIP_WORD = "PASS"  # a participant's whole answer when it passes its turn
 END_WORD = "END"  # the manager's answer when the conversation should end
-MANAGER_ATTEMPTS = 3  # asks per pick before the fallback
+# Answers without a pick (or errors) a run's manager may give: then the order falls back for
+# the rest of the run. A manager that never names anyone costs this many requests per run.
+MANAGER_FAILURES = 2
 MAX_STOP_PHRASE_CHARS = 200
 DEFAULT_CLOSING_PROMPT = (
     "The conversation is over. Close it: say where the participants agree and disagree, "
@@ -482,6 +484,25 @@ def manager_switch_as_selection(data: Any) -> Any:
     return data
 
 
+def valve_rounds(valves: Any) -> int:
+    """The user valves' rounds (set, or their default)."""
+    return getattr(valves, "ROUNDS_PER_CONVERSATION", 1)
+
+
+def _preset_sets_rounds(valves: Any) -> bool:
+    """A preset chosen in the user valves gives its own rounds, unless the user set *Rounds*.
+
+    Open WebUI stores only the valves a user set (a field left at *Default* is sent as null
+    and dropped, then saved with `exclude_unset`), and builds the valves from that: so a
+    value the user set is in `model_fields_set`, and the default 3 is not.
+    """
+    preset = PRESETS.get(preset_name(getattr(valves, "Preset", "")))
+    if not preset or "rounds" not in preset["config"]:
+        return False
+    chosen = getattr(valves, "model_fields_set", None)
+    return chosen is not None and "ROUNDS_PER_CONVERSATION" not in chosen
+
+
 def config_from_user_valves(valves: Any) -> dict[str, Any]:
     """Read v2's user-valve names (and the newer ones, when set) into the overlay's shape."""
     count = int(getattr(valves, "NUM_PARTICIPANTS", 0) or 0)
@@ -497,11 +518,12 @@ def config_from_user_valves(valves: Any) -> dict[str, Any]:
             }
         )
     config: dict[str, Any] = {
-        "rounds": getattr(valves, "ROUNDS_PER_CONVERSATION", 1),
         "use_manager": selection == "manager",  # v2's key says it, as v2 stored it
         "manager_model": getattr(valves, "ManagerModel", "") or "",
         "participants": participants,
     }
+    if not _preset_sets_rounds(valves):
+        config = {"rounds": valve_rounds(valves), **config}
     # Only what the user set, so a preset's values fill the rest.
     optional = {
         "selection": selection if selection != "manager" else "",
@@ -789,9 +811,19 @@ def describe_error(error: Any) -> str:
     if isinstance(error, dict):
         for key in ("message", "detail", "error"):
             if error.get(key):
-                return describe_error(error[key])
+                return describe_error(error[key]) + _sizes_of(error)
         return json.dumps(error)[:300]
     return str(error)[:300]
+
+
+def _sizes_of(error: dict) -> str:
+    """The token counts llama.cpp's server gives beside its message (`"n_ctx": 4096`)."""
+    sizes = [
+        f"{key}: {error[key]}"
+        for key in ("n_prompt_tokens", "n_ctx")
+        if isinstance(error.get(key), int)
+    ]
+    return f" ({', '.join(sizes)})" if sizes else ""
 
 
 THINK_TAGS = (
@@ -2254,6 +2286,7 @@ class Turn:
     speaker: str | None
     content: Any  # str, or the human's list of content parts (text and images)
     note: bool = False  # the pipe's own line (turns left out here), not said by anyone
+    between_rounds: bool = False  # the user's words typed between rounds, not a message
 
 
 def clean_turn_text(text: str) -> str:
@@ -2283,9 +2316,7 @@ def split_turns(content: str) -> list[Turn]:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(content)
         text = _clean_said(content[match.end() : end])
         if text and match.group(1) == MODERATOR_MARK:
-            turns.append(
-                Turn(None, md_unescape(text))
-            )  # the user's words between rounds
+            turns.append(Turn(None, md_unescape(text), between_rounds=True))
         elif text:
             alias = md_unescape(
                 _without_label(_MODEL_BEHIND_RE.sub("", match.group(2)))
@@ -2402,8 +2433,10 @@ DEFAULT_CHARS_PER_TOKEN = (
 MESSAGE_OVERHEAD_CHARS = 16  # role and separators of one message
 TURN_OVERHEAD_CHARS = 40  # a turn's `Name said: "…"` label and separators
 _CONTEXT_ERROR_RE = re.compile(
-    r"context[ _-]?(?:length|window|size)|maximum context|too many tokens|prompt is too long|"
-    r"input is too long|n_ctx|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context",
+    r"context[ _-]?(?:length|window|size|limit)|maximum context|too many tokens|"
+    r"(?:prompt|input)\b[^.]{0,30}\bis too long|n_ctx|maximum model length|"
+    r"maximum number of tokens allowed|exceeds? (?:the )?(?:model'?s? )?(?:maximum )?context|"
+    r"inputs`? tokens \+ `?max_new_tokens",
     re.IGNORECASE,
 )
 # Rate limits and quotas also speak of "too many tokens": waiting helps them, shortening does not.
@@ -2411,8 +2444,38 @@ _NOT_CONTEXT_RE = re.compile(
     r"rate[ _-]?limit|per (?:minute|second|hour|day)|quota|\b[TR]PM\b|billing|insufficient",
     re.IGNORECASE,
 )
-_CONTEXT_LIMIT_RE = re.compile(
-    r"(?:context[ _-]?(?:length|window|size)|n_ctx)\D{0,30}?(\d{3,8})", re.IGNORECASE
+# The context size as each common server names it, never the prompt's own count beside it.
+# tests/test_context_errors.py holds each server's real wording, with where it was seen.
+_CONTEXT_LIMIT_RES = tuple(
+    re.compile(pattern, re.IGNORECASE)
+    for pattern in (
+        # OpenAI, vLLM, DeepSeek, OpenRouter, LiteLLM (which wraps them): "This model's
+        # maximum context length is 8192 tokens. However, you requested 8554 tokens"
+        r"maximum context length is (\d+)",
+        # Anthropic: "prompt is too long: 209353 tokens > 199999 maximum"
+        r"too long: \d+ tokens > (\d+) maximum",
+        # Anthropic: "input length and `max_tokens` exceed context limit: 199759 + 8192 > 200000"
+        r"context limit: \d+ \+ \d+ > (\d+)",
+        # Google: "The input token count (1054016) exceeds the maximum number of tokens
+        # allowed (1048576)."
+        r"maximum number of tokens allowed \((\d+)\)",
+        # llama.cpp server (its JSON's field, kept by describe_error), LM Studio's
+        # "(n_keep: 13055>= n_ctx: 4096)"
+        r"\bn_ctx\b\W{0,3}(?:[:=]\s*)(\d+)",
+        # LM Studio: "the model is loaded with context length of only 32768 tokens"
+        r"context length of only (\d+)",
+        # vLLM V1: "The decoder prompt (length 5000) is longer than the maximum model length
+        # of 4096."
+        r"maximum model length of (\d+)",
+        # SGLang: "The input (5000 tokens) is longer than the model's context length (4096
+        # tokens)."
+        r"model's context length \((\d+) tokens\)",
+        # TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096."
+        r"max_new_tokens`? must be <= (\d+)",
+        # llama-cpp-python: "Requested tokens (2285) exceed context window of 2048"; and any
+        # other "context length 1500" / "context size: 4096" with the size right after it
+        r"context[ _-]?(?:length|window|size)(?: is| of)?\s*[:=]?\s*(\d{3,8})\b",
+    )
 )
 CONTEXT_PARAM_KEYS = (
     "num_ctx",
@@ -2441,9 +2504,15 @@ def is_context_error(text: str | None) -> bool:
 
 
 def reported_context_limit(text: str) -> int | None:
-    """The context size an error names ("maximum context length is 8192 tokens"), if any."""
-    match = _CONTEXT_LIMIT_RE.search(text)
-    return int(match.group(1)) if match else None
+    """The context size an error names ("maximum context length is 8192 tokens"), if any;
+    None when it names none (a count of the prompt alone is no size), or names it in a form
+    not read here ("128k", "1.5M": never taken for 128 or 1)."""
+    for pattern in _CONTEXT_LIMIT_RES:
+        if match := pattern.search(text or ""):
+            if re.match(r"[.,]?\d|\s?[kKmM]\b", text[match.end(1) :]):
+                return None
+            return int(match.group(1))
+    return None
 
 
 def context_size(*param_sets: dict) -> int:
@@ -2475,9 +2544,9 @@ class ModelFacts:
     to each run's `ContextBudget`, which alone writes it.
 
     Who may write what: `proven` only from a server's own count (the prompt tokens of a
-    request that worked); `sizes` from a context size a server named in an error, and, after
-    an error naming none, from what `proven` already holds (`ContextBudget.learn`). Nothing
-    a run guesses from its own request sizes is written here.
+    request that worked); `sizes` only from a context size a server named in an error
+    (`ContextBudget.learn`). An error naming none writes nothing: it shrinks its own request.
+    Nothing a run guesses from its own request sizes is written here.
     """
 
     def __init__(
@@ -2555,19 +2624,29 @@ class ContextBudget:
             self._proven[profile.model_id] = max(proven, prompt_tokens)
             log.debug("%s: %.2f characters per token", profile.model_id, ratio)
 
-    def learn(self, profile: ModelProfile, error: str, sent_chars: int) -> bool:
-        """After a context-length error: the size it names, or, when a smaller prompt worked
-        before, that size (never under CONTEXT_FLOOR_TOKENS). False: nothing can be learnt.
-        """
-        model, current = profile.model_id, self.limit(profile)
+    def learn(self, profile: ModelProfile, error: str) -> bool:
+        """After a context-length error: the size it names, kept for every run (a server's
+        statement about that model). False: it names none, and nothing is learnt, so one
+        chat's failure never shrinks what another chat sends (see `retry_chars`)."""
         named = reported_context_limit(error)
-        proven = self._proven.get(model, 0)
-        sent = int(sent_chars / self.chars_per_token(profile))
-        if named is None and not 0 < proven < sent:
+        if named is None:
             return False
-        size = named if named is not None else max(proven, CONTEXT_FLOOR_TOKENS)
-        self._learned[model] = min(size, current) if current else size
+        current = self.limit(profile)
+        self._learned[profile.model_id] = min(named, current) if current else named
         return True
+
+    def retry_chars(
+        self, profile: ModelProfile, sent_chars: int, besides: int = 0
+    ) -> int:
+        """The characters one retry of this request may take after an error naming no size:
+        three quarters of what was sent, and no more than the largest prompt the model took
+        before (never under CONTEXT_FLOOR_TOKENS), less `besides` (tool specs)."""
+        room = int(sent_chars * UNNAMED_REFIT_SHRINK)
+        proven = self._proven.get(profile.model_id, 0)
+        if proven:
+            tokens = max(proven, CONTEXT_FLOOR_TOKENS)
+            room = min(room, int(tokens * self.chars_per_token(profile)) - besides)
+        return max(0, room)
 
     def room_chars(
         self, profile: ModelProfile, reserve_tokens: int, shrink: float
@@ -2630,22 +2709,27 @@ def plan_fit(sizes: list[int], keep: list[bool], room: int) -> list[int] | None:
     The oldest parts that may go are left out while fitting would cut the longest shorter than
     MIN_CUT_CHARS; then every part longer than one level is cut to it. Parts marked `keep`
     are never left out; None when even they, cut to MIN_KEPT_CHARS, do not fit.
+    One pass: the level reaches `least` exactly when the parts capped at `least` fit, so
+    leaving a part out updates two sums instead of computing the level again.
     """
     if (
         sum(min(s, MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k)
         > room
     ):
         return None
-    alive = [i for i, size in enumerate(sizes) if size]
-    while sum(sizes[i] for i in alive) > room:
-        level = water_level([sizes[i] for i in alive], room)
-        droppable = [i for i in alive if not keep[i]]
-        if level >= max(MIN_CUT_CHARS, room // 8) or not droppable:
-            return [
-                min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))
-            ]
-        alive.remove(droppable[0])
-    return [sizes[i] if i in alive else 0 for i in range(len(sizes))]
+    least = max(MIN_CUT_CHARS, room // 8)
+    plan = list(sizes)
+    total, capped = sum(sizes), sum(min(s, least) for s in sizes)
+    droppable = (i for i, size in enumerate(sizes) if size and not keep[i])
+    while total > room:
+        i = next(droppable, None) if capped > room else None
+        if (
+            i is None
+        ):  # cutting to one level keeps enough of each part, or nothing may go
+            level = water_level([s for s in plan if s], room)
+            return [min(s, level) for s in plan]
+        total, capped, plan[i] = total - sizes[i], capped - min(sizes[i], least), 0
+    return plan
 
 
 @dataclass
@@ -2659,18 +2743,39 @@ class Fitted:
     omitted: int = 0  # turns left out
 
 
+def protected_turns(turns: list[Turn]) -> set[int]:
+    """The turns a fit always keeps: the topic (the first user message), the request's own
+    message (the last one the user sent, however many words between rounds followed it),
+    and the user's latest words."""
+    users = [i for i, t in enumerate(turns) if t.speaker is None and not t.note]
+    sent = [i for i in users if not turns[i].between_rounds]
+    return {users[0], users[-1], *sent[-1:]} if users else set()
+
+
+def _gaps(sizes: list[int], protected: set[int]) -> int:
+    """How many stretches of turns that may be left out the protected ones leave."""
+    gaps, open_gap = 0, False
+    for i, size in enumerate(sizes):
+        if i in protected:
+            open_gap = False
+        elif size and not open_gap:
+            gaps, open_gap = gaps + 1, True
+    return gaps
+
+
 def fit_turns(turns: list[Turn], room: int) -> Fitted | None:
-    """The turns within `room` characters: the topic (first user message) and the latest user
-    message always stay, cut in the middle if they must; older turns go first, and a note
-    stands where they were. None: not even the kept messages fit."""
-    users = [i for i, t in enumerate(turns) if t.speaker is None]
-    protected = {users[0], users[-1]} if users else set()
+    """The turns within `room` characters: the protected ones always stay, cut in the middle
+    if they must; older turns go first, and a note stands where they were. None: not even
+    the kept messages fit."""
+    protected = protected_turns(turns)
     sizes = [len(_text_of(t.content)) + TURN_OVERHEAD_CHARS for t in turns]
-    if (
-        sum(sizes) > room
-    ):  # room for the notes of at most two gaps (around the latest message)
-        room -= 2 * (len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS)
-    plan = plan_fit(sizes, [i in protected for i in range(len(turns))], room)
+    if sum(sizes) > room:  # room for a note in each stretch of turns that may go
+        note = len(omitted_line(999)) + MESSAGE_OVERHEAD_CHARS
+        room -= _gaps(sizes, protected) * note
+    keep = [False] * len(turns)
+    for i in protected:
+        keep[i] = True
+    plan = plan_fit(sizes, keep, room)
     if plan is None:
         return None
     out: list[Turn] = []
@@ -3456,6 +3561,9 @@ class SpeakerPolicy:
     """Picks who speaks in turn `slot` after `last` (None before the first turn)."""
 
     managed = False  # a manager model picks (the status counts turns, not rounds)
+    retired = (
+        False  # the manager failed too often: the order picks for the rest of the run
+    )
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         raise NotImplementedError
@@ -3526,6 +3634,10 @@ class NamedFirst(SpeakerPolicy):
         self.first = first
         self.managed = policy.managed
 
+    @property
+    def retired(self) -> bool:  # type: ignore[override]
+        return self.policy.retired
+
     async def pick(self, slot: int, last: int | None) -> Pick:
         return Pick(self.first) if slot == 0 else await self.policy.pick(slot, last)
 
@@ -3577,12 +3689,15 @@ def strip_reasoning(text: str) -> str:
 
 
 def manager_pick(
-    answer: str, aliases: list[str], last: int | None
+    answer: str, aliases: list[str], last: int | None, wording: str = ""
 ) -> tuple[int | None, str]:
     """Who the manager's answer picks, else what is wrong with it.
 
-    A name standing alone on a line picks (the last such line); otherwise the answer must name
-    exactly one participant. One naming several (an echoed prompt or candidate list) picks no one.
+    A name standing alone on a line picks (the last such line). Otherwise the answer must
+    pick exactly one participant, read as a person would: a name in a reason ("since Ann
+    just spoke"), in brackets, after "not", as a possessive, in a list of names (an echoed
+    candidate list), the last speaker, or in a sentence repeating the prompt's own `wording`
+    ("The last speaker is Ben.", "…should end now, choose Ana") picks no one.
     """
     alone = [
         i
@@ -3593,24 +3708,115 @@ def manager_pick(
     free = [i for i in alone if i != last]
     if free:
         return free[-1], ""
-    named = alone or named_aliases(answer, aliases)
-    if len(set(named)) > 1:
+    echo = _word_grams(wording or manager_wording(DEFAULT_MANAGER_PROMPT), aliases)
+    named: list[int] = []
+    listed = echoed = False
+    for clause in _CLAUSE_RE.split(answer):
+        clause = _ASIDE_RE.sub(" ", _POSSESSIVE_RE.sub(" ", clause or ""))
+        found = _names_in(clause, aliases)
+        if _echoes(clause, echo, aliases):
+            echoed = echoed or bool(found)
+            continue
+        for group in found:
+            listed = listed or len(group) > 1
+            named += group if len(group) == 1 else []
+    picked = list(dict.fromkeys(i for i in named if i != last))
+    if len(picked) == 1:
+        return picked[0], ""
+    if len(picked) > 1 or listed:
         return None, "Several participants are named; answer with one name only."
-    if named and named[0] != last:
-        return named[0], ""
+    if echoed:
+        return None, "That repeats the question; answer with one name only."
     if named:
         return None, f"{aliases[named[0]]} has just spoken; pick someone else."
     return None, f"'{_short(answer, 40)}' names none of the participants."
 
 
+# Sentences end at . ! ? ; : or a line break; "so" and "therefore" start a new one.
+_CLAUSE_RE = re.compile(
+    r"[.!?;:\n]+|,?\s+\b(?:so|therefore|hence|thus|which means)\b", re.IGNORECASE
+)
+# Names that are no pick: a reason or an aside ("since Ann just spoke", "(Ann spoke last)",
+# "not Ann"), to the next comma; and a possessive ("Ann's point").
+_ASIDE_RE = re.compile(
+    r"\([^()]*\)|\[[^\[\]]*\]|\b(?:since|because|as|given|after|now that|considering|"
+    r"following|not|rather than|instead of|than|unlike)\b[^,]*",
+    re.IGNORECASE,
+)
+_POSSESSIVE_RE = re.compile(r"\b[\w-]+['’]s\b(?!\s+turn\b)")  # "Ben's turn" picks Ben
+_BETWEEN_LISTED_RE = re.compile(r"[\s,/&*_`'\"]*(?:\b(?:and|or)\b)?[\s*_`'\"]*", re.I)
+
+
+def _names_in(text: str, aliases: list[str]) -> list[list[int]]:
+    """The participants named in `text`, in order, names joined only by commas, "and" or
+    "or" grouped together (a list of names); the longest alias wins an overlap."""
+    spans: list[tuple[int, int, int]] = []
+    for i in sorted(range(len(aliases)), key=lambda j: -len(aliases[j])):
+        name = aliases[i].strip()
+        for m in (
+            re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.I) if name else ()
+        ):
+            if not any(s < m.end() and m.start() < e for s, e, _ in spans):
+                spans.append((m.start(), m.end(), i))
+    groups: list[list[int]] = []
+    end = -1
+    for start, stop, i in sorted(spans):
+        if groups and _BETWEEN_LISTED_RE.fullmatch(text[end:start]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        end = stop
+    return groups
+
+
+def _plain_words(text: str, aliases: list[str]) -> list[str]:
+    names = {w for a in aliases for w in normalize_name(a).split()}
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in names]
+
+
+def _word_grams(text: str, aliases: list[str]) -> set[tuple[str, ...]]:
+    """Every run of three words in `text`'s statements, names left out; its questions are
+    answered, not echoed ("Who should speak next?": "Ben should speak next")."""
+    grams: set[tuple[str, ...]] = set()
+    for sentence in re.split(r"(?<=[.!?:;\n])", text):
+        if not sentence.rstrip().endswith("?"):
+            words = _plain_words(sentence, aliases)
+            grams.update(zip(words, words[1:], words[2:], strict=False))
+    return grams
+
+
+def _echoes(clause: str, echo: set[tuple[str, ...]], aliases: list[str]) -> bool:
+    """Half the clause's words or more (three at least) repeat the prompt's own runs of
+    three words: "The last speaker is Ben." echoes "The last speaker was 'Ann'."."""
+    words = _plain_words(clause, aliases)
+    covered: set[int] = set()
+    for k in range(len(words) - 2):
+        if tuple(words[k : k + 3]) in echo:
+            covered.update((k, k + 1, k + 2))
+    return len(covered) >= 3 and 2 * len(covered) >= len(words)
+
+
 ManagerAsk = Callable[[list[dict], int], Awaitable[str]]
 
 
-class ManagerChoice(SpeakerPolicy):
-    """The manager model's pick, re-asked with what was wrong up to MANAGER_ATTEMPTS times.
+MANAGER_END_ASK = f"If the conversation has reached its goal and should end now, answer {END_WORD} instead."
 
-    An answer of END ends the conversation. An error or timeout, or no valid name after the
-    last attempt, gives the turn to the next participant in order, and the status says so.
+
+def manager_wording(template: str) -> str:
+    """The words the manager is asked in, without the conversation or the names: what an
+    answer must not merely repeat to count as a pick."""
+    blank = {"history": "", "last_speaker": "", "participant_list": ""}
+    again = f"Answer with exactly one of: (or {END_WORD}), and nothing else."
+    return f"{fill_template(template, blank)}\n{MANAGER_END_ASK}\n{again}"
+
+
+class ManagerChoice(SpeakerPolicy):
+    """The manager model's pick, re-asked once with what was wrong.
+
+    An answer of END ends the conversation. An error or timeout, or no pick after the
+    re-ask, gives the turn to the next participant in order, and the status says so. After
+    MANAGER_FAILURES failures in a run it is not asked again: the order falls back for the
+    rest of the run, with one line saying so.
     """
 
     managed = True
@@ -3623,6 +3829,7 @@ class ManagerChoice(SpeakerPolicy):
         aliases: list[str],
         status: Callable[..., None],
         max_tokens: int = 0,
+        wording: str = "",
     ) -> None:
         self.ask = ask
         self.prompt = prompt
@@ -3630,41 +3837,42 @@ class ManagerChoice(SpeakerPolicy):
         self.aliases = aliases
         self.status = status
         self.max_tokens = max_tokens  # the turns' bound (MAX_TOKENS); 0: none
+        self.wording = wording or manager_wording(DEFAULT_MANAGER_PROMPT)
         self._room = MANAGER_ANSWER_TOKENS
+        self.failures = 0  # answers without a pick and errors, this run
+        self.retired = (
+            False  # failed MANAGER_FAILURES times: the order picks from now on
+        )
 
     async def pick(self, slot: int, last: int | None) -> Pick:
         aliases = self.aliases
         fallback = next_in_order(last, len(aliases))
         if len(aliases) == 1:
             return Pick(0)
+        if self.retired:
+            return Pick(fallback)
         messages = [
             {"role": "system", "content": self.system},
             {
                 "role": "user",
-                "content": f"{self.prompt(last).rstrip()}\n\nIf the conversation has reached its "
-                f"goal and should end now, answer {END_WORD} instead.",
+                "content": f"{self.prompt(last).rstrip()}\n\n{MANAGER_END_ASK}",
             },
         ]
-        answer = problem = ""
-        for attempt in range(1, MANAGER_ATTEMPTS + 1):
+        while True:
             try:
                 raw = await self.ask(messages, self._bound())
             except (ModelCallError, TimeoutError) as exc:
-                reason = (
-                    "took too long"
-                    if isinstance(exc, TimeoutError)
-                    else f"failed ({exc})"
+                self.failures += 1
+                late = isinstance(exc, TimeoutError)
+                return self._fall_back(
+                    fallback, "took too long" if late else f"failed ({exc})"
                 )
-                self.status(
-                    f"Manager {_short(reason, 60)}; {aliases[fallback]} speaks next (round robin)."
-                )
-                return Pick(fallback)
             if _OPEN_THINK_RE.search(THINK_RE.sub("", raw)):
                 self._room = (
-                    MANAGER_THINKING_TOKENS  # it thinks first: give it room from now on
+                    MANAGER_THINKING_TOKENS  # it thinks first: room from now on
                 )
             answer = strip_reasoning(raw).strip()
-            picked, problem = manager_pick(answer, aliases, last)
+            picked, problem = manager_pick(answer, aliases, last, self.wording)
             if picked is not None:
                 self.status(f"Manager picked {aliases[picked]}.", done=False)
                 return Pick(picked, why=answer)
@@ -3672,9 +3880,14 @@ class ManagerChoice(SpeakerPolicy):
                 answer and normalize_name(answer.splitlines()[-1]) == END_WORD.lower()
             ):
                 return Pick(end="the manager ended it")
+            self.failures += 1
             log.debug(
-                "manager attempt %d of %d: %s", attempt, MANAGER_ATTEMPTS, problem
+                "manager failure %d of %d: %s", self.failures, MANAGER_FAILURES, problem
             )
+            if self.failures >= MANAGER_FAILURES or len(messages) > 2:
+                return self._fall_back(
+                    fallback, f"{_why(problem)} (last: '{_short(answer, 24)}')"
+                )
             messages += [
                 {"role": "assistant", "content": raw},
                 {
@@ -3683,19 +3896,31 @@ class ManagerChoice(SpeakerPolicy):
                     f"(or {END_WORD}), and nothing else.",
                 },
             ]
-        why = (
-            "named no participant" if "names none" in problem else "gave no usable name"
-        )
-        if "has just spoken" in problem:
-            why = "picked the same speaker twice"
-        self.status(
-            f"Manager {why} in {MANAGER_ATTEMPTS} attempts (last: '{_short(answer, 24)}'); "
-            f"{aliases[fallback]} speaks next (round robin)."
-        )
+
+    def _fall_back(self, fallback: int, what: str) -> Pick:
+        """This turn goes to the next in order; after MANAGER_FAILURES failures every turn of
+        the run does, and the one line says so."""
+        nxt = self.aliases[fallback]
+        if self.failures >= MANAGER_FAILURES:
+            self.retired = True
+            self.status(
+                f"Manager {_short(what, 70)}; round robin from here ({nxt} next)."
+            )
+        else:
+            self.status(f"Manager {_short(what, 70)}; {nxt} speaks next (round robin).")
         return Pick(fallback)
 
     def _bound(self) -> int:
         return min(self._room, self.max_tokens) if self.max_tokens else self._room
+
+
+def _why(problem: str) -> str:
+    """A manager's failed answer in a few words, for the status line."""
+    if "names none" in problem:
+        return "named no participant"
+    if "has just spoken" in problem:
+        return "picked the same speaker twice"
+    return "gave no usable name"
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -3736,6 +3961,9 @@ class Progress:
     tokens: int = 0
     last_alias: str = ""
     last_said: str = ""
+    sitting_out: set[str] = field(
+        default_factory=set
+    )  # whose model cannot hold the conversation: they speak no more
 
     def record(self, alias: str, said: str, passed: bool, tokens: int) -> None:
         self.slots += 1
@@ -3821,7 +4049,8 @@ class TokenBudget:
 
 
 class EveryonePassed:
-    """Ends when every participant passed since the last turn someone spoke."""
+    """Ends when everyone who still speaks passed since the last turn someone spoke; those
+    sitting out (their model cannot hold the conversation) cannot pass, nor block it."""
 
     label = "everyone passed"
 
@@ -3829,9 +4058,10 @@ class EveryonePassed:
         self.aliases = set(aliases)
 
     def check(self, progress: Progress) -> str | None:
-        return (
-            "everyone passed" if progress.passed_since_spoken >= self.aliases else None
-        )
+        speaking = self.aliases - progress.sitting_out
+        if speaking and progress.passed_since_spoken >= speaking:
+            return "everyone passed"
+        return None
 
 
 def is_pass(said: str) -> bool:
@@ -3873,9 +4103,6 @@ REVIEW_RULES = (
     "You review the other participants' answers to the user's last message; yours is not "
     "among them, and their names are hidden."
 )
-_RANKING_RE = re.compile(
-    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：]\s*(.+)$", re.IGNORECASE | re.MULTILINE
-)
 
 
 def review_ask(answers: list[str]) -> str:
@@ -3891,14 +4118,80 @@ def review_ask(answers: list[str]) -> str:
     )
 
 
+_RANKING_RE = re.compile(
+    r"^[\s>*_#`-]*ranking\s*[*_]*\s*[:：][ \t]*(.*)$", re.IGNORECASE | re.MULTILINE
+)
+_LIST_ITEM_RE = re.compile(r"^\s*(?:\d{1,2}\s*[.):]|[-*•])\s*\S")
+# "Response C", "answer c", "Option C": the letter. "N/A" is no letter.
+_RANK_NAMED_RE = re.compile(
+    r"\b(?:responses?|answers?|options?|candidates?)\s+([A-Za-z])(?![\w'’])", re.I
+)
+_RANK_REMARK_RE = re.compile(
+    r"\([^()]*[A-Za-z]{2}[^()]*\)|\[[^\[\]]*[A-Za-z]{2}[^\[\]]*\]"
+)
+_RANK_LETTER_RE = re.compile(r"(?<![\w'’])([A-Z])(?![\w'’]|-[a-z])")
+# Words after a leading "A" that make it a letter ("A is best", "A then C"); any other word
+# makes it the article ("A close call, but C > A > B").
+_RANK_VERBS = frozenset(
+    "is was and then over ranks ranked rank comes came beats beat edges edged first second "
+    "third fourth last best worst next followed slightly clearly narrowly just leads wins "
+    "tops outranks ahead before above after better stronger weaker gets takes in at has had "
+    "gives provides offers answers addresses covers explains scores scored remains places "
+    "placed or vs versus".split()
+)
+_RANK_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
+def _ranking_text(said: str) -> str | None:
+    """The text of the reply's last `RANKING:` line; a list under it (`1. C`) joins it."""
+    matches = list(_RANKING_RE.finditer(said))
+    if not matches:
+        return None
+    head = matches[-1].group(1)
+    if head.strip() and not _LIST_ITEM_RE.match(head):
+        return head
+    items = [head] if head.strip() else []
+    for line in said[matches[-1].end() :].splitlines()[1:]:
+        if not line.strip() and not items:
+            continue
+        if not _LIST_ITEM_RE.match(line):
+            break
+        items.append(line)
+    return ", ".join(items)
+
+
 def parse_ranking(said: str, count: int) -> list[int]:
-    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none."""
-    lines = _RANKING_RE.findall(said)
-    if not lines:
+    """The order (0-based response indexes) on the reply's last `RANKING:` line; [] if none.
+
+    A letter is one standing alone (`C > A > B`, `Response C`, `C (best)`), never a word's
+    first letter nor the article ("A close call, but …"); remarks in brackets are skipped.
+    """
+    text = _ranking_text(said)
+    if text is None:
         return []
-    letters = re.findall(r"(?<![A-Za-z])([A-Z])(?![a-z])", lines[-1].upper())
+    text = _RANK_NAMED_RE.sub(lambda m: f" {m.group(1).upper()} ", text)
+    text = re.sub(r"\bN/A\b", " ", text, flags=re.IGNORECASE)
+    text = _RANK_REMARK_RE.sub(",", text)
+    text = re.sub(r"[*_`\"“”‘’']", " ", text)
+    letters = [
+        m.group(1)
+        for m in _RANK_LETTER_RE.finditer(text)
+        if ord(m.group(1)) - 65 < count and not _article(text, m)
+    ]
+    if not letters:  # all lower case ("c > a > b"): only when nothing else is said
+        words = _RANK_WORD_RE.findall(text)
+        if words and all(len(w) == 1 or w.lower() in _RANK_VERBS for w in words):
+            letters = [w.upper() for w in words if len(w) == 1]
     order = [ord(x) - 65 for x in letters if 0 <= ord(x) - 65 < count]
     return list(dict.fromkeys(order))
+
+
+def _article(text: str, match: re.Match) -> bool:
+    """An "A" that is the article: followed by a lower-case word that is no ranking verb."""
+    if match.group(1) != "A":
+        return False
+    after = re.match(r"\s+([a-z]+)", text[match.end() :])
+    return bool(after) and after.group(1) not in _RANK_VERBS
 
 
 def ranking_table(rankings: dict[str, list[str]], aliases: list[str]) -> str:
@@ -4083,6 +4376,7 @@ class Direction:
             self.answers.append((plan.speaker, heard.said))
         if heard.benched:
             self.benched.add(plan.speaker.alias)
+            self.progress.sitting_out.add(plan.speaker.alias)
             if len(self.benched) == len(self.participants):
                 self.reason = "no participant's model can hold the conversation"
                 self.outcome, self.explains = "nobody could go on", True
@@ -4104,6 +4398,8 @@ class Direction:
         count, slot = len(self.participants), self.progress.slots
         if self.council:
             return f"Round {slot // count + 1} of {self.config.rounds} · {names} answer at once"
+        if self.policy.managed and self.policy.retired:
+            return f"Turn {slot + 1} of {self.config.rounds * count} · {names} (round robin)"
         if self.policy.managed:
             return f"Turn {slot + 1} of {self.config.rounds * count} · {names}"
         return f"Round {slot // count + 1} of {self.config.rounds} · {names}"
@@ -4867,7 +5163,12 @@ class ReplyStream:
             if result.tokens
             else None
         )
-        self._count_tokens(result.tokens, form["messages"], result.content)
+        failed = (
+            result.error is not None
+        )  # it costs what the server counted, else nothing
+        if failed and counted is None:
+            counted = (0, 0)
+        self._count_tokens(result.tokens, form["messages"], result.content, failed)
         reply = result.content + "".join(c.arguments for c in result.calls)
         self._count_call(counted, form["messages"], reply, started)
         return result
@@ -4908,7 +5209,7 @@ class ReplyStream:
         except (ModelCallError, TimeoutError) as exc:
             self.lane.failure_line(p, str(exc) or error or "no reply")
             return ""
-        self._count_tokens(None, form["messages"], text)
+        self._count_tokens(sum(counted) if counted else None, form["messages"], text)
         self._count_call(counted, form["messages"], text, started)
         for kind, piece in self.filter.feed(text):
             self._show(kind, piece)
@@ -4936,10 +5237,15 @@ class ReplyStream:
         return True
 
     def _count_tokens(
-        self, reported: int | None, messages: list[dict], reply: str
+        self,
+        reported: int | None,
+        messages: list[dict],
+        reply: str,
+        failed: bool = False,
     ) -> None:
-        """Add what a reply used: the backend's usage, else about 4 characters a token."""
-        if not reported and self.stage.want_usage:
+        """Add what a reply used: the backend's usage, else about 4 characters a token; a
+        failed request the backend did not count costs nothing."""
+        if not reported and self.stage.want_usage and not failed:
             chars = sum(len(_text_of(m.get("content"))) for m in messages) + len(reply)
             reported = -(-chars // 4)
         self.lane.tokens += reported or 0
@@ -5099,16 +5405,17 @@ class ToolLoop:
 
     def _refit(self, error: str, sent: list[dict]) -> None:
         """Fit tighter for a second try after a context error: to the size the server named
-        (learnt for every run), else three quarters of what was sent (this request only).
+        (learnt for every run), else `retry_chars` (this request only).
         """
         self.refitted = True
         briefing, profile = self.briefing, self.briefing.profile
-        sent_chars = message_chars(sent) + tools_chars(profile)
-        room = None
-        if self.stage.budget.learn(profile, error, sent_chars):
+        budget, room = self.stage.budget, None
+        if budget.learn(profile, error):
             room = briefing.room(0.9)
         if room is None:
-            room = int(message_chars(sent) * UNNAMED_REFIT_SHRINK)
+            room = budget.retry_chars(
+                profile, message_chars(sent), tools_chars(profile)
+            )
         self.room = room
         # The tool results are cut to what is left; they may take at most half.
         extra = min(message_chars(self.extra), room // 2) if self.extra else 0
@@ -5401,7 +5708,7 @@ class TurnStreamer:
     async def user_words(self, text: str) -> Heard:
         """The user's words between rounds: shown under their name, heard by everyone after."""
         self.lane.transcript.add_user_words(self.stage.user_name, text)
-        self.lane.turns.append(Turn(None, text))
+        self.lane.turns.append(Turn(None, text, between_rounds=True))
         await self.emitter.update()
         return Heard(text)
 
@@ -5461,7 +5768,13 @@ def make_manager(
         return await streamer.ask(profile, messages, max_tokens, valves.MANAGER_TIMEOUT)
 
     return ManagerChoice(
-        ask, prompt, settings.manager_system, aliases, status, valves.MAX_TOKENS
+        ask,
+        prompt,
+        settings.manager_system,
+        aliases,
+        status,
+        valves.MAX_TOKENS,
+        wording=manager_wording(settings.manager_prompt),
     )
 
 
@@ -5786,8 +6099,8 @@ async def ask_task_model(
         except ModelCallError as exc:
             if shrink < 1.0 or not is_context_error(str(exc)):
                 raise
-            if not budget.learn(profile, str(exc), message_chars(fitted)):
-                cap = int(message_chars(fitted) * UNNAMED_REFIT_SHRINK)
+            if not budget.learn(profile, str(exc)):
+                cap = budget.retry_chars(profile, message_chars(fitted))
             log.debug("task prompt did not fit %s: %s", profile.model_id, exc)
     raise AssertionError("unreachable")
 
@@ -6033,8 +6346,12 @@ def continued_content(body: dict, metadata: dict) -> str:
 
 def one_more_round(config: ConversationConfig) -> ConversationConfig:
     """What Continue means for a conversation: one more round of its participants, in its order,
-    without closing it again (the closing turn or vote already spoke)."""
-    return config.model_copy(update={"rounds": 1, "closing": None})
+    without closing it again (the closing turn or vote already spoke), nor a council's peer
+    review (the closing steps follow the config: with neither, the round is all there is).
+    """
+    return config.model_copy(
+        update={"rounds": 1, "closing": None, "peer_review": False}
+    )
 
 
 def earlier_turns(content: str, participants: list[Participant]) -> int:
@@ -6966,7 +7283,10 @@ class Pipe:
                 max_rounds,
                 self.valves.MAX_TOKENS,
                 ctx.metadata.get("message_id"),
-                settings={k: v for k, v in settings.items() if k != "preset"},
+                settings={
+                    **{k: v for k, v in settings.items() if k != "preset"},
+                    "rounds": valve_rounds(user_valves),  # preset None: the user's own
+                },
                 problem=problem,
                 saved=bool(saved),
             )

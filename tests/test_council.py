@@ -210,7 +210,7 @@ async def test_the_moderators_words_join_the_conversation_and_every_later_speake
     assert "Focus on price" not in viewed(streamed(h)[1])
     # A follow-up reads the words back as the user's, not as a participant's.
     turns = mmc.split_turns(result)
-    assert mmc.Turn(None, "Focus on price, please.") in turns
+    assert mmc.Turn(None, "Focus on price, please.", between_rounds=True) in turns
 
 
 async def test_end_closes_and_cancel_timeout_or_failure_go_on():

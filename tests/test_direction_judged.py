@@ -178,6 +178,7 @@ def manager(ask, statuses: list[str], max_tokens: int = 400) -> mmc.ManagerChoic
 
 
 async def test_an_echoing_manager_is_not_heard_and_the_fallback_is_one_short_line():
+    """Issue 29.10: re-asked once (not twice); the two failures retire it for the run."""
     echo = "What a great question! Let's explore the possibilities with Alice, Bob, and Carol."
     ask, statuses = ScriptedManager(echo, "Choose exactly one of: Alice, Bob, Carol", echo), []
 
@@ -186,9 +187,8 @@ async def test_an_echoing_manager_is_not_heard_and_the_fallback_is_one_short_lin
     assert pick.index == 1 and pick.why == ""  # round robin after Alice: Bob
     (line,) = statuses
     assert "\n" not in line and len(line) <= 120, line
-    assert (
-        line.startswith("Manager gave no usable name in 3 attempts") and "Bob speaks next" in line
-    )
+    assert line.startswith("Manager gave no usable name") and "(Bob next)" in line
+    assert len(ask.asked) == 2
     assert all(n == mmc.MANAGER_ANSWER_TOKENS for _, n in ask.asked)
     assert "answer with one name only" in ask.asked[1][0][-1]["content"]
 

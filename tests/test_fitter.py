@@ -220,19 +220,25 @@ async def test_an_error_naming_no_size_shrinks_only_this_request_not_other_chats
     assert viewed(streamed(h)[-1]) == viewed(first)  # another chat sends what it always did
 
 
-async def test_after_a_success_a_failure_learns_no_less_than_what_worked_nor_the_floor():
-    budget = mmc.ContextBudget(8192, mmc.ModelFacts())
+async def test_a_failure_naming_no_size_learns_nothing_and_its_retry_keeps_to_what_worked():
+    """Issue 29.1 changed this: a nameless error used to write the largest prompt that worked
+    into the shared sizes; now it shrinks only its own retry (to what worked, never under
+    the floor) and the facts every run shares stay as they were."""
+    facts = mmc.ModelFacts()
+    budget = mmc.ContextBudget(8192, facts)
     profile = mmc.ModelProfile("a", "A", {})
-    assert not budget.learn(profile, "prompt is too long", 9000)  # nothing proven: no guess
+    assert not budget.learn(profile, "prompt is too long")  # no size named: nothing learnt
+    assert budget.retry_chars(profile, 9000) == int(9000 * mmc.UNNAMED_REFIT_SHRINK)
     budget.calibrate(profile, chars=3000, prompt_tokens=700)  # 700 tokens worked
-    assert budget.learn(profile, "prompt is too long", 30_000)
-    assert budget.limit(profile) == mmc.CONTEXT_FLOOR_TOKENS  # 700 < floor
-    budget.calibrate(profile, chars=9000, prompt_tokens=2500)
-    learned = mmc.ContextBudget(8192, mmc.ModelFacts(proven={"a": 2500}))
-    assert learned.learn(profile, "input is too long", 40_000) and learned.limit(profile) == 2500
+    assert not budget.learn(profile, "prompt is too long") and facts.sizes == {}
+    assert budget.limit(profile) == 8192  # what every later request assumes: unchanged
+    floor = int(mmc.CONTEXT_FLOOR_TOKENS * budget.chars_per_token(profile))
+    assert budget.retry_chars(profile, 30_000) == floor  # 700 < floor
+    worked = mmc.ContextBudget(8192, mmc.ModelFacts(proven={"a": 2500}))
+    assert worked.retry_chars(profile, 40_000) == 2500 * mmc.DEFAULT_CHARS_PER_TOKEN
     # A size the server names is a fact: it is kept as named.
     named = mmc.ContextBudget(8192)
-    assert named.learn(profile, "maximum context length is 900 tokens", 9000)
+    assert named.learn(profile, "maximum context length is 900 tokens")
     assert named.limit(profile) == 900
 
 
@@ -290,7 +296,7 @@ def test_fit_turns_leaves_short_conversations_alone(size):
     assert fitted is not None and fitted.turns == turns and fitted.omitted == 0
 
 
-async def test_a_prompt_that_worked_in_one_chat_is_the_floor_for_every_later_guess():
+async def test_a_prompt_that_worked_in_one_chat_bounds_a_nameless_retry_and_nothing_more():
     h = PipeHarness(models={"a": "Ana"})
     h.host.chat_configs["chat-1"] = config("a")
     h.host.chat_configs["chat-2"] = config("a")
@@ -307,8 +313,8 @@ async def test_a_prompt_that_worked_in_one_chat_is_the_floor_for_every_later_gue
     history = [{"role": "user", "content": "old " * 8000}, {"role": "assistant", "content": "ok"}]
     await h.run("Hi", history=history, chat_id="chat-2")
 
-    assert h.pipe.model_facts.sizes == {"a": 3000}  # learnt: what worked, not half of what failed
-    assert tokens(streamed(h)[-1]) <= 3000
+    assert h.pipe.model_facts.sizes == {}  # issue 29.1: nothing learnt for other chats
+    assert tokens(streamed(h)[-1]) <= 3000  # this retry keeps to what worked
 
 
 async def test_the_managers_view_of_the_conversation_fits_its_model():

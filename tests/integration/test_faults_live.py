@@ -323,9 +323,11 @@ async def test_a_failing_or_slow_manager_hands_each_turn_to_round_robin(
 
     assert speakers(failed.saved) == ["A", "B", "C"] and failed.saved == failed.delivered
     statuses = [s.get("description", "") for s in failed.view.statuses]
-    robin = [s for s in statuses if "round robin" in s]
-    assert len(robin) == 3 and all(s.startswith("Manager failed (") for s in robin), statuses
-    assert len(backend.requests_for("manager")) == 3
+    robin = [s for s in statuses if s.startswith("Manager")]
+    # Two failures in a run and it is not asked again (issue 29.10): the order picks.
+    assert len(robin) == 2 and all(s.startswith("Manager failed (") for s in robin), statuses
+    assert robin[-1].endswith("round robin from here (B next)."), robin
+    assert len(backend.requests_for("manager")) == 2
 
     backend.reset()
     backend.set_script("manager", answer_delay=30, manager_rule=lambda messages: "C")
@@ -334,7 +336,7 @@ async def test_a_failing_or_slow_manager_hands_each_turn_to_round_robin(
     assert speakers(slow.saved) == ["A", "B", "C"] and slow.saved == slow.delivered
     statuses = [s.get("description", "") for s in slow.view.statuses]
     assert statuses.count("Manager took too long; A speaks next (round robin).") == 1, statuses
-    assert len([s for s in statuses if s.startswith("Manager took too long")]) == 3
+    assert len([s for s in statuses if s.startswith("Manager took too long")]) == 2
     assert [r.model for r in backend.requests if r.model != "manager"] == [
         "model-a",
         "model-b",
