@@ -1311,7 +1311,7 @@ class Transcript:
 
 
 # ============================================================================
-# Emitter: at most one frame per interval (the new text as `chat:message:delta`); saves spaced by a budget
+# Emitter: at most one frame per interval (the new text as `chat:message:delta`); saves at turn ends, in a budget
 # ============================================================================
 
 
@@ -1348,6 +1348,52 @@ async def within(clock: Clock, seconds: float, awaitable: Awaitable[Any]) -> Any
     raise TimeoutError
 
 
+# Bytes of chat a message may rewrite whatever its budget: a small chat saves every turn.
+FREE_SAVE_BYTES = 64 * 1024
+
+
+class SaveBudget:
+    """The bytes one message's stored writes may cost: `copies` times the chat as it is now.
+
+    Open WebUI stores a chat as one JSON document: a save (`replace`) or a status rewrites all of
+    it, and the message's own row too. A write is allowed while everything written so far plus
+    it stays within `copies` copies of the chat's current size (plus `free` bytes), so the total
+    stays within `copies` copies of the final chat (plus `free`) however long the chat and the
+    conversation; a write refused now is allowed again once the chat has grown enough
+    (1/(`copies` - 1) of its size at the last write). 0: no limit.
+    """
+
+    def __init__(
+        self, host_bytes: int, copies: float, free: int = FREE_SAVE_BYTES
+    ) -> None:
+        self.host_bytes = host_bytes  # the rest of the chat, as the host stores it
+        self.copies = copies
+        self.free = free
+        self.spent = 0  # bytes of chat rewritten so far
+        self.writes = 0
+
+    def cost(self, message_chars: int) -> int:
+        """One write: the rest of the chat, plus the message twice (chat JSON and its row)."""
+        return self.host_bytes + 2 * message_chars
+
+    def affords(self, message_chars: int, writes: int = 1) -> bool:
+        """`writes` writes of this size fit (a status asks room for a save after it too)."""
+        cost = self.cost(message_chars)
+        allowed = self.copies * cost + self.free
+        return self.copies <= 0 or self.spent + writes * cost <= allowed
+
+    def charge(self, message_chars: int) -> None:
+        self.spent += self.cost(message_chars)
+        self.writes += 1
+
+
+def is_progress(event: dict[str, Any]) -> bool:
+    """A status that says what is happening now ("Round 2 of 3 · Ada"): the pipe posts one as
+    each turn begins, so it also marks the end of the turn before it."""
+    data = event.get("data") or {}
+    return event.get("type") == "status" and data.get("done") is False
+
+
 # The event Chat.svelte answers with autoScrollToBottom() alone: a `context_compaction` whose
 # data is not a compaction's status (`handleContextCompactionStatus` returns at once). Neither
 # `chat:message:delta` nor `replace` scrolls, so without it the page does not follow the text.
@@ -1368,12 +1414,14 @@ class CoalescingEmitter:
     `chat:message:delta` with the new text (the page appends it; the host only forwards it).
     A frame that changes earlier text (a reasoning block closing, a tool block finishing) goes
     whole as `chat:message`. A save is a `replace`, which the host also writes into the chat,
-    rewriting the whole chat each time. Saves are `save_interval` apart, stretched so that no
-    more than `budget` bytes of chat are rewritten per second (`host_bytes`, the rest of the
-    chat, plus the message), up to `max_save_interval`; a whole frame also counts as one, so
-    whole copies reach the tab at a rate that does not grow with the message. The last state is
-    always saved (`flush()`). While reasoning streams, its block grows in place
-    (`live_at()` says where it starts): those refreshes wait for the next save.
+    rewriting the whole chat each time, as it does for a status. Saves come at save points (a
+    turn's end, which a progress status marks; `max_save_interval` into a turn) within the
+    `SaveBudget` of `copies` copies of the chat. Whole copies (saves and whole frames) are at
+    least `save_interval` apart, stretched so that no more than `budget` bytes of chat go per
+    second, and at most `max_save_interval` apart, stored or not, so they reach the tab at a
+    rate that does not grow with the message. `flush()` sends the last state (and saves it
+    unless the host will). While reasoning streams, its block grows in place (`live_at()` says
+    where it starts): those refreshes wait for the next whole copy.
 
     At most one frame and one stored write (a save or a status) are in flight: the host emits
     them to the tab before it writes the chat, so a slow database write must not hold back the
@@ -1395,6 +1443,7 @@ class CoalescingEmitter:
         budget: float = 0.0,
         max_save_interval: float = 5.0,
         live_at: Callable[[], int | None] | None = None,
+        copies: float = 0.0,
         follow_interval: float = 0.0,
     ) -> None:
         self._send = send
@@ -1403,7 +1452,6 @@ class CoalescingEmitter:
         self._interval = max(0.0, interval)
         self._host_bytes = host_bytes
         self._save_interval = save_interval
-        self._save_gap = save_interval
         self._budget = budget
         self._max_save_interval = max(save_interval, max_save_interval)
         self._last_saved: str | None = None
@@ -1417,6 +1465,10 @@ class CoalescingEmitter:
             self._whole_at
         )  # whole copies so far have used the budget up to here
         self._dirty = False
+        self.stored = SaveBudget(host_bytes, copies)  # what saves and statuses wrote
+        self._boundary = False  # a turn ended since the last save: a save point
+        self._held: dict[str, Any] | None = None  # a progress status held back
+        self._store_final = True
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._flushing = asyncio.Event()
@@ -1445,17 +1497,37 @@ class CoalescingEmitter:
         self._kick()
 
     def post(self, event: dict[str, Any]) -> None:
-        """Queue a non-content event (status, files) behind whatever is in flight."""
+        """Queue a non-content event (status, files) behind whatever is in flight.
+
+        A progress status waits for the save budget (the host stores each one in the chat);
+        a newer status replaces one still waiting. It also marks a turn boundary.
+        """
         if self._send is None:
             return
+        status = event.get("type") == "status"
+        if status:
+            self._held = None  # a newer line: one still waiting is out of date
+        if is_progress(event) and self._interval:
+            if self._render() != (self._last_saved or ""):
+                self._boundary = True
+            if not self.stored.affords(len(self._last_saved or ""), writes=2):
+                self._held = event  # saves come first: a status leaves room for one
+                self._kick()
+                return
+        if status:  # the host rewrites the chat for it too
+            self.stored.charge(len(self._last_saved or ""))
         self._queue.append(event)
         self._kick()
 
-    async def flush(self) -> None:
-        """Return once the latest state (and every queued event) has been sent."""
+    async def flush(self, store: bool = True) -> None:
+        """Return once the latest state (and every queued event) has been sent; saved too
+        unless `store` is False (the host saves the text the pipe returns: one write less).
+        """
         if self._send is None:
             return
+        self._store_final = store
         self._flushing.set()
+        self._held = None  # a "now speaking" line is out of date at the end
         if self._task is not None and not self._task.done():
             self._wake.set()
             await asyncio.shield(self._task)
@@ -1467,7 +1539,7 @@ class CoalescingEmitter:
 
     async def hand_over(self) -> None:
         """Empty the tab's copy of the message (not the stored one) for the host's final delta."""
-        if self._send is not None and self._last_saved:
+        if self._send is not None and self._last_sent_at > float("-inf"):
             self._shown = ""
             await self._deliver({"type": "chat:message", "data": {"content": ""}})
 
@@ -1479,10 +1551,16 @@ class CoalescingEmitter:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            owed = self._owed_in()
+            if owed is None:
+                await self._wake.wait()
+            elif owed > 0:
+                await self._sleep_unless_woken(owed)
             self._wake.clear()
             self._write_queue()
             await self._follow()
+            if not self._dirty and self._owed_in() == 0:
+                await self._send_content(owed=True)  # what the tab shows, stored
             if self._dirty:
                 wait = self._last_sent_at + self._interval - self._clock.now()
                 if wait > 0:
@@ -1521,6 +1599,33 @@ class CoalescingEmitter:
             )  # it goes as the next save, once the one in flight is done
         return max(0.0, due)
 
+    def _save_point(self, now: float) -> bool:
+        """A turn ended since the last save, or the last save is `max_save_interval` old."""
+        return self._boundary or now - self._last_saved_at >= self._max_save_interval
+
+    def _save_due(self, now: float, payload: str) -> bool:
+        return (
+            now >= self._next_save_at()
+            and self._save_point(now)
+            and self.stored.affords(len(payload))
+        )
+
+    def _owed_in(self) -> float | None:
+        """Seconds until the text on screen, not stored yet, is due for a save (the stream
+        may be quiet then: a model thinking, a tool running); None if no save is owed.
+        """
+        shown = self._shown
+        if not self._interval or shown is None or shown == self._last_saved:
+            return None
+        if self._flushing.is_set() or not self.stored.affords(len(shown)):
+            return None  # flush() saves it; only a longer message makes room
+        if self._saving is not None and not self._saving.done():
+            return self._interval  # look again once the write in flight is done
+        at = self._next_save_at()
+        if not self._boundary:
+            at = max(at, self._last_saved_at + self._max_save_interval)
+        return max(0.0, at - self._clock.now())
+
     def _next_save_at(self) -> float:
         paced = max(self._budget_until, self._whole_at + self._save_interval)
         return min(paced, self._whole_at + self._max_save_interval)
@@ -1534,7 +1639,6 @@ class CoalescingEmitter:
         # The host keeps the message twice (chat JSON and message row).
         seconds = (self._host_bytes + 2 * len(payload)) / self._budget
         self._budget_until = max(self._budget_until, now) + seconds
-        self._save_gap = min(self._max_save_interval, max(self._save_interval, seconds))
 
     async def _sleep_unless_flushed(self, seconds: float) -> None:
         if self._flushing.is_set():
@@ -1563,7 +1667,15 @@ class CoalescingEmitter:
         short conversation under load reached its tab only at the end, all at once). They go
         on the writer lane with the saves instead: one stored write at a time, in order.
         """
-        if self._queue and (self._saving is None or self._saving.done()):
+        if self._saving is not None and not self._saving.done():
+            return
+        held = self._held
+        if not self._queue and held is not None and not self._flushing.is_set():
+            if self.stored.affords(len(self._last_saved or ""), writes=2):
+                self._held = None
+                self.stored.charge(len(self._last_saved or ""))
+                self._queue.append(held)
+        if self._queue:
             self._saving = asyncio.ensure_future(self._deliver_queued(self._saving))
 
     async def _deliver_queued(self, before: asyncio.Future | None) -> None:
@@ -1571,6 +1683,12 @@ class CoalescingEmitter:
             await asyncio.wait([before])  # a save in flight is written first
         while self._queue:
             await self._deliver(self._queue.pop(0))
+        self._lane_free()
+
+    def _lane_free(self) -> None:
+        """The stored write in flight is done: a status held behind it may go now."""
+        if self._held is not None:
+            self._wake.set()
 
     async def _drain_queue(self) -> None:
         """Every queued event sent (for a flush)."""
@@ -1579,7 +1697,7 @@ class CoalescingEmitter:
             if self._saving is not None:
                 await asyncio.wait([self._saving])
 
-    async def _send_content(self, final: bool = False) -> None:
+    async def _send_content(self, final: bool = False, owed: bool = False) -> None:
         saving = self._saving is not None and not self._saving.done()
         if final and saving:
             await asyncio.shield(
@@ -1589,30 +1707,41 @@ class CoalescingEmitter:
         payload = self._render()
         live_at = self._live_at() if self._live_at is not None else None
         now = self._clock.now()
-        if payload == self._shown and not (final and payload != self._last_saved):
+        final = final and (self._store_final or self._interval == 0)
+        if payload == self._shown and not (
+            (final or owed) and payload != self._last_saved
+        ):
             return
         self._last_sent_at = now
         shown, self._shown, self._shown_live_at = self._shown, payload, live_at
-        save = (
-            final or self._interval == 0 or (not saving and now >= self._next_save_at())
-        )
+        save = final or owed or self._interval == 0
+        if not self._flushing.is_set():
+            save = save or (not saving and self._save_due(now, payload))
         appends = shown is not None and payload.startswith(shown)
-        if not save and not appends:
-            # A rewrite: the whole message goes anyway; it is stored too unless a save was
-            # made less than half a save gap ago.
-            save = not saving and now - self._last_saved_at >= self._save_gap / 2
+        if appends and not save and now - self._whole_at >= self._max_save_interval:
+            # The budget may hold saves back for long: a whole copy at least this often
+            # makes a tab loaded meanwhile (from the last save) exact again.
+            appends = False
+        if not save and not appends and not self._flushing.is_set():
+            # A rewrite: the whole message goes anyway; it is stored too at a save point.
+            save = not saving and self._save_point(now)
+            save = save and self.stored.affords(len(payload))
         if not save or payload == self._last_saved:
             if not appends:
                 self._charge(payload, now)
             await self._frame(payload, shown if appends else None)
             return
         self._charge(payload, now)
+        self.stored.charge(len(payload))
+        self._boundary = False
         if final or self._interval == 0:
-            await self._save(payload, now)
+            await self._save(payload, now, payload != shown)
         else:
             # The host shows a save at once, then writes the chat: frames go on meanwhile. Its
             # send starts now, before any later frame's, so the tab gets them in order.
-            self._saving = asyncio.ensure_future(self._save(payload, now))
+            self._saving = asyncio.ensure_future(
+                self._save(payload, now, payload != shown)
+            )
             await asyncio.sleep(0)
 
     async def _frame(self, payload: str, shown: str | None) -> None:
@@ -1629,7 +1758,13 @@ class CoalescingEmitter:
             return
         self._moved()
 
-    async def _save(self, payload: str, now: float) -> None:
+    async def _save(self, payload: str, now: float, moves: bool = True) -> None:
+        try:
+            await self._store(payload, now, moves)
+        finally:
+            self._lane_free()
+
+    async def _store(self, payload: str, now: float, moves: bool) -> None:
         if not await self._deliver({"type": "replace", "data": {"content": payload}}):
             # It may not have reached the tab, and frames sent meanwhile built on it: a whole
             # frame repairs the tab now, not whenever the text next changes.
@@ -1639,7 +1774,8 @@ class CoalescingEmitter:
                 self._kick()
             return
         self._last_saved, self._last_saved_at = payload, now
-        self._moved()
+        if moves:  # a save of what the tab already shows moves nothing
+            self._moved()
 
     # -- following: the page keeps the newest line in view, as for a native answer -----------
     def _moved(self) -> None:
@@ -6556,6 +6692,7 @@ def _emitter_for(
         budget=valves.SAVE_BUDGET_KB * 1024,
         max_save_interval=valves.MAX_SAVE_INTERVAL,
         live_at=transcript.live_block_at,
+        copies=valves.SAVE_COPIES,
         follow_interval=FOLLOW_INTERVAL,
     )
 
@@ -6653,15 +6790,20 @@ async def _with_usage(text: str, usage: dict[str, int]) -> AsyncIterator[str | d
 async def _finish(
     emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool
 ) -> str:
-    """Flush the final state (saved by the host with it); return it for the host to save again.
+    """Flush the final state; return it for the host to show and save (the final save).
 
     The host turns the returned text into one delta that the open tab appends to what our
     events showed, so before returning we empty the tab's copy with `chat:message`, which the
-    host does not store: the tab shows the text once and the database never holds less than
-    the whole transcript. On Stop no delta follows, so the tab keeps what it shows.
+    host does not store: the tab shows the text once. The host stores the returned text as the
+    message, so our own final save would only write the chat once more; it is made on Stop
+    (no delta follows, the tab keeps what it shows) and on Continue (the host stores only
+    the part the pipe returns).
     """
     transcript.finish()
-    await emitter.flush()
+    # Handing over, the host saves the returned text: that is the final save, unless the
+    # message continues an earlier one (the host stores only what the pipe returns).
+    continues = transcript.added() != transcript.render()
+    await emitter.flush(store=not handing_over or continues)
     final = (
         transcript.added()
     )  # on Continue the host puts it after the message it continues
@@ -6854,9 +6996,10 @@ class Pipe:
             ge=0,
             le=60,
             title="Save interval (s)",
-            description="Seconds between two saves of the message while it streams. A save "
-            "rewrites the whole chat in Open WebUI's database; the screen updates in between, "
-            "and the end is always saved.",
+            description="Shortest gap between two saves of the message while it streams. "
+            "Saves come at the end of each turn and at least every *Longest gap between "
+            "saves*, within *Save budget (chat copies)*; the screen updates in between, and "
+            "the end is always saved.",
         )
         SAVE_BUDGET_KB: float = Field(
             default=12,
@@ -6872,8 +7015,18 @@ class Pipe:
             ge=0,
             le=120,
             title="Longest gap between saves (s)",
-            description="Longest gap between two whole copies of the message (saves, or "
-            "updates that change earlier text), however long the chat.",
+            description="While a turn streams, its text is saved at least this often, as "
+            "long as *Save budget (chat copies)* allows; a turn's end is saved at once. Also "
+            "the longest gap between two whole copies of the message on screen.",
+        )
+        SAVE_COPIES: float = Field(
+            default=1.5,
+            ge=0,
+            title="Save budget (chat copies)",
+            description="Every save (and status line) rewrites the whole chat in Open WebUI's "
+            "database. All of one message's saves together rewrite at most this many copies "
+            "of the chat (plus the last status and the final save), however long the chat and "
+            "the conversation: in a long chat, saves come further apart. 0: no limit.",
         )
 
     # The user's valves; the names are those of "Multi Model Conversations v2", so saved

@@ -300,8 +300,14 @@ def _nested(depth: int) -> dict:
 def test_admin_valves_open_with_what_admins_tune_and_end_with_the_streaming_internals():
     names = list(mmc.Pipe.Valves.model_fields)
     assert names[:3] == ["MAX_ROUNDS", "MAX_TOKENS", "TURN_TIME_LIMIT"]
-    internals = ["EMIT_INTERVAL", "SAVE_INTERVAL", "SAVE_BUDGET_KB", "MAX_SAVE_INTERVAL"]
-    assert names[-4:] == internals
+    internals = [
+        "EMIT_INTERVAL",
+        "SAVE_INTERVAL",
+        "SAVE_BUDGET_KB",
+        "MAX_SAVE_INTERVAL",
+        "SAVE_COPIES",
+    ]
+    assert names[-5:] == internals
     tools = [n for n in names if "TOOL" in n]
     assert max(names.index(n) for n in tools) < names.index("PIPE_NAME")
 

@@ -157,7 +157,9 @@ async def test_a_save_that_fails_is_repaired_by_a_whole_frame_without_waiting_fo
     clock = FakeClock()
     doc = Doc()
     sent = RecordingEmitter(clock, delay=0.05, fail_calls=frozenset({1}))  # call 1: a save
-    emitter = mmc.CoalescingEmitter(sent, doc.render, INTERVAL, clock, live_at=doc.live_at)
+    emitter = mmc.CoalescingEmitter(
+        sent, doc.render, INTERVAL, clock, live_at=doc.live_at, max_save_interval=1.0
+    )  # a save is due every second (the time floor), to be failed
 
     async def step(text: str, seconds: float) -> None:
         if text:
@@ -168,19 +170,18 @@ async def test_a_save_that_fails_is_repaired_by_a_whole_frame_without_waiting_fo
             for _ in range(3):
                 await asyncio.sleep(0)
 
-    await step("a", 1.1)  # the first frame, whole
-    await step("b", 0.01)  # the save is due: it goes out, and fails 0.05 s later
-    await step("c", 0.5)  # a frame adds "c" to the save meanwhile; then nothing changes
+    await step("a", 1.1)  # the first frame, whole; at 1 s its save (the time floor) fails
+    await step("b", 0.5)  # then a frame adds "b"
     kinds = [e["type"] for _, e in sent.events]
     assert sent.failed_saves == [1] and sent.calls == 4, kinds
-    # The repair is whole; it is stored too, as the failed save was not.
-    assert kinds == ["chat:message", "chat:message:delta", "replace"]
-    assert tab_copies([e for _, e in sent.events]) == [
-        "a",
-        "ac",
-        "abc",
-    ]  # "b" missing, then repaired
-    await emitter.flush()
+    # The repair is whole and comes before any new text; it is stored too, as the failed
+    # save was not.
+    assert kinds == ["chat:message", "replace", "chat:message:delta"]
+    assert tab_copies([e for _, e in sent.events]) == ["a", "a", "ab"]
+    flushed = asyncio.ensure_future(emitter.flush())
+    while not flushed.done():  # each event takes 0.05 s of fake time
+        await step("", 0.005)
+    assert sent.events[-1][1] == {"type": "replace", "data": {"content": "ab"}}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -352,9 +352,13 @@ async def test_three_models_talk_in_the_browser(owui: Owui, backend, tmp_path: P
         table = content.locator("table").last
         await table.wait_for()
         rows = await table.locator("tbody tr").all_inner_texts()
-        assert [r.split("\t")[0].strip() for r in rows] == ["Ada", "Grace", "Linus", "Total"], (
+        # The first cell holds the speaker with its model on the line under it (issue 27: the
+        # table fits a phone).
+        cells = [r.split("\t")[0].strip().splitlines() for r in rows]
+        assert [c[0].strip() for c in cells] == ["Ada", "Grace", "Linus", "Total"], (
             await table.inner_html()
         )[:2000]
+        assert [c[-1].strip() for c in cells[:3]] == ["model-a", "model-b", "model-c"]
 
         await save_screenshot(page, screenshot_path(tmp_path, "conversation.png"))
         assert dialogs == []

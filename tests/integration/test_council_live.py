@@ -78,7 +78,8 @@ async def test_peer_review_and_a_chair_in_the_real_host(owui, backend, admin_soc
 
     result = await run_chat(admin_socket, None, pipe, "Best tea?", timeout=120)
 
-    assert speakers(result.saved) == ["A", "B", "C", "A", "B", "C", "Chair"]
+    reviews = ["A · 🏅 review", "B · 🏅 review", "C · 🏅 review"]  # labelled (issue 27)
+    assert speakers(result.saved) == ["A", "B", "C", *reviews, "Chair"]
     assert "| # | Answer by | Points | Placed by |" in result.saved
     assert result.saved == result.delivered
     chair = backend.requests_for("model-a")[-1]
