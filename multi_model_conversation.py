@@ -1398,6 +1398,28 @@ def is_progress(event: dict[str, Any]) -> bool:
 # data is not a compaction's status (`handleContextCompactionStatus` returns at once). Neither
 # `chat:message:delta` nor `replace` scrolls, so without it the page does not follow the text.
 FOLLOW_EVENT: dict[str, Any] = {"type": "context_compaction"}
+
+# Run by the page (an `execute` event) just before the pipe empties the tab's copy for the
+# host's final text: a user who scrolled up would be thrown to the top or the bottom when the
+# message collapses for that instant, so a spacer holds the page's height until the text is
+# back (at most 10 s), and the place they read stays where it was. At the bottom it does
+# nothing: the page follows the final text as it follows every frame.
+HOLD_SCROLL_SCRIPT = """
+const c = document.getElementById('messages-container');
+if (c && c.scrollHeight - c.scrollTop - c.clientHeight > 40) {
+  const content = c.firstElementChild || c;
+  const held = c.scrollHeight;
+  const spacer = document.createElement('div');
+  spacer.style.cssText = `height:${held}px;min-height:${held}px;flex:none`;
+  c.appendChild(spacer);
+  let tries = 0;
+  const check = () => {
+    if (content.scrollHeight >= held - 4 || ++tries > 100) spacer.remove();
+    else setTimeout(check, 100);
+  };
+  setTimeout(check, 100);
+}
+"""
 # Seconds between follows while the text grows: the page is at most this much text behind.
 FOLLOW_INTERVAL = 0.2
 
@@ -1541,6 +1563,9 @@ class CoalescingEmitter:
         """Empty the tab's copy of the message (not the stored one) for the host's final delta."""
         if self._send is not None and self._last_sent_at > float("-inf"):
             self._shown = ""
+            await self._deliver(
+                {"type": "execute", "data": {"code": HOLD_SCROLL_SCRIPT}}
+            )
             await self._deliver({"type": "chat:message", "data": {"content": ""}})
 
     # -- sender ----------------------------------------------------------------------------

@@ -472,6 +472,10 @@ async def test_the_tab_copy_is_emptied_for_the_hosts_final_delta_but_not_on_stop
     assert kinds[-1] == "chat:message" and emitter.events[-1][1]["data"] == {"content": ""}
     assert emitter.contents()[-1] == result, "the tab had the whole transcript"
     assert "replace" not in kinds, "the host stores the returned text: no save of our own"
+    # Just before, the page is asked to hold its height, so a user who scrolled up stays put.
+    hold = emitter.events[-2][1]
+    assert hold == {"type": "execute", "data": {"code": mmc.HOLD_SCROLL_SCRIPT}}
+    assert "messages-container" in mmc.HOLD_SCROLL_SCRIPT
 
     h2 = PipeHarness()
     h2.host.chat_configs["chat-1"] = config("m1")
@@ -483,6 +487,7 @@ async def test_the_tab_copy_is_emptied_for_the_hosts_final_delta_but_not_on_stop
     run.cancel()
     await asyncio.gather(run, return_exceptions=True)
     assert [e["type"] for _, e in stopped.events if e != mmc.FOLLOW_EVENT][-1] == "replace"
+    assert all(e["type"] != "execute" for _, e in stopped.events), "a Stop empties nothing"
 
 
 # -- following: the page keeps the newest line in view (issue 27) -------------------------------

@@ -66,7 +66,9 @@ async def test_no_close_event_when_the_dialog_answered():
     h = PipeHarness()
     emitter = RecordingEmitter(h.clock)
     await h.run(event_call=Overlay(config("m1")), emitter=emitter)
-    assert [e for _, e in emitter.events if e["type"] == "execute"] == []
+    scripts = [e["data"]["code"] for _, e in emitter.events if e["type"] == "execute"]
+    assert [c for c in scripts if mmc.OVERLAY_CLOSE_EVENT in c] == []
+    assert scripts == [mmc.HOLD_SCROLL_SCRIPT]  # only the page's hold at the hand-over
 
 
 def test_the_script_carries_its_inputs_as_literals():
