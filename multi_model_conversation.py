@@ -1880,6 +1880,9 @@ class AccessCheckError(RuntimeError):
 # 0.9's Stop writes the host's own (empty) output over the saved message; 0.8 and older
 # read their database synchronously, which every host call here awaits.
 OLDEST_OPEN_WEBUI = "0.10.0"
+# From this release on the host stores a pipe's returned text as the message (checked on
+# 0.12.4; on 0.10.0 the message keeps only what the pipe's events stored).
+HOST_STORES_RETURNED_TEXT = (0, 12, 0)
 
 
 class HostTooOldError(RuntimeError):
@@ -1917,6 +1920,16 @@ class HostGateway:
                 f"Multi-Model Conversation needs Open WebUI {OLDEST_OPEN_WEBUI} or newer; "
                 f"this server runs {VERSION}. Ask an admin to update Open WebUI."
             )
+
+    @staticmethod
+    def stores_returned_text() -> bool:
+        """Whether the host stores the text a pipe returns as the message (0.12 does); 0.10
+        and 0.11 keep what the pipe's own events stored, so the pipe saves its end itself.
+        """
+        from open_webui.env import VERSION
+
+        running = _release(VERSION)
+        return running is not None and running >= HOST_STORES_RETURNED_TEXT
 
     # -- users, models, access ---------------------------------------------------------------
     async def get_user(self, user_id: str) -> Any:
@@ -6813,7 +6826,10 @@ async def _with_usage(text: str, usage: dict[str, int]) -> AsyncIterator[str | d
 
 
 async def _finish(
-    emitter: CoalescingEmitter, transcript: Transcript, handing_over: bool
+    emitter: CoalescingEmitter,
+    transcript: Transcript,
+    handing_over: bool,
+    host_stores: bool = True,
 ) -> str:
     """Flush the final state; return it for the host to show and save (the final save).
 
@@ -6827,8 +6843,9 @@ async def _finish(
     transcript.finish()
     # Handing over, the host saves the returned text: that is the final save, unless the
     # message continues an earlier one (the host stores only what the pipe returns).
+    # An older host stores only what our events stored: the end is ours to save there.
     continues = transcript.added() != transcript.render()
-    await emitter.flush(store=not handing_over or continues)
+    await emitter.flush(store=not handing_over or continues or not host_stores)
     final = (
         transcript.added()
     )  # on Continue the host puts it after the message it continues
@@ -7401,7 +7418,9 @@ class Pipe:
             except (ConfigError, AccessCheckError, SetupCancelled) as exc:
                 transcript.add_notice(_setup_notice(exc))
                 run.not_started(exc)
-                return await _finish(emitter, transcript, handing_over=True)
+                return await _finish(
+                    emitter, transcript, True, gateway.stores_returned_text()
+                )
             log.info(
                 "conversation start: %d participants, %d rounds, manager=%s",
                 len(prepared.participants),
@@ -7438,7 +7457,7 @@ class Pipe:
                 f"{NOTICE_PREFIX}The conversation stopped: {md_text(str(exc))}*"
             )
             run.end_status("stopped by an error")
-        return await _finish(emitter, transcript, handing_over=True)
+        return await _finish(emitter, transcript, True, gateway.stores_returned_text())
 
     async def _prepare(
         self,

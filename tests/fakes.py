@@ -190,6 +190,7 @@ class FakeHost(mmc.HostGateway):
     def __init__(self, clock: FakeClock, models: dict[str, str] | None = None) -> None:
         super().__init__(request=None)
         self.clock = clock
+        self.stores_returned = True  # as 0.12 does; 0.10 and 0.11 do not
         self.models = {
             mid: {"id": mid, "name": name, "owned_by": "openai", "info": {"meta": {}}}
             for mid, name in (models or {"m1": "Model One", "m2": "Model Two"}).items()
@@ -212,6 +213,9 @@ class FakeHost(mmc.HostGateway):
         self.users = {"u1": SimpleNamespace(id="u1", role="user", name="Ann")}
 
     # -- host surface ----------------------------------------------------------------------
+    def stores_returned_text(self) -> bool:  # type: ignore[override]
+        return self.stores_returned
+
     async def get_user(self, user_id: str) -> Any:
         self.calls["get_user"] += 1
         return self.users.get(user_id)

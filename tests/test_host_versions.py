@@ -56,6 +56,19 @@ def test_a_host_of_unknown_version_is_not_turned_away(monkeypatch, version):
     mmc.HostGateway.require_supported_host()
 
 
+@pytest.mark.parametrize(
+    ("version", "stores"),
+    [("0.10.0", False), ("0.11.4", False), ("0.12.0", True), ("0.12.4", True), ("dev", False)],
+)
+def test_only_a_host_known_to_store_the_returned_text_is_left_the_final_save(
+    monkeypatch, version, stores
+):
+    """0.10 keeps what the pipe's events stored (the smoke run lost the last turn there); an
+    unknown version is not trusted with it either: one write more, nothing lost."""
+    host_modules(monkeypatch, open_webui__env=env(version))
+    assert mmc.HostGateway.stores_returned_text() is stores
+
+
 @pytest.mark.parametrize("version", ["0.9.6", "0.9.0", "0.8.12", "0.6.43"])
 def test_an_older_host_gets_one_line_naming_the_version_needed(monkeypatch, version):
     host_modules(monkeypatch, open_webui__env=env(version))

@@ -490,6 +490,20 @@ async def test_the_tab_copy_is_emptied_for_the_hosts_final_delta_but_not_on_stop
     assert all(e["type"] != "execute" for _, e in stopped.events), "a Stop empties nothing"
 
 
+async def test_on_a_host_that_does_not_store_the_returned_text_the_pipe_saves_its_end():
+    """Open WebUI 0.10 and 0.11 keep what the pipe's events stored, not the returned text."""
+    h = PipeHarness()
+    h.host.chat_configs["chat-1"] = config("m1")
+    h.host.stores_returned = False
+    emitter = RecordingEmitter(h.clock)
+
+    result = await h.run(emitter=emitter)
+
+    saves = [e["data"]["content"] for _, e in emitter.events if e["type"] == "replace"]
+    assert saves and saves[-1] == result, "the last stored copy is the whole transcript"
+    assert emitter.events[-1][1] == {"type": "chat:message", "data": {"content": ""}}
+
+
 # -- following: the page keeps the newest line in view (issue 27) -------------------------------
 
 
