@@ -1880,8 +1880,9 @@ class AccessCheckError(RuntimeError):
 # 0.9's Stop writes the host's own (empty) output over the saved message; 0.8 and older
 # read their database synchronously, which every host call here awaits.
 OLDEST_OPEN_WEBUI = "0.10.0"
-# From this release on the host stores a pipe's returned text as the message (checked on
-# 0.12.4; on 0.10.0 the message keeps only what the pipe's events stored).
+# From this release on the host is trusted to store a pipe's returned text as the message
+# (0.12.4 does, and 0.11.4; 0.10.0 keeps only what the pipe's events stored; earlier 0.11
+# releases were not checked, so the pipe saves the end itself there, one write more).
 HOST_STORES_RETURNED_TEXT = (0, 12, 0)
 
 
