@@ -3334,9 +3334,8 @@ class ReplyFilter:
         return out
 
     def _speaker(self, shown: str, fed: str) -> str:
-        """Keeps the speaker guard's own line of what it was fed: it stops only at a line's
-        start, and lets every line before it out (less a label), so its cut is what it was
-        fed from the line after the last one it let out."""
+        """Keeps the line the speaker guard is holding (what the echo guard must not see
+        shown); at a cut, the fold is what the guard itself says it held back."""
         self._line += fed
         lines = shown.count("\n")
         if lines:
@@ -3345,7 +3344,8 @@ class ReplyFilter:
         else:
             self._open += shown
         if self.stopped_by is not None:
-            self._cut_by_speaker, self._line = self._line, ""
+            assert self.guard is not None
+            self._cut_by_speaker, self._line = self.guard.held_back, ""
         return shown
 
     def _held_line(self) -> str:
