@@ -11,20 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import multi_model_conversation as mmc
-
-
-def old_plan_fit(sizes: list[int], keep: list[bool], room: int) -> list[int] | None:
-    """main's plan_fit before issue 29, verbatim: the reference the new one must equal."""
-    if sum(min(s, mmc.MIN_KEPT_CHARS) for s, k in zip(sizes, keep, strict=True) if k) > room:
-        return None
-    alive = [i for i, size in enumerate(sizes) if size]
-    while sum(sizes[i] for i in alive) > room:
-        level = mmc.water_level([sizes[i] for i in alive], room)
-        droppable = [i for i in alive if not keep[i]]
-        if level >= max(mmc.MIN_CUT_CHARS, room // 8) or not droppable:
-            return [min(sizes[i], level) if i in alive else 0 for i in range(len(sizes))]
-        alive.remove(droppable[0])
-    return [sizes[i] if i in alive else 0 for i in range(len(sizes))]
+from bench.fit import old_plan_fit  # main's plan_fit before issue 29, verbatim
 
 
 @settings(max_examples=400)
